@@ -1,0 +1,133 @@
+//! Per-transaction state: event numbering (`seq`), the context an application attached with
+//! `pg_logical_emit_message(true, 'pgevents', '{...}')`, and `{"skip": true}`.
+//!
+//! Context can arrive anywhere in a transaction, so events are written without their closing
+//! brace and finished at commit with [`crate::encode::close_event`] and the outcome's context.
+
+use serde_json::{Map, Value};
+
+use crate::encode::{write_row_event, write_truncate_event, TxFields};
+use crate::{LogicalMessage, RowChange, TableRef, TxBegin};
+
+/// The prefix of `pg_logical_emit_message` messages that carry transaction context.
+pub const CONTEXT_PREFIX: &str = "pgevents";
+
+/// A context message that is not a JSON object; it is ignored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ignoring pgevents context message of transaction {xid}: {reason}; send a JSON object, e.g. '{{\"uid\": 42}}'")]
+pub struct BadContext {
+    pub xid: u32,
+    pub reason: String,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxOutcome {
+    /// `{"skip": true}` was sent: publish none of its events.
+    pub skip: bool,
+    /// The merged context object, as JSON, if any was sent.
+    pub context: Option<Vec<u8>>,
+    /// Events written for the transaction.
+    pub events: u64,
+}
+
+/// Builds the events of the transaction being read.
+#[derive(Debug, Default)]
+pub struct TransactionBuilder {
+    current: Option<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    begin: TxBegin,
+    fields: TxFields,
+    seq: u64,
+    context: Option<Map<String, Value>>,
+    skip: bool,
+}
+
+impl TransactionBuilder {
+    pub fn begin(&mut self, begin: TxBegin) {
+        self.current = Some(Current {
+            begin,
+            fields: TxFields::new(begin.commit_lsn, begin.xid, begin.commit_time_micros),
+            seq: 0,
+            context: None,
+            skip: false,
+        });
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The transaction being read.
+    pub fn current(&self) -> Option<TxBegin> {
+        self.current.as_ref().map(|c| c.begin)
+    }
+
+    fn next(&mut self) -> Option<(&TxFields, u64)> {
+        let current = self.current.as_mut()?;
+        let seq = current.seq;
+        current.seq += 1;
+        Some((&current.fields, seq))
+    }
+
+    /// Writes the (unclosed) event of a row change into `out`; returns its `seq`, or `None`
+    /// outside a transaction (the change is then ignored).
+    pub fn row(&mut self, change: &RowChange, out: &mut Vec<u8>) -> Option<u64> {
+        let (fields, seq) = self.next()?;
+        write_row_event(out, change, fields, seq);
+        Some(seq)
+    }
+
+    /// Writes the (unclosed) TRUNCATE event of one table.
+    pub fn truncate(&mut self, table: &TableRef, out: &mut Vec<u8>) -> Option<u64> {
+        let (fields, seq) = self.next()?;
+        write_truncate_event(out, table, fields, seq);
+        Some(seq)
+    }
+
+    /// Takes a logical message into account: transactional messages with the `pgevents` prefix
+    /// are merged into the transaction's context (later keys win).
+    pub fn message(&mut self, message: &LogicalMessage) -> Result<(), BadContext> {
+        let Some(current) = self.current.as_mut() else {
+            return Ok(());
+        };
+        if !message.transactional || message.prefix != CONTEXT_PREFIX {
+            return Ok(());
+        }
+        let bad = |reason: String| BadContext {
+            xid: current.begin.xid,
+            reason,
+        };
+        let value: Value =
+            serde_json::from_slice(&message.content).map_err(|e| bad(format!("not JSON ({e})")))?;
+        let Value::Object(object) = value else {
+            return Err(bad("not a JSON object".to_owned()));
+        };
+        if object.get("skip") == Some(&Value::Bool(true)) {
+            current.skip = true;
+        }
+        current.context.get_or_insert_with(Map::new).extend(object);
+        Ok(())
+    }
+
+    /// Ends the transaction.
+    pub fn commit(&mut self) -> Option<TxOutcome> {
+        let current = self.current.take()?;
+        let context = current
+            .context
+            .map(|c| serde_json::to_vec(&c).unwrap_or_else(|_| b"{}".to_vec()));
+        Some(TxOutcome {
+            skip: current.skip,
+            context,
+            events: current.seq,
+        })
+    }
+
+    /// Forgets a transaction that will not be finished (the stream broke).
+    pub fn abandon(&mut self) {
+        self.current = None;
+    }
+}
