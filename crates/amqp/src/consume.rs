@@ -1,0 +1,119 @@
+//! Consuming: prefetch, manual acknowledgement, and deliveries as plain values.
+
+use amqprs::channel::{
+    BasicAckArguments, BasicConsumeArguments, BasicNackArguments, BasicQosArguments, Channel,
+};
+use amqprs::{BasicProperties, FieldTable, FieldValue};
+use tokio::sync::mpsc;
+
+use crate::connect::describe;
+use crate::AmqpError;
+
+/// One message received from a queue.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub delivery_tag: u64,
+    pub exchange: String,
+    pub routing_key: String,
+    pub redelivered: bool,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl Delivery {
+    /// A string header (`action`, `table`, `lsn` on pgevents events).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers = self.properties.headers()?;
+        let key = name.try_into().ok()?;
+        match headers.get(&key)? {
+            FieldValue::S(s) => Some(s.as_ref().clone()),
+            FieldValue::l(n) => Some(n.to_string()),
+            FieldValue::I(n) => Some(n.to_string()),
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// A numeric header (the offset of a stream queue delivery, `x-stream-offset`).
+    pub fn header_i64(&self, name: &str) -> Option<i64> {
+        let headers = self.properties.headers()?;
+        let key = name.try_into().ok()?;
+        match headers.get(&key)? {
+            FieldValue::l(n) => Some(*n),
+            FieldValue::I(n) => Some(i64::from(*n)),
+            FieldValue::i(n) => Some(i64::from(*n)),
+            FieldValue::s(n) => Some(i64::from(*n)),
+            FieldValue::u(n) => Some(i64::from(*n)),
+            FieldValue::b(n) => Some(i64::from(*n)),
+            FieldValue::B(n) => Some(i64::from(*n)),
+            _ => None,
+        }
+    }
+
+    pub fn message_id(&self) -> Option<&str> {
+        self.properties.message_id().map(String::as_str)
+    }
+}
+
+/// Deliveries of one consumer, in order. `None` once the channel or connection is gone.
+pub struct DeliveryStream {
+    rx: mpsc::UnboundedReceiver<amqprs::channel::ConsumerMessage>,
+    pub consumer_tag: String,
+}
+
+impl DeliveryStream {
+    pub async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let message = self.rx.recv().await?;
+            let (Some(deliver), Some(properties), Some(body)) =
+                (message.deliver, message.basic_properties, message.content)
+            else {
+                continue;
+            };
+            return Some(Delivery {
+                delivery_tag: deliver.delivery_tag(),
+                exchange: deliver.exchange().clone(),
+                routing_key: deliver.routing_key().clone(),
+                redelivered: deliver.redelivered(),
+                properties,
+                body,
+            });
+        }
+    }
+}
+
+/// Starts consuming `queue` with manual acknowledgement and at most `prefetch` unacknowledged
+/// deliveries (the bound on what the client buffers).
+pub async fn consume(
+    channel: &Channel,
+    queue: &str,
+    prefetch: u16,
+    arguments: FieldTable,
+) -> Result<DeliveryStream, AmqpError> {
+    channel
+        .basic_qos(BasicQosArguments::new(0, prefetch, false))
+        .await
+        .map_err(|e| AmqpError::op("set prefetch", describe(&e)))?;
+    let mut args = BasicConsumeArguments::new(queue, "");
+    args.manual_ack(true).arguments(arguments);
+    let (consumer_tag, rx) = channel
+        .basic_consume_rx(args.finish())
+        .await
+        .map_err(|e| AmqpError::op(format!("consume queue {queue:?}"), describe(&e)))?;
+    Ok(DeliveryStream { rx, consumer_tag })
+}
+
+/// Acknowledges one delivery.
+pub async fn ack(channel: &Channel, delivery_tag: u64) -> Result<(), AmqpError> {
+    channel
+        .basic_ack(BasicAckArguments::new(delivery_tag, false))
+        .await
+        .map_err(|e| AmqpError::op("ack", describe(&e)))
+}
+
+/// Rejects one delivery, back to the queue (`requeue`) or to its dead-letter exchange.
+pub async fn nack(channel: &Channel, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
+    channel
+        .basic_nack(BasicNackArguments::new(delivery_tag, false, requeue))
+        .await
+        .map_err(|e| AmqpError::op("nack", describe(&e)))
+}

@@ -1,0 +1,271 @@
+//! The consumer loop: declare, bind, receive, dispatch to handlers, settle, reconnect.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, Channel, Delivery, QueueSpec};
+use pgevents_event::Event;
+use rand::Rng;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::{IncomingEvent, Outcome, Registry};
+
+/// Which queue the consumer reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueMode {
+    /// A server-named, exclusive queue deleted on disconnect: sees events only while running.
+    Temporary,
+    /// A durable queue with this name: keeps events while the consumer is away, and several
+    /// consumers on it share the load.
+    Durable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub url: AmqpUrl,
+    pub exchange: String,
+    pub queue: QueueMode,
+    /// Topic binding keys (`public.*`, `#`).
+    pub binding_keys: Vec<String>,
+    /// Unacknowledged deliveries the broker may send ahead.
+    pub prefetch: u16,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// Wait before a `Retry` delivery goes back to the queue.
+    pub retry_delay: Duration,
+    /// Shown in the RabbitMQ management UI.
+    pub name: String,
+}
+
+impl ConsumerConfig {
+    pub fn new(url: AmqpUrl, exchange: &str) -> Self {
+        ConsumerConfig {
+            url,
+            exchange: exchange.to_owned(),
+            queue: QueueMode::Temporary,
+            binding_keys: vec!["#".to_owned()],
+            prefetch: 64,
+            concurrency: 1,
+            retry_delay: Duration::from_secs(1),
+            name: "pgevents consumer".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("the RabbitMQ delivery stream ended (connection or channel closed)")]
+    StreamEnded,
+}
+
+impl ConsumerError {
+    fn is_transient(&self) -> bool {
+        match self {
+            ConsumerError::StreamEnded => true,
+            ConsumerError::Amqp(AmqpError::Closed(_)) => true,
+            ConsumerError::Amqp(AmqpError::Connect { reason, .. }) => {
+                !reason.contains("ACCESS_REFUSED")
+            }
+            ConsumerError::Amqp(AmqpError::Operation { reason, .. }) => {
+                !reason.contains("PRECONDITION_FAILED") && !reason.contains("ACCESS_REFUSED")
+            }
+            ConsumerError::Amqp(_) => false,
+        }
+    }
+}
+
+/// A consumer: configuration plus the handlers.
+pub struct Consumer {
+    config: ConsumerConfig,
+    registry: Registry,
+}
+
+/// Decodes the body (gunzipping when the producer compressed it) into an event.
+fn parse(delivery: &Delivery) -> Result<(Event, Vec<u8>), String> {
+    let body = if delivery.properties.content_encoding().map(String::as_str) == Some("gzip") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&delivery.body[..])
+            .read_to_end(&mut out)
+            .map_err(|e| format!("cannot gunzip body: {e}"))?;
+        out
+    } else {
+        delivery.body.clone()
+    };
+    let event = Event::from_slice(&body).map_err(|e| e.to_string())?;
+    Ok((event, body))
+}
+
+impl Consumer {
+    pub fn new(config: ConsumerConfig, registry: Registry) -> Self {
+        Consumer { config, registry }
+    }
+
+    /// Consumes until `shutdown` (then returns after running handlers finish) or an error that
+    /// reconnecting cannot fix. Errors before the first successful start are returned at once.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        let mut started = false;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.session(&shutdown, &mut started).await {
+                Ok(()) => return Ok(()),
+                Err(e) if !started || !e.is_transient() => return Err(e),
+                Err(e) => {
+                    let wait = delay.mul_f64(rand::rng().random_range(0.8..1.2));
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "consumer connection failed; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn declare(&self, channel: &Channel) -> Result<String, ConsumerError> {
+        amqp::declare_topic_exchange(channel, &self.config.exchange).await?;
+        let spec = match &self.config.queue {
+            QueueMode::Temporary => QueueSpec {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            QueueMode::Durable(name) => QueueSpec {
+                name: name.clone(),
+                durable: true,
+                ..Default::default()
+            },
+        };
+        let queue = amqp::declare_queue(channel, &spec).await?;
+        amqp::bind_queue(
+            channel,
+            &queue,
+            &self.config.exchange,
+            &self.config.binding_keys,
+        )
+        .await?;
+        Ok(queue)
+    }
+
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        started: &mut bool,
+    ) -> Result<(), ConsumerError> {
+        let connection = amqp::connect(&self.config.url, &self.config.name).await?;
+        let channel = amqp::open_channel(&connection).await?;
+        let queue = self.declare(&channel).await?;
+        let mut deliveries = amqp::consume(
+            &channel,
+            &queue,
+            self.config.prefetch,
+            amqp::FieldTable::new(),
+        )
+        .await?;
+        *started = true;
+        tracing::info!(queue = %queue, exchange = %self.config.exchange, keys = ?self.config.binding_keys, "consuming");
+
+        let concurrency = self.config.concurrency.max(1);
+        let mut running: JoinSet<Outcome> = JoinSet::new();
+        let mut tags: HashMap<tokio::task::Id, u64> = HashMap::new();
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let (id, outcome) = match done {
+                        Ok((id, outcome)) => (id, outcome),
+                        Err(e) => (e.id(), Outcome::Retry(format!("handler panicked: {e}"))),
+                    };
+                    if let Some(tag) = tags.remove(&id) {
+                        settle(&channel, tag, &outcome).await?;
+                    }
+                }
+                delivery = deliveries.next(), if running.len() < concurrency => {
+                    let Some(delivery) = delivery else { break Err(ConsumerError::StreamEnded) };
+                    let tag = delivery.delivery_tag;
+                    match self.dispatch(delivery) {
+                        Dispatch::Settle(outcome) => settle(&channel, tag, &outcome).await?,
+                        Dispatch::Run(incoming, handler) => {
+                            let retry_delay = self.config.retry_delay;
+                            let handle = running.spawn(async move {
+                                let outcome = handler.handle(&incoming).await;
+                                if let Outcome::Retry(_) = outcome {
+                                    tokio::time::sleep(retry_delay).await;
+                                }
+                                outcome
+                            });
+                            tags.insert(handle.id(), tag);
+                        }
+                    }
+                }
+            }
+        };
+        // Let running handlers finish and settle them, then close.
+        while let Some(done) = running.join_next_with_id().await {
+            let (id, outcome) = match done {
+                Ok((id, outcome)) => (id, outcome),
+                Err(e) => (e.id(), Outcome::Retry(format!("handler panicked: {e}"))),
+            };
+            if let Some(tag) = tags.remove(&id) {
+                let _ = settle(&channel, tag, &outcome).await;
+            }
+        }
+        let _ = channel.close().await;
+        let _ = connection.close().await;
+        result
+    }
+
+    fn dispatch(&self, delivery: Delivery) -> Dispatch {
+        let (event, body) = match parse(&delivery) {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                tracing::warn!(routing_key = %delivery.routing_key, error = %why, "rejecting a message that is not a pgevents event");
+                return Dispatch::Settle(Outcome::Fail(why));
+            }
+        };
+        let Some(handler) = self.registry.find(&event.table_name, event.action) else {
+            return Dispatch::Settle(Outcome::Ok);
+        };
+        let message_id = delivery.message_id().map(str::to_owned).unwrap_or_else(|| {
+            event
+                .message_id()
+                .map(|id| id.to_string())
+                .unwrap_or_default()
+        });
+        Dispatch::Run(
+            IncomingEvent {
+                event,
+                body,
+                message_id,
+                delivery,
+            },
+            handler,
+        )
+    }
+}
+
+enum Dispatch {
+    Settle(Outcome),
+    Run(IncomingEvent, Arc<dyn crate::Handler>),
+}
+
+async fn settle(channel: &Channel, tag: u64, outcome: &Outcome) -> Result<(), ConsumerError> {
+    match outcome {
+        Outcome::Ok => amqp::ack(channel, tag).await?,
+        Outcome::Retry(why) => {
+            tracing::info!(reason = %why, "handler asked for a retry; requeueing");
+            amqp::nack(channel, tag, true).await?
+        }
+        Outcome::Fail(why) => {
+            tracing::warn!(reason = %why, "handler failed; rejecting the message");
+            amqp::nack(channel, tag, false).await?
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The command line: one binary, subcommands, every option also an environment variable.
+
+use std::path::PathBuf;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::logging::LogFormat;
+use crate::pg_args::PgArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgevents",
+    version,
+    about = "Change data capture from PostgreSQL to RabbitMQ",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log format (logs go to stderr)
+    #[arg(long, env = "PGEVENTS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream every INSERT/UPDATE/DELETE/TRUNCATE from a logical replication slot to a RabbitMQ topic exchange
+    Producer(ProducerArgs),
+    /// Print the events arriving on the exchange (one per line on stdout)
+    #[command(
+        name = "consumer_debug",
+        visible_alias = "event_logger",
+        alias = "consumer-debug"
+    )]
+    ConsumerDebug(ConsumerDebugArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RabbitArgs {
+    /// RabbitMQ URL
+    #[arg(
+        long = "rabbitmq-url",
+        env = "RABBITMQ_URL",
+        alias = "rabbitmq_url",
+        default_value = "amqp://guest:guest@localhost:5672/%2f",
+        hide_env_values = true
+    )]
+    pub url: String,
+    /// Topic exchange the events are published to (declared durable if missing)
+    #[arg(
+        long = "rabbitmq-exchange",
+        env = "RABBITMQ_EXCHANGE",
+        alias = "rabbitmq_exchange",
+        default_value = "table_exchange"
+    )]
+    pub exchange: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PluginArg {
+    Pgoutput,
+    Wal2json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Gzip,
+}
+
+#[derive(Debug, Args)]
+pub struct ProducerArgs {
+    #[command(flatten)]
+    pub pg: PgArgs,
+    #[command(flatten)]
+    pub rabbit: RabbitArgs,
+    /// Replication slot, created if missing and never dropped [env: PGSLOT or PGREPLICATIONSLOT] [default: pgevents]
+    #[arg(long = "pgslot", alias = "pg_replication_slot")]
+    pub slot: Option<String>,
+    /// Tables to stream, comma-separated (schema.table; a bare name means public.name) [default: all tables]
+    #[arg(
+        long = "pgtables",
+        env = "PGTABLES",
+        alias = "pg_tables",
+        value_delimiter = ','
+    )]
+    pub tables: Vec<String>,
+    /// Publication (pgoutput), created if missing
+    #[arg(
+        long = "pgpublication",
+        env = "PGPUBLICATION",
+        alias = "pg_publication_name",
+        default_value = "pgevents"
+    )]
+    pub publication: String,
+    /// Logical decoding plugin
+    #[arg(long = "plugin", env = "PGOUTPUTPLUGIN", alias = "pg_output_plugin", value_enum, default_value_t = PluginArg::Pgoutput)]
+    pub plugin: PluginArg,
+    /// Have RabbitMQ return events no queue is bound for; the producer then waits and retries instead of letting them be dropped
+    #[arg(long, env = "RABBITMQ_MANDATORY", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub mandatory: bool,
+    /// Compress event bodies (announced in content_encoding)
+    #[arg(long, env = "PGEVENTS_COMPRESSION", value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
+    /// Write numeric values as JSON strings instead of exact JSON numbers
+    #[arg(long, env = "PGEVENTS_NUMERIC_AS_STRING", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub numeric_as_string: bool,
+    /// Messages published but not yet confirmed, at most
+    #[arg(long, env = "PGEVENTS_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: u64,
+    /// Seconds between standby status updates to PostgreSQL
+    #[arg(
+        long = "status-interval",
+        env = "PGEVENTS_STATUS_INTERVAL",
+        default_value_t = 10
+    )]
+    pub status_interval_secs: u64,
+    /// Memory (MiB) for one transaction's events before they spill to disk
+    #[arg(
+        long = "tx-memory-mb",
+        env = "PGEVENTS_TX_MEMORY_MB",
+        default_value_t = 16
+    )]
+    pub tx_memory_mb: usize,
+    /// Directory for spill files of large transactions [default: the system temporary directory]
+    #[arg(long, env = "PGEVENTS_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+    /// Seconds a graceful stop waits for outstanding confirms
+    #[arg(
+        long = "shutdown-timeout",
+        env = "PGEVENTS_SHUTDOWN_TIMEOUT",
+        default_value_t = 10
+    )]
+    pub shutdown_timeout_secs: u64,
+    /// Seconds published messages may stay unconfirmed before the broker connection is presumed broken
+    #[arg(
+        long = "confirm-timeout",
+        env = "PGEVENTS_CONFIRM_TIMEOUT",
+        default_value_t = 60
+    )]
+    pub confirm_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// `routing_key action message_id body`
+    Line,
+    /// The body only, one per line (for jq)
+    Json,
+    /// Indented JSON
+    Pretty,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumerDebugArgs {
+    #[command(flatten)]
+    pub rabbit: RabbitArgs,
+    /// Binding keys, comma-separated (public.users, public.*, #)
+    #[arg(
+        long = "binding-keys",
+        env = "RABBITMQ_BINDING_KEYS",
+        alias = "binding_keys",
+        value_delimiter = ',',
+        default_value = "#"
+    )]
+    pub binding_keys: Vec<String>,
+    /// A durable queue to read (kept while away); without it a temporary queue is used
+    #[arg(long = "queue-name", env = "RABBITMQ_QUEUE_NAME", alias = "queue_name")]
+    pub queue_name: Option<String>,
+    /// Output format
+    #[arg(long, env = "PGEVENTS_OUTPUT_FORMAT", value_enum, default_value_t = OutputFormat::Line)]
+    pub format: OutputFormat,
+    /// Deliveries the broker may send ahead of acknowledgements
+    #[arg(long, env = "RABBITMQ_PREFETCH", default_value_t = 100)]
+    pub prefetch: u16,
+}

@@ -1,0 +1,4 @@
+//! One module per subcommand.
+
+pub mod consumer_debug;
+pub mod producer;

@@ -1,0 +1,64 @@
+//! `pgevents producer`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgevents_decode::{Plugin, ValueOptions};
+use pgevents_producer::{Compression, ProducerConfig, Stats, TableName};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{CompressionArg, PluginArg, ProducerArgs};
+
+pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
+    let postgres = args.pg.connect_config("pgevents producer")?;
+    let url = args
+        .rabbit
+        .url
+        .parse()
+        .context("RABBITMQ_URL / --rabbitmq-url")?;
+    let mut config = ProducerConfig::new(postgres, url);
+    config.slot = args
+        .slot
+        .clone()
+        .or_else(|| std::env::var("PGSLOT").ok())
+        .or_else(|| std::env::var("PGREPLICATIONSLOT").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pgevents".to_owned());
+    pgevents_replication::check_identifier("slot", &config.slot)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.publication = args.publication.clone();
+    config.tables = args
+        .tables
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.parse::<TableName>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    config.plugin = match args.plugin {
+        PluginArg::Pgoutput => Plugin::PgOutput,
+        PluginArg::Wal2json => Plugin::Wal2Json,
+    };
+    config.exchange = args.rabbit.exchange.clone();
+    config.mandatory = args.mandatory;
+    config.compression = match args.compression {
+        CompressionArg::None => Compression::None,
+        CompressionArg::Gzip => Compression::Gzip,
+    };
+    config.values = ValueOptions {
+        numeric_as_string: args.numeric_as_string,
+    };
+    config.max_in_flight = args.max_in_flight.max(1);
+    config.status_interval = Duration::from_secs(args.status_interval_secs.max(1));
+    config.tx_memory_budget = args.tx_memory_mb.max(1) << 20;
+    config.spill_dir = args.spill_dir.clone();
+    config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_secs);
+    config.confirm_timeout = Duration::from_secs(args.confirm_timeout_secs.max(1));
+    Ok(config)
+}
+
+pub async fn run(args: ProducerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let stats = Arc::new(Stats::default());
+    pgevents_producer::run(config, stats, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! `pgevents`: the single binary. Parses the command line, sets up logging and signal handling,
+//! and hands over to the subcommand.
+
+mod cli;
+mod commands;
+mod logging;
+mod pg_args;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    // rustls has two crypto providers linked in; pick one for anything using the default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let shutdown = signals::shutdown_token()?;
+    match command {
+        Command::Producer(args) => commands::producer::run(args, shutdown).await,
+        Command::ConsumerDebug(args) => commands::consumer_debug::run(args, shutdown).await,
+    }
+}

@@ -1,0 +1,139 @@
+//! Producer settings (the binary fills them from flags, environment and files).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use pgevents_amqp::AmqpUrl;
+use pgevents_decode::{Plugin, ValueOptions};
+use pgevents_replication::ConnectConfig;
+
+/// A table named in PGTABLES: `schema.table`, or `table` for `public.table`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+impl FromStr for TableName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (schema, name) = s.split_once('.').unwrap_or(("public", s));
+        if schema.is_empty() || name.is_empty() || name.contains('.') {
+            return Err(format!(
+                "invalid table {s:?} in PGTABLES: expected schema.table or table, comma-separated"
+            ));
+        }
+        Ok(TableName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// Body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub postgres: ConnectConfig,
+    pub slot: String,
+    pub publication: String,
+    /// Tables to stream; empty for every table.
+    pub tables: Vec<TableName>,
+    pub plugin: Plugin,
+    pub amqp_url: AmqpUrl,
+    pub exchange: String,
+    /// Have RabbitMQ return (not drop) events that no queue is bound for; the producer then
+    /// stops confirming and retries until a queue is bound.
+    pub mandatory: bool,
+    pub compression: Compression,
+    pub values: ValueOptions,
+    /// Soft limit of messages published but not yet confirmed.
+    pub max_in_flight: u64,
+    /// How often a standby status update (with a liveness probe) is sent.
+    pub status_interval: Duration,
+    /// Memory for the events of one transaction before they spill to disk.
+    pub tx_memory_budget: usize,
+    pub spill_dir: Option<PathBuf>,
+    /// How long a graceful stop waits for outstanding confirms.
+    pub shutdown_timeout: Duration,
+    /// How long published messages may stay unconfirmed before the connection is presumed broken.
+    pub confirm_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl ProducerConfig {
+    /// Settings with the documented defaults.
+    pub fn new(postgres: ConnectConfig, amqp_url: AmqpUrl) -> Self {
+        ProducerConfig {
+            postgres,
+            slot: "pgevents".into(),
+            publication: "pgevents".into(),
+            tables: Vec::new(),
+            plugin: Plugin::PgOutput,
+            amqp_url,
+            exchange: "table_exchange".into(),
+            mandatory: false,
+            compression: Compression::None,
+            values: ValueOptions::default(),
+            max_in_flight: 4096,
+            status_interval: Duration::from_secs(10),
+            tx_memory_budget: 16 << 20,
+            spill_dir: None,
+            shutdown_timeout: Duration::from_secs(10),
+            confirm_timeout: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// Whether `schema.table` is one of the configured tables (every table when none is).
+    pub fn streams(&self, schema: &str, table: &str) -> bool {
+        self.tables.is_empty()
+            || self
+                .tables
+                .iter()
+                .any(|t| t.schema == schema && t.name == table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert_eq!(
+            "public.users".parse(),
+            Ok(TableName {
+                schema: "public".into(),
+                name: "users".into()
+            })
+        );
+        assert_eq!(
+            " orders ".parse(),
+            Ok(TableName {
+                schema: "public".into(),
+                name: "orders".into()
+            })
+        );
+        assert!("a.b.c".parse::<TableName>().is_err());
+        assert!(".x".parse::<TableName>().is_err());
+        assert!("".parse::<TableName>().is_err());
+    }
+}

@@ -1,0 +1,239 @@
+//! Ordinary SQL against the source database (tokio-postgres): configuration checks, publication
+//! and slot inspection, and the catalog look-ups the decoders ask for.
+
+use pgevents_decode::{PrimaryKey, TableRef, TypeInfo};
+use pgevents_event::Lsn;
+use pgevents_replication::{tls, ConnectConfig, TlsMode};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Socket};
+
+use crate::error::{pg_error, ProducerError};
+
+/// What `pg_replication_slots` says of a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub plugin: String,
+    pub database: Option<String>,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+).
+    pub wal_status: Option<String>,
+}
+
+/// A regular (non-replication) connection.
+pub struct Database {
+    client: Client,
+}
+
+/// Quotes an identifier for SQL text, as `quote_ident` does.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+async fn connect_with<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "catalog connection ended");
+        }
+    });
+    Ok(client)
+}
+
+impl Database {
+    pub async fn connect(settings: &ConnectConfig) -> Result<Database, ProducerError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&settings.host)
+            .port(settings.port)
+            .user(&settings.user)
+            .dbname(&settings.dbname)
+            .application_name(&format!("{} (catalog)", settings.application_name))
+            .connect_timeout(settings.connect_timeout)
+            .options("-c TimeZone=UTC -c DateStyle=ISO,MDY");
+        if let Some(password) = &settings.password {
+            config.password(password);
+        }
+        config.ssl_mode(match settings.tls {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyFull { .. } => SslMode::Require,
+        });
+        let context = format!(
+            "cannot connect to PostgreSQL at {} as {:?}",
+            settings.address(),
+            settings.user
+        );
+        let client = match tls::client_config(&settings.tls)? {
+            None => connect_with(&config, tokio_postgres::NoTls).await,
+            Some(tls) => {
+                connect_with(
+                    &config,
+                    tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()),
+                )
+                .await
+            }
+        }
+        .map_err(|e| pg_error(context, e))?;
+        Ok(Database { client })
+    }
+
+    async fn scalar(&self, sql: &str) -> Result<String, ProducerError> {
+        let row = self
+            .client
+            .query_one(sql, &[])
+            .await
+            .map_err(|e| pg_error(format!("query {sql:?}"), e))?;
+        row.try_get::<_, String>(0)
+            .map_err(|e| pg_error(format!("query {sql:?}"), e))
+    }
+
+    pub async fn wal_level(&self) -> Result<String, ProducerError> {
+        self.scalar("SHOW wal_level").await
+    }
+
+    pub async fn server_version_num(&self) -> Result<u32, ProducerError> {
+        let text = self.scalar("SHOW server_version_num").await?;
+        text.parse()
+            .map_err(|_| ProducerError::Protocol(format!("unexpected server_version_num {text:?}")))
+    }
+
+    pub async fn current_database(&self) -> Result<String, ProducerError> {
+        self.scalar("SELECT current_database()::text").await
+    }
+
+    /// The `relkind` of a table, or `None` when it does not exist.
+    pub async fn relkind(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<String>, ProducerError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&schema, &table],
+            )
+            .await
+            .map_err(|e| pg_error("look up table", e))?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
+    /// Whether the publication exists, and if so whether it is `FOR ALL TABLES`.
+    pub async fn publication(&self, name: &str) -> Result<Option<bool>, ProducerError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| pg_error("look up publication", e))?;
+        Ok(row.map(|r| r.get::<_, bool>(0)))
+    }
+
+    /// The tables of a publication, as `schema.table`.
+    pub async fn publication_tables(&self, name: &str) -> Result<Vec<String>, ProducerError> {
+        let rows = self
+            .client
+            .query("SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&name])
+            .await
+            .map_err(|e| pg_error("list publication tables", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Runs a statement (DDL).
+    pub async fn execute(&self, sql: &str) -> Result<(), ProducerError> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| pg_error(format!("run {sql:?}"), e))
+    }
+
+    pub async fn slot(&self, slot: &str) -> Result<Option<SlotInfo>, ProducerError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, to_jsonb(s)->>'wal_status'
+                 FROM pg_replication_slots s WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg_error("look up replication slot", e))?;
+        Ok(row.map(|r| SlotInfo {
+            plugin: r.get::<_, Option<String>>(0).unwrap_or_default(),
+            database: r.get(1),
+            active_pid: r.get(2),
+            confirmed_flush: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+            wal_status: r.get(4),
+        }))
+    }
+
+    /// The primary key columns of a table in key order (empty without one or if the table is gone).
+    pub async fn primary_key(&self, table: &TableRef) -> Result<PrimaryKey, ProducerError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text
+                 FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                 WHERE i.indisprimary AND n.nspname = $1 AND c.relname = $2
+                 ORDER BY k.ord",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map_err(|e| pg_error(format!("look up the primary key of {}", table.qualified), e))?;
+        Ok(PrimaryKey::new(rows.iter().map(|r| r.get(0)).collect()))
+    }
+
+    /// `pg_type` rows for these OIDs; an OID the catalog does not know maps to text.
+    pub async fn types(&self, oids: &[u32]) -> Result<Vec<TypeInfo>, ProducerError> {
+        let wanted: Vec<i64> = oids.iter().map(|&o| i64::from(o)).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT oid::int8, typtype::text, typcategory::text, typelem::int8, typbasetype::int8, typdelim::text
+                 FROM pg_type WHERE oid = ANY($1::int8[]::oid[])",
+                &[&wanted],
+            )
+            .await
+            .map_err(|e| pg_error("look up column types", e))?;
+        let byte = |s: String| s.bytes().next().unwrap_or(0);
+        let mut infos: Vec<TypeInfo> = rows
+            .into_iter()
+            .map(|r| TypeInfo {
+                oid: r.get::<_, i64>(0) as u32,
+                typtype: byte(r.get(1)),
+                category: byte(r.get(2)),
+                elem: r.get::<_, i64>(3) as u32,
+                base: r.get::<_, i64>(4) as u32,
+                delim: byte(r.get(5)),
+            })
+            .collect();
+        for &oid in oids {
+            if !infos.iter().any(|i| i.oid == oid) {
+                infos.push(TypeInfo {
+                    oid,
+                    typtype: 0,
+                    category: 0,
+                    elem: 0,
+                    base: 0,
+                    delim: b',',
+                });
+            }
+        }
+        Ok(infos)
+    }
+}

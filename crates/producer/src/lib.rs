@@ -1,0 +1,101 @@
+//! The pgevents producer: streams changes from a PostgreSQL logical replication slot to a
+//! RabbitMQ topic exchange without losing any.
+//!
+//! A session (see [`session`]) runs three tasks: the reader (replication stream, decoding,
+//! per-transaction assembly), the publisher (many messages in flight, publisher confirms) and
+//! the status sender (standby status updates). An LSN is reported to PostgreSQL as flushed only
+//! after every message before it was confirmed ([`confirm::ConfirmTracker`]). [`run`] restarts
+//! failed sessions with backoff, resuming from the last confirmed LSN.
+
+pub mod backoff;
+pub mod config;
+pub mod confirm;
+pub mod database;
+mod error;
+mod publish;
+pub mod reader;
+pub mod session;
+pub mod setup;
+pub mod stats;
+mod status;
+pub mod txbuffer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Compression, ProducerConfig, TableName};
+pub use error::{describe_pg, ProducerError};
+pub use stats::Stats;
+
+use backoff::Backoff;
+use session::{run_session, SessionState};
+
+/// A session that ran this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+
+/// Runs the producer until `shutdown` is cancelled (then returns `Ok` after a clean stop) or an
+/// error that retrying cannot fix. Errors before streaming first started are returned at once,
+/// so that bad settings fail fast.
+pub async fn run(
+    config: ProducerConfig,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> Result<(), ProducerError> {
+    let config = Arc::new(config);
+    let mut state = SessionState::default();
+    let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+    let progress = tokio::spawn(log_progress(stats.clone(), shutdown.clone()));
+    let result = loop {
+        let began = Instant::now();
+        match run_session(&config, &mut state, &stats, &shutdown).await {
+            Ok(()) => break Ok(()),
+            Err(e) if shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, "error while stopping");
+                break Ok(());
+            }
+            Err(e) if !state.streamed || !e.is_transient() => break Err(e),
+            Err(e) => {
+                if began.elapsed() >= HEALTHY_SESSION {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                Stats::add(&stats.reconnects, 1);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, resume_after = %state.confirmed, "session failed; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => break Ok(()),
+                }
+            }
+        }
+    };
+    progress.abort();
+    result
+}
+
+/// Logs a progress line every 10 seconds while events flow.
+async fn log_progress(stats: Arc<Stats>, shutdown: CancellationToken) {
+    let every = Duration::from_secs(10);
+    let mut last = Stats::get(&stats.events_confirmed);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = Stats::get(&stats.events_confirmed);
+        if now != last {
+            let lag_bytes =
+                Stats::get(&stats.received_lsn).saturating_sub(Stats::get(&stats.confirmed_lsn));
+            tracing::info!(
+                events_confirmed = now,
+                rate_per_s = (now - last) / every.as_secs(),
+                confirmed_lsn = %pgevents_event::Lsn(Stats::get(&stats.confirmed_lsn)),
+                unconfirmed_bytes = lag_bytes,
+                "progress"
+            );
+            last = now;
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The reading half of a session: WAL messages in, decoded and assembled per transaction, and
+//! batches of outgoing messages (each transaction's last batch carrying its end LSN) out, through
+//! a bounded channel to the publisher.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flate2::write::GzEncoder;
+use pgevents_amqp::OutgoingMessage;
+use pgevents_decode::encode::close_event;
+use pgevents_decode::{
+    Catalog, CatalogNeed, DecodeError, Decoded, Decoder, TableRef, TransactionBuilder, TxBegin,
+    TxOutcome,
+};
+use pgevents_event::{
+    message_id, Action, Lsn, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_TABLE,
+};
+use pgevents_replication::{ReplicationError, ReplicationReader, WalMessage};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Compression, ProducerConfig};
+use crate::database::Database;
+use crate::error::ProducerError;
+use crate::stats::Stats;
+use crate::txbuffer::{PendingEvent, TxBuffer};
+
+/// Messages handed to the publisher together; `commit` is the end LSN of the transaction whose
+/// last message is in this batch (or of an empty transaction / idle position when there are none).
+#[derive(Debug)]
+pub struct Batch {
+    pub messages: Vec<OutgoingMessage>,
+    pub commit: Option<Lsn>,
+}
+
+const BATCH_SIZE: usize = 256;
+
+pub struct Reader {
+    pub stream: ReplicationReader,
+    pub decoder: Decoder,
+    pub catalog: Catalog,
+    pub db: Database,
+    pub out: mpsc::Sender<Batch>,
+    pub config: Arc<ProducerConfig>,
+    pub stats: Arc<Stats>,
+    /// Wakes the status sender when the server asks for a reply.
+    pub reply_requested: Arc<Notify>,
+    /// No message for this long means the connection is dead.
+    pub silence_timeout: Duration,
+    tx: TransactionBuilder,
+    buffer: TxBuffer,
+    /// Highest position sent to the publisher as a commit or idle mark.
+    last_mark: Lsn,
+}
+
+/// Whether the reader goes on or stops (shutdown was requested).
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Reader {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        stream: ReplicationReader,
+        decoder: Decoder,
+        catalog: Catalog,
+        db: Database,
+        out: mpsc::Sender<Batch>,
+        config: Arc<ProducerConfig>,
+        stats: Arc<Stats>,
+        reply_requested: Arc<Notify>,
+    ) -> Self {
+        let silence_timeout = config.status_interval * 3 + Duration::from_secs(5);
+        let buffer = TxBuffer::new(config.tx_memory_budget, config.spill_dir.clone());
+        Reader {
+            stream,
+            decoder,
+            catalog,
+            db,
+            out,
+            config,
+            stats,
+            reply_requested,
+            silence_timeout,
+            tx: TransactionBuilder::default(),
+            buffer,
+            last_mark: Lsn::ZERO,
+        }
+    }
+
+    /// Reads until shutdown (returning the stream, for a clean end of the session) or an error.
+    /// The catalog is returned too, so the next session need not look everything up again.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+    ) -> Result<(ReplicationReader, Catalog), ProducerError> {
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok((self.stream, self.catalog)),
+                message = tokio::time::timeout(self.silence_timeout, self.stream.next()) => message
+                    .map_err(|_| ReplicationError::Silent(self.silence_timeout.as_secs()))??,
+            };
+            let flow = match message {
+                WalMessage::XLogData {
+                    wal_start,
+                    wal_end,
+                    data,
+                } => {
+                    Stats::set(&self.stats.received_lsn, wal_end.0.max(wal_start.0));
+                    self.handle(wal_start, &data, &shutdown).await?
+                }
+                WalMessage::Keepalive {
+                    wal_end,
+                    reply_requested,
+                } => {
+                    Stats::set(&self.stats.received_lsn, wal_end.0);
+                    if reply_requested {
+                        self.reply_requested.notify_one();
+                    }
+                    self.mark_idle_position(wal_end, &shutdown).await?
+                }
+                WalMessage::End => return Err(ProducerError::StreamEnded),
+            };
+            if let Flow::Stop = flow {
+                return Ok((self.stream, self.catalog));
+            }
+        }
+    }
+
+    /// Between transactions, everything up to the server's position has been read: that position
+    /// may be confirmed once the messages before it are, so the slot advances on an idle or
+    /// filtered database.
+    async fn mark_idle_position(
+        &mut self,
+        wal_end: Lsn,
+        shutdown: &CancellationToken,
+    ) -> Result<Flow, ProducerError> {
+        if self.tx.in_transaction() || !self.buffer.is_empty() || wal_end <= self.last_mark {
+            return Ok(Flow::Continue);
+        }
+        self.send(
+            Batch {
+                messages: Vec::new(),
+                commit: Some(wal_end),
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    async fn send(
+        &mut self,
+        batch: Batch,
+        shutdown: &CancellationToken,
+    ) -> Result<Flow, ProducerError> {
+        if let Some(lsn) = batch.commit {
+            self.last_mark = self.last_mark.max(lsn);
+        }
+        tokio::select! {
+            biased;
+            sent = self.out.send(batch) => sent
+                .map(|_| Flow::Continue)
+                .map_err(|_| ProducerError::BrokerClosed("the publisher stopped".into())),
+            _ = shutdown.cancelled() => Ok(Flow::Stop),
+        }
+    }
+
+    async fn decode(&mut self, data: &[u8]) -> Result<Decoded, ProducerError> {
+        for _ in 0..64 {
+            match self.decoder.decode(data, &self.catalog) {
+                Ok(decoded) => return Ok(decoded),
+                Err(DecodeError::NeedCatalog(CatalogNeed::Type(oid))) => {
+                    let infos = self.db.types(&[oid]).await?;
+                    self.catalog.insert_types(infos);
+                }
+                Err(DecodeError::NeedCatalog(CatalogNeed::PrimaryKey(table))) => {
+                    let key = self.db.primary_key(&table).await?;
+                    self.catalog.insert_primary_key(&table, key);
+                    self.decoder.catalog_updated(&self.catalog);
+                }
+                Err(e) => return Err(ProducerError::Decode(e)),
+            }
+        }
+        Err(ProducerError::Protocol(
+            "catalog look-ups for one change did not settle after 64 rounds".into(),
+        ))
+    }
+
+    async fn handle(
+        &mut self,
+        wal_start: Lsn,
+        data: &[u8],
+        shutdown: &CancellationToken,
+    ) -> Result<Flow, ProducerError> {
+        match self.decode(data).await? {
+            Decoded::Begin(begin) => {
+                if let Some(open) = self.tx.current() {
+                    tracing::warn!(
+                        xid = open.xid,
+                        "transaction began before the previous one committed; dropping its events"
+                    );
+                    self.buffer.clear();
+                }
+                self.tx.begin(begin);
+            }
+            Decoded::Row(change) => {
+                if self
+                    .config
+                    .streams(&change.table.schema, &change.table.name)
+                {
+                    let mut body = Vec::with_capacity(256);
+                    if let Some(seq) = self.tx.row(&change, &mut body) {
+                        let event = PendingEvent {
+                            table: change.table.clone(),
+                            action: change.action,
+                            seq,
+                            body,
+                        };
+                        self.buffer.push(event).await?;
+                    }
+                }
+            }
+            Decoded::Truncate(tables) => {
+                for table in tables
+                    .iter()
+                    .filter(|t| self.config.streams(&t.schema, &t.name))
+                {
+                    let mut body = Vec::with_capacity(160);
+                    if let Some(seq) = self.tx.truncate(table, &mut body) {
+                        let event = PendingEvent {
+                            table: table.clone(),
+                            action: Action::Truncate,
+                            seq,
+                            body,
+                        };
+                        self.buffer.push(event).await?;
+                    }
+                }
+            }
+            Decoded::Message(message) => {
+                if let Err(bad) = self.tx.message(&message) {
+                    tracing::warn!("{bad}");
+                }
+            }
+            Decoded::Relation(table) => self.catalog.forget_primary_key(&table),
+            Decoded::Commit => return self.commit(wal_start, shutdown).await,
+            Decoded::Ignored => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn commit(
+        &mut self,
+        end_lsn: Lsn,
+        shutdown: &CancellationToken,
+    ) -> Result<Flow, ProducerError> {
+        let (Some(begin), Some(outcome)) = (self.tx.current(), self.tx.commit()) else {
+            tracing::warn!(%end_lsn, "commit without a transaction; ignored");
+            return Ok(Flow::Continue);
+        };
+        Stats::add(&self.stats.transactions, 1);
+        if outcome.skip {
+            Stats::add(&self.stats.transactions_skipped, 1);
+            self.buffer.clear();
+            return self
+                .send(
+                    Batch {
+                        messages: Vec::new(),
+                        commit: Some(end_lsn),
+                    },
+                    shutdown,
+                )
+                .await;
+        }
+        let (memory, spill) = self.buffer.take().await?;
+        let lsn_text = begin.commit_lsn.to_string();
+        let mut batch = Vec::with_capacity(
+            BATCH_SIZE.min(memory.len() + usize::from(spill.is_some()) * BATCH_SIZE),
+        );
+        for event in memory {
+            batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?);
+            if batch.len() == BATCH_SIZE {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
+                if let Flow::Stop = self
+                    .send(
+                        Batch {
+                            messages: full,
+                            commit: None,
+                        },
+                        shutdown,
+                    )
+                    .await?
+                {
+                    return Ok(Flow::Stop);
+                }
+            }
+        }
+        if let Some(mut spill) = spill {
+            while let Some(event) = spill.next().await? {
+                batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?);
+                if batch.len() == BATCH_SIZE {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
+                    if let Flow::Stop = self
+                        .send(
+                            Batch {
+                                messages: full,
+                                commit: None,
+                            },
+                            shutdown,
+                        )
+                        .await?
+                    {
+                        return Ok(Flow::Stop);
+                    }
+                }
+            }
+        }
+        self.send(
+            Batch {
+                messages: batch,
+                commit: Some(end_lsn),
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    fn outgoing(
+        &self,
+        event: PendingEvent,
+        outcome: &TxOutcome,
+        begin: &TxBegin,
+        lsn_text: &str,
+    ) -> Result<OutgoingMessage, ProducerError> {
+        let PendingEvent {
+            table,
+            action,
+            seq,
+            mut body,
+        } = event;
+        close_event(&mut body, outcome.context.as_deref());
+        let (body, content_encoding) = match self.config.compression {
+            Compression::None => (body, None),
+            Compression::Gzip => (gzip(&body)?, Some("gzip")),
+        };
+        Ok(OutgoingMessage {
+            routing_key: routing_key(&table),
+            message_id: message_id(begin.commit_lsn, seq),
+            headers: vec![
+                (HEADER_ACTION, action.code().to_owned()),
+                (HEADER_TABLE, table.qualified.clone()),
+                (HEADER_LSN, lsn_text.to_owned()),
+            ],
+            timestamp: u64::try_from(begin.commit_time_micros / 1_000_000).unwrap_or(0),
+            content_type: CONTENT_TYPE,
+            content_encoding,
+            app_id: APP_ID,
+            body,
+        })
+    }
+}
+
+fn routing_key(table: &TableRef) -> String {
+    table.qualified.clone()
+}
+
+fn gzip(body: &[u8]) -> Result<Vec<u8>, ProducerError> {
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(body.len() / 2 + 32),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(body)?;
+    Ok(encoder.finish()?)
+}

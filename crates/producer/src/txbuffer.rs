@@ -1,0 +1,317 @@
+//! The events of the transaction being read, held until its commit.
+//!
+//! Events wait for the commit because a context message (or `{"skip": true}`) may arrive
+//! anywhere in the transaction. Past a memory budget they go to an anonymous temporary file, so
+//! a transaction of millions of rows does not grow the producer's memory. File I/O runs on the
+//! blocking pool, in chunks.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pgevents_decode::TableRef;
+use pgevents_event::Action;
+
+/// One event, written up to `seq` (see `pgevents_decode::encode::close_event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    pub table: Arc<TableRef>,
+    pub action: Action,
+    pub seq: u64,
+    pub body: Vec<u8>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Events of one transaction: the first ones in memory, the rest in a spill file.
+pub struct TxBuffer {
+    memory: Vec<PendingEvent>,
+    memory_bytes: usize,
+    budget: usize,
+    spill_dir: Option<PathBuf>,
+    spill: Option<Spill>,
+}
+
+struct Spill {
+    file: Option<File>,
+    staged: Vec<u8>,
+    tables: Vec<Arc<TableRef>>,
+    table_index: HashMap<String, u32>,
+    events: u64,
+}
+
+fn action_code(action: Action) -> u8 {
+    action.code().as_bytes()[0]
+}
+
+fn io_err(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(format!("spill file task failed: {e}"))
+}
+
+impl Spill {
+    fn new(dir: Option<&PathBuf>) -> io::Result<Spill> {
+        let file = match dir {
+            Some(dir) => tempfile::tempfile_in(dir)?,
+            None => tempfile::tempfile()?,
+        };
+        Ok(Spill {
+            file: Some(file),
+            staged: Vec::with_capacity(CHUNK + 4096),
+            tables: Vec::new(),
+            table_index: HashMap::new(),
+            events: 0,
+        })
+    }
+
+    async fn push(&mut self, event: PendingEvent) -> io::Result<()> {
+        let index = match self.table_index.get(&event.table.qualified) {
+            Some(&i) => i,
+            None => {
+                let i = self.tables.len() as u32;
+                self.table_index.insert(event.table.qualified.clone(), i);
+                self.tables.push(event.table.clone());
+                i
+            }
+        };
+        self.staged.extend_from_slice(&index.to_le_bytes());
+        self.staged.push(action_code(event.action));
+        self.staged.extend_from_slice(&event.seq.to_le_bytes());
+        self.staged
+            .extend_from_slice(&(event.body.len() as u32).to_le_bytes());
+        self.staged.extend_from_slice(&event.body);
+        self.events += 1;
+        if self.staged.len() >= CHUNK {
+            self.write_staged().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_staged(&mut self) -> io::Result<()> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("spill file lost"))?;
+        let mut data = std::mem::take(&mut self.staged);
+        let (file, data) = tokio::task::spawn_blocking(move || {
+            let result = file.write_all(&data);
+            data.clear();
+            result.map(|_| (file, data))
+        })
+        .await
+        .map_err(io_err)??;
+        self.file = Some(file);
+        self.staged = data;
+        Ok(())
+    }
+}
+
+/// Reads spilled events back, in order.
+pub struct SpillReader {
+    file: Option<File>,
+    buf: Vec<u8>,
+    pos: usize,
+    tables: Vec<Arc<TableRef>>,
+    remaining: u64,
+}
+
+impl SpillReader {
+    /// The next spilled event, or `None` at the end.
+    pub async fn next(&mut self) -> io::Result<Option<PendingEvent>> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let header = 4 + 1 + 8 + 4;
+        self.fill(header).await?;
+        let b = &self.buf[self.pos..];
+        let table = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let action = b[4];
+        let seq = u64::from_le_bytes(
+            b[5..13]
+                .try_into()
+                .map_err(|_| io::Error::other("bad spill record"))?,
+        );
+        let len = u32::from_le_bytes([b[13], b[14], b[15], b[16]]) as usize;
+        self.fill(header + len).await?;
+        let body = self.buf[self.pos + header..self.pos + header + len].to_vec();
+        self.pos += header + len;
+        self.remaining -= 1;
+        let table = self
+            .tables
+            .get(table)
+            .cloned()
+            .ok_or_else(|| io::Error::other("bad spill record table"))?;
+        let action = Action::ALL
+            .into_iter()
+            .find(|a| action_code(*a) == action)
+            .ok_or_else(|| io::Error::other("bad spill record action"))?;
+        Ok(Some(PendingEvent {
+            table,
+            action,
+            seq,
+            body,
+        }))
+    }
+
+    /// Makes sure `n` bytes are buffered from `pos`.
+    async fn fill(&mut self, n: usize) -> io::Result<()> {
+        if self.buf.len() - self.pos >= n {
+            return Ok(());
+        }
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let want = n.max(CHUNK) - self.buf.len();
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("spill file lost"))?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let (file, buf) = tokio::task::spawn_blocking(move || {
+            let start = buf.len();
+            buf.resize(start + want, 0);
+            let mut filled = 0;
+            while filled < want {
+                match file.read(&mut buf[start + filled..]) {
+                    Ok(0) => break,
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(start + filled);
+            Ok((file, buf))
+        })
+        .await
+        .map_err(io_err)??;
+        self.file = Some(file);
+        self.buf = buf;
+        if self.buf.len() < n {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "spill file is shorter than what was written",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TxBuffer {
+    /// A buffer keeping up to `budget` bytes of event bodies in memory; beyond that, events go to
+    /// a temporary file in `spill_dir` (the system's temporary directory if `None`).
+    pub fn new(budget: usize, spill_dir: Option<PathBuf>) -> Self {
+        TxBuffer {
+            memory: Vec::new(),
+            memory_bytes: 0,
+            budget,
+            spill_dir,
+            spill: None,
+        }
+    }
+
+    pub async fn push(&mut self, event: PendingEvent) -> io::Result<()> {
+        if self.spill.is_none() && self.memory_bytes + event.body.len() <= self.budget {
+            self.memory_bytes += event.body.len();
+            self.memory.push(event);
+            return Ok(());
+        }
+        if self.spill.is_none() {
+            self.spill = Some(Spill::new(self.spill_dir.as_ref())?);
+        }
+        match self.spill.as_mut() {
+            Some(spill) => spill.push(event).await,
+            None => Err(io::Error::other("spill file missing")),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_empty() && self.spill.is_none()
+    }
+
+    /// Whether events went to disk.
+    pub fn spilled(&self) -> bool {
+        self.spill.is_some()
+    }
+
+    /// Hands the events over in order (memory first, then the spill file) and empties the buffer.
+    pub async fn take(&mut self) -> io::Result<(Vec<PendingEvent>, Option<SpillReader>)> {
+        self.memory_bytes = 0;
+        let memory = std::mem::take(&mut self.memory);
+        let Some(mut spill) = self.spill.take() else {
+            return Ok((memory, None));
+        };
+        spill.write_staged().await?;
+        let mut file = spill
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("spill file lost"))?;
+        let file = tokio::task::spawn_blocking(move || file.seek(SeekFrom::Start(0)).map(|_| file))
+            .await
+            .map_err(io_err)??;
+        let reader = SpillReader {
+            file: Some(file),
+            buf: Vec::new(),
+            pos: 0,
+            tables: spill.tables,
+            remaining: spill.events,
+        };
+        Ok((memory, Some(reader)))
+    }
+
+    /// Drops the events (the transaction is skipped or the stream broke).
+    pub fn clear(&mut self) {
+        self.memory.clear();
+        self.memory_bytes = 0;
+        self.spill = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: u64, table: &Arc<TableRef>) -> PendingEvent {
+        PendingEvent {
+            table: table.clone(),
+            action: Action::Insert,
+            seq: i,
+            body: format!("{{\"n\":{i}")
+                .into_bytes()
+                .repeat((i % 5 + 1) as usize),
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_order_across_memory_and_disk() {
+        let a = Arc::new(TableRef::new("public", "a"));
+        let b = Arc::new(TableRef::new("public", "b"));
+        let mut buffer = TxBuffer::new(1000, None);
+        let expected: Vec<PendingEvent> = (0..50_000)
+            .map(|i| event(i, if i % 3 == 0 { &a } else { &b }))
+            .collect();
+        for e in &expected {
+            buffer.push(e.clone()).await.unwrap();
+        }
+        assert!(buffer.spilled());
+        let (memory, spill) = buffer.take().await.unwrap();
+        let mut got = memory;
+        let mut spill = spill.unwrap();
+        while let Some(e) = spill.next().await.unwrap() {
+            got.push(e);
+        }
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected);
+        assert!(buffer.is_empty());
+    }
+
+    #[tokio::test]
+    async fn small_transactions_stay_in_memory() {
+        let a = Arc::new(TableRef::new("public", "a"));
+        let mut buffer = TxBuffer::new(1 << 20, None);
+        buffer.push(event(0, &a)).await.unwrap();
+        assert!(!buffer.spilled());
+        let (memory, spill) = buffer.take().await.unwrap();
+        assert_eq!(memory.len(), 1);
+        assert!(spill.is_none());
+    }
+}

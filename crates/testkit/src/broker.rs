@@ -1,0 +1,173 @@
+//! The local RabbitMQ (127.0.0.1:5672, guest/guest, or `PGEVENTS_TEST_AMQP_URL`) with names
+//! unique to each test, and a queue that collects published events.
+
+use std::time::Duration;
+
+use pgevents_amqp::{
+    self as amqp, AmqpUrl, Channel, Connection, Delivery, DeliveryStream, QueueSpec,
+};
+use pgevents_event::Event;
+use rand::Rng;
+
+/// The broker tests use.
+pub fn amqp_url() -> String {
+    std::env::var("PGEVENTS_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// `prefix_<random>`: a name no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("pgevents_test_{prefix}_{n:016x}")
+}
+
+/// An event as it arrived.
+#[derive(Debug, Clone)]
+pub struct ReceivedEvent {
+    pub event: Event,
+    pub json: serde_json::Value,
+    pub body: Vec<u8>,
+    pub delivery: Delivery,
+}
+
+impl ReceivedEvent {
+    pub fn message_id(&self) -> String {
+        self.delivery.message_id().unwrap_or_default().to_owned()
+    }
+}
+
+/// A queue bound to an exchange, collecting events.
+pub struct EventQueue {
+    pub name: String,
+    connection: Connection,
+    channel: Channel,
+    deliveries: DeliveryStream,
+}
+
+impl EventQueue {
+    /// Declares the exchange (as the producer would) and a queue bound with `keys`.
+    pub async fn bind(exchange: &str, keys: &[&str]) -> EventQueue {
+        Self::bind_to(&amqp_url(), exchange, keys).await
+    }
+
+    pub async fn bind_to(url: &str, exchange: &str, keys: &[&str]) -> EventQueue {
+        let url: AmqpUrl = url.parse().expect("test AMQP URL");
+        let connection = amqp::connect(&url, "pgevents test collector")
+            .await
+            .expect("connect to RabbitMQ for the test");
+        let channel = amqp::open_channel(&connection).await.expect("channel");
+        amqp::declare_topic_exchange(&channel, exchange)
+            .await
+            .expect("declare exchange");
+        let name = unique_name("q");
+        let spec = QueueSpec {
+            name: name.clone(),
+            durable: true,
+            auto_delete: false,
+            ..Default::default()
+        };
+        amqp::declare_queue(&channel, &spec)
+            .await
+            .expect("declare queue");
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        amqp::bind_queue(&channel, &name, exchange, &keys)
+            .await
+            .expect("bind");
+        let deliveries = amqp::consume(&channel, &name, 1000, amqp::FieldTable::new())
+            .await
+            .expect("consume");
+        EventQueue {
+            name,
+            connection,
+            channel,
+            deliveries,
+        }
+    }
+
+    /// The next message as delivered (body not decoded), acknowledged.
+    pub async fn next_raw(&mut self, timeout: Duration) -> Option<Delivery> {
+        let delivery = tokio::time::timeout(timeout, self.deliveries.next())
+            .await
+            .ok()??;
+        amqp::ack(&self.channel, delivery.delivery_tag)
+            .await
+            .expect("ack");
+        Some(delivery)
+    }
+
+    /// The next event, acknowledged; `None` after `timeout` without one.
+    pub async fn next(&mut self, timeout: Duration) -> Option<ReceivedEvent> {
+        let delivery = self.next_raw(timeout).await?;
+        let event = Event::from_slice(&delivery.body).unwrap_or_else(|e| {
+            panic!(
+                "not an event: {e}: {}",
+                String::from_utf8_lossy(&delivery.body)
+            )
+        });
+        let json = serde_json::from_slice(&delivery.body).expect("JSON body");
+        Some(ReceivedEvent {
+            event,
+            json,
+            body: delivery.body.clone(),
+            delivery,
+        })
+    }
+
+    /// Exactly `n` events (panics if fewer arrive within `timeout`).
+    pub async fn take(&mut self, n: usize, timeout: Duration) -> Vec<ReceivedEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(e) => out.push(e),
+                None => panic!(
+                    "expected {n} events within {timeout:?}, got {}: {:#?}",
+                    out.len(),
+                    out.iter().map(|e| e.json.clone()).collect::<Vec<_>>()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Everything that arrives until `quiet` passes without a new event.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<ReceivedEvent> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next(quiet).await {
+            out.push(e);
+        }
+        out
+    }
+
+    /// Deletes the queue and closes the connection.
+    pub async fn close(self) {
+        let _ = self
+            .channel
+            .queue_delete(amqprs_queue_delete(&self.name))
+            .await;
+        let _ = self.channel.close().await;
+        let _ = self.connection.close().await;
+    }
+}
+
+fn amqprs_queue_delete(name: &str) -> pgevents_amqp::QueueDeleteArguments {
+    pgevents_amqp::QueueDeleteArguments::new(name)
+}
+
+/// Deletes an exchange (test cleanup).
+pub async fn delete_exchange(exchange: &str) {
+    let Ok(url) = amqp_url().parse::<AmqpUrl>() else {
+        return;
+    };
+    let Ok(connection) = amqp::connect(&url, "pgevents test cleanup").await else {
+        return;
+    };
+    if let Ok(channel) = amqp::open_channel(&connection).await {
+        let _ = channel
+            .exchange_delete(pgevents_amqp::ExchangeDeleteArguments::new(exchange))
+            .await;
+        let _ = channel.close().await;
+    }
+    let _ = connection.close().await;
+}

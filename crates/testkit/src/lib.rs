@@ -1,0 +1,33 @@
+//! Test support for pgevents' end-to-end tests: real servers, never mocks.
+//!
+//! - [`PgCluster`]: a throwaway PostgreSQL cluster (initdb + pg_ctl in a temporary directory,
+//!   `wal_level=logical`, a free port, SCRAM passwords, optional TLS).
+//! - [`unique_name`] and [`EventQueue`]: per-test exchange/queue names on the local RabbitMQ and
+//!   a queue that collects what the producer publishes.
+//! - [`PgEventsProcess`]: the `pgevents` binary as a child process (signals, exit status, logs).
+
+mod broker;
+mod pg;
+mod process;
+
+pub use broker::{amqp_url, delete_exchange, unique_name, EventQueue, ReceivedEvent};
+pub use pg::{PgCluster, PgOptions};
+pub use process::{pgevents_binary, PgEventsProcess};
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
