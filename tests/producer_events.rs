@@ -9,10 +9,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread")]
 async fn insert_update_delete_truncate_with_primary_key() {
     let world = World::new().await;
-    world
-        .pg
-        .execute("CREATE TABLE users (id int PRIMARY KEY, full_name text, email text)")
-        .await;
+    world.pg.execute("CREATE TABLE users (id int PRIMARY KEY, full_name text, email text)").await;
     let mut queue = world.queue(&["#"]).await;
     let producer = world.producer(&[]).await;
     world
@@ -29,18 +26,12 @@ async fn insert_update_delete_truncate_with_primary_key() {
     assert_eq!(b[0]["table_name"], "public.users");
     assert_eq!(b[0]["action"], "I");
     assert_eq!(b[0]["old"], json!({}));
-    assert_eq!(
-        b[0]["new"],
-        json!({"id": 1, "full_name": "A", "email": "a@example.com"})
-    );
+    assert_eq!(b[0]["new"], json!({"id": 1, "full_name": "A", "email": "a@example.com"}));
     assert_eq!(b[0]["diff"], b[0]["new"]);
     assert_eq!(b[0]["id"], 1);
     assert_eq!(b[1]["action"], "U");
     assert_eq!(b[1]["old"], json!({"id": 1}));
-    assert_eq!(
-        b[1]["new"],
-        json!({"id": 1, "full_name": "B", "email": "a@example.com"})
-    );
+    assert_eq!(b[1]["new"], json!({"id": 1, "full_name": "B", "email": "a@example.com"}));
     assert_eq!(b[1]["diff"]["full_name"], "B");
     assert!(b[1]["diff"].get("id").is_none());
     assert_eq!(b[2]["action"], "D");
@@ -53,20 +44,11 @@ async fn insert_update_delete_truncate_with_primary_key() {
         assert!(e.json["lsn"].as_str().unwrap().contains('/'));
         assert!(e.json["xid"].as_u64().unwrap() > 0);
         assert!(e.json["commit_time"].as_str().unwrap().ends_with('Z'));
-        assert_eq!(
-            e.message_id(),
-            format!("{}:{}", e.json["lsn"].as_str().unwrap(), e.json["seq"])
-        );
+        assert_eq!(e.message_id(), format!("{}:{}", e.json["lsn"].as_str().unwrap(), e.json["seq"]));
         assert_eq!(e.delivery.routing_key, "public.users");
-        assert_eq!(
-            e.delivery.properties.content_type().map(String::as_str),
-            Some("application/json")
-        );
+        assert_eq!(e.delivery.properties.content_type().map(String::as_str), Some("application/json"));
         assert_eq!(e.delivery.properties.delivery_mode(), Some(2));
-        assert_eq!(
-            e.delivery.header("action").as_deref(),
-            e.json["action"].as_str()
-        );
+        assert_eq!(e.delivery.header("action").as_deref(), e.json["action"].as_str());
         assert_eq!(e.delivery.header("table").as_deref(), Some("public.users"));
         assert_eq!(e.delivery.header("lsn").as_deref(), e.json["lsn"].as_str());
     }
@@ -153,18 +135,9 @@ async fn every_type_family() {
     let e = queue.take(1, WAIT).await.remove(0);
     let row = &e.json["new"];
     let raw = String::from_utf8(e.body.clone()).unwrap();
-    assert!(
-        raw.contains(r#""i8":9007199254740993"#),
-        "bigint keeps every digit: {raw}"
-    );
-    assert!(
-        raw.contains(r#""n":12.3400"#),
-        "numeric keeps PostgreSQL's digits: {raw}"
-    );
-    assert!(
-        raw.contains(r#""big":123456789012345678901234567890.000000001"#),
-        "{raw}"
-    );
+    assert!(raw.contains(r#""i8":9007199254740993"#), "bigint keeps every digit: {raw}");
+    assert!(raw.contains(r#""n":12.3400"#), "numeric keeps PostgreSQL's digits: {raw}");
+    assert!(raw.contains(r#""big":123456789012345678901234567890.000000001"#), "{raw}");
     assert_eq!(row["f4"], 1.5);
     assert_eq!(row["f8"], 0.1);
     assert_eq!(row["nan"], "NaN");
@@ -196,25 +169,25 @@ async fn every_type_family() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pgtables_filters_and_numeric_as_string() {
     let world = World::new().await;
-    world.pg.execute("CREATE TABLE wanted (id int PRIMARY KEY, n numeric); CREATE TABLE other (id int PRIMARY KEY);").await;
-    let mut queue = world.queue(&["#"]).await;
-    let producer = world
-        .producer(&[
-            ("PGTABLES", "public.wanted"),
-            ("PGEVENTS_NUMERIC_AS_STRING", "true"),
-        ])
+    world
+        .pg
+        .execute("CREATE TABLE wanted (id int PRIMARY KEY, n numeric); CREATE TABLE other (id int PRIMARY KEY);")
         .await;
-    world.pg.execute("INSERT INTO other VALUES (1); INSERT INTO wanted VALUES (1, 1.50); INSERT INTO other VALUES (2);").await;
+    let mut queue = world.queue(&["#"]).await;
+    let producer = world.producer(&[("PGTABLES", "public.wanted"), ("PGEVENTS_NUMERIC_AS_STRING", "true")]).await;
+    world
+        .pg
+        .execute("INSERT INTO other VALUES (1); INSERT INTO wanted VALUES (1, 1.50); INSERT INTO other VALUES (2);")
+        .await;
     let events = queue.drain(std::time::Duration::from_secs(3)).await;
     assert_eq!(events.len(), 1, "{:?}", bodies(&events));
     assert_eq!(events[0].json["table_name"], "public.wanted");
     assert_eq!(events[0].json["new"]["n"], "1.50");
-    let tables = world.pg.query_text("SELECT string_agg(tablename, ',') FROM pg_publication_tables WHERE pubname = 'pgevents'").await;
-    assert_eq!(
-        tables.as_deref(),
-        Some("wanted"),
-        "the publication lists only PGTABLES"
-    );
+    let tables = world
+        .pg
+        .query_text("SELECT string_agg(tablename, ',') FROM pg_publication_tables WHERE pubname = 'pgevents'")
+        .await;
+    assert_eq!(tables.as_deref(), Some("wanted"), "the publication lists only PGTABLES");
     stop(producer).await;
     world.cleanup(queue).await;
 }
@@ -222,10 +195,7 @@ async fn pgtables_filters_and_numeric_as_string() {
 #[tokio::test(flavor = "multi_thread")]
 async fn transaction_context_and_skip() {
     let world = World::new().await;
-    world
-        .pg
-        .execute("CREATE TABLE orders (id int PRIMARY KEY)")
-        .await;
+    world.pg.execute("CREATE TABLE orders (id int PRIMARY KEY)").await;
     let mut queue = world.queue(&["#"]).await;
     let producer = world.producer(&[]).await;
     world
@@ -240,21 +210,11 @@ async fn transaction_context_and_skip() {
         )
         .await;
     let b = bodies(&queue.take(3, WAIT).await);
-    assert_eq!(
-        b[0]["context"],
-        json!({"uid": 42, "label": "signup"}),
-        "context reaches events before the message too"
-    );
+    assert_eq!(b[0]["context"], json!({"uid": 42, "label": "signup"}), "context reaches events before the message too");
     assert_eq!(b[1]["context"], json!({"uid": 42, "label": "signup"}));
-    assert_eq!(
-        b[2]["new"]["id"], 4,
-        "the skipped transaction published nothing"
-    );
+    assert_eq!(b[2]["new"]["id"], 4, "the skipped transaction published nothing");
     assert!(b[2].get("context").is_none());
-    assert!(queue
-        .next(std::time::Duration::from_secs(1))
-        .await
-        .is_none());
+    assert!(queue.next(std::time::Duration::from_secs(1)).await.is_none());
     stop(producer).await;
     world.cleanup(queue).await;
 }
@@ -263,25 +223,14 @@ async fn transaction_context_and_skip() {
 async fn gzip_compression_is_announced() {
     use std::io::Read;
     let world = World::new().await;
-    world
-        .pg
-        .execute("CREATE TABLE z (id int PRIMARY KEY, t text)")
-        .await;
+    world.pg.execute("CREATE TABLE z (id int PRIMARY KEY, t text)").await;
     let mut queue = world.queue(&["#"]).await;
     let producer = world.producer(&[("PGEVENTS_COMPRESSION", "gzip")]).await;
-    world
-        .pg
-        .execute("INSERT INTO z VALUES (1, repeat('abc', 1000))")
-        .await;
+    world.pg.execute("INSERT INTO z VALUES (1, repeat('abc', 1000))").await;
     let delivery = queue.next_raw(WAIT).await.expect("a message");
-    assert_eq!(
-        delivery.properties.content_encoding().map(String::as_str),
-        Some("gzip")
-    );
+    assert_eq!(delivery.properties.content_encoding().map(String::as_str), Some("gzip"));
     let mut body = String::new();
-    flate2::read::GzDecoder::new(&delivery.body[..])
-        .read_to_string(&mut body)
-        .unwrap();
+    flate2::read::GzDecoder::new(&delivery.body[..]).read_to_string(&mut body).unwrap();
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["new"]["t"].as_str().unwrap().len(), 3000);
     assert!(delivery.body.len() < 500, "compressed");

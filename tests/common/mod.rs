@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use pgevents_testkit::{
-    amqp_url, delete_exchange, unique_name, EventQueue, PgCluster, PgEventsProcess, ReceivedEvent,
-};
+use pgevents_testkit::{amqp_url, delete_exchange, unique_name, EventQueue, PgCluster, PgEventsProcess, ReceivedEvent};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -24,11 +22,7 @@ impl World {
     }
 
     pub async fn with_cluster(pg: PgCluster) -> World {
-        World {
-            pg,
-            exchange: unique_name("x"),
-            slot: "pgevents_test".to_owned(),
-        }
+        World { pg, exchange: unique_name("x"), slot: "pgevents_test".to_owned() }
     }
 
     /// Environment for a producer on this world.
@@ -73,10 +67,6 @@ pub async fn stop(mut producer: PgEventsProcess) -> String {
     producer.terminate();
     let code = producer.wait(WAIT).await;
     let log = producer.stderr();
-    assert_eq!(
-        code,
-        Some(0),
-        "producer should exit 0 on SIGTERM; stderr:\n{log}"
-    );
+    assert_eq!(code, Some(0), "producer should exit 0 on SIGTERM; stderr:\n{log}");
     log
 }

@@ -1,8 +1,6 @@
 //! Consuming: prefetch, manual acknowledgement, and deliveries as plain values.
 
-use amqprs::channel::{
-    BasicAckArguments, BasicConsumeArguments, BasicNackArguments, BasicQosArguments, Channel,
-};
+use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicNackArguments, BasicQosArguments, Channel};
 use amqprs::{BasicProperties, FieldTable, FieldValue};
 use tokio::sync::mpsc;
 
@@ -104,10 +102,7 @@ pub async fn consume(
 
 /// Acknowledges one delivery.
 pub async fn ack(channel: &Channel, delivery_tag: u64) -> Result<(), AmqpError> {
-    channel
-        .basic_ack(BasicAckArguments::new(delivery_tag, false))
-        .await
-        .map_err(|e| AmqpError::op("ack", describe(&e)))
+    channel.basic_ack(BasicAckArguments::new(delivery_tag, false)).await.map_err(|e| AmqpError::op("ack", describe(&e)))
 }
 
 /// Rejects one delivery, back to the queue (`requeue`) or to its dead-letter exchange.

@@ -41,12 +41,7 @@ pub enum ConfirmEvent {
     /// The broker could not take the message(s).
     Nack { tag: u64, multiple: bool },
     /// A mandatory message could not be routed to any queue.
-    Returned {
-        routing_key: String,
-        reply_code: u16,
-        reply_text: String,
-        message_id: Option<String>,
-    },
+    Returned { routing_key: String, reply_code: u16, reply_text: String, message_id: Option<String> },
     /// The channel or connection closed; no further confirms will come.
     Closed(String),
 }
@@ -54,10 +49,7 @@ pub enum ConfirmEvent {
 /// Publishes messages with confirms.
 pub trait Publisher: Send {
     /// Publishes one message; returns its sequence number (1, 2, ... per channel).
-    fn publish(
-        &mut self,
-        message: OutgoingMessage,
-    ) -> impl Future<Output = Result<u64, AmqpError>> + Send;
+    fn publish(&mut self, message: OutgoingMessage) -> impl Future<Output = Result<u64, AmqpError>> + Send;
     /// The next confirm event. Cancel-safe.
     fn next_event(&mut self) -> impl Future<Output = ConfirmEvent> + Send;
 }
@@ -71,9 +63,7 @@ type CallbackResult<T> = Result<T, amqprs::error::Error>;
 #[async_trait]
 impl ChannelCallback for ConfirmForwarder {
     async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> CallbackResult<()> {
-        let _ = self.0.send(ConfirmEvent::Closed(format!(
-            "channel closed by the broker: {close}"
-        )));
+        let _ = self.0.send(ConfirmEvent::Closed(format!("channel closed by the broker: {close}")));
         Ok(())
     }
     async fn cancel(&mut self, _channel: &Channel, _cancel: Cancel) -> CallbackResult<()> {
@@ -83,16 +73,10 @@ impl ChannelCallback for ConfirmForwarder {
         Ok(active)
     }
     async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
-        let _ = self.0.send(ConfirmEvent::Ack {
-            tag: ack.delivery_tag(),
-            multiple: ack.mutiple(),
-        });
+        let _ = self.0.send(ConfirmEvent::Ack { tag: ack.delivery_tag(), multiple: ack.mutiple() });
     }
     async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
-        let _ = self.0.send(ConfirmEvent::Nack {
-            tag: nack.delivery_tag(),
-            multiple: nack.multiple(),
-        });
+        let _ = self.0.send(ConfirmEvent::Nack { tag: nack.delivery_tag(), multiple: nack.multiple() });
     }
     async fn publish_return(
         &mut self,
@@ -133,16 +117,10 @@ pub struct ConfirmingPublisher {
 
 impl ConfirmingPublisher {
     /// Connects, enables confirms and declares the exchange.
-    pub async fn connect(
-        url: &AmqpUrl,
-        settings: &PublisherSettings,
-    ) -> Result<ConfirmingPublisher, AmqpError> {
+    pub async fn connect(url: &AmqpUrl, settings: &PublisherSettings) -> Result<ConfirmingPublisher, AmqpError> {
         check_short_string("exchange name", &settings.exchange)?;
         let connection = connect(url, &settings.connection_name).await?;
-        let channel = connection
-            .open_channel(None)
-            .await
-            .map_err(|e| AmqpError::op("open channel", describe(&e)))?;
+        let channel = connection.open_channel(None).await.map_err(|e| AmqpError::op("open channel", describe(&e)))?;
         let (tx, events) = mpsc::unbounded_channel();
         channel
             .register_callback(ConfirmForwarder(tx.clone()))
@@ -159,14 +137,8 @@ impl ConfirmingPublisher {
         let watcher = connection.clone();
         tokio::spawn(async move {
             let network_failure = watcher.listen_network_io_failure().await;
-            let why = if network_failure {
-                "network failure"
-            } else {
-                "connection closed"
-            };
-            let _ = tx.send(ConfirmEvent::Closed(format!(
-                "RabbitMQ connection ended ({why})"
-            )));
+            let why = if network_failure { "network failure" } else { "connection closed" };
+            let _ = tx.send(ConfirmEvent::Closed(format!("RabbitMQ connection ended ({why})")));
         });
         Ok(ConfirmingPublisher {
             connection,
@@ -221,9 +193,6 @@ impl Publisher for ConfirmingPublisher {
     }
 
     async fn next_event(&mut self) -> ConfirmEvent {
-        self.events
-            .recv()
-            .await
-            .unwrap_or_else(|| ConfirmEvent::Closed("confirm stream ended".into()))
+        self.events.recv().await.unwrap_or_else(|| ConfirmEvent::Closed("confirm stream ended".into()))
     }
 }

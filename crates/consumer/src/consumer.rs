@@ -68,9 +68,7 @@ impl ConsumerError {
         match self {
             ConsumerError::StreamEnded => true,
             ConsumerError::Amqp(AmqpError::Closed(_)) => true,
-            ConsumerError::Amqp(AmqpError::Connect { reason, .. }) => {
-                !reason.contains("ACCESS_REFUSED")
-            }
+            ConsumerError::Amqp(AmqpError::Connect { reason, .. }) => !reason.contains("ACCESS_REFUSED"),
             ConsumerError::Amqp(AmqpError::Operation { reason, .. }) => {
                 !reason.contains("PRECONDITION_FAILED") && !reason.contains("ACCESS_REFUSED")
             }
@@ -130,43 +128,19 @@ impl Consumer {
     async fn declare(&self, channel: &Channel) -> Result<String, ConsumerError> {
         amqp::declare_topic_exchange(channel, &self.config.exchange).await?;
         let spec = match &self.config.queue {
-            QueueMode::Temporary => QueueSpec {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            QueueMode::Durable(name) => QueueSpec {
-                name: name.clone(),
-                durable: true,
-                ..Default::default()
-            },
+            QueueMode::Temporary => QueueSpec { exclusive: true, auto_delete: true, ..Default::default() },
+            QueueMode::Durable(name) => QueueSpec { name: name.clone(), durable: true, ..Default::default() },
         };
         let queue = amqp::declare_queue(channel, &spec).await?;
-        amqp::bind_queue(
-            channel,
-            &queue,
-            &self.config.exchange,
-            &self.config.binding_keys,
-        )
-        .await?;
+        amqp::bind_queue(channel, &queue, &self.config.exchange, &self.config.binding_keys).await?;
         Ok(queue)
     }
 
-    async fn session(
-        &self,
-        shutdown: &CancellationToken,
-        started: &mut bool,
-    ) -> Result<(), ConsumerError> {
+    async fn session(&self, shutdown: &CancellationToken, started: &mut bool) -> Result<(), ConsumerError> {
         let connection = amqp::connect(&self.config.url, &self.config.name).await?;
         let channel = amqp::open_channel(&connection).await?;
         let queue = self.declare(&channel).await?;
-        let mut deliveries = amqp::consume(
-            &channel,
-            &queue,
-            self.config.prefetch,
-            amqp::FieldTable::new(),
-        )
-        .await?;
+        let mut deliveries = amqp::consume(&channel, &queue, self.config.prefetch, amqp::FieldTable::new()).await?;
         *started = true;
         tracing::info!(queue = %queue, exchange = %self.config.exchange, keys = ?self.config.binding_keys, "consuming");
 
@@ -232,21 +206,11 @@ impl Consumer {
         let Some(handler) = self.registry.find(&event.table_name, event.action) else {
             return Dispatch::Settle(Outcome::Ok);
         };
-        let message_id = delivery.message_id().map(str::to_owned).unwrap_or_else(|| {
-            event
-                .message_id()
-                .map(|id| id.to_string())
-                .unwrap_or_default()
-        });
-        Dispatch::Run(
-            IncomingEvent {
-                event,
-                body,
-                message_id,
-                delivery,
-            },
-            handler,
-        )
+        let message_id = delivery
+            .message_id()
+            .map(str::to_owned)
+            .unwrap_or_else(|| event.message_id().map(|id| id.to_string()).unwrap_or_default());
+        Dispatch::Run(IncomingEvent { event, body, message_id, delivery }, handler)
     }
 }
 

@@ -16,9 +16,7 @@ impl Glob {
             return parts[0] == text;
         }
         let (first, last) = (&parts[0], &parts[parts.len() - 1]);
-        if !text.starts_with(first.as_str())
-            || text.len() < first.len() + last.len()
-            || !text.ends_with(last.as_str())
+        if !text.starts_with(first.as_str()) || text.len() < first.len() + last.len() || !text.ends_with(last.as_str())
         {
             return false;
         }
@@ -53,11 +51,7 @@ mod tests {
             ("ab*ba", "aba", false),
         ];
         for (pattern, text, expected) in cases {
-            assert_eq!(
-                Glob::new(pattern).matches(text),
-                expected,
-                "{pattern} vs {text}"
-            );
+            assert_eq!(Glob::new(pattern).matches(text), expected, "{pattern} vs {text}");
         }
     }
 }

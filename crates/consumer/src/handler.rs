@@ -91,9 +91,7 @@ impl Registry {
     pub fn find(&self, table: &str, action: Action) -> Option<Arc<dyn Handler>> {
         self.routes
             .iter()
-            .find(|r| {
-                r.table.matches(table) && (r.actions.is_empty() || r.actions.contains(&action))
-            })
+            .find(|r| r.table.matches(table) && (r.actions.is_empty() || r.actions.contains(&action)))
             .map(|r| r.handler.clone())
     }
 

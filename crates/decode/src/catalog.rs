@@ -21,11 +21,7 @@ pub struct TableRef {
 
 impl TableRef {
     pub fn new(schema: &str, name: &str) -> TableRef {
-        TableRef {
-            schema: schema.to_owned(),
-            name: name.to_owned(),
-            qualified: format!("{schema}.{name}"),
-        }
+        TableRef { schema: schema.to_owned(), name: name.to_owned(), qualified: format!("{schema}.{name}") }
     }
 }
 
@@ -81,8 +77,7 @@ impl Catalog {
     }
 
     pub fn insert_primary_key(&mut self, table: &TableRef, key: PrimaryKey) {
-        self.primary_keys
-            .insert(table.qualified.clone(), Arc::new(key));
+        self.primary_keys.insert(table.qualified.clone(), Arc::new(key));
     }
 
     /// Forgets a table's primary key (its definition may have changed).
@@ -95,9 +90,6 @@ impl Catalog {
     }
 
     pub fn primary_key(&self, table: &TableRef) -> Result<Arc<PrimaryKey>, CatalogNeed> {
-        self.primary_keys
-            .get(&table.qualified)
-            .cloned()
-            .ok_or_else(|| CatalogNeed::PrimaryKey(table.clone()))
+        self.primary_keys.get(&table.qualified).cloned().ok_or_else(|| CatalogNeed::PrimaryKey(table.clone()))
     }
 }

@@ -10,36 +10,24 @@ pub(crate) type Read<T> = Result<T, crate::DecodeError>;
 
 impl<'a> Cursor<'a> {
     pub(crate) fn new(data: &'a [u8], plugin: &'static str) -> Self {
-        Cursor {
-            data,
-            pos: 0,
-            plugin,
-        }
+        Cursor { data, pos: 0, plugin }
     }
 
     pub(crate) fn malformed(&self, detail: impl Into<String>) -> crate::DecodeError {
-        crate::DecodeError::Malformed {
-            plugin: self.plugin,
-            detail: detail.into(),
-        }
+        crate::DecodeError::Malformed { plugin: self.plugin, detail: detail.into() }
     }
 
     pub(crate) fn bytes(&mut self, n: usize) -> Read<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&end| end <= self.data.len());
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.data.len());
         match end {
             Some(end) => {
                 let out = &self.data[self.pos..end];
                 self.pos = end;
                 Ok(out)
             }
-            None => Err(self.malformed(format!(
-                "message ends at byte {} but {} more were expected",
-                self.data.len(),
-                n
-            ))),
+            None => {
+                Err(self.malformed(format!("message ends at byte {} but {} more were expected", self.data.len(), n)))
+            }
         }
     }
 
@@ -76,12 +64,8 @@ impl<'a> Cursor<'a> {
     /// A NUL-terminated string.
     pub(crate) fn cstr(&mut self) -> Read<&'a str> {
         let rest = &self.data[self.pos..];
-        let len = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.malformed("unterminated string"))?;
-        let s =
-            std::str::from_utf8(&rest[..len]).map_err(|_| self.malformed("string is not UTF-8"))?;
+        let len = rest.iter().position(|&b| b == 0).ok_or_else(|| self.malformed("unterminated string"))?;
+        let s = std::str::from_utf8(&rest[..len]).map_err(|_| self.malformed("string is not UTF-8"))?;
         self.pos += len + 1;
         Ok(s)
     }

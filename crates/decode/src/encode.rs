@@ -52,10 +52,7 @@ fn write_diff(out: &mut Vec<u8>, change: &RowChange) {
             let mut first = true;
             for i in 0..change.new.len() {
                 let key = change.new.key(i);
-                let same = change
-                    .old
-                    .find(key, i)
-                    .is_some_and(|j| change.old.value(j) == change.new.value(i));
+                let same = change.old.find(key, i).is_some_and(|j| change.old.value(j) == change.new.value(i));
                 if !same {
                     if !first {
                         out.push(b',');
@@ -74,14 +71,9 @@ fn write_diff(out: &mut Vec<u8>, change: &RowChange) {
 
 /// Writes `id`: the key value, an object for composite keys, null without a key.
 fn write_id(out: &mut Vec<u8>, change: &RowChange) {
-    let row: &Tuple = if change.action == Action::Delete {
-        &change.old
-    } else {
-        &change.new
-    };
+    let row: &Tuple = if change.action == Action::Delete { &change.old } else { &change.new };
     let keys = change.primary_key.keys_json();
-    let value_of =
-        |key: &[u8], hint: usize| row.find(key, hint).map(|i| row.value(i)).unwrap_or(b"null");
+    let value_of = |key: &[u8], hint: usize| row.find(key, hint).map(|i| row.value(i)).unwrap_or(b"null");
     match keys {
         [] => out.extend_from_slice(b"null"),
         [key] => out.extend_from_slice(value_of(key, 0)),

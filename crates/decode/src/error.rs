@@ -9,10 +9,7 @@ pub enum DecodeError {
     NeedCatalog(CatalogNeed),
     /// The bytes do not follow the plugin's format.
     #[error("malformed {plugin} message: {detail}")]
-    Malformed {
-        plugin: &'static str,
-        detail: String,
-    },
+    Malformed { plugin: &'static str, detail: String },
     /// A change refers to a relation that was never described (pgoutput `R` message).
     #[error("pgoutput change for relation OID {0} that was never described by a Relation message")]
     UnknownRelation(u32),

@@ -44,14 +44,7 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
         }
         out.extend_from_slice(&bytes[start..i]);
         if escape == U {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(byte >> 4) as usize],
-                HEX[(byte & 0xF) as usize],
-            ]);
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(byte >> 4) as usize], HEX[(byte & 0xF) as usize]]);
         } else {
             out.extend_from_slice(&[b'\\', escape]);
         }
@@ -130,15 +123,7 @@ mod tests {
 
     #[test]
     fn escapes_like_serde_json() {
-        for s in [
-            "",
-            "plain",
-            "a\"b",
-            "back\\slash",
-            "tab\tnew\nline\r",
-            "\u{1}\u{1f}",
-            "é ü 日本 🎉",
-        ] {
+        for s in ["", "plain", "a\"b", "back\\slash", "tab\tnew\nline\r", "\u{1}\u{1f}", "é ü 日本 🎉"] {
             assert_eq!(escaped(s), serde_json::to_string(s).unwrap());
         }
     }
@@ -166,19 +151,10 @@ mod tests {
 
     #[test]
     fn numbers() {
-        for ok in [
-            "0",
-            "-0",
-            "12.3400",
-            "1e+20",
-            "1.5e-07",
-            "-12345678901234567890.123",
-        ] {
+        for ok in ["0", "-0", "12.3400", "1e+20", "1.5e-07", "-12345678901234567890.123"] {
             assert!(is_json_number(ok), "{ok}");
         }
-        for bad in [
-            "", "-", "01", "1.", ".5", "NaN", "Infinity", "1e", "+1", "1,0", " 1",
-        ] {
+        for bad in ["", "-", "01", "1.", ".5", "NaN", "Infinity", "1e", "+1", "1,0", " 1"] {
             assert!(!is_json_number(bad), "{bad}");
         }
     }

@@ -47,10 +47,7 @@ enum OldImage {
 
 impl PgOutputDecoder {
     pub fn new(options: ValueOptions) -> Self {
-        PgOutputDecoder {
-            relations: HashMap::new(),
-            options,
-        }
+        PgOutputDecoder { relations: HashMap::new(), options }
     }
 
     /// Decodes one message (the payload of one XLogData).
@@ -80,25 +77,12 @@ impl PgOutputDecoder {
                 let mut old = None;
                 let mut tag = cur.u8()?;
                 if tag == b'K' || tag == b'O' {
-                    let image = if tag == b'K' {
-                        OldImage::Key
-                    } else {
-                        OldImage::Full
-                    };
-                    old = Some(read_tuple(
-                        &mut cur,
-                        rel,
-                        catalog,
-                        self.options,
-                        Some(image),
-                    )?);
+                    let image = if tag == b'K' { OldImage::Key } else { OldImage::Full };
+                    old = Some(read_tuple(&mut cur, rel, catalog, self.options, Some(image))?);
                     tag = cur.u8()?;
                 }
                 if tag != b'N' {
-                    return Err(cur.malformed(format!(
-                        "UPDATE: expected new tuple 'N', found {:?}",
-                        tag as char
-                    )));
+                    return Err(cur.malformed(format!("UPDATE: expected new tuple 'N', found {:?}", tag as char)));
                 }
                 let mut new = read_tuple(&mut cur, rel, catalog, self.options, None)?;
                 // Without an old image (key unchanged), the key columns of the new row are the old key.
@@ -115,10 +99,7 @@ impl PgOutputDecoder {
                     b'K' => OldImage::Key,
                     b'O' => OldImage::Full,
                     other => {
-                        return Err(cur.malformed(format!(
-                            "DELETE: expected 'K' or 'O', found {:?}",
-                            other as char
-                        )))
+                        return Err(cur.malformed(format!("DELETE: expected 'K' or 'O', found {:?}", other as char)))
                     }
                 };
                 let old = read_tuple(&mut cur, rel, catalog, self.options, Some(image))?;
@@ -139,11 +120,7 @@ impl PgOutputDecoder {
                 let prefix = cur.cstr()?.to_owned();
                 let len = cur.u32()? as usize;
                 let content = cur.bytes(len)?.to_vec();
-                Ok(Decoded::Message(LogicalMessage {
-                    transactional: flags & 1 == 1,
-                    prefix,
-                    content,
-                }))
+                Ok(Decoded::Message(LogicalMessage { transactional: flags & 1 == 1, prefix, content }))
             }
             b'O' | b'Y' => Ok(Decoded::Ignored),
             other => Err(cur.malformed(format!("unknown message type {:?}", other as char))),
@@ -168,28 +145,15 @@ impl PgOutputDecoder {
             let _typmod = cur.i32()?;
             let mut key_json = Vec::with_capacity(col_name.len() + 2);
             json::write_str(&mut key_json, col_name);
-            columns.push(RelColumn {
-                key_json,
-                type_oid,
-                identity: flags & 1 == 1,
-            });
+            columns.push(RelColumn { key_json, type_oid, identity: flags & 1 == 1 });
         }
         let table = Arc::new(TableRef::new(namespace, name));
-        self.relations.insert(
-            relid,
-            Relation {
-                table: table.clone(),
-                columns,
-                primary_key: None,
-            },
-        );
+        self.relations.insert(relid, Relation { table: table.clone(), columns, primary_key: None });
         Ok(Decoded::Relation(table))
     }
 
     fn relation_for(&self, relid: u32) -> Result<&Relation, DecodeError> {
-        self.relations
-            .get(&relid)
-            .ok_or(DecodeError::UnknownRelation(relid))
+        self.relations.get(&relid).ok_or(DecodeError::UnknownRelation(relid))
     }
 
     fn row(
@@ -204,13 +168,7 @@ impl PgOutputDecoder {
             Some(pk) => pk.clone(),
             None => catalog.primary_key(&rel.table)?,
         };
-        Ok(Decoded::Row(RowChange {
-            table: rel.table.clone(),
-            action,
-            old,
-            new,
-            primary_key,
-        }))
+        Ok(Decoded::Row(RowChange { table: rel.table.clone(), action, old, new, primary_key }))
     }
 
     /// Remembers primary keys the catalog now knows, so later changes skip the map look-up.
@@ -226,10 +184,7 @@ impl PgOutputDecoder {
 fn expect_tag(cur: &mut Cursor<'_>, want: u8) -> Read<()> {
     let tag = cur.u8()?;
     if tag != want {
-        return Err(cur.malformed(format!(
-            "expected {:?}, found {:?}",
-            want as char, tag as char
-        )));
+        return Err(cur.malformed(format!("expected {:?}, found {:?}", want as char, tag as char)));
     }
     Ok(())
 }
@@ -256,16 +211,10 @@ fn read_tuple(
     if usize::try_from(ncols).ok() != Some(rel.columns.len()) {
         return Err(DecodeError::Table {
             table: rel.table.qualified.clone(),
-            detail: format!(
-                "the row has {ncols} columns but the table was described with {}",
-                rel.columns.len()
-            ),
+            detail: format!("the row has {ncols} columns but the table was described with {}", rel.columns.len()),
         });
     }
-    let mut tuple = Tuple::with_capacity(
-        rel.columns.len(),
-        cur.remaining().min(1 << 20) + rel.columns.len() * 12,
-    );
+    let mut tuple = Tuple::with_capacity(rel.columns.len(), cur.remaining().min(1 << 20) + rel.columns.len() * 12);
     for col in &rel.columns {
         let kind_byte = cur.u8()?;
         // A key image carries only the identity columns; the others are sent as nulls.
@@ -282,8 +231,7 @@ fn read_tuple(
                 }
             }
             b't' => {
-                let len = usize::try_from(cur.i32()?)
-                    .map_err(|_| cur.malformed("negative value length"))?;
+                let len = usize::try_from(cur.i32()?).map_err(|_| cur.malformed("negative value length"))?;
                 let raw = cur.bytes(len)?;
                 if keep {
                     let kind = catalog.type_kind(col.type_oid)?;

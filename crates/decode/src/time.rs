@@ -35,12 +35,7 @@ pub fn format_unix_micros(micros: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z", sod / 3600, (sod / 60) % 60, sod % 60)
 }
 
 /// Formats a PostgreSQL timestamp (microseconds since 2000-01-01 UTC) as RFC 3339.
@@ -96,15 +91,13 @@ pub fn parse_iso_timestamptz(text: &str) -> Option<i64> {
         let unit = [3600, 60, 1].get(n)?;
         offset_secs += digits(part.as_bytes())? * unit;
     }
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-        - sign * offset_secs;
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - sign * offset_secs;
     Some(secs * 1_000_000 + micros)
 }
 
 /// Whether `text` only holds characters of an ISO date-time (digits, `-`, `:`, `.`, `+`, space).
 fn iso_charset(text: &str) -> bool {
-    text.bytes()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'.' | b'+' | b' '))
+    text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'.' | b'+' | b' '))
 }
 
 /// Rewrites PostgreSQL's ISO `timestamptz` text as RFC 3339 (`T` separator, `Z` for UTC,
@@ -157,31 +150,16 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(format_unix_micros(0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(format_pg_micros(0), "2000-01-01T00:00:00.000000Z");
-        assert_eq!(
-            format_unix_micros(1_795_428_000_123_456),
-            "2026-11-23T10:00:00.123456Z"
-        );
+        assert_eq!(format_unix_micros(1_795_428_000_123_456), "2026-11-23T10:00:00.123456Z");
         assert_eq!(format_unix_micros(-1), "1969-12-31T23:59:59.999999Z");
     }
 
     #[test]
     fn parses_postgres_output() {
-        assert_eq!(
-            parse_iso_timestamptz("2026-11-23 10:00:00.123456+00"),
-            Some(1_795_428_000_123_456)
-        );
-        assert_eq!(
-            parse_iso_timestamptz("2026-11-23 10:00:00.1+00"),
-            Some(1_795_428_000_100_000)
-        );
-        assert_eq!(
-            parse_iso_timestamptz("2026-11-23 15:30:00+05:30"),
-            Some(1_795_428_000_000_000)
-        );
-        assert_eq!(
-            parse_iso_timestamptz("2026-11-23 05:00:00-05"),
-            Some(1_795_428_000_000_000)
-        );
+        assert_eq!(parse_iso_timestamptz("2026-11-23 10:00:00.123456+00"), Some(1_795_428_000_123_456));
+        assert_eq!(parse_iso_timestamptz("2026-11-23 10:00:00.1+00"), Some(1_795_428_000_100_000));
+        assert_eq!(parse_iso_timestamptz("2026-11-23 15:30:00+05:30"), Some(1_795_428_000_000_000));
+        assert_eq!(parse_iso_timestamptz("2026-11-23 05:00:00-05"), Some(1_795_428_000_000_000));
         assert_eq!(parse_iso_timestamptz("infinity"), None);
         assert_eq!(parse_iso_timestamptz("0001-01-01 00:00:00+00 BC"), None);
     }
@@ -202,18 +180,9 @@ mod tests {
 
     #[test]
     fn rewrites_timestamptz() {
-        assert_eq!(
-            rfc("2026-11-23 10:00:00.123456+00").as_deref(),
-            Some("2026-11-23T10:00:00.123456Z")
-        );
-        assert_eq!(
-            rfc("2026-11-23 10:00:00+05:30").as_deref(),
-            Some("2026-11-23T10:00:00+05:30")
-        );
-        assert_eq!(
-            rfc("2026-11-23 10:00:00-03").as_deref(),
-            Some("2026-11-23T10:00:00-03:00")
-        );
+        assert_eq!(rfc("2026-11-23 10:00:00.123456+00").as_deref(), Some("2026-11-23T10:00:00.123456Z"));
+        assert_eq!(rfc("2026-11-23 10:00:00+05:30").as_deref(), Some("2026-11-23T10:00:00+05:30"));
+        assert_eq!(rfc("2026-11-23 10:00:00-03").as_deref(), Some("2026-11-23T10:00:00-03:00"));
         assert_eq!(rfc("infinity"), None);
         assert_eq!(rfc("-infinity"), None);
         assert_eq!(rfc("0044-03-15 12:00:00+00 BC"), None);
@@ -225,9 +194,6 @@ mod tests {
         assert!(iso_from_pg_timestamp("2026-11-23 10:00:00.5", &mut out));
         assert_eq!(out, b"2026-11-23T10:00:00.5");
         assert!(!iso_from_pg_timestamp("infinity", &mut Vec::new()));
-        assert!(!iso_from_pg_timestamp(
-            "0044-03-15 12:00:00 BC",
-            &mut Vec::new()
-        ));
+        assert!(!iso_from_pg_timestamp("0044-03-15 12:00:00 BC", &mut Vec::new()));
     }
 }

@@ -97,12 +97,8 @@ impl TransactionBuilder {
         if !message.transactional || message.prefix != CONTEXT_PREFIX {
             return Ok(());
         }
-        let bad = |reason: String| BadContext {
-            xid: current.begin.xid,
-            reason,
-        };
-        let value: Value =
-            serde_json::from_slice(&message.content).map_err(|e| bad(format!("not JSON ({e})")))?;
+        let bad = |reason: String| BadContext { xid: current.begin.xid, reason };
+        let value: Value = serde_json::from_slice(&message.content).map_err(|e| bad(format!("not JSON ({e})")))?;
         let Value::Object(object) = value else {
             return Err(bad("not a JSON object".to_owned()));
         };
@@ -116,14 +112,8 @@ impl TransactionBuilder {
     /// Ends the transaction.
     pub fn commit(&mut self) -> Option<TxOutcome> {
         let current = self.current.take()?;
-        let context = current
-            .context
-            .map(|c| serde_json::to_vec(&c).unwrap_or_else(|_| b"{}".to_vec()));
-        Some(TxOutcome {
-            skip: current.skip,
-            context,
-            events: current.seq,
-        })
+        let context = current.context.map(|c| serde_json::to_vec(&c).unwrap_or_else(|_| b"{}".to_vec()));
+        Some(TxOutcome { skip: current.skip, context, events: current.seq })
     }
 
     /// Forgets a transaction that will not be finished (the stream broke).

@@ -25,10 +25,7 @@ pub struct Tuple {
 impl Tuple {
     /// An empty row with room for `columns` columns of about `bytes` bytes in all.
     pub fn with_capacity(columns: usize, bytes: usize) -> Tuple {
-        Tuple {
-            buf: Vec::with_capacity(bytes),
-            cols: Vec::with_capacity(columns),
-        }
+        Tuple { buf: Vec::with_capacity(bytes), cols: Vec::with_capacity(columns) }
     }
 
     pub fn len(&self) -> usize {
@@ -46,12 +43,7 @@ impl Tuple {
         self.buf.extend_from_slice(key_json);
         let key_end = self.buf.len() as u32;
         write(&mut self.buf);
-        self.cols.push(Column {
-            key_start,
-            key_end,
-            value_end: self.buf.len() as u32,
-            unchanged: false,
-        });
+        self.cols.push(Column { key_start, key_end, value_end: self.buf.len() as u32, unchanged: false });
     }
 
     /// Appends a column by plain name.
@@ -60,12 +52,7 @@ impl Tuple {
         json::write_str(&mut self.buf, name);
         let key_end = self.buf.len() as u32;
         write(&mut self.buf);
-        self.cols.push(Column {
-            key_start,
-            key_end,
-            value_end: self.buf.len() as u32,
-            unchanged: false,
-        });
+        self.cols.push(Column { key_start, key_end, value_end: self.buf.len() as u32, unchanged: false });
     }
 
     /// Appends a column whose value is an unchanged TOASTed value, not sent by PostgreSQL.
@@ -73,20 +60,14 @@ impl Tuple {
         let key_start = self.buf.len() as u32;
         self.buf.extend_from_slice(key_json);
         let end = self.buf.len() as u32;
-        self.cols.push(Column {
-            key_start,
-            key_end: end,
-            value_end: end,
-            unchanged: true,
-        });
+        self.cols.push(Column { key_start, key_end: end, value_end: end, unchanged: true });
     }
 
     /// Appends column `i` of `other`.
     pub fn push_from(&mut self, other: &Tuple, i: usize) {
         let col = other.cols[i];
         let key_start = self.buf.len() as u32;
-        self.buf
-            .extend_from_slice(&other.buf[col.key_start as usize..col.value_end as usize]);
+        self.buf.extend_from_slice(&other.buf[col.key_start as usize..col.value_end as usize]);
         let shift = key_start as i64 - col.key_start as i64;
         self.cols.push(Column {
             key_start,
@@ -183,20 +164,13 @@ mod tests {
 
     #[test]
     fn writes_objects() {
-        assert_eq!(
-            object(&row(&[("id", Some("1")), ("n\"ame", Some("\"x\""))])),
-            r#"{"id":1,"n\"ame":"x"}"#
-        );
+        assert_eq!(object(&row(&[("id", Some("1")), ("n\"ame", Some("\"x\""))])), r#"{"id":1,"n\"ame":"x"}"#);
         assert_eq!(object(&Tuple::default()), "{}");
     }
 
     #[test]
     fn fills_unchanged_toast_from_old_or_drops_it() {
-        let old = row(&[
-            ("id", Some("1")),
-            ("big", Some("\"zzz\"")),
-            ("b", Some("2")),
-        ]);
+        let old = row(&[("id", Some("1")), ("big", Some("\"zzz\"")), ("b", Some("2"))]);
         let mut new = row(&[("id", Some("1")), ("big", None), ("b", Some("3"))]);
         new.fill_unchanged_from(&old);
         assert_eq!(object(&new), r#"{"id":1,"big":"zzz","b":3}"#);

@@ -53,9 +53,9 @@ pub fn builtin_kind(oid: u32) -> Option<ValueKind> {
         1184 => scalar(Timestamptz),
         1114 => scalar(Timestamp),
         // text-like and other types whose text is the best JSON form
-        18 | 19 | 22 | 25 | 30 | 142 | 650 | 790 | 829 | 869 | 1042 | 1043 | 1082 | 1083 | 1186
-        | 1266 | 1560 | 1562 | 2950 | 3614 | 4072 | 600 | 601 | 602 | 603 | 604 | 628 | 718
-        | 774 | 3904 | 3906 | 3908 | 3910 | 3912 | 3926 | 2249 | 705 => scalar(Text),
+        18 | 19 | 22 | 25 | 30 | 142 | 650 | 790 | 829 | 869 | 1042 | 1043 | 1082 | 1083 | 1186 | 1266 | 1560
+        | 1562 | 2950 | 3614 | 4072 | 600 | 601 | 602 | 603 | 604 | 628 | 718 | 774 | 3904 | 3906 | 3908 | 3910
+        | 3912 | 3926 | 2249 | 705 => scalar(Text),
         1000 => array(Bool),
         1005 | 1007 | 1016 | 1028 | 1011 | 1012 => array(Integer),
         1021 | 1022 => array(Float),
@@ -64,9 +64,10 @@ pub fn builtin_kind(oid: u32) -> Option<ValueKind> {
         1001 => array(Bytea),
         1185 => array(Timestamptz),
         1115 => array(Timestamp),
-        1002 | 1003 | 1009 | 1014 | 1015 | 1182 | 1183 | 1187 | 1270 | 2951 | 1041 | 651 | 791
-        | 143 | 4073 | 1040 | 1561 | 1563 | 3643 | 3905 | 3907 | 3909 | 3911 | 3913 | 3927
-        | 1017 | 1018 | 1019 | 1027 | 629 | 719 => array(Text),
+        1002 | 1003 | 1009 | 1014 | 1015 | 1182 | 1183 | 1187 | 1270 | 2951 | 1041 | 651 | 791 | 143 | 4073 | 1040
+        | 1561 | 1563 | 3643 | 3905 | 3907 | 3909 | 3911 | 3913 | 3927 | 1017 | 1018 | 1019 | 1027 | 629 | 719 => {
+            array(Text)
+        }
         // box[] uses ';' as its delimiter: keep its text
         1020 => scalar(Text),
         _ => None,
@@ -131,14 +132,7 @@ mod tests {
     use super::*;
 
     fn info(oid: u32, typtype: u8, category: u8, elem: u32, base: u32) -> TypeInfo {
-        TypeInfo {
-            oid,
-            typtype,
-            category,
-            elem,
-            base,
-            delim: b',',
-        }
+        TypeInfo { oid, typtype, category, elem, base, delim: b',' }
     }
 
     #[test]
@@ -159,18 +153,9 @@ mod tests {
             info(16_500, b'e', b'E', 0, 0),
             info(16_499, b'b', b'A', 16_500, 0),
         ]);
-        assert_eq!(
-            catalog.kind(16_400),
-            Ok(ValueKind::Scalar(ScalarKind::Integer))
-        );
-        assert_eq!(
-            catalog.kind(16_399),
-            Ok(ValueKind::Array(ScalarKind::Integer))
-        );
-        assert_eq!(
-            catalog.kind(16_500),
-            Ok(ValueKind::Scalar(ScalarKind::Text))
-        );
+        assert_eq!(catalog.kind(16_400), Ok(ValueKind::Scalar(ScalarKind::Integer)));
+        assert_eq!(catalog.kind(16_399), Ok(ValueKind::Array(ScalarKind::Integer)));
+        assert_eq!(catalog.kind(16_500), Ok(ValueKind::Scalar(ScalarKind::Text)));
         assert_eq!(catalog.kind(16_499), Ok(ValueKind::Array(ScalarKind::Text)));
     }
 

@@ -31,10 +31,7 @@ pub fn write_value(out: &mut Vec<u8>, kind: ValueKind, text: &str, options: Valu
 }
 
 fn is_special_number(text: &str) -> bool {
-    matches!(
-        text,
-        "NaN" | "Infinity" | "-Infinity" | "inf" | "-inf" | "nan"
-    )
+    matches!(text, "NaN" | "Infinity" | "-Infinity" | "inf" | "-inf" | "nan")
 }
 
 /// Writes one non-array value.
@@ -102,23 +99,20 @@ fn write_bytea(out: &mut Vec<u8>, text: &str) {
     let hex = text.strip_prefix("\\x").unwrap_or(text).as_bytes();
     if hex.len() % 2 == 0 {
         let mut bytes = Vec::with_capacity(hex.len() / 2);
-        let ok = hex
-            .chunks_exact(2)
-            .all(|pair| match (hex_value(pair[0]), hex_value(pair[1])) {
-                (Some(hi), Some(lo)) => {
-                    bytes.push(hi << 4 | lo);
-                    true
-                }
-                _ => false,
-            });
+        let ok = hex.chunks_exact(2).all(|pair| match (hex_value(pair[0]), hex_value(pair[1])) {
+            (Some(hi), Some(lo)) => {
+                bytes.push(hi << 4 | lo);
+                true
+            }
+            _ => false,
+        });
         if ok {
             out.push(b'"');
             let start = out.len();
             let encoded_len = bytes.len().div_ceil(3) * 4;
             out.resize(start + encoded_len, 0);
-            let written = base64::engine::general_purpose::STANDARD
-                .encode_slice(&bytes, &mut out[start..])
-                .unwrap_or(0);
+            let written =
+                base64::engine::general_purpose::STANDARD.encode_slice(&bytes, &mut out[start..]).unwrap_or(0);
             out.truncate(start + written);
             out.push(b'"');
             return;
@@ -132,12 +126,7 @@ struct BadArray;
 
 /// Writes a PostgreSQL array literal (`{1,2}`, `{{"a b",NULL},{c,d}}`, `[0:1]={1,2}`) as nested
 /// JSON arrays whose elements are written by `elem`.
-fn write_array(
-    out: &mut Vec<u8>,
-    elem: ScalarKind,
-    text: &str,
-    options: ValueOptions,
-) -> Result<(), BadArray> {
+fn write_array(out: &mut Vec<u8>, elem: ScalarKind, text: &str, options: ValueOptions) -> Result<(), BadArray> {
     let mut rest = text;
     // Arrays with lower bounds other than 1 print their dimensions first: `[0:2]={...}`.
     if rest.starts_with('[') {
@@ -248,8 +237,7 @@ mod tests {
         let mut out = Vec::new();
         write_value(&mut out, kind, text, options);
         let s = String::from_utf8(out).unwrap();
-        serde_json::from_str::<serde_json::Value>(&s)
-            .unwrap_or_else(|e| panic!("{s} is not JSON: {e}"));
+        serde_json::from_str::<serde_json::Value>(&s).unwrap_or_else(|e| panic!("{s} is not JSON: {e}"));
         s
     }
 
@@ -271,31 +259,13 @@ mod tests {
             "123456789012345678901234567890.000000001"
         );
         assert_eq!(json(s(Numeric), "Infinity"), "\"Infinity\"");
-        assert_eq!(
-            json_with(
-                s(Numeric),
-                "1.50",
-                ValueOptions {
-                    numeric_as_string: true
-                }
-            ),
-            "\"1.50\""
-        );
+        assert_eq!(json_with(s(Numeric), "1.50", ValueOptions { numeric_as_string: true }), "\"1.50\"");
         assert_eq!(json(s(Json), r#"{"k": [1, 2]}"#), r#"{"k": [1, 2]}"#);
         assert_eq!(json(s(Text), "a\"b\n"), r#""a\"b\n""#);
-        assert_eq!(
-            json(s(Timestamptz), "2026-11-23 10:00:00.123456+00"),
-            "\"2026-11-23T10:00:00.123456Z\""
-        );
+        assert_eq!(json(s(Timestamptz), "2026-11-23 10:00:00.123456+00"), "\"2026-11-23T10:00:00.123456Z\"");
         assert_eq!(json(s(Timestamptz), "infinity"), "\"infinity\"");
-        assert_eq!(
-            json(s(Timestamptz), "0001-01-01 00:00:00+00 BC"),
-            "\"0001-01-01 00:00:00+00 BC\""
-        );
-        assert_eq!(
-            json(s(Timestamp), "2026-11-23 10:00:00"),
-            "\"2026-11-23T10:00:00\""
-        );
+        assert_eq!(json(s(Timestamptz), "0001-01-01 00:00:00+00 BC"), "\"0001-01-01 00:00:00+00 BC\"");
+        assert_eq!(json(s(Timestamp), "2026-11-23 10:00:00"), "\"2026-11-23T10:00:00\"");
     }
 
     #[test]
@@ -310,40 +280,22 @@ mod tests {
     fn arrays() {
         assert_eq!(json(ValueKind::Array(Integer), "{1,2,NULL}"), "[1,2,null]");
         assert_eq!(
-            json(
-                ValueKind::Array(Text),
-                r#"{"x y",NULL,"q\"z","NULL",plain}"#
-            ),
+            json(ValueKind::Array(Text), r#"{"x y",NULL,"q\"z","NULL",plain}"#),
             r#"["x y",null,"q\"z","NULL","plain"]"#
         );
-        assert_eq!(
-            json(ValueKind::Array(Integer), "{{1,2},{3,4}}"),
-            "[[1,2],[3,4]]"
-        );
+        assert_eq!(json(ValueKind::Array(Integer), "{{1,2},{3,4}}"), "[[1,2],[3,4]]");
         assert_eq!(json(ValueKind::Array(Integer), "{}"), "[]");
         assert_eq!(json(ValueKind::Array(Integer), "[0:1]={7,8}"), "[7,8]");
-        assert_eq!(
-            json(ValueKind::Array(Json), r#"{"{\"a\": 1}",NULL}"#),
-            r#"[{"a": 1},null]"#
-        );
+        assert_eq!(json(ValueKind::Array(Json), r#"{"{\"a\": 1}",NULL}"#), r#"[{"a": 1},null]"#);
         assert_eq!(json(ValueKind::Array(Bool), "{t,f}"), "[true,false]");
-        assert_eq!(
-            json(ValueKind::Array(Numeric), "{NaN,1.0}"),
-            r#"["NaN",1.0]"#
-        );
-        assert_eq!(
-            json(ValueKind::Array(Text), r#"{"back\\slash"}"#),
-            r#"["back\\slash"]"#
-        );
+        assert_eq!(json(ValueKind::Array(Numeric), "{NaN,1.0}"), r#"["NaN",1.0]"#);
+        assert_eq!(json(ValueKind::Array(Text), r#"{"back\\slash"}"#), r#"["back\\slash"]"#);
     }
 
     #[test]
     fn malformed_arrays_become_strings() {
         for bad in ["{1,2", "{1,,2}", "{\"open}", "1,2", "{1}x", "[0:1]"] {
-            assert_eq!(
-                json(ValueKind::Array(Integer), bad),
-                serde_json::to_string(bad).unwrap()
-            );
+            assert_eq!(json(ValueKind::Array(Integer), bad), serde_json::to_string(bad).unwrap());
         }
     }
 
@@ -356,8 +308,7 @@ mod tests {
                 Some(s) => {
                     let needs_quotes = s.is_empty()
                         || s.eq_ignore_ascii_case("NULL")
-                        || s.chars()
-                            .any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\' | ' ' | '\t' | '\n'));
+                        || s.chars().any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\' | ' ' | '\t' | '\n'));
                     if needs_quotes {
                         format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
                     } else {

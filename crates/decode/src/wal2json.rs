@@ -63,45 +63,27 @@ pub struct Wal2JsonDecoder {
 }
 
 fn malformed(detail: impl Into<String>) -> DecodeError {
-    DecodeError::Malformed {
-        plugin: PLUGIN,
-        detail: detail.into(),
-    }
+    DecodeError::Malformed { plugin: PLUGIN, detail: detail.into() }
 }
 
 impl Wal2JsonDecoder {
     pub fn new(options: ValueOptions) -> Self {
-        Wal2JsonDecoder {
-            options,
-            ..Default::default()
-        }
+        Wal2JsonDecoder { options, ..Default::default() }
     }
 
     /// Decodes one message (the payload of one XLogData).
     pub fn decode(&mut self, data: &[u8], catalog: &Catalog) -> Result<Decoded, DecodeError> {
-        let record: Record<'_> = serde_json::from_slice(data)
-            .map_err(|e| malformed(format!("not a wal2json v2 record: {e}")))?;
+        let record: Record<'_> =
+            serde_json::from_slice(data).map_err(|e| malformed(format!("not a wal2json v2 record: {e}")))?;
         match record.action.as_ref() {
             "B" => {
-                let xid = record
-                    .xid
-                    .ok_or_else(|| malformed("BEGIN without xid (include-xids is off)"))?;
-                let lsn = record
-                    .lsn
-                    .as_deref()
-                    .ok_or_else(|| malformed("BEGIN without lsn (include-lsn is off)"))?;
+                let xid = record.xid.ok_or_else(|| malformed("BEGIN without xid (include-xids is off)"))?;
+                let lsn = record.lsn.as_deref().ok_or_else(|| malformed("BEGIN without lsn (include-lsn is off)"))?;
                 let commit_lsn: Lsn = lsn.parse().map_err(|e| malformed(format!("BEGIN: {e}")))?;
-                let ts = record
-                    .timestamp
-                    .as_deref()
-                    .ok_or_else(|| malformed("BEGIN without timestamp"))?;
+                let ts = record.timestamp.as_deref().ok_or_else(|| malformed("BEGIN without timestamp"))?;
                 let commit_time_micros = parse_iso_timestamptz(ts)
                     .ok_or_else(|| malformed(format!("BEGIN: unreadable timestamp {ts:?}")))?;
-                Ok(Decoded::Begin(TxBegin {
-                    commit_lsn,
-                    xid,
-                    commit_time_micros,
-                }))
+                Ok(Decoded::Begin(TxBegin { commit_lsn, xid, commit_time_micros }))
             }
             "C" => Ok(Decoded::Commit),
             "I" | "U" | "D" => self.row(&record, catalog),
@@ -109,26 +91,15 @@ impl Wal2JsonDecoder {
             "M" => Ok(Decoded::Message(LogicalMessage {
                 transactional: record.transactional.unwrap_or(false),
                 prefix: record.prefix.as_deref().unwrap_or_default().to_owned(),
-                content: record
-                    .content
-                    .as_deref()
-                    .unwrap_or_default()
-                    .as_bytes()
-                    .to_vec(),
+                content: record.content.as_deref().unwrap_or_default().as_bytes().to_vec(),
             })),
             other => Err(malformed(format!("unknown action {other:?}"))),
         }
     }
 
     fn table(&mut self, record: &Record<'_>) -> Result<Arc<TableRef>, DecodeError> {
-        let schema = record
-            .schema
-            .as_deref()
-            .ok_or_else(|| malformed("change without schema"))?;
-        let table = record
-            .table
-            .as_deref()
-            .ok_or_else(|| malformed("change without table"))?;
+        let schema = record.schema.as_deref().ok_or_else(|| malformed("change without schema"))?;
+        let table = record.table.as_deref().ok_or_else(|| malformed("change without table"))?;
         self.name_buf.clear();
         self.name_buf.push_str(schema);
         self.name_buf.push('.');
@@ -155,10 +126,7 @@ impl Wal2JsonDecoder {
         let new = match (&record.columns, action) {
             (Some(cols), Action::Insert | Action::Update) => tuple(cols, catalog, options)?,
             (None, Action::Insert | Action::Update) => {
-                return Err(malformed(format!(
-                    "{} on {} without columns",
-                    record.action, table.qualified
-                )))
+                return Err(malformed(format!("{} on {} without columns", record.action, table.qualified)))
             }
             _ => Tuple::default(),
         };
@@ -167,39 +135,21 @@ impl Wal2JsonDecoder {
             _ => Tuple::default(),
         };
         // wal2json leaves unchanged TOASTed columns out of `columns`; the old row may have them.
-        let new = if action == Action::Update {
-            restore_unchanged(new, &old)
-        } else {
-            new
-        };
-        Ok(Decoded::Row(RowChange {
-            table,
-            action,
-            old,
-            new,
-            primary_key,
-        }))
+        let new = if action == Action::Update { restore_unchanged(new, &old) } else { new };
+        Ok(Decoded::Row(RowChange { table, action, old, new, primary_key }))
     }
 }
 
-fn tuple(
-    cols: &[Column<'_>],
-    catalog: &Catalog,
-    options: ValueOptions,
-) -> Result<Tuple, DecodeError> {
+fn tuple(cols: &[Column<'_>], catalog: &Catalog, options: ValueOptions) -> Result<Tuple, DecodeError> {
     let mut tuple = Tuple::with_capacity(cols.len(), cols.len() * 24);
     for col in cols {
-        let oid = col
-            .typeoid
-            .ok_or_else(|| malformed("column without typeoid (include-type-oids is off)"))?;
+        let oid = col.typeoid.ok_or_else(|| malformed("column without typeoid (include-type-oids is off)"))?;
         let kind = catalog.type_kind(oid)?;
         match col.value.map(RawValue::get) {
-            None | Some("null") => {
-                tuple.push_named(&col.name, |out| out.extend_from_slice(b"null"))
-            }
+            None | Some("null") => tuple.push_named(&col.name, |out| out.extend_from_slice(b"null")),
             Some(raw) if raw.starts_with('"') => {
-                let text: Cow<'_, str> = serde_json::from_str(raw)
-                    .map_err(|e| malformed(format!("column {}: {e}", col.name)))?;
+                let text: Cow<'_, str> =
+                    serde_json::from_str(raw).map_err(|e| malformed(format!("column {}: {e}", col.name)))?;
                 tuple.push_named(&col.name, |out| write_value(out, kind, &text, options));
             }
             Some(raw) => tuple.push_named(&col.name, |out| write_value(out, kind, raw, options)),

@@ -5,18 +5,15 @@
 
 use pgevents_decode::encode::close_event;
 use pgevents_decode::{
-    Catalog, CatalogNeed, DecodeError, Decoded, Decoder, Plugin, PrimaryKey, TableRef,
-    TransactionBuilder, TypeInfo, ValueOptions,
+    Catalog, CatalogNeed, DecodeError, Decoded, Decoder, Plugin, PrimaryKey, TableRef, TransactionBuilder, TypeInfo,
+    ValueOptions,
 };
 use serde_json::{json, Value};
 
 const CAPTURED: &str = include_str!("fixtures/captured.txt");
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 fn messages(plugin: &str) -> Vec<Vec<u8>> {
@@ -24,13 +21,7 @@ fn messages(plugin: &str) -> Vec<Vec<u8>> {
         .lines()
         .filter_map(|line| line.split_once('\t'))
         .filter(|(p, _)| *p == plugin)
-        .map(|(_, payload)| {
-            if plugin == "pgoutput" {
-                hex(payload)
-            } else {
-                payload.as_bytes().to_vec()
-            }
-        })
+        .map(|(_, payload)| if plugin == "pgoutput" { hex(payload) } else { payload.as_bytes().to_vec() })
         .collect()
 }
 
@@ -108,10 +99,7 @@ fn events(plugin: Plugin, options: ValueOptions) -> Vec<String> {
 }
 
 fn parsed(events: &[String]) -> Vec<Value> {
-    events
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{e}: {err}")))
-        .collect()
+    events.iter().map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{e}: {err}"))).collect()
 }
 
 #[test]
@@ -174,12 +162,7 @@ fn events_raw(i: usize) -> String {
 
 #[test]
 fn numeric_as_string_option() {
-    let events = parsed(&events(
-        Plugin::PgOutput,
-        ValueOptions {
-            numeric_as_string: true,
-        },
-    ));
+    let events = parsed(&events(Plugin::PgOutput, ValueOptions { numeric_as_string: true }));
     assert_eq!(events[0]["new"]["n"], "12.3400");
     assert_eq!(events[0]["new"]["na"], json!(["1.50", "NaN"]));
     assert_eq!(events[0]["new"]["i4"], 3, "only numeric is affected");
@@ -191,21 +174,11 @@ fn updates_deletes_keys_and_toast() {
     // UPDATE fx_types SET t = 'changed', i4 = 4: DEFAULT identity, key unchanged, big TOASTed.
     let update = &events[3];
     assert_eq!(update["action"], "U");
-    assert_eq!(
-        update["old"],
-        json!({"id": 1}),
-        "DEFAULT identity: the key columns only"
-    );
-    assert!(
-        update["new"].get("big").is_none(),
-        "an unchanged TOASTed value is left out, not null"
-    );
+    assert_eq!(update["old"], json!({"id": 1}), "DEFAULT identity: the key columns only");
+    assert!(update["new"].get("big").is_none(), "an unchanged TOASTed value is left out, not null");
     assert!(update["diff"].get("big").is_none());
     assert_eq!(update["diff"]["t"], "changed");
-    assert!(
-        update["diff"].get("id").is_none(),
-        "the unchanged key is not in diff"
-    );
+    assert!(update["diff"].get("id").is_none(), "the unchanged key is not in diff");
     // UPDATE fx_types SET id = 10 WHERE id = 3: key change carries the old key.
     assert_eq!(events[4]["old"], json!({"id": 3}));
     assert_eq!(events[4]["id"], 10);
@@ -236,10 +209,7 @@ fn updates_deletes_keys_and_toast() {
 fn context_and_truncate() {
     let events = parsed(&events(Plugin::PgOutput, ValueOptions::default()));
     let with_context = &events[14];
-    assert_eq!(
-        with_context["context"],
-        json!({"uid": 42, "label": "signup"})
-    );
+    assert_eq!(with_context["context"], json!({"uid": 42, "label": "signup"}));
     assert!(events[13].get("context").is_none());
     let truncates: Vec<&Value> = events.iter().filter(|e| e["action"] == "T").collect();
     assert_eq!(truncates.len(), 2, "one event per truncated table");
@@ -295,10 +265,7 @@ fn garbage_is_an_error_not_a_panic() {
             b"\xff\xfe",
             b"{\"action\":\"B\",\"xid\":1}",
         ] {
-            assert!(
-                decoder.decode(bad, &catalog).is_err(),
-                "{plugin:?} accepted {bad:?}"
-            );
+            assert!(decoder.decode(bad, &catalog).is_err(), "{plugin:?} accepted {bad:?}");
         }
     }
 }

@@ -22,13 +22,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in wire-code order.
-    pub const ALL: [Action; 5] = [
-        Action::Insert,
-        Action::Update,
-        Action::Delete,
-        Action::Truncate,
-        Action::Read,
-    ];
+    pub const ALL: [Action; 5] = [Action::Insert, Action::Update, Action::Delete, Action::Truncate, Action::Read];
 
     /// The one-letter code used in event bodies and headers.
     pub fn code(self) -> &'static str {
@@ -71,9 +65,7 @@ impl FromStr for Action {
         let trimmed = s.trim();
         Action::ALL
             .into_iter()
-            .find(|a| {
-                a.code().eq_ignore_ascii_case(trimmed) || a.word().eq_ignore_ascii_case(trimmed)
-            })
+            .find(|a| a.code().eq_ignore_ascii_case(trimmed) || a.word().eq_ignore_ascii_case(trimmed))
             .ok_or_else(|| UnknownAction(s.to_owned()))
     }
 }
@@ -108,9 +100,6 @@ mod tests {
     #[test]
     fn serialises_as_code() {
         assert_eq!(serde_json::to_string(&Action::Update).unwrap(), "\"U\"");
-        assert_eq!(
-            serde_json::from_str::<Action>("\"T\"").unwrap(),
-            Action::Truncate
-        );
+        assert_eq!(serde_json::from_str::<Action>("\"T\"").unwrap(), Action::Truncate);
     }
 }

@@ -57,9 +57,7 @@ impl Event {
 
     /// The schema and table parts of `table_name`.
     pub fn schema_and_table(&self) -> Result<(&str, &str), EventParseError> {
-        self.table_name
-            .split_once('.')
-            .ok_or_else(|| EventParseError::TableName(self.table_name.clone()))
+        self.table_name.split_once('.').ok_or_else(|| EventParseError::TableName(self.table_name.clone()))
     }
 
     /// The commit LSN as a number.
@@ -69,10 +67,7 @@ impl Event {
 
     /// The message id the producer gave this event (`commit_lsn:seq`).
     pub fn message_id(&self) -> Result<MessageId, EventParseError> {
-        Ok(MessageId {
-            commit_lsn: self.commit_lsn()?,
-            seq: self.seq,
-        })
+        Ok(MessageId { commit_lsn: self.commit_lsn()?, seq: self.seq })
     }
 
     /// The routing key the producer used by default.
@@ -103,11 +98,7 @@ mod tests {
     fn rejects_bodies_that_are_not_events() {
         assert!(Event::from_slice(b"{}").is_err());
         assert!(Event::from_slice(b"not json").is_err());
-        let no_schema =
-            br#"{"table_name":"users","action":"I","lsn":"0/1","xid":1,"commit_time":"x","seq":0}"#;
-        assert!(matches!(
-            Event::from_slice(no_schema),
-            Err(EventParseError::TableName(_))
-        ));
+        let no_schema = br#"{"table_name":"users","action":"I","lsn":"0/1","xid":1,"commit_time":"x","seq":0}"#;
+        assert!(matches!(Event::from_slice(no_schema), Err(EventParseError::TableName(_))));
     }
 }

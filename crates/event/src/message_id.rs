@@ -35,10 +35,7 @@ impl FromStr for MessageId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let invalid = || ParseMessageIdError(s.to_owned());
         let (lsn, seq) = s.rsplit_once(':').ok_or_else(invalid)?;
-        Ok(MessageId {
-            commit_lsn: lsn.parse().map_err(|_| invalid())?,
-            seq: seq.parse().map_err(|_| invalid())?,
-        })
+        Ok(MessageId { commit_lsn: lsn.parse().map_err(|_| invalid())?, seq: seq.parse().map_err(|_| invalid())? })
     }
 }
 
@@ -53,10 +50,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let id = MessageId {
-            commit_lsn: Lsn(0x16B3748),
-            seq: 17,
-        };
+        let id = MessageId { commit_lsn: Lsn(0x16B3748), seq: 17 };
         assert_eq!(id.to_string(), "0/16B3748:17");
         assert_eq!("0/16B3748:17".parse::<MessageId>(), Ok(id));
         assert!("0/16B3748".parse::<MessageId>().is_err());
@@ -65,14 +59,8 @@ mod tests {
 
     #[test]
     fn orders_by_lsn_then_seq() {
-        let a = MessageId {
-            commit_lsn: Lsn(1),
-            seq: 9,
-        };
-        let b = MessageId {
-            commit_lsn: Lsn(2),
-            seq: 0,
-        };
+        let a = MessageId { commit_lsn: Lsn(1), seq: 9 };
+        let b = MessageId { commit_lsn: Lsn(2), seq: 0 };
         assert!(a < b);
     }
 }

@@ -28,11 +28,7 @@ pub enum Command {
     /// Stream every INSERT/UPDATE/DELETE/TRUNCATE from a logical replication slot to a RabbitMQ topic exchange
     Producer(ProducerArgs),
     /// Print the events arriving on the exchange (one per line on stdout)
-    #[command(
-        name = "consumer_debug",
-        visible_alias = "event_logger",
-        alias = "consumer-debug"
-    )]
+    #[command(name = "consumer_debug", visible_alias = "event_logger", alias = "consumer-debug")]
     ConsumerDebug(ConsumerDebugArgs),
 }
 
@@ -79,20 +75,10 @@ pub struct ProducerArgs {
     #[arg(long = "pgslot", alias = "pg_replication_slot")]
     pub slot: Option<String>,
     /// Tables to stream, comma-separated (schema.table; a bare name means public.name) [default: all tables]
-    #[arg(
-        long = "pgtables",
-        env = "PGTABLES",
-        alias = "pg_tables",
-        value_delimiter = ','
-    )]
+    #[arg(long = "pgtables", env = "PGTABLES", alias = "pg_tables", value_delimiter = ',')]
     pub tables: Vec<String>,
     /// Publication (pgoutput), created if missing
-    #[arg(
-        long = "pgpublication",
-        env = "PGPUBLICATION",
-        alias = "pg_publication_name",
-        default_value = "pgevents"
-    )]
+    #[arg(long = "pgpublication", env = "PGPUBLICATION", alias = "pg_publication_name", default_value = "pgevents")]
     pub publication: String,
     /// Logical decoding plugin
     #[arg(long = "plugin", env = "PGOUTPUTPLUGIN", alias = "pg_output_plugin", value_enum, default_value_t = PluginArg::Pgoutput)]
@@ -110,35 +96,22 @@ pub struct ProducerArgs {
     #[arg(long, env = "PGEVENTS_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: u64,
     /// Seconds between standby status updates to PostgreSQL
-    #[arg(
-        long = "status-interval",
-        env = "PGEVENTS_STATUS_INTERVAL",
-        default_value_t = 10
-    )]
+    #[arg(long = "status-interval", env = "PGEVENTS_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval_secs: u64,
     /// Memory (MiB) for one transaction's events before they spill to disk
-    #[arg(
-        long = "tx-memory-mb",
-        env = "PGEVENTS_TX_MEMORY_MB",
-        default_value_t = 16
-    )]
+    #[arg(long = "tx-memory-mb", env = "PGEVENTS_TX_MEMORY_MB", default_value_t = 16)]
     pub tx_memory_mb: usize,
     /// Directory for spill files of large transactions [default: the system temporary directory]
     #[arg(long, env = "PGEVENTS_SPILL_DIR")]
     pub spill_dir: Option<PathBuf>,
     /// Seconds a graceful stop waits for outstanding confirms
-    #[arg(
-        long = "shutdown-timeout",
-        env = "PGEVENTS_SHUTDOWN_TIMEOUT",
-        default_value_t = 10
-    )]
+    #[arg(long = "shutdown-timeout", env = "PGEVENTS_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
+    /// Seconds to wait at start for a slot held by another connection before failing
+    #[arg(long = "slot-busy-timeout", env = "PGEVENTS_SLOT_BUSY_TIMEOUT", default_value_t = 10)]
+    pub slot_busy_timeout_secs: u64,
     /// Seconds published messages may stay unconfirmed before the broker connection is presumed broken
-    #[arg(
-        long = "confirm-timeout",
-        env = "PGEVENTS_CONFIRM_TIMEOUT",
-        default_value_t = 60
-    )]
+    #[arg(long = "confirm-timeout", env = "PGEVENTS_CONFIRM_TIMEOUT", default_value_t = 60)]
     pub confirm_timeout_secs: u64,
 }
 

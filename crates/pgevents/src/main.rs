@@ -18,10 +18,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     // rustls has two crypto providers linked in; pick one for anything using the default.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

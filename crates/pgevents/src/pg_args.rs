@@ -12,13 +12,7 @@ use pgevents_replication::{ConnectConfig, TlsMode};
 #[derive(Debug, Clone, Args)]
 pub struct PgArgs {
     /// Connection string (URL or key=value); the options below override its parts.
-    #[arg(
-        long = "pg-dsn",
-        env = "DATABASE_URL",
-        alias = "pg_dsn",
-        value_name = "DSN",
-        hide_env_values = true
-    )]
+    #[arg(long = "pg-dsn", env = "DATABASE_URL", alias = "pg_dsn", value_name = "DSN", hide_env_values = true)]
     pub dsn: Option<String>,
     /// Host name, IP address, or Unix socket directory [default: localhost]
     #[arg(long = "pghost", env = "PGHOST", alias = "pg_host")]
@@ -33,29 +27,16 @@ pub struct PgArgs {
     #[arg(long = "pguser", env = "PGUSER", alias = "pg_user")]
     pub user: Option<String>,
     /// Password
-    #[arg(
-        long = "pgpassword",
-        env = "PGPASSWORD",
-        alias = "pg_password",
-        hide_env_values = true
-    )]
+    #[arg(long = "pgpassword", env = "PGPASSWORD", alias = "pg_password", hide_env_values = true)]
     pub password: Option<String>,
     /// TLS: disable, prefer, require (encrypted, unverified) or verify-full [default: prefer]
     #[arg(long = "pgsslmode", env = "PGSSLMODE", alias = "pg_sslmode")]
     pub sslmode: Option<String>,
     /// Root certificate(s) to verify the server with; implies verify-full
-    #[arg(
-        long = "pgsslrootcert",
-        env = "PGSSLROOTCERT",
-        alias = "pg_sslrootcert"
-    )]
+    #[arg(long = "pgsslrootcert", env = "PGSSLROOTCERT", alias = "pg_sslrootcert")]
     pub sslrootcert: Option<PathBuf>,
     /// Seconds to wait for a connection
-    #[arg(
-        long = "pg-connect-timeout",
-        env = "PGCONNECT_TIMEOUT",
-        default_value_t = 10
-    )]
+    #[arg(long = "pg-connect-timeout", env = "PGCONNECT_TIMEOUT", default_value_t = 10)]
     pub connect_timeout: u64,
 }
 
@@ -90,9 +71,7 @@ impl PgArgs {
             });
             port = parsed.get_ports().first().copied();
             user = parsed.get_user().map(str::to_owned);
-            password = parsed
-                .get_password()
-                .map(|p| String::from_utf8_lossy(p).into_owned());
+            password = parsed.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
             dbname = parsed.get_dbname().map(str::to_owned);
             if sslmode.is_none() && self.dsn.as_deref().is_some_and(|d| d.contains("sslmode")) {
                 sslmode = Some(
@@ -105,37 +84,18 @@ impl PgArgs {
                 );
             }
         }
-        let user = self
-            .user
+        let user = self.user.clone().or(user).unwrap_or_else(|| "postgres".to_owned());
+        let sslmode = self
+            .sslmode
             .clone()
-            .or(user)
-            .unwrap_or_else(|| "postgres".to_owned());
-        let sslmode = self.sslmode.clone().or(sslmode).unwrap_or_else(|| {
-            if self.sslrootcert.is_some() {
-                "verify-full"
-            } else {
-                "prefer"
-            }
-            .to_owned()
-        });
-        let host = self
-            .host
-            .clone()
-            .or(host)
-            .unwrap_or_else(|| "localhost".to_owned());
-        let tls = if host.starts_with('/') {
-            TlsMode::Disable
-        } else {
-            tls_mode(&sslmode, self.sslrootcert.clone())?
-        };
+            .or(sslmode)
+            .unwrap_or_else(|| if self.sslrootcert.is_some() { "verify-full" } else { "prefer" }.to_owned());
+        let host = self.host.clone().or(host).unwrap_or_else(|| "localhost".to_owned());
+        let tls = if host.starts_with('/') { TlsMode::Disable } else { tls_mode(&sslmode, self.sslrootcert.clone())? };
         Ok(ConnectConfig {
             host,
             port: self.port.or(port).unwrap_or(5432),
-            dbname: self
-                .database
-                .clone()
-                .or(dbname)
-                .unwrap_or_else(|| user.clone()),
+            dbname: self.database.clone().or(dbname).unwrap_or_else(|| user.clone()),
             password: self.password.clone().or(password),
             user,
             application_name: application_name.to_owned(),
@@ -160,11 +120,7 @@ fn take_sslmode(dsn: &str) -> (String, Option<String>) {
                     None => true,
                 })
                 .collect();
-            let cleaned = if kept.is_empty() {
-                base.to_owned()
-            } else {
-                format!("{base}?{}", kept.join("&"))
-            };
+            let cleaned = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
             return (cleaned, mode);
         }
         return (dsn.to_owned(), None);
@@ -213,39 +169,22 @@ mod tests {
 
     #[test]
     fn dsn_then_overrides() {
-        let mut a = args(Some(
-            "postgres://repl:s3cret@db.example:6543/app?sslmode=verify-full",
-        ));
+        let mut a = args(Some("postgres://repl:s3cret@db.example:6543/app?sslmode=verify-full"));
         let c = a.connect_config("t").unwrap();
-        assert_eq!(
-            (c.host.as_str(), c.port, c.user.as_str(), c.dbname.as_str()),
-            ("db.example", 6543, "repl", "app")
-        );
+        assert_eq!((c.host.as_str(), c.port, c.user.as_str(), c.dbname.as_str()), ("db.example", 6543, "repl", "app"));
         assert_eq!(c.password.as_deref(), Some("s3cret"));
         assert_eq!(c.tls, TlsMode::VerifyFull { root_cert: None });
         a.port = Some(5432);
         a.sslmode = Some("disable".into());
         let c = a.connect_config("t").unwrap();
         assert_eq!((c.port, c.tls), (5432, TlsMode::Disable));
-        let kv = args(Some("host=h user=u dbname=d sslmode=require"))
-            .connect_config("t")
-            .unwrap();
-        assert_eq!(
-            (
-                kv.host.as_str(),
-                kv.user.as_str(),
-                kv.dbname.as_str(),
-                kv.tls
-            ),
-            ("h", "u", "d", TlsMode::Require)
-        );
+        let kv = args(Some("host=h user=u dbname=d sslmode=require")).connect_config("t").unwrap();
+        assert_eq!((kv.host.as_str(), kv.user.as_str(), kv.dbname.as_str(), kv.tls), ("h", "u", "d", TlsMode::Require));
     }
 
     #[test]
     fn bad_input_is_explained() {
-        let err = args(Some("postgres://x:y@h:notaport/db"))
-            .connect_config("t")
-            .unwrap_err();
+        let err = args(Some("postgres://x:y@h:notaport/db")).connect_config("t").unwrap_err();
         assert!(format!("{err:#}").contains("invalid connection string"));
         let mut a = args(None);
         a.sslmode = Some("sometimes".into());

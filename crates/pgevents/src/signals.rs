@@ -14,9 +14,7 @@ pub fn shutdown_token() -> anyhow::Result<CancellationToken> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::info!(
-            "stop requested; finishing outstanding work (send the signal again to exit at once)"
-        );
+        tracing::info!("stop requested; finishing outstanding work (send the signal again to exit at once)");
         cancel.cancel();
         tokio::select! {
             _ = term.recv() => {}

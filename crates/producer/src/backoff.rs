@@ -13,11 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max: max.max(min),
-            current: min,
-        }
+        Backoff { min, max: max.max(min), current: min }
     }
 
     /// The next delay: doubles each time up to `max`, with ±20% jitter.

@@ -28,14 +28,9 @@ impl FromStr for TableName {
         let s = s.trim();
         let (schema, name) = s.split_once('.').unwrap_or(("public", s));
         if schema.is_empty() || name.is_empty() || name.contains('.') {
-            return Err(format!(
-                "invalid table {s:?} in PGTABLES: expected schema.table or table, comma-separated"
-            ));
+            return Err(format!("invalid table {s:?} in PGTABLES: expected schema.table or table, comma-separated"));
         }
-        Ok(TableName {
-            schema: schema.to_owned(),
-            name: name.to_owned(),
-        })
+        Ok(TableName { schema: schema.to_owned(), name: name.to_owned() })
     }
 }
 
@@ -75,6 +70,9 @@ pub struct ProducerConfig {
     pub confirm_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// At start, how long to wait for a slot held by another connection (a crashed producer's
+    /// connection may hold it for a moment) before failing.
+    pub slot_busy_timeout: Duration,
 }
 
 impl ProducerConfig {
@@ -99,16 +97,13 @@ impl ProducerConfig {
             confirm_timeout: Duration::from_secs(60),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            slot_busy_timeout: Duration::from_secs(10),
         }
     }
 
     /// Whether `schema.table` is one of the configured tables (every table when none is).
     pub fn streams(&self, schema: &str, table: &str) -> bool {
-        self.tables.is_empty()
-            || self
-                .tables
-                .iter()
-                .any(|t| t.schema == schema && t.name == table)
+        self.tables.is_empty() || self.tables.iter().any(|t| t.schema == schema && t.name == table)
     }
 }
 
@@ -118,20 +113,8 @@ mod tests {
 
     #[test]
     fn table_names() {
-        assert_eq!(
-            "public.users".parse(),
-            Ok(TableName {
-                schema: "public".into(),
-                name: "users".into()
-            })
-        );
-        assert_eq!(
-            " orders ".parse(),
-            Ok(TableName {
-                schema: "public".into(),
-                name: "orders".into()
-            })
-        );
+        assert_eq!("public.users".parse(), Ok(TableName { schema: "public".into(), name: "users".into() }));
+        assert_eq!(" orders ".parse(), Ok(TableName { schema: "public".into(), name: "orders".into() }));
         assert!("a.b.c".parse::<TableName>().is_err());
         assert!(".x".parse::<TableName>().is_err());
         assert!("".parse::<TableName>().is_err());

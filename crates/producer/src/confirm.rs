@@ -32,10 +32,7 @@ pub struct ConfirmTracker {
 impl ConfirmTracker {
     /// Starts with `confirmed` as the LSN already known to be safe.
     pub fn new(confirmed: Lsn) -> Self {
-        ConfirmTracker {
-            confirmed,
-            ..Default::default()
-        }
+        ConfirmTracker { confirmed, ..Default::default() }
     }
 
     /// Records the next published message; `tag` must be the next sequence number.
@@ -55,10 +52,7 @@ impl ConfirmTracker {
     /// Records an acknowledgement. Returns the new confirmed LSN if it advanced.
     pub fn ack(&mut self, tag: u64, multiple: bool) -> Result<Option<Lsn>, UnknownTag> {
         if tag > self.published {
-            return Err(UnknownTag {
-                tag,
-                published: self.published,
-            });
+            return Err(UnknownTag { tag, published: self.published });
         }
         if tag > self.acked_through {
             let index = (tag - self.acked_through - 1) as usize;
@@ -147,11 +141,7 @@ mod tests {
     fn empty_transactions_wait_behind_earlier_messages() {
         let mut t = tracker_with(1);
         t.commit(Lsn(50));
-        assert_eq!(
-            t.commit(Lsn(70)),
-            None,
-            "an empty transaction after unconfirmed messages waits"
-        );
+        assert_eq!(t.commit(Lsn(70)), None, "an empty transaction after unconfirmed messages waits");
         assert_eq!(t.ack(1, false), Ok(Some(Lsn(70))));
     }
 
@@ -168,13 +158,7 @@ mod tests {
     #[test]
     fn an_ack_beyond_what_was_published_is_an_error() {
         let mut t = tracker_with(1);
-        assert_eq!(
-            t.ack(5, false),
-            Err(UnknownTag {
-                tag: 5,
-                published: 1
-            })
-        );
+        assert_eq!(t.ack(5, false), Err(UnknownTag { tag: 5, published: 1 }));
     }
 
     #[test]
@@ -196,9 +180,8 @@ mod tests {
                     seen.push(lsn);
                 }
                 // never ahead of what is acknowledged
-                let all_first = [1, 2]
-                    .iter()
-                    .all(|x| order[..=order.iter().position(|y| y == tag).unwrap()].contains(x));
+                let all_first =
+                    [1, 2].iter().all(|x| order[..=order.iter().position(|y| y == tag).unwrap()].contains(x));
                 if !all_first {
                     assert_eq!(t.confirmed(), Lsn(0), "order {order:?}");
                 }

@@ -31,10 +31,7 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-async fn connect_with<T>(
-    config: &tokio_postgres::Config,
-    tls: T,
-) -> Result<Client, tokio_postgres::Error>
+async fn connect_with<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client, tokio_postgres::Error>
 where
     T: MakeTlsConnect<Socket> + Send + 'static,
     T::Stream: Send + 'static,
@@ -68,33 +65,18 @@ impl Database {
             TlsMode::Prefer => SslMode::Prefer,
             TlsMode::Require | TlsMode::VerifyFull { .. } => SslMode::Require,
         });
-        let context = format!(
-            "cannot connect to PostgreSQL at {} as {:?}",
-            settings.address(),
-            settings.user
-        );
+        let context = format!("cannot connect to PostgreSQL at {} as {:?}", settings.address(), settings.user);
         let client = match tls::client_config(&settings.tls)? {
             None => connect_with(&config, tokio_postgres::NoTls).await,
-            Some(tls) => {
-                connect_with(
-                    &config,
-                    tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()),
-                )
-                .await
-            }
+            Some(tls) => connect_with(&config, tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone())).await,
         }
         .map_err(|e| pg_error(context, e))?;
         Ok(Database { client })
     }
 
     async fn scalar(&self, sql: &str) -> Result<String, ProducerError> {
-        let row = self
-            .client
-            .query_one(sql, &[])
-            .await
-            .map_err(|e| pg_error(format!("query {sql:?}"), e))?;
-        row.try_get::<_, String>(0)
-            .map_err(|e| pg_error(format!("query {sql:?}"), e))
+        let row = self.client.query_one(sql, &[]).await.map_err(|e| pg_error(format!("query {sql:?}"), e))?;
+        row.try_get::<_, String>(0).map_err(|e| pg_error(format!("query {sql:?}"), e))
     }
 
     pub async fn wal_level(&self) -> Result<String, ProducerError> {
@@ -103,8 +85,7 @@ impl Database {
 
     pub async fn server_version_num(&self) -> Result<u32, ProducerError> {
         let text = self.scalar("SHOW server_version_num").await?;
-        text.parse()
-            .map_err(|_| ProducerError::Protocol(format!("unexpected server_version_num {text:?}")))
+        text.parse().map_err(|_| ProducerError::Protocol(format!("unexpected server_version_num {text:?}")))
     }
 
     pub async fn current_database(&self) -> Result<String, ProducerError> {
@@ -112,11 +93,7 @@ impl Database {
     }
 
     /// The `relkind` of a table, or `None` when it does not exist.
-    pub async fn relkind(
-        &self,
-        schema: &str,
-        table: &str,
-    ) -> Result<Option<String>, ProducerError> {
+    pub async fn relkind(&self, schema: &str, table: &str) -> Result<Option<String>, ProducerError> {
         let row = self
             .client
             .query_opt(
@@ -132,10 +109,7 @@ impl Database {
     pub async fn publication(&self, name: &str) -> Result<Option<bool>, ProducerError> {
         let row = self
             .client
-            .query_opt(
-                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
-                &[&name],
-            )
+            .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&name])
             .await
             .map_err(|e| pg_error("look up publication", e))?;
         Ok(row.map(|r| r.get::<_, bool>(0)))
@@ -145,7 +119,10 @@ impl Database {
     pub async fn publication_tables(&self, name: &str) -> Result<Vec<String>, ProducerError> {
         let rows = self
             .client
-            .query("SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&name])
+            .query(
+                "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                &[&name],
+            )
             .await
             .map_err(|e| pg_error("list publication tables", e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -153,10 +130,7 @@ impl Database {
 
     /// Runs a statement (DDL).
     pub async fn execute(&self, sql: &str) -> Result<(), ProducerError> {
-        self.client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| pg_error(format!("run {sql:?}"), e))
+        self.client.batch_execute(sql).await.map_err(|e| pg_error(format!("run {sql:?}"), e))
     }
 
     pub async fn slot(&self, slot: &str) -> Result<Option<SlotInfo>, ProducerError> {
@@ -224,14 +198,7 @@ impl Database {
             .collect();
         for &oid in oids {
             if !infos.iter().any(|i| i.oid == oid) {
-                infos.push(TypeInfo {
-                    oid,
-                    typtype: 0,
-                    category: 0,
-                    elem: 0,
-                    base: 0,
-                    delim: b',',
-                });
+                infos.push(TypeInfo { oid, typtype: 0, category: 0, elem: 0, base: 0, delim: b',' });
             }
         }
         Ok(infos)

@@ -15,11 +15,7 @@ pub enum ProducerError {
     #[error("replication slot {slot:?} is in use by another connection (PID {pid}); is another producer running with the same slot?")]
     SlotBusy { slot: String, pid: String },
     #[error("{context}: {message}")]
-    Postgres {
-        context: String,
-        message: String,
-        transient: bool,
-    },
+    Postgres { context: String, message: String, transient: bool },
     #[error(transparent)]
     Replication(#[from] ReplicationError),
     #[error(transparent)]
@@ -27,11 +23,7 @@ pub enum ProducerError {
     #[error("RabbitMQ refused (nacked) a message; it will be published again after reconnecting")]
     Nacked,
     #[error("RabbitMQ returned a message for routing key {routing_key:?} ({reply_code} {reply_text}): no queue is bound for it and --mandatory is on; bind a queue, or turn --mandatory off to let RabbitMQ drop unroutable events")]
-    Returned {
-        routing_key: String,
-        reply_code: u16,
-        reply_text: String,
-    },
+    Returned { routing_key: String, reply_code: u16, reply_text: String },
     #[error("RabbitMQ has not confirmed {in_flight} published messages for {seconds}s")]
     ConfirmTimeout { in_flight: u64, seconds: u64 },
     #[error("RabbitMQ connection lost: {0}")]
@@ -107,9 +99,5 @@ pub fn pg_error(context: impl Into<String>, e: tokio_postgres::Error) -> Produce
         Some(db) => matches!(&db.code().code()[..2], "08" | "53" | "57" | "58" | "40"),
         None => true,
     };
-    ProducerError::Postgres {
-        context: context.into(),
-        message: describe_pg(&e),
-        transient,
-    }
+    ProducerError::Postgres { context: context.into(), message: describe_pg(&e), transient }
 }

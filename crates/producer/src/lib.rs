@@ -39,15 +39,12 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 /// Runs the producer until `shutdown` is cancelled (then returns `Ok` after a clean stop) or an
 /// error that retrying cannot fix. Errors before streaming first started are returned at once,
 /// so that bad settings fail fast.
-pub async fn run(
-    config: ProducerConfig,
-    stats: Arc<Stats>,
-    shutdown: CancellationToken,
-) -> Result<(), ProducerError> {
+pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: CancellationToken) -> Result<(), ProducerError> {
     let config = Arc::new(config);
     let mut state = SessionState::default();
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     let progress = tokio::spawn(log_progress(stats.clone(), shutdown.clone()));
+    let started = Instant::now();
     let result = loop {
         let began = Instant::now();
         match run_session(&config, &mut state, &stats, &shutdown).await {
@@ -55,6 +52,15 @@ pub async fn run(
             Err(e) if shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, "error while stopping");
                 break Ok(());
+            }
+            Err(ProducerError::SlotBusy { slot, pid })
+                if !state.streamed && started.elapsed() < config.slot_busy_timeout =>
+            {
+                tracing::info!(%slot, %pid, "replication slot in use by another connection; waiting for it to be released");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => break Ok(()),
+                }
             }
             Err(e) if !state.streamed || !e.is_transient() => break Err(e),
             Err(e) => {
@@ -86,8 +92,7 @@ async fn log_progress(stats: Arc<Stats>, shutdown: CancellationToken) {
         }
         let now = Stats::get(&stats.events_confirmed);
         if now != last {
-            let lag_bytes =
-                Stats::get(&stats.received_lsn).saturating_sub(Stats::get(&stats.confirmed_lsn));
+            let lag_bytes = Stats::get(&stats.received_lsn).saturating_sub(Stats::get(&stats.confirmed_lsn));
             tracing::info!(
                 events_confirmed = now,
                 rate_per_s = (now - last) / every.as_secs(),

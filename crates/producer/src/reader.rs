@@ -10,12 +10,9 @@ use flate2::write::GzEncoder;
 use pgevents_amqp::OutgoingMessage;
 use pgevents_decode::encode::close_event;
 use pgevents_decode::{
-    Catalog, CatalogNeed, DecodeError, Decoded, Decoder, TableRef, TransactionBuilder, TxBegin,
-    TxOutcome,
+    Catalog, CatalogNeed, DecodeError, Decoded, Decoder, TableRef, TransactionBuilder, TxBegin, TxOutcome,
 };
-use pgevents_event::{
-    message_id, Action, Lsn, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_TABLE,
-};
+use pgevents_event::{message_id, Action, Lsn, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_TABLE};
 use pgevents_replication::{ReplicationError, ReplicationReader, WalMessage};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -92,10 +89,7 @@ impl Reader {
 
     /// Reads until shutdown (returning the stream, for a clean end of the session) or an error.
     /// The catalog is returned too, so the next session need not look everything up again.
-    pub async fn run(
-        mut self,
-        shutdown: CancellationToken,
-    ) -> Result<(ReplicationReader, Catalog), ProducerError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(ReplicationReader, Catalog), ProducerError> {
         loop {
             let message = tokio::select! {
                 biased;
@@ -104,18 +98,11 @@ impl Reader {
                     .map_err(|_| ReplicationError::Silent(self.silence_timeout.as_secs()))??,
             };
             let flow = match message {
-                WalMessage::XLogData {
-                    wal_start,
-                    wal_end,
-                    data,
-                } => {
+                WalMessage::XLogData { wal_start, wal_end, data } => {
                     Stats::set(&self.stats.received_lsn, wal_end.0.max(wal_start.0));
                     self.handle(wal_start, &data, &shutdown).await?
                 }
-                WalMessage::Keepalive {
-                    wal_end,
-                    reply_requested,
-                } => {
+                WalMessage::Keepalive { wal_end, reply_requested } => {
                     Stats::set(&self.stats.received_lsn, wal_end.0);
                     if reply_requested {
                         self.reply_requested.notify_one();
@@ -133,29 +120,14 @@ impl Reader {
     /// Between transactions, everything up to the server's position has been read: that position
     /// may be confirmed once the messages before it are, so the slot advances on an idle or
     /// filtered database.
-    async fn mark_idle_position(
-        &mut self,
-        wal_end: Lsn,
-        shutdown: &CancellationToken,
-    ) -> Result<Flow, ProducerError> {
+    async fn mark_idle_position(&mut self, wal_end: Lsn, shutdown: &CancellationToken) -> Result<Flow, ProducerError> {
         if self.tx.in_transaction() || !self.buffer.is_empty() || wal_end <= self.last_mark {
             return Ok(Flow::Continue);
         }
-        self.send(
-            Batch {
-                messages: Vec::new(),
-                commit: Some(wal_end),
-            },
-            shutdown,
-        )
-        .await
+        self.send(Batch { messages: Vec::new(), commit: Some(wal_end) }, shutdown).await
     }
 
-    async fn send(
-        &mut self,
-        batch: Batch,
-        shutdown: &CancellationToken,
-    ) -> Result<Flow, ProducerError> {
+    async fn send(&mut self, batch: Batch, shutdown: &CancellationToken) -> Result<Flow, ProducerError> {
         if let Some(lsn) = batch.commit {
             self.last_mark = self.last_mark.max(lsn);
         }
@@ -184,9 +156,7 @@ impl Reader {
                 Err(e) => return Err(ProducerError::Decode(e)),
             }
         }
-        Err(ProducerError::Protocol(
-            "catalog look-ups for one change did not settle after 64 rounds".into(),
-        ))
+        Err(ProducerError::Protocol("catalog look-ups for one change did not settle after 64 rounds".into()))
     }
 
     async fn handle(
@@ -207,35 +177,19 @@ impl Reader {
                 self.tx.begin(begin);
             }
             Decoded::Row(change) => {
-                if self
-                    .config
-                    .streams(&change.table.schema, &change.table.name)
-                {
+                if self.config.streams(&change.table.schema, &change.table.name) {
                     let mut body = Vec::with_capacity(256);
                     if let Some(seq) = self.tx.row(&change, &mut body) {
-                        let event = PendingEvent {
-                            table: change.table.clone(),
-                            action: change.action,
-                            seq,
-                            body,
-                        };
+                        let event = PendingEvent { table: change.table.clone(), action: change.action, seq, body };
                         self.buffer.push(event).await?;
                     }
                 }
             }
             Decoded::Truncate(tables) => {
-                for table in tables
-                    .iter()
-                    .filter(|t| self.config.streams(&t.schema, &t.name))
-                {
+                for table in tables.iter().filter(|t| self.config.streams(&t.schema, &t.name)) {
                     let mut body = Vec::with_capacity(160);
                     if let Some(seq) = self.tx.truncate(table, &mut body) {
-                        let event = PendingEvent {
-                            table: table.clone(),
-                            action: Action::Truncate,
-                            seq,
-                            body,
-                        };
+                        let event = PendingEvent { table: table.clone(), action: Action::Truncate, seq, body };
                         self.buffer.push(event).await?;
                     }
                 }
@@ -252,11 +206,7 @@ impl Reader {
         Ok(Flow::Continue)
     }
 
-    async fn commit(
-        &mut self,
-        end_lsn: Lsn,
-        shutdown: &CancellationToken,
-    ) -> Result<Flow, ProducerError> {
+    async fn commit(&mut self, end_lsn: Lsn, shutdown: &CancellationToken) -> Result<Flow, ProducerError> {
         let (Some(begin), Some(outcome)) = (self.tx.current(), self.tx.commit()) else {
             tracing::warn!(%end_lsn, "commit without a transaction; ignored");
             return Ok(Flow::Continue);
@@ -265,35 +215,16 @@ impl Reader {
         if outcome.skip {
             Stats::add(&self.stats.transactions_skipped, 1);
             self.buffer.clear();
-            return self
-                .send(
-                    Batch {
-                        messages: Vec::new(),
-                        commit: Some(end_lsn),
-                    },
-                    shutdown,
-                )
-                .await;
+            return self.send(Batch { messages: Vec::new(), commit: Some(end_lsn) }, shutdown).await;
         }
         let (memory, spill) = self.buffer.take().await?;
         let lsn_text = begin.commit_lsn.to_string();
-        let mut batch = Vec::with_capacity(
-            BATCH_SIZE.min(memory.len() + usize::from(spill.is_some()) * BATCH_SIZE),
-        );
+        let mut batch = Vec::with_capacity(BATCH_SIZE.min(memory.len() + usize::from(spill.is_some()) * BATCH_SIZE));
         for event in memory {
             batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?);
             if batch.len() == BATCH_SIZE {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
-                if let Flow::Stop = self
-                    .send(
-                        Batch {
-                            messages: full,
-                            commit: None,
-                        },
-                        shutdown,
-                    )
-                    .await?
-                {
+                if let Flow::Stop = self.send(Batch { messages: full, commit: None }, shutdown).await? {
                     return Ok(Flow::Stop);
                 }
             }
@@ -303,29 +234,13 @@ impl Reader {
                 batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?);
                 if batch.len() == BATCH_SIZE {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
-                    if let Flow::Stop = self
-                        .send(
-                            Batch {
-                                messages: full,
-                                commit: None,
-                            },
-                            shutdown,
-                        )
-                        .await?
-                    {
+                    if let Flow::Stop = self.send(Batch { messages: full, commit: None }, shutdown).await? {
                         return Ok(Flow::Stop);
                     }
                 }
             }
         }
-        self.send(
-            Batch {
-                messages: batch,
-                commit: Some(end_lsn),
-            },
-            shutdown,
-        )
-        .await
+        self.send(Batch { messages: batch, commit: Some(end_lsn) }, shutdown).await
     }
 
     fn outgoing(
@@ -335,12 +250,7 @@ impl Reader {
         begin: &TxBegin,
         lsn_text: &str,
     ) -> Result<OutgoingMessage, ProducerError> {
-        let PendingEvent {
-            table,
-            action,
-            seq,
-            mut body,
-        } = event;
+        let PendingEvent { table, action, seq, mut body } = event;
         close_event(&mut body, outcome.context.as_deref());
         let (body, content_encoding) = match self.config.compression {
             Compression::None => (body, None),
@@ -368,10 +278,7 @@ fn routing_key(table: &TableRef) -> String {
 }
 
 fn gzip(body: &[u8]) -> Result<Vec<u8>, ProducerError> {
-    let mut encoder = GzEncoder::new(
-        Vec::with_capacity(body.len() / 2 + 32),
-        flate2::Compression::fast(),
-    );
+    let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 2 + 32), flate2::Compression::fast());
     encoder.write_all(body)?;
     Ok(encoder.finish()?)
 }

@@ -37,10 +37,8 @@ fn plugin_options(config: &ProducerConfig, server_version: u32) -> Vec<(String, 
     let pair = |k: &str, v: String| (k.to_owned(), v);
     match config.plugin {
         Plugin::PgOutput => {
-            let mut options = vec![
-                pair("proto_version", "1".into()),
-                pair("publication_names", quote_ident(&config.publication)),
-            ];
+            let mut options =
+                vec![pair("proto_version", "1".into()), pair("publication_names", quote_ident(&config.publication))];
             if server_version >= 140_000 {
                 options.push(pair("messages", "true".into()));
             }
@@ -66,11 +64,8 @@ fn plugin_options(config: &ProducerConfig, server_version: u32) -> Vec<(String, 
                         out
                     })
                 };
-                let tables: Vec<String> = config
-                    .tables
-                    .iter()
-                    .map(|t| format!("{}.{}", escape(&t.schema), escape(&t.name)))
-                    .collect();
+                let tables: Vec<String> =
+                    config.tables.iter().map(|t| format!("{}.{}", escape(&t.schema), escape(&t.name))).collect();
                 options.push(pair("add-tables", tables.join(",")));
             }
             options
@@ -112,14 +107,10 @@ fn explain(e: ReplicationError, config: &ProducerConfig) -> ProducerError {
 }
 
 /// The result of a joined task, with a panic or cancellation reported as an error.
-fn joined<T>(
-    r: Result<Result<T, ProducerError>, tokio::task::JoinError>,
-) -> Result<T, ProducerError> {
+fn joined<T>(r: Result<Result<T, ProducerError>, tokio::task::JoinError>) -> Result<T, ProducerError> {
     match r {
         Ok(inner) => inner,
-        Err(e) => Err(ProducerError::Protocol(format!(
-            "internal task failed: {e}"
-        ))),
+        Err(e) => Err(ProducerError::Protocol(format!("internal task failed: {e}"))),
     }
 }
 
@@ -133,7 +124,9 @@ pub async fn run_session(
     let db = Database::connect(&config.postgres).await?;
     let server_version = db.server_version_num().await?;
     if server_version < 100_000 {
-        return Err(ProducerError::Setup(format!("PostgreSQL {server_version} is too old: logical replication with pgoutput needs 10 or later")));
+        return Err(ProducerError::Setup(format!(
+            "PostgreSQL {server_version} is too old: logical replication with pgoutput needs 10 or later"
+        )));
     }
     let slot_state = prepare(&db, config).await?;
 
@@ -145,9 +138,7 @@ pub async fn run_session(
     };
     let publisher = ConfirmingPublisher::connect(&config.amqp_url, &settings).await?;
 
-    let mut client = ReplicationClient::connect(&config.postgres)
-        .await
-        .map_err(|e| explain(e, config))?;
+    let mut client = ReplicationClient::connect(&config.postgres).await.map_err(|e| explain(e, config))?;
     let mut start = state.confirmed;
     match slot_state {
         SlotState::Missing => {
@@ -158,15 +149,11 @@ pub async fn run_session(
             tracing::info!(slot = %config.slot, plugin = config.plugin.name(), consistent_point = %created.consistent_point, "created replication slot");
             start = start.max(created.consistent_point);
         }
-        SlotState::Ready { confirmed_flush } => {
-            start = start.max(confirmed_flush.unwrap_or(Lsn::ZERO))
-        }
+        SlotState::Ready { confirmed_flush } => start = start.max(confirmed_flush.unwrap_or(Lsn::ZERO)),
     }
     let options = plugin_options(config, server_version);
-    let (stream, sender) = client
-        .start_logical_replication(&config.slot, start, &options)
-        .await
-        .map_err(|e| explain(e, config))?;
+    let (stream, sender) =
+        client.start_logical_replication(&config.slot, start, &options).await.map_err(|e| explain(e, config))?;
     state.streamed = true;
     state.confirmed = start;
     Stats::set(&stats.confirmed_lsn, start.0);
@@ -189,13 +176,8 @@ pub async fn run_session(
     );
 
     let mut reader_task = tokio::spawn(reader.run(shutdown.clone()));
-    let mut publisher_task = tokio::spawn(run_publisher(
-        publisher,
-        batch_rx,
-        confirmed_tx,
-        config.clone(),
-        stats.clone(),
-    ));
+    let mut publisher_task =
+        tokio::spawn(run_publisher(publisher, batch_rx, confirmed_tx, config.clone(), stats.clone()));
     let mut status_task = tokio::spawn(run_status(
         sender,
         confirmed_rx.clone(),
@@ -205,47 +187,77 @@ pub async fn run_session(
         stop_status.clone(),
     ));
 
+    // Whichever task ends first: on shutdown the reader returns and the publisher drains (in
+    // either order of completion); any other ending is a failure.
+    let mut reader_done = None;
+    let mut publisher_done = None;
     let failure = tokio::select! {
         r = &mut reader_task => match joined(r) {
-            Ok((stream, catalog)) => {
-                state.catalog = catalog;
-                // Shutdown: let the publisher drain its confirms, then report the final position.
-                let drained = joined((&mut publisher_task).await);
-                stop_status.cancel();
-                let sender = joined((&mut status_task).await);
-                state.confirmed = *confirmed_rx.borrow();
-                let (publisher, mut sender) = (drained?, sender?);
-                publisher.close().await;
-                let confirmed = state.confirmed;
-                sender.send_status(Lsn(Stats::get(&stats.received_lsn)), confirmed, false).await?;
-                sender.finish().await?;
-                let mut stream = stream;
-                let _ = tokio::time::timeout(Duration::from_secs(3), async {
-                    while let Ok(message) = stream.next().await {
-                        if message == WalMessage::End {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                sender.terminate().await;
-                tracing::info!(%confirmed, "stopped; the slot keeps its position for the next start");
-                return Ok(());
+            Ok(done) => {
+                reader_done = Some(done);
+                None
             }
-            Err(e) => e,
+            Err(e) => Some(e),
         },
         r = &mut publisher_task => match joined(r) {
-            Ok(_) => ProducerError::Protocol("the publisher stopped unexpectedly".into()),
-            Err(e) => e,
+            Ok(publisher) if shutdown.is_cancelled() => {
+                publisher_done = Some(publisher);
+                None
+            }
+            Ok(_) => Some(ProducerError::Protocol("the publisher stopped unexpectedly".into())),
+            Err(e) => Some(e),
         },
         r = &mut status_task => match joined(r) {
-            Ok(_) => ProducerError::Protocol("the status sender stopped unexpectedly".into()),
-            Err(e) => e,
+            Ok(_) => Some(ProducerError::Protocol("the status sender stopped unexpectedly".into())),
+            Err(e) => Some(e),
         },
     };
-    reader_task.abort();
-    publisher_task.abort();
-    status_task.abort();
-    state.confirmed = state.confirmed.max(*confirmed_rx.borrow());
-    Err(failure)
+    if let Some(failure) = failure {
+        reader_task.abort();
+        publisher_task.abort();
+        status_task.abort();
+        state.confirmed = state.confirmed.max(*confirmed_rx.borrow());
+        return Err(failure);
+    }
+    let graceful = async {
+        let (stream, catalog) = match reader_done.take() {
+            Some(done) => done,
+            None => joined((&mut reader_task).await)?,
+        };
+        state.catalog = catalog;
+        let publisher = match publisher_done.take() {
+            Some(publisher) => publisher,
+            None => joined((&mut publisher_task).await)?,
+        };
+        stop_status.cancel();
+        let sender = joined((&mut status_task).await)?;
+        Ok::<_, ProducerError>((stream, publisher, sender))
+    };
+    match graceful.await {
+        Ok((mut stream, publisher, mut sender)) => {
+            state.confirmed = state.confirmed.max(*confirmed_rx.borrow());
+            let confirmed = state.confirmed;
+            publisher.close().await;
+            sender.send_status(Lsn(Stats::get(&stats.received_lsn)), confirmed, false).await?;
+            sender.finish().await?;
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                while let Ok(message) = stream.next().await {
+                    if message == WalMessage::End {
+                        break;
+                    }
+                }
+            })
+            .await;
+            sender.terminate().await;
+            tracing::info!(%confirmed, "stopped; the slot keeps its position for the next start");
+            Ok(())
+        }
+        Err(e) => {
+            reader_task.abort();
+            publisher_task.abort();
+            status_task.abort();
+            state.confirmed = state.confirmed.max(*confirmed_rx.borrow());
+            Err(e)
+        }
+    }
 }

@@ -77,34 +77,26 @@ fn table_list(config: &ProducerConfig, only: impl Fn(&str) -> bool) -> Vec<Strin
 
 async fn ensure_publication(db: &Database, config: &ProducerConfig) -> Result<(), ProducerError> {
     let name = &config.publication;
-    let explain = |e: ProducerError, what: &str| {
-        match e {
+    let explain = |e: ProducerError, what: &str| match e {
         ProducerError::Postgres { message, .. } => ProducerError::Setup(format!(
             "could not {what} publication {name:?}: {message}; create it yourself as a superuser or the tables' owner \
              (CREATE PUBLICATION {} FOR TABLE ...), then start again",
             quote_ident(name)
         )),
         other => other,
-    }
     };
     match db.publication(name).await? {
         None if config.tables.is_empty() => {
-            db.execute(&format!(
-                "CREATE PUBLICATION {} FOR ALL TABLES",
-                quote_ident(name)
-            ))
-            .await
-            .map_err(|e| explain(e, "create"))?;
+            db.execute(&format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(name)))
+                .await
+                .map_err(|e| explain(e, "create"))?;
             tracing::info!(publication = %name, "created publication FOR ALL TABLES");
         }
         None => {
             let tables = table_list(config, |_| true).join(", ");
-            db.execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {tables}",
-                quote_ident(name)
-            ))
-            .await
-            .map_err(|e| explain(e, "create"))?;
+            db.execute(&format!("CREATE PUBLICATION {} FOR TABLE {tables}", quote_ident(name)))
+                .await
+                .map_err(|e| explain(e, "create"))?;
             tracing::info!(publication = %name, %tables, "created publication");
         }
         Some(true) => {}
@@ -116,12 +108,9 @@ async fn ensure_publication(db: &Database, config: &ProducerConfig) -> Result<()
             let missing = table_list(config, |q| !present.iter().any(|p| p == q));
             if !missing.is_empty() {
                 let tables = missing.join(", ");
-                db.execute(&format!(
-                    "ALTER PUBLICATION {} ADD TABLE {tables}",
-                    quote_ident(name)
-                ))
-                .await
-                .map_err(|e| explain(e, "extend"))?;
+                db.execute(&format!("ALTER PUBLICATION {} ADD TABLE {tables}", quote_ident(name)))
+                    .await
+                    .map_err(|e| explain(e, "extend"))?;
                 tracing::info!(publication = %name, %tables, "added tables to publication");
             }
         }
@@ -134,13 +123,7 @@ async fn check_slot(db: &Database, config: &ProducerConfig) -> Result<SlotState,
     let Some(info) = db.slot(slot).await? else {
         return Ok(SlotState::Missing);
     };
-    let SlotInfo {
-        plugin,
-        database,
-        active_pid,
-        confirmed_flush,
-        wal_status,
-    } = info;
+    let SlotInfo { plugin, database, active_pid, confirmed_flush, wal_status } = info;
     if plugin.is_empty() {
         return Err(ProducerError::Setup(format!(
             "replication slot {slot:?} is a physical slot; choose another --pgslot"
@@ -166,10 +149,7 @@ async fn check_slot(db: &Database, config: &ProducerConfig) -> Result<SlotState,
         )));
     }
     if let Some(pid) = active_pid {
-        return Err(ProducerError::SlotBusy {
-            slot: slot.clone(),
-            pid: pid.to_string(),
-        });
+        return Err(ProducerError::SlotBusy { slot: slot.clone(), pid: pid.to_string() });
     }
     Ok(SlotState::Ready { confirmed_flush })
 }

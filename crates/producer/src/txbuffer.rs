@@ -78,8 +78,7 @@ impl Spill {
         self.staged.extend_from_slice(&index.to_le_bytes());
         self.staged.push(action_code(event.action));
         self.staged.extend_from_slice(&event.seq.to_le_bytes());
-        self.staged
-            .extend_from_slice(&(event.body.len() as u32).to_le_bytes());
+        self.staged.extend_from_slice(&(event.body.len() as u32).to_le_bytes());
         self.staged.extend_from_slice(&event.body);
         self.events += 1;
         if self.staged.len() >= CHUNK {
@@ -89,10 +88,7 @@ impl Spill {
     }
 
     async fn write_staged(&mut self) -> io::Result<()> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("spill file lost"))?;
+        let mut file = self.file.take().ok_or_else(|| io::Error::other("spill file lost"))?;
         let mut data = std::mem::take(&mut self.staged);
         let (file, data) = tokio::task::spawn_blocking(move || {
             let result = file.write_all(&data);
@@ -127,31 +123,18 @@ impl SpillReader {
         let b = &self.buf[self.pos..];
         let table = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
         let action = b[4];
-        let seq = u64::from_le_bytes(
-            b[5..13]
-                .try_into()
-                .map_err(|_| io::Error::other("bad spill record"))?,
-        );
+        let seq = u64::from_le_bytes(b[5..13].try_into().map_err(|_| io::Error::other("bad spill record"))?);
         let len = u32::from_le_bytes([b[13], b[14], b[15], b[16]]) as usize;
         self.fill(header + len).await?;
         let body = self.buf[self.pos + header..self.pos + header + len].to_vec();
         self.pos += header + len;
         self.remaining -= 1;
-        let table = self
-            .tables
-            .get(table)
-            .cloned()
-            .ok_or_else(|| io::Error::other("bad spill record table"))?;
+        let table = self.tables.get(table).cloned().ok_or_else(|| io::Error::other("bad spill record table"))?;
         let action = Action::ALL
             .into_iter()
             .find(|a| action_code(*a) == action)
             .ok_or_else(|| io::Error::other("bad spill record action"))?;
-        Ok(Some(PendingEvent {
-            table,
-            action,
-            seq,
-            body,
-        }))
+        Ok(Some(PendingEvent { table, action, seq, body }))
     }
 
     /// Makes sure `n` bytes are buffered from `pos`.
@@ -162,10 +145,7 @@ impl SpillReader {
         self.buf.drain(..self.pos);
         self.pos = 0;
         let want = n.max(CHUNK) - self.buf.len();
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("spill file lost"))?;
+        let mut file = self.file.take().ok_or_else(|| io::Error::other("spill file lost"))?;
         let mut buf = std::mem::take(&mut self.buf);
         let (file, buf) = tokio::task::spawn_blocking(move || {
             let start = buf.len();
@@ -187,10 +167,7 @@ impl SpillReader {
         self.file = Some(file);
         self.buf = buf;
         if self.buf.len() < n {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "spill file is shorter than what was written",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spill file is shorter than what was written"));
         }
         Ok(())
     }
@@ -200,13 +177,7 @@ impl TxBuffer {
     /// A buffer keeping up to `budget` bytes of event bodies in memory; beyond that, events go to
     /// a temporary file in `spill_dir` (the system's temporary directory if `None`).
     pub fn new(budget: usize, spill_dir: Option<PathBuf>) -> Self {
-        TxBuffer {
-            memory: Vec::new(),
-            memory_bytes: 0,
-            budget,
-            spill_dir,
-            spill: None,
-        }
+        TxBuffer { memory: Vec::new(), memory_bytes: 0, budget, spill_dir, spill: None }
     }
 
     pub async fn push(&mut self, event: PendingEvent) -> io::Result<()> {
@@ -241,20 +212,12 @@ impl TxBuffer {
             return Ok((memory, None));
         };
         spill.write_staged().await?;
-        let mut file = spill
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("spill file lost"))?;
+        let mut file = spill.file.take().ok_or_else(|| io::Error::other("spill file lost"))?;
         let file = tokio::task::spawn_blocking(move || file.seek(SeekFrom::Start(0)).map(|_| file))
             .await
             .map_err(io_err)??;
-        let reader = SpillReader {
-            file: Some(file),
-            buf: Vec::new(),
-            pos: 0,
-            tables: spill.tables,
-            remaining: spill.events,
-        };
+        let reader =
+            SpillReader { file: Some(file), buf: Vec::new(), pos: 0, tables: spill.tables, remaining: spill.events };
         Ok((memory, Some(reader)))
     }
 
@@ -275,9 +238,7 @@ mod tests {
             table: table.clone(),
             action: Action::Insert,
             seq: i,
-            body: format!("{{\"n\":{i}")
-                .into_bytes()
-                .repeat((i % 5 + 1) as usize),
+            body: format!("{{\"n\":{i}").into_bytes().repeat((i % 5 + 1) as usize),
         }
     }
 
@@ -286,9 +247,7 @@ mod tests {
         let a = Arc::new(TableRef::new("public", "a"));
         let b = Arc::new(TableRef::new("public", "b"));
         let mut buffer = TxBuffer::new(1000, None);
-        let expected: Vec<PendingEvent> = (0..50_000)
-            .map(|i| event(i, if i % 3 == 0 { &a } else { &b }))
-            .collect();
+        let expected: Vec<PendingEvent> = (0..50_000).map(|i| event(i, if i % 3 == 0 { &a } else { &b })).collect();
         for e in &expected {
             buffer.push(e.clone()).await.unwrap();
         }

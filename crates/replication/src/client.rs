@@ -94,25 +94,15 @@ pub struct ReplicationClient {
 
 async fn open_socket(config: &ConnectConfig) -> Result<Box<dyn Io>, ReplicationError> {
     let addr = config.address();
-    let connect_error = |source| ReplicationError::Connect {
-        addr: addr.clone(),
-        source,
-    };
+    let connect_error = |source| ReplicationError::Connect { addr: addr.clone(), source };
     if config.host.starts_with('/') {
-        return Ok(Box::new(
-            UnixStream::connect(&addr).await.map_err(connect_error)?,
-        ));
+        return Ok(Box::new(UnixStream::connect(&addr).await.map_err(connect_error)?));
     }
-    let tcp = TcpStream::connect((config.host.as_str(), config.port))
-        .await
-        .map_err(connect_error)?;
+    let tcp = TcpStream::connect((config.host.as_str(), config.port)).await.map_err(connect_error)?;
     tcp.set_nodelay(true).map_err(connect_error)?;
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
-    socket2::SockRef::from(&tcp)
-        .set_tcp_keepalive(&keepalive)
-        .map_err(connect_error)?;
+    let keepalive =
+        socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10));
+    socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive).map_err(connect_error)?;
     let Some(tls) = client_config(&config.tls)? else {
         return Ok(Box::new(tcp));
     };
@@ -127,17 +117,12 @@ async fn open_socket(config: &ConnectConfig) -> Result<Box<dyn Io>, ReplicationE
             let stream = connector
                 .connect(server_name(&config.host)?, tcp)
                 .await
-                .map_err(|source| ReplicationError::Tls {
-                    addr: addr.clone(),
-                    source,
-                })?;
+                .map_err(|source| ReplicationError::Tls { addr: addr.clone(), source })?;
             Ok(Box::new(stream))
         }
         b'N' if config.tls == TlsMode::Prefer => Ok(Box::new(tcp)),
         b'N' => Err(ReplicationError::TlsRefused { addr }),
-        other => Err(ReplicationError::Protocol(format!(
-            "unexpected answer {other:#x} to SSLRequest"
-        ))),
+        other => Err(ReplicationError::Protocol(format!("unexpected answer {other:#x} to SSLRequest"))),
     }
 }
 
@@ -147,19 +132,13 @@ impl ReplicationClient {
         let seconds = config.connect_timeout.as_secs();
         tokio::time::timeout(config.connect_timeout, Self::connect_inner(config))
             .await
-            .map_err(|_| ReplicationError::ConnectTimeout {
-                addr: config.address(),
-                seconds,
-            })?
+            .map_err(|_| ReplicationError::ConnectTimeout { addr: config.address(), seconds })?
     }
 
     async fn connect_inner(config: &ConnectConfig) -> Result<ReplicationClient, ReplicationError> {
         let io = open_socket(config).await?;
-        let mut client = ReplicationClient {
-            frames: FrameReader::new(io),
-            out: BytesMut::new(),
-            parameters: HashMap::new(),
-        };
+        let mut client =
+            ReplicationClient { frames: FrameReader::new(io), out: BytesMut::new(), parameters: HashMap::new() };
         let mut params: Vec<(&str, &str)> = vec![
             ("user", &config.user),
             ("database", &config.dbname),
@@ -197,9 +176,7 @@ impl ReplicationClient {
                 .password
                 .as_deref()
                 .map(str::as_bytes)
-                .ok_or_else(|| ReplicationError::PasswordRequired {
-                    user: config.user.clone(),
-                })
+                .ok_or_else(|| ReplicationError::PasswordRequired { user: config.user.clone() })
         };
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -207,29 +184,21 @@ impl ReplicationClient {
                 Backend::Authentication { code, data } => (code, data),
                 Backend::Error(e) => return Err(ReplicationError::Server(e)),
                 Backend::Notice(_) => continue,
-                other => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "expected authentication, got {other:?}"
-                    )))
-                }
+                other => return Err(ReplicationError::Protocol(format!("expected authentication, got {other:?}"))),
             };
             match code {
                 0 => return Ok(()),
                 3 => frontend::password_message(password()?, &mut self.out)?,
                 5 => {
-                    let salt: [u8; 4] =
-                        data.get(..4)
-                            .and_then(|s| s.try_into().ok())
-                            .ok_or_else(|| {
-                                ReplicationError::Protocol("MD5 request without salt".into())
-                            })?;
+                    let salt: [u8; 4] = data
+                        .get(..4)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or_else(|| ReplicationError::Protocol("MD5 request without salt".into()))?;
                     let hash = md5_hash(config.user.as_bytes(), password()?, salt);
                     frontend::password_message(hash.as_bytes(), &mut self.out)?;
                 }
                 10 => {
-                    let offered = data
-                        .split(|&b| b == 0)
-                        .any(|m| m == SCRAM_SHA_256.as_bytes());
+                    let offered = data.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
                     if !offered {
                         return Err(ReplicationError::UnsupportedAuth(code));
                     }
@@ -239,21 +208,16 @@ impl ReplicationClient {
                     scram = Some(state);
                 }
                 11 => {
-                    let state = scram.as_mut().ok_or_else(|| {
-                        ReplicationError::Protocol("SASL continue before start".into())
-                    })?;
-                    state
-                        .update(&data)
-                        .map_err(|e| ReplicationError::Protocol(format!("SCRAM: {e}")))?;
+                    let state = scram
+                        .as_mut()
+                        .ok_or_else(|| ReplicationError::Protocol("SASL continue before start".into()))?;
+                    state.update(&data).map_err(|e| ReplicationError::Protocol(format!("SCRAM: {e}")))?;
                     frontend::sasl_response(state.message(), &mut self.out)?;
                 }
                 12 => {
-                    let state = scram.as_mut().ok_or_else(|| {
-                        ReplicationError::Protocol("SASL final before start".into())
-                    })?;
-                    state
-                        .finish(&data)
-                        .map_err(|e| ReplicationError::Protocol(format!("SCRAM: {e}")))?;
+                    let state =
+                        scram.as_mut().ok_or_else(|| ReplicationError::Protocol("SASL final before start".into()))?;
+                    state.finish(&data).map_err(|e| ReplicationError::Protocol(format!("SCRAM: {e}")))?;
                     continue;
                 }
                 other => return Err(ReplicationError::UnsupportedAuth(other)),
@@ -270,25 +234,15 @@ impl ReplicationClient {
     /// The server's major version times 10000, e.g. 150020 for 15.20.
     pub fn server_version_num(&self) -> Option<u32> {
         let version = self.parameter("server_version")?;
-        let numeric: String = version
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
+        let numeric: String = version.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
         let mut parts = numeric.split('.').map(|p| p.parse::<u32>().ok());
         let major = parts.next()??;
         let minor = parts.next().flatten().unwrap_or(0);
-        Some(if major >= 10 {
-            major * 10_000 + minor
-        } else {
-            major * 10_000 + minor * 100
-        })
+        Some(if major >= 10 { major * 10_000 + minor } else { major * 10_000 + minor * 100 })
     }
 
     /// Runs one command with the simple query protocol and returns its rows as text.
-    pub async fn simple_query(
-        &mut self,
-        sql: &str,
-    ) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
         frontend::query(sql, &mut self.out)?;
         self.flush().await?;
         let mut rows = Vec::new();
@@ -300,9 +254,7 @@ impl ReplicationClient {
                 Backend::Notice(n) => tracing::info!(notice = %n, "PostgreSQL notice"),
                 Backend::ReadyForQuery => break,
                 Backend::CopyBoth | Backend::CopyOut => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "{sql:?} unexpectedly started a COPY"
-                    )));
+                    return Err(ReplicationError::Protocol(format!("{sql:?} unexpectedly started a COPY")));
                 }
                 _ => {}
             }
@@ -316,9 +268,7 @@ impl ReplicationClient {
     /// `IDENTIFY_SYSTEM`.
     pub async fn identify_system(&mut self) -> Result<SystemInfo, ReplicationError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| ReplicationError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+        let row = rows.first().ok_or_else(|| ReplicationError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
         let field = |i: usize| row.get(i).cloned().flatten();
         let xlogpos = field(2)
             .and_then(|s| s.parse().ok())
@@ -345,25 +295,17 @@ impl ReplicationClient {
             SlotSnapshot::Export => "EXPORT_SNAPSHOT",
         };
         let rows = self
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL \"{plugin}\" {snapshot_clause}"
-            ))
+            .simple_query(&format!("CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL \"{plugin}\" {snapshot_clause}"))
             .await?;
-        let row = rows.first().ok_or_else(|| {
-            ReplicationError::Protocol("CREATE_REPLICATION_SLOT returned no row".into())
-        })?;
+        let row =
+            rows.first().ok_or_else(|| ReplicationError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
         let consistent_point = row
             .get(1)
             .cloned()
             .flatten()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                ReplicationError::Protocol("CREATE_REPLICATION_SLOT: bad consistent_point".into())
-            })?;
-        Ok(CreatedSlot {
-            consistent_point,
-            snapshot_name: row.get(2).cloned().flatten(),
-        })
+            .ok_or_else(|| ReplicationError::Protocol("CREATE_REPLICATION_SLOT: bad consistent_point".into()))?;
+        Ok(CreatedSlot { consistent_point, snapshot_name: row.get(2).cloned().flatten() })
     }
 
     /// `START_REPLICATION SLOT name LOGICAL start (options)`: from here on the connection
@@ -398,10 +340,7 @@ impl ReplicationClient {
         }
         let (io, buf) = self.frames.into_inner();
         let (read, write) = tokio::io::split(io);
-        Ok((
-            ReplicationReader::new(FrameReader::from_parts(read, buf)),
-            StatusSender::new(write),
-        ))
+        Ok((ReplicationReader::new(FrameReader::from_parts(read, buf)), StatusSender::new(write)))
     }
 
     /// Ends the session politely.
@@ -416,9 +355,7 @@ impl ReplicationClient {
 pub fn check_identifier(what: &str, name: &str) -> Result<(), ReplicationError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {

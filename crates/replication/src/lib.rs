@@ -13,9 +13,7 @@ mod stream;
 pub mod tls;
 mod wire;
 
-pub use client::{
-    check_identifier, ConnectConfig, CreatedSlot, ReplicationClient, SlotSnapshot, SystemInfo,
-};
+pub use client::{check_identifier, ConnectConfig, CreatedSlot, ReplicationClient, SlotSnapshot, SystemInfo};
 pub use error::{ReplicationError, ServerError};
 pub use stream::{ReplicationReader, StatusSender, WalMessage};
 pub use tls::TlsMode;

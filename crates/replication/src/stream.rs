@@ -20,11 +20,7 @@ use crate::ReplicationError;
 pub enum WalMessage {
     /// One output plugin message; `wal_start` is the LSN the message belongs to (for a commit,
     /// the end of the transaction).
-    XLogData {
-        wal_start: Lsn,
-        wal_end: Lsn,
-        data: Bytes,
-    },
+    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
     /// The server's position; `reply_requested` asks for a status update now.
     Keepalive { wal_end: Lsn, reply_requested: bool },
     /// The server ended the stream (after our CopyDone, or on its own).
@@ -62,11 +58,7 @@ impl ReplicationReader {
                             let wal_start = Lsn(data.get_u64());
                             let wal_end = Lsn(data.get_u64());
                             let _server_time = data.get_i64();
-                            return Ok(WalMessage::XLogData {
-                                wal_start,
-                                wal_end,
-                                data,
-                            });
+                            return Ok(WalMessage::XLogData { wal_start, wal_end, data });
                         }
                         b'k' => {
                             if data.len() < 17 {
@@ -75,10 +67,7 @@ impl ReplicationReader {
                             let wal_end = Lsn(data.get_u64());
                             let _server_time = data.get_i64();
                             let reply_requested = data.get_u8() == 1;
-                            return Ok(WalMessage::Keepalive {
-                                wal_end,
-                                reply_requested,
-                            });
+                            return Ok(WalMessage::Keepalive { wal_end, reply_requested });
                         }
                         other => {
                             return Err(ReplicationError::Protocol(format!(
@@ -99,10 +88,7 @@ impl ReplicationReader {
 
 /// Microseconds since 2000-01-01, PostgreSQL's epoch.
 fn pg_now() -> i64 {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
     unix - 946_684_800_000_000
 }
 
@@ -114,21 +100,13 @@ pub struct StatusSender {
 
 impl StatusSender {
     pub(crate) fn new(io: WriteHalf<Box<dyn Io>>) -> Self {
-        StatusSender {
-            io,
-            buf: BytesMut::with_capacity(64),
-        }
+        StatusSender { io, buf: BytesMut::with_capacity(64) }
     }
 
     /// Standby status update: `received` is what has been read, `flushed` what is safely
     /// delivered (PostgreSQL may discard WAL before it and will not resend it), `reply` asks the
     /// server to answer with a keepalive (a liveness probe).
-    pub async fn send_status(
-        &mut self,
-        received: Lsn,
-        flushed: Lsn,
-        reply: bool,
-    ) -> Result<(), ReplicationError> {
+    pub async fn send_status(&mut self, received: Lsn, flushed: Lsn, reply: bool) -> Result<(), ReplicationError> {
         self.buf.clear();
         // CopyData framing written by hand: 'd', length, then the 'r' message.
         let mut body = BytesMut::with_capacity(34);

@@ -47,9 +47,7 @@ pub fn client_config(mode: &TlsMode) -> Result<Option<Arc<ClientConfig>>, Replic
         TlsMode::VerifyFull { root_cert } => {
             let roots = match root_cert {
                 Some(path) => roots_from_file(path)?,
-                None => RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                },
+                None => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
             };
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -58,15 +56,11 @@ pub fn client_config(mode: &TlsMode) -> Result<Option<Arc<ClientConfig>>, Replic
 }
 
 fn roots_from_file(path: &Path) -> Result<RootCertStore, ReplicationError> {
-    let bad = |why: String| {
-        ReplicationError::TlsConfig(format!("root certificate file {}: {why}", path.display()))
-    };
+    let bad = |why: String| ReplicationError::TlsConfig(format!("root certificate file {}: {why}", path.display()));
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
     for cert in certs {
-        roots
-            .add(cert.map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
+        roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(bad("no certificate found".into()));
@@ -76,8 +70,7 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore, ReplicationError> {
 
 /// The server name to present and verify.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, ReplicationError> {
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| ReplicationError::TlsConfig(format!("host {host:?}: {e}")))
+    ServerName::try_from(host.to_owned()).map_err(|e| ReplicationError::TlsConfig(format!("host {host:?}: {e}")))
 }
 
 /// Encryption without authentication of the server, as libpq's `sslmode=require` does.
@@ -103,12 +96,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -117,12 +105,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

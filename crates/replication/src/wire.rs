@@ -46,10 +46,7 @@ pub(crate) struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(io: R) -> Self {
-        FrameReader {
-            io,
-            buf: BytesMut::with_capacity(64 * 1024),
-        }
+        FrameReader { io, buf: BytesMut::with_capacity(64 * 1024) }
     }
 
     /// Reads the next message. `Err(Io(UnexpectedEof))` when the server closes the connection.
@@ -110,10 +107,7 @@ fn protocol(what: &str) -> ReplicationError {
 }
 
 fn cstr(body: &mut Bytes, what: &str) -> Result<String, ReplicationError> {
-    let end = body
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or_else(|| protocol(what))?;
+    let end = body.iter().position(|&b| b == 0).ok_or_else(|| protocol(what))?;
     let s = String::from_utf8_lossy(&body[..end]).into_owned();
     body.advance(end + 1);
     Ok(s)
@@ -175,9 +169,7 @@ fn parse(tag: u8, mut body: Bytes) -> Result<Backend, ReplicationError> {
                     if body.len() < len {
                         return Err(protocol("data row"));
                     }
-                    values.push(Some(
-                        String::from_utf8_lossy(&body.split_to(len)).into_owned(),
-                    ));
+                    values.push(Some(String::from_utf8_lossy(&body.split_to(len)).into_owned()));
                 }
             }
             Backend::DataRow { values }

@@ -3,16 +3,13 @@
 
 use std::time::Duration;
 
-use pgevents_amqp::{
-    self as amqp, AmqpUrl, Channel, Connection, Delivery, DeliveryStream, QueueSpec,
-};
+use pgevents_amqp::{self as amqp, AmqpUrl, Channel, Connection, Delivery, DeliveryStream, QueueSpec};
 use pgevents_event::Event;
 use rand::Rng;
 
 /// The broker tests use.
 pub fn amqp_url() -> String {
-    std::env::var("PGEVENTS_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    std::env::var("PGEVENTS_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
 /// `prefix_<random>`: a name no other test uses.
@@ -52,65 +49,33 @@ impl EventQueue {
 
     pub async fn bind_to(url: &str, exchange: &str, keys: &[&str]) -> EventQueue {
         let url: AmqpUrl = url.parse().expect("test AMQP URL");
-        let connection = amqp::connect(&url, "pgevents test collector")
-            .await
-            .expect("connect to RabbitMQ for the test");
+        let connection =
+            amqp::connect(&url, "pgevents test collector").await.expect("connect to RabbitMQ for the test");
         let channel = amqp::open_channel(&connection).await.expect("channel");
-        amqp::declare_topic_exchange(&channel, exchange)
-            .await
-            .expect("declare exchange");
+        amqp::declare_topic_exchange(&channel, exchange).await.expect("declare exchange");
         let name = unique_name("q");
-        let spec = QueueSpec {
-            name: name.clone(),
-            durable: true,
-            auto_delete: false,
-            ..Default::default()
-        };
-        amqp::declare_queue(&channel, &spec)
-            .await
-            .expect("declare queue");
+        let spec = QueueSpec { name: name.clone(), durable: true, auto_delete: false, ..Default::default() };
+        amqp::declare_queue(&channel, &spec).await.expect("declare queue");
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        amqp::bind_queue(&channel, &name, exchange, &keys)
-            .await
-            .expect("bind");
-        let deliveries = amqp::consume(&channel, &name, 1000, amqp::FieldTable::new())
-            .await
-            .expect("consume");
-        EventQueue {
-            name,
-            connection,
-            channel,
-            deliveries,
-        }
+        amqp::bind_queue(&channel, &name, exchange, &keys).await.expect("bind");
+        let deliveries = amqp::consume(&channel, &name, 1000, amqp::FieldTable::new()).await.expect("consume");
+        EventQueue { name, connection, channel, deliveries }
     }
 
     /// The next message as delivered (body not decoded), acknowledged.
     pub async fn next_raw(&mut self, timeout: Duration) -> Option<Delivery> {
-        let delivery = tokio::time::timeout(timeout, self.deliveries.next())
-            .await
-            .ok()??;
-        amqp::ack(&self.channel, delivery.delivery_tag)
-            .await
-            .expect("ack");
+        let delivery = tokio::time::timeout(timeout, self.deliveries.next()).await.ok()??;
+        amqp::ack(&self.channel, delivery.delivery_tag).await.expect("ack");
         Some(delivery)
     }
 
     /// The next event, acknowledged; `None` after `timeout` without one.
     pub async fn next(&mut self, timeout: Duration) -> Option<ReceivedEvent> {
         let delivery = self.next_raw(timeout).await?;
-        let event = Event::from_slice(&delivery.body).unwrap_or_else(|e| {
-            panic!(
-                "not an event: {e}: {}",
-                String::from_utf8_lossy(&delivery.body)
-            )
-        });
+        let event = Event::from_slice(&delivery.body)
+            .unwrap_or_else(|e| panic!("not an event: {e}: {}", String::from_utf8_lossy(&delivery.body)));
         let json = serde_json::from_slice(&delivery.body).expect("JSON body");
-        Some(ReceivedEvent {
-            event,
-            json,
-            body: delivery.body.clone(),
-            delivery,
-        })
+        Some(ReceivedEvent { event, json, body: delivery.body.clone(), delivery })
     }
 
     /// Exactly `n` events (panics if fewer arrive within `timeout`).
@@ -142,10 +107,7 @@ impl EventQueue {
 
     /// Deletes the queue and closes the connection.
     pub async fn close(self) {
-        let _ = self
-            .channel
-            .queue_delete(amqprs_queue_delete(&self.name))
-            .await;
+        let _ = self.channel.queue_delete(amqprs_queue_delete(&self.name)).await;
         let _ = self.channel.close().await;
         let _ = self.connection.close().await;
     }
@@ -164,9 +126,7 @@ pub async fn delete_exchange(exchange: &str) {
         return;
     };
     if let Ok(channel) = amqp::open_channel(&connection).await {
-        let _ = channel
-            .exchange_delete(pgevents_amqp::ExchangeDeleteArguments::new(exchange))
-            .await;
+        let _ = channel.exchange_delete(pgevents_amqp::ExchangeDeleteArguments::new(exchange)).await;
         let _ = channel.close().await;
     }
     let _ = connection.close().await;

@@ -32,29 +32,17 @@ fn pg_bin_dir() -> PathBuf {
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin"))
-                .filter(|p| p.join("initdb").exists())
-                .collect()
+            entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect()
         })
         .unwrap_or_default();
     candidates.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     });
     candidates.pop().unwrap_or_else(|| panic!("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin; install postgresql or set PGEVENTS_TEST_PG_BIN"))
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 /// Runs a PostgreSQL program, as the `postgres` user when we are root (initdb refuses root).
@@ -68,25 +56,16 @@ fn run_pg(bin: &Path, program: &str, args: &[&str]) -> std::process::Output {
         Command::new(&exe)
     };
     cmd.args(args).stdin(Stdio::null());
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 fn chown_to_postgres(path: &Path) {
     if is_root() {
-        let status = Command::new("chown")
-            .arg("-R")
-            .arg("postgres:postgres")
-            .arg(path)
-            .status()
-            .expect("chown");
+        let status = Command::new("chown").arg("-R").arg("postgres:postgres").arg(path).status().expect("chown");
         assert!(status.success(), "chown {} failed", path.display());
     }
 }
@@ -98,10 +77,7 @@ impl PgCluster {
     }
 
     pub async fn start_with(options: PgOptions) -> PgCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("pgevents-test-pg-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("pgevents-test-pg-").tempdir().expect("temp dir");
         chown_to_postgres(dir.path());
         let data = dir.path().join("data");
         let bin = pg_bin_dir();
@@ -121,20 +97,13 @@ impl PgCluster {
                 "--locale=C",
             ],
         );
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let port = free_port();
         let mut conf = vec![
             format!("port = {port}"),
             "listen_addresses = '127.0.0.1'".to_owned(),
             format!("unix_socket_directories = '{}'", dir.path().display()),
-            format!(
-                "wal_level = {}",
-                options.wal_level.as_deref().unwrap_or("logical")
-            ),
+            format!("wal_level = {}", options.wal_level.as_deref().unwrap_or("logical")),
             "max_replication_slots = 20".to_owned(),
             "max_wal_senders = 20".to_owned(),
             "max_connections = 100".to_owned(),
@@ -146,46 +115,72 @@ impl PgCluster {
             "TimeZone = 'Europe/Paris'".to_owned(),
         ];
         // PostgreSQL 15.19+ restricts output plugins; allow wal2json where the setting exists.
-        let probe = run_pg(
-            &bin,
-            "postgres",
-            &[
-                "-D",
-                data.to_str().unwrap_or_default(),
-                "-C",
-                "output_plugin_libraries",
-            ],
-        );
+        let probe =
+            run_pg(&bin, "postgres", &["-D", data.to_str().unwrap_or_default(), "-C", "output_plugin_libraries"]);
         if probe.status.success() {
             conf.push("output_plugin_libraries = 'pgoutput, test_decoding, wal2json'".to_owned());
         }
         if options.tls {
-            let cert = data.join("server.crt");
-            let key = data.join("server.key");
-            let status = Command::new("openssl")
-                .args([
-                    "req",
-                    "-new",
-                    "-x509",
-                    "-days",
-                    "2",
-                    "-nodes",
-                    "-subj",
-                    "/CN=localhost",
-                    "-addext",
-                    "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                ])
-                .arg("-out")
-                .arg(&cert)
-                .arg("-keyout")
-                .arg(&key)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl");
-            assert!(status.success(), "openssl could not make a certificate");
+            // A CA and a server certificate it signs (host names localhost and 127.0.0.1).
+            let openssl = |args: &[&str]| {
+                let status = Command::new("openssl")
+                    .args(args)
+                    .current_dir(&data)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("openssl");
+                assert!(status.success(), "openssl {args:?} failed");
+            };
+            openssl(&[
+                "req",
+                "-new",
+                "-x509",
+                "-days",
+                "2",
+                "-nodes",
+                "-subj",
+                "/CN=pgevents test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ]);
+            openssl(&[
+                "req",
+                "-new",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ]);
+            std::fs::write(
+                data.join("server.ext"),
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )
+            .expect("ext file");
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                "server.crt",
+                "-extfile",
+                "server.ext",
+            ]);
             chown_to_postgres(&data);
-            let _ = Command::new("chmod").arg("600").arg(&key).status();
+            let _ = Command::new("chmod").arg("600").arg(data.join("server.key")).status();
             conf.push("ssl = on".to_owned());
         }
         conf.extend(options.extra_conf);
@@ -202,24 +197,14 @@ impl PgCluster {
         };
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         chown_to_postgres(dir.path());
-        let cluster = PgCluster {
-            dir,
-            data,
-            bin,
-            port,
-        };
+        let cluster = PgCluster { dir, data, bin, port };
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);
         cluster
     }
 
     fn pg_ctl(&self, args: &[&str]) {
         let log = self.dir.path().join("postgres.log");
-        let mut all = vec![
-            "-D",
-            self.data.to_str().unwrap_or_default(),
-            "-l",
-            log.to_str().unwrap_or_default(),
-        ];
+        let mut all = vec!["-D", self.data.to_str().unwrap_or_default(), "-l", log.to_str().unwrap_or_default()];
         all.extend_from_slice(args);
         let out = run_pg(&self.bin, "pg_ctl", &all);
         assert!(
@@ -228,6 +213,11 @@ impl PgCluster {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(log).unwrap_or_default()
         );
+    }
+
+    /// The CA certificate that signed the server's (clusters started with `tls`).
+    pub fn tls_ca_path(&self) -> PathBuf {
+        self.data.join("ca.crt")
     }
 
     /// `pg_ctl restart -m fast`.
@@ -278,20 +268,13 @@ impl PgCluster {
 
     /// Runs SQL (several statements allowed) as superuser.
     pub async fn execute(&self, sql: &str) {
-        self.client()
-            .await
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        self.client().await.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
     /// A single text value.
     pub async fn query_text(&self, sql: &str) -> Option<String> {
         let client = self.client().await;
-        let row = client
-            .query_opt(sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        let row = client.query_opt(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         row.and_then(|r| r.get::<_, Option<String>>(0))
     }
 
@@ -305,11 +288,9 @@ impl PgCluster {
 
     /// Whether the slot is in use by a connection.
     pub async fn slot_active(&self, slot: &str) -> bool {
-        self.query_text(&format!(
-            "SELECT active::text FROM pg_replication_slots WHERE slot_name = '{slot}'"
-        ))
-        .await
-        .as_deref()
+        self.query_text(&format!("SELECT active::text FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+            .await
+            .as_deref()
             == Some("true")
     }
 }

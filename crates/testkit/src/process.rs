@@ -13,16 +13,9 @@ pub fn pgevents_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
     let bin = profile_dir.join("pgevents");
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build -p pgevents` before the tests",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} not found: run `cargo build -p pgevents` before the tests", bin.display());
     bin
 }
 
@@ -36,26 +29,15 @@ impl PgEventsProcess {
     /// Starts `pgevents <args>` with these environment variables (nothing inherited that could
     /// leak settings from the developer's shell except PATH and RUST_LOG).
     pub fn spawn(args: &[&str], env: &[(String, String)]) -> PgEventsProcess {
-        let dir = tempfile::Builder::new()
-            .prefix("pgevents-test-proc-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("pgevents-test-proc-").tempdir().expect("temp dir");
         let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
         let mut cmd = Command::new(pgevents_binary());
-        cmd.args(args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .kill_on_drop(true);
+        cmd.args(args).env_clear().stdin(Stdio::null()).stdout(stdout).stderr(stderr).kill_on_drop(true);
         if let Ok(path) = std::env::var("PATH") {
             cmd.env("PATH", path);
         }
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -78,10 +60,7 @@ impl PgEventsProcess {
     fn signal(&self, name: &str) {
         let pid = self.pid();
         if pid != 0 {
-            let _ = std::process::Command::new("kill")
-                .arg(format!("-{name}"))
-                .arg(pid.to_string())
-                .status();
+            let _ = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
         }
     }
 
@@ -102,10 +81,7 @@ impl PgEventsProcess {
             Ok(status) => status.expect("wait for pgevents").code(),
             Err(_) => {
                 let _ = self.child.start_kill();
-                panic!(
-                    "pgevents did not exit within {timeout:?}; stderr:\n{}",
-                    self.stderr()
-                );
+                panic!("pgevents did not exit within {timeout:?}; stderr:\n{}", self.stderr());
             }
         }
     }
@@ -118,16 +94,10 @@ impl PgEventsProcess {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "pgevents exited ({status}) before logging {text:?}; stderr:\n{}",
-                    self.stderr()
-                );
+                panic!("pgevents exited ({status}) before logging {text:?}; stderr:\n{}", self.stderr());
             }
             if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "pgevents did not log {text:?} within {timeout:?}; stderr:\n{}",
-                    self.stderr()
-                );
+                panic!("pgevents did not log {text:?} within {timeout:?}; stderr:\n{}", self.stderr());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -16,31 +16,18 @@ fn render(format: OutputFormat, incoming: &IncomingEvent) -> String {
         OutputFormat::Json => format!("{body}\n"),
         OutputFormat::Pretty => {
             let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            )
+            format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default())
         }
-        OutputFormat::Line => format!(
-            "{} {} {} {}\n",
-            incoming.delivery.routing_key, incoming.event.action, incoming.message_id, body
-        ),
+        OutputFormat::Line => {
+            format!("{} {} {} {}\n", incoming.delivery.routing_key, incoming.event.action, incoming.message_id, body)
+        }
     }
 }
 
 pub async fn run(args: ConsumerDebugArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let url = args
-        .rabbit
-        .url
-        .parse()
-        .context("RABBITMQ_URL / --rabbitmq-url")?;
+    let url = args.rabbit.url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
     let mut config = ConsumerConfig::new(url, &args.rabbit.exchange);
-    config.binding_keys = args
-        .binding_keys
-        .iter()
-        .filter(|k| !k.is_empty())
-        .cloned()
-        .collect();
+    config.binding_keys = args.binding_keys.iter().filter(|k| !k.is_empty()).cloned().collect();
     if config.binding_keys.is_empty() {
         config.binding_keys = vec!["#".to_owned()];
     }

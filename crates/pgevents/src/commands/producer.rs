@@ -12,11 +12,7 @@ use crate::cli::{CompressionArg, PluginArg, ProducerArgs};
 
 pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     let postgres = args.pg.connect_config("pgevents producer")?;
-    let url = args
-        .rabbit
-        .url
-        .parse()
-        .context("RABBITMQ_URL / --rabbitmq-url")?;
+    let url = args.rabbit.url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
     let mut config = ProducerConfig::new(postgres, url);
     config.slot = args
         .slot
@@ -25,8 +21,7 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
         .or_else(|| std::env::var("PGREPLICATIONSLOT").ok())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "pgevents".to_owned());
-    pgevents_replication::check_identifier("slot", &config.slot)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    pgevents_replication::check_identifier("slot", &config.slot).map_err(|e| anyhow::anyhow!("{e}"))?;
     config.publication = args.publication.clone();
     config.tables = args
         .tables
@@ -44,15 +39,14 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
         CompressionArg::None => Compression::None,
         CompressionArg::Gzip => Compression::Gzip,
     };
-    config.values = ValueOptions {
-        numeric_as_string: args.numeric_as_string,
-    };
+    config.values = ValueOptions { numeric_as_string: args.numeric_as_string };
     config.max_in_flight = args.max_in_flight.max(1);
     config.status_interval = Duration::from_secs(args.status_interval_secs.max(1));
     config.tx_memory_budget = args.tx_memory_mb.max(1) << 20;
     config.spill_dir = args.spill_dir.clone();
     config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_secs);
     config.confirm_timeout = Duration::from_secs(args.confirm_timeout_secs.max(1));
+    config.slot_busy_timeout = Duration::from_secs(args.slot_busy_timeout_secs);
     Ok(config)
 }
 
