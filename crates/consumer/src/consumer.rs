@@ -210,13 +210,13 @@ impl Consumer {
             .message_id()
             .map(str::to_owned)
             .unwrap_or_else(|| event.message_id().map(|id| id.to_string()).unwrap_or_default());
-        Dispatch::Run(IncomingEvent { event, body, message_id, delivery }, handler)
+        Dispatch::Run(Box::new(IncomingEvent { event, body, message_id, delivery }), handler)
     }
 }
 
 enum Dispatch {
     Settle(Outcome),
-    Run(IncomingEvent, Arc<dyn crate::Handler>),
+    Run(Box<IncomingEvent>, Arc<dyn crate::Handler>),
 }
 
 async fn settle(channel: &Channel, tag: u64, outcome: &Outcome) -> Result<(), ConsumerError> {

@@ -114,7 +114,7 @@ pub fn rfc3339_from_pg_timestamptz(text: &str, out: &mut Vec<u8>) -> bool {
         return false;
     };
     let (time, offset) = rest.split_at(sign);
-    out.extend_from_slice(text[..space].as_bytes());
+    out.extend_from_slice(&text.as_bytes()[..space]);
     out.push(b'T');
     out.extend_from_slice(time.as_bytes());
     match offset {
@@ -132,9 +132,9 @@ pub fn rfc3339_from_pg_timestamptz(text: &str, out: &mut Vec<u8>) -> bool {
 pub fn iso_from_pg_timestamp(text: &str, out: &mut Vec<u8>) -> bool {
     match text.find(' ') {
         Some(space) if space >= 10 && iso_charset(text) => {
-            out.extend_from_slice(text[..space].as_bytes());
+            out.extend_from_slice(&text.as_bytes()[..space]);
             out.push(b'T');
-            out.extend_from_slice(text[space + 1..].as_bytes());
+            out.extend_from_slice(&text.as_bytes()[space + 1..]);
             true
         }
         _ => false,

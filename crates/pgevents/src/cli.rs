@@ -23,6 +23,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Parsed once at start, so the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream every INSERT/UPDATE/DELETE/TRUNCATE from a logical replication slot to a RabbitMQ topic exchange

@@ -54,7 +54,7 @@ impl Database {
             .port(settings.port)
             .user(&settings.user)
             .dbname(&settings.dbname)
-            .application_name(&format!("{} (catalog)", settings.application_name))
+            .application_name(format!("{} (catalog)", settings.application_name))
             .connect_timeout(settings.connect_timeout)
             .options("-c TimeZone=UTC -c DateStyle=ISO,MDY");
         if let Some(password) = &settings.password {

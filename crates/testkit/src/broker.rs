@@ -54,7 +54,8 @@ impl EventQueue {
         let channel = amqp::open_channel(&connection).await.expect("channel");
         amqp::declare_topic_exchange(&channel, exchange).await.expect("declare exchange");
         let name = unique_name("q");
-        let spec = QueueSpec { name: name.clone(), durable: true, auto_delete: false, ..Default::default() };
+        // auto-deleted when the test's connection ends, even if the test panics
+        let spec = QueueSpec { name: name.clone(), durable: false, auto_delete: true, ..Default::default() };
         amqp::declare_queue(&channel, &spec).await.expect("declare queue");
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         amqp::bind_queue(&channel, &name, exchange, &keys).await.expect("bind");

@@ -1,0 +1,49 @@
+# Shared by scripts/test.sh and scripts/demo.sh: install what is missing (Debian/Ubuntu,
+# apt-get) and start RabbitMQ when it is not running. Source it; do not run it.
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  echo "installing: $*" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+pg_major() {
+  ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1
+}
+
+# PostgreSQL server binaries, wal2json for that version, RabbitMQ, openssl (test certificates),
+# and cargo-nextest when cargo is there but nextest is not.
+ensure_packages() {
+  local need=()
+  [ -n "$(pg_major)" ] && [ -x "/usr/lib/postgresql/$(pg_major)/bin/initdb" ] || need+=(postgresql postgresql-contrib)
+  command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+  if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+  local major
+  major=$(pg_major)
+  if [ ! -f "/usr/lib/postgresql/$major/lib/wal2json.so" ]; then apt_install "postgresql-$major-wal2json"; fi
+}
+
+rabbitmq_up() {
+  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
+}
+
+ensure_rabbitmq() {
+  if rabbitmq_up; then return 0; fi
+  echo "starting RabbitMQ" >&2
+  as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 1 120); do
+    if rabbitmq_up; then
+      as_root rabbitmqctl -q await_startup >/dev/null 2>&1 || true
+      return 0
+    fi
+    sleep 1
+  done
+  echo "RabbitMQ did not start on 127.0.0.1:5672" >&2
+  return 1
+}

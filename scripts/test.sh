@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing (PostgreSQL server binaries, wal2json, RabbitMQ,
+# openssl), starts RabbitMQ if needed, builds, and runs every test: unit, property, and the
+# end-to-end tests against real servers (each test starts its own throwaway PostgreSQL cluster
+# and uses the local RabbitMQ with its own names). Extra arguments go to the test runner.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/services.sh
+
+ensure_packages
+ensure_rabbitmq
+
+# docker-compose.yml must stay valid (no Docker engine is needed for this check).
+if [ -f docker-compose.yml ]; then
+  if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+    apt_install docker-compose || echo "warning: docker-compose unavailable, compose file not validated" >&2
+  fi
+  if command -v docker-compose >/dev/null 2>&1; then
+    docker-compose -f docker-compose.yml config -q
+  elif docker compose version >/dev/null 2>&1; then
+    docker compose -f docker-compose.yml config -q
+  fi
+fi
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+cargo build --locked --workspace --all-targets
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --workspace --no-fail-fast "$@"
+  cargo test --locked --workspace --doc
+else
+  cargo test --locked --workspace --no-fail-fast "$@"
+fi
