@@ -11,7 +11,7 @@ mod pg;
 mod process;
 
 pub use broker::{amqp_url, delete_exchange, unique_name, EventQueue, ReceivedEvent};
-pub use pg::{PgCluster, PgOptions};
+pub use pg::{pg_bin_dir, PgCluster, PgOptions};
 pub use process::{pgevents_binary, PgEventsProcess};
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.

@@ -26,7 +26,9 @@ pub struct PgCluster {
     pub port: u16,
 }
 
-fn pg_bin_dir() -> PathBuf {
+/// The directory of the PostgreSQL server programs (`PGEVENTS_TEST_PG_BIN`, or the newest
+/// `/usr/lib/postgresql/*/bin`).
+pub fn pg_bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("PGEVENTS_TEST_PG_BIN") {
         return PathBuf::from(dir);
     }

@@ -29,10 +29,16 @@ impl PgEventsProcess {
     /// Starts `pgevents <args>` with these environment variables (nothing inherited that could
     /// leak settings from the developer's shell except PATH and RUST_LOG).
     pub fn spawn(args: &[&str], env: &[(String, String)]) -> PgEventsProcess {
+        Self::spawn_binary(&pgevents_binary(), args, env)
+    }
+
+    /// As [`PgEventsProcess::spawn`], with another build of the binary (the benchmark uses the
+    /// release build).
+    pub fn spawn_binary(binary: &std::path::Path, args: &[&str], env: &[(String, String)]) -> PgEventsProcess {
         let dir = tempfile::Builder::new().prefix("pgevents-test-proc-").tempdir().expect("temp dir");
         let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-        let mut cmd = Command::new(pgevents_binary());
+        let mut cmd = Command::new(binary);
         cmd.args(args).env_clear().stdin(Stdio::null()).stdout(stdout).stderr(stderr).kill_on_drop(true);
         if let Ok(path) = std::env::var("PATH") {
             cmd.env("PATH", path);

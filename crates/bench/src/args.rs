@@ -1,0 +1,53 @@
+//! Command-line arguments of the benchmark.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// N changes: N/2 inserts in 1,000-row transactions, then one UPDATE of every row.
+    Batched,
+    /// Single-row transactions: per-transaction overhead dominates.
+    Single,
+    /// One transaction of many rows: the producer's memory must not grow with it.
+    Bigtx,
+    /// Commit-to-delivery latency at a steady rate of single-row transactions.
+    Latency,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pgevents-bench", about = "Measure the pgevents producer against the decode and broker limits")]
+pub struct BenchArgs {
+    /// Scenarios to run, comma-separated
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "batched,single,bigtx,latency")]
+    pub scenarios: Vec<Scenario>,
+    /// Changes in the batched workload (half inserts, half updates)
+    #[arg(long, default_value_t = 200_000)]
+    pub changes: u64,
+    /// Transactions in the single-row workload
+    #[arg(long, default_value_t = 100_000)]
+    pub transactions: u64,
+    /// Rows of the one big transaction
+    #[arg(long, default_value_t = 1_000_000)]
+    pub big_rows: u64,
+    /// Transactions per second of the latency run
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u64,
+    /// Seconds of the latency run
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Messages in flight for the broker-limit publishers (the producer's default too)
+    #[arg(long, default_value_t = 4096)]
+    pub window: usize,
+    /// Also write the results as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The pgevents binary [default: target/release/pgevents, built first]
+    #[arg(long, env = "PGEVENTS_BIN")]
+    pub binary: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}

@@ -1,0 +1,108 @@
+//! Commit-to-delivery latency at a steady rate: single-row transactions written at `rate` per
+//! second, each row stamped with `clock_timestamp()`; a consumer on the bench queue compares the
+//! stamp with its own clock (the same machine, the same clock) when the event arrives.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context};
+use pgevents_testkit::PgCluster;
+use serde::Serialize;
+use tokio::time::MissedTickBehavior;
+
+use crate::broker::BenchQueue;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub transactions: u64,
+    pub rate_per_s: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Connections writing in parallel.
+const WRITERS: u64 = 4;
+/// Writes are issued in ticks of this length.
+const TICK: Duration = Duration::from_millis(10);
+
+fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// The `ts` column of an event body (`"2026-11-23T10:00:00.123456Z"`) in Unix microseconds.
+fn stamp_micros(body: &[u8]) -> Option<i64> {
+    let event: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = event["new"]["ts"].as_str()?;
+    let pg_form = text.replacen('T', " ", 1).replace('Z', "+00");
+    pgevents_decode::time::parse_iso_timestamptz(&pg_form)
+}
+
+/// Writes `rate * seconds` single-row transactions at `rate` per second while a producer streams
+/// them into `queue`; returns the latency of their arrival.
+pub async fn measure(pg: &PgCluster, queue: &BenchQueue, rate: u64, seconds: u64) -> anyhow::Result<Latency> {
+    let total = rate * seconds;
+    let (tag, mut deliveries) = queue.consume().await?;
+    let collector = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(total as usize);
+        while (latencies.len() as u64) < total {
+            let message = tokio::time::timeout(Duration::from_secs(60), deliveries.recv())
+                .await
+                .map_err(|_| anyhow!("events stopped arriving after {}", latencies.len()))?
+                .ok_or_else(|| anyhow!("the consumer closed"))?;
+            let arrived = now_micros();
+            if let Some(stamp) = message.content.as_deref().and_then(stamp_micros) {
+                latencies.push((arrived - stamp).max(0));
+            }
+        }
+        Ok::<_, anyhow::Error>(latencies)
+    });
+
+    let per_tick = (rate as f64 * TICK.as_secs_f64()).max(1.0);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let client = pg.client().await;
+        let statement = client
+            .prepare("INSERT INTO bench (id, i, t, n, arr, j) VALUES ($1, $1, 'latency', 1.5, ARRAY['a'], '{}')")
+            .await
+            .context("prepare the latency insert")?;
+        let mine = total / WRITERS + u64::from(w < total % WRITERS);
+        let share = per_tick / WRITERS as f64;
+        writers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+            let (mut written, mut owed) = (0u64, 0f64);
+            while written < mine {
+                tick.tick().await;
+                owed += share;
+                while owed >= 1.0 && written < mine {
+                    let id = (w + written * WRITERS + 1) as i32;
+                    client.execute(&statement, &[&id]).await.context("latency insert")?;
+                    written += 1;
+                    owed -= 1.0;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for writer in writers {
+        writer.await.context("writer task")??;
+    }
+    let mut latencies = collector.await.context("collector task")??;
+    queue.cancel(&tag).await;
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1000.0;
+    Ok(Latency { transactions: total, rate_per_s: rate, p50_ms: at(0.50), p99_ms: at(0.99), max_ms: at(1.0) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_stamp_of_an_event() {
+        let body = br#"{"new":{"ts":"2026-11-23T10:00:00.123456Z"}}"#;
+        assert_eq!(stamp_micros(body), Some(1_795_428_000_123_456));
+        assert_eq!(stamp_micros(b"{}"), None);
+    }
+}

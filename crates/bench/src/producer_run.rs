@@ -1,0 +1,63 @@
+//! The producer's run: `pgevents producer` draining a slot until every message is confirmed in
+//! the bench queue, with its peak RSS and CPU time.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use pgevents_testkit::{PgCluster, PgEventsProcess};
+
+use crate::broker::BenchQueue;
+use crate::procstat::{cpu_time, peak_rss_kib};
+
+#[derive(Debug, Clone)]
+pub struct ProducerRun {
+    /// From start to the last message in the queue.
+    pub elapsed: Duration,
+    pub peak_rss_kib: u64,
+    pub cpu: Duration,
+}
+
+/// Environment of a producer reading `slot` on `pg` into the queue's exchange.
+pub fn producer_env(pg: &PgCluster, queue: &BenchQueue, slot: &str) -> Vec<(String, String)> {
+    let mut env = pg.env();
+    env.extend([
+        ("RABBITMQ_URL".to_owned(), queue.url.clone()),
+        ("RABBITMQ_EXCHANGE".to_owned(), queue.exchange.clone()),
+        ("PGSLOT".to_owned(), slot.to_owned()),
+        ("PGTABLES".to_owned(), "public.bench".to_owned()),
+        ("RUST_LOG".to_owned(), "warn".to_owned()),
+    ]);
+    env
+}
+
+/// Starts the producer on `slot` and waits until `expected` messages are in the queue.
+pub async fn drain(
+    binary: &Path,
+    pg: &PgCluster,
+    queue: &BenchQueue,
+    slot: &str,
+    expected: u64,
+    timeout: Duration,
+) -> anyhow::Result<ProducerRun> {
+    let started = Instant::now();
+    let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &producer_env(pg, queue, slot));
+    let pid = producer.pid();
+    let arrived = queue.wait_for_depth(expected, timeout).await?;
+    let elapsed = started.elapsed();
+    let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
+    let cpu = cpu_time(pid).unwrap_or_default();
+    producer.terminate();
+    let code = producer.wait(Duration::from_secs(30)).await;
+    if !arrived {
+        bail!(
+            "only {} of {expected} messages arrived within {timeout:?}; producer log:\n{}",
+            queue.depth().await?,
+            producer.stderr()
+        );
+    }
+    if code != Some(0) {
+        bail!("the producer exited with {code:?}; log:\n{}", producer.stderr());
+    }
+    Ok(ProducerRun { elapsed, peak_rss_kib, cpu })
+}

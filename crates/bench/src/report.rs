@@ -1,0 +1,94 @@
+//! Results: one record per scenario, printed as a table and optionally written as JSON.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::latency::Latency;
+
+/// A timed run over `items` items.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rate {
+    pub seconds: f64,
+    pub per_second: f64,
+}
+
+impl Rate {
+    pub fn new(items: u64, elapsed: Duration) -> Rate {
+        let seconds = elapsed.as_secs_f64();
+        Rate { seconds, per_second: if seconds > 0.0 { items as f64 / seconds } else { 0.0 } }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub changes: u64,
+    pub transactions: u64,
+    pub mean_event_bytes: Option<u64>,
+    /// `pg_recvlogical` draining the slot to /dev/null.
+    pub decode_limit: Option<Rate>,
+    /// amqprs publishing the same number of messages of the mean size with confirms.
+    pub broker_limit_amqprs: Option<Rate>,
+    /// lapin doing the same.
+    pub broker_limit_lapin: Option<Rate>,
+    /// `pgevents producer` draining the slot until every message is confirmed in a queue.
+    pub producer: Option<Rate>,
+    /// producer / min(decode limit, fastest broker limit).
+    pub producer_ratio: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+    pub cpu_us_per_event: Option<f64>,
+    pub latency: Option<Latency>,
+}
+
+impl ScenarioResult {
+    /// Fills `producer_ratio` from the measured rates.
+    pub fn compute_ratio(&mut self) {
+        let broker = [self.broker_limit_amqprs, self.broker_limit_lapin]
+            .into_iter()
+            .flatten()
+            .map(|r| r.per_second)
+            .fold(None, |best: Option<f64>, r| Some(best.map_or(r, |b| b.max(r))));
+        let limit = match (self.decode_limit.map(|r| r.per_second), broker) {
+            (Some(d), Some(b)) => Some(d.min(b)),
+            (d, b) => d.or(b),
+        };
+        self.producer_ratio = match (self.producer, limit) {
+            (Some(p), Some(limit)) if limit > 0.0 => Some(p.per_second / limit),
+            _ => None,
+        };
+    }
+}
+
+fn rate(r: Option<Rate>) -> String {
+    r.map(|r| format!("{:>9.0}/s ({:.2}s)", r.per_second, r.seconds)).unwrap_or_else(|| "-".into())
+}
+
+/// Prints the results as a table on stdout.
+pub fn print(results: &[ScenarioResult]) {
+    for r in results {
+        println!("\n== {} ({} changes, {} transactions)", r.name, r.changes, r.transactions);
+        if let Some(bytes) = r.mean_event_bytes {
+            println!("  mean event size          {bytes} bytes");
+        }
+        println!("  decode limit (pg_recvlogical)   {}", rate(r.decode_limit));
+        println!("  broker limit (amqprs)           {}", rate(r.broker_limit_amqprs));
+        println!("  broker limit (lapin)            {}", rate(r.broker_limit_lapin));
+        println!("  pgevents producer               {}", rate(r.producer));
+        if let Some(ratio) = r.producer_ratio {
+            println!("  producer / min(limits)          {:.0}%", ratio * 100.0);
+        }
+        if let Some(rss) = r.peak_rss_mib {
+            println!("  producer peak RSS               {rss:.1} MiB");
+        }
+        if let Some(cpu) = r.cpu_us_per_event {
+            println!("  producer CPU per event          {cpu:.2} µs");
+        }
+        if let Some(l) = &r.latency {
+            println!(
+                "  commit-to-delivery at {}/s      p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} transactions)",
+                l.rate_per_s, l.p50_ms, l.p99_ms, l.max_ms, l.transactions
+            );
+        }
+    }
+}

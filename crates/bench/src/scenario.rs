@@ -1,0 +1,96 @@
+//! One scenario, end to end: a fresh cluster, slots that retain the workload, the workload, then
+//! each measurement in turn on the same data.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::ensure;
+use pgevents_testkit::{amqp_url, unique_name, PgEventsProcess};
+
+use crate::args::{BenchArgs, Scenario};
+use crate::broker::BenchQueue;
+use crate::report::{Rate, ScenarioResult};
+use crate::{broker_limit, decode_limit, latency, producer_run, workload};
+
+const DECODE_SLOT: &str = "bench_decode_limit";
+const PRODUCER_SLOT: &str = "bench_producer";
+
+/// Generous: the slowest expected rate on a 2-core machine is a few thousand changes per second.
+fn drain_timeout(changes: u64) -> Duration {
+    Duration::from_secs(60 + changes / 1000)
+}
+
+pub async fn run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow::Result<ScenarioResult> {
+    match scenario {
+        Scenario::Latency => latency_run(args, binary).await,
+        _ => throughput_run(args, binary, scenario).await,
+    }
+}
+
+async fn throughput_run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow::Result<ScenarioResult> {
+    let pg = workload::cluster().await;
+    workload::prepare(&pg, &[DECODE_SLOT, PRODUCER_SLOT]).await?;
+    eprintln!("[{scenario:?}] writing the workload");
+    let (changes, transactions) = match scenario {
+        Scenario::Batched => workload::batched(&pg, args.changes).await?,
+        Scenario::Single => workload::single(&pg, args.transactions).await?,
+        _ => workload::big_transaction(&pg, args.big_rows).await?,
+    };
+    let end = workload::end_lsn(&pg).await?;
+    let mut result =
+        ScenarioResult { name: format!("{scenario:?}").to_lowercase(), changes, transactions, ..Default::default() };
+
+    eprintln!("[{scenario:?}] decode limit: pg_recvlogical to {end}");
+    result.decode_limit = Some(Rate::new(changes, decode_limit::drain(&pg, DECODE_SLOT, &end).await?));
+
+    let queue = BenchQueue::declare(&amqp_url(), &unique_name("bench_x"), &unique_name("bench_q")).await?;
+    eprintln!("[{scenario:?}] producer");
+    let run = producer_run::drain(binary, &pg, &queue, PRODUCER_SLOT, changes, drain_timeout(changes)).await?;
+    result.producer = Some(Rate::new(changes, run.elapsed));
+    result.peak_rss_mib = Some(run.peak_rss_kib as f64 / 1024.0);
+    result.cpu_us_per_event = Some(run.cpu.as_secs_f64() * 1e6 / changes as f64);
+
+    let (count, bytes, typical) = queue.drain_sizes(changes).await?;
+    ensure!(count == changes, "the queue held {count} messages, expected {changes}");
+    result.mean_event_bytes = Some(bytes / count.max(1));
+
+    if scenario != Scenario::Bigtx {
+        eprintln!("[{scenario:?}] broker limit: amqprs");
+        let elapsed = broker_limit::amqprs(&queue, changes, &typical, args.window).await?;
+        ensure!(queue.wait_for_depth(changes, Duration::from_secs(30)).await?, "amqprs messages missing");
+        result.broker_limit_amqprs = Some(Rate::new(changes, elapsed));
+        queue.purge().await?;
+        eprintln!("[{scenario:?}] broker limit: lapin");
+        let elapsed = broker_limit::lapin(&queue, changes, &typical, args.window).await?;
+        ensure!(queue.wait_for_depth(changes, Duration::from_secs(30)).await?, "lapin messages missing");
+        result.broker_limit_lapin = Some(Rate::new(changes, elapsed));
+        queue.purge().await?;
+    }
+    queue.delete().await;
+    result.compute_ratio();
+    Ok(result)
+}
+
+async fn latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
+    let pg = workload::cluster().await;
+    workload::prepare(&pg, &[PRODUCER_SLOT]).await?;
+    let queue = BenchQueue::declare(&amqp_url(), &unique_name("bench_x"), &unique_name("bench_q")).await?;
+    let env = producer_run::producer_env(&pg, &queue, PRODUCER_SLOT);
+    let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k != "RUST_LOG").collect();
+    env.push(("RUST_LOG".into(), "info".into()));
+    let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
+    producer.wait_for_log("streaming", Duration::from_secs(30)).await;
+    eprintln!("[Latency] {} transactions/s for {} s", args.rate, args.seconds);
+    let measured = latency::measure(&pg, &queue, args.rate, args.seconds).await;
+    producer.terminate();
+    let _ = producer.wait(Duration::from_secs(30)).await;
+    queue.delete().await;
+    let measured = measured?;
+    Ok(ScenarioResult {
+        name: "latency".into(),
+        changes: measured.transactions,
+        transactions: measured.transactions,
+        latency: Some(measured),
+        ..Default::default()
+    })
+}
