@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod logging;
 mod pg_args;
+mod pretty_json;
 mod signals;
 
 use std::process::ExitCode;

@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::stream::{ReplicationReader, StatusSender};
 use crate::tls::{client_config, server_name, TlsMode};
 use crate::wire::{Backend, FrameReader};
-use crate::{ReplicationError, ServerError};
+use crate::ReplicationError;
 
 /// A byte stream to the server: TCP, TLS over TCP, or a Unix socket.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -359,11 +359,6 @@ pub fn check_identifier(what: &str, name: &str) -> Result<(), ReplicationError> 
     if ok {
         Ok(())
     } else {
-        Err(ReplicationError::Server(ServerError {
-            severity: "ERROR".into(),
-            code: "42602".into(),
-            message: format!("invalid {what} name {name:?}: use 1 to 63 lower-case letters, digits and underscores"),
-            ..Default::default()
-        }))
+        Err(ReplicationError::InvalidName { what: what.to_owned(), name: name.to_owned() })
     }
 }

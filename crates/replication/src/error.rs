@@ -51,6 +51,8 @@ pub enum ReplicationError {
     Io(#[from] io::Error),
     #[error("no message from PostgreSQL for {0}s; the connection is presumed dead")]
     Silent(u64),
+    #[error("invalid {what} name {name:?}: use 1 to 63 lower-case letters, digits and underscores")]
+    InvalidName { what: String, name: String },
 }
 
 impl ReplicationError {

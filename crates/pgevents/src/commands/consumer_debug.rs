@@ -14,10 +14,7 @@ fn render(format: OutputFormat, incoming: &IncomingEvent) -> String {
     let body = String::from_utf8_lossy(&incoming.body);
     match format {
         OutputFormat::Json => format!("{body}\n"),
-        OutputFormat::Pretty => {
-            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default())
-        }
+        OutputFormat::Pretty => format!("{}\n", crate::pretty_json::pretty(&body)),
         OutputFormat::Line => {
             format!("{} {} {} {}\n", incoming.delivery.routing_key, incoming.event.action, incoming.message_id, body)
         }
