@@ -20,7 +20,10 @@ fn consumer_debug(world: &World, extra: &[&str]) -> PgEventsProcess {
 #[tokio::test(flavor = "multi_thread")]
 async fn prints_the_events_of_bound_tables() {
     let world = World::new().await;
-    world.pg.execute("CREATE TABLE wanted (id int PRIMARY KEY, n numeric); CREATE TABLE other (id int PRIMARY KEY);").await;
+    world
+        .pg
+        .execute("CREATE TABLE wanted (id int PRIMARY KEY, n numeric); CREATE TABLE other (id int PRIMARY KEY);")
+        .await;
     let mut json = consumer_debug(&world, &["--format", "json"]);
     let mut line = consumer_debug(&world, &["--format", "line"]);
     let mut pretty = consumer_debug(&world, &["--format", "pretty"]);

@@ -85,15 +85,30 @@ async fn wal_level_not_logical_is_explained() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_slot_held_by_another_producer_is_reported() {
+async fn a_slot_held_by_another_client_is_reported() {
     let world = World::new().await;
     world.pg.execute("CREATE TABLE t (id int PRIMARY KEY)").await;
-    let first = world.producer(&[]).await;
+    world.pg.execute(&format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", world.slot)).await;
+    let env = world.pg.env();
+    let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let dsn =
+        format!("host={} port={} user={} dbname={}", get("PGHOST"), get("PGPORT"), get("PGUSER"), get("PGDATABASE"));
+    let mut holder = tokio::process::Command::new(pgevents_testkit::pg_bin_dir().join("pg_recvlogical"))
+        .args(["-d", &dsn, "--slot", &world.slot, "--start", "-f", "/dev/null"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=pgevents"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("pg_recvlogical");
+    pgevents_testkit::wait_for("pg_recvlogical to hold the slot", WAIT, || async {
+        world.pg.slot_active(&world.slot).await.then_some(())
+    })
+    .await;
     let started = std::time::Instant::now();
     let e = fails(&world, &[("PGEVENTS_SLOT_BUSY_TIMEOUT", "2")]).await;
     assert!(e.contains("replication slot \"pgevents_test\" is in use by another connection"), "{e}");
+    assert!(e.contains("not a pgevents producer"), "{e}");
     assert!(started.elapsed() >= Duration::from_secs(2), "it waited for the slot before giving up");
-    common::stop(first).await;
+    let _ = holder.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

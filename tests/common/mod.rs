@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use pgevents_testkit::{amqp_url, delete_exchange, unique_name, EventQueue, PgCluster, PgEventsProcess, ReceivedEvent};
@@ -69,4 +70,52 @@ pub async fn stop(mut producer: PgEventsProcess) -> String {
     let log = producer.stderr();
     assert_eq!(code, Some(0), "producer should exit 0 on SIGTERM; stderr:\n{log}");
     log
+}
+
+/// Writes `rows` rows into tables a and b (alternating, ids increasing per table) in small
+/// transactions, some of several rows.
+pub async fn write_rows(pg: &pgevents_testkit::PgCluster, rows: i32) {
+    let client = pg.client().await;
+    let mut i = 1;
+    while i <= rows {
+        let n = if i % 10 == 0 { 5 } else { 1 };
+        let mut sql = String::from("BEGIN;");
+        for k in i..(i + n).min(rows + 1) {
+            let table = if k % 2 == 0 { "a" } else { "b" };
+            sql.push_str(&format!("INSERT INTO {table} VALUES ({k});"));
+        }
+        sql.push_str("COMMIT;");
+        client.batch_execute(&sql).await.expect("write");
+        i += n;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Checks: every row at least once, per-table order of first deliveries, duplicates identical.
+pub fn check_at_least_once_in_order(events: &[ReceivedEvent], rows: i32) -> usize {
+    let mut first_seen: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut order: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut duplicates = 0;
+    for e in events {
+        let id = e.message_id();
+        match first_seen.get(&id) {
+            Some(body) => {
+                assert_eq!(body, &e.body, "a redelivered message id carries the same event");
+                duplicates += 1;
+            }
+            None => {
+                first_seen.insert(id, e.body.clone());
+                let table = e.json["table_name"].as_str().unwrap().to_owned();
+                order.entry(table).or_default().push(e.json["id"].as_i64().unwrap());
+            }
+        }
+    }
+    let mut all: Vec<i64> = order.values().flatten().copied().collect();
+    all.sort_unstable();
+    let expected: Vec<i64> = (1..=i64::from(rows)).collect();
+    assert_eq!(all, expected, "every change arrives (at least once)");
+    for (table, ids) in &order {
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "order within {table} is kept: {ids:?}");
+    }
+    duplicates
 }

@@ -115,6 +115,22 @@ pub struct ProducerArgs {
     /// Seconds published messages may stay unconfirmed before the broker connection is presumed broken
     #[arg(long = "confirm-timeout", env = "PGEVENTS_CONFIRM_TIMEOUT", default_value_t = 60)]
     pub confirm_timeout_secs: u64,
+    /// A statement run every --heartbeat-interval, so the slot advances even when only other databases write
+    /// (e.g. "SELECT pg_logical_emit_message(false, 'pgevents-heartbeat', '')") [default: none]
+    #[arg(long, env = "PGEVENTS_HEARTBEAT_SQL")]
+    pub heartbeat_sql: Option<String>,
+    /// Seconds between runs of --heartbeat-sql
+    #[arg(long = "heartbeat-interval", env = "PGEVENTS_HEARTBEAT_INTERVAL", default_value_t = 30)]
+    pub heartbeat_interval_secs: u64,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryArgs {
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) on this address, e.g. 0.0.0.0:9187 [default: off]
+    #[arg(long, env = "PGEVENTS_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -24,9 +24,12 @@ pub struct ConfirmTracker {
     acked_through: u64,
     /// Acknowledgement state of tags `acked_through + 1 ..= published`.
     ahead: VecDeque<bool>,
-    /// Commit LSNs waiting for their messages: (last tag before the commit, LSN).
-    commits: VecDeque<(u64, Lsn)>,
+    /// Commit LSNs waiting for their messages: (last tag before the commit, LSN, commit time).
+    commits: VecDeque<(u64, Lsn, Option<i64>)>,
     confirmed: Lsn,
+    /// Commit times (Unix microseconds) of transactions confirmed since the last
+    /// [`ConfirmTracker::take_confirmed_commit_times`].
+    confirmed_commit_times: Vec<i64>,
 }
 
 impl ConfirmTracker {
@@ -42,11 +45,17 @@ impl ConfirmTracker {
         self.ahead.push_back(false);
     }
 
-    /// Attaches a commit LSN after every message published so far. Returns the new confirmed
-    /// LSN if it advanced (when nothing is in flight, at once).
-    pub fn commit(&mut self, lsn: Lsn) -> Option<Lsn> {
-        self.commits.push_back((self.published, lsn));
+    /// Attaches a commit LSN after every message published so far, with the transaction's commit
+    /// time when it is one (not an idle position). Returns the new confirmed LSN if it advanced
+    /// (when nothing is in flight, at once).
+    pub fn commit(&mut self, lsn: Lsn, commit_time_micros: Option<i64>) -> Option<Lsn> {
+        self.commits.push_back((self.published, lsn, commit_time_micros));
         self.advance()
+    }
+
+    /// The commit times of the transactions confirmed since the last call.
+    pub fn take_confirmed_commit_times(&mut self) -> std::vec::Drain<'_, i64> {
+        self.confirmed_commit_times.drain(..)
     }
 
     /// Records an acknowledgement. Returns the new confirmed LSN if it advanced.
@@ -73,11 +82,14 @@ impl ConfirmTracker {
 
     fn advance(&mut self) -> Option<Lsn> {
         let mut advanced = false;
-        while let Some(&(tag, lsn)) = self.commits.front() {
+        while let Some(&(tag, lsn, commit_time)) = self.commits.front() {
             if tag > self.acked_through {
                 break;
             }
             self.commits.pop_front();
+            if let Some(micros) = commit_time {
+                self.confirmed_commit_times.push(micros);
+            }
             if lsn > self.confirmed {
                 self.confirmed = lsn;
                 advanced = true;
@@ -112,14 +124,14 @@ mod tests {
     #[test]
     fn an_empty_transaction_confirms_at_once_when_nothing_is_in_flight() {
         let mut t = ConfirmTracker::new(Lsn(10));
-        assert_eq!(t.commit(Lsn(20)), Some(Lsn(20)));
+        assert_eq!(t.commit(Lsn(20), None), Some(Lsn(20)));
         assert_eq!(t.confirmed(), Lsn(20));
     }
 
     #[test]
     fn a_transaction_confirms_only_after_all_its_messages() {
         let mut t = tracker_with(3);
-        assert_eq!(t.commit(Lsn(100)), None);
+        assert_eq!(t.commit(Lsn(100), None), None);
         assert_eq!(t.ack(1, false), Ok(None));
         assert_eq!(t.ack(3, false), Ok(None), "tag 2 is still missing");
         assert_eq!(t.confirmed(), Lsn(10));
@@ -130,9 +142,9 @@ mod tests {
     #[test]
     fn multiple_acks_cover_earlier_tags() {
         let mut t = tracker_with(2);
-        t.commit(Lsn(50));
+        t.commit(Lsn(50), None);
         t.published(3);
-        t.commit(Lsn(60));
+        t.commit(Lsn(60), None);
         assert_eq!(t.ack(2, true), Ok(Some(Lsn(50))));
         assert_eq!(t.ack(3, true), Ok(Some(Lsn(60))));
     }
@@ -140,19 +152,30 @@ mod tests {
     #[test]
     fn empty_transactions_wait_behind_earlier_messages() {
         let mut t = tracker_with(1);
-        t.commit(Lsn(50));
-        assert_eq!(t.commit(Lsn(70)), None, "an empty transaction after unconfirmed messages waits");
+        t.commit(Lsn(50), None);
+        assert_eq!(t.commit(Lsn(70), None), None, "an empty transaction after unconfirmed messages waits");
         assert_eq!(t.ack(1, false), Ok(Some(Lsn(70))));
     }
 
     #[test]
     fn duplicate_and_stale_acks_are_harmless() {
         let mut t = tracker_with(2);
-        t.commit(Lsn(50));
+        t.commit(Lsn(50), None);
         assert_eq!(t.ack(1, false), Ok(None));
         assert_eq!(t.ack(1, false), Ok(None));
         assert_eq!(t.ack(1, true), Ok(None));
         assert_eq!(t.ack(2, false), Ok(Some(Lsn(50))));
+    }
+
+    #[test]
+    fn commit_times_are_reported_once_confirmed() {
+        let mut t = tracker_with(1);
+        t.commit(Lsn(50), Some(1_000));
+        t.commit(Lsn(60), None);
+        assert_eq!(t.take_confirmed_commit_times().count(), 0);
+        t.ack(1, false).unwrap();
+        assert_eq!(t.take_confirmed_commit_times().collect::<Vec<_>>(), vec![1_000]);
+        assert_eq!(t.take_confirmed_commit_times().count(), 0);
     }
 
     #[test]
@@ -170,10 +193,10 @@ mod tests {
             let mut t = ConfirmTracker::new(Lsn(0));
             t.published(1);
             t.published(2);
-            t.commit(Lsn(100));
+            t.commit(Lsn(100), None);
             t.published(3);
             t.published(4);
-            t.commit(Lsn(200));
+            t.commit(Lsn(200), None);
             let mut seen = vec![];
             for tag in &order {
                 if let Some(lsn) = t.ack(*tag, false).unwrap() {

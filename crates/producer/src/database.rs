@@ -128,6 +128,40 @@ impl Database {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// The server's WAL position (its replay position on a standby).
+    pub async fn current_wal_lsn(&self) -> Result<Lsn, ProducerError> {
+        let text = self
+            .scalar("SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text")
+            .await?;
+        text.parse().map_err(|_| ProducerError::Protocol(format!("unexpected WAL position {text:?}")))
+    }
+
+    /// Tries for the session-level advisory lock `(namespace, hashtext(name))`.
+    pub async fn try_advisory_lock(&self, namespace: i32, name: &str) -> Result<bool, ProducerError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&namespace, &name])
+            .await
+            .map_err(|e| pg_error("take the producer lock of the slot", e))?;
+        Ok(row.get(0))
+    }
+
+    /// Who holds that advisory lock: PID, application name and client address.
+    pub async fn advisory_lock_holder(&self, namespace: i32, name: &str) -> Result<Option<String>, ProducerError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT format('PID %s (%s) from %s', l.pid, a.application_name, coalesce(a.client_addr::text, 'local socket'))
+                 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                   AND l.classid = $1::int4::oid AND l.objid = hashtext($2)::oid",
+                &[&namespace, &name],
+            )
+            .await
+            .map_err(|e| pg_error("look up the holder of the producer lock", e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Runs a statement (DDL).
     pub async fn execute(&self, sql: &str) -> Result<(), ProducerError> {
         self.client.batch_execute(sql).await.map_err(|e| pg_error(format!("run {sql:?}"), e))

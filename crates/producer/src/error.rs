@@ -12,7 +12,7 @@ pub enum ProducerError {
     /// The database is not set up for logical replication the way the settings need.
     #[error("{0}")]
     Setup(String),
-    #[error("replication slot {slot:?} is in use by another connection (PID {pid}); is another producer running with the same slot?")]
+    #[error("replication slot {slot:?} is in use by another connection (PID {pid}) that is not a pgevents producer (pg_recvlogical or another tool?); stop it, or choose another --pgslot")]
     SlotBusy { slot: String, pid: String },
     #[error("{context}: {message}")]
     Postgres { context: String, message: String, transient: bool },
@@ -39,6 +39,21 @@ pub enum ProducerError {
 }
 
 impl ProducerError {
+    /// A short label for the `pgevents_errors_total` metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProducerError::Config(_) | ProducerError::Setup(_) => "setup",
+            ProducerError::SlotBusy { .. } => "slot_busy",
+            ProducerError::Postgres { .. } | ProducerError::Replication(_) | ProducerError::StreamEnded => "postgres",
+            ProducerError::Amqp(_) | ProducerError::BrokerClosed(_) | ProducerError::ConfirmTimeout { .. } => "broker",
+            ProducerError::Nacked => "nacked",
+            ProducerError::Returned { .. } => "returned",
+            ProducerError::Protocol(_) => "protocol",
+            ProducerError::Decode(_) => "decode",
+            ProducerError::Spill(_) => "spill",
+        }
+    }
+
     /// Whether reconnecting later may help (once the pipeline has worked at least once).
     pub fn is_transient(&self) -> bool {
         match self {

@@ -12,10 +12,13 @@ pub mod config;
 pub mod confirm;
 pub mod database;
 mod error;
+pub mod metrics;
+mod monitor;
 mod publish;
 pub mod reader;
 pub mod session;
 pub mod setup;
+pub mod standby;
 pub mod stats;
 mod status;
 pub mod txbuffer;
@@ -28,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Compression, ProducerConfig, TableName};
 pub use error::{describe_pg, ProducerError};
-pub use stats::Stats;
+pub use stats::{Phase, Stats};
 
 use backoff::Backoff;
 use session::{run_session, SessionState};
@@ -44,19 +47,26 @@ pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: Cancellati
     let mut state = SessionState::default();
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     let progress = tokio::spawn(log_progress(stats.clone(), shutdown.clone()));
-    let started = Instant::now();
+    // Since when the slot has been found busy (held by a connection that is not a producer
+    // holding the slot's lock, e.g. a crashed producer's walsender that has not exited yet).
+    let mut busy_since: Option<Instant> = None;
     let result = loop {
         let began = Instant::now();
-        match run_session(&config, &mut state, &stats, &shutdown).await {
+        let outcome = run_session(&config, &mut state, &stats, &shutdown).await;
+        if let Err(e) = &outcome {
+            ::metrics::counter!(metrics::ERRORS, "kind" => e.kind()).increment(1);
+        }
+        match outcome {
             Ok(()) => break Ok(()),
             Err(e) if shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, "error while stopping");
                 break Ok(());
             }
             Err(ProducerError::SlotBusy { slot, pid })
-                if !state.streamed && started.elapsed() < config.slot_busy_timeout =>
+                if busy_since.get_or_insert_with(Instant::now).elapsed() < config.slot_busy_timeout =>
             {
                 tracing::info!(%slot, %pid, "replication slot in use by another connection; waiting for it to be released");
+                stats.set_phase(Phase::Reconnecting);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.cancelled() => break Ok(()),
@@ -64,11 +74,14 @@ pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: Cancellati
             }
             Err(e) if !state.streamed || !e.is_transient() => break Err(e),
             Err(e) => {
+                busy_since = None;
                 if began.elapsed() >= HEALTHY_SESSION {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
                 Stats::add(&stats.reconnects, 1);
+                ::metrics::counter!(metrics::RECONNECTS).increment(1);
+                stats.set_phase(Phase::Reconnecting);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, resume_after = %state.confirmed, "session failed; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -77,13 +90,15 @@ pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: Cancellati
             }
         }
     };
+    stats.set_phase(Phase::Stopped);
     progress.abort();
     result
 }
 
-/// Logs a progress line every 10 seconds while events flow.
+/// Logs a progress line every 5 seconds while events flow: rate, confirmed position and how far
+/// behind the server's WAL position it is.
 async fn log_progress(stats: Arc<Stats>, shutdown: CancellationToken) {
-    let every = Duration::from_secs(10);
+    let every = Duration::from_secs(5);
     let mut last = Stats::get(&stats.events_confirmed);
     loop {
         tokio::select! {
@@ -92,12 +107,13 @@ async fn log_progress(stats: Arc<Stats>, shutdown: CancellationToken) {
         }
         let now = Stats::get(&stats.events_confirmed);
         if now != last {
-            let lag_bytes = Stats::get(&stats.received_lsn).saturating_sub(Stats::get(&stats.confirmed_lsn));
+            let confirmed = Stats::get(&stats.confirmed_lsn);
             tracing::info!(
                 events_confirmed = now,
                 rate_per_s = (now - last) / every.as_secs(),
-                confirmed_lsn = %pgevents_event::Lsn(Stats::get(&stats.confirmed_lsn)),
-                unconfirmed_bytes = lag_bytes,
+                confirmed_lsn = %pgevents_event::Lsn(confirmed),
+                lag_bytes = Stats::get(&stats.server_wal_lsn).saturating_sub(confirmed),
+                in_flight = Stats::get(&stats.in_flight),
                 "progress"
             );
             last = now;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::config::ProducerConfig;
 use crate::confirm::ConfirmTracker;
 use crate::error::ProducerError;
+use crate::metrics::{COMMIT_TO_CONFIRM, CONFIRMED_LSN, CONFIRMS_PENDING, EVENTS_CONFIRMED};
 use crate::reader::Batch;
 use crate::stats::Stats;
 
@@ -28,11 +29,14 @@ pub async fn run_publisher<P: Publisher>(
     let mut last_progress = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
     let far = Duration::from_secs(3600 * 24);
+    let events_confirmed = metrics::counter!(EVENTS_CONFIRMED);
+    let confirms_pending = metrics::gauge!(CONFIRMS_PENDING);
     loop {
         if drain_deadline.is_some() && tracker.in_flight() == 0 {
             return Ok(publisher);
         }
         Stats::set(&stats.in_flight, tracker.in_flight());
+        confirms_pending.set(tracker.in_flight() as f64);
         let confirm_deadline = last_progress + config.confirm_timeout;
         tokio::select! {
             biased;
@@ -41,10 +45,12 @@ pub async fn run_publisher<P: Publisher>(
                     ConfirmEvent::Ack { tag, multiple } => {
                         let before = tracker.in_flight();
                         let advanced = tracker.ack(tag, multiple).map_err(|e| ProducerError::Protocol(e.to_string()))?;
-                        Stats::add(&stats.events_confirmed, before - tracker.in_flight());
+                        let newly = before - tracker.in_flight();
+                        Stats::add(&stats.events_confirmed, newly);
+                        events_confirmed.increment(newly);
                         last_progress = Instant::now();
                         if let Some(lsn) = advanced {
-                            publish_confirmed(&confirmed, &stats, lsn);
+                            publish_confirmed(&confirmed, &stats, &mut tracker, lsn);
                         }
                     }
                     ConfirmEvent::Nack { .. } => return Err(ProducerError::Nacked),
@@ -56,7 +62,7 @@ pub async fn run_publisher<P: Publisher>(
             }
             batch = batches.recv(), if drain_deadline.is_none() && tracker.in_flight() < config.max_in_flight => {
                 match batch {
-                    Some(Batch { messages, commit }) => {
+                    Some(Batch { messages, commit, commit_time_micros }) => {
                         if tracker.in_flight() == 0 {
                             last_progress = Instant::now();
                         }
@@ -67,8 +73,8 @@ pub async fn run_publisher<P: Publisher>(
                         }
                         Stats::add(&stats.events_published, count);
                         if let Some(lsn) = commit {
-                            if let Some(lsn) = tracker.commit(lsn) {
-                                publish_confirmed(&confirmed, &stats, lsn);
+                            if let Some(lsn) = tracker.commit(lsn, commit_time_micros) {
+                                publish_confirmed(&confirmed, &stats, &mut tracker, lsn);
                             }
                         }
                     }
@@ -91,7 +97,21 @@ pub async fn run_publisher<P: Publisher>(
     }
 }
 
-fn publish_confirmed(confirmed: &watch::Sender<Lsn>, stats: &Stats, lsn: Lsn) {
+/// Hands a newly confirmed LSN to the status sender and records how long its transactions took
+/// from commit to confirm.
+fn publish_confirmed(confirmed: &watch::Sender<Lsn>, stats: &Stats, tracker: &mut ConfirmTracker, lsn: Lsn) {
     confirmed.send_replace(lsn);
     Stats::set(&stats.confirmed_lsn, lsn.0);
+    metrics::gauge!(CONFIRMED_LSN).set(lsn.0 as f64);
+    let now = unix_micros();
+    let histogram = metrics::histogram!(COMMIT_TO_CONFIRM);
+    for commit_micros in tracker.take_confirmed_commit_times() {
+        histogram.record((now - commit_micros).max(0) as f64 / 1e6);
+        Stats::set(&stats.last_commit_micros, commit_micros.max(0) as u64);
+    }
+}
+
+/// Now, in Unix microseconds.
+pub fn unix_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Compression, ProducerConfig};
 use crate::database::Database;
 use crate::error::ProducerError;
+use crate::metrics::{EventCounters, TRANSACTIONS, TRANSACTIONS_SKIPPED};
 use crate::stats::Stats;
 use crate::txbuffer::{PendingEvent, TxBuffer};
 
@@ -29,6 +30,20 @@ use crate::txbuffer::{PendingEvent, TxBuffer};
 pub struct Batch {
     pub messages: Vec<OutgoingMessage>,
     pub commit: Option<Lsn>,
+    /// The commit time (Unix microseconds) of that transaction; `None` for an idle position.
+    pub commit_time_micros: Option<i64>,
+}
+
+impl Batch {
+    /// A batch in the middle of a transaction.
+    fn part(messages: Vec<OutgoingMessage>) -> Batch {
+        Batch { messages, commit: None, commit_time_micros: None }
+    }
+
+    /// Nothing to publish, but everything up to `lsn` has been read.
+    fn mark(lsn: Lsn, commit_time_micros: Option<i64>) -> Batch {
+        Batch { messages: Vec::new(), commit: Some(lsn), commit_time_micros }
+    }
 }
 
 const BATCH_SIZE: usize = 256;
@@ -37,7 +52,7 @@ pub struct Reader {
     pub stream: ReplicationReader,
     pub decoder: Decoder,
     pub catalog: Catalog,
-    pub db: Database,
+    pub db: Arc<Database>,
     pub out: mpsc::Sender<Batch>,
     pub config: Arc<ProducerConfig>,
     pub stats: Arc<Stats>,
@@ -49,6 +64,7 @@ pub struct Reader {
     buffer: TxBuffer,
     /// Highest position sent to the publisher as a commit or idle mark.
     last_mark: Lsn,
+    event_counters: EventCounters,
 }
 
 /// Whether the reader goes on or stops (shutdown was requested).
@@ -63,7 +79,7 @@ impl Reader {
         stream: ReplicationReader,
         decoder: Decoder,
         catalog: Catalog,
-        db: Database,
+        db: Arc<Database>,
         out: mpsc::Sender<Batch>,
         config: Arc<ProducerConfig>,
         stats: Arc<Stats>,
@@ -84,6 +100,7 @@ impl Reader {
             tx: TransactionBuilder::default(),
             buffer,
             last_mark: Lsn::ZERO,
+            event_counters: EventCounters::default(),
         }
     }
 
@@ -124,7 +141,7 @@ impl Reader {
         if self.tx.in_transaction() || !self.buffer.is_empty() || wal_end <= self.last_mark {
             return Ok(Flow::Continue);
         }
-        self.send(Batch { messages: Vec::new(), commit: Some(wal_end) }, shutdown).await
+        self.send(Batch::mark(wal_end, None), shutdown).await
     }
 
     async fn send(&mut self, batch: Batch, shutdown: &CancellationToken) -> Result<Flow, ProducerError> {
@@ -212,10 +229,12 @@ impl Reader {
             return Ok(Flow::Continue);
         };
         Stats::add(&self.stats.transactions, 1);
+        metrics::counter!(TRANSACTIONS).increment(1);
         if outcome.skip {
             Stats::add(&self.stats.transactions_skipped, 1);
+            metrics::counter!(TRANSACTIONS_SKIPPED).increment(1);
             self.buffer.clear();
-            return self.send(Batch { messages: Vec::new(), commit: Some(end_lsn) }, shutdown).await;
+            return self.send(Batch::mark(end_lsn, Some(begin.commit_time_micros)), shutdown).await;
         }
         let (memory, spill) = self.buffer.take().await?;
         let lsn_text = begin.commit_lsn.to_string();
@@ -224,7 +243,7 @@ impl Reader {
             batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?);
             if batch.len() == BATCH_SIZE {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
-                if let Flow::Stop = self.send(Batch { messages: full, commit: None }, shutdown).await? {
+                if let Flow::Stop = self.send(Batch::part(full), shutdown).await? {
                     return Ok(Flow::Stop);
                 }
             }
@@ -234,23 +253,25 @@ impl Reader {
                 batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?);
                 if batch.len() == BATCH_SIZE {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
-                    if let Flow::Stop = self.send(Batch { messages: full, commit: None }, shutdown).await? {
+                    if let Flow::Stop = self.send(Batch::part(full), shutdown).await? {
                         return Ok(Flow::Stop);
                     }
                 }
             }
         }
-        self.send(Batch { messages: batch, commit: Some(end_lsn) }, shutdown).await
+        let commit_time_micros = Some(begin.commit_time_micros);
+        self.send(Batch { messages: batch, commit: Some(end_lsn), commit_time_micros }, shutdown).await
     }
 
     fn outgoing(
-        &self,
+        &mut self,
         event: PendingEvent,
         outcome: &TxOutcome,
         begin: &TxBegin,
         lsn_text: &str,
     ) -> Result<OutgoingMessage, ProducerError> {
         let PendingEvent { table, action, seq, mut body } = event;
+        self.event_counters.published(&table.qualified, action);
         close_event(&mut body, outcome.context.as_deref());
         let (body, content_encoding) = match self.config.compression {
             Compression::None => (body, None),

@@ -14,11 +14,22 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ProducerConfig;
 use crate::database::{quote_ident, Database};
 use crate::error::ProducerError;
+use crate::monitor::run_monitor;
 use crate::publish::run_publisher;
 use crate::reader::Reader;
 use crate::setup::{prepare, SlotState};
-use crate::stats::Stats;
+use crate::standby::take_slot_lock;
+use crate::stats::{Phase, Stats};
 use crate::status::run_status;
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What survives from one session to the next.
 #[derive(Debug, Default)]
@@ -121,13 +132,18 @@ pub async fn run_session(
     stats: &Arc<Stats>,
     shutdown: &CancellationToken,
 ) -> Result<(), ProducerError> {
-    let db = Database::connect(&config.postgres).await?;
+    stats.set_phase(Phase::Connecting);
+    let db = Arc::new(Database::connect(&config.postgres).await?);
     let server_version = db.server_version_num().await?;
     if server_version < 100_000 {
         return Err(ProducerError::Setup(format!(
             "PostgreSQL {server_version} is too old: logical replication with pgoutput needs 10 or later"
         )));
     }
+    if !take_slot_lock(&db, &config.slot, stats, shutdown).await? {
+        return Ok(());
+    }
+    stats.set_phase(Phase::Connecting);
     let slot_state = prepare(&db, config).await?;
 
     let settings = PublisherSettings {
@@ -157,6 +173,7 @@ pub async fn run_session(
     state.streamed = true;
     state.confirmed = start;
     Stats::set(&stats.confirmed_lsn, start.0);
+    stats.set_phase(Phase::Streaming);
     tracing::info!(slot = %config.slot, plugin = config.plugin.name(), %start, exchange = %config.exchange, "streaming");
 
     let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
@@ -168,13 +185,15 @@ pub async fn run_session(
         stream,
         decoder,
         std::mem::take(&mut state.catalog),
-        db,
+        db.clone(),
         batch_tx,
         config.clone(),
         stats.clone(),
         reply.clone(),
     );
 
+    // Ends with the session (dropped on every return path).
+    let _monitor = AbortOnDrop(tokio::spawn(run_monitor(db, config.clone(), stats.clone())));
     let mut reader_task = tokio::spawn(reader.run(shutdown.clone()));
     let mut publisher_task =
         tokio::spawn(run_publisher(publisher, batch_rx, confirmed_tx, config.clone(), stats.clone()));

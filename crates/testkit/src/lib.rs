@@ -7,10 +7,12 @@
 //! - [`PgEventsProcess`]: the `pgevents` binary as a child process (signals, exit status, logs).
 
 mod broker;
+mod http;
 mod pg;
 mod process;
 
 pub use broker::{amqp_url, delete_exchange, unique_name, EventQueue, ReceivedEvent};
+pub use http::{free_local_addr, http_get, metric_value};
 pub use pg::{pg_bin_dir, PgCluster, PgOptions};
 pub use process::{pgevents_binary, PgEventsProcess};
 

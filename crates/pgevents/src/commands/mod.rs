@@ -2,3 +2,4 @@
 
 pub mod consumer_debug;
 pub mod producer;
+pub mod telemetry;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgevents_decode::{Plugin, ValueOptions};
-use pgevents_producer::{Compression, ProducerConfig, Stats, TableName};
+use pgevents_producer::{metrics, Compression, Phase, ProducerConfig, Stats, TableName};
+use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CompressionArg, PluginArg, ProducerArgs};
@@ -47,12 +48,38 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_secs);
     config.confirm_timeout = Duration::from_secs(args.confirm_timeout_secs.max(1));
     config.slot_busy_timeout = Duration::from_secs(args.slot_busy_timeout_secs);
+    config.heartbeat_sql = args.heartbeat_sql.clone().filter(|sql| !sql.trim().is_empty());
+    config.heartbeat_interval = Duration::from_secs(args.heartbeat_interval_secs.max(1));
     Ok(config)
 }
 
 pub async fn run(args: ProducerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = config(&args)?;
     let stats = Arc::new(Stats::default());
-    pgevents_producer::run(config, stats, shutdown).await?;
+    let histograms: [(&str, &[f64]); 1] = [(metrics::COMMIT_TO_CONFIRM, metrics::COMMIT_TO_CONFIRM_BUCKETS)];
+    let readiness =
+        super::telemetry::start(args.telemetry.metrics_addr, &histograms, Phase::Connecting.describe(), &shutdown)
+            .await?;
+    metrics::describe();
+    let watcher = tokio::spawn(report_readiness(stats.clone(), readiness));
+    let result = pgevents_producer::run(config, stats, shutdown).await;
+    watcher.abort();
+    result?;
     Ok(())
+}
+
+/// Keeps `/readyz` in step with the producer's phase: ready while streaming.
+async fn report_readiness(stats: Arc<Stats>, readiness: Readiness) {
+    let mut last = None;
+    loop {
+        let phase = stats.phase();
+        if last != Some(phase) {
+            match phase {
+                Phase::Streaming => readiness.set_ready(),
+                other => readiness.set_not_ready(other.describe()),
+            }
+            last = Some(phase);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
