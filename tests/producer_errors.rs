@@ -68,6 +68,12 @@ async fn bad_inputs_fail_fast_with_one_clear_line() {
     let e = fails(&world, &[("PGUSER", "plain"), ("PGPASSWORD", "pw"), ("PGTABLES", "public.t")]).await;
     assert!(e.contains("publication") || e.contains("REPLICATION"), "a role without rights is told what to do: {e}");
 
+    let e = fails(&world, &[("PGEVENTS_ROUTING_KEY_TEMPLATE", "{db}.{table}")]).await;
+    assert!(e.contains("uses {db}; the placeholders are {database}, {schema} and {table}"), "{e}");
+
+    let e = fails(&world, &[("PGEVENTS_EXCHANGE_MAP", "public.t")]).await;
+    assert!(e.contains("invalid exchange map entry \"public.t\": expected schema.table=exchange"), "{e}");
+
     let e = fails_with(&world, &[("PGEVENTS_MAX_IN_FLIGHT", "lots")], 2).await;
     assert!(e.contains("invalid value 'lots' for '--max-in-flight"), "usage errors exit 2: {e}");
     assert!(

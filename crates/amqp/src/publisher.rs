@@ -20,6 +20,8 @@ use crate::{check_short_string, declare_topic_exchange, AmqpError, AmqpUrl};
 /// One message to publish.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutgoingMessage {
+    /// `None` for the publisher's exchange.
+    pub exchange: Option<std::sync::Arc<str>>,
     pub routing_key: String,
     pub message_id: String,
     /// String headers (`action`, `table`, `lsn`).
@@ -102,6 +104,8 @@ pub struct PublisherSettings {
     pub mandatory: bool,
     /// Declare the exchange (durable topic) if missing.
     pub declare_exchange: bool,
+    /// Further exchanges that messages may name, declared (when `declare_exchange`) at connect.
+    pub other_exchanges: Vec<String>,
     pub connection_name: String,
 }
 
@@ -126,8 +130,14 @@ impl ConfirmingPublisher {
             .register_callback(ConfirmForwarder(tx.clone()))
             .await
             .map_err(|e| AmqpError::op("register channel callback", describe(&e)))?;
+        for exchange in &settings.other_exchanges {
+            check_short_string("exchange name", exchange)?;
+        }
         if settings.declare_exchange {
             declare_topic_exchange(&channel, &settings.exchange).await?;
+            for exchange in &settings.other_exchanges {
+                declare_topic_exchange(&channel, exchange).await?;
+            }
         }
         channel
             .confirm_select(ConfirmSelectArguments::default())
@@ -181,7 +191,8 @@ fn properties(message: &OutgoingMessage) -> BasicProperties {
 impl Publisher for ConfirmingPublisher {
     async fn publish(&mut self, message: OutgoingMessage) -> Result<u64, AmqpError> {
         check_short_string("routing key", &message.routing_key)?;
-        let mut args = BasicPublishArguments::new(&self.exchange, &message.routing_key);
+        let exchange = message.exchange.as_deref().unwrap_or(&self.exchange);
+        let mut args = BasicPublishArguments::new(exchange, &message.routing_key);
         args.mandatory(self.mandatory);
         self.channel
             .basic_publish(properties(&message), message.body, args)

@@ -18,6 +18,7 @@ const ROUTING_KEY: &str = "public.bench";
 
 fn message(body: &[u8], i: u64) -> OutgoingMessage {
     OutgoingMessage {
+        exchange: None,
         routing_key: ROUTING_KEY.to_owned(),
         message_id: format!("0/{i:X}:0"),
         headers: vec![("action", "I".to_owned()), ("table", ROUTING_KEY.to_owned()), ("lsn", format!("0/{i:X}"))],
@@ -34,6 +35,7 @@ pub async fn amqprs(queue: &BenchQueue, n: u64, body: &[u8], window: usize) -> a
     let settings = PublisherSettings {
         exchange: queue.exchange.clone(),
         mandatory: false,
+        other_exchanges: Vec::new(),
         declare_exchange: false,
         connection_name: "pgevents bench (amqprs)".to_owned(),
     };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pgevents_amqp::Delivery;
 use pgevents_event::{Action, Event};
 
-use crate::glob::Glob;
+use pgevents_event::Glob;
 
 /// An event as received: the parsed body and the AMQP delivery it came in.
 #[derive(Debug, Clone)]

@@ -17,9 +17,8 @@
 //! backoff, and on shutdown stops receiving and lets running handlers finish.
 
 mod consumer;
-mod glob;
 mod handler;
 
 pub use consumer::{Consumer, ConsumerConfig, ConsumerError, QueueMode};
-pub use glob::Glob;
 pub use handler::{Handler, HandlerFuture, IncomingEvent, Outcome, Registry};
+pub use pgevents_event::Glob;

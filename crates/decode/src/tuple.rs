@@ -63,6 +63,27 @@ impl Tuple {
         self.cols.push(Column { key_start, key_end: end, value_end: end, unchanged: true });
     }
 
+    /// Keeps only the columns whose name `keep` accepts (unescaped, as in the table).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let keeps: Vec<bool> = (0..self.len())
+            .map(|i| {
+                let key = self.key(i);
+                match serde_json::from_slice::<String>(key) {
+                    Ok(name) => keep(&name),
+                    Err(_) => true,
+                }
+            })
+            .collect();
+        if keeps.iter().all(|&k| k) {
+            return;
+        }
+        let mut kept = Tuple::with_capacity(self.len(), self.buf.len());
+        for (i, _) in keeps.iter().enumerate().filter(|(_, &k)| k) {
+            kept.push_from(self, i);
+        }
+        *self = kept;
+    }
+
     /// Appends column `i` of `other`.
     pub fn push_from(&mut self, other: &Tuple, i: usize) {
         let col = other.cols[i];
@@ -189,5 +210,14 @@ mod tests {
         assert_eq!(t.find(b"\"b\"", 0), Some(1));
         assert_eq!(t.find(b"\"c\"", 0), None);
         assert_eq!(t.value(1), b"2");
+    }
+
+    #[test]
+    fn retains_columns_by_name() {
+        let mut t = row(&[("id", Some("1")), ("pass\"word", Some("\"x\"")), ("b", Some("2"))]);
+        t.retain(|name| name != "pass\"word");
+        assert_eq!(object(&t), r#"{"id":1,"b":2}"#);
+        t.retain(|_| true);
+        assert_eq!(object(&t), r#"{"id":1,"b":2}"#);
     }
 }

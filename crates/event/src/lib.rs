@@ -6,11 +6,13 @@
 
 mod action;
 mod event;
+mod glob;
 mod lsn;
 mod message_id;
 
 pub use action::{Action, UnknownAction};
 pub use event::{Event, EventParseError};
+pub use glob::Glob;
 pub use lsn::{InvalidLsn, Lsn};
 pub use message_id::{message_id, MessageId, ParseMessageIdError};
 

@@ -123,7 +123,28 @@ pub struct ProducerArgs {
     #[arg(long = "heartbeat-interval", env = "PGEVENTS_HEARTBEAT_INTERVAL", default_value_t = 30)]
     pub heartbeat_interval_secs: u64,
     #[command(flatten)]
+    pub routing: RoutingArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RoutingArgs {
+    /// Routing key of each event; placeholders {database}, {schema}, {table}
+    #[arg(long, env = "PGEVENTS_ROUTING_KEY_TEMPLATE", default_value = "{schema}.{table}")]
+    pub routing_key_template: String,
+    /// Per-table exchanges, comma-separated table-glob=exchange pairs, first match wins (e.g. public.orders=orders,audit.*=audit) [default: every table to --rabbitmq-exchange]
+    #[arg(long, env = "PGEVENTS_EXCHANGE_MAP", value_delimiter = ',')]
+    pub exchange_map: Vec<String>,
+    /// Only stream tables matching one of these globs (schema.table, * matches anything) [default: all]
+    #[arg(long, env = "PGEVENTS_INCLUDE_TABLES", value_delimiter = ',')]
+    pub include_tables: Vec<String>,
+    /// Never stream tables matching these globs (e.g. public.tmp_*)
+    #[arg(long, env = "PGEVENTS_EXCLUDE_TABLES", value_delimiter = ',')]
+    pub exclude_tables: Vec<String>,
+    /// Leave these columns out of events: column or schema.table.column globs (e.g. password_hash,public.users.secret_*)
+    #[arg(long, env = "PGEVENTS_EXCLUDE_COLUMNS", value_delimiter = ',')]
+    pub exclude_columns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

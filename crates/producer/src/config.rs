@@ -8,6 +8,8 @@ use pgevents_amqp::AmqpUrl;
 use pgevents_decode::{Plugin, ValueOptions};
 use pgevents_replication::ConnectConfig;
 
+use crate::routing::{Router, RoutingConfig};
+
 /// A table named in PGTABLES: `schema.table`, or `table` for `public.table`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TableName {
@@ -78,6 +80,7 @@ pub struct ProducerConfig {
     /// has WAL of its own even when nothing subscribed changes.
     pub heartbeat_sql: Option<String>,
     pub heartbeat_interval: Duration,
+    pub routing: RoutingConfig,
 }
 
 impl ProducerConfig {
@@ -105,12 +108,13 @@ impl ProducerConfig {
             slot_busy_timeout: Duration::from_secs(10),
             heartbeat_sql: None,
             heartbeat_interval: Duration::from_secs(30),
+            routing: RoutingConfig::default(),
         }
     }
 
-    /// Whether `schema.table` is one of the configured tables (every table when none is).
-    pub fn streams(&self, schema: &str, table: &str) -> bool {
-        self.tables.is_empty() || self.tables.iter().any(|t| t.schema == schema && t.name == table)
+    /// The router of this configuration (which tables, which routing key and exchange).
+    pub fn router(&self) -> Router {
+        Router::new(self.routing.clone(), &self.postgres.dbname, self.tables.iter().map(TableName::qualified).collect())
     }
 }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 mod monitor;
 mod publish;
 pub mod reader;
+pub mod routing;
 pub mod session;
 pub mod setup;
 pub mod standby;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Compression, ProducerConfig, TableName};
 pub use error::{describe_pg, ProducerError};
+pub use routing::RoutingConfig;
 pub use stats::{Phase, Stats};
 
 use backoff::Backoff;

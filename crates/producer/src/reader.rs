@@ -9,9 +9,7 @@ use std::time::Duration;
 use flate2::write::GzEncoder;
 use pgevents_amqp::OutgoingMessage;
 use pgevents_decode::encode::close_event;
-use pgevents_decode::{
-    Catalog, CatalogNeed, DecodeError, Decoded, Decoder, TableRef, TransactionBuilder, TxBegin, TxOutcome,
-};
+use pgevents_decode::{Catalog, CatalogNeed, DecodeError, Decoded, Decoder, TransactionBuilder, TxBegin, TxOutcome};
 use pgevents_event::{message_id, Action, Lsn, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_TABLE};
 use pgevents_replication::{ReplicationError, ReplicationReader, WalMessage};
 use tokio::sync::{mpsc, Notify};
@@ -21,6 +19,7 @@ use crate::config::{Compression, ProducerConfig};
 use crate::database::Database;
 use crate::error::ProducerError;
 use crate::metrics::{EventCounters, TRANSACTIONS, TRANSACTIONS_SKIPPED};
+use crate::routing::Router;
 use crate::stats::Stats;
 use crate::txbuffer::{PendingEvent, TxBuffer};
 
@@ -65,6 +64,7 @@ pub struct Reader {
     /// Highest position sent to the publisher as a commit or idle mark.
     last_mark: Lsn,
     event_counters: EventCounters,
+    router: Router,
 }
 
 /// Whether the reader goes on or stops (shutdown was requested).
@@ -86,6 +86,7 @@ impl Reader {
         reply_requested: Arc<Notify>,
     ) -> Self {
         let silence_timeout = config.status_interval * 3 + Duration::from_secs(5);
+        let router = config.router();
         let buffer = TxBuffer::new(config.tx_memory_budget, config.spill_dir.clone());
         Reader {
             stream,
@@ -101,6 +102,7 @@ impl Reader {
             buffer,
             last_mark: Lsn::ZERO,
             event_counters: EventCounters::default(),
+            router,
         }
     }
 
@@ -193,8 +195,13 @@ impl Reader {
                 }
                 self.tx.begin(begin);
             }
-            Decoded::Row(change) => {
-                if self.config.streams(&change.table.schema, &change.table.name) {
+            Decoded::Row(mut change) => {
+                let route = self.router.route(&change.table);
+                if route.streamed {
+                    if !route.excluded_columns.is_empty() {
+                        change.old.retain(|column| route.keeps_column(column));
+                        change.new.retain(|column| route.keeps_column(column));
+                    }
                     let mut body = Vec::with_capacity(256);
                     if let Some(seq) = self.tx.row(&change, &mut body) {
                         let event = PendingEvent { table: change.table.clone(), action: change.action, seq, body };
@@ -203,7 +210,7 @@ impl Reader {
                 }
             }
             Decoded::Truncate(tables) => {
-                for table in tables.iter().filter(|t| self.config.streams(&t.schema, &t.name)) {
+                for table in tables.iter().filter(|t| self.router.route(t).streamed) {
                     let mut body = Vec::with_capacity(160);
                     if let Some(seq) = self.tx.truncate(table, &mut body) {
                         let event = PendingEvent { table: table.clone(), action: Action::Truncate, seq, body };
@@ -272,13 +279,15 @@ impl Reader {
     ) -> Result<OutgoingMessage, ProducerError> {
         let PendingEvent { table, action, seq, mut body } = event;
         self.event_counters.published(&table.qualified, action);
+        let route = self.router.route(&table);
         close_event(&mut body, outcome.context.as_deref());
         let (body, content_encoding) = match self.config.compression {
             Compression::None => (body, None),
             Compression::Gzip => (gzip(&body)?, Some("gzip")),
         };
         Ok(OutgoingMessage {
-            routing_key: routing_key(&table),
+            exchange: route.exchange.clone(),
+            routing_key: route.routing_key.clone(),
             message_id: message_id(begin.commit_lsn, seq),
             headers: vec![
                 (HEADER_ACTION, action.code().to_owned()),
@@ -292,10 +301,6 @@ impl Reader {
             body,
         })
     }
-}
-
-fn routing_key(table: &TableRef) -> String {
-    table.qualified.clone()
 }
 
 fn gzip(body: &[u8]) -> Result<Vec<u8>, ProducerError> {

@@ -150,6 +150,7 @@ pub async fn run_session(
         exchange: config.exchange.clone(),
         mandatory: config.mandatory,
         declare_exchange: true,
+        other_exchanges: config.routing.mapped_exchanges(),
         connection_name: format!("pgevents producer ({})", config.slot),
     };
     let publisher = ConfirmingPublisher::connect(&config.amqp_url, &settings).await?;

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgevents_decode::{Plugin, ValueOptions};
-use pgevents_producer::{metrics, Compression, Phase, ProducerConfig, Stats, TableName};
+use pgevents_producer::{metrics, Compression, Phase, ProducerConfig, RoutingConfig, Stats, TableName};
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CompressionArg, PluginArg, ProducerArgs};
+use crate::cli::{CompressionArg, PluginArg, ProducerArgs, RoutingArgs};
 
 pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     let postgres = args.pg.connect_config("pgevents producer")?;
@@ -50,7 +50,21 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     config.slot_busy_timeout = Duration::from_secs(args.slot_busy_timeout_secs);
     config.heartbeat_sql = args.heartbeat_sql.clone().filter(|sql| !sql.trim().is_empty());
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_interval_secs.max(1));
+    config.routing = routing(&args.routing)?;
     Ok(config)
+}
+
+fn routing(args: &RoutingArgs) -> anyhow::Result<RoutingConfig> {
+    let globs = |list: &[String]| -> Vec<String> {
+        list.iter().map(|g| g.trim()).filter(|g| !g.is_empty()).map(str::to_owned).collect()
+    };
+    let mut routing = RoutingConfig::default();
+    routing.set_template(&args.routing_key_template).map_err(anyhow::Error::msg)?;
+    routing.set_exchange_map(&args.exchange_map).map_err(anyhow::Error::msg)?;
+    routing.include_tables = globs(&args.include_tables);
+    routing.exclude_tables = globs(&args.exclude_tables);
+    routing.exclude_columns = globs(&args.exclude_columns);
+    Ok(routing)
 }
 
 pub async fn run(args: ProducerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
-//! Table patterns: `public.users`, `public.*`, `*.audit_*`, `*` (a `*` matches any run of
-//! characters, dots included).
+//! Name patterns for tables and columns: `public.users`, `public.*`, `*.audit_*`, `*` (a `*`
+//! matches any run of characters, dots included).
 
 /// A compiled pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
