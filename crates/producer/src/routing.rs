@@ -71,7 +71,7 @@ fn parse_template(template: &str) -> Result<Vec<TemplatePart>, String> {
     if !rest.is_empty() {
         parts.push(TemplatePart::Text(rest.to_owned()));
     }
-    if !parts.iter().any(|p| *p == TemplatePart::Table) {
+    if !parts.contains(&TemplatePart::Table) {
         return Err(format!("routing key template {template:?} must contain {{table}}"));
     }
     Ok(parts)
@@ -227,9 +227,11 @@ mod tests {
 
     #[test]
     fn tables_are_filtered_by_list_and_globs_and_never_internal() {
-        let mut config = RoutingConfig::default();
-        config.include_tables = vec!["public.*".into(), "audit.log".into()];
-        config.exclude_tables = vec!["public.tmp_*".into()];
+        let config = RoutingConfig {
+            include_tables: vec!["public.*".into(), "audit.log".into()],
+            exclude_tables: vec!["public.tmp_*".into()],
+            ..RoutingConfig::default()
+        };
         let r = router(config, &[]);
         assert!(r.streams("public", "users"));
         assert!(r.streams("audit", "log"));
