@@ -160,6 +160,11 @@ impl ConfirmingPublisher {
         })
     }
 
+    /// The delivery tag the next published message will get.
+    pub fn next_tag(&self) -> u64 {
+        self.next_tag
+    }
+
     /// Closes the channel and the connection.
     pub async fn close(self) {
         let _ = self.channel.close().await;

@@ -62,6 +62,13 @@ pub enum PluginArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotArg {
+    Never,
+    Initial,
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     None,
     Gzip,
@@ -122,6 +129,12 @@ pub struct ProducerArgs {
     /// Seconds between runs of --heartbeat-sql
     #[arg(long = "heartbeat-interval", env = "PGEVENTS_HEARTBEAT_INTERVAL", default_value_t = 30)]
     pub heartbeat_interval_secs: u64,
+    /// Read the subscribed tables as `R` events before streaming: when the slot is created (initial) or at every start (always)
+    #[arg(long, env = "PGEVENTS_SNAPSHOT", value_enum, default_value_t = SnapshotArg::Never)]
+    pub snapshot: SnapshotArg,
+    /// Rows per snapshot batch (each batch is confirmed by RabbitMQ before its progress is recorded)
+    #[arg(long, env = "PGEVENTS_SNAPSHOT_BATCH_ROWS", default_value_t = 1000)]
+    pub snapshot_batch_rows: usize,
     #[command(flatten)]
     pub routing: RoutingArgs,
     #[command(flatten)]

@@ -9,6 +9,7 @@ use pgevents_decode::{Plugin, ValueOptions};
 use pgevents_replication::ConnectConfig;
 
 use crate::routing::{Router, RoutingConfig};
+use crate::snapshot::SnapshotMode;
 
 /// A table named in PGTABLES: `schema.table`, or `table` for `public.table`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -81,6 +82,9 @@ pub struct ProducerConfig {
     pub heartbeat_sql: Option<String>,
     pub heartbeat_interval: Duration,
     pub routing: RoutingConfig,
+    pub snapshot: SnapshotMode,
+    /// Rows per snapshot batch (one query, confirmed before its progress is recorded).
+    pub snapshot_batch_rows: usize,
 }
 
 impl ProducerConfig {
@@ -109,6 +113,8 @@ impl ProducerConfig {
             heartbeat_sql: None,
             heartbeat_interval: Duration::from_secs(30),
             routing: RoutingConfig::default(),
+            snapshot: SnapshotMode::Never,
+            snapshot_batch_rows: 1000,
         }
     }
 

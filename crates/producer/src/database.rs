@@ -162,6 +162,50 @@ impl Database {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// The underlying client, for queries of their own (snapshot, progress).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Ordinary tables outside the system schemas and pgevents' own, as (schema, table).
+    pub async fn ordinary_tables(&self) -> Result<Vec<(String, String)>, ProducerError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind = 'r' AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgevents')
+                   AND n.nspname NOT LIKE 'pg\\_%'
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error("list tables", e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The columns logical replication sends for a table (not dropped, not generated), in
+    /// order, with their type OIDs.
+    pub async fn columns(&self, table: &TableRef) -> Result<(Vec<String>, Vec<u32>), ProducerError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text, a.atttypid::int8 FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                 ORDER BY a.attnum",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map_err(|e| pg_error(format!("list the columns of {}", table.qualified), e))?;
+        if rows.is_empty() {
+            return Err(ProducerError::Setup(format!(
+                "snapshot: table {} does not exist (any more) or has no columns",
+                table.qualified
+            )));
+        }
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u32)).unzip())
+    }
+
     /// Runs a statement (DDL).
     pub async fn execute(&self, sql: &str) -> Result<(), ProducerError> {
         self.client.batch_execute(sql).await.map_err(|e| pg_error(format!("run {sql:?}"), e))

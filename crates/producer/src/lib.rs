@@ -10,15 +10,18 @@
 pub mod backoff;
 pub mod config;
 pub mod confirm;
+mod copy_text;
 pub mod database;
 mod error;
 pub mod metrics;
 mod monitor;
+mod outgoing;
 mod publish;
 pub mod reader;
 pub mod routing;
 pub mod session;
 pub mod setup;
+pub mod snapshot;
 pub mod standby;
 pub mod stats;
 mod status;
@@ -33,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Compression, ProducerConfig, TableName};
 pub use error::{describe_pg, ProducerError};
 pub use routing::RoutingConfig;
+pub use snapshot::SnapshotMode;
 pub use stats::{Phase, Stats};
 
 use backoff::Backoff;

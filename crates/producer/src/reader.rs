@@ -2,23 +2,22 @@
 //! batches of outgoing messages (each transaction's last batch carrying its end LSN) out, through
 //! a bounded channel to the publisher.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flate2::write::GzEncoder;
 use pgevents_amqp::OutgoingMessage;
 use pgevents_decode::encode::close_event;
 use pgevents_decode::{Catalog, CatalogNeed, DecodeError, Decoded, Decoder, TransactionBuilder, TxBegin, TxOutcome};
-use pgevents_event::{message_id, Action, Lsn, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_TABLE};
+use pgevents_event::{message_id, Action, Lsn};
 use pgevents_replication::{ReplicationError, ReplicationReader, WalMessage};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Compression, ProducerConfig};
+use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
 use crate::metrics::{EventCounters, TRANSACTIONS, TRANSACTIONS_SKIPPED};
+use crate::outgoing::{self, Envelope};
 use crate::routing::Router;
 use crate::stats::Stats;
 use crate::txbuffer::{PendingEvent, TxBuffer};
@@ -281,30 +280,13 @@ impl Reader {
         self.event_counters.published(&table.qualified, action);
         let route = self.router.route(&table);
         close_event(&mut body, outcome.context.as_deref());
-        let (body, content_encoding) = match self.config.compression {
-            Compression::None => (body, None),
-            Compression::Gzip => (gzip(&body)?, Some("gzip")),
-        };
-        Ok(OutgoingMessage {
-            exchange: route.exchange.clone(),
-            routing_key: route.routing_key.clone(),
+        let envelope = Envelope {
+            table: &table,
+            action,
             message_id: message_id(begin.commit_lsn, seq),
-            headers: vec![
-                (HEADER_ACTION, action.code().to_owned()),
-                (HEADER_TABLE, table.qualified.clone()),
-                (HEADER_LSN, lsn_text.to_owned()),
-            ],
-            timestamp: u64::try_from(begin.commit_time_micros / 1_000_000).unwrap_or(0),
-            content_type: CONTENT_TYPE,
-            content_encoding,
-            app_id: APP_ID,
-            body,
-        })
+            lsn_text,
+            commit_time_micros: begin.commit_time_micros,
+        };
+        Ok(outgoing::build(envelope, &route, body, self.config.compression)?)
     }
-}
-
-fn gzip(body: &[u8]) -> Result<Vec<u8>, ProducerError> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 2 + 32), flate2::Compression::fast());
-    encoder.write_all(body)?;
-    Ok(encoder.finish()?)
 }

@@ -18,6 +18,7 @@ use crate::monitor::run_monitor;
 use crate::publish::run_publisher;
 use crate::reader::Reader;
 use crate::setup::{prepare, SlotState};
+use crate::snapshot::{self, SnapshotMode};
 use crate::standby::take_slot_lock;
 use crate::stats::{Phase, Stats};
 use crate::status::run_status;
@@ -157,16 +158,42 @@ pub async fn run_session(
 
     let mut client = ReplicationClient::connect(&config.postgres).await.map_err(|e| explain(e, config))?;
     let mut start = state.confirmed;
+    // Snapshots are taken once per process start, never on a reconnect.
+    let snapshot_wanted = config.snapshot != SnapshotMode::Never && !state.streamed;
     match slot_state {
         SlotState::Missing => {
+            if snapshot_wanted {
+                snapshot::ensure_schema(&db).await?;
+            }
+            let export = if snapshot_wanted { SlotSnapshot::Export } else { SlotSnapshot::NoExport };
             let created = client
-                .create_logical_slot(&config.slot, config.plugin.name(), SlotSnapshot::NoExport)
+                .create_logical_slot(&config.slot, config.plugin.name(), export)
                 .await
                 .map_err(|e| explain(e, config))?;
             tracing::info!(slot = %config.slot, plugin = config.plugin.name(), consistent_point = %created.consistent_point, "created replication slot");
             start = start.max(created.consistent_point);
+            if snapshot_wanted {
+                snapshot::plan(&db, config, created.consistent_point).await?;
+                if !snapshot::run(&db, config, created.snapshot_name.as_deref(), stats, shutdown).await? {
+                    return Ok(());
+                }
+            }
         }
-        SlotState::Ready { confirmed_flush } => start = start.max(confirmed_flush.unwrap_or(Lsn::ZERO)),
+        SlotState::Ready { confirmed_flush } => {
+            start = start.max(confirmed_flush.unwrap_or(Lsn::ZERO));
+            if snapshot_wanted {
+                snapshot::ensure_schema(&db).await?;
+                let resume = snapshot::unfinished(&db, &config.slot).await?;
+                if config.snapshot == SnapshotMode::Always && resume.is_none() {
+                    snapshot::plan(&db, config, start).await?;
+                }
+                if (resume.is_some() || config.snapshot == SnapshotMode::Always)
+                    && !snapshot::run(&db, config, None, stats, shutdown).await?
+                {
+                    return Ok(());
+                }
+            }
+        }
     }
     let options = plugin_options(config, server_version);
     let (stream, sender) =

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgevents_decode::{Plugin, ValueOptions};
-use pgevents_producer::{metrics, Compression, Phase, ProducerConfig, RoutingConfig, Stats, TableName};
+use pgevents_producer::{metrics, Compression, Phase, ProducerConfig, RoutingConfig, SnapshotMode, Stats, TableName};
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CompressionArg, PluginArg, ProducerArgs, RoutingArgs};
+use crate::cli::{CompressionArg, PluginArg, ProducerArgs, RoutingArgs, SnapshotArg};
 
 pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     let postgres = args.pg.connect_config("pgevents producer")?;
@@ -51,6 +51,12 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     config.heartbeat_sql = args.heartbeat_sql.clone().filter(|sql| !sql.trim().is_empty());
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_interval_secs.max(1));
     config.routing = routing(&args.routing)?;
+    config.snapshot = match args.snapshot {
+        SnapshotArg::Never => SnapshotMode::Never,
+        SnapshotArg::Initial => SnapshotMode::Initial,
+        SnapshotArg::Always => SnapshotMode::Always,
+    };
+    config.snapshot_batch_rows = args.snapshot_batch_rows.max(1);
     Ok(config)
 }
 

@@ -1,0 +1,411 @@
+//! The initial snapshot (`--snapshot initial|always`): every subscribed table read in one
+//! consistent snapshot and published as `R` (read) events before streaming starts.
+//!
+//! When the slot is created, PostgreSQL exports the snapshot matching the slot's consistent
+//! point: tables read in it plus changes streamed from that point give every row exactly once,
+//! with no gap. Tables are read with `COPY (SELECT ... ORDER BY key LIMIT n) TO STDOUT` in key
+//! order, batch by batch; each batch is confirmed by RabbitMQ before its progress is written to
+//! `pgevents.snapshot_progress`. An interrupted snapshot resumes where it stopped, in a fresh
+//! snapshot (the exported one is gone): rows changed meanwhile then arrive both as `R` events and
+//! as the streamed changes that follow, never missing. Nothing is confirmed to the slot until
+//! the snapshot is complete.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use pgevents_amqp::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
+use pgevents_decode::encode::{close_event, write_row_event, TxFields};
+use pgevents_decode::value::write_value;
+use pgevents_decode::{Catalog, CatalogNeed, PrimaryKey, RowChange, TableRef, Tuple, ValueKind};
+use pgevents_event::{Action, Lsn};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProducerConfig;
+use crate::confirm::ConfirmTracker;
+use crate::copy_text::{parse_row, quote_literal};
+use crate::database::{quote_ident, Database};
+use crate::error::{pg_error, ProducerError};
+use crate::metrics::SNAPSHOT_ROWS;
+use crate::outgoing::{self, Envelope};
+use crate::publish::unix_micros;
+use crate::routing::{Router, INTERNAL_SCHEMA};
+use crate::stats::{Phase, Stats};
+
+/// When to take a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotMode {
+    /// Only stream changes.
+    #[default]
+    Never,
+    /// When the slot is created (and to finish an interrupted snapshot).
+    Initial,
+    /// At every start; with an existing slot, rows are read as of the start and changes from the
+    /// slot's position follow (some may be seen twice, none is missed).
+    Always,
+}
+
+const SCHEMA_SQL: &str = "
+    CREATE SCHEMA IF NOT EXISTS pgevents;
+    CREATE TABLE IF NOT EXISTS pgevents.snapshot (
+        slot text PRIMARY KEY,
+        lsn pg_lsn NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+    );
+    CREATE TABLE IF NOT EXISTS pgevents.snapshot_progress (
+        slot text NOT NULL REFERENCES pgevents.snapshot (slot) ON DELETE CASCADE,
+        table_name text NOT NULL,
+        schema_name text NOT NULL,
+        relname text NOT NULL,
+        last_key text[],
+        rows_read bigint NOT NULL DEFAULT 0,
+        done boolean NOT NULL DEFAULT false,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (slot, table_name)
+    );";
+
+/// Creates the progress tables (idempotent). Run before the slot is created, so a role that
+/// may not create them fails before anything else happens.
+pub async fn ensure_schema(db: &Database) -> Result<(), ProducerError> {
+    db.execute(SCHEMA_SQL).await.map_err(|e| match e {
+        ProducerError::Postgres { message, .. } => ProducerError::Setup(format!(
+            "the snapshot keeps its progress in schema {INTERNAL_SCHEMA}, which could not be created: {message}; \
+             grant the role CREATE on the database, or run the producer once as the database owner"
+        )),
+        other => other,
+    })
+}
+
+/// The LSN of an unfinished snapshot of this slot, if there is one.
+pub async fn unfinished(db: &Database, slot: &str) -> Result<Option<Lsn>, ProducerError> {
+    let row = db
+        .client()
+        .query_opt("SELECT lsn::text FROM pgevents.snapshot WHERE slot = $1 AND finished_at IS NULL", &[&slot])
+        .await
+        .map_err(|e| pg_error("read the snapshot state", e))?;
+    Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+}
+
+/// Records a new snapshot of every streamed table at `lsn`, replacing any earlier one.
+pub async fn plan(db: &Database, config: &ProducerConfig, lsn: Lsn) -> Result<(), ProducerError> {
+    let router = config.router();
+    let candidates: Vec<(String, String)> = if !config.tables.is_empty() {
+        config.tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect()
+    } else {
+        db.ordinary_tables().await?
+    };
+    let tables: Vec<(String, String)> = candidates.into_iter().filter(|(s, t)| router.streams(s, t)).collect();
+    let client = db.client();
+    let fail = |e| pg_error("record the snapshot plan", e);
+    client.execute("DELETE FROM pgevents.snapshot WHERE slot = $1", &[&config.slot]).await.map_err(fail)?;
+    client
+        .execute(
+            "INSERT INTO pgevents.snapshot (slot, lsn) VALUES ($1, $2::text::pg_lsn)",
+            &[&config.slot, &lsn.to_string()],
+        )
+        .await
+        .map_err(fail)?;
+    for (schema, name) in &tables {
+        client
+            .execute(
+                "INSERT INTO pgevents.snapshot_progress (slot, table_name, schema_name, relname) VALUES ($1, $2, $3, $4)",
+                &[&config.slot, &format!("{schema}.{name}"), schema, name],
+            )
+            .await
+            .map_err(fail)?;
+    }
+    tracing::info!(slot = %config.slot, %lsn, tables = tables.len(), "initial snapshot planned");
+    Ok(())
+}
+
+/// A table still to read.
+struct Pending {
+    table: Arc<TableRef>,
+    last_key: Option<Vec<String>>,
+    rows_read: i64,
+}
+
+/// A table's columns as the snapshot reads them.
+struct Columns {
+    names: Vec<String>,
+    kinds: Vec<ValueKind>,
+    /// Positions of the primary key columns in `names`, in key order.
+    key_positions: Vec<usize>,
+    primary_key: Arc<PrimaryKey>,
+}
+
+/// Reads and publishes every unfinished table of the slot's snapshot. `exported` names the
+/// snapshot exported when the slot was created; without it a fresh one is taken. Returns
+/// `false` when shutdown interrupted it (progress so far is kept).
+pub async fn run(
+    db: &Database,
+    config: &Arc<ProducerConfig>,
+    exported: Option<&str>,
+    stats: &Stats,
+    shutdown: &CancellationToken,
+) -> Result<bool, ProducerError> {
+    stats.set_phase(Phase::Snapshot);
+    let Some(lsn) = unfinished(db, &config.slot).await? else {
+        return Ok(true);
+    };
+    let reader = Database::connect(&config.postgres).await?;
+    reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    if let Some(name) = exported {
+        reader.execute(&format!("SET TRANSACTION SNAPSHOT {}", quote_literal(name))).await?;
+    }
+    let settings = PublisherSettings {
+        exchange: config.exchange.clone(),
+        mandatory: config.mandatory,
+        declare_exchange: true,
+        other_exchanges: config.routing.mapped_exchanges(),
+        connection_name: format!("pgevents producer snapshot ({})", config.slot),
+    };
+    let mut publisher = ConfirmingPublisher::connect(&config.amqp_url, &settings).await?;
+    let mut snapshot = Snapshot {
+        db,
+        reader: &reader,
+        config,
+        router: config.router(),
+        catalog: Catalog::default(),
+        tx_fields: TxFields::new(lsn, 0, unix_micros()),
+        lsn_text: lsn.to_string(),
+        lsn,
+    };
+    let mut completed = true;
+    for pending in snapshot.pending().await? {
+        if !snapshot.read_table(pending, &mut publisher, shutdown).await? {
+            completed = false;
+            break;
+        }
+    }
+    publisher.close().await;
+    let _ = reader.execute("COMMIT").await;
+    if completed {
+        db.client()
+            .execute("UPDATE pgevents.snapshot SET finished_at = now() WHERE slot = $1", &[&config.slot])
+            .await
+            .map_err(|e| pg_error("record the end of the snapshot", e))?;
+        tracing::info!(slot = %config.slot, %lsn, "initial snapshot complete; streaming changes from its position");
+    }
+    Ok(completed)
+}
+
+struct Snapshot<'a> {
+    db: &'a Database,
+    reader: &'a Database,
+    config: &'a ProducerConfig,
+    router: Router,
+    catalog: Catalog,
+    tx_fields: TxFields,
+    lsn_text: String,
+    lsn: Lsn,
+}
+
+impl Snapshot<'_> {
+    async fn pending(&self) -> Result<Vec<Pending>, ProducerError> {
+        let rows = self
+            .db
+            .client()
+            .query(
+                "SELECT schema_name, relname, last_key, rows_read FROM pgevents.snapshot_progress
+                 WHERE slot = $1 AND NOT done ORDER BY table_name",
+                &[&self.config.slot],
+            )
+            .await
+            .map_err(|e| pg_error("read the snapshot progress", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| Pending {
+                table: Arc::new(TableRef::new(r.get(0), r.get(1))),
+                last_key: r.get(2),
+                rows_read: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn kind(&mut self, oid: u32) -> Result<ValueKind, ProducerError> {
+        for _ in 0..16 {
+            match self.catalog.type_kind(oid) {
+                Ok(kind) => return Ok(kind),
+                Err(CatalogNeed::Type(missing)) => {
+                    let infos = self.db.types(&[missing]).await?;
+                    self.catalog.insert_types(infos);
+                }
+                Err(CatalogNeed::PrimaryKey(_)) => break,
+            }
+        }
+        Err(ProducerError::Protocol(format!("cannot resolve the type of OID {oid}")))
+    }
+
+    async fn columns(&mut self, table: &TableRef) -> Result<Columns, ProducerError> {
+        let (names, oids) = self.reader.columns(table).await?;
+        let mut kinds = Vec::with_capacity(oids.len());
+        for oid in oids {
+            kinds.push(self.kind(oid).await?);
+        }
+        let primary_key = self.db.primary_key(table).await?;
+        let key_positions =
+            primary_key.columns().iter().filter_map(|k| names.iter().position(|n| n == k)).collect::<Vec<_>>();
+        Ok(Columns { names, kinds, key_positions, primary_key: Arc::new(primary_key) })
+    }
+
+    /// Reads one table batch by batch. Returns `false` if shutdown interrupted it.
+    async fn read_table(
+        &mut self,
+        pending: Pending,
+        publisher: &mut ConfirmingPublisher,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, ProducerError> {
+        let Pending { table, mut last_key, mut rows_read } = pending;
+        let columns = self.columns(&table).await?;
+        let route = self.router.route(&table);
+        let keyed =
+            !columns.key_positions.is_empty() && columns.key_positions.len() == columns.primary_key.columns().len();
+        let select: Vec<String> = columns.names.iter().map(|n| quote_ident(n)).collect();
+        let from = format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name));
+        let batch = self.config.snapshot_batch_rows.max(1);
+        let counter = metrics::counter!(SNAPSHOT_ROWS, "table" => table.qualified.clone());
+        tracing::info!(table = %table.qualified, resumed_after_rows = rows_read, "snapshot of table started");
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(false);
+            }
+            let sql = if keyed {
+                let key_list: Vec<String> =
+                    columns.key_positions.iter().map(|&i| quote_ident(&columns.names[i])).collect();
+                let key_list = key_list.join(", ");
+                let after = match &last_key {
+                    Some(values) => {
+                        let literals: Vec<String> = values.iter().map(|v| quote_literal(v)).collect();
+                        format!(" WHERE ({key_list}) > ({})", literals.join(", "))
+                    }
+                    None => String::new(),
+                };
+                format!(
+                    "COPY (SELECT {} FROM {from}{after} ORDER BY {key_list} LIMIT {batch}) TO STDOUT",
+                    select.join(", ")
+                )
+            } else {
+                format!("COPY (SELECT {} FROM {from}) TO STDOUT", select.join(", "))
+            };
+            let stream = self.reader.client().copy_out(sql.as_str()).await.map_err(|e| copy_error(&table, e))?;
+            let mut stream = std::pin::pin!(stream);
+            let mut buffer: Vec<u8> = Vec::new();
+            let mut messages = Vec::with_capacity(batch.min(4096));
+            let mut count = 0;
+            let mut last_row: Option<Vec<Option<String>>> = None;
+            while let Some(chunk) = stream.next().await {
+                buffer.extend_from_slice(&chunk.map_err(|e| copy_error(&table, e))?);
+                let mut start = 0;
+                while let Some(end) = buffer[start..].iter().position(|&b| b == b'\n') {
+                    let values = parse_row(&buffer[start..start + end]);
+                    start += end + 1;
+                    messages.push(self.event(&table, &columns, &route, &values, rows_read as u64)?);
+                    rows_read += 1;
+                    count += 1;
+                    if keyed {
+                        last_row = Some(values);
+                    }
+                    if messages.len() >= batch {
+                        publish_confirmed(publisher, std::mem::take(&mut messages), self.config).await?;
+                    }
+                }
+                buffer.drain(..start);
+            }
+            publish_confirmed(publisher, messages, self.config).await?;
+            counter.increment(count as u64);
+            if let Some(last) = last_row {
+                last_key = Some(
+                    columns.key_positions.iter().map(|&i| last.get(i).cloned().flatten().unwrap_or_default()).collect(),
+                );
+            }
+            let done = !keyed || count < batch;
+            self.db
+                .client()
+                .execute(
+                    "UPDATE pgevents.snapshot_progress SET last_key = $3, rows_read = $4, done = $5, updated_at = now()
+                     WHERE slot = $1 AND table_name = $2",
+                    &[&self.config.slot, &table.qualified, &last_key, &rows_read, &done],
+                )
+                .await
+                .map_err(|e| pg_error("record the snapshot progress", e))?;
+            if done {
+                tracing::info!(table = %table.qualified, rows = rows_read, "snapshot of table done");
+                return Ok(true);
+            }
+        }
+    }
+
+    fn event(
+        &self,
+        table: &Arc<TableRef>,
+        columns: &Columns,
+        route: &crate::routing::Route,
+        values: &[Option<String>],
+        seq: u64,
+    ) -> Result<OutgoingMessage, ProducerError> {
+        let mut new = Tuple::with_capacity(columns.names.len(), 256);
+        for ((name, kind), value) in columns.names.iter().zip(&columns.kinds).zip(values) {
+            if !route.keeps_column(name) {
+                continue;
+            }
+            new.push_named(name, |out| match value {
+                Some(text) => write_value(out, *kind, text, self.config.values),
+                None => out.extend_from_slice(b"null"),
+            });
+        }
+        let change = RowChange {
+            table: table.clone(),
+            action: Action::Read,
+            old: Tuple::default(),
+            new,
+            primary_key: columns.primary_key.clone(),
+        };
+        let mut body = Vec::with_capacity(256);
+        write_row_event(&mut body, &change, &self.tx_fields, seq);
+        close_event(&mut body, None);
+        let envelope = Envelope {
+            table,
+            action: Action::Read,
+            message_id: format!("snapshot:{}:{}:{seq}", self.lsn, table.qualified),
+            lsn_text: &self.lsn_text,
+            commit_time_micros: unix_micros(),
+        };
+        Ok(outgoing::build(envelope, route, body, self.config.compression)?)
+    }
+}
+
+fn copy_error(table: &TableRef, e: tokio_postgres::Error) -> ProducerError {
+    pg_error(format!("snapshot: read table {}", table.qualified), e)
+}
+
+/// Publishes a batch with many messages in flight and waits until the broker confirmed all.
+async fn publish_confirmed(
+    publisher: &mut ConfirmingPublisher,
+    messages: Vec<OutgoingMessage>,
+    config: &ProducerConfig,
+) -> Result<(), ProducerError> {
+    let mut tracker = ConfirmTracker::new(Lsn::ZERO);
+    let first = publisher.next_tag();
+    for message in messages {
+        let tag = publisher.publish(message).await?;
+        tracker.published(tag - first + 1);
+    }
+    let deadline = tokio::time::Instant::now() + config.confirm_timeout;
+    while tracker.in_flight() > 0 {
+        let event = tokio::time::timeout_at(deadline, publisher.next_event()).await.map_err(|_| {
+            ProducerError::ConfirmTimeout { in_flight: tracker.in_flight(), seconds: config.confirm_timeout.as_secs() }
+        })?;
+        match event {
+            ConfirmEvent::Ack { tag, multiple } => {
+                tracker.ack(tag - first + 1, multiple).map_err(|e| ProducerError::Protocol(e.to_string()))?;
+            }
+            ConfirmEvent::Nack { .. } => return Err(ProducerError::Nacked),
+            ConfirmEvent::Returned { routing_key, reply_code, reply_text, .. } => {
+                return Err(ProducerError::Returned { routing_key, reply_code, reply_text })
+            }
+            ConfirmEvent::Closed(reason) => return Err(ProducerError::BrokerClosed(reason)),
+        }
+    }
+    Ok(())
+}
