@@ -101,7 +101,7 @@ async fn existing_rows_then_changes_with_no_gap_and_no_overlap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_snapshot_resumes_where_it_stopped() {
     let world = World::new().await;
-    let rows = 20_000;
+    let rows: i64 = 20_000;
     world
         .pg
         .execute(&format!(
@@ -140,7 +140,7 @@ async fn an_interrupted_snapshot_resumes_where_it_stopped() {
     assert_eq!(inserted, 1, "the insert after the snapshot arrives once");
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids, (0..=i64::from(rows)).collect::<Vec<_>>(), "every row arrives at least once");
+    assert_eq!(ids, (0..=rows).collect::<Vec<_>>(), "every row arrives at least once");
     assert!(
         all.len() < rows as usize + 1 + 4000,
         "the second run resumed rather than starting over ({} events)",
