@@ -19,6 +19,9 @@ pub struct Cli {
     /// Log format (logs go to stderr)
     #[arg(long, env = "PGEVENTS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// TOML file with settings (keys are the long option names; [producer] etc. for one subcommand); flags and environment variables win over it
+    #[arg(long, env = "PGEVENTS_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,6 +35,8 @@ pub enum Command {
     /// Print the events arriving on the exchange (one per line on stdout)
     #[command(name = "consumer_debug", visible_alias = "event_logger", alias = "consumer-debug")]
     ConsumerDebug(ConsumerDebugArgs),
+    /// Check the producer's settings against PostgreSQL and RabbitMQ (wal_level, role, tables, publication, slot, broker) without changing anything
+    Check(ProducerArgs),
 }
 
 #[derive(Debug, Clone, Args)]

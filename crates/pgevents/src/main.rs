@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod config_file;
 mod logging;
 mod pg_args;
 mod pretty_json;
@@ -15,7 +16,12 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(e) = config_file::apply(&args) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(args);
     logging::init(cli.log_format);
     // rustls has two crypto providers linked in; pick one for anything using the default.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -40,5 +46,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Producer(args) => commands::producer::run(args, shutdown).await,
         Command::ConsumerDebug(args) => commands::consumer_debug::run(args, shutdown).await,
+        Command::Check(args) => match commands::check::run(args).await? {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!("the checks above failed; fix them and run `pgevents check` again")),
+        },
     }
 }

@@ -8,6 +8,7 @@
 //! failed sessions with backoff, resuming from the last confirmed LSN.
 
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod confirm;
 mod copy_text;

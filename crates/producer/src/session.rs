@@ -86,7 +86,7 @@ fn plugin_options(config: &ProducerConfig, server_version: u32) -> Vec<(String, 
 }
 
 /// Turns server errors users can fix into one clear message.
-fn explain(e: ReplicationError, config: &ProducerConfig) -> ProducerError {
+pub(crate) fn explain(e: ReplicationError, config: &ProducerConfig) -> ProducerError {
     let Some(server) = (match &e {
         ReplicationError::Server(s) => Some(s.clone()),
         _ => None,

@@ -26,7 +26,7 @@ pub async fn prepare(db: &Database, config: &ProducerConfig) -> Result<SlotState
     check_slot(db, config).await
 }
 
-async fn check_wal_level(db: &Database) -> Result<(), ProducerError> {
+pub(crate) async fn check_wal_level(db: &Database) -> Result<(), ProducerError> {
     let level = db.wal_level().await?;
     if level != "logical" {
         return Err(ProducerError::Setup(format!(
@@ -37,7 +37,7 @@ async fn check_wal_level(db: &Database) -> Result<(), ProducerError> {
     Ok(())
 }
 
-async fn check_tables(db: &Database, config: &ProducerConfig) -> Result<(), ProducerError> {
+pub(crate) async fn check_tables(db: &Database, config: &ProducerConfig) -> Result<(), ProducerError> {
     for table in &config.tables {
         match db.relkind(&table.schema, &table.name).await?.as_deref() {
             None => {
@@ -118,7 +118,7 @@ async fn ensure_publication(db: &Database, config: &ProducerConfig) -> Result<()
     Ok(())
 }
 
-async fn check_slot(db: &Database, config: &ProducerConfig) -> Result<SlotState, ProducerError> {
+pub(crate) async fn check_slot(db: &Database, config: &ProducerConfig) -> Result<SlotState, ProducerError> {
     let slot = &config.slot;
     let Some(info) = db.slot(slot).await? else {
         return Ok(SlotState::Missing);

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod check;
 pub mod consumer_debug;
 pub mod producer;
 pub mod telemetry;

@@ -1,0 +1,110 @@
+//! `pgevents check` (what is wrong and how to fix it) and `--config` files (precedence flags >
+//! environment > file; unknown keys rejected).
+
+mod common;
+
+use common::{World, WAIT};
+use pgevents_testkit::{PgCluster, PgEventsProcess, PgOptions};
+
+/// Runs `pgevents <args>` to completion: (exit code, stdout, stderr).
+async fn run(args: &[&str], env: &[(String, String)]) -> (Option<i32>, String, String) {
+    let mut p = PgEventsProcess::spawn(args, env);
+    let code = p.wait(WAIT).await;
+    (code, p.stdout(), p.stderr())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_passes_on_a_good_setup_and_explains_each_problem() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE nokey (v text);").await;
+
+    let (code, out, err) = run(&["check"], &world.producer_env(&[("PGTABLES", "public.t")])).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    for line in
+        ["ok    wal_level: logical", "ok    role: superuser", "ok    tables: 1 listed", "ok    RabbitMQ: connected"]
+    {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
+    assert!(out.contains("warn  replication slot: \"pgevents_test\" does not exist yet"), "{out}");
+    assert!(out.contains("all checks passed"), "{out}");
+    assert_eq!(world.pg.query_text("SELECT count(*)::text FROM pg_replication_slots").await.as_deref(), Some("0"));
+    assert_eq!(
+        world.pg.query_text("SELECT count(*)::text FROM pg_publication").await.as_deref(),
+        Some("0"),
+        "check changes nothing"
+    );
+
+    let (code, out, err) = run(
+        &["check"],
+        &world.producer_env(&[
+            ("PGTABLES", "public.t,public.nokey"),
+            ("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        ]),
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("FAIL  replica identity: public.nokey has no primary key")
+            && out.contains("REPLICA IDENTITY FULL"),
+        "{out}"
+    );
+    assert!(out.contains("FAIL  RabbitMQ: could not connect to RabbitMQ"), "{out}");
+    assert!(out.contains("2 check(s) failed"), "{out}");
+    assert!(err.contains("error: the checks above failed"), "{err}");
+
+    let (code, out, _) = run(&["check"], &world.producer_env(&[("PGPORT", "1")])).await;
+    assert_eq!(code, Some(1));
+    assert!(out.contains("FAIL  PostgreSQL connection: cannot connect to PostgreSQL at 127.0.0.1:1"), "{out}");
+
+    let replica = PgCluster::start_with(PgOptions { wal_level: Some("replica".into()), ..Default::default() }).await;
+    let world = World::with_cluster(replica).await;
+    let (code, out, _) = run(&["check"], &world.producer_env(&[])).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("FAIL  wal_level: wal_level is 'replica'") && out.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_file_settings_yield_to_environment_and_flags() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgevents.toml");
+    let port = world.producer_env(&[]).iter().find(|(k, _)| k == "PGPORT").unwrap().1.clone();
+    std::fs::write(
+        &path,
+        format!("pgport = 1\n[check]\npgslot = \"from_file\"\npgtables = [\"public.t\"]\n# a comment\n[producer]\npghost = \"elsewhere\"\n"),
+    )
+    .unwrap();
+    let path_text = path.to_str().unwrap();
+    let mut env: Vec<(String, String)> = world.producer_env(&[]);
+    env.retain(|(k, _)| k != "PGSLOT" && k != "PGPORT");
+
+    // The file alone: its port is wrong.
+    let (code, out, _) = run(&["check", "--config", path_text], &env).await;
+    assert_eq!(code, Some(1));
+    assert!(out.contains("127.0.0.1:1"), "the file's pgport is used: {out}");
+
+    // The environment wins over the file; the file's slot and tables apply.
+    env.push(("PGPORT".into(), port));
+    let (code, out, err) = run(&["check", "--config", path_text], &env).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("\"from_file\" does not exist yet") && out.contains("tables: 1 listed"), "{out}");
+
+    // A flag wins over both; PGEVENTS_CONFIG names the file too.
+    env.push(("PGEVENTS_CONFIG".into(), path_text.into()));
+    let (code, out, _) = run(&["check", "--pgslot", "from_flag"], &env).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("\"from_flag\" does not exist yet"), "{out}");
+
+    std::fs::write(&path, "[check]\npgslott = \"x\"\n").unwrap();
+    let (code, _, err) = run(&["check"], &env).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown key \"pgslott\" in section [check]"), "{err}");
+    std::fs::write(&path, "pgport = [\n").unwrap();
+    let (code, _, err) = run(&["check"], &env).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("invalid TOML"), "{err}");
+}
