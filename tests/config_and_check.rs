@@ -75,7 +75,7 @@ async fn config_file_settings_yield_to_environment_and_flags() {
     let port = world.producer_env(&[]).iter().find(|(k, _)| k == "PGPORT").unwrap().1.clone();
     std::fs::write(
         &path,
-        format!("pgport = 1\n[check]\npgslot = \"from_file\"\npgtables = [\"public.t\"]\n# a comment\n[producer]\npghost = \"elsewhere\"\n"),
+        "pgport = 1\n[check]\npgslot = \"from_file\"\npgtables = [\"public.t\"]\n# a comment\n[producer]\npghost = \"elsewhere\"\n",
     )
     .unwrap();
     let path_text = path.to_str().unwrap();
