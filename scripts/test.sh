@@ -13,13 +13,14 @@ ensure_rabbitmq
 # docker-compose.yml must stay valid (no Docker engine is needed for this check).
 if [ -f docker-compose.yml ]; then
   if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
-    apt_install docker-compose || echo "warning: docker-compose unavailable, compose file not validated" >&2
+    apt_install docker-compose
   fi
-  if command -v docker-compose >/dev/null 2>&1; then
-    docker-compose -f docker-compose.yml config -q
-  elif docker compose version >/dev/null 2>&1; then
+  if docker compose version >/dev/null 2>&1; then
     docker compose -f docker-compose.yml config -q
+  else
+    docker-compose -f docker-compose.yml config -q
   fi
+  echo "docker-compose.yml is valid" >&2
 fi
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
