@@ -135,3 +135,27 @@ async fn a_standby_producer_takes_over_when_the_active_one_dies() {
     stop(standby).await;
     world.cleanup(queue).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_have_no_line_per_event_and_report_progress() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let mut queue = world.queue(&["#"]).await;
+    let mut producer = world.producer(&[("PGEVENTS_LOG_FORMAT", "json")]).await;
+    world.pg.execute("INSERT INTO t SELECT generate_series(1, 500)").await;
+    assert_eq!(queue.take(500, WAIT).await.len(), 500);
+    producer.wait_for_log("\"message\":\"progress\"", Duration::from_secs(15)).await;
+    let log = stop(producer).await;
+    let lines: Vec<&str> = log.lines().collect();
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"));
+        assert!(value["level"].is_string() && value["timestamp"].is_string(), "{line}");
+    }
+    assert!(lines.len() < 20, "no line per event at the default level ({} lines):\n{log}", lines.len());
+    let progress: serde_json::Value =
+        serde_json::from_str(lines.iter().find(|l| l.contains("\"progress\"")).unwrap()).unwrap();
+    assert_eq!(progress["events_confirmed"], 500);
+    assert!(progress["lag_bytes"].is_u64() && progress["rate_per_s"].is_u64(), "{progress}");
+    world.cleanup(queue).await;
+}
