@@ -239,6 +239,9 @@ pub async fn run_session(
     let mut reader_done = None;
     let mut publisher_done = None;
     let failure = tokio::select! {
+        // The reader first: when it fails, the publisher drains and ends too, and the reader's
+        // error is the one to report.
+        biased;
         r = &mut reader_task => match joined(r) {
             Ok(done) => {
                 reader_done = Some(done);
@@ -251,7 +254,12 @@ pub async fn run_session(
                 publisher_done = Some(publisher);
                 None
             }
-            Ok(_) => Some(ProducerError::Protocol("the publisher stopped unexpectedly".into())),
+            // The publisher ends on its own only after the reader closed its channel, i.e.
+            // failed: report why.
+            Ok(_) => Some(match joined((&mut reader_task).await) {
+                Err(e) => e,
+                Ok(_) => ProducerError::Protocol("the reader stopped unexpectedly".into()),
+            }),
             Err(e) => Some(e),
         },
         r = &mut status_task => match joined(r) {

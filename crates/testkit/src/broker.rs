@@ -48,19 +48,39 @@ impl EventQueue {
     }
 
     pub async fn bind_to(url: &str, exchange: &str, keys: &[&str]) -> EventQueue {
+        Self::open(url, exchange, keys, false).await
+    }
+
+    /// A durable queue (it survives a broker restart and keeps what arrives while nobody
+    /// consumes), bound to `exchange` and consumed.
+    pub async fn durable(url: &str, exchange: &str, keys: &[&str]) -> EventQueue {
+        Self::open(url, exchange, keys, true).await
+    }
+
+    async fn open(url: &str, exchange: &str, keys: &[&str], durable: bool) -> EventQueue {
         let url: AmqpUrl = url.parse().expect("test AMQP URL");
         let connection =
             amqp::connect(&url, "pgevents test collector").await.expect("connect to RabbitMQ for the test");
         let channel = amqp::open_channel(&connection).await.expect("channel");
         amqp::declare_topic_exchange(&channel, exchange).await.expect("declare exchange");
         let name = unique_name("q");
-        // auto-deleted when the test's connection ends, even if the test panics
-        let spec = QueueSpec { name: name.clone(), durable: false, auto_delete: true, ..Default::default() };
+        // A temporary queue is deleted when the test's connection ends, even if the test panics.
+        let spec = QueueSpec { name: name.clone(), durable, auto_delete: !durable, ..Default::default() };
         amqp::declare_queue(&channel, &spec).await.expect("declare queue");
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         amqp::bind_queue(&channel, &name, exchange, &keys).await.expect("bind");
         let deliveries = amqp::consume(&channel, &name, 1000, amqp::FieldTable::new()).await.expect("consume");
         EventQueue { name, connection, channel, deliveries }
+    }
+
+    /// Consumes an existing durable queue again (after a broker restart ended the connection).
+    pub async fn reattach(url: &str, name: &str) -> EventQueue {
+        let parsed: AmqpUrl = url.parse().expect("test AMQP URL");
+        let connection =
+            amqp::connect(&parsed, "pgevents test collector").await.expect("connect to RabbitMQ for the test");
+        let channel = amqp::open_channel(&connection).await.expect("channel");
+        let deliveries = amqp::consume(&channel, name, 1000, amqp::FieldTable::new()).await.expect("consume");
+        EventQueue { name: name.to_owned(), connection, channel, deliveries }
     }
 
     /// The next message as delivered (body not decoded), acknowledged.
@@ -77,6 +97,21 @@ impl EventQueue {
             .unwrap_or_else(|e| panic!("not an event: {e}: {}", String::from_utf8_lossy(&delivery.body)));
         let json = serde_json::from_slice(&delivery.body).expect("JSON body");
         Some(ReceivedEvent { event, json, body: delivery.body.clone(), delivery })
+    }
+
+    /// Takes the next delivery and rejects it with requeue (a consumer that keeps failing);
+    /// `false` when none arrived within `timeout`.
+    pub async fn nack_next(&mut self, timeout: Duration) -> bool {
+        let Ok(Some(delivery)) = tokio::time::timeout(timeout, self.deliveries.next()).await else {
+            return false;
+        };
+        amqp::nack(&self.channel, delivery.delivery_tag, true).await.is_ok()
+    }
+
+    /// Binds the queue to `exchange` again (after the exchange was deleted and re-declared).
+    pub async fn rebind(&self, exchange: &str, keys: &[&str]) {
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        amqp::bind_queue(&self.channel, &self.name, exchange, &keys).await.expect("bind");
     }
 
     /// Exactly `n` events (panics if fewer arrive within `timeout`).

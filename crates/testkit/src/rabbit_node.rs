@@ -1,0 +1,157 @@
+//! A private RabbitMQ node for fault tests: its own node name, ports and data directory, so it
+//! can be stopped and started without disturbing the shared broker other tests use.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// A `rabbitmq-server` started by a test (killed when dropped).
+pub struct RabbitNode {
+    pub node: String,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+fn rabbit_bin(name: &str) -> PathBuf {
+    let lib = PathBuf::from("/usr/lib/rabbitmq/bin").join(name);
+    if lib.exists() {
+        lib
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// A command run as the `rabbitmq` user when the tests run as root (RabbitMQ refuses root and
+/// needs that user's Erlang cookie), with the node's environment.
+fn rabbit_command(program: &str, env: &[(String, String)]) -> Command {
+    let mut cmd = if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "rabbitmq", "--", "env", "HOME=/var/lib/rabbitmq"]);
+        for (k, v) in env {
+            cmd.arg(format!("{k}={v}"));
+        }
+        cmd.arg(rabbit_bin(program));
+        cmd
+    } else {
+        let mut cmd = Command::new(rabbit_bin(program));
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    };
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+impl RabbitNode {
+    /// Starts a node and waits until it accepts AMQP connections.
+    pub async fn start() -> RabbitNode {
+        let dir = tempfile::Builder::new().prefix("pgevents-rabbit-").tempdir().expect("temp dir");
+        let port = free_port();
+        let node = format!("pgevents_test_{port}@localhost");
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("plugins file");
+        std::fs::write(dir.path().join("rabbitmq.conf"), "loopback_users = none\n").expect("config file");
+        if is_root() {
+            let status = std::process::Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(dir.path()).status();
+            assert!(status.is_ok_and(|s| s.success()), "chown the node's directory");
+        }
+        let env = Self::env_for(&node, port, &dir.path().to_path_buf());
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("pgevents-rabbit-{port}.log"))).expect("log");
+        let child = rabbit_command("rabbitmq-server", &env)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start rabbitmq-server");
+        let broker = RabbitNode { node, port, dir, child };
+        broker.wait_up(Duration::from_secs(90)).await;
+        broker
+    }
+
+    fn env_for(node: &str, port: u16, dir: &PathBuf) -> Vec<(String, String)> {
+        let path = |name: &str| dir.join(name).display().to_string();
+        vec![
+            ("RABBITMQ_NODENAME".into(), node.to_owned()),
+            ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
+            ("RABBITMQ_NODE_PORT".into(), port.to_string()),
+            ("RABBITMQ_DIST_PORT".into(), free_port().to_string()),
+            ("RABBITMQ_MNESIA_BASE".into(), path("mnesia")),
+            ("RABBITMQ_LOG_BASE".into(), path("log")),
+            ("RABBITMQ_PID_FILE".into(), path("pid")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE".into(), path("enabled_plugins")),
+            ("RABBITMQ_CONFIG_FILE".into(), path("rabbitmq")),
+        ]
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    async fn wait_up(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(url) = self.url().parse() {
+                if let Ok(connection) = pgevents_amqp::connect(&url, "pgevents test probe").await {
+                    let _ = connection.close().await;
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the private RabbitMQ node did not start within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn ctl(&self, args: &[&str]) {
+        let status = rabbit_command("rabbitmqctl", &[])
+            .args(["-n", &self.node])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .expect("rabbitmqctl");
+        assert!(status.success(), "rabbitmqctl {args:?} failed");
+    }
+
+    /// Stops the broker (every connection closed, the port refused), keeping its data.
+    pub async fn stop_app(&self) {
+        self.ctl(&["stop_app"]).await;
+    }
+
+    /// Starts it again and waits until it accepts connections.
+    pub async fn start_app(&self) {
+        self.ctl(&["start_app"]).await;
+        self.wait_up(Duration::from_secs(60)).await;
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        // runuser's child (the Erlang VM) may outlive it: stop the node by name too.
+        let _ = std::process::Command::new("pkill").args(["-f", &format!("-sname {}", self.node)]).status();
+        let _ = std::process::Command::new("pkill").args(["-f", &self.node]).status();
+    }
+}
