@@ -65,7 +65,7 @@ impl RabbitNode {
             let status = std::process::Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(dir.path()).status();
             assert!(status.is_ok_and(|s| s.success()), "chown the node's directory");
         }
-        let env = Self::env_for(&node, port, &dir.path().to_path_buf());
+        let env = Self::env_for(&node, port, dir.path());
         let log = std::fs::File::create(std::env::temp_dir().join(format!("pgevents-rabbit-{port}.log"))).expect("log");
         let child = rabbit_command("rabbitmq-server", &env)
             .stdout(log.try_clone().expect("log"))
@@ -78,7 +78,7 @@ impl RabbitNode {
         broker
     }
 
-    fn env_for(node: &str, port: u16, dir: &PathBuf) -> Vec<(String, String)> {
+    fn env_for(node: &str, port: u16, dir: &std::path::Path) -> Vec<(String, String)> {
         let path = |name: &str| dir.join(name).display().to_string();
         vec![
             ("RABBITMQ_NODENAME".into(), node.to_owned()),
