@@ -3,31 +3,11 @@
 //! Builds the release `pgevents` binary, then runs each scenario on a throwaway PostgreSQL
 //! cluster and the local RabbitMQ, and prints the table (see `pgevents_bench`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
-use pgevents_bench::{report, scenario, BenchArgs};
-
-/// The release binary, built now so that the numbers are of the current code. It has a target
-/// directory of its own: built alone, `pgevents` resolves its dependencies' features differently
-/// than this benchmark does, and sharing a directory would rebuild both every time.
-fn release_binary() -> anyhow::Result<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let target = target.join("bench-binary");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--locked", "-p", "pgevents", "--target-dir"])
-        .arg(&target)
-        .current_dir(&root)
-        .status()
-        .context("run cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release -p pgevents failed");
-    }
-    Ok(target.join("release").join("pgevents"))
-}
+use pgevents_bench::{release_binary, report, scenario, BenchArgs};
 
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let binary = match &args.binary {

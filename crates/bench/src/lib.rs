@@ -8,9 +8,11 @@
 //!   sits confirmed in a queue bound to the exchange; with its peak RSS and CPU time per event;
 //! - the commit-to-delivery **latency** at a steady rate of single-row transactions.
 //!
-//! Run it with `cargo bench -p pgevents-bench` (see `--help` after `--`).
+//! Run it with `cargo bench -p pgevents-bench` (see `--help` after `--`). The same crate holds
+//! the soak test of the fault suite: `cargo run -p pgevents-bench --bin pgevents-soak -- --rounds 100`.
 
 pub mod args;
+mod binary;
 pub mod broker;
 pub mod broker_limit;
 pub mod decode_limit;
@@ -19,6 +21,8 @@ pub mod procstat;
 pub mod producer_run;
 pub mod report;
 pub mod scenario;
+pub mod soak;
 pub mod workload;
 
 pub use args::{BenchArgs, Scenario};
+pub use binary::release_binary;

@@ -127,6 +127,9 @@ pub struct ProducerArgs {
     /// Seconds published messages may stay unconfirmed before the broker connection is presumed broken
     #[arg(long = "confirm-timeout", env = "PGEVENTS_CONFIRM_TIMEOUT", default_value_t = 60)]
     pub confirm_timeout_secs: u64,
+    /// Longest delay, in seconds, between reconnection attempts (the delay doubles from 0.5 s up to it)
+    #[arg(long = "backoff-max", env = "PGEVENTS_BACKOFF_MAX", default_value_t = 30)]
+    pub backoff_max_secs: u64,
     /// A statement run every --heartbeat-interval, so the slot advances even when only other databases write
     /// (e.g. "SELECT pg_logical_emit_message(false, 'pgevents-heartbeat', '')") [default: none]
     #[arg(long, env = "PGEVENTS_HEARTBEAT_SQL")]

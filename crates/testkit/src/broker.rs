@@ -75,12 +75,16 @@ impl EventQueue {
 
     /// Consumes an existing durable queue again (after a broker restart ended the connection).
     pub async fn reattach(url: &str, name: &str) -> EventQueue {
-        let parsed: AmqpUrl = url.parse().expect("test AMQP URL");
-        let connection =
-            amqp::connect(&parsed, "pgevents test collector").await.expect("connect to RabbitMQ for the test");
-        let channel = amqp::open_channel(&connection).await.expect("channel");
-        let deliveries = amqp::consume(&channel, name, 1000, amqp::FieldTable::new()).await.expect("consume");
-        EventQueue { name: name.to_owned(), connection, channel, deliveries }
+        Self::try_reattach(url, name).await.expect("consume the durable queue again")
+    }
+
+    /// As [`EventQueue::reattach`], `None` while the broker cannot be reached.
+    pub async fn try_reattach(url: &str, name: &str) -> Option<EventQueue> {
+        let parsed: AmqpUrl = url.parse().ok()?;
+        let connection = amqp::connect(&parsed, "pgevents test collector").await.ok()?;
+        let channel = amqp::open_channel(&connection).await.ok()?;
+        let deliveries = amqp::consume(&channel, name, 1000, amqp::FieldTable::new()).await.ok()?;
+        Some(EventQueue { name: name.to_owned(), connection, channel, deliveries })
     }
 
     /// The next message as delivered (body not decoded), acknowledged.

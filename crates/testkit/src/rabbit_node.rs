@@ -151,7 +151,6 @@ impl Drop for RabbitNode {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
         // runuser's child (the Erlang VM) may outlive it: stop the node by name too.
-        let _ = std::process::Command::new("pkill").args(["-f", &format!("-sname {}", self.node)]).status();
-        let _ = std::process::Command::new("pkill").args(["-f", &self.node]).status();
+        let _ = std::process::Command::new("pkill").arg("-f").arg(&self.node).status();
     }
 }

@@ -1,0 +1,279 @@
+//! The soak test: N randomized rounds of the fault suite's faults under a steady write load,
+//! with a checker keyed on each change's message id (commit LSN and position in its
+//! transaction). It prints, per round and in total, how many changes were lost, delivered more
+//! than once, or delivered out of order. Not part of CI (it runs for minutes).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use pgevents_testkit::{EventQueue, FaultProxy, PgCluster, PgEventsProcess, RabbitNode};
+use rand::Rng;
+use tokio::sync::Mutex;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "pgevents-soak",
+    about = "Randomized faults under load; counts lost, duplicated and reordered changes"
+)]
+pub struct SoakArgs {
+    /// Rounds (one fault each)
+    #[arg(long, default_value_t = 100)]
+    pub rounds: u32,
+    /// Seconds of load around each fault
+    #[arg(long, default_value_t = 2.0)]
+    pub round_seconds: f64,
+    /// The pgevents binary [default: a release build made now]
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// Seed of the fault choice and timing [default: random]
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Fault {
+    KillProducer,
+    RestartBroker,
+    RestartPostgres,
+    CutBroker,
+    CutDatabase,
+}
+
+const FAULTS: [Fault; 5] =
+    [Fault::KillProducer, Fault::RestartBroker, Fault::RestartPostgres, Fault::CutBroker, Fault::CutDatabase];
+
+/// What the collector saw: per message id, the body; per table, ids in first-delivery order.
+#[derive(Default)]
+struct Seen {
+    bodies: HashMap<String, Vec<u8>>,
+    order: HashMap<String, Vec<i64>>,
+    ids: HashSet<i64>,
+    deliveries: u64,
+    duplicates: u64,
+    conflicting_duplicates: u64,
+}
+
+/// Totals over all rounds.
+#[derive(Debug, Default)]
+struct Totals {
+    written: i64,
+    lost: u64,
+    duplicates: u64,
+    conflicting_duplicates: u64,
+    reordered: u64,
+    by_fault: HashMap<String, u32>,
+}
+
+struct Rig {
+    pg: PgCluster,
+    broker: RabbitNode,
+    to_broker: FaultProxy,
+    to_database: FaultProxy,
+    env: Vec<(String, String)>,
+    binary: PathBuf,
+}
+
+impl Rig {
+    fn spawn_producer(&self) -> PgEventsProcess {
+        PgEventsProcess::spawn_binary(&self.binary, &["producer"], &self.env)
+    }
+}
+
+fn pg_port(pg: &PgCluster) -> u16 {
+    pg.env().iter().find(|(k, _)| k == "PGPORT").and_then(|(_, v)| v.parse().ok()).unwrap_or(5432)
+}
+
+/// Writes rows with increasing ids (tables a and b alternating, some transactions of several
+/// rows) while `running`, surviving database restarts; `written` is the highest committed id.
+async fn writer(port: u16, running: Arc<AtomicBool>, written: Arc<AtomicI64>) {
+    let connect = || async {
+        loop {
+            let config = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
+            if let Ok((client, connection)) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await {
+                tokio::spawn(connection);
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut client = connect().await;
+    let mut next = written.load(Ordering::SeqCst) + 1;
+    while running.load(Ordering::SeqCst) {
+        let n = if next % 10 == 0 { 5 } else { 1 };
+        let mut sql = String::from("BEGIN;");
+        for k in next..next + n {
+            sql.push_str(&format!("INSERT INTO {} VALUES ({k});", if k % 2 == 0 { "a" } else { "b" }));
+        }
+        sql.push_str("COMMIT;");
+        match client.batch_execute(&sql).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+            Err(_) => {
+                client = connect().await;
+                continue;
+            }
+        }
+        next += n;
+        written.store(next - 1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Consumes the durable queue, reconnecting after broker restarts, into `seen`.
+async fn collector(url: String, queue: String, seen: Arc<Mutex<Seen>>) {
+    loop {
+        let Ok(Some(mut q)) =
+            tokio::time::timeout(Duration::from_secs(5), EventQueue::try_reattach(&url, &queue)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        while let Some(event) = q.next(Duration::from_secs(3600)).await {
+            let id = event.json["id"].as_i64().unwrap_or(-1);
+            let table = event.json["table_name"].as_str().unwrap_or("?").to_owned();
+            let mut guard = seen.lock().await;
+            let seen = &mut *guard;
+            seen.deliveries += 1;
+            match seen.bodies.get(&event.message_id()) {
+                Some(body) => {
+                    seen.duplicates += 1;
+                    if *body != event.body {
+                        seen.conflicting_duplicates += 1;
+                    }
+                }
+                None => {
+                    seen.bodies.insert(event.message_id(), event.body.clone());
+                    seen.order.entry(table).or_default().push(id);
+                    seen.ids.insert(id);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn inject(rig: &Rig, fault: Fault, producer: &mut PgEventsProcess, pause: Duration) -> anyhow::Result<()> {
+    match fault {
+        Fault::KillProducer => {
+            producer.kill();
+            producer.wait(Duration::from_secs(30)).await;
+            *producer = rig.spawn_producer();
+        }
+        Fault::RestartBroker => {
+            rig.broker.stop_app().await;
+            tokio::time::sleep(pause).await;
+            rig.broker.start_app().await;
+        }
+        Fault::RestartPostgres => tokio::task::block_in_place(|| rig.pg.restart()),
+        Fault::CutBroker => {
+            rig.to_broker.cut();
+            tokio::time::sleep(pause).await;
+            rig.to_broker.restore().await;
+        }
+        Fault::CutDatabase => {
+            rig.to_database.cut();
+            tokio::time::sleep(pause).await;
+            rig.to_database.restore().await;
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(args: SoakArgs, binary: PathBuf) -> anyhow::Result<()> {
+    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    eprintln!("soak: {} rounds, seed {seed}", args.rounds);
+    let pg = PgCluster::start().await;
+    pg.execute("CREATE TABLE a (id bigint PRIMARY KEY); CREATE TABLE b (id bigint PRIMARY KEY);").await;
+    let broker = RabbitNode::start().await;
+    let to_broker = FaultProxy::start(broker.addr()).await;
+    let to_database = FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], pg_port(&pg)))).await;
+    let exchange = "soak_events";
+    let queue = EventQueue::durable(&broker.url(), exchange, &["#"]).await;
+    let queue_name = queue.name.clone();
+    drop(queue);
+    let mut env = pg.env();
+    env.retain(|(k, _)| k != "PGPORT");
+    env.push(("PGPORT".into(), to_database.addr.port().to_string()));
+    env.push(("RABBITMQ_URL".into(), format!("amqp://guest:guest@{}/%2f", to_broker.addr)));
+    env.push(("RABBITMQ_EXCHANGE".into(), exchange.into()));
+    env.push(("PGSLOT".into(), "soak".into()));
+    env.push(("PGEVENTS_STATUS_INTERVAL".into(), "1".into()));
+    env.push(("PGEVENTS_BACKOFF_MAX".into(), "2".into()));
+    let rig = Rig { env, binary, pg, broker, to_broker, to_database };
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    tokio::spawn(collector(rig.broker.url(), queue_name, seen.clone()));
+    let mut producer = rig.spawn_producer();
+    producer.wait_for_log("streaming", Duration::from_secs(60)).await;
+    let written = Arc::new(AtomicI64::new(0));
+    let mut totals = Totals::default();
+    let started = Instant::now();
+    for round in 1..=args.rounds {
+        let fault = FAULTS[rng.random_range(0..FAULTS.len())];
+        let before = rng.random_range(0.1..0.6) * args.round_seconds;
+        let pause = Duration::from_millis(rng.random_range(300..2000));
+        let running = Arc::new(AtomicBool::new(true));
+        let load = tokio::spawn(writer(pg_port(&rig.pg), running.clone(), written.clone()));
+        tokio::time::sleep(Duration::from_secs_f64(before)).await;
+        inject(&rig, fault, &mut producer, pause).await?;
+        tokio::time::sleep(Duration::from_secs_f64(args.round_seconds - before)).await;
+        running.store(false, Ordering::SeqCst);
+        load.await.context("writer")?;
+        let target = written.load(Ordering::SeqCst);
+        // Catch up: every row written so far must arrive.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let missing = {
+                let seen = seen.lock().await;
+                (1..=target).filter(|id| !seen.ids.contains(id)).count()
+            };
+            if missing == 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let seen = seen.lock().await;
+        let lost = (1..=target).filter(|id| !seen.ids.contains(id)).count() as u64;
+        let reordered = seen.order.values().map(|ids| ids.windows(2).filter(|w| w[0] >= w[1]).count() as u64).sum();
+        *totals.by_fault.entry(format!("{fault:?}")).or_default() += 1;
+        println!(
+            "round {round:>3} {:<16} written {target:>7} deliveries {:>7} lost {lost} duplicates {} conflicting {} reordered {reordered}",
+            format!("{fault:?}"),
+            seen.deliveries,
+            seen.duplicates,
+            seen.conflicting_duplicates
+        );
+        totals.written = target;
+        totals.lost = lost;
+        totals.duplicates = seen.duplicates;
+        totals.conflicting_duplicates = seen.conflicting_duplicates;
+        totals.reordered = reordered;
+        if lost > 0 {
+            eprintln!("changes were lost; producer log:\n{}", producer.stderr());
+            bail!("round {round}: {lost} changes lost after {fault:?}");
+        }
+    }
+    producer.terminate();
+    producer.wait(Duration::from_secs(30)).await;
+    println!(
+        "soak done in {:.0}s: {} rounds {:?}; {} changes written, lost {}, duplicated {} (conflicting {}), reordered {}",
+        started.elapsed().as_secs_f64(),
+        args.rounds,
+        totals.by_fault,
+        totals.written,
+        totals.lost,
+        totals.duplicates,
+        totals.conflicting_duplicates,
+        totals.reordered
+    );
+    if totals.conflicting_duplicates > 0 || totals.reordered > 0 {
+        bail!("duplicates with different bodies or reordered changes");
+    }
+    Ok(())
+}
