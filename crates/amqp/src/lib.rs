@@ -8,6 +8,7 @@ mod connect;
 mod consume;
 mod error;
 mod publisher;
+mod stream;
 mod url;
 
 pub use amqprs::channel::{Channel, ExchangeDeleteArguments, QueueDeleteArguments};
@@ -17,6 +18,7 @@ pub use connect::{bind_queue, connect, declare_queue, declare_topic_exchange, op
 pub use consume::{ack, consume, nack, Delivery, DeliveryStream};
 pub use error::{check_short_string, AmqpError};
 pub use publisher::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
+pub use stream::{ensure_stream, Retention};
 pub use url::AmqpUrl;
 
 /// A field table from string pairs (queue and consumer arguments).

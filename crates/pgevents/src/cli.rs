@@ -35,6 +35,8 @@ pub enum Command {
     /// Print the events arriving on the exchange (one per line on stdout)
     #[command(name = "consumer_debug", visible_alias = "event_logger", alias = "consumer-debug")]
     ConsumerDebug(ConsumerDebugArgs),
+    /// Push events to browsers and services over Server-Sent Events, with replay from a RabbitMQ stream
+    Serve(ServeArgs),
     /// Check the producer's settings against PostgreSQL and RabbitMQ (wal_level, role, tables, publication, slot, broker) without changing anything
     Check(ProducerArgs),
 }
@@ -145,6 +147,49 @@ pub struct ProducerArgs {
     pub snapshot_batch_rows: usize,
     #[command(flatten)]
     pub routing: RoutingArgs,
+    /// Also keep every event in this RabbitMQ stream queue (the history `pgevents serve` replays from) [default: none]
+    #[arg(long, env = "PGEVENTS_HISTORY_STREAM")]
+    pub history_stream: Option<String>,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// How long the history stream keeps events (RabbitMQ units: Y, M, D, h, m, s)
+    #[arg(long, env = "PGEVENTS_HISTORY_MAX_AGE", default_value = "7D")]
+    pub history_max_age: String,
+    /// How many bytes the history stream keeps at most
+    #[arg(long, env = "PGEVENTS_HISTORY_MAX_BYTES", default_value_t = 10 << 30)]
+    pub history_max_bytes: u64,
+}
+
+impl RetentionArgs {
+    pub fn retention(&self) -> pgevents_amqp::Retention {
+        pgevents_amqp::Retention { max_age: self.history_max_age.clone(), max_bytes: self.history_max_bytes }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub rabbit: RabbitArgs,
+    /// Address to serve /events and /healthz on
+    #[arg(long, env = "PGEVENTS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// The RabbitMQ stream queue with the event history (declared and bound to the exchange if missing)
+    #[arg(long, env = "PGEVENTS_HISTORY_STREAM", default_value = "pgevents_history")]
+    pub history_stream: String,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Seconds between heartbeat comments on idle event streams
+    #[arg(long = "heartbeat", env = "PGEVENTS_SSE_HEARTBEAT", default_value_t = 15)]
+    pub heartbeat_secs: u64,
+    /// Events buffered per subscriber; a subscriber that falls this far behind is disconnected
+    #[arg(long, env = "PGEVENTS_CLIENT_BUFFER", default_value_t = 1000)]
+    pub client_buffer: usize,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

@@ -46,6 +46,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Producer(args) => commands::producer::run(args, shutdown).await,
         Command::ConsumerDebug(args) => commands::consumer_debug::run(args, shutdown).await,
+        Command::Serve(args) => commands::serve::run(args, shutdown).await,
         Command::Check(args) => match commands::check::run(args).await? {
             true => Ok(()),
             false => Err(anyhow::anyhow!("the checks above failed; fix them and run `pgevents check` again")),

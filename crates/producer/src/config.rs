@@ -83,6 +83,9 @@ pub struct ProducerConfig {
     pub heartbeat_interval: Duration,
     pub routing: RoutingConfig,
     pub snapshot: SnapshotMode,
+    /// A stream queue to keep the event history in (for `pgevents serve`), declared and bound
+    /// to the exchange at start.
+    pub history_stream: Option<(String, pgevents_amqp::Retention)>,
     /// Rows per snapshot batch (one query, confirmed before its progress is recorded).
     pub snapshot_batch_rows: usize,
 }
@@ -114,6 +117,7 @@ impl ProducerConfig {
             heartbeat_interval: Duration::from_secs(30),
             routing: RoutingConfig::default(),
             snapshot: SnapshotMode::Never,
+            history_stream: None,
             snapshot_batch_rows: 1000,
         }
     }

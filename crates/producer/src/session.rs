@@ -155,6 +155,13 @@ pub async fn run_session(
         connection_name: format!("pgevents producer ({})", config.slot),
     };
     let publisher = ConfirmingPublisher::connect(&config.amqp_url, &settings).await?;
+    if let Some((stream, retention)) = &config.history_stream {
+        let connection = pgevents_amqp::connect(&config.amqp_url, "pgevents producer (history stream)").await?;
+        let channel = pgevents_amqp::open_channel(&connection).await?;
+        pgevents_amqp::ensure_stream(&channel, stream, &config.exchange, retention).await?;
+        let _ = channel.close().await;
+        let _ = connection.close().await;
+    }
 
     let mut client = ReplicationClient::connect(&config.postgres).await.map_err(|e| explain(e, config))?;
     let mut start = state.confirmed;

@@ -171,3 +171,18 @@ pub async fn delete_exchange(exchange: &str) {
     }
     let _ = connection.close().await;
 }
+
+/// Deletes a queue (test cleanup, e.g. a history stream).
+pub async fn delete_queue(queue: &str) {
+    let Ok(url) = amqp_url().parse::<AmqpUrl>() else {
+        return;
+    };
+    let Ok(connection) = amqp::connect(&url, "pgevents test cleanup").await else {
+        return;
+    };
+    if let Ok(channel) = amqp::open_channel(&connection).await {
+        let _ = channel.queue_delete(amqprs_queue_delete(queue)).await;
+        let _ = channel.close().await;
+    }
+    let _ = connection.close().await;
+}

@@ -12,13 +12,15 @@ mod pg;
 mod process;
 mod proxy;
 mod rabbit_node;
+mod sse;
 
-pub use broker::{amqp_url, delete_exchange, unique_name, EventQueue, ReceivedEvent};
+pub use broker::{amqp_url, delete_exchange, delete_queue, unique_name, EventQueue, ReceivedEvent};
 pub use http::{free_local_addr, http_get, metric_value};
 pub use pg::{pg_bin_dir, PgCluster, PgOptions};
 pub use process::{pgevents_binary, PgEventsProcess};
 pub use proxy::FaultProxy;
 pub use rabbit_node::RabbitNode;
+pub use sse::{SseClient, SseMessage};
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T

@@ -3,4 +3,5 @@
 pub mod check;
 pub mod consumer_debug;
 pub mod producer;
+pub mod serve;
 pub mod telemetry;

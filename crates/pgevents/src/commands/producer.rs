@@ -58,6 +58,8 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
         SnapshotArg::Always => SnapshotMode::Always,
     };
     config.snapshot_batch_rows = args.snapshot_batch_rows.max(1);
+    config.history_stream =
+        args.history_stream.clone().filter(|s| !s.trim().is_empty()).map(|s| (s, args.retention.retention()));
     Ok(config)
 }
 
