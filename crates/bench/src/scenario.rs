@@ -72,7 +72,7 @@ async fn throughput_run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> 
 }
 
 async fn latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
-    let pg = workload::cluster().await;
+    let pg = workload::latency_cluster().await;
     workload::prepare(&pg, &[PRODUCER_SLOT]).await?;
     let queue = BenchQueue::declare(&amqp_url(), &unique_name("bench_x"), &unique_name("bench_q")).await?;
     let env = producer_run::producer_env(&pg, &queue, PRODUCER_SLOT);

@@ -18,11 +18,23 @@ const ROW: &str = "g, g * 7, 'row number ' || g, g * 1.25, ARRAY['a' || g, 'b'],
 
 /// A cluster tuned for write throughput (the limits measured are decoding and publishing).
 pub async fn cluster() -> PgCluster {
+    cluster_with(false).await
+}
+
+/// A cluster for the latency run: `synchronous_commit = on`, as in production. (With it off,
+/// WAL reaches the disk, and so the WAL sender, only every `wal_writer_delay` (200 ms), which
+/// would be measured instead of pgevents.)
+pub async fn latency_cluster() -> PgCluster {
+    cluster_with(true).await
+}
+
+async fn cluster_with(synchronous_commit: bool) -> PgCluster {
+    let commit = if synchronous_commit { "on" } else { "off" };
     PgCluster::start_with(PgOptions {
         extra_conf: vec![
             "shared_buffers = 256MB".into(),
             "max_wal_size = 8GB".into(),
-            "synchronous_commit = off".into(),
+            format!("synchronous_commit = {commit}"),
             "logical_decoding_work_mem = 64MB".into(),
             "wal_sender_timeout = 0".into(),
         ],
