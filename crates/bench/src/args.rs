@@ -15,6 +15,8 @@ pub enum Scenario {
     Bigtx,
     /// Commit-to-delivery latency at a steady rate of single-row transactions.
     Latency,
+    /// Events/s `pgevents serve` delivers to many concurrent SSE subscribers.
+    Fanout,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -38,6 +40,12 @@ pub struct BenchArgs {
     /// Seconds of the latency run
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// SSE subscribers of the fan-out run
+    #[arg(long, default_value_t = 100)]
+    pub clients: u64,
+    /// Events of the fan-out run
+    #[arg(long, default_value_t = 2_000)]
+    pub fanout_events: u64,
     /// Messages in flight for the broker-limit publishers (the producer's default too)
     #[arg(long, default_value_t = 4096)]
     pub window: usize,

@@ -6,7 +6,8 @@
 //!   many messages in flight) sending the same number of messages of the same size;
 //! - the **producer**: `pgevents producer` (release build) draining the slot until every message
 //!   sits confirmed in a queue bound to the exchange; with its peak RSS and CPU time per event;
-//! - the commit-to-delivery **latency** at a steady rate of single-row transactions.
+//! - the commit-to-delivery **latency** at a steady rate of single-row transactions;
+//! - the SSE **fan-out** of `pgevents serve` to many concurrent subscribers.
 //!
 //! Run it with `cargo bench -p pgevents-bench` (see `--help` after `--`). The same crate holds
 //! the soak test of the fault suite: `cargo run -p pgevents-bench --bin pgevents-soak -- --rounds 100`.
@@ -16,6 +17,7 @@ mod binary;
 pub mod broker;
 pub mod broker_limit;
 pub mod decode_limit;
+pub mod fanout;
 pub mod latency;
 pub mod procstat;
 pub mod producer_run;

@@ -39,6 +39,7 @@ pub struct ScenarioResult {
     pub peak_rss_mib: Option<f64>,
     pub cpu_us_per_event: Option<f64>,
     pub latency: Option<Latency>,
+    pub fanout: Option<crate::fanout::Fanout>,
 }
 
 impl ScenarioResult {
@@ -88,6 +89,12 @@ pub fn print(results: &[ScenarioResult]) {
             println!(
                 "  commit-to-delivery at {}/s      p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} transactions)",
                 l.rate_per_s, l.p50_ms, l.p99_ms, l.max_ms, l.transactions
+            );
+        }
+        if let Some(f) = &r.fanout {
+            println!(
+                "  SSE fan-out                     {:.0} deliveries/s ({} events to {} clients in {:.2}s)",
+                f.deliveries_per_s, f.events, f.clients, f.seconds
             );
         }
     }

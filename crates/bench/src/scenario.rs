@@ -10,7 +10,7 @@ use pgevents_testkit::{amqp_url, unique_name, PgEventsProcess};
 use crate::args::{BenchArgs, Scenario};
 use crate::broker::BenchQueue;
 use crate::report::{Rate, ScenarioResult};
-use crate::{broker_limit, decode_limit, latency, producer_run, workload};
+use crate::{broker_limit, decode_limit, fanout, latency, producer_run, workload};
 
 const DECODE_SLOT: &str = "bench_decode_limit";
 const PRODUCER_SLOT: &str = "bench_producer";
@@ -23,6 +23,7 @@ fn drain_timeout(changes: u64) -> Duration {
 pub async fn run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow::Result<ScenarioResult> {
     match scenario {
         Scenario::Latency => latency_run(args, binary).await,
+        Scenario::Fanout => fanout_run(args, binary).await,
         _ => throughput_run(args, binary, scenario).await,
     }
 }
@@ -91,6 +92,23 @@ async fn latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<Scenario
         changes: measured.transactions,
         transactions: measured.transactions,
         latency: Some(measured),
+        ..Default::default()
+    })
+}
+
+async fn fanout_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
+    let pg = workload::latency_cluster().await;
+    workload::prepare(&pg, &[PRODUCER_SLOT]).await?;
+    let queue = BenchQueue::declare(&amqp_url(), &unique_name("bench_x"), &unique_name("bench_q")).await?;
+    eprintln!("[Fanout] {} events to {} SSE clients", args.fanout_events, args.clients);
+    let measured = fanout::measure(binary, &pg, &queue, PRODUCER_SLOT, args.clients, args.fanout_events).await;
+    queue.delete().await;
+    let measured = measured?;
+    Ok(ScenarioResult {
+        name: "fanout".into(),
+        changes: measured.events,
+        transactions: 1,
+        fanout: Some(measured),
         ..Default::default()
     })
 }
