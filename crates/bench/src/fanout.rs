@@ -30,7 +30,9 @@ pub async fn measure(
     events: u64,
 ) -> anyhow::Result<Fanout> {
     let stream = unique_name("bench_history");
-    let mut env = producer_env(pg, queue, slot);
+    let mut env: Vec<(String, String)> =
+        producer_env(pg, queue, slot).into_iter().filter(|(k, _)| k != "RUST_LOG").collect();
+    env.push(("RUST_LOG".into(), "info".into()));
     env.push(("PGEVENTS_HISTORY_STREAM".into(), stream.clone()));
     let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
     producer.wait_for_log("streaming", Duration::from_secs(30)).await;

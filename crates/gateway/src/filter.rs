@@ -47,9 +47,11 @@ impl Filter {
                     other => return Err(BadFilter(format!("invalid granularity {other:?}: use row or field"))),
                 },
                 "last_event_id" => {}
-                other => return Err(BadFilter(format!(
+                other => {
+                    return Err(BadFilter(format!(
                     "unknown query parameter {other:?}: use table, action, pk, columns, granularity or last_event_id"
-                ))),
+                )))
+                }
             }
         }
         Ok(filter)
