@@ -78,7 +78,8 @@ async fn a_table_altered_and_renamed_mid_stream_keeps_streaming() {
         )
         .await;
     world.pg.execute("ALTER TABLE t RENAME TO t2; INSERT INTO t2 VALUES (4, 40)").await;
-    world.pg.execute("ALTER TABLE t2 DROP CONSTRAINT t_pkey; ALTER TABLE t2 ADD PRIMARY KEY (id, b); DELETE FROM t2 WHERE id = 4").await;
+    world.pg.execute("ALTER TABLE t2 DROP CONSTRAINT t_pkey; ALTER TABLE t2 ADD PRIMARY KEY (id, b)").await;
+    world.pg.execute("DELETE FROM t2 WHERE id = 4").await;
 
     let events = queue.take(6, WAIT).await;
     let new = |i: usize| events[i].json["new"].clone();
