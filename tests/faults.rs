@@ -11,45 +11,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{check_at_least_once_in_order, stop, World, WAIT};
-use pgevents_testkit::{amqp_url, delete_exchange, EventQueue, FaultProxy, PgEventsProcess, RabbitNode, ReceivedEvent};
+use pgevents_testkit::{
+    amqp_url, delete_exchange, EventQueue, FaultProxy, PgEventsProcess, RabbitNode, ReceivedEvent, AB_TABLES,
+};
 
 const ROWS: i32 = 2000;
-
-/// Writes rows 1..=`rows` into tables a and b like `common::write_rows`, but survives the
-/// database going away: it reconnects and retries, and a retried transaction that had in fact
-/// committed (its key now exists) counts as written.
-async fn write_rows_through_faults(port: u16, rows: i32) {
-    let connect = || async {
-        loop {
-            let config = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
-            if let Ok((client, connection)) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await {
-                tokio::spawn(connection);
-                return client;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let mut client = connect().await;
-    let mut i = 1;
-    while i <= rows {
-        let n = if i % 10 == 0 { 5 } else { 1 };
-        let mut sql = String::from("BEGIN;");
-        for k in i..(i + n).min(rows + 1) {
-            let table = if k % 2 == 0 { "a" } else { "b" };
-            sql.push_str(&format!("INSERT INTO {table} VALUES ({k});"));
-        }
-        sql.push_str("COMMIT;");
-        match client.batch_execute(&sql).await {
-            Ok(()) => i += n,
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => i += n,
-            Err(_) => {
-                client = connect().await;
-                continue;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
 
 /// Collects events until every row arrived (or `WAIT` passes with nothing new), then a little more.
 async fn collect_all(queue: &mut EventQueue, mut events: Vec<ReceivedEvent>, rows: i32) -> Vec<ReceivedEvent> {
@@ -74,21 +40,15 @@ fn show_log_if_incomplete(events: &[ReceivedEvent], rows: i32, producer: &PgEven
     }
 }
 
-fn pg_port(world: &World) -> u16 {
-    world.pg.env().iter().find(|(k, _)| k == "PGPORT").and_then(|(_, v)| v.parse().ok()).expect("PGPORT")
-}
-
-const TABLES: &str = "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rabbitmq_restart_loses_nothing() {
     let node = RabbitNode::start().await;
     let world = World::new().await;
-    world.pg.execute(TABLES).await;
+    world.pg.execute(AB_TABLES).await;
     let queue = EventQueue::durable(&node.url(), &world.exchange, &["#"]).await;
     let queue_name = queue.name.clone();
     let producer = world.producer(&[("RABBITMQ_URL", &node.url())]).await;
-    let writer = write_rows_through_faults(pg_port(&world), ROWS);
+    let writer = common::write_rows(&world.pg, ROWS);
     let fault = async {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         node.stop_app().await;
@@ -109,10 +69,10 @@ async fn a_rabbitmq_restart_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgresql_restart_loses_nothing() {
     let world = World::new().await;
-    world.pg.execute(TABLES).await;
+    world.pg.execute(AB_TABLES).await;
     let mut queue = world.queue(&["#"]).await;
     let producer = world.producer(&[]).await;
-    let writer = write_rows_through_faults(pg_port(&world), ROWS);
+    let writer = common::write_rows(&world.pg, ROWS);
     let fault = async {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         world.pg.restart();
@@ -130,16 +90,16 @@ async fn a_postgresql_restart_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn network_cuts_to_the_broker_and_the_database_lose_nothing() {
     let world = World::new().await;
-    world.pg.execute(TABLES).await;
+    world.pg.execute(AB_TABLES).await;
     let mut queue = world.queue(&["#"]).await;
     let broker: SocketAddr = "127.0.0.1:5672".parse().unwrap();
-    let database = SocketAddr::from(([127, 0, 0, 1], pg_port(&world)));
+    let database = SocketAddr::from(([127, 0, 0, 1], common::pg_port(&world.pg)));
     let to_broker = FaultProxy::start(broker).await;
     let to_database = FaultProxy::start(database).await;
     let url = amqp_url().replace("127.0.0.1:5672", &to_broker.addr.to_string());
     let db_port = to_database.addr.port().to_string();
     let producer = world.producer(&[("RABBITMQ_URL", &url), ("PGPORT", &db_port)]).await;
-    let writer = write_rows_through_faults(pg_port(&world), ROWS);
+    let writer = common::write_rows(&world.pg, ROWS);
     let faults = async {
         tokio::time::sleep(Duration::from_millis(700)).await;
         to_broker.cut();
@@ -163,7 +123,7 @@ async fn network_cuts_to_the_broker_and_the_database_lose_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_that_keeps_nacking_does_not_affect_the_producer() {
     let world = World::new().await;
-    world.pg.execute(TABLES).await;
+    world.pg.execute(AB_TABLES).await;
     let mut failing = world.queue(&["#"]).await;
     let mut healthy = EventQueue::bind(&world.exchange, &["#"]).await;
     let producer = world.producer(&[]).await;
@@ -193,7 +153,7 @@ async fn a_consumer_that_keeps_nacking_does_not_affect_the_producer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_exchange_deleted_mid_stream_is_not_a_silent_loss() {
     let world = World::new().await;
-    world.pg.execute(TABLES).await;
+    world.pg.execute(AB_TABLES).await;
     let mut queue = world.queue(&["#"]).await;
     let producer = world.producer(&[("RABBITMQ_MANDATORY", "true")]).await;
     let writer = common::write_rows(&world.pg, ROWS);

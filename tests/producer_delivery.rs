@@ -64,7 +64,7 @@ async fn pgoutput_and_wal2json_publish_the_same_events() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let world = World::new().await;
-    world.pg.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);").await;
+    world.pg.execute(pgevents_testkit::AB_TABLES).await;
     let mut queue = world.queue(&["#"]).await;
     let rows = 3000;
     let mut producer = world.producer(&[]).await;
@@ -89,7 +89,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_cleanly_and_keeps_the_slot() {
     let world = World::new().await;
-    world.pg.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);").await;
+    world.pg.execute(pgevents_testkit::AB_TABLES).await;
     let mut queue = world.queue(&["#"]).await;
     let rows = 2000;
     let producer = world.producer(&[]).await;

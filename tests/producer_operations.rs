@@ -101,7 +101,7 @@ async fn the_slot_advances_while_only_unsubscribed_tables_change() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_producer_takes_over_when_the_active_one_dies() {
     let world = World::new().await;
-    world.pg.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);").await;
+    world.pg.execute(pgevents_testkit::AB_TABLES).await;
     let mut queue = world.queue(&["#"]).await;
     let mut active = world.producer(&[]).await;
     let standby_addr = free_local_addr();

@@ -74,21 +74,13 @@ pub async fn stop(mut producer: PgEventsProcess) -> String {
 
 /// Writes `rows` rows into tables a and b (alternating, ids increasing per table) in small
 /// transactions, some of several rows.
-pub async fn write_rows(pg: &pgevents_testkit::PgCluster, rows: i32) {
-    let client = pg.client().await;
-    let mut i = 1;
-    while i <= rows {
-        let n = if i % 10 == 0 { 5 } else { 1 };
-        let mut sql = String::from("BEGIN;");
-        for k in i..(i + n).min(rows + 1) {
-            let table = if k % 2 == 0 { "a" } else { "b" };
-            sql.push_str(&format!("INSERT INTO {table} VALUES ({k});"));
-        }
-        sql.push_str("COMMIT;");
-        client.batch_execute(&sql).await.expect("write");
-        i += n;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+pub async fn write_rows(pg: &PgCluster, rows: i32) {
+    pgevents_testkit::write_ab_sequence(pg_port(pg), i64::from(rows)).await;
+}
+
+/// The cluster's port.
+pub fn pg_port(pg: &PgCluster) -> u16 {
+    pg.env().iter().find(|(k, _)| k == "PGPORT").and_then(|(_, v)| v.parse().ok()).expect("PGPORT")
 }
 
 /// Checks: every row at least once, per-table order of first deliveries, duplicates identical.

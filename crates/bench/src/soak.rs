@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use pgevents_testkit::{EventQueue, FaultProxy, PgCluster, PgEventsProcess, RabbitNode};
+use pgevents_testkit::{write_ab_rows, EventQueue, FaultProxy, PgCluster, PgEventsProcess, RabbitNode, AB_TABLES};
 use rand::Rng;
 use tokio::sync::Mutex;
 
@@ -88,42 +88,6 @@ fn pg_port(pg: &PgCluster) -> u16 {
     pg.env().iter().find(|(k, _)| k == "PGPORT").and_then(|(_, v)| v.parse().ok()).unwrap_or(5432)
 }
 
-/// Writes rows with increasing ids (tables a and b alternating, some transactions of several
-/// rows) while `running`, surviving database restarts; `written` is the highest committed id.
-async fn writer(port: u16, running: Arc<AtomicBool>, written: Arc<AtomicI64>) {
-    let connect = || async {
-        loop {
-            let config = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
-            if let Ok((client, connection)) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await {
-                tokio::spawn(connection);
-                return client;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let mut client = connect().await;
-    let mut next = written.load(Ordering::SeqCst) + 1;
-    while running.load(Ordering::SeqCst) {
-        let n = if next % 10 == 0 { 5 } else { 1 };
-        let mut sql = String::from("BEGIN;");
-        for k in next..next + n {
-            sql.push_str(&format!("INSERT INTO {} VALUES ({k});", if k % 2 == 0 { "a" } else { "b" }));
-        }
-        sql.push_str("COMMIT;");
-        match client.batch_execute(&sql).await {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
-            Err(_) => {
-                client = connect().await;
-                continue;
-            }
-        }
-        next += n;
-        written.store(next - 1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// Consumes the durable queue, reconnecting after broker restarts, into `seen`.
 async fn collector(url: String, queue: String, seen: Arc<Mutex<Seen>>) {
     loop {
@@ -189,7 +153,7 @@ pub async fn run(args: SoakArgs, binary: PathBuf) -> anyhow::Result<()> {
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     eprintln!("soak: {} rounds, seed {seed}", args.rounds);
     let pg = PgCluster::start().await;
-    pg.execute("CREATE TABLE a (id bigint PRIMARY KEY); CREATE TABLE b (id bigint PRIMARY KEY);").await;
+    pg.execute(AB_TABLES).await;
     let broker = RabbitNode::start().await;
     let to_broker = FaultProxy::start(broker.addr()).await;
     let to_database = FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], pg_port(&pg)))).await;
@@ -219,7 +183,9 @@ pub async fn run(args: SoakArgs, binary: PathBuf) -> anyhow::Result<()> {
         let before = rng.random_range(0.1..0.6) * args.round_seconds;
         let pause = Duration::from_millis(rng.random_range(300..2000));
         let running = Arc::new(AtomicBool::new(true));
-        let load = tokio::spawn(writer(pg_port(&rig.pg), running.clone(), written.clone()));
+        let (port, flag, counter) = (pg_port(&rig.pg), running.clone(), written.clone());
+        let first = written.load(Ordering::SeqCst) + 1;
+        let load = tokio::spawn(async move { write_ab_rows(port, first, i64::MAX, &flag, &counter).await });
         tokio::time::sleep(Duration::from_secs_f64(before)).await;
         inject(&rig, fault, &mut producer, pause).await?;
         tokio::time::sleep(Duration::from_secs_f64(args.round_seconds - before)).await;

@@ -122,6 +122,18 @@ impl ProducerConfig {
         }
     }
 
+    /// Settings of a publisher to the configured exchange(s); `role` names the connection in
+    /// RabbitMQ's management UI.
+    pub fn publisher_settings(&self, role: &str) -> pgevents_amqp::PublisherSettings {
+        pgevents_amqp::PublisherSettings {
+            exchange: self.exchange.clone(),
+            mandatory: self.mandatory,
+            declare_exchange: true,
+            other_exchanges: self.routing.mapped_exchanges(),
+            connection_name: format!("pgevents {role} ({})", self.slot),
+        }
+    }
+
     /// The router of this configuration (which tables, which routing key and exchange).
     pub fn router(&self) -> Router {
         Router::new(self.routing.clone(), &self.postgres.dbname, self.tables.iter().map(TableName::qualified).collect())

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::{ConfirmingPublisher, PublisherSettings};
+use pgevents_amqp::ConfirmingPublisher;
 use pgevents_decode::{Catalog, Decoder, Plugin};
 use pgevents_event::Lsn;
 use pgevents_replication::{ReplicationClient, ReplicationError, SlotSnapshot, WalMessage};
@@ -147,14 +147,7 @@ pub async fn run_session(
     stats.set_phase(Phase::Connecting);
     let slot_state = prepare(&db, config).await?;
 
-    let settings = PublisherSettings {
-        exchange: config.exchange.clone(),
-        mandatory: config.mandatory,
-        declare_exchange: true,
-        other_exchanges: config.routing.mapped_exchanges(),
-        connection_name: format!("pgevents producer ({})", config.slot),
-    };
-    let publisher = ConfirmingPublisher::connect(&config.amqp_url, &settings).await?;
+    let publisher = ConfirmingPublisher::connect(&config.amqp_url, &config.publisher_settings("producer")).await?;
     if let Some((stream, retention)) = &config.history_stream {
         let connection = pgevents_amqp::connect(&config.amqp_url, "pgevents producer (history stream)").await?;
         let channel = pgevents_amqp::open_channel(&connection).await?;

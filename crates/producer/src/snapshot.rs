@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use pgevents_amqp::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
+use pgevents_amqp::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher};
 use pgevents_decode::encode::{close_event, write_row_event, TxFields};
 use pgevents_decode::value::write_value;
 use pgevents_decode::{Catalog, CatalogNeed, PrimaryKey, RowChange, TableRef, Tuple, ValueKind};
@@ -153,14 +153,8 @@ pub async fn run(
     if let Some(name) = exported {
         reader.execute(&format!("SET TRANSACTION SNAPSHOT {}", quote_literal(name))).await?;
     }
-    let settings = PublisherSettings {
-        exchange: config.exchange.clone(),
-        mandatory: config.mandatory,
-        declare_exchange: true,
-        other_exchanges: config.routing.mapped_exchanges(),
-        connection_name: format!("pgevents producer snapshot ({})", config.slot),
-    };
-    let mut publisher = ConfirmingPublisher::connect(&config.amqp_url, &settings).await?;
+    let mut publisher =
+        ConfirmingPublisher::connect(&config.amqp_url, &config.publisher_settings("producer snapshot")).await?;
     let mut snapshot = Snapshot {
         db,
         reader: &reader,

@@ -13,6 +13,7 @@ mod process;
 mod proxy;
 mod rabbit_node;
 mod sse;
+mod writer;
 
 pub use broker::{amqp_url, delete_exchange, delete_queue, unique_name, EventQueue, ReceivedEvent};
 pub use http::{free_local_addr, http_get, metric_value};
@@ -21,6 +22,7 @@ pub use process::{pgevents_binary, PgEventsProcess};
 pub use proxy::FaultProxy;
 pub use rabbit_node::RabbitNode;
 pub use sse::{SseClient, SseMessage};
+pub use writer::{write_ab_rows, write_ab_sequence, AB_TABLES};
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
