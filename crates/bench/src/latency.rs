@@ -19,6 +19,32 @@ pub struct Latency {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Where the largest latencies were: milliseconds after the first write.
+    pub worst_at_ms: Vec<f64>,
+    /// The producer's histogram of commit time to confirm: the upper bound (ms) of the bucket
+    /// holding the 50th / 99th percentile.
+    pub confirm_p50_ms: Option<f64>,
+    pub confirm_p99_ms: Option<f64>,
+}
+
+/// The upper bound, in milliseconds, of the histogram bucket holding quantile `q` of the
+/// Prometheus histogram `name` (seconds) in `text`.
+pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets.iter().find(|(_, count)| *count >= total * q).map(|(le, _)| le * 1000.0)
 }
 
 /// Connections writing in parallel.
@@ -45,6 +71,7 @@ pub async fn measure(pg: &PgCluster, queue: &BenchQueue, rate: u64, seconds: u64
     let (tag, mut deliveries) = queue.consume().await?;
     let collector = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(total as usize);
+        let mut worst: Vec<(i64, i64)> = Vec::new();
         while (latencies.len() as u64) < total {
             let message = tokio::time::timeout(Duration::from_secs(60), deliveries.recv())
                 .await
@@ -52,11 +79,20 @@ pub async fn measure(pg: &PgCluster, queue: &BenchQueue, rate: u64, seconds: u64
                 .ok_or_else(|| anyhow!("the consumer closed"))?;
             let arrived = now_micros();
             if let Some(stamp) = message.content.as_deref().and_then(stamp_micros) {
-                latencies.push((arrived - stamp).max(0));
+                let latency = (arrived - stamp).max(0);
+                latencies.push(latency);
+                worst.push((latency, stamp));
+                if worst.len() > 64 {
+                    worst.sort_unstable_by(|a, b| b.cmp(a));
+                    worst.truncate(8);
+                }
             }
         }
-        Ok::<_, anyhow::Error>(latencies)
+        worst.sort_unstable_by(|a, b| b.cmp(a));
+        worst.truncate(8);
+        Ok::<_, anyhow::Error>((latencies, worst))
     });
+    let started = now_micros();
 
     let per_tick = (rate as f64 * TICK.as_secs_f64()).max(1.0);
     let mut writers = Vec::new();
@@ -88,11 +124,21 @@ pub async fn measure(pg: &PgCluster, queue: &BenchQueue, rate: u64, seconds: u64
     for writer in writers {
         writer.await.context("writer task")??;
     }
-    let mut latencies = collector.await.context("collector task")??;
+    let (mut latencies, worst) = collector.await.context("collector task")??;
+    let worst_at_ms = worst.iter().map(|(_, stamp)| (stamp - started) as f64 / 1000.0).collect();
     queue.cancel(&tag).await;
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1000.0;
-    Ok(Latency { transactions: total, rate_per_s: rate, p50_ms: at(0.50), p99_ms: at(0.99), max_ms: at(1.0) })
+    Ok(Latency {
+        transactions: total,
+        rate_per_s: rate,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+        worst_at_ms,
+        confirm_p50_ms: None,
+        confirm_p99_ms: None,
+    })
 }
 
 #[cfg(test)]
@@ -104,5 +150,13 @@ mod tests {
         let body = br#"{"new":{"ts":"2026-11-23T10:00:00.123456Z"}}"#;
         assert_eq!(stamp_micros(body), Some(1_795_428_000_123_456));
         assert_eq!(stamp_micros(b"{}"), None);
+    }
+
+    #[test]
+    fn reads_histogram_quantiles() {
+        let text = "x_bucket{le=\"0.001\"} 10\nx_bucket{le=\"0.005\"} 98\nx_bucket{le=\"0.01\"} 100\nx_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(histogram_quantile(text, "x", 0.5), Some(5.0));
+        assert_eq!(histogram_quantile(text, "x", 0.99), Some(10.0));
+        assert_eq!(histogram_quantile("", "x", 0.5), None);
     }
 }

@@ -90,6 +90,11 @@ pub fn print(results: &[ScenarioResult]) {
                 "  commit-to-delivery at {}/s      p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} transactions)",
                 l.rate_per_s, l.p50_ms, l.p99_ms, l.max_ms, l.transactions
             );
+            if let (Some(p50), Some(p99)) = (l.confirm_p50_ms, l.confirm_p99_ms) {
+                println!("  producer commit-to-confirm      p50 <= {p50} ms, p99 <= {p99} ms (histogram buckets)");
+            }
+            let worst: Vec<String> = l.worst_at_ms.iter().map(|t| format!("{t:.0}")).collect();
+            println!("  worst latencies at (ms into the run) {}", worst.join(", "));
         }
         if let Some(f) = &r.fanout {
             println!(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::ensure;
-use pgevents_testkit::{amqp_url, unique_name, PgEventsProcess};
+use pgevents_testkit::{amqp_url, free_local_addr, http_get, unique_name, PgEventsProcess};
 
 use crate::args::{BenchArgs, Scenario};
 use crate::broker::BenchQueue;
@@ -79,13 +79,27 @@ async fn latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<Scenario
     let env = producer_run::producer_env(&pg, &queue, PRODUCER_SLOT);
     let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k != "RUST_LOG").collect();
     env.push(("RUST_LOG".into(), "info".into()));
+    let metrics_addr = free_local_addr();
+    env.push(("PGEVENTS_METRICS_ADDR".into(), metrics_addr.to_string()));
     let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
     producer.wait_for_log("streaming", Duration::from_secs(30)).await;
     eprintln!("[Latency] {} transactions/s for {} s", args.rate, args.seconds);
     let measured = latency::measure(&pg, &queue, args.rate, args.seconds).await;
+    // The producer's own view: commit time to the broker's confirm.
+    let measured = match (measured, http_get(metrics_addr, "/metrics").await) {
+        (Ok(mut m), Some((_, text))) => {
+            m.confirm_p50_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.50);
+            m.confirm_p99_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.99);
+            Ok(m)
+        }
+        (other, _) => other,
+    };
     producer.terminate();
     let _ = producer.wait(Duration::from_secs(30)).await;
     queue.delete().await;
+    for line in pg.log().lines().filter(|l| l.contains("checkpoint")) {
+        eprintln!("[Latency] postgres: {line}");
+    }
     let measured = measured?;
     Ok(ScenarioResult {
         name: "latency".into(),
