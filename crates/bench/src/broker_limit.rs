@@ -62,6 +62,64 @@ pub async fn amqprs(queue: &BenchQueue, n: u64, body: &[u8], window: usize) -> a
     Ok(elapsed)
 }
 
+/// The broker's own latency floor: amqprs publishing `rate` messages per second for `seconds`
+/// (the same messages as the producer's), each timed from publish to its confirm. Returns the
+/// sorted latencies in microseconds.
+pub async fn amqprs_confirm_latency(
+    queue: &BenchQueue,
+    rate: u64,
+    seconds: u64,
+    body: &[u8],
+) -> anyhow::Result<Vec<u64>> {
+    let settings = PublisherSettings {
+        exchange: queue.exchange.clone(),
+        mandatory: false,
+        other_exchanges: Vec::new(),
+        declare_exchange: false,
+        connection_name: "pgevents bench (broker latency)".to_owned(),
+    };
+    let mut publisher = ConfirmingPublisher::connect(&queue.url.parse()?, &settings).await?;
+    let total = rate * seconds;
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate as f64 * tick.as_secs_f64()).max(1.0);
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent_at: VecDeque<Instant> = VecDeque::new();
+    let first_tag = publisher.next_tag();
+    let mut confirmed_through = first_tag - 1;
+    let mut latencies = Vec::with_capacity(total as usize);
+    let (mut sent, mut owed) = (0u64, 0f64);
+    while latencies.len() < total as usize {
+        tokio::select! {
+            _ = ticker.tick(), if sent < total => {
+                owed += per_tick;
+                while owed >= 1.0 && sent < total {
+                    sent += 1;
+                    owed -= 1.0;
+                    publisher.publish(message(body, sent)).await?;
+                    sent_at.push_back(Instant::now());
+                }
+            }
+            event = publisher.next_event() => match event {
+                ConfirmEvent::Ack { tag, multiple } => {
+                    // Confirms come in order on one channel: everything up to `tag` is in.
+                    let upto = if multiple { tag } else { tag.max(confirmed_through + 1) };
+                    while confirmed_through < upto {
+                        confirmed_through += 1;
+                        if let Some(at) = sent_at.pop_front() {
+                            latencies.push(at.elapsed().as_micros() as u64);
+                        }
+                    }
+                }
+                other => bail!("amqprs publisher: {other:?}"),
+            },
+        }
+    }
+    publisher.close().await;
+    latencies.sort_unstable();
+    Ok(latencies)
+}
+
 /// lapin, used directly.
 pub async fn lapin(queue: &BenchQueue, n: u64, body: &[u8], window: usize) -> anyhow::Result<Duration> {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};

@@ -25,6 +25,8 @@ pub struct Latency {
     /// holding the 50th / 99th percentile.
     pub confirm_p50_ms: Option<f64>,
     pub confirm_p99_ms: Option<f64>,
+    /// The broker alone at the same rate, publish to confirm: p50, p99, max (ms).
+    pub broker_only_ms: Option<[f64; 3]>,
 }
 
 /// The upper bound, in milliseconds, of the histogram bucket holding quantile `q` of the
@@ -138,6 +140,7 @@ pub async fn measure(pg: &PgCluster, queue: &BenchQueue, rate: u64, seconds: u64
         worst_at_ms,
         confirm_p50_ms: None,
         confirm_p99_ms: None,
+        broker_only_ms: None,
     })
 }
 

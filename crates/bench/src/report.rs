@@ -93,6 +93,9 @@ pub fn print(results: &[ScenarioResult]) {
             if let (Some(p50), Some(p99)) = (l.confirm_p50_ms, l.confirm_p99_ms) {
                 println!("  producer commit-to-confirm      p50 <= {p50} ms, p99 <= {p99} ms (histogram buckets)");
             }
+            if let Some([p50, p99, max]) = l.broker_only_ms {
+                println!("  RabbitMQ alone, publish-to-confirm p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
+            }
             let worst: Vec<String> = l.worst_at_ms.iter().map(|t| format!("{t:.0}")).collect();
             println!("  worst latencies at (ms into the run) {}", worst.join(", "));
         }

@@ -96,6 +96,18 @@ async fn latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<Scenario
     };
     producer.terminate();
     let _ = producer.wait(Duration::from_secs(30)).await;
+    let measured = match measured {
+        Ok(mut m) => {
+            queue.purge().await?;
+            eprintln!("[Latency] the broker alone at {}/s", args.rate);
+            let body = vec![b'x'; 460];
+            let broker = broker_limit::amqprs_confirm_latency(&queue, args.rate, args.seconds, &body).await?;
+            let at = |q: f64| broker[((broker.len() as f64 * q) as usize).min(broker.len() - 1)] as f64 / 1000.0;
+            m.broker_only_ms = Some([at(0.5), at(0.99), at(1.0)]);
+            Ok(m)
+        }
+        err => err,
+    };
     queue.delete().await;
     for line in pg.log().lines().filter(|l| l.contains("checkpoint")) {
         eprintln!("[Latency] postgres: {line}");
