@@ -7,13 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use pgevents_bench::{release_binary, report, scenario, BenchArgs};
+use pgevents_bench::{binary_or_release, report, run_main, scenario, BenchArgs};
 
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let binary = match &args.binary {
-        Some(path) => path.clone(),
-        None => release_binary()?,
-    };
+    let binary = binary_or_release(args.binary.as_deref())?;
     let mut results = Vec::new();
     for scenario in &args.scenarios {
         let result =
@@ -30,19 +27,5 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = BenchArgs::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main(run(BenchArgs::parse()))
 }

@@ -27,4 +27,4 @@ pub mod soak;
 pub mod workload;
 
 pub use args::{BenchArgs, Scenario};
-pub use binary::release_binary;
+pub use binary::{binary_or_release, release_binary, run_main};
