@@ -4,6 +4,7 @@
 //!
 //! Reconnection is the caller's job: every error here means "this connection is done".
 
+mod confirmed;
 mod connect;
 mod consume;
 mod error;
@@ -14,6 +15,7 @@ mod url;
 pub use amqprs::channel::{Channel, ExchangeDeleteArguments, QueueDeleteArguments};
 pub use amqprs::connection::Connection;
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
+pub use confirmed::ConfirmedSender;
 pub use connect::{bind_queue, connect, declare_queue, declare_topic_exchange, open_channel, QueueSpec};
 pub use consume::{ack, consume, nack, Delivery, DeliveryStream};
 pub use error::{check_short_string, AmqpError};

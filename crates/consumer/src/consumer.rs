@@ -11,7 +11,7 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::{IncomingEvent, Outcome, Registry};
+use crate::handler::{IncomingEvent, MessageHandler, Outcome, Registry};
 
 /// Which queue the consumer reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,9 @@ pub struct ConsumerConfig {
     pub retry_delay: Duration,
     /// Shown in the RabbitMQ management UI.
     pub name: String,
+    /// Where the broker sends messages a handler `Fail`s (and unreadable ones): the queue is
+    /// declared with this `x-dead-letter-exchange`. Without it such messages are dropped.
+    pub dead_letter_exchange: Option<String>,
 }
 
 impl ConsumerConfig {
@@ -51,6 +54,7 @@ impl ConsumerConfig {
             concurrency: 1,
             retry_delay: Duration::from_secs(1),
             name: "pgevents consumer".to_owned(),
+            dead_letter_exchange: None,
         }
     }
 }
@@ -77,10 +81,17 @@ impl ConsumerError {
     }
 }
 
-/// A consumer: configuration plus the handlers.
+/// A consumer: configuration plus what handles the messages.
 pub struct Consumer {
     config: ConsumerConfig,
-    registry: Registry,
+    handlers: Handlers,
+}
+
+enum Handlers {
+    /// pgevents events, routed by table and action.
+    Events(Registry),
+    /// Any message, as delivered.
+    Messages(Arc<dyn MessageHandler>),
 }
 
 /// Decodes the body (gunzipping when the producer compressed it) into an event.
@@ -99,8 +110,14 @@ fn parse(delivery: &Delivery) -> Result<(Event, Vec<u8>), String> {
 }
 
 impl Consumer {
+    /// Consumes pgevents events and hands them to the registry's handlers.
     pub fn new(config: ConsumerConfig, registry: Registry) -> Self {
-        Consumer { config, registry }
+        Consumer { config, handlers: Handlers::Events(registry) }
+    }
+
+    /// Consumes messages of any kind (e.g. work messages) and hands each to `handler`.
+    pub fn messages(config: ConsumerConfig, handler: impl MessageHandler) -> Self {
+        Consumer { config, handlers: Handlers::Messages(Arc::new(handler)) }
     }
 
     /// Consumes until `shutdown` (then returns after running handlers finish) or an error that
@@ -131,6 +148,11 @@ impl Consumer {
             QueueMode::Temporary => QueueSpec { exclusive: true, auto_delete: true, ..Default::default() },
             QueueMode::Durable(name) => QueueSpec { name: name.clone(), durable: true, ..Default::default() },
         };
+        let mut spec = spec;
+        if let Some(dlx) = &self.config.dead_letter_exchange {
+            amqp::declare_topic_exchange(channel, dlx).await?;
+            spec.arguments = amqp::field_table(&[("x-dead-letter-exchange", amqp::FieldValue::from(dlx.as_str()))]);
+        }
         let queue = amqp::declare_queue(channel, &spec).await?;
         amqp::bind_queue(channel, &queue, &self.config.exchange, &self.config.binding_keys).await?;
         Ok(queue)
@@ -165,10 +187,10 @@ impl Consumer {
                     let tag = delivery.delivery_tag;
                     match self.dispatch(delivery) {
                         Dispatch::Settle(outcome) => settle(&channel, tag, &outcome).await?,
-                        Dispatch::Run(incoming, handler) => {
+                        Dispatch::Run(work) => {
                             let retry_delay = self.config.retry_delay;
                             let handle = running.spawn(async move {
-                                let outcome = handler.handle(&incoming).await;
+                                let outcome = work.run().await;
                                 if let Outcome::Retry(_) = outcome {
                                     tokio::time::sleep(retry_delay).await;
                                 }
@@ -196,6 +218,10 @@ impl Consumer {
     }
 
     fn dispatch(&self, delivery: Delivery) -> Dispatch {
+        let registry = match &self.handlers {
+            Handlers::Events(registry) => registry,
+            Handlers::Messages(handler) => return Dispatch::Run(Work::Message(Box::new(delivery), handler.clone())),
+        };
         let (event, body) = match parse(&delivery) {
             Ok(parsed) => parsed,
             Err(why) => {
@@ -203,20 +229,35 @@ impl Consumer {
                 return Dispatch::Settle(Outcome::Fail(why));
             }
         };
-        let Some(handler) = self.registry.find(&event.table_name, event.action) else {
+        let Some(handler) = registry.find(&event.table_name, event.action) else {
             return Dispatch::Settle(Outcome::Ok);
         };
         let message_id = delivery
             .message_id()
             .map(str::to_owned)
             .unwrap_or_else(|| event.message_id().map(|id| id.to_string()).unwrap_or_default());
-        Dispatch::Run(Box::new(IncomingEvent { event, body, message_id, delivery }), handler)
+        Dispatch::Run(Work::Event(Box::new(IncomingEvent { event, body, message_id, delivery }), handler))
     }
 }
 
 enum Dispatch {
     Settle(Outcome),
-    Run(Box<IncomingEvent>, Arc<dyn crate::Handler>),
+    Run(Work),
+}
+
+/// A delivery with the handler that will take it.
+enum Work {
+    Event(Box<IncomingEvent>, Arc<dyn crate::Handler>),
+    Message(Box<Delivery>, Arc<dyn MessageHandler>),
+}
+
+impl Work {
+    async fn run(self) -> Outcome {
+        match self {
+            Work::Event(incoming, handler) => handler.handle(&incoming).await,
+            Work::Message(delivery, handler) => handler.handle(&delivery).await,
+        }
+    }
 }
 
 async fn settle(channel: &Channel, tag: u64, outcome: &Outcome) -> Result<(), ConsumerError> {

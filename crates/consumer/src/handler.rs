@@ -49,6 +49,21 @@ where
     }
 }
 
+/// Something that handles raw messages (not necessarily pgevents events).
+pub trait MessageHandler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, delivery: &'a Delivery) -> HandlerFuture<'a>;
+}
+
+impl<F, Fut> MessageHandler for F
+where
+    F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    fn handle<'a>(&'a self, delivery: &'a Delivery) -> HandlerFuture<'a> {
+        Box::pin(self(delivery.clone()))
+    }
+}
+
 struct Route {
     table: Glob,
     actions: Vec<Action>,

@@ -20,5 +20,5 @@ mod consumer;
 mod handler;
 
 pub use consumer::{Consumer, ConsumerConfig, ConsumerError, QueueMode};
-pub use handler::{Handler, HandlerFuture, IncomingEvent, Outcome, Registry};
+pub use handler::{Handler, HandlerFuture, IncomingEvent, MessageHandler, Outcome, Registry};
 pub use pgevents_event::Glob;

@@ -39,6 +39,98 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check the producer's settings against PostgreSQL and RabbitMQ (wal_level, role, tables, publication, slot, broker) without changing anything
     Check(ProducerArgs),
+    /// Manage the rule tables (schema pgevents) that turn events into work
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Turn events into work: match them against the rules, run sync actions, queue async ones
+    Worker(WorkerArgs),
+    /// Run the actions queued by workers (async work items)
+    #[command(name = "action-runner", alias = "action_runner")]
+    ActionRunner(ActionRunnerArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Create or upgrade the rule tables (idempotent: applies only missing migrations)
+    Install(RulesInstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesInstallArgs {
+    #[command(flatten)]
+    pub pg: PgArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkTopologyArgs {
+    /// Topic exchange for async jobs (routing key: the action name)
+    #[arg(long, env = "PGEVENTS_WORK_EXCHANGE", default_value = "pgevents.work")]
+    pub work_exchange: String,
+    /// Durable queue the action runners share
+    #[arg(long, env = "PGEVENTS_WORK_QUEUE", default_value = "pgevents.actions")]
+    pub work_queue: String,
+    /// Topic exchange for jobs that failed for good and unreadable messages
+    #[arg(long, env = "PGEVENTS_DEAD_LETTER_EXCHANGE", default_value = "pgevents.dead")]
+    pub dead_letter_exchange: String,
+    /// Durable queue keeping what reaches the dead-letter exchange
+    #[arg(long, env = "PGEVENTS_DEAD_LETTER_QUEUE", default_value = "pgevents.dead")]
+    pub dead_letter_queue: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ActionArgs {
+    /// Base URL for HTTP actions whose URL starts with {base_url} [default: the base_url row of pgevents.setting]
+    #[arg(long, env = "PGEVENTS_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Jobs (worker: events) handled at once; with 1 the worker keeps the events' order
+    #[arg(long, env = "PGEVENTS_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Messages RabbitMQ sends ahead of acknowledgements [default: twice --concurrency]
+    #[arg(long, env = "RABBITMQ_PREFETCH")]
+    pub prefetch: Option<u16>,
+    /// Seconds between rule reloads when no change notification arrives
+    #[arg(long = "rules-refresh", env = "PGEVENTS_RULES_REFRESH", default_value_t = 60)]
+    pub rules_refresh_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub pg: PgArgs,
+    #[command(flatten)]
+    pub rabbit: RabbitArgs,
+    /// The worker's durable queue on the events exchange; workers on one queue share the events
+    #[arg(long = "queue-name", env = "RABBITMQ_QUEUE_NAME", default_value = "pgevents.worker")]
+    pub queue_name: String,
+    /// Binding keys of the queue, comma-separated
+    #[arg(long = "binding-keys", env = "RABBITMQ_BINDING_KEYS", value_delimiter = ',', default_value = "#")]
+    pub binding_keys: Vec<String>,
+    #[command(flatten)]
+    pub actions: ActionArgs,
+    #[command(flatten)]
+    pub topology: WorkTopologyArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ActionRunnerArgs {
+    #[command(flatten)]
+    pub pg: PgArgs,
+    /// RabbitMQ URL
+    #[arg(
+        long = "rabbitmq-url",
+        env = "RABBITMQ_URL",
+        default_value = "amqp://guest:guest@localhost:5672/%2f",
+        hide_env_values = true
+    )]
+    pub rabbitmq_url: String,
+    #[command(flatten)]
+    pub actions: ActionArgs,
+    #[command(flatten)]
+    pub topology: WorkTopologyArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -52,6 +52,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Producer(args) => commands::producer::run(args, shutdown).await,
         Command::ConsumerDebug(args) => commands::consumer_debug::run(args, shutdown).await,
         Command::Serve(args) => commands::serve::run(args, shutdown).await,
+        Command::Rules(cli::RulesCommand::Install(args)) => commands::rules::install(args).await,
+        Command::Worker(args) => commands::worker::run_worker(args, shutdown).await,
+        Command::ActionRunner(args) => commands::worker::run_action_runner(args, shutdown).await,
         Command::Check(args) => match commands::check::run(args).await? {
             true => Ok(()),
             false => Err(anyhow::anyhow!("the checks above failed; fix them and run `pgevents check` again")),

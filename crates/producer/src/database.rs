@@ -3,10 +3,8 @@
 
 use pgevents_decode::{PrimaryKey, TableRef, TypeInfo};
 use pgevents_event::Lsn;
-use pgevents_replication::{tls, ConnectConfig, TlsMode};
-use tokio_postgres::config::SslMode;
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{Client, Socket};
+use pgevents_replication::{drive_connection, sql_connect, ConnectConfig, SqlConnectError};
+use tokio_postgres::Client;
 
 use crate::error::{pg_error, ProducerError};
 
@@ -31,46 +29,15 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-async fn connect_with<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client, tokio_postgres::Error>
-where
-    T: MakeTlsConnect<Socket> + Send + 'static,
-    T::Stream: Send + 'static,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
-    let (client, connection) = config.connect(tls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "catalog connection ended");
-        }
-    });
-    Ok(client)
-}
-
 impl Database {
     pub async fn connect(settings: &ConnectConfig) -> Result<Database, ProducerError> {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&settings.host)
-            .port(settings.port)
-            .user(&settings.user)
-            .dbname(&settings.dbname)
-            .application_name(format!("{} (catalog)", settings.application_name))
-            .connect_timeout(settings.connect_timeout)
-            .options("-c TimeZone=UTC -c DateStyle=ISO,MDY");
-        if let Some(password) = &settings.password {
-            config.password(password);
-        }
-        config.ssl_mode(match settings.tls {
-            TlsMode::Disable => SslMode::Disable,
-            TlsMode::Prefer => SslMode::Prefer,
-            TlsMode::Require | TlsMode::VerifyFull { .. } => SslMode::Require,
-        });
-        let context = format!("cannot connect to PostgreSQL at {} as {:?}", settings.address(), settings.user);
-        let client = match tls::client_config(&settings.tls)? {
-            None => connect_with(&config, tokio_postgres::NoTls).await,
-            Some(tls) => connect_with(&config, tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone())).await,
-        }
-        .map_err(|e| pg_error(context, e))?;
+        let (client, driver) = sql_connect(settings, "catalog").await.map_err(|e| match e {
+            SqlConnectError::Postgres { context, message, transient } => {
+                ProducerError::Postgres { context, message, transient }
+            }
+            SqlConnectError::Tls(e) => ProducerError::from(e),
+        })?;
+        tokio::spawn(drive_connection(driver, |_, _| {}));
         Ok(Database { client })
     }
 

@@ -85,34 +85,11 @@ impl ProducerError {
 /// Describes a tokio-postgres error with the server's message, detail and hint (its own Display
 /// only says "db error").
 pub fn describe_pg(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                text.push_str(&format!("; {detail}"));
-            }
-            if let Some(hint) = db.hint() {
-                text.push_str(&format!("; hint: {hint}"));
-            }
-            text
-        }
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            text
-        }
-    }
+    pgevents_replication::describe_sql_error(e)
 }
 
 /// Wraps a tokio-postgres error; connection problems and server restarts are transient.
 pub fn pg_error(context: impl Into<String>, e: tokio_postgres::Error) -> ProducerError {
-    let transient = match e.as_db_error() {
-        Some(db) => matches!(&db.code().code()[..2], "08" | "53" | "57" | "58" | "40"),
-        None => true,
-    };
+    let transient = pgevents_replication::sql_error_is_transient(&e);
     ProducerError::Postgres { context: context.into(), message: describe_pg(&e), transient }
 }

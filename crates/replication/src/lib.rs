@@ -9,11 +9,16 @@
 
 mod client;
 mod error;
+mod sql;
 mod stream;
 pub mod tls;
 mod wire;
 
 pub use client::{check_identifier, ConnectConfig, CreatedSlot, ReplicationClient, SlotSnapshot, SystemInfo};
 pub use error::{ReplicationError, ServerError};
+pub use sql::{
+    describe_sql_error, drive_connection, sql_config, sql_connect, sql_error_is_transient, sql_tls, ConnectionDriver,
+    SqlConnectError,
+};
 pub use stream::{ReplicationReader, StatusSender, WalMessage};
 pub use tls::TlsMode;

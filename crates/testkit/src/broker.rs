@@ -186,3 +186,29 @@ pub async fn delete_queue(queue: &str) {
     }
     let _ = connection.close().await;
 }
+
+/// Publishes one message to `exchange` and waits for the broker's confirm (a redelivery or a
+/// malformed message, as a test needs it).
+pub async fn publish_raw(exchange: &str, routing_key: &str, message_id: &str, body: &[u8]) {
+    let url: AmqpUrl = amqp_url().parse().expect("test broker URL");
+    let settings = amqp::PublisherSettings {
+        exchange: exchange.to_owned(),
+        mandatory: true,
+        declare_exchange: false,
+        other_exchanges: Vec::new(),
+        connection_name: "pgevents test publisher".into(),
+    };
+    let sender = amqp::ConfirmedSender::start(url, settings, 1);
+    let message = amqp::OutgoingMessage {
+        exchange: None,
+        routing_key: routing_key.to_owned(),
+        message_id: message_id.to_owned(),
+        headers: Vec::new(),
+        timestamp: 0,
+        content_type: "application/json",
+        content_encoding: None,
+        app_id: "pgevents-test",
+        body: body.to_vec(),
+    };
+    sender.send(message).await.expect("publish a test message");
+}

@@ -8,6 +8,7 @@
 
 mod broker;
 mod http;
+mod http_recorder;
 mod pg;
 mod process;
 mod proxy;
@@ -15,8 +16,9 @@ mod rabbit_node;
 mod sse;
 mod writer;
 
-pub use broker::{amqp_url, delete_exchange, delete_queue, unique_name, EventQueue, ReceivedEvent};
+pub use broker::{amqp_url, delete_exchange, delete_queue, publish_raw, unique_name, EventQueue, ReceivedEvent};
 pub use http::{free_local_addr, http_get, metric_value};
+pub use http_recorder::{HttpRecorder, RecordedRequest, Reply};
 pub use pg::{pg_bin_dir, PgCluster, PgOptions};
 pub use process::{pgevents_binary, PgEventsProcess};
 pub use proxy::FaultProxy;

@@ -3,5 +3,7 @@
 pub mod check;
 pub mod consumer_debug;
 pub mod producer;
+pub mod rules;
 pub mod serve;
 pub mod telemetry;
+pub mod worker;

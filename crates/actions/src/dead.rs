@@ -1,0 +1,109 @@
+//! The work exchange and queue (async jobs) and the dead-letter exchange and queue (jobs that
+//! failed for good, and messages no handler could read).
+
+use pgevents_amqp::{
+    self as amqp, AmqpError, AmqpUrl, ConfirmedSender, FieldValue, OutgoingMessage, PublisherSettings, QueueSpec,
+};
+
+use crate::Job;
+
+/// Names of the exchanges and queues of the action stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkTopology {
+    /// Topic exchange work messages are published to (routing key: the action's name).
+    pub work_exchange: String,
+    /// Durable queue the action runners share.
+    pub work_queue: String,
+    /// Topic exchange for dead jobs and unreadable messages.
+    pub dead_exchange: String,
+    /// Durable queue that keeps them for inspection (bound with `#`).
+    pub dead_queue: String,
+}
+
+impl Default for WorkTopology {
+    fn default() -> Self {
+        WorkTopology {
+            work_exchange: "pgevents.work".into(),
+            work_queue: "pgevents.actions".into(),
+            dead_exchange: "pgevents.dead".into(),
+            dead_queue: "pgevents.dead".into(),
+        }
+    }
+}
+
+impl WorkTopology {
+    /// The arguments of every queue whose failures go to the dead-letter exchange.
+    pub fn dead_letter_arguments(&self) -> amqp::FieldTable {
+        amqp::field_table(&[("x-dead-letter-exchange", FieldValue::from(self.dead_exchange.as_str()))])
+    }
+}
+
+/// Declares both exchanges and both queues (durable; a no-op when they exist), so work
+/// messages wait for a runner and dead jobs are kept even before anyone reads them.
+pub async fn declare_work_topology(url: &AmqpUrl, topology: &WorkTopology) -> Result<(), AmqpError> {
+    let connection = amqp::connect(url, "pgevents setup").await?;
+    let result = async {
+        let channel = amqp::open_channel(&connection).await?;
+        amqp::declare_topic_exchange(&channel, &topology.dead_exchange).await?;
+        amqp::declare_topic_exchange(&channel, &topology.work_exchange).await?;
+        let dead = QueueSpec { name: topology.dead_queue.clone(), durable: true, ..Default::default() };
+        let dead = amqp::declare_queue(&channel, &dead).await?;
+        amqp::bind_queue(&channel, &dead, &topology.dead_exchange, &["#".to_owned()]).await?;
+        let work = QueueSpec {
+            name: topology.work_queue.clone(),
+            durable: true,
+            arguments: topology.dead_letter_arguments(),
+            ..Default::default()
+        };
+        let work = amqp::declare_queue(&channel, &work).await?;
+        amqp::bind_queue(&channel, &work, &topology.work_exchange, &["#".to_owned()]).await?;
+        let _ = channel.close().await;
+        Ok(())
+    }
+    .await;
+    let _ = connection.close().await;
+    result
+}
+
+/// A work message for `job` to `exchange` (routing key: the action's name).
+pub fn work_message(job: &Job, exchange: Option<&str>, error: Option<&str>) -> OutgoingMessage {
+    let mut headers = vec![("work_item", job.work_item.clone()), ("action", job.action.clone())];
+    if let Some(error) = error {
+        headers.push(("error", error.to_owned()));
+    }
+    OutgoingMessage {
+        exchange: exchange.map(std::sync::Arc::from),
+        routing_key: job.action.clone(),
+        message_id: job.idempotency_key.clone(),
+        headers,
+        timestamp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        content_type: pgevents_event::CONTENT_TYPE,
+        content_encoding: None,
+        app_id: pgevents_event::APP_ID,
+        body: serde_json::to_vec(job).unwrap_or_default(),
+    }
+}
+
+/// Publishes dead jobs, with confirms.
+#[derive(Clone)]
+pub struct DeadLetters {
+    sender: ConfirmedSender,
+}
+
+impl DeadLetters {
+    pub fn start(url: AmqpUrl, topology: &WorkTopology) -> DeadLetters {
+        let settings = PublisherSettings {
+            exchange: topology.dead_exchange.clone(),
+            mandatory: true,
+            declare_exchange: true,
+            other_exchanges: Vec::new(),
+            connection_name: "pgevents dead letters".into(),
+        };
+        DeadLetters { sender: ConfirmedSender::start(url, settings, 64) }
+    }
+
+    /// Puts the job in the dead-letter queue, with the error in the `error` header.
+    pub async fn publish(&self, job: &Job, error: &str) -> Result<(), AmqpError> {
+        self.sender.send(work_message(job, None, Some(error))).await
+    }
+}

@@ -1,0 +1,214 @@
+//! HTTP actions: build the request from the action and the run's parameters, send it, and say
+//! whether it worked (a 2xx status) or why not.
+
+use std::time::Duration;
+
+use pgevents_rules::ActionDef;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use serde_json::{Map, Value};
+
+use crate::runner::Attempt;
+use crate::template::{percent_encode, render_string, render_value, Scope};
+use crate::Job;
+
+/// Longest response body kept in `action_run.result`.
+const BODY_LIMIT: usize = 8192;
+
+/// The HTTP client all HTTP actions share (connection reuse, TLS with the Mozilla roots).
+#[derive(Debug, Clone)]
+pub struct HttpCaller {
+    client: reqwest::Client,
+}
+
+/// The parts of an HTTP action.
+pub(crate) struct HttpAction<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a Map<String, Value>,
+    pub body_template: Option<&'a Value>,
+}
+
+fn permanent(error: String) -> Attempt {
+    Attempt::failed(error, true)
+}
+
+/// Statuses worth retrying among the 4xx; every other 4xx means the request itself is wrong.
+fn retryable_client_error(status: u16) -> bool {
+    matches!(status, 408 | 409 | 425 | 429)
+}
+
+/// The URL: `{base_url}` replaced, placeholders filled in and percent-encoded.
+fn url(action: &ActionDef, template: &str, base_url: Option<&str>, scope: Scope<'_>) -> Result<reqwest::Url, String> {
+    let with_base = match template.strip_prefix("{base_url}") {
+        Some(rest) => match base_url {
+            Some(base) => format!("{}{rest}", base.trim_end_matches('/')),
+            None => {
+                return Err(format!(
+                    "action {:?} uses {{base_url}} but no base_url is set: run INSERT INTO pgevents.setting VALUES ('base_url', 'https://api.example.com') or pass --base-url",
+                    action.name
+                ))
+            }
+        },
+        None => template.to_owned(),
+    };
+    let rendered = render_string(&with_base, scope, percent_encode).map_err(|e| format!("URL {template:?}: {e}"))?;
+    let url = reqwest::Url::parse(&rendered).map_err(|e| format!("invalid URL {rendered:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("invalid URL {rendered:?}: only http and https are supported"));
+    }
+    Ok(url)
+}
+
+fn headers(job: &Job, configured: &Map<String, Value>, scope: Scope<'_>) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &str, value: &str| -> Result<(), String> {
+        let header =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("invalid header name {name:?}: {e}"))?;
+        let value = HeaderValue::from_str(value).map_err(|e| format!("invalid value for header {name:?}: {e}"))?;
+        headers.insert(header, value);
+        Ok(())
+    };
+    put(CONTENT_TYPE.as_str(), "application/json")?;
+    put("Idempotency-Key", &job.idempotency_key)?;
+    put("X-Pgevents-Work-Item", &job.work_item)?;
+    put("X-Pgevents-Table", &job.event.table_name)?;
+    put("X-Pgevents-Action", job.event.action.code())?;
+    put("X-Pgevents-Lsn", &job.event.lsn)?;
+    put("X-Pgevents-Commit-Time", &job.event.commit_time)?;
+    put("X-Pgevents-Message-Id", &job.event.message_id)?;
+    for (name, value) in configured {
+        let text = match value {
+            Value::String(s) => render_string(s, scope, str::to_owned).map_err(|e| format!("header {name:?}: {e}"))?,
+            other => other.to_string(),
+        };
+        put(name, &text)?;
+    }
+    Ok(headers)
+}
+
+impl HttpCaller {
+    pub fn new() -> Result<HttpCaller, String> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("pgevents/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        Ok(HttpCaller { client })
+    }
+
+    /// One attempt.
+    pub(crate) async fn call(
+        &self,
+        action: &ActionDef,
+        http: &HttpAction<'_>,
+        job: &Job,
+        parameters: &Map<String, Value>,
+        event: &Value,
+        base_url: Option<&str>,
+    ) -> Attempt {
+        let scope = Scope { parameters, event };
+        let url = match url(action, http.url, base_url, scope) {
+            Ok(url) => url,
+            Err(e) => return permanent(e),
+        };
+        let method = match reqwest::Method::from_bytes(http.method.as_bytes()) {
+            Ok(method) => method,
+            Err(_) => return permanent(format!("invalid HTTP method {:?}", http.method)),
+        };
+        let headers = match headers(job, http.headers, scope) {
+            Ok(headers) => headers,
+            Err(e) => return permanent(e),
+        };
+        let body = match http.body_template {
+            Some(template) => match render_value(template, scope) {
+                Ok(body) => Some(body),
+                Err(e) => return permanent(format!("body template: {e}")),
+            },
+            None if method == reqwest::Method::GET => None,
+            None => Some(Value::Object(parameters.clone())),
+        };
+        let mut request = self.client.request(method, url).headers(headers).timeout(action.timeout);
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Attempt::failed(describe(&e, action.timeout), false),
+        };
+        let status = response.status();
+        let text = match response.bytes().await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes[..bytes.len().min(BODY_LIMIT)]).into_owned(),
+            Err(e) => format!("(cannot read the response body: {e})"),
+        };
+        let code = Some(i32::from(status.as_u16()));
+        if status.is_success() {
+            Attempt { ok: true, response_code: code, result: Some(text), ..Attempt::default() }
+        } else {
+            let is_permanent = status.is_client_error() && !retryable_client_error(status.as_u16());
+            Attempt {
+                response_code: code,
+                error: Some(format!("HTTP status {status}")),
+                result: Some(text),
+                permanent: is_permanent,
+                ..Attempt::default()
+            }
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+    let what = if e.is_timeout() {
+        format!("no response within {} ms", timeout.as_millis())
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut text = format!("{what}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgevents_rules::ActionKind;
+    use serde_json::json;
+
+    fn action() -> ActionDef {
+        ActionDef {
+            name: "mail".into(),
+            kind: ActionKind::Sql { statement: String::new() },
+            static_parameters: Map::new(),
+            timeout: Duration::from_secs(1),
+            max_attempts: 1,
+            backoff: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn base_url_and_placeholders_make_the_url() {
+        let parameters = json!({"id": "a/b"}).as_object().cloned().unwrap();
+        let event = json!({});
+        let scope = Scope { parameters: &parameters, event: &event };
+        let made = url(&action(), "{base_url}/users/{{id}}", Some("http://api.test:8080/"), scope).unwrap();
+        assert_eq!(made.as_str(), "http://api.test:8080/users/a%2Fb");
+        let err = url(&action(), "{base_url}/x", None, scope).unwrap_err();
+        assert!(err.contains("no base_url is set"), "{err}");
+        assert!(url(&action(), "http://exa mple/", None, scope).unwrap_err().contains("invalid URL"));
+        assert!(url(&action(), "{base_url}/x", Some("ftp://h"), scope).unwrap_err().contains("only http"));
+    }
+
+    #[test]
+    fn which_statuses_are_worth_retrying() {
+        assert!(retryable_client_error(429));
+        assert!(retryable_client_error(408));
+        assert!(!retryable_client_error(400));
+        assert!(!retryable_client_error(404));
+    }
+}

@@ -1,0 +1,227 @@
+//! Runs a job to its end: attempts with exponential backoff, a row per attempt, and the
+//! dead-letter queue when the attempts are used up or the failure cannot be fixed by retrying.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use deadpool_postgres::Pool;
+use pgevents_rules::{ActionDef, ActionKind, RulesCache};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::dead::DeadLetters;
+use crate::http::{HttpAction, HttpCaller};
+use crate::record::{self, parameters_text, RunRecord, Status};
+use crate::{metric, Job, JobError};
+
+/// What one attempt did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Attempt {
+    pub ok: bool,
+    /// Retrying cannot help (bad template, syntax error, a 4xx status).
+    pub permanent: bool,
+    /// The `succeeded` row is already written (SQL actions write it in their transaction).
+    pub recorded: bool,
+    /// Another run of the same job had already succeeded.
+    pub already_done: bool,
+    pub error: Option<String>,
+    pub response_code: Option<i32>,
+    pub result: Option<String>,
+}
+
+impl Attempt {
+    pub fn failed(error: String, permanent: bool) -> Attempt {
+        Attempt { error: Some(error), permanent, ..Attempt::default() }
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The action succeeded at this attempt.
+    Succeeded { attempt: u32 },
+    /// The job had already succeeded or died before (a redelivery): nothing was run.
+    AlreadyDone,
+    /// Given up: in the dead-letter queue, with a `dead` row.
+    Dead,
+}
+
+/// Runs jobs; shared by every task of a worker or action runner.
+pub struct JobRunner {
+    pool: Pool,
+    rules: Arc<RulesCache>,
+    http: HttpCaller,
+    dead: DeadLetters,
+    /// Recorded in `action_run.worker`.
+    worker: String,
+    /// Overrides the `base_url` setting.
+    base_url: Option<String>,
+}
+
+impl JobRunner {
+    pub fn new(
+        pool: Pool,
+        rules: Arc<RulesCache>,
+        http: HttpCaller,
+        dead: DeadLetters,
+        worker: String,
+        base_url: Option<String>,
+    ) -> JobRunner {
+        JobRunner { pool, rules, http, dead, worker, base_url }
+    }
+
+    async fn write(&self, record: &RunRecord<'_>) -> Result<(), JobError> {
+        let client = self.pool.get().await.map_err(pgevents_rules::RulesError::from)?;
+        match record::insert(&client, record).await {
+            Ok(()) => Ok(()),
+            // Another worker recorded the success first: the job is done either way.
+            Err(e) if record.status == Status::Succeeded && record::is_duplicate_success(&e) => Ok(()),
+            Err(e) => Err(pgevents_rules::pg_error("cannot record the action run in pgevents.action_run", e).into()),
+        }
+    }
+
+    /// Dead-letters the job, then records its last attempt as `dead`.
+    async fn bury(&self, record: RunRecord<'_>) -> Result<JobOutcome, JobError> {
+        let error = record.error.unwrap_or("failed");
+        self.dead.publish(record.job, error).await?;
+        self.write(&RunRecord { status: Status::Dead, ..record }).await?;
+        metrics::counter!(metric::ACTION_RUNS, "action" => record.job.action.clone(), "status" => "dead").increment(1);
+        tracing::warn!(
+            key = %record.job.idempotency_key, action = %record.job.action, attempt = record.attempt, error,
+            "action failed for good; the job is in the dead-letter queue"
+        );
+        Ok(JobOutcome::Dead)
+    }
+
+    /// Runs `job` until it succeeds or dies. Errors mean "not finished, try the whole job
+    /// again later" (the database or the broker is unreachable, or shutdown came).
+    pub async fn run(&self, job: &Job, shutdown: &CancellationToken) -> Result<JobOutcome, JobError> {
+        let prior = {
+            let client = self.pool.get().await.map_err(pgevents_rules::RulesError::from)?;
+            record::prior(&client, &job.idempotency_key).await?
+        };
+        if prior.succeeded || prior.dead {
+            metrics::counter!(metric::ACTION_SKIPPED, "action" => job.action.clone()).increment(1);
+            tracing::debug!(key = %job.idempotency_key, "job already finished; not running it again");
+            return Ok(JobOutcome::AlreadyDone);
+        }
+        let mut attempt = prior.failed + 1;
+        let base = RunRecord {
+            job,
+            parameters: None,
+            status: Status::Failed,
+            attempt,
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            error: None,
+            response_code: None,
+            result: None,
+            worker: &self.worker,
+        };
+        let rules = self.rules.get();
+        let Some(action) = rules.action(&job.action) else {
+            let error = format!("unknown action {:?}: it is not in pgevents.action (deleted or renamed?)", job.action);
+            return self.bury(RunRecord { error: Some(&error), ..base }).await;
+        };
+        let parameters = job.merged_parameters(&action.static_parameters);
+        let parameters_json = parameters_text(&parameters);
+        let base = RunRecord { parameters: Some(&parameters_json), ..base };
+        if attempt > action.max_attempts {
+            // An earlier run used every attempt but could not dead-letter the job.
+            let error = format!("gave up after {} failed attempts", prior.failed);
+            return self.bury(RunRecord { attempt: prior.failed, error: Some(&error), ..base }).await;
+        }
+        let base_url = self.base_url.as_deref().or_else(|| rules.setting("base_url"));
+        let event: Value = serde_json::from_str(job.event_json.get()).unwrap_or(Value::Null);
+        loop {
+            let started_at = SystemTime::now();
+            let clock = Instant::now();
+            let record = RunRecord { attempt, started_at, ..base.clone() };
+            let outcome = match &action.kind {
+                ActionKind::Sql { statement } => {
+                    let success = RunRecord { status: Status::Succeeded, ..record.clone() };
+                    crate::sql::run(
+                        &self.pool,
+                        statement,
+                        &parameters_json,
+                        job.event_json.get(),
+                        action.timeout.as_millis(),
+                        success,
+                        clock,
+                    )
+                    .await?
+                }
+                ActionKind::Http { method, url, headers, body_template } => {
+                    let http = HttpAction { method, url, headers, body_template: body_template.as_ref() };
+                    self.http.call(&action, &http, job, &parameters, &event, base_url).await
+                }
+            };
+            let duration = clock.elapsed();
+            metrics::histogram!(metric::ACTION_DURATION, "action" => job.action.clone()).record(duration.as_secs_f64());
+            if outcome.already_done {
+                return Ok(JobOutcome::AlreadyDone);
+            }
+            let record = RunRecord {
+                duration,
+                error: outcome.error.as_deref(),
+                response_code: outcome.response_code,
+                result: outcome.result.as_deref(),
+                ..record
+            };
+            if outcome.ok {
+                if !outcome.recorded {
+                    self.write(&RunRecord { status: Status::Succeeded, ..record }).await?;
+                }
+                metrics::counter!(metric::ACTION_RUNS, "action" => job.action.clone(), "status" => "succeeded")
+                    .increment(1);
+                return Ok(JobOutcome::Succeeded { attempt });
+            }
+            if outcome.permanent || attempt >= action.max_attempts {
+                return self.bury(record).await;
+            }
+            self.write(&record).await?;
+            metrics::counter!(metric::ACTION_RUNS, "action" => job.action.clone(), "status" => "failed").increment(1);
+            let wait = action.backoff_after(attempt);
+            tracing::info!(
+                key = %job.idempotency_key, action = %job.action, attempt, error = record.error.unwrap_or(""),
+                retry_in_ms = wait.as_millis() as u64, "action failed; retrying"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return Err(JobError::Interrupted),
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Records that `job` cannot run at all (its work item's filter or query fails for this
+    /// event): a `dead` row with the error, and the job in the dead-letter queue. Done once per
+    /// key, so a redelivered event does not add more.
+    pub async fn fail_job(&self, job: &Job, error: &str) -> Result<JobOutcome, JobError> {
+        let prior = {
+            let client = self.pool.get().await.map_err(pgevents_rules::RulesError::from)?;
+            record::prior(&client, &job.idempotency_key).await?
+        };
+        if prior.dead || prior.succeeded {
+            return Ok(JobOutcome::AlreadyDone);
+        }
+        let record = RunRecord {
+            job,
+            parameters: None,
+            status: Status::Dead,
+            attempt: prior.failed + 1,
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            error: Some(error),
+            response_code: None,
+            result: None,
+            worker: &self.worker,
+        };
+        self.bury(record).await
+    }
+
+    /// The action definition a job would run, if it exists now.
+    pub fn action(&self, name: &str) -> Option<Arc<ActionDef>> {
+        self.rules.get().action(name)
+    }
+}

@@ -1,0 +1,52 @@
+//! SQL actions: the statement runs in its own transaction, and its `succeeded` row is written in
+//! that same transaction, so a statement that committed is never run again for the same job.
+
+use deadpool_postgres::{GenericClient, Pool};
+use pgevents_replication::{describe_sql_error, sql_error_is_transient};
+use pgevents_rules::{JsonbText, RulesError};
+use tokio_postgres::types::Type;
+
+use crate::record::{insert, is_duplicate_success, RunRecord};
+use crate::runner::Attempt;
+
+/// Runs `statement` with `$1` = parameters and `$2` = event. `success` is the row to write
+/// when it works (its duration is filled in here).
+pub(crate) async fn run(
+    pool: &Pool,
+    statement: &str,
+    parameters: &str,
+    event: &str,
+    timeout_ms: u128,
+    success: RunRecord<'_>,
+    clock: std::time::Instant,
+) -> Result<Attempt, RulesError> {
+    let mut client = pool.get().await?;
+    let failure = |e: &tokio_postgres::Error| Attempt::failed(describe_sql_error(e), !sql_error_is_transient(e));
+    let tx = match client.transaction().await {
+        Ok(tx) => tx,
+        Err(e) => return Ok(failure(&e)),
+    };
+    if let Err(e) = tx.batch_execute(&format!("SET LOCAL statement_timeout = {timeout_ms}")).await {
+        return Ok(failure(&e));
+    }
+    let prepared = match tx.prepare_typed_cached(statement, &[Type::JSONB, Type::JSONB]).await {
+        Ok(prepared) => prepared,
+        Err(e) => return Ok(failure(&e)),
+    };
+    let rows = match tx.execute(&prepared, &[&JsonbText(parameters), &JsonbText(event)]).await {
+        Ok(rows) => rows,
+        Err(e) => return Ok(failure(&e)),
+    };
+    let result = format!("{rows} rows");
+    let record = RunRecord { duration: clock.elapsed(), result: Some(&result), ..success };
+    if let Err(e) = insert(&tx, &record).await {
+        if is_duplicate_success(&e) {
+            return Ok(Attempt { already_done: true, ..Attempt::default() });
+        }
+        return Ok(failure(&e));
+    }
+    match tx.commit().await {
+        Ok(()) => Ok(Attempt { ok: true, recorded: true, result: Some(result), ..Attempt::default() }),
+        Err(e) => Ok(failure(&e)),
+    }
+}

@@ -1,0 +1,159 @@
+//! `{{name}}` placeholders in HTTP URLs, headers and body templates.
+//!
+//! `{{name}}` (or `{{a.b}}` for a nested value) is taken from the run's parameters;
+//! `{{event.table_name}}`, `{{event.new.email}}` and the like from the event. A string that is
+//! a single placeholder becomes the value itself (a number stays a number); inside a longer
+//! string the value is written as text. A placeholder without a value is an error, never an
+//! empty string.
+
+use serde_json::{Map, Value};
+
+/// Where placeholders find their values.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub parameters: &'a Map<String, Value>,
+    pub event: &'a Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("placeholder {{{{{0}}}}} has no value (not in the parameters, or null)")]
+    Missing(String),
+    #[error("unclosed placeholder in {0:?}: expected {{{{name}}}}")]
+    Unclosed(String),
+}
+
+impl Scope<'_> {
+    fn lookup(&self, path: &str) -> Option<&Value> {
+        let mut parts = path.split('.');
+        let first = parts.next()?;
+        let mut current = match (first, self.parameters.get(first)) {
+            (_, Some(value)) if first != "event" => value,
+            ("event", _) => self.event,
+            _ => return None,
+        };
+        for part in parts {
+            current = match current {
+                Value::Object(map) => map.get(part)?,
+                Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        (!current.is_null()).then_some(current)
+    }
+}
+
+fn as_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Replaces every placeholder in `text`, passing each value's text through `encode` (e.g.
+/// percent-encoding for URLs).
+pub fn render_string(text: &str, scope: Scope<'_>, encode: impl Fn(&str) -> String) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| TemplateError::Unclosed(text.to_owned()))?;
+        let name = after[..end].trim();
+        let value = scope.lookup(name).ok_or_else(|| TemplateError::Missing(name.to_owned()))?;
+        out.push_str(&encode(&as_text(value)));
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Renders a JSON template: strings have their placeholders replaced, recursively.
+pub fn render_value(template: &Value, scope: Scope<'_>) -> Result<Value, TemplateError> {
+    Ok(match template {
+        Value::String(s) => {
+            let trimmed = s.trim();
+            let single = trimmed
+                .strip_prefix("{{")
+                .and_then(|t| t.strip_suffix("}}"))
+                .filter(|inner| !inner.contains("{{") && !inner.contains("}}"));
+            match single {
+                Some(name) => {
+                    scope.lookup(name.trim()).cloned().ok_or_else(|| TemplateError::Missing(name.trim().to_owned()))?
+                }
+                None => Value::String(render_string(s, scope, str::to_owned)?),
+            }
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| render_value(v, scope)).collect::<Result<_, _>>()?),
+        Value::Object(map) => Value::Object(
+            map.iter().map(|(k, v)| Ok((k.clone(), render_value(v, scope)?))).collect::<Result<_, TemplateError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for URL placeholders).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn with<T>(parameters: Value, f: impl FnOnce(Scope<'_>) -> T) -> T {
+        let parameters = parameters.as_object().cloned().unwrap_or_default();
+        let event = json!({"table_name": "public.users", "new": {"email": "a@example.com"}});
+        f(Scope { parameters: &parameters, event: &event })
+    }
+
+    #[test]
+    fn single_placeholders_keep_the_value_type() {
+        let body = with(json!({"id": 7, "tags": ["a"], "name": "Ann"}), |scope| {
+            render_value(
+                &json!({"user": "{{id}}", "tags": "{{ tags }}", "greeting": "Hello {{name}}!", "table": "{{event.table_name}}", "fixed": 1}),
+                scope,
+            )
+        });
+        assert_eq!(
+            body.unwrap(),
+            json!({"user": 7, "tags": ["a"], "greeting": "Hello Ann!", "table": "public.users", "fixed": 1})
+        );
+    }
+
+    #[test]
+    fn nested_paths_and_event_fields() {
+        let text = with(json!({"user": {"emails": ["x@y"]}}), |scope| {
+            render_string("{{user.emails.0}} {{event.new.email}}", scope, str::to_owned)
+        });
+        assert_eq!(text.unwrap(), "x@y a@example.com");
+    }
+
+    #[test]
+    fn missing_values_are_errors() {
+        let err = with(json!({"a": null}), |scope| render_value(&json!("{{a}}"), scope)).unwrap_err();
+        assert_eq!(err, TemplateError::Missing("a".into()));
+        let err = with(json!({}), |scope| render_string("x {{b", scope, str::to_owned)).unwrap_err();
+        assert!(matches!(err, TemplateError::Unclosed(_)));
+        assert!(err.to_string().contains("{{name}}"), "{err}");
+        assert_eq!(
+            TemplateError::Missing("zz".into()).to_string(),
+            "placeholder {{zz}} has no value (not in the parameters, or null)"
+        );
+    }
+
+    #[test]
+    fn url_values_are_percent_encoded() {
+        let url = with(json!({"q": "a b/c&d"}), |scope| render_string("http://h/s?q={{q}}", scope, percent_encode));
+        assert_eq!(url.unwrap(), "http://h/s?q=a%20b%2Fc%26d");
+    }
+}

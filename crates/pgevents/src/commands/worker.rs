@@ -1,0 +1,114 @@
+//! `pgevents worker` and `pgevents action-runner`: the rules, the job runner and the consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgevents_actions::{declare_work_topology, DeadLetters, HttpCaller, JobRunner, WorkTopology};
+use pgevents_amqp::AmqpUrl;
+use pgevents_rules::{connection_pool, RulesCache};
+use pgevents_telemetry::Readiness;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{ActionArgs, ActionRunnerArgs, TelemetryArgs, WorkTopologyArgs, WorkerArgs};
+use crate::pg_args::PgArgs;
+
+const DURATION_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+fn topology(args: &WorkTopologyArgs) -> WorkTopology {
+    WorkTopology {
+        work_exchange: args.work_exchange.clone(),
+        work_queue: args.work_queue.clone(),
+        dead_exchange: args.dead_letter_exchange.clone(),
+        dead_queue: args.dead_letter_queue.clone(),
+    }
+}
+
+/// `host:pid`, recorded in `action_run.worker`.
+fn worker_name(role: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{role}@{host}:{}", std::process::id())
+}
+
+/// Everything both commands set up: telemetry, rules, queues, the job runner.
+struct Setup {
+    url: AmqpUrl,
+    topology: WorkTopology,
+    pool: deadpool_postgres::Pool,
+    rules: Arc<RulesCache>,
+    runner: Arc<JobRunner>,
+    readiness: Readiness,
+}
+
+async fn setup(
+    role: &str,
+    pg: &PgArgs,
+    rabbitmq_url: &str,
+    actions: &ActionArgs,
+    topology_args: &WorkTopologyArgs,
+    telemetry: &TelemetryArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Setup> {
+    let readiness = super::telemetry::start(
+        telemetry.metrics_addr,
+        &[(pgevents_actions::metric::ACTION_DURATION, DURATION_BUCKETS)],
+        "starting",
+        shutdown,
+    )
+    .await?;
+    let url: AmqpUrl = rabbitmq_url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
+    let settings = pg.connect_config(&format!("pgevents {role}"))?;
+    let rules =
+        RulesCache::start(settings.clone(), Duration::from_secs(actions.rules_refresh_secs.max(1)), shutdown.clone())
+            .await
+            .context("cannot load the rules")?;
+    let topology = topology(topology_args);
+    declare_work_topology(&url, &topology).await.context("cannot declare the work and dead-letter queues")?;
+    let pool = connection_pool(&settings, role, actions.concurrency.max(1) + 1)?;
+    let http = HttpCaller::new().map_err(anyhow::Error::msg)?;
+    let dead = DeadLetters::start(url.clone(), &topology);
+    let runner =
+        Arc::new(JobRunner::new(pool.clone(), rules.clone(), http, dead, worker_name(role), actions.base_url.clone()));
+    Ok(Setup { url, topology, pool, rules, runner, readiness })
+}
+
+fn prefetch(actions: &ActionArgs) -> u16 {
+    actions.prefetch.unwrap_or_else(|| u16::try_from(actions.concurrency.max(1) * 2).unwrap_or(u16::MAX))
+}
+
+pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let s =
+        setup("worker", &args.pg, &args.rabbit.url, &args.actions, &args.topology, &args.telemetry, &shutdown).await?;
+    let config = pgevents_workitems::WorkerConfig {
+        url: s.url,
+        exchange: args.rabbit.exchange.clone(),
+        queue: args.queue_name.clone(),
+        binding_keys: args.binding_keys.iter().filter(|k| !k.is_empty()).cloned().collect(),
+        prefetch: prefetch(&args.actions),
+        concurrency: args.actions.concurrency.max(1),
+        topology: s.topology,
+    };
+    s.readiness.set_ready();
+    tracing::info!(queue = %config.queue, exchange = %config.exchange, concurrency = config.concurrency, "worker starting");
+    pgevents_workitems::run_worker(config, s.pool, s.rules, s.runner, shutdown).await?;
+    Ok(())
+}
+
+pub async fn run_action_runner(args: ActionRunnerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let s =
+        setup("action-runner", &args.pg, &args.rabbitmq_url, &args.actions, &args.topology, &args.telemetry, &shutdown)
+            .await?;
+    let config = pgevents_actions::ActionRunnerConfig {
+        url: s.url,
+        topology: s.topology,
+        prefetch: prefetch(&args.actions),
+        concurrency: args.actions.concurrency.max(1),
+    };
+    s.readiness.set_ready();
+    tracing::info!(queue = %config.topology.work_queue, concurrency = config.concurrency, "action runner starting");
+    pgevents_actions::run_action_runner(config, s.runner, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The current rules in memory, reloaded when they change.
+//!
+//! A dedicated connection LISTENs on `pgevents_rules`; the rule tables' triggers notify it on
+//! every change, and the cache reloads. It also reloads every refresh interval (a notification
+//! sent while the connection was down is lost). When the database is unreachable the last rules
+//! stay in use and the watcher reconnects with backoff.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use pgevents_replication::{drive_connection, sql_connect, ConnectConfig};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::{load, pg_error, RuleSet, RulesError, RULES_CHANNEL};
+
+/// The current rules, shared by every task of a worker.
+#[derive(Debug)]
+pub struct RulesCache {
+    current: RwLock<Arc<RuleSet>>,
+}
+
+impl RulesCache {
+    /// A cache holding fixed rules (no watcher).
+    pub fn fixed(rules: RuleSet) -> Arc<RulesCache> {
+        Arc::new(RulesCache { current: RwLock::new(Arc::new(rules)) })
+    }
+
+    /// The rules now.
+    pub fn get(&self) -> Arc<RuleSet> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set(&self, rules: RuleSet) {
+        metrics::gauge!("pgevents_rules_work_items").set(rules.work_item_count() as f64);
+        metrics::counter!("pgevents_rules_reloads_total").increment(1);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
+    }
+
+    /// Loads the rules (failing if that is impossible now, e.g. not installed) and starts the
+    /// watcher that keeps them current until `shutdown`.
+    pub async fn start(
+        settings: ConnectConfig,
+        refresh: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<RulesCache>, RulesError> {
+        let (client, notified) = listen(&settings).await?;
+        let mut client = client;
+        let rules = load(&mut client).await?;
+        tracing::info!(work_items = rules.work_item_count(), "rules loaded");
+        let cache = Arc::new(RulesCache { current: RwLock::new(Arc::new(RuleSet::default())) });
+        cache.set(rules);
+        tokio::spawn(watch(cache.clone(), settings, client, notified, refresh, shutdown));
+        Ok(cache)
+    }
+}
+
+/// Connects and listens; the receiver yields once per notification and ends with the connection.
+async fn listen(settings: &ConnectConfig) -> Result<(Client, mpsc::Receiver<()>), RulesError> {
+    let (client, driver) = sql_connect(settings, "rules").await?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(drive_connection(driver, move |channel, _| {
+        if channel == RULES_CHANNEL {
+            // A full channel already holds a pending reload.
+            let _ = tx.try_send(());
+        }
+    }));
+    client
+        .batch_execute(&format!("LISTEN {RULES_CHANNEL}"))
+        .await
+        .map_err(|e| pg_error("cannot LISTEN for rule changes", e))?;
+    Ok((client, rx))
+}
+
+async fn watch(
+    cache: Arc<RulesCache>,
+    settings: ConnectConfig,
+    mut client: Client,
+    mut notified: mpsc::Receiver<()>,
+    refresh: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            signal = notified.recv() => signal.is_some(),
+            _ = tokio::time::sleep(refresh) => true,
+        };
+        if connected {
+            match load(&mut client).await {
+                Ok(rules) => {
+                    tracing::info!(work_items = rules.work_item_count(), "rules reloaded");
+                    cache.set(rules);
+                    continue;
+                }
+                Err(e) if !client.is_closed() => {
+                    tracing::error!(error = %e, "cannot reload the rules; keeping the previous ones");
+                    continue;
+                }
+                Err(_) => {}
+            }
+        }
+        // The connection is gone: reconnect (with backoff), then reload.
+        loop {
+            tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "lost the rules connection; reconnecting");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            match listen(&settings).await {
+                Ok((new_client, new_notified)) => {
+                    client = new_client;
+                    notified = new_notified;
+                    backoff = Duration::from_millis(500);
+                    match load(&mut client).await {
+                        Ok(rules) => cache.set(rules),
+                        Err(e) => tracing::error!(error = %e, "cannot reload the rules; keeping the previous ones"),
+                    }
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot reconnect for rule changes"),
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Reads the rule tables into a [`RuleSet`], in one consistent snapshot.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgevents_event::Action;
+use serde_json::{Map, Value};
+use tokio_postgres::{Client, IsolationLevel, Row};
+
+use crate::model::{ActionDef, ActionKind, Mode, RuleSet, WorkItem};
+use crate::{pg_error, RulesError};
+
+const WORK_ITEMS: &str = "
+    SELECT w.name, w.table_schema, w.table_name, w.trigger_actions, w.filter, w.work_item_query,
+           w.action, w.mode, w.transaction_label
+    FROM pgevents.work_item w
+    JOIN pgevents.event_table t USING (table_schema, table_name)
+    WHERE w.enabled AND t.enabled
+    ORDER BY w.name";
+
+const ACTIONS: &str = "
+    SELECT name, kind, sql, http_method, url, headers, body_template, static_parameters,
+           timeout_ms, max_attempts, backoff_ms, backoff_max_ms
+    FROM pgevents.action";
+
+const SETTINGS: &str = "SELECT name, value FROM pgevents.setting";
+
+fn invalid(what: String, reason: impl Into<String>) -> RulesError {
+    RulesError::InvalidRule { what, reason: reason.into() }
+}
+
+fn work_item(row: &Row) -> Result<WorkItem, RulesError> {
+    let get = |e| pg_error("cannot read pgevents.work_item", e);
+    let name: String = row.try_get("name").map_err(get)?;
+    let schema: String = row.try_get("table_schema").map_err(get)?;
+    let table: String = row.try_get("table_name").map_err(get)?;
+    let codes: Vec<String> = row.try_get("trigger_actions").map_err(get)?;
+    let trigger_actions = codes
+        .iter()
+        .map(|code| code.parse::<Action>().map_err(|e| invalid(format!("work item {name:?}"), e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mode = match row.try_get::<_, String>("mode").map_err(get)?.as_str() {
+        "async" => Mode::Async,
+        _ => Mode::Sync,
+    };
+    Ok(WorkItem {
+        table: pgevents_event::routing_key(&schema, &table),
+        trigger_actions,
+        filter: row.try_get("filter").map_err(get)?,
+        query: row.try_get("work_item_query").map_err(get)?,
+        action: row.try_get("action").map_err(get)?,
+        mode,
+        transaction_label: row.try_get("transaction_label").map_err(get)?,
+        name,
+    })
+}
+
+fn millis(row: &Row, column: &str) -> Result<Duration, RulesError> {
+    let ms: i32 = row.try_get(column).map_err(|e| pg_error("cannot read pgevents.action", e))?;
+    Ok(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn action(row: &Row) -> Result<ActionDef, RulesError> {
+    let get = |e| pg_error("cannot read pgevents.action", e);
+    let name: String = row.try_get("name").map_err(get)?;
+    let kind = match row.try_get::<_, String>("kind").map_err(get)?.as_str() {
+        "sql" => ActionKind::Sql {
+            statement: row
+                .try_get::<_, Option<String>>("sql")
+                .map_err(get)?
+                .ok_or_else(|| invalid(format!("action {name:?}"), "kind sql without sql"))?,
+        },
+        _ => ActionKind::Http {
+            method: row.try_get("http_method").map_err(get)?,
+            url: row
+                .try_get::<_, Option<String>>("url")
+                .map_err(get)?
+                .ok_or_else(|| invalid(format!("action {name:?}"), "kind http without url"))?,
+            headers: object(row.try_get("headers").map_err(get)?),
+            body_template: row.try_get("body_template").map_err(get)?,
+        },
+    };
+    let max_attempts: i32 = row.try_get("max_attempts").map_err(get)?;
+    Ok(ActionDef {
+        static_parameters: object(row.try_get("static_parameters").map_err(get)?),
+        timeout: millis(row, "timeout_ms")?,
+        max_attempts: u32::try_from(max_attempts).unwrap_or(1).max(1),
+        backoff: millis(row, "backoff_ms")?,
+        backoff_max: millis(row, "backoff_max_ms")?,
+        kind,
+        name,
+    })
+}
+
+/// Reads every enabled work item, every action and every setting.
+pub async fn load(client: &mut Client) -> Result<RuleSet, RulesError> {
+    crate::schema::require_installed(client).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| pg_error("cannot read the rules", e))?;
+    let read = |what: &'static str| move |e| pg_error(format!("cannot read {what}"), e);
+    let work_items = tx.query(WORK_ITEMS, &[]).await.map_err(read("pgevents.work_item"))?;
+    let actions = tx.query(ACTIONS, &[]).await.map_err(read("pgevents.action"))?;
+    let settings = tx.query(SETTINGS, &[]).await.map_err(read("pgevents.setting"))?;
+    tx.commit().await.map_err(read("the rules"))?;
+    let settings = settings
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<HashMap<String, String>, tokio_postgres::Error>>()
+        .map_err(read("pgevents.setting"))?;
+    Ok(RuleSet::new(
+        work_items.iter().map(work_item).collect::<Result<_, _>>()?,
+        actions.iter().map(action).collect::<Result<_, _>>()?,
+        settings,
+    ))
+}

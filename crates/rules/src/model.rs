@@ -1,0 +1,159 @@
+//! The rules as the workers use them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgevents_event::Action;
+use serde_json::{Map, Value};
+
+/// When the action of a work item runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In the worker, right away.
+    Sync,
+    /// Queued on the work exchange for an action runner.
+    Async,
+}
+
+/// One row of `pgevents.work_item` (enabled, on an enabled event table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkItem {
+    pub name: String,
+    /// `schema.table`.
+    pub table: String,
+    pub trigger_actions: Vec<Action>,
+    /// A boolean SQL expression over `$1` (the event as jsonb).
+    pub filter: Option<String>,
+    /// A query over `$1` returning a jsonb column `parameters`.
+    pub query: Option<String>,
+    /// The action's name.
+    pub action: String,
+    pub mode: Mode,
+    pub transaction_label: Option<String>,
+}
+
+/// How an action runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionKind {
+    /// A statement; `$1` is the parameters, `$2` the event (both jsonb).
+    Sql { statement: String },
+    /// An HTTP request.
+    Http { method: String, url: String, headers: Map<String, Value>, body_template: Option<Value> },
+}
+
+/// One row of `pgevents.action`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionDef {
+    pub name: String,
+    pub kind: ActionKind,
+    /// Merged under the parameters of each run (the run's own values win).
+    pub static_parameters: Map<String, Value>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    /// Wait before the second attempt; it doubles for each further attempt, up to `backoff_max`.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl ActionDef {
+    /// The wait after failed attempt number `attempt` (1-based).
+    pub fn backoff_after(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(30);
+        self.backoff.saturating_mul(1 << doublings).min(self.backoff_max)
+    }
+}
+
+/// The rules at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    /// Work items by `schema.table`, in name order.
+    work_items: HashMap<String, Vec<Arc<WorkItem>>>,
+    actions: HashMap<String, Arc<ActionDef>>,
+    settings: HashMap<String, String>,
+}
+
+impl RuleSet {
+    pub fn new(work_items: Vec<WorkItem>, actions: Vec<ActionDef>, settings: HashMap<String, String>) -> RuleSet {
+        let mut by_table: HashMap<String, Vec<Arc<WorkItem>>> = HashMap::new();
+        for item in work_items {
+            by_table.entry(item.table.clone()).or_default().push(Arc::new(item));
+        }
+        RuleSet {
+            work_items: by_table,
+            actions: actions.into_iter().map(|a| (a.name.clone(), Arc::new(a))).collect(),
+            settings,
+        }
+    }
+
+    /// The work items an event of `table` with `action` triggers.
+    pub fn work_items_for<'a>(&'a self, table: &str, action: Action) -> impl Iterator<Item = &'a Arc<WorkItem>> + 'a {
+        self.work_items.get(table).into_iter().flatten().filter(move |item| item.trigger_actions.contains(&action))
+    }
+
+    pub fn action(&self, name: &str) -> Option<Arc<ActionDef>> {
+        self.actions.get(name).cloned()
+    }
+
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings.get(name).map(String::as_str)
+    }
+
+    /// How many work items there are, over all tables.
+    pub fn work_item_count(&self) -> usize {
+        self.work_items.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(name: &str, table: &str, actions: &[Action]) -> WorkItem {
+        WorkItem {
+            name: name.into(),
+            table: table.into(),
+            trigger_actions: actions.to_vec(),
+            filter: None,
+            query: None,
+            action: "a".into(),
+            mode: Mode::Sync,
+            transaction_label: None,
+        }
+    }
+
+    #[test]
+    fn work_items_match_by_table_and_action() {
+        let rules = RuleSet::new(
+            vec![
+                item("w1", "public.users", &[Action::Insert]),
+                item("w2", "public.users", &[Action::Insert, Action::Update]),
+                item("w3", "public.orders", &[Action::Insert]),
+            ],
+            vec![],
+            HashMap::new(),
+        );
+        let names = |action| rules.work_items_for("public.users", action).map(|w| w.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(Action::Insert), ["w1", "w2"]);
+        assert_eq!(names(Action::Update), ["w2"]);
+        assert!(names(Action::Delete).is_empty());
+        assert_eq!(rules.work_items_for("public.nothing", Action::Insert).count(), 0);
+        assert_eq!(rules.work_item_count(), 3);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let action = ActionDef {
+            name: "a".into(),
+            kind: ActionKind::Sql { statement: "SELECT 1".into() },
+            static_parameters: Map::new(),
+            timeout: Duration::from_secs(1),
+            max_attempts: 10,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+        };
+        let waits: Vec<u128> = (1..=5).map(|n| action.backoff_after(n).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500]);
+        assert_eq!(action.backoff_after(1000), Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,24 @@
+//! The work-item stage of pgevents (`pgevents worker`).
+//!
+//! For each event from its durable queue the worker finds the work items of the event's table
+//! and action, evaluates each one's filter and `work_item_query` in PostgreSQL with the event
+//! bound as `$1` (jsonb: the event, its `message_id`, its transaction `context`, and the work
+//! item's `transaction_label`), and turns every parameters row into a job: run at once in
+//! `sync` mode, published to the work exchange in `async` mode. The event is acknowledged only
+//! after every job is finished, dead-lettered or safely queued.
+
+mod document;
+mod evaluate;
+mod worker;
+
+pub use document::event_document;
+pub use evaluate::{evaluate, EvaluateError};
+pub use worker::{run_worker, WorkerConfig};
+
+/// Metric names of the work-item stage.
+pub mod metric {
+    /// Events read, by whether any work item matched (`matched`, `unmatched`).
+    pub const EVENTS: &str = "pgevents_worker_events_total";
+    /// Jobs made, by work item and mode.
+    pub const JOBS: &str = "pgevents_worker_jobs_total";
+}

@@ -1,0 +1,150 @@
+//! `pgevents worker`: events in, jobs out (run at once or queued), acknowledged when done.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use pgevents_actions::{work_message, Job, JobRunner, WorkTopology};
+use pgevents_amqp::{AmqpUrl, ConfirmedSender, PublisherSettings};
+use pgevents_consumer::{Consumer, ConsumerConfig, ConsumerError, IncomingEvent, Outcome, QueueMode, Registry};
+use pgevents_rules::{Mode, RulesCache, WorkItem};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use crate::{evaluate, event_document, metric, EvaluateError};
+
+/// Settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub url: AmqpUrl,
+    /// The exchange the producer publishes events to.
+    pub exchange: String,
+    /// The worker's durable queue; workers on the same queue share the events.
+    pub queue: String,
+    pub binding_keys: Vec<String>,
+    pub prefetch: u16,
+    /// Events handled at once (1 keeps the events' order).
+    pub concurrency: usize,
+    pub topology: WorkTopology,
+}
+
+struct Stage {
+    pool: Pool,
+    rules: Arc<RulesCache>,
+    runner: Arc<JobRunner>,
+    work: ConfirmedSender,
+    shutdown: CancellationToken,
+}
+
+fn info(incoming: &IncomingEvent) -> pgevents_actions::EventInfo {
+    let event = &incoming.event;
+    pgevents_actions::EventInfo {
+        table_name: event.table_name.clone(),
+        action: event.action,
+        lsn: event.lsn.clone(),
+        commit_time: event.commit_time.clone(),
+        message_id: incoming.message_id.clone(),
+    }
+}
+
+impl Stage {
+    async fn handle(&self, incoming: IncomingEvent) -> Outcome {
+        let rules = self.rules.get();
+        let items: Vec<Arc<WorkItem>> =
+            rules.work_items_for(&incoming.event.table_name, incoming.event.action).cloned().collect();
+        let matched = if items.is_empty() { "unmatched" } else { "matched" };
+        metrics::counter!(metric::EVENTS, "result" => matched).increment(1);
+        for item in items {
+            if let Err(outcome) = self.work_item(&incoming, &item).await {
+                return outcome;
+            }
+        }
+        Outcome::Ok
+    }
+
+    /// Runs or queues every job of one work item; `Err` is how the event must be settled now.
+    async fn work_item(&self, incoming: &IncomingEvent, item: &WorkItem) -> Result<(), Outcome> {
+        let document = event_document(&incoming.body, &incoming.message_id, item.transaction_label.as_deref())
+            .map_err(Outcome::Fail)?;
+        let event_json = RawValue::from_string(document).map_err(|e| Outcome::Fail(format!("event body: {e}")))?;
+        let job = |row: usize, parameters| Job {
+            idempotency_key: Job::key(&incoming.message_id, &item.name, row),
+            work_item: item.name.clone(),
+            action: item.action.clone(),
+            row,
+            parameters,
+            event: info(incoming),
+            event_json: event_json.clone(),
+        };
+        let evaluated = match self.pool.get().await {
+            Ok(client) => evaluate(&client, item, &incoming.event, event_json.get()).await,
+            Err(e) => Err(EvaluateError::Unavailable(e.into())),
+        };
+        let rows = match evaluated {
+            Ok(rows) => rows,
+            Err(EvaluateError::Unavailable(e)) => return Err(Outcome::Retry(e.to_string())),
+            Err(EvaluateError::Rule(error)) => {
+                tracing::error!(work_item = %item.name, message_id = %incoming.message_id, %error, "work item failed for this event");
+                let mut failed = job(0, Default::default());
+                failed.idempotency_key = format!("{}/{}/rule", incoming.message_id, item.name);
+                return match self.runner.fail_job(&failed, &error).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(Outcome::Retry(e.to_string())),
+                };
+            }
+        };
+        let mode = match item.mode {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+        };
+        for (row, parameters) in rows.into_iter().enumerate() {
+            let job = job(row, parameters);
+            metrics::counter!(metric::JOBS, "work_item" => item.name.clone(), "mode" => mode).increment(1);
+            match item.mode {
+                Mode::Sync => {
+                    self.runner.run(&job, &self.shutdown).await.map_err(|e| Outcome::Retry(e.to_string()))?;
+                }
+                Mode::Async => {
+                    self.work
+                        .send(work_message(&job, None, None))
+                        .await
+                        .map_err(|e| Outcome::Retry(format!("cannot queue the job: {e}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Consumes events until `shutdown`.
+pub async fn run_worker(
+    config: WorkerConfig,
+    pool: Pool,
+    rules: Arc<RulesCache>,
+    runner: Arc<JobRunner>,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let work = ConfirmedSender::start(
+        config.url.clone(),
+        PublisherSettings {
+            exchange: config.topology.work_exchange.clone(),
+            mandatory: true,
+            declare_exchange: true,
+            other_exchanges: Vec::new(),
+            connection_name: "pgevents worker (work messages)".into(),
+        },
+        256,
+    );
+    let stage = Arc::new(Stage { pool, rules, runner, work, shutdown: shutdown.clone() });
+    let mut consumer = ConsumerConfig::new(config.url, &config.exchange);
+    consumer.queue = QueueMode::Durable(config.queue);
+    consumer.binding_keys = config.binding_keys;
+    consumer.prefetch = config.prefetch.max(1);
+    consumer.concurrency = config.concurrency.max(1);
+    consumer.dead_letter_exchange = Some(config.topology.dead_exchange.clone());
+    consumer.name = "pgevents worker".to_owned();
+    let registry = Registry::new().on_all("*", move |incoming: IncomingEvent| {
+        let stage = stage.clone();
+        async move { stage.handle(incoming).await }
+    });
+    Consumer::new(consumer, registry).run(shutdown).await
+}

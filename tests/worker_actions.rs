@@ -1,0 +1,471 @@
+//! The work-item and action stages end to end: rules in PostgreSQL, `pgevents worker` and
+//! `pgevents action-runner` as processes, a real producer, RabbitMQ, and a real HTTP server
+//! in the test that records every call.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{World, WAIT};
+use pgevents_testkit::{
+    amqp_url, delete_exchange, delete_queue, http_get, metric_value, publish_raw, unique_name, wait_for, EventQueue,
+    HttpRecorder, PgEventsProcess, RecordedRequest, Reply,
+};
+use serde_json::{json, Value};
+
+/// A world with rule tables, subscribed tables, a producer and names of its own.
+struct Stage {
+    world: World,
+    producer: PgEventsProcess,
+    work_exchange: String,
+    work_queue: String,
+    dead_exchange: String,
+    dead_queue: String,
+    worker_queue: String,
+}
+
+const TABLES: &str = "
+    CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL, full_name text);
+    CREATE TABLE orders (id serial PRIMARY KEY, items int NOT NULL);
+    CREATE TABLE numbers (id serial PRIMARY KEY, n int NOT NULL);
+    CREATE TABLE audit (id serial PRIMARY KEY, note text, amount numeric, label text, uid text);";
+
+impl Stage {
+    /// Tables, `pgevents rules install`, the rules in `rules_sql`, and a producer.
+    async fn new(rules_sql: &str) -> Stage {
+        let world = World::new().await;
+        world.pg.execute(TABLES).await;
+        let install = run_to_end(&["rules", "install"], &world.pg.env()).await;
+        assert!(install.contains("now at version 1"), "{install}");
+        world.pg.execute(rules_sql).await;
+        let producer = world.producer(&[("PGTABLES", "users,orders,numbers")]).await;
+        Stage {
+            world,
+            producer,
+            work_exchange: unique_name("work"),
+            work_queue: unique_name("actions"),
+            dead_exchange: unique_name("dead"),
+            dead_queue: unique_name("deadq"),
+            worker_queue: unique_name("worker"),
+        }
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.world.producer_env(&[]);
+        for (name, value) in [
+            ("PGEVENTS_WORK_EXCHANGE", &self.work_exchange),
+            ("PGEVENTS_WORK_QUEUE", &self.work_queue),
+            ("PGEVENTS_DEAD_LETTER_EXCHANGE", &self.dead_exchange),
+            ("PGEVENTS_DEAD_LETTER_QUEUE", &self.dead_queue),
+            ("RABBITMQ_QUEUE_NAME", &self.worker_queue),
+        ] {
+            env.push((name.into(), value.clone()));
+        }
+        env.push(("PGEVENTS_CONCURRENCY".into(), "1".into()));
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        env
+    }
+
+    async fn start(&self, command: &str, extra: &[(&str, &str)]) -> PgEventsProcess {
+        let mut process = PgEventsProcess::spawn(&[command], &self.env(extra));
+        process.wait_for_log("consuming", WAIT).await;
+        process
+    }
+
+    async fn worker(&self) -> PgEventsProcess {
+        self.start("worker", &[]).await
+    }
+
+    /// `action_run` rows of a work item as JSON, in insertion order.
+    async fn runs(&self, work_item: &str) -> Vec<Value> {
+        let sql = format!(
+            "SELECT coalesce(json_agg(r ORDER BY r.id), '[]')::text FROM pgevents.action_run r WHERE work_item = '{work_item}'"
+        );
+        serde_json::from_str(&self.world.pg.query_text(&sql).await.unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Waits until the work item has `n` rows, the last with a final status.
+    async fn wait_runs(&self, work_item: &str, n: usize) -> Vec<Value> {
+        wait_for(&format!("{n} action_run rows of {work_item}"), WAIT, || async {
+            let runs = self.runs(work_item).await;
+            (runs.len() >= n).then_some(runs)
+        })
+        .await
+    }
+
+    async fn cleanup(self, processes: Vec<PgEventsProcess>) {
+        for process in processes.into_iter().chain([self.producer]) {
+            common::stop(process).await;
+        }
+        for queue in [&self.work_queue, &self.dead_queue, &self.worker_queue] {
+            delete_queue(queue).await;
+        }
+        for exchange in [&self.work_exchange, &self.dead_exchange, &self.world.exchange] {
+            delete_exchange(exchange).await;
+        }
+    }
+}
+
+/// Runs a short pgevents command and returns its stdout, checking it exits 0.
+async fn run_to_end(args: &[&str], env: &[(String, String)]) -> String {
+    let mut process = PgEventsProcess::spawn(args, env);
+    let code = process.wait(WAIT).await;
+    assert_eq!(code, Some(0), "pgevents {args:?} failed: {}", process.stderr());
+    process.stdout()
+}
+
+fn statuses(runs: &[Value]) -> Vec<&str> {
+    runs.iter().map(|r| r["status"].as_str().unwrap_or("?")).collect()
+}
+
+fn paths(requests: &[RecordedRequest], path: &str) -> Vec<RecordedRequest> {
+    requests.iter().filter(|r| r.path == path).cloned().collect()
+}
+
+/// The README's example: a welcome mail webhook on user insert, with a filter, a query using
+/// the transaction context and label, static parameters under the query's, and an SQL action
+/// fed by a query of 3 rows. Rule changes apply without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_sql_actions_follow_the_rules() {
+    let http = HttpRecorder::always(200).await;
+    let rules = format!(
+        r#"
+        INSERT INTO pgevents.setting (name, value) VALUES ('base_url', '{base}');
+        INSERT INTO pgevents.event_table (table_schema, table_name) VALUES ('public', 'users'), ('public', 'orders');
+        INSERT INTO pgevents.action (name, kind, url, headers, body_template, static_parameters)
+        VALUES ('welcome_mail', 'http', '{{base_url}}/mail/welcome', '{{"X-Api-Key": "s3cret"}}',
+                '{{"to": "{{{{email}}}}", "subject": "Welcome {{{{name}}}}!", "template": "{{{{template}}}}", "uid": "{{{{uid}}}}"}}',
+                '{{"template": "welcome-v1", "name": "friend"}}');
+        INSERT INTO pgevents.action (name, kind, sql)
+        VALUES ('audit', 'sql', 'INSERT INTO public.audit (note, amount, label) VALUES ($1->>''note'', ($1->>''amount'')::numeric, $2->>''transaction_label'')');
+        INSERT INTO pgevents.work_item (name, table_name, trigger_actions, filter, work_item_query, action, transaction_label)
+        VALUES ('welcome', 'users', '{{I}}', $$($1->'new'->>'email') LIKE '%@example.com'$$,
+                $$SELECT jsonb_build_object('email', $1->'new'->>'email', 'name', $1->'new'->>'full_name',
+                                            'uid', $1->'context'->>'uid', 'label', $1->>'transaction_label') AS parameters$$,
+                'welcome_mail', 'signup'),
+               ('order_lines', 'orders', '{{I}}', NULL,
+                $$SELECT jsonb_build_object('note', format('order %s line %s', $1->'new'->>'id', n), 'amount', n * 1.5) AS parameters
+                  FROM generate_series(1, ($1->'new'->>'items')::int) AS n$$,
+                'audit', 'orders');
+        "#,
+        base = http.base_url()
+    );
+    let stage = Stage::new(&rules).await;
+    let metrics_addr = pgevents_testkit::free_local_addr().to_string();
+    let mut worker = stage.start("worker", &[("PGEVENTS_METRICS_ADDR", &metrics_addr)]).await;
+
+    // The filter leaves bob out; ann's insert carries an application context.
+    stage.world.pg.execute("INSERT INTO users (email, full_name) VALUES ('bob@other.org', 'Bob')").await;
+    stage
+        .world
+        .pg
+        .execute(
+            "BEGIN;
+             SELECT pg_logical_emit_message(true, 'pgevents', '{\"uid\": \"u-42\"}');
+             INSERT INTO users (email, full_name) VALUES ('ann@example.com', 'Ann');
+             COMMIT;",
+        )
+        .await;
+    let runs = stage.wait_runs("welcome", 1).await;
+    let requests = http.requests();
+    assert_eq!(requests.len(), 1, "exactly one call, none for the filtered-out insert: {requests:?}");
+    let call = &requests[0];
+    assert_eq!((call.method.as_str(), call.path.as_str()), ("POST", "/mail/welcome"));
+    assert_eq!(
+        call.json(),
+        json!({"to": "ann@example.com", "subject": "Welcome Ann!", "template": "welcome-v1", "uid": "u-42"}),
+        "query parameters win over static ones"
+    );
+    assert_eq!(call.header("x-api-key"), Some("s3cret"));
+    assert_eq!(call.header("content-type"), Some("application/json"));
+    assert_eq!(call.header("x-pgevents-table"), Some("public.users"));
+    assert_eq!(call.header("x-pgevents-action"), Some("I"));
+    let message_id = call.header("x-pgevents-message-id").expect("message id header").to_owned();
+    assert!(call.header("x-pgevents-lsn").is_some() && call.header("x-pgevents-commit-time").is_some());
+    assert_eq!(call.header("idempotency-key"), Some(format!("{message_id}/welcome/0").as_str()));
+
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(
+        (run["status"].as_str(), run["attempt"].as_i64(), run["response_code"].as_i64()),
+        (Some("succeeded"), Some(1), Some(200))
+    );
+    assert_eq!(run["idempotency_key"], format!("{message_id}/welcome/0"));
+    assert_eq!(run["event_message_id"], message_id);
+    assert_eq!((run["event_table"].as_str(), run["event_action"].as_str()), (Some("public.users"), Some("I")));
+    assert_eq!(run["parameters"]["label"], "signup", "the work item's transaction_label reaches the query");
+    assert_eq!(run["parameters"]["template"], "welcome-v1");
+    assert_eq!(run["result"], "{\"status\":200}", "the response is kept");
+
+    // A query of 3 rows: 3 runs of the SQL action, each writing its row.
+    stage.world.pg.execute("INSERT INTO orders (items) VALUES (3)").await;
+    let runs = stage.wait_runs("order_lines", 3).await;
+    assert_eq!(statuses(&runs), ["succeeded"; 3]);
+    let keys: Vec<&str> = runs.iter().map(|r| r["idempotency_key"].as_str().unwrap_or_default()).collect();
+    assert!(keys[0].ends_with("/order_lines/0") && keys[2].ends_with("/order_lines/2"), "{keys:?}");
+    let audit = stage
+        .world
+        .pg
+        .query_text("SELECT string_agg(format('%s|%s|%s', note, amount, label), ';' ORDER BY id) FROM audit")
+        .await;
+    assert_eq!(audit.as_deref(), Some("order 1 line 1|1.5|orders;order 1 line 2|3.0|orders;order 1 line 3|4.5|orders"));
+
+    // Change the filter while the worker runs: the next events follow the new rule.
+    stage
+        .world
+        .pg
+        .execute("UPDATE pgevents.work_item SET filter = $$($1->'new'->>'email') LIKE '%@other.org'$$ WHERE name = 'welcome'")
+        .await;
+    worker.wait_for_log("rules reloaded", WAIT).await;
+    stage
+        .world
+        .pg
+        .execute(
+            "BEGIN;
+             SELECT pg_logical_emit_message(true, 'pgevents', '{\"uid\": \"u-7\"}');
+             INSERT INTO users (email, full_name) VALUES ('zoe@example.com', 'Zoe'), ('carl@other.org', 'Carl');
+             COMMIT;",
+        )
+        .await;
+    let runs = stage.wait_runs("welcome", 2).await;
+    let requests = http.requests();
+    assert_eq!(requests.len(), 2, "{requests:?} {runs:?}");
+    assert_eq!(requests[1].json()["to"], "carl@other.org");
+    assert_eq!(statuses(&runs), ["succeeded", "succeeded"]);
+
+    let (_, text) = http_get(metrics_addr.parse().unwrap(), "/metrics").await.expect("metrics");
+    assert_eq!(
+        metric_value(&text, "pgevents_action_runs_total{action=\"audit\",status=\"succeeded\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "pgevents_action_runs_total{action=\"welcome_mail\",status=\"succeeded\"}"),
+        Some(2.0)
+    );
+    stage.cleanup(vec![worker]).await;
+}
+
+/// Retries with backoff, then success or the dead-letter queue; a 4xx is not retried; a
+/// message that is not an event is dead-lettered, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_then_dead_lettered() {
+    let flaky_calls = Arc::new(AtomicUsize::new(0));
+    let calls = flaky_calls.clone();
+    let http = HttpRecorder::start(move |_, request| match request.path.as_str() {
+        "/flaky" if calls.fetch_add(1, Ordering::SeqCst) < 2 => Reply::status(503),
+        "/flaky" => Reply::status(200),
+        "/gone" => Reply::status(410),
+        _ => Reply::status(500),
+    })
+    .await;
+    let rules = format!(
+        r#"
+        INSERT INTO pgevents.event_table (table_name) VALUES ('users');
+        INSERT INTO pgevents.action (name, kind, url, max_attempts, backoff_ms) VALUES
+            ('flaky', 'http', '{base}/flaky', 5, 50),
+            ('broken', 'http', '{base}/broken', 3, 50),
+            ('gone', 'http', '{base}/gone', 5, 50);
+        INSERT INTO pgevents.work_item (name, table_name, filter, action) VALUES
+            ('flaky', 'users', $$$1->'new'->>'email' LIKE 'flaky%'$$, 'flaky'),
+            ('broken', 'users', $$$1->'new'->>'email' LIKE 'broken%'$$, 'broken'),
+            ('gone', 'users', $$$1->'new'->>'email' LIKE 'gone%'$$, 'gone');
+        "#,
+        base = http.base_url()
+    );
+    let stage = Stage::new(&rules).await;
+    let worker = stage.worker().await;
+
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('flaky@x')").await;
+    let runs = stage.wait_runs("flaky", 3).await;
+    assert_eq!(statuses(&runs), ["failed", "failed", "succeeded"]);
+    let attempts: Vec<i64> = runs.iter().map(|r| r["attempt"].as_i64().unwrap_or(0)).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    let codes: Vec<i64> = runs.iter().map(|r| r["response_code"].as_i64().unwrap_or(0)).collect();
+    assert_eq!(codes, [503, 503, 200]);
+    assert_eq!(runs[0]["error"], "HTTP status 503 Service Unavailable");
+    let calls = paths(&http.requests(), "/flaky");
+    assert_eq!(calls.len(), 3);
+    let key = runs[0]["idempotency_key"].as_str().unwrap_or_default();
+    assert!(calls.iter().all(|c| c.header("idempotency-key") == Some(key)), "one key for every attempt");
+
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('broken@x')").await;
+    let runs = stage.wait_runs("broken", 3).await;
+    assert_eq!(statuses(&runs), ["failed", "failed", "dead"]);
+    assert_eq!(paths(&http.requests(), "/broken").len(), 3);
+    let mut dead = EventQueue::reattach(&amqp_url(), &stage.dead_queue).await;
+    let letter = dead.next_raw(WAIT).await.expect("the dead job in the dead-letter queue");
+    let job: Value = serde_json::from_slice(&letter.body).expect("a work message");
+    assert_eq!((job["work_item"].as_str(), job["action"].as_str()), (Some("broken"), Some("broken")));
+    assert_eq!(job["idempotency_key"], runs[2]["idempotency_key"]);
+    assert_eq!(job["parameters"]["email"], "broken@x");
+    assert_eq!(letter.header("error").as_deref(), Some("HTTP status 500 Internal Server Error"));
+
+    // A 410 will not get better: one attempt, then dead.
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('gone@x')").await;
+    let runs = stage.wait_runs("gone", 1).await;
+    assert_eq!(statuses(&runs), ["dead"]);
+    assert_eq!(runs[0]["response_code"], 410);
+    let letter = dead.next_raw(WAIT).await.expect("the 410 job in the dead-letter queue");
+    assert_eq!(letter.header("work_item").as_deref(), Some("gone"));
+
+    // Not an event: the worker rejects it to the dead-letter exchange and goes on.
+    publish_raw(&stage.world.exchange, "public.users", "junk-1", b"not json").await;
+    let letter = dead.next_raw(WAIT).await.expect("the malformed message in the dead-letter queue");
+    assert_eq!(letter.body, b"not json");
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('flaky2@x')").await;
+    let runs = stage.wait_runs("flaky", 4).await;
+    assert_eq!(runs[3]["status"], "succeeded");
+    dead.close().await;
+    stage.cleanup(vec![worker]).await;
+}
+
+/// Async work items go through the work exchange to an action runner; a worker killed during a
+/// call re-runs the job with the same key and the action succeeds once; a redelivered event
+/// runs nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_jobs_and_crashes_never_repeat_a_success() {
+    let slow_calls = Arc::new(AtomicUsize::new(0));
+    let calls = slow_calls.clone();
+    let http = HttpRecorder::start(move |_, request| match request.path.as_str() {
+        // The first call hangs: the worker is killed while waiting for it.
+        "/slow" if calls.fetch_add(1, Ordering::SeqCst) == 0 => Reply { status: 200, delay: Duration::from_secs(120) },
+        _ => Reply::status(200),
+    })
+    .await;
+    let rules = format!(
+        r#"
+        INSERT INTO pgevents.event_table (table_name) VALUES ('users'), ('orders');
+        INSERT INTO pgevents.action (name, kind, url, timeout_ms) VALUES
+            ('notify', 'http', '{base}/notify', 5000),
+            ('slow', 'http', '{base}/slow', 300000);
+        INSERT INTO pgevents.work_item (name, table_name, action, mode) VALUES
+            ('notify', 'users', 'notify', 'async'),
+            ('slow', 'orders', 'slow', 'sync');
+        "#,
+        base = http.base_url()
+    );
+    let stage = Stage::new(&rules).await;
+    let mut events = stage.world.queue(&["public.orders"]).await;
+    let runner = stage.start("action-runner", &[]).await;
+    let worker = stage.worker().await;
+
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('a@x')").await;
+    let runs = stage.wait_runs("notify", 1).await;
+    assert_eq!(statuses(&runs), ["succeeded"]);
+    assert!(runs[0]["worker"].as_str().unwrap_or_default().starts_with("action-runner@"), "{runs:?}");
+    assert_eq!(paths(&http.requests(), "/notify").len(), 1);
+
+    stage.world.pg.execute("INSERT INTO orders (items) VALUES (1)").await;
+    http.wait_for(2, WAIT).await;
+    worker.kill();
+    let mut killed = worker;
+    killed.wait(WAIT).await;
+    let worker = stage.worker().await;
+    let runs = stage.wait_runs("slow", 1).await;
+    assert_eq!(statuses(&runs), ["succeeded"]);
+    let slow = paths(&http.requests(), "/slow");
+    assert_eq!(slow.len(), 2, "run again after the crash: {slow:?}");
+    assert_eq!(slow[0].header("idempotency-key"), slow[1].header("idempotency-key"));
+    assert_eq!(slow.iter().filter(|r| r.answered == Some(200)).count(), 1, "one successful call: {slow:?}");
+
+    // The same event again (as after a lost acknowledgement): nothing runs.
+    let original = events.next(WAIT).await.expect("the order event");
+    publish_raw(&stage.world.exchange, "public.orders", &original.message_id(), &original.body).await;
+    // The worker (concurrency 1) handles its queue in order: once this later event is done, so
+    // is the duplicate.
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('b@x')").await;
+    stage.wait_runs("notify", 2).await;
+    assert_eq!(paths(&http.requests(), "/slow").len(), 2, "a redelivered event repeats no call");
+    assert_eq!(stage.runs("slow").await.len(), 1);
+    events.close().await;
+    stage.cleanup(vec![worker, runner]).await;
+}
+
+/// Bad rules are refused when written, or end in a `dead` row with the reason, and never stop
+/// the worker; the worker refuses to start without the rule tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rules_are_refused_or_reported() {
+    let world = World::new().await;
+    world.pg.execute(TABLES).await;
+    let mut early = PgEventsProcess::spawn(&["worker"], &world.producer_env(&[]));
+    assert_eq!(early.wait(WAIT).await, Some(1));
+    assert!(early.stderr().contains("run `pgevents rules install` first"), "{}", early.stderr());
+    let first = run_to_end(&["rules", "install"], &world.pg.env()).await;
+    assert!(first.contains("applied migration 1"), "{first}");
+    let again = run_to_end(&["rules", "install"], &world.pg.env()).await;
+    assert!(again.contains("already at version 1"), "{again}");
+
+    let client = world.pg.client().await;
+    client.batch_execute("INSERT INTO pgevents.event_table (table_name) VALUES ('users'), ('numbers');
+        INSERT INTO pgevents.action (name, kind, url) VALUES ('hook', 'http', '{base_url}/hook');
+        INSERT INTO pgevents.action (name, kind, sql) VALUES ('record', 'sql', 'INSERT INTO public.audit (note) VALUES ($1->>''x'')');").await.unwrap();
+    let refused = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let err = client.batch_execute(sql).await.expect_err(sql);
+            let db = err.as_db_error().expect("a server error");
+            format!("{} {}", db.message(), db.detail().unwrap_or_default())
+        }
+    };
+    let syntax = refused("INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('w', 'users', 'hook', '$1->>''a'' =')").await;
+    assert!(syntax.contains("invalid filter of work item 'w'") && syntax.contains("syntax error"), "{syntax}");
+    let query = refused("INSERT INTO pgevents.work_item (name, table_name, action, work_item_query) VALUES ('w', 'users', 'hook', 'SELECT 1 AS p')").await;
+    assert!(query.contains("must return a jsonb column \"parameters\""), "{query}");
+    let unknown =
+        refused("INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('w', 'users', 'no_such_action')")
+            .await;
+    assert!(unknown.contains("Key (action)=(no_such_action) is not present in table \"action\""), "{unknown}");
+    let table = refused("INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('w', 'nope', 'hook')").await;
+    assert!(table.contains("is not present in table \"event_table\""), "{table}");
+    let url = refused("INSERT INTO pgevents.action (name, kind, url) VALUES ('a', 'http', 'htp:/nowhere')").await;
+    assert!(url.contains("action_url_is_http"), "{url}");
+    let sql = refused(
+        "INSERT INTO pgevents.action (name, kind, sql) VALUES ('a', 'sql', 'INSERT INTO missing_table VALUES ($1)')",
+    )
+    .await;
+    assert!(sql.contains("invalid sql of action 'a'") && sql.contains("missing_table"), "{sql}");
+
+    // Rules that pass the checks but fail for some events, and an unset {base_url}.
+    client
+        .batch_execute(
+            "INSERT INTO pgevents.work_item (name, table_name, action, work_item_query) VALUES
+                ('divide', 'numbers', 'record', $$SELECT jsonb_build_object('x', 10 / ($1->'new'->>'n')::int) AS parameters$$),
+                ('hook', 'users', 'hook', NULL);",
+        )
+        .await
+        .unwrap();
+    let stage = Stage {
+        producer: world.producer(&[("PGTABLES", "users,orders,numbers")]).await,
+        world,
+        work_exchange: unique_name("work"),
+        work_queue: unique_name("actions"),
+        dead_exchange: unique_name("dead"),
+        dead_queue: unique_name("deadq"),
+        worker_queue: unique_name("worker"),
+    };
+    let worker = stage.worker().await;
+    stage.world.pg.execute("INSERT INTO numbers (n) VALUES (0)").await;
+    let runs = stage.wait_runs("divide", 1).await;
+    assert_eq!(statuses(&runs), ["dead"]);
+    let error = runs[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("work_item_query of work item \"divide\" failed: division by zero"), "{error}");
+    assert!(runs[0]["idempotency_key"].as_str().unwrap_or_default().ends_with("/divide/rule"));
+
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('x@y')").await;
+    let runs = stage.wait_runs("hook", 1).await;
+    assert_eq!(statuses(&runs), ["dead"]);
+    assert!(runs[0]["error"].as_str().unwrap_or_default().contains("no base_url is set"), "{runs:?}");
+
+    // The worker is still at work.
+    stage.world.pg.execute("INSERT INTO numbers (n) VALUES (5)").await;
+    let runs = stage.wait_runs("divide", 2).await;
+    assert_eq!(runs[1]["status"], "succeeded");
+    assert_eq!(stage.world.pg.query_text("SELECT note FROM audit").await.as_deref(), Some("2"));
+    stage.cleanup(vec![worker]).await;
+}
