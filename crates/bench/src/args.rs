@@ -17,6 +17,8 @@ pub enum Scenario {
     Latency,
     /// Events/s `pgevents serve` delivers to many concurrent SSE subscribers.
     Fanout,
+    /// Sync SQL actions/s of `pgevents worker` (filter, work_item_query, statement, action_run row).
+    Actions,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -46,6 +48,12 @@ pub struct BenchArgs {
     /// Events of the fan-out run
     #[arg(long, default_value_t = 2_000)]
     pub fanout_events: u64,
+    /// Events (= actions) of the actions run
+    #[arg(long, default_value_t = 20_000)]
+    pub actions: u64,
+    /// Worker concurrencies of the actions run, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    pub action_concurrency: Vec<usize>,
     /// Messages in flight for the broker-limit publishers (the producer's default too)
     #[arg(long, default_value_t = 4096)]
     pub window: usize,

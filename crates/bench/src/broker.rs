@@ -38,6 +38,20 @@ impl BenchQueue {
         })
     }
 
+    /// A queue someone else declared (e.g. a worker's, with its own arguments).
+    pub async fn existing(url: &str, exchange: &str, name: &str) -> anyhow::Result<BenchQueue> {
+        let parsed: AmqpUrl = url.parse()?;
+        let connection = amqp::connect(&parsed, "pgevents bench").await?;
+        let channel = amqp::open_channel(&connection).await?;
+        Ok(BenchQueue {
+            url: url.to_owned(),
+            exchange: exchange.to_owned(),
+            name: name.to_owned(),
+            connection,
+            channel,
+        })
+    }
+
     /// Messages ready in the queue.
     pub async fn depth(&self) -> anyhow::Result<u64> {
         let mut args = QueueDeclareArguments::new(&self.name);

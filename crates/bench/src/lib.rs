@@ -12,7 +12,8 @@
 //! Run it with `cargo bench -p pgevents-bench` (see `--help` after `--`). The same crate holds
 //! the soak test of the fault suite: `cargo run -p pgevents-bench --bin pgevents-soak -- --rounds 100`.
 
-pub mod args;
+pub mod actions;
+mod args;
 mod binary;
 pub mod broker;
 pub mod broker_limit;

@@ -40,6 +40,8 @@ pub struct ScenarioResult {
     pub cpu_us_per_event: Option<f64>,
     pub latency: Option<Latency>,
     pub fanout: Option<crate::fanout::Fanout>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<crate::actions::ActionsRun>,
 }
 
 impl ScenarioResult {
@@ -98,6 +100,12 @@ pub fn print(results: &[ScenarioResult]) {
             }
             let worst: Vec<String> = l.worst_at_ms.iter().map(|t| format!("{t:.0}")).collect();
             println!("  worst latencies at (ms into the run) {}", worst.join(", "));
+        }
+        for a in &r.actions {
+            println!(
+                "  sync SQL actions, concurrency {}  {:.0} actions/s ({} in {:.2}s), worker CPU {:.0} µs/action, peak RSS {:.1} MiB",
+                a.concurrency, a.actions_per_s, a.actions, a.seconds, a.worker_cpu_us_per_action, a.worker_peak_rss_mib
+            );
         }
         if let Some(f) = &r.fanout {
             println!(

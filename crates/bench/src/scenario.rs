@@ -24,6 +24,7 @@ pub async fn run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow:
     match scenario {
         Scenario::Latency => latency_run(args, binary).await,
         Scenario::Fanout => fanout_run(args, binary).await,
+        Scenario::Actions => actions_run(args, binary).await,
         _ => throughput_run(args, binary, scenario).await,
     }
 }
@@ -135,6 +136,20 @@ async fn fanout_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioR
         changes: measured.events,
         transactions: 1,
         fanout: Some(measured),
+        ..Default::default()
+    })
+}
+
+async fn actions_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
+    let mut runs = Vec::new();
+    for &concurrency in &args.action_concurrency {
+        runs.push(crate::actions::measure(binary, PRODUCER_SLOT, args.actions, concurrency.max(1)).await?);
+    }
+    Ok(ScenarioResult {
+        name: "actions".into(),
+        changes: args.actions,
+        transactions: args.actions.div_ceil(1000) + 1,
+        actions: runs,
         ..Default::default()
     })
 }
