@@ -469,3 +469,25 @@ async fn bad_rules_are_refused_or_reported() {
     assert_eq!(stage.world.pg.query_text("SELECT note FROM audit").await.as_deref(), Some("2"));
     stage.cleanup(vec![worker]).await;
 }
+
+/// Workers on one queue share the events (competing consumers), and each event's SQL action
+/// runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_one_queue_share_the_load() {
+    let rules = "
+        INSERT INTO pgevents.event_table (table_name) VALUES ('numbers');
+        INSERT INTO pgevents.action (name, kind, sql)
+        VALUES ('record', 'sql', 'INSERT INTO public.audit (note, amount) SELECT $1->>''id'', (($1->>''n'')::int) FROM pg_sleep(0.02)');
+        INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('record', 'numbers', 'record');";
+    let stage = Stage::new(rules).await;
+    let first = stage.start("worker", &[("PGEVENTS_CONCURRENCY", "2")]).await;
+    let second = stage.start("worker", &[("PGEVENTS_CONCURRENCY", "2")]).await;
+    stage.world.pg.execute("INSERT INTO numbers (n) SELECT g FROM generate_series(1, 40) g").await;
+    let runs = stage.wait_runs("record", 40).await;
+    assert_eq!(statuses(&runs), ["succeeded"; 40]);
+    let workers: std::collections::BTreeSet<&str> = runs.iter().filter_map(|r| r["worker"].as_str()).collect();
+    assert_eq!(workers.len(), 2, "both workers took events: {workers:?}");
+    let audit = stage.world.pg.query_text("SELECT count(DISTINCT note) || '/' || count(*) FROM audit").await;
+    assert_eq!(audit.as_deref(), Some("40/40"), "each event's action ran exactly once");
+    stage.cleanup(vec![first, second]).await;
+}

@@ -114,7 +114,7 @@ pub async fn measure(binary: &Path, slot: &str, changes: u64, concurrency: usize
     let rss = peak_rss_kib(pid).unwrap_or(0);
     worker.terminate();
     worker.wait(Duration::from_secs(30)).await;
-    let written = pg.query_text("SELECT count(*) FROM bench_done").await.unwrap_or_default();
+    let written = pg.query_text("SELECT count(*)::text FROM bench_done").await.unwrap_or_default();
     if written != changes.to_string() {
         bail!("the SQL action wrote {written} rows for {changes} events");
     }
