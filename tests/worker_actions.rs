@@ -436,7 +436,11 @@ async fn bad_rules_are_refused_or_reported() {
         .batch_execute(
             "INSERT INTO pgevents.work_item (name, table_name, action, work_item_query) VALUES
                 ('divide', 'numbers', 'record', $$SELECT jsonb_build_object('x', 10 / ($1->'new'->>'n')::int) AS parameters$$),
-                ('hook', 'users', 'hook', NULL);",
+                ('hook', 'users', 'hook', NULL);
+             INSERT INTO pgevents.action (name, kind, sql, timeout_ms, max_attempts)
+             VALUES ('sleepy', 'sql', 'SELECT pg_sleep(2)', 100, 1);
+             INSERT INTO pgevents.work_item (name, table_name, action, filter)
+             VALUES ('sleepy', 'numbers', 'sleepy', $$($1->'new'->>'n')::int = 99$$);",
         )
         .await
         .unwrap();
@@ -462,11 +466,19 @@ async fn bad_rules_are_refused_or_reported() {
     assert_eq!(statuses(&runs), ["dead"]);
     assert!(runs[0]["error"].as_str().unwrap_or_default().contains("no base_url is set"), "{runs:?}");
 
+    // timeout_ms is the statement's timeout.
+    stage.world.pg.execute("INSERT INTO numbers (n) VALUES (99)").await;
+    let runs = stage.wait_runs("sleepy", 1).await;
+    assert_eq!(statuses(&runs), ["dead"]);
+    assert!(runs[0]["error"].as_str().unwrap_or_default().contains("statement timeout"), "{runs:?}");
+    assert!(runs[0]["duration_ms"].as_f64().unwrap_or(0.0) < 1500.0, "{runs:?}");
+
     // The worker is still at work.
     stage.world.pg.execute("INSERT INTO numbers (n) VALUES (5)").await;
-    let runs = stage.wait_runs("divide", 2).await;
-    assert_eq!(runs[1]["status"], "succeeded");
-    assert_eq!(stage.world.pg.query_text("SELECT note FROM audit").await.as_deref(), Some("2"));
+    let runs = stage.wait_runs("divide", 3).await;
+    assert_eq!(statuses(&runs), ["dead", "succeeded", "succeeded"]);
+    let notes = stage.world.pg.query_text("SELECT string_agg(note, ',' ORDER BY id) FROM audit").await;
+    assert_eq!(notes.as_deref(), Some("0,2"), "10 / 99 and 10 / 5");
     stage.cleanup(vec![worker]).await;
 }
 

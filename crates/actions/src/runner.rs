@@ -132,7 +132,11 @@ impl JobRunner {
             return self.bury(RunRecord { attempt: prior.failed, error: Some(&error), ..base }).await;
         }
         let base_url = self.base_url.as_deref().or_else(|| rules.setting("base_url"));
-        let event: Value = serde_json::from_str(job.event_json.get()).unwrap_or(Value::Null);
+        // Templates of HTTP actions may name event fields; SQL actions get the text as is.
+        let event: Value = match action.kind {
+            ActionKind::Http { .. } => serde_json::from_str(job.event_json.get()).unwrap_or(Value::Null),
+            ActionKind::Sql { .. } => Value::Null,
+        };
         loop {
             let started_at = SystemTime::now();
             let clock = Instant::now();

@@ -26,14 +26,20 @@ pub(crate) async fn run(
         Ok(tx) => tx,
         Err(e) => return Ok(failure(&e)),
     };
-    if let Err(e) = tx.batch_execute(&format!("SET LOCAL statement_timeout = {timeout_ms}")).await {
-        return Ok(failure(&e));
-    }
     let prepared = match tx.prepare_typed_cached(statement, &[Type::JSONB, Type::JSONB]).await {
         Ok(prepared) => prepared,
         Err(e) => return Ok(failure(&e)),
     };
-    let rows = match tx.execute(&prepared, &[&JsonbText(parameters), &JsonbText(event)]).await {
+    // The timeout and the statement go out together (one round trip); if the first fails, the
+    // second fails too ("transaction is aborted"), so the first error is the one to report.
+    let timeout = format!("SET LOCAL statement_timeout = {timeout_ms}");
+    let (parameters, event) = (JsonbText(parameters), JsonbText(event));
+    let values: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&parameters, &event];
+    let (set, executed) = tokio::join!(tx.batch_execute(&timeout), tx.execute(&prepared, &values));
+    if let Err(e) = set {
+        return Ok(failure(&e));
+    }
+    let rows = match executed {
         Ok(rows) => rows,
         Err(e) => return Ok(failure(&e)),
     };

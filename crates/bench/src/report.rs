@@ -74,10 +74,12 @@ pub fn print(results: &[ScenarioResult]) {
         if let Some(bytes) = r.mean_event_bytes {
             println!("  mean event size          {bytes} bytes");
         }
-        println!("  decode limit (pg_recvlogical)   {}", rate(r.decode_limit));
-        println!("  broker limit (amqprs)           {}", rate(r.broker_limit_amqprs));
-        println!("  broker limit (lapin)            {}", rate(r.broker_limit_lapin));
-        println!("  pgevents producer               {}", rate(r.producer));
+        if r.producer.is_some() {
+            println!("  decode limit (pg_recvlogical)   {}", rate(r.decode_limit));
+            println!("  broker limit (amqprs)           {}", rate(r.broker_limit_amqprs));
+            println!("  broker limit (lapin)            {}", rate(r.broker_limit_lapin));
+            println!("  pgevents producer               {}", rate(r.producer));
+        }
         if let Some(ratio) = r.producer_ratio {
             println!("  producer / min(limits)          {:.0}%", ratio * 100.0);
         }
