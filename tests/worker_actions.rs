@@ -503,3 +503,40 @@ async fn workers_on_one_queue_share_the_load() {
     assert_eq!(audit.as_deref(), Some("40/40"), "each event's action ran exactly once");
     stage.cleanup(vec![first, second]).await;
 }
+
+/// A database restart under a running worker: jobs wait and then run, the rule cache reconnects
+/// and still follows changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_rides_out_a_database_restart() {
+    let rules = "
+        INSERT INTO pgevents.event_table (table_name) VALUES ('numbers');
+        INSERT INTO pgevents.action (name, kind, sql, backoff_ms, max_attempts)
+        VALUES ('record', 'sql', 'INSERT INTO public.audit (note) VALUES ($1->>''n'')', 200, 50);
+        INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('record', 'numbers', 'record');";
+    let stage = Stage::new(rules).await;
+    let mut worker = stage.worker().await;
+    stage.world.pg.execute("INSERT INTO numbers (n) VALUES (1)").await;
+    stage.wait_runs("record", 1).await;
+
+    stage.world.pg.restart();
+    worker.wait_for_log("rules reloaded after reconnecting", WAIT).await;
+    stage.world.pg.execute("INSERT INTO numbers (n) VALUES (2)").await;
+    wait_for("the action after the restart", WAIT, || async {
+        let runs = stage.runs("record").await;
+        runs.iter().any(|r| r["status"] == "succeeded" && r["parameters"]["n"] == 2).then_some(())
+    })
+    .await;
+
+    // The reconnected rule cache still hears about changes.
+    stage.world.pg.execute("UPDATE pgevents.work_item SET filter = $$($1->'new'->>'n')::int > 10$$").await;
+    wait_for("the reload", WAIT, || async { worker.stderr().contains("rules reloaded work_items").then_some(()) }).await;
+    stage.world.pg.execute("INSERT INTO numbers (n) VALUES (3), (30)").await;
+    let notes = wait_for("the row of 30", WAIT, || async {
+        let notes = stage.world.pg.query_text("SELECT string_agg(note, ',' ORDER BY id) FROM audit").await;
+        notes.filter(|n| n.ends_with("30"))
+    })
+    .await;
+    assert_eq!(notes, "1,2,30", "3 is filtered out by the changed rule");
+    assert!(!worker.stderr().contains("panicked"));
+    stage.cleanup(vec![worker]).await;
+}

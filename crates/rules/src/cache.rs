@@ -116,7 +116,10 @@ async fn watch(
                     notified = new_notified;
                     backoff = Duration::from_millis(500);
                     match load(&mut client).await {
-                        Ok(rules) => cache.set(rules),
+                        Ok(rules) => {
+                            tracing::info!(work_items = rules.work_item_count(), "rules reloaded after reconnecting");
+                            cache.set(rules);
+                        }
                         Err(e) => tracing::error!(error = %e, "cannot reload the rules; keeping the previous ones"),
                     }
                     break;
