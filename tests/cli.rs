@@ -112,3 +112,46 @@ fn unknown_values_are_usage_errors() {
     assert!(stderr(&out).contains("invalid value 'decoderbufs'"), "{}", stderr(&out));
     assert!(stderr(&out).contains("pgoutput, wal2json"), "{}", stderr(&out));
 }
+
+#[test]
+fn worker_commands_name_their_environment_variables() {
+    let help = stdout(&run(&["worker", "--help"], &[]));
+    for var in [
+        "PGHOST",
+        "DATABASE_URL",
+        "RABBITMQ_URL",
+        "RABBITMQ_EXCHANGE",
+        "RABBITMQ_QUEUE_NAME",
+        "PGEVENTS_CONCURRENCY",
+        "PGEVENTS_BASE_URL",
+        "PGEVENTS_WORK_EXCHANGE",
+        "PGEVENTS_DEAD_LETTER_QUEUE",
+        "PGEVENTS_RULES_REFRESH",
+        "PGEVENTS_METRICS_ADDR",
+    ] {
+        assert!(help.contains(&format!("env: {var}")), "worker --help does not name {var}:\n{help}");
+    }
+    let help = stdout(&run(&["action-runner", "--help"], &[]));
+    assert!(help.contains("env: PGEVENTS_WORK_QUEUE") && help.contains("env: RABBITMQ_URL"), "{help}");
+    let help = stdout(&run(&["rules", "install", "--help"], &[]));
+    assert!(help.contains("env: PGHOST"), "{help}");
+}
+
+#[test]
+fn workers_explain_unreachable_servers() {
+    // Nothing listens on port 1: a clear error and exit 1, never a panic.
+    let out = run(&["worker"], &[("PGHOST", "127.0.0.1"), ("PGPORT", "1"), ("PGCONNECT_TIMEOUT", "2")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot load the rules") && err.contains("cannot connect to PostgreSQL at 127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = run(&["action-runner", "--rabbitmq-url", "not a url"], &[]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("RABBITMQ_URL / --rabbitmq-url"), "{}", stderr(&out));
+    let out = run(&["rules", "install"], &[("PGHOST", "127.0.0.1"), ("PGPORT", "1")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot connect to PostgreSQL"), "{}", stderr(&out));
+}

@@ -529,7 +529,8 @@ async fn worker_rides_out_a_database_restart() {
 
     // The reconnected rule cache still hears about changes.
     stage.world.pg.execute("UPDATE pgevents.work_item SET filter = $$($1->'new'->>'n')::int > 10$$").await;
-    wait_for("the reload", WAIT, || async { worker.stderr().contains("rules reloaded work_items").then_some(()) }).await;
+    wait_for("the reload", WAIT, || async { worker.stderr().contains("rules reloaded work_items").then_some(()) })
+        .await;
     stage.world.pg.execute("INSERT INTO numbers (n) VALUES (3), (30)").await;
     let notes = wait_for("the row of 30", WAIT, || async {
         let notes = stage.world.pg.query_text("SELECT string_agg(note, ',' ORDER BY id) FROM audit").await;
