@@ -40,10 +40,14 @@ impl Stage {
         let install = run_to_end(&["rules", "install"], &world.pg.env()).await;
         assert!(install.contains("now at version 1"), "{install}");
         world.pg.execute(rules_sql).await;
-        let producer = world.producer(&[("PGTABLES", "users,orders,numbers")]).await;
+        Self::with_world(world).await
+    }
+
+    /// A producer on the world's tables, and names of its own.
+    async fn with_world(world: World) -> Stage {
         Stage {
+            producer: world.producer(&[("PGTABLES", "users,orders,numbers")]).await,
             world,
-            producer,
             work_exchange: unique_name("work"),
             work_queue: unique_name("actions"),
             dead_exchange: unique_name("dead"),
@@ -444,15 +448,7 @@ async fn bad_rules_are_refused_or_reported() {
         )
         .await
         .unwrap();
-    let stage = Stage {
-        producer: world.producer(&[("PGTABLES", "users,orders,numbers")]).await,
-        world,
-        work_exchange: unique_name("work"),
-        work_queue: unique_name("actions"),
-        dead_exchange: unique_name("dead"),
-        dead_queue: unique_name("deadq"),
-        worker_queue: unique_name("worker"),
-    };
+    let stage = Stage::with_world(world).await;
     let worker = stage.worker().await;
     stage.world.pg.execute("INSERT INTO numbers (n) VALUES (0)").await;
     let runs = stage.wait_runs("divide", 1).await;

@@ -1,9 +1,7 @@
 //! The work exchange and queue (async jobs) and the dead-letter exchange and queue (jobs that
 //! failed for good, and messages no handler could read).
 
-use pgevents_amqp::{
-    self as amqp, AmqpError, AmqpUrl, ConfirmedSender, FieldValue, OutgoingMessage, PublisherSettings, QueueSpec,
-};
+use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, ConfirmedSender, FieldValue, OutgoingMessage, QueueSpec};
 
 use crate::Job;
 
@@ -92,14 +90,7 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub fn start(url: AmqpUrl, topology: &WorkTopology) -> DeadLetters {
-        let settings = PublisherSettings {
-            exchange: topology.dead_exchange.clone(),
-            mandatory: true,
-            declare_exchange: true,
-            other_exchanges: Vec::new(),
-            connection_name: "pgevents dead letters".into(),
-        };
-        DeadLetters { sender: ConfirmedSender::start(url, settings, 64) }
+        DeadLetters { sender: ConfirmedSender::to_exchange(url, &topology.dead_exchange, "pgevents dead letters", 64) }
     }
 
     /// Puts the job in the dead-letter queue, with the error in the `error` header.

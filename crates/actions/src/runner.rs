@@ -80,6 +80,12 @@ impl JobRunner {
         }
     }
 
+    /// What the rows of the job's key say so far.
+    async fn prior(&self, job: &Job) -> Result<record::Prior, JobError> {
+        let client = self.pool.get().await.map_err(pgevents_rules::RulesError::from)?;
+        Ok(record::prior(&client, &job.idempotency_key).await?)
+    }
+
     /// Dead-letters the job, then records its last attempt as `dead`.
     async fn bury(&self, record: RunRecord<'_>) -> Result<JobOutcome, JobError> {
         let error = record.error.unwrap_or("failed");
@@ -96,10 +102,7 @@ impl JobRunner {
     /// Runs `job` until it succeeds or dies. Errors mean "not finished, try the whole job
     /// again later" (the database or the broker is unreachable, or shutdown came).
     pub async fn run(&self, job: &Job, shutdown: &CancellationToken) -> Result<JobOutcome, JobError> {
-        let prior = {
-            let client = self.pool.get().await.map_err(pgevents_rules::RulesError::from)?;
-            record::prior(&client, &job.idempotency_key).await?
-        };
+        let prior = self.prior(job).await?;
         if prior.succeeded || prior.dead {
             metrics::counter!(metric::ACTION_SKIPPED, "action" => job.action.clone()).increment(1);
             tracing::debug!(key = %job.idempotency_key, "job already finished; not running it again");
@@ -202,10 +205,7 @@ impl JobRunner {
     /// event): a `dead` row with the error, and the job in the dead-letter queue. Done once per
     /// key, so a redelivered event does not add more.
     pub async fn fail_job(&self, job: &Job, error: &str) -> Result<JobOutcome, JobError> {
-        let prior = {
-            let client = self.pool.get().await.map_err(pgevents_rules::RulesError::from)?;
-            record::prior(&client, &job.idempotency_key).await?
-        };
+        let prior = self.prior(job).await?;
         if prior.dead || prior.succeeded {
             return Ok(JobOutcome::AlreadyDone);
         }

@@ -30,6 +30,18 @@ impl ConfirmedSender {
         ConfirmedSender { requests }
     }
 
+    /// [`ConfirmedSender::start`] for one durable topic exchange (declared if missing).
+    pub fn to_exchange(url: AmqpUrl, exchange: &str, connection_name: &str, in_flight: usize) -> ConfirmedSender {
+        let settings = PublisherSettings {
+            exchange: exchange.to_owned(),
+            mandatory: true,
+            declare_exchange: true,
+            other_exchanges: Vec::new(),
+            connection_name: connection_name.to_owned(),
+        };
+        Self::start(url, settings, in_flight)
+    }
+
     /// Publishes `message` and waits until RabbitMQ has it safely.
     pub async fn send(&self, message: OutgoingMessage) -> Result<(), AmqpError> {
         let (reply, answer) = oneshot::channel();

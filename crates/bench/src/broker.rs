@@ -22,23 +22,15 @@ pub struct BenchQueue {
 
 impl BenchQueue {
     pub async fn declare(url: &str, exchange: &str, name: &str) -> anyhow::Result<BenchQueue> {
-        let parsed: AmqpUrl = url.parse()?;
-        let connection = amqp::connect(&parsed, "pgevents bench").await?;
-        let channel = amqp::open_channel(&connection).await?;
-        amqp::declare_topic_exchange(&channel, exchange).await?;
-        amqp::declare_queue(&channel, &QueueSpec { name: name.to_owned(), durable: true, ..Default::default() })
-            .await?;
-        amqp::bind_queue(&channel, name, exchange, &["#".to_owned()]).await?;
-        Ok(BenchQueue {
-            url: url.to_owned(),
-            exchange: exchange.to_owned(),
-            name: name.to_owned(),
-            connection,
-            channel,
-        })
+        let queue = Self::existing(url, exchange, name).await?;
+        amqp::declare_topic_exchange(&queue.channel, exchange).await?;
+        let spec = QueueSpec { name: name.to_owned(), durable: true, ..Default::default() };
+        amqp::declare_queue(&queue.channel, &spec).await?;
+        amqp::bind_queue(&queue.channel, name, exchange, &["#".to_owned()]).await?;
+        Ok(queue)
     }
 
-    /// A queue someone else declared (e.g. a worker's, with its own arguments).
+    /// A queue someone else declared (e.g. a worker's, with its own arguments), or about to be.
     pub async fn existing(url: &str, exchange: &str, name: &str) -> anyhow::Result<BenchQueue> {
         let parsed: AmqpUrl = url.parse()?;
         let connection = amqp::connect(&parsed, "pgevents bench").await?;

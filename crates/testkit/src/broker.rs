@@ -191,14 +191,7 @@ pub async fn delete_queue(queue: &str) {
 /// malformed message, as a test needs it).
 pub async fn publish_raw(exchange: &str, routing_key: &str, message_id: &str, body: &[u8]) {
     let url: AmqpUrl = amqp_url().parse().expect("test broker URL");
-    let settings = amqp::PublisherSettings {
-        exchange: exchange.to_owned(),
-        mandatory: true,
-        declare_exchange: false,
-        other_exchanges: Vec::new(),
-        connection_name: "pgevents test publisher".into(),
-    };
-    let sender = amqp::ConfirmedSender::start(url, settings, 1);
+    let sender = amqp::ConfirmedSender::to_exchange(url, exchange, "pgevents test publisher", 1);
     let message = amqp::OutgoingMessage {
         exchange: None,
         routing_key: routing_key.to_owned(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use pgevents_actions::{work_message, Job, JobRunner, WorkTopology};
-use pgevents_amqp::{AmqpUrl, ConfirmedSender, PublisherSettings};
+use pgevents_amqp::{AmqpUrl, ConfirmedSender};
 use pgevents_consumer::{Consumer, ConsumerConfig, ConsumerError, IncomingEvent, Outcome, QueueMode, Registry};
 use pgevents_rules::{Mode, RulesCache, WorkItem};
 use serde_json::value::RawValue;
@@ -123,15 +123,10 @@ pub async fn run_worker(
     runner: Arc<JobRunner>,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    let work = ConfirmedSender::start(
+    let work = ConfirmedSender::to_exchange(
         config.url.clone(),
-        PublisherSettings {
-            exchange: config.topology.work_exchange.clone(),
-            mandatory: true,
-            declare_exchange: true,
-            other_exchanges: Vec::new(),
-            connection_name: "pgevents worker (work messages)".into(),
-        },
+        &config.topology.work_exchange,
+        "pgevents worker (work messages)",
         256,
     );
     let stage = Arc::new(Stage { pool, rules, runner, work, shutdown: shutdown.clone() });
