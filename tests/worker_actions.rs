@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{World, WAIT};
 use pgevents_testkit::{
     amqp_url, delete_exchange, delete_queue, http_get, metric_value, publish_raw, unique_name, wait_for, EventQueue,
-    HttpRecorder, PgEventsProcess, RecordedRequest, Reply,
+    HttpRecorder, PgEventsProcess, RabbitNode, RecordedRequest, Reply,
 };
 use serde_json::{json, Value};
 
@@ -40,13 +40,15 @@ impl Stage {
         let install = run_to_end(&["rules", "install"], &world.pg.env()).await;
         assert!(install.contains("now at version 1"), "{install}");
         world.pg.execute(rules_sql).await;
-        Self::with_world(world).await
+        Self::with_world(world, &[]).await
     }
 
-    /// A producer on the world's tables, and names of its own.
-    async fn with_world(world: World) -> Stage {
+    /// A producer on the world's tables (with `extra` environment), and names of its own.
+    async fn with_world(world: World, extra: &[(&str, &str)]) -> Stage {
+        let mut env = vec![("PGTABLES", "users,orders,numbers")];
+        env.extend_from_slice(extra);
         Stage {
-            producer: world.producer(&[("PGTABLES", "users,orders,numbers")]).await,
+            producer: world.producer(&env).await,
             world,
             work_exchange: unique_name("work"),
             work_queue: unique_name("actions"),
@@ -448,7 +450,7 @@ async fn bad_rules_are_refused_or_reported() {
         )
         .await
         .unwrap();
-    let stage = Stage::with_world(world).await;
+    let stage = Stage::with_world(world, &[]).await;
     let worker = stage.worker().await;
     stage.world.pg.execute("INSERT INTO numbers (n) VALUES (0)").await;
     let runs = stage.wait_runs("divide", 1).await;
@@ -536,4 +538,57 @@ async fn worker_rides_out_a_database_restart() {
     assert_eq!(notes, "1,2,30", "3 is filtered out by the changed rule");
     assert!(!worker.stderr().contains("panicked"));
     stage.cleanup(vec![worker]).await;
+}
+
+/// A RabbitMQ restart while events flow: the worker, its work-message publisher and the action
+/// runner reconnect, and every event's SQL action runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_ride_out_a_broker_restart() {
+    const ROWS: usize = 300;
+    let node = RabbitNode::start().await;
+    let url = node.url();
+    let world = World::new().await;
+    world.pg.execute(TABLES).await;
+    run_to_end(&["rules", "install"], &world.pg.env()).await;
+    world
+        .pg
+        .execute(
+            "INSERT INTO pgevents.event_table (table_name) VALUES ('numbers');
+             INSERT INTO pgevents.action (name, kind, sql, backoff_ms, max_attempts)
+             VALUES ('record', 'sql', 'INSERT INTO public.audit (note) VALUES ($1->>''n'')', 200, 50);
+             INSERT INTO pgevents.work_item (name, table_name, action, mode) VALUES ('record', 'numbers', 'record', 'async');",
+        )
+        .await;
+    let stage = Stage::with_world(world, &[("RABBITMQ_URL", &url)]).await;
+    let runner = stage.start("action-runner", &[("RABBITMQ_URL", &url)]).await;
+    let worker = stage.start("worker", &[("RABBITMQ_URL", &url)]).await;
+    let writer = async {
+        let client = stage.world.pg.client().await;
+        for n in 1..=ROWS as i32 {
+            client.execute("INSERT INTO numbers (n) VALUES ($1)", &[&n]).await.expect("insert");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let fault = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        node.stop_app().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        node.start_app().await;
+    };
+    tokio::join!(writer, fault);
+    let counts = wait_for("every action", Duration::from_secs(90), || async {
+        let counts = stage.world.pg.query_text("SELECT count(DISTINCT note) || '/' || count(*) FROM audit").await;
+        counts.filter(|c| c.starts_with(&format!("{ROWS}/")))
+    })
+    .await;
+    assert_eq!(counts, format!("{ROWS}/{ROWS}"), "each event's action ran exactly once");
+    let succeeded =
+        stage.world.pg.query_text("SELECT count(*)::text FROM pgevents.action_run WHERE status = 'succeeded'").await;
+    assert_eq!(succeeded, Some(ROWS.to_string()));
+    for process in [&worker, &runner] {
+        assert!(process.stderr().contains("reconnecting"), "it noticed the restart:\n{}", process.stderr());
+    }
+    for process in [worker, runner, stage.producer] {
+        common::stop(process).await;
+    }
 }
