@@ -561,7 +561,11 @@ async fn workers_ride_out_a_broker_restart() {
         .await;
     let stage = Stage::with_world(world, &[("RABBITMQ_URL", &url)]).await;
     let runner = stage.start("action-runner", &[("RABBITMQ_URL", &url)]).await;
-    let worker = stage.start("worker", &[("RABBITMQ_URL", &url)]).await;
+    let metrics_addr = pgevents_testkit::free_local_addr();
+    let metrics = metrics_addr.to_string();
+    let worker = stage.start("worker", &[("RABBITMQ_URL", &url), ("PGEVENTS_METRICS_ADDR", &metrics)]).await;
+    let ready = move || http_get(metrics_addr, "/readyz");
+    assert_eq!(ready().await.map(|r| r.0), Some(200));
     let writer = async {
         let client = stage.world.pg.client().await;
         for n in 1..=ROWS as i32 {
@@ -572,10 +576,14 @@ async fn workers_ride_out_a_broker_restart() {
     let fault = async {
         tokio::time::sleep(Duration::from_millis(800)).await;
         node.stop_app().await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Not ready while the broker is away, with the reason.
+        let (_, reason) =
+            wait_for("/readyz to say 503", WAIT, || async { ready().await.filter(|(status, _)| *status == 503) }).await;
         node.start_app().await;
+        reason
     };
-    tokio::join!(writer, fault);
+    let ((), reason) = tokio::join!(writer, fault);
+    assert!(reason.contains("RabbitMQ connection lost"), "{reason}");
     let counts = wait_for("every action", Duration::from_secs(90), || async {
         let counts = stage.world.pg.query_text("SELECT count(DISTINCT note) || '/' || count(*) FROM audit").await;
         counts.filter(|c| c.starts_with(&format!("{ROWS}/")))
@@ -585,6 +593,7 @@ async fn workers_ride_out_a_broker_restart() {
     let succeeded =
         stage.world.pg.query_text("SELECT count(*)::text FROM pgevents.action_run WHERE status = 'succeeded'").await;
     assert_eq!(succeeded, Some(ROWS.to_string()));
+    wait_for("/readyz to say 200 again", WAIT, || async { ready().await.filter(|(status, _)| *status == 200) }).await;
     for process in [&worker, &runner] {
         assert!(process.stderr().contains("reconnecting"), "it noticed the restart:\n{}", process.stderr());
     }

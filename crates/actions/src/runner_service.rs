@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use pgevents_amqp::AmqpUrl;
-use pgevents_consumer::{Consumer, ConsumerConfig, ConsumerError, Outcome, QueueMode};
+use pgevents_consumer::{ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, Outcome, QueueMode};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Job, JobError, JobOutcome, JobRunner, WorkTopology};
@@ -17,6 +17,8 @@ pub struct ActionRunnerConfig {
     pub prefetch: u16,
     /// Jobs running at once.
     pub concurrency: usize,
+    /// Told whether the runner is connected to RabbitMQ and consuming.
+    pub on_connected: ConnectionWatch,
 }
 
 /// What to do with a work message after trying its job.
@@ -40,6 +42,7 @@ pub async fn run_action_runner(
     consumer.concurrency = config.concurrency.max(1);
     consumer.dead_letter_exchange = Some(config.topology.dead_exchange.clone());
     consumer.name = "pgevents action-runner".to_owned();
+    consumer.on_connected = config.on_connected;
     let stop = shutdown.clone();
     let handler = move |delivery: pgevents_amqp::Delivery| {
         let runner = runner.clone();

@@ -38,6 +38,9 @@ pub struct ConsumerConfig {
     pub retry_delay: Duration,
     /// Shown in the RabbitMQ management UI.
     pub name: String,
+    /// Told `true` when consuming starts and `false` when the connection is lost (e.g. to
+    /// drive a readiness check).
+    pub on_connected: ConnectionWatch,
     /// Where the broker sends messages a handler `Fail`s (and unreadable ones): the queue is
     /// declared with this `x-dead-letter-exchange`. Without it such messages are dropped.
     pub dead_letter_exchange: Option<String>,
@@ -55,7 +58,30 @@ impl ConsumerConfig {
             retry_delay: Duration::from_secs(1),
             name: "pgevents consumer".to_owned(),
             dead_letter_exchange: None,
+            on_connected: ConnectionWatch::default(),
         }
+    }
+}
+
+/// A callback told whether the consumer is connected and consuming.
+#[derive(Clone, Default)]
+pub struct ConnectionWatch(Option<std::sync::Arc<dyn Fn(bool) + Send + Sync>>);
+
+impl ConnectionWatch {
+    pub fn new(callback: impl Fn(bool) + Send + Sync + 'static) -> ConnectionWatch {
+        ConnectionWatch(Some(std::sync::Arc::new(callback)))
+    }
+
+    fn tell(&self, connected: bool) {
+        if let Some(callback) = &self.0 {
+            callback(connected);
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectionWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "ConnectionWatch(set)" } else { "ConnectionWatch(none)" })
     }
 }
 
@@ -130,6 +156,7 @@ impl Consumer {
                 Ok(()) => return Ok(()),
                 Err(e) if !started || !e.is_transient() => return Err(e),
                 Err(e) => {
+                    self.config.on_connected.tell(false);
                     let wait = delay.mul_f64(rand::rng().random_range(0.8..1.2));
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "consumer connection failed; reconnecting");
                     tokio::select! {
@@ -164,6 +191,7 @@ impl Consumer {
         let queue = self.declare(&channel).await?;
         let mut deliveries = amqp::consume(&channel, &queue, self.config.prefetch, amqp::FieldTable::new()).await?;
         *started = true;
+        self.config.on_connected.tell(true);
         tracing::info!(queue = %queue, exchange = %self.config.exchange, keys = ?self.config.binding_keys, "consuming");
 
         let concurrency = self.config.concurrency.max(1);

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use pgevents_actions::{work_message, Job, JobRunner, WorkTopology};
 use pgevents_amqp::{AmqpUrl, ConfirmedSender};
-use pgevents_consumer::{Consumer, ConsumerConfig, ConsumerError, IncomingEvent, Outcome, QueueMode, Registry};
+use pgevents_consumer::{
+    ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, IncomingEvent, Outcome, QueueMode, Registry,
+};
 use pgevents_rules::{Mode, RulesCache, WorkItem};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,8 @@ pub struct WorkerConfig {
     /// Events handled at once (1 keeps the events' order).
     pub concurrency: usize,
     pub topology: WorkTopology,
+    /// Told whether the worker is connected to RabbitMQ and consuming.
+    pub on_connected: ConnectionWatch,
 }
 
 struct Stage {
@@ -137,6 +141,7 @@ pub async fn run_worker(
     consumer.concurrency = config.concurrency.max(1);
     consumer.dead_letter_exchange = Some(config.topology.dead_exchange.clone());
     consumer.name = "pgevents worker".to_owned();
+    consumer.on_connected = config.on_connected;
     let registry = Registry::new().on_all("*", move |incoming: IncomingEvent| {
         let stage = stage.clone();
         async move { stage.handle(incoming).await }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pgevents_actions::{declare_work_topology, DeadLetters, HttpCaller, JobRunner, WorkTopology};
 use pgevents_amqp::AmqpUrl;
+use pgevents_consumer::ConnectionWatch;
 use pgevents_rules::{connection_pool, RulesCache};
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +76,19 @@ async fn setup(
     Ok(Setup { url, topology, pool, rules, runner, readiness })
 }
 
+/// Ready while consuming; not ready, with the reason, while reconnecting to RabbitMQ.
+fn readiness_watch(readiness: &Readiness) -> ConnectionWatch {
+    readiness.set_not_ready("connecting to RabbitMQ");
+    let readiness = readiness.clone();
+    ConnectionWatch::new(move |connected| {
+        if connected {
+            readiness.set_ready();
+        } else {
+            readiness.set_not_ready("RabbitMQ connection lost; reconnecting");
+        }
+    })
+}
+
 fn prefetch(actions: &ActionArgs) -> u16 {
     actions.prefetch.unwrap_or_else(|| u16::try_from(actions.concurrency.max(1) * 2).unwrap_or(u16::MAX))
 }
@@ -90,8 +104,8 @@ pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow
         prefetch: prefetch(&args.actions),
         concurrency: args.actions.concurrency.max(1),
         topology: s.topology,
+        on_connected: readiness_watch(&s.readiness),
     };
-    s.readiness.set_ready();
     tracing::info!(queue = %config.queue, exchange = %config.exchange, concurrency = config.concurrency, "worker starting");
     pgevents_workitems::run_worker(config, s.pool, s.rules, s.runner, shutdown).await?;
     Ok(())
@@ -106,8 +120,8 @@ pub async fn run_action_runner(args: ActionRunnerArgs, shutdown: CancellationTok
         topology: s.topology,
         prefetch: prefetch(&args.actions),
         concurrency: args.actions.concurrency.max(1),
+        on_connected: readiness_watch(&s.readiness),
     };
-    s.readiness.set_ready();
     tracing::info!(queue = %config.topology.work_queue, concurrency = config.concurrency, "action runner starting");
     pgevents_actions::run_action_runner(config, s.runner, shutdown).await?;
     Ok(())
