@@ -136,10 +136,7 @@ impl HttpCaller {
             Err(e) => return Attempt::failed(describe(&e, action.timeout), false),
         };
         let status = response.status();
-        let text = match response.bytes().await {
-            Ok(bytes) => String::from_utf8_lossy(&bytes[..bytes.len().min(BODY_LIMIT)]).into_owned(),
-            Err(e) => format!("(cannot read the response body: {e})"),
-        };
+        let text = read_prefix(response, BODY_LIMIT).await;
         let code = Some(i32::from(status.as_u16()));
         if status.is_success() {
             Attempt { ok: true, response_code: code, result: Some(text), ..Attempt::default() }
@@ -154,6 +151,19 @@ impl HttpCaller {
             }
         }
     }
+}
+
+/// The first `limit` bytes of the body (a large response is not read to its end).
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> String {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]),
+            Ok(None) => break,
+            Err(e) => return format!("(cannot read the response body: {e})"),
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 fn describe(e: &reqwest::Error, timeout: Duration) -> String {
@@ -202,6 +212,14 @@ mod tests {
         assert!(err.contains("no base_url is set"), "{err}");
         assert!(url(&action(), "http://exa mple/", None, scope).unwrap_err().contains("invalid URL"));
         assert!(url(&action(), "{base_url}/x", Some("ftp://h"), scope).unwrap_err().contains("only http"));
+    }
+
+    #[tokio::test]
+    async fn only_the_start_of_a_large_body_is_read() {
+        let big = http::Response::new(vec![b'x'; BODY_LIMIT * 4]);
+        assert_eq!(read_prefix(reqwest::Response::from(big), BODY_LIMIT).await.len(), BODY_LIMIT);
+        let small = http::Response::new("ok".to_owned());
+        assert_eq!(read_prefix(reqwest::Response::from(small), BODY_LIMIT).await, "ok");
     }
 
     #[test]
