@@ -1,0 +1,166 @@
+//! The consumer library against the local RabbitMQ: routing by table and action, Retry
+//! requeues, Fail dead-letters, the concurrency limit, and a graceful shutdown that lets running
+//! handlers finish and settles them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgevents_consumer::{ConnectionWatch, Consumer, ConsumerConfig, IncomingEvent, Outcome, QueueMode, Registry};
+use pgevents_event::Action;
+use pgevents_testkit::{amqp_url, delete_exchange, delete_queue, publish_raw, unique_name, wait_for, EventQueue};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn event(table: &str, action: &str, seq: u64) -> Vec<u8> {
+    format!(
+        r#"{{"table_name":"{table}","action":"{action}","old":{{}},"new":{{"n":{seq}}},"diff":{{}},"id":{seq},"lsn":"0/10","xid":1,"commit_time":"2026-11-23T00:00:00Z","seq":{seq}}}"#
+    )
+    .into_bytes()
+}
+
+struct Setup {
+    exchange: String,
+    queue: String,
+    config: ConsumerConfig,
+}
+
+/// A config on a fresh exchange and durable queue; the exchange is declared by a collector
+/// queue bound to nothing anyone publishes to.
+async fn setup() -> Setup {
+    let exchange = unique_name("cx");
+    let queue = unique_name("cq");
+    let mut config = ConsumerConfig::new(amqp_url().parse().unwrap(), &exchange);
+    config.queue = QueueMode::Durable(queue.clone());
+    config.retry_delay = Duration::from_millis(50);
+    Setup { exchange, queue, config }
+}
+
+/// Starts the consumer and waits until it consumes (its `on_connected` says so), so that the
+/// queue is declared and bound before the test publishes.
+async fn started(setup: &Setup, registry: Registry) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let connected = Arc::new(AtomicUsize::new(0));
+    let mut config = setup.config.clone();
+    let flag = connected.clone();
+    config.on_connected = ConnectionWatch::new(move |up| flag.store(usize::from(up), Ordering::SeqCst));
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let consumer = Consumer::new(config, registry);
+    let task = tokio::spawn(async move { consumer.run(token).await.expect("consumer run") });
+    wait_for("the consumer to start", WAIT, || async { (connected.load(Ordering::SeqCst) == 1).then_some(()) }).await;
+    (shutdown, task)
+}
+
+async fn cleanup(setup: Setup) {
+    delete_queue(&setup.queue).await;
+    delete_exchange(&setup.exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_table_and_action_and_retries() {
+    let setup = setup().await;
+    let seen: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
+    let ignored = Arc::new(AtomicUsize::new(0));
+    let (log, count) = (seen.clone(), ignored.clone());
+    let registry = Registry::new()
+        .on("public.users", Action::Insert, move |e: IncomingEvent| {
+            let log = log.clone();
+            async move {
+                let mut log = log.lock().unwrap();
+                log.push((e.event.seq, e.delivery.redelivered));
+                // The first delivery of seq 1 fails for now: it must come back.
+                if e.event.seq == 1 && !e.delivery.redelivered {
+                    Outcome::Retry("not yet".into())
+                } else {
+                    Outcome::Ok
+                }
+            }
+        })
+        .on_all("audit.*", move |_e: IncomingEvent| {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                Outcome::Ok
+            }
+        });
+    let (shutdown, task) = started(&setup, registry).await;
+    publish_raw(&setup.exchange, "public.users", "m0", &event("public.users", "I", 0)).await;
+    publish_raw(&setup.exchange, "public.users", "m1", &event("public.users", "I", 1)).await;
+    publish_raw(&setup.exchange, "public.users", "m2", &event("public.users", "D", 2)).await;
+    publish_raw(&setup.exchange, "audit.log", "m3", &event("audit.log", "U", 3)).await;
+    wait_for("seq 1 again", WAIT, || async { seen.lock().unwrap().contains(&(1, true)).then_some(()) }).await;
+    wait_for("the audit event", WAIT, || async { (ignored.load(Ordering::SeqCst) == 1).then_some(()) }).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.contains(&(0, false)) && seen.contains(&(1, false)), "{seen:?}");
+    assert!(!seen.iter().any(|(seq, _)| *seq == 2), "a delete has no handler here: {seen:?}");
+    // Everything was settled: nothing is left in the queue.
+    let mut queue = EventQueue::reattach(&amqp_url(), &setup.queue).await;
+    assert!(queue.next_raw(Duration::from_millis(300)).await.is_none());
+    cleanup(setup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_dead_letters_and_unreadable_messages_too() {
+    let mut setup = setup().await;
+    let dead_exchange = unique_name("cdead");
+    setup.config.dead_letter_exchange = Some(dead_exchange.clone());
+    let registry = Registry::new().on_all("*", |_e: IncomingEvent| async { Outcome::Fail("never".into()) });
+    let (shutdown, task) = started(&setup, registry).await;
+    let mut dead = EventQueue::bind(&dead_exchange, &["#"]).await;
+    publish_raw(&setup.exchange, "public.users", "m0", &event("public.users", "I", 0)).await;
+    publish_raw(&setup.exchange, "public.users", "junk", b"not an event").await;
+    let first = dead.next_raw(WAIT).await.expect("the failed event");
+    let second = dead.next_raw(WAIT).await.expect("the unreadable message");
+    let ids: Vec<&str> = [&first, &second].iter().filter_map(|d| d.message_id()).collect();
+    assert_eq!(ids, ["m0", "junk"]);
+    shutdown.cancel();
+    task.await.unwrap();
+    dead.close().await;
+    delete_exchange(&dead_exchange).await;
+    cleanup(setup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_is_limited_and_shutdown_waits_for_running_handlers() {
+    let mut setup = setup().await;
+    setup.config.concurrency = 3;
+    setup.config.prefetch = 10;
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let (r, m, d) = (running.clone(), most.clone(), done.clone());
+    let registry = Registry::new().on_all("*", move |_e: IncomingEvent| {
+        let (running, most, done) = (r.clone(), m.clone(), d.clone());
+        async move {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            done.fetch_add(1, Ordering::SeqCst);
+            Outcome::Ok
+        }
+    });
+    let (shutdown, task) = started(&setup, registry).await;
+    for seq in 0..9 {
+        publish_raw(&setup.exchange, "public.t", &format!("m{seq}"), &event("public.t", "I", seq)).await;
+    }
+    wait_for("three handlers at once", WAIT, || async { (running.load(Ordering::SeqCst) == 3).then_some(()) }).await;
+    // Shut down while three handlers run: they finish and are acknowledged; the rest stay queued.
+    let finished_before = done.load(Ordering::SeqCst);
+    shutdown.cancel();
+    task.await.unwrap();
+    let finished = done.load(Ordering::SeqCst);
+    assert_eq!(running.load(Ordering::SeqCst), 0, "run returned before its handlers finished");
+    assert!(finished >= finished_before + 3, "{finished_before} -> {finished}");
+    assert_eq!(most.load(Ordering::SeqCst), 3, "never more than --concurrency handlers");
+    let mut queue = EventQueue::reattach(&amqp_url(), &setup.queue).await;
+    let mut left = 0;
+    while queue.next_raw(Duration::from_millis(300)).await.is_some() {
+        left += 1;
+    }
+    assert_eq!(left + finished, 9, "each message either handled and acknowledged, or still queued");
+    cleanup(setup).await;
+}
