@@ -601,3 +601,49 @@ async fn workers_ride_out_a_broker_restart() {
         common::stop(process).await;
     }
 }
+
+/// Once the cause is fixed, `pgevents requeue-dead` sends dead jobs back to the action runners:
+/// they run again with a fresh attempt budget; what is not a job stays in the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_jobs_can_be_requeued() {
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_fixed = fixed.clone();
+    let http =
+        HttpRecorder::start(move |_, _| Reply::status(if is_fixed.load(Ordering::SeqCst) { 200 } else { 503 })).await;
+    let rules = format!(
+        r#"
+        INSERT INTO pgevents.event_table (table_name) VALUES ('users');
+        INSERT INTO pgevents.action (name, kind, url, max_attempts, backoff_ms) VALUES ('hook', 'http', '{base}/hook', 2, 50);
+        INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('hook', 'users', 'hook');
+        "#,
+        base = http.base_url()
+    );
+    let stage = Stage::new(&rules).await;
+    let worker = stage.worker().await;
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('a@x')").await;
+    let runs = stage.wait_runs("hook", 2).await;
+    assert_eq!(statuses(&runs), ["failed", "dead"]);
+    publish_raw(&stage.dead_exchange, "public.users", "junk", b"not a job").await;
+
+    fixed.store(true, Ordering::SeqCst);
+    let runner = stage.start("action-runner", &[]).await;
+    let requeue = |work_item: &'static str| {
+        let env = stage.env(&[]);
+        async move { run_to_end(&["requeue-dead", "--work-item", work_item], &env).await }
+    };
+    let out = requeue("hook").await;
+    assert!(out.contains("requeued 1 dead jobs") && out.contains("left 1 other messages"), "{out}");
+    let runs = stage.wait_runs("hook", 3).await;
+    assert_eq!(statuses(&runs), ["failed", "dead", "succeeded"]);
+    assert_eq!(runs[2]["attempt"], 1, "a fresh attempt budget");
+    assert_eq!(runs[2]["idempotency_key"], runs[0]["idempotency_key"]);
+    assert!(runs[2]["worker"].as_str().unwrap_or_default().starts_with("action-runner@"), "{runs:?}");
+    let calls = http.requests();
+    assert_eq!(calls.len(), 3);
+    assert!(calls.iter().all(|c| c.header("idempotency-key") == calls[0].header("idempotency-key")));
+
+    // Nothing more to requeue; the message that is not a job is still there.
+    let out = requeue("hook").await;
+    assert!(out.contains("requeued 0 dead jobs") && out.contains("left 1 other messages"), "{out}");
+    stage.cleanup(vec![worker, runner]).await;
+}

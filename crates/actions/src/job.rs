@@ -32,6 +32,10 @@ pub struct Job {
     /// The whole event as the query saw it (with `message_id`, `context` and
     /// `transaction_label`); `$2` of SQL actions.
     pub event_json: Box<RawValue>,
+    /// Set by `pgevents requeue-dead`: run the job again although it died, with a fresh
+    /// attempt budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revive: bool,
 }
 
 impl Job {
@@ -70,6 +74,7 @@ mod tests {
                 message_id: "0/1:0".into(),
             },
             event_json: RawValue::from_string("{\"a\": 1.000}".into()).unwrap(),
+            revive: false,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::Job;
 /// What the rows of a job's key say so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Prior {
-    /// Failed attempts so far.
+    /// Failed attempts so far (since the last `dead` row, for a job revived after dying).
     pub failed: u32,
     pub succeeded: bool,
     pub dead: bool,
@@ -51,10 +51,11 @@ pub struct RunRecord<'a> {
 }
 
 const PRIOR: &str = "
-    SELECT count(*) FILTER (WHERE status = 'failed')::integer,
-           coalesce(bool_or(status = 'succeeded'), false),
-           coalesce(bool_or(status = 'dead'), false)
-    FROM pgevents.action_run WHERE idempotency_key = $1";
+    WITH runs AS (SELECT id, status FROM pgevents.action_run WHERE idempotency_key = $1),
+         last_dead AS (SELECT coalesce(max(id), 0) AS id FROM runs WHERE status = 'dead')
+    SELECT (SELECT count(*) FROM runs, last_dead WHERE runs.status = 'failed' AND runs.id > last_dead.id)::integer,
+           EXISTS (SELECT 1 FROM runs WHERE status = 'succeeded'),
+           EXISTS (SELECT 1 FROM runs WHERE status = 'dead')";
 
 const INSERT: &str = "
     INSERT INTO pgevents.action_run

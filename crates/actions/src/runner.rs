@@ -103,7 +103,7 @@ impl JobRunner {
     /// again later" (the database or the broker is unreachable, or shutdown came).
     pub async fn run(&self, job: &Job, shutdown: &CancellationToken) -> Result<JobOutcome, JobError> {
         let prior = self.prior(job).await?;
-        if prior.succeeded || prior.dead {
+        if prior.succeeded || (prior.dead && !job.revive) {
             metrics::counter!(metric::ACTION_SKIPPED, "action" => job.action.clone()).increment(1);
             tracing::debug!(key = %job.idempotency_key, "job already finished; not running it again");
             return Ok(JobOutcome::AlreadyDone);

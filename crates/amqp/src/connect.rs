@@ -107,6 +107,17 @@ pub async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<String
     Ok(declared.map(|(name, _, _)| name).unwrap_or_else(|| spec.name.clone()))
 }
 
+/// How many messages are ready in an existing queue (a passive declare).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, AmqpError> {
+    let mut args = QueueDeclareArguments::new(queue);
+    args.passive(true);
+    let declared = channel
+        .queue_declare(args.finish())
+        .await
+        .map_err(|e| AmqpError::op(format!("look up queue {queue:?} (does it exist?)"), describe(&e)))?;
+    Ok(declared.map(|(_, ready, _)| ready).unwrap_or(0))
+}
+
 /// Binds `queue` to `exchange` with each binding key.
 pub async fn bind_queue(channel: &Channel, queue: &str, exchange: &str, keys: &[String]) -> Result<(), AmqpError> {
     for key in keys {

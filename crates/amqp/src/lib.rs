@@ -16,7 +16,7 @@ pub use amqprs::channel::{Channel, ExchangeDeleteArguments, QueueDeleteArguments
 pub use amqprs::connection::Connection;
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
 pub use confirmed::ConfirmedSender;
-pub use connect::{bind_queue, connect, declare_queue, declare_topic_exchange, open_channel, QueueSpec};
+pub use connect::{bind_queue, connect, declare_queue, declare_topic_exchange, open_channel, queue_depth, QueueSpec};
 pub use consume::{ack, consume, nack, Delivery, DeliveryStream};
 pub use error::{check_short_string, AmqpError};
 pub use publisher::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};

@@ -47,6 +47,29 @@ pub enum Command {
     /// Run the actions queued by workers (async work items)
     #[command(name = "action-runner", alias = "action_runner")]
     ActionRunner(ActionRunnerArgs),
+    /// Send dead jobs from the dead-letter queue back to the action runners, with a fresh attempt budget
+    #[command(name = "requeue-dead")]
+    RequeueDead(RequeueDeadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RequeueDeadArgs {
+    /// RabbitMQ URL
+    #[arg(
+        long = "rabbitmq-url",
+        env = "RABBITMQ_URL",
+        default_value = "amqp://guest:guest@localhost:5672/%2f",
+        hide_env_values = true
+    )]
+    pub rabbitmq_url: String,
+    /// Only the jobs of this work item [default: every job]
+    #[arg(long)]
+    pub work_item: Option<String>,
+    /// Jobs to move at most
+    #[arg(long, default_value_t = 10_000)]
+    pub limit: u64,
+    #[command(flatten)]
+    pub topology: WorkTopologyArgs,
 }
 
 #[derive(Debug, Subcommand)]

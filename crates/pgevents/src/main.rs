@@ -55,6 +55,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Rules(cli::RulesCommand::Install(args)) => commands::rules::install(args).await,
         Command::Worker(args) => commands::worker::run_worker(args, shutdown).await,
         Command::ActionRunner(args) => commands::worker::run_action_runner(args, shutdown).await,
+        Command::RequeueDead(args) => commands::worker::requeue_dead(args).await,
         Command::Check(args) => match commands::check::run(args).await? {
             true => Ok(()),
             false => Err(anyhow::anyhow!("the checks above failed; fix them and run `pgevents check` again")),

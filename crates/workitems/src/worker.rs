@@ -78,6 +78,7 @@ impl Stage {
             parameters,
             event: info(incoming),
             event_json: event_json.clone(),
+            revive: false,
         };
         let evaluated = match self.pool.get().await {
             Ok(client) => evaluate(&client, item, &incoming.event, event_json.get()).await,

@@ -11,7 +11,7 @@ use pgevents_rules::{connection_pool, RulesCache};
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ActionArgs, ActionRunnerArgs, TelemetryArgs, WorkTopologyArgs, WorkerArgs};
+use crate::cli::{ActionArgs, ActionRunnerArgs, RequeueDeadArgs, TelemetryArgs, WorkTopologyArgs, WorkerArgs};
 use crate::pg_args::PgArgs;
 
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -124,5 +124,18 @@ pub async fn run_action_runner(args: ActionRunnerArgs, shutdown: CancellationTok
     };
     tracing::info!(queue = %config.topology.work_queue, concurrency = config.concurrency, "action runner starting");
     pgevents_actions::run_action_runner(config, s.runner, shutdown).await?;
+    Ok(())
+}
+
+pub async fn requeue_dead(args: RequeueDeadArgs) -> anyhow::Result<()> {
+    let url: AmqpUrl = args.rabbitmq_url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
+    let topology = topology(&args.topology);
+    let report = pgevents_actions::requeue_dead(&url, &topology, args.work_item.as_deref(), args.limit)
+        .await
+        .context("cannot requeue the dead jobs")?;
+    println!(
+        "requeued {} dead jobs to {}; left {} other messages in {}",
+        report.requeued, topology.work_exchange, report.kept, topology.dead_queue
+    );
     Ok(())
 }
