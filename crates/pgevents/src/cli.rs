@@ -54,14 +54,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RequeueDeadArgs {
-    /// RabbitMQ URL
-    #[arg(
-        long = "rabbitmq-url",
-        env = "RABBITMQ_URL",
-        default_value = "amqp://guest:guest@localhost:5672/%2f",
-        hide_env_values = true
-    )]
-    pub rabbitmq_url: String,
+    #[command(flatten)]
+    pub rabbit: RabbitUrlArgs,
     /// Only the jobs of this work item [default: every job]
     #[arg(long)]
     pub work_item: Option<String>,
@@ -140,14 +134,8 @@ pub struct WorkerArgs {
 pub struct ActionRunnerArgs {
     #[command(flatten)]
     pub pg: PgArgs,
-    /// RabbitMQ URL
-    #[arg(
-        long = "rabbitmq-url",
-        env = "RABBITMQ_URL",
-        default_value = "amqp://guest:guest@localhost:5672/%2f",
-        hide_env_values = true
-    )]
-    pub rabbitmq_url: String,
+    #[command(flatten)]
+    pub rabbit: RabbitUrlArgs,
     #[command(flatten)]
     pub actions: ActionArgs,
     #[command(flatten)]
@@ -157,7 +145,7 @@ pub struct ActionRunnerArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct RabbitArgs {
+pub struct RabbitUrlArgs {
     /// RabbitMQ URL
     #[arg(
         long = "rabbitmq-url",
@@ -167,6 +155,19 @@ pub struct RabbitArgs {
         hide_env_values = true
     )]
     pub url: String,
+}
+
+impl RabbitUrlArgs {
+    pub fn parse(&self) -> anyhow::Result<pgevents_amqp::AmqpUrl> {
+        use anyhow::Context;
+        self.url.parse().context("RABBITMQ_URL / --rabbitmq-url")
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RabbitArgs {
+    #[command(flatten)]
+    pub server: RabbitUrlArgs,
     /// Topic exchange the events are published to (declared durable if missing)
     #[arg(
         long = "rabbitmq-exchange",

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use pgevents_consumer::{Consumer, ConsumerConfig, IncomingEvent, Outcome, QueueMode, Registry};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -22,7 +21,7 @@ fn render(format: OutputFormat, incoming: &IncomingEvent) -> String {
 }
 
 pub async fn run(args: ConsumerDebugArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let url = args.rabbit.url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
+    let url = args.rabbit.server.parse()?;
     let mut config = ConsumerConfig::new(url, &args.rabbit.exchange);
     config.binding_keys = args.binding_keys.iter().filter(|k| !k.is_empty()).cloned().collect();
     if config.binding_keys.is_empty() {

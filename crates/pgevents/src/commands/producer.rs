@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use pgevents_decode::{Plugin, ValueOptions};
 use pgevents_producer::{metrics, Compression, Phase, ProducerConfig, RoutingConfig, SnapshotMode, Stats, TableName};
 use pgevents_telemetry::Readiness;
@@ -13,7 +12,7 @@ use crate::cli::{CompressionArg, PluginArg, ProducerArgs, RoutingArgs, SnapshotA
 
 pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     let postgres = args.pg.connect_config("pgevents producer")?;
-    let url = args.rabbit.url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
+    let url = args.rabbit.server.parse()?;
     let mut config = ProducerConfig::new(postgres, url);
     config.slot = args
         .slot

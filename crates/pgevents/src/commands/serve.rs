@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use pgevents_gateway::{serve, GatewayConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -11,7 +10,7 @@ use crate::cli::ServeArgs;
 pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = GatewayConfig {
         listen: args.listen,
-        amqp_url: args.rabbit.url.parse().context("RABBITMQ_URL / --rabbitmq-url")?,
+        amqp_url: args.rabbit.server.parse()?,
         exchange: args.rabbit.exchange.clone(),
         stream: args.history_stream.clone(),
         retention: args.retention.retention(),

@@ -11,7 +11,9 @@ use pgevents_rules::{connection_pool, RulesCache};
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ActionArgs, ActionRunnerArgs, RequeueDeadArgs, TelemetryArgs, WorkTopologyArgs, WorkerArgs};
+use crate::cli::{
+    ActionArgs, ActionRunnerArgs, RabbitUrlArgs, RequeueDeadArgs, TelemetryArgs, WorkTopologyArgs, WorkerArgs,
+};
 use crate::pg_args::PgArgs;
 
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -47,7 +49,7 @@ struct Setup {
 async fn setup(
     role: &str,
     pg: &PgArgs,
-    rabbitmq_url: &str,
+    rabbit: &RabbitUrlArgs,
     actions: &ActionArgs,
     topology_args: &WorkTopologyArgs,
     telemetry: &TelemetryArgs,
@@ -60,7 +62,7 @@ async fn setup(
         shutdown,
     )
     .await?;
-    let url: AmqpUrl = rabbitmq_url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
+    let url = rabbit.parse()?;
     let settings = pg.connect_config(&format!("pgevents {role}"))?;
     let rules =
         RulesCache::start(settings.clone(), Duration::from_secs(actions.rules_refresh_secs.max(1)), shutdown.clone())
@@ -94,8 +96,8 @@ fn prefetch(actions: &ActionArgs) -> u16 {
 }
 
 pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let s =
-        setup("worker", &args.pg, &args.rabbit.url, &args.actions, &args.topology, &args.telemetry, &shutdown).await?;
+    let s = setup("worker", &args.pg, &args.rabbit.server, &args.actions, &args.topology, &args.telemetry, &shutdown)
+        .await?;
     let config = pgevents_workitems::WorkerConfig {
         url: s.url,
         exchange: args.rabbit.exchange.clone(),
@@ -112,9 +114,8 @@ pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow
 }
 
 pub async fn run_action_runner(args: ActionRunnerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let s =
-        setup("action-runner", &args.pg, &args.rabbitmq_url, &args.actions, &args.topology, &args.telemetry, &shutdown)
-            .await?;
+    let s = setup("action-runner", &args.pg, &args.rabbit, &args.actions, &args.topology, &args.telemetry, &shutdown)
+        .await?;
     let config = pgevents_actions::ActionRunnerConfig {
         url: s.url,
         topology: s.topology,
@@ -128,7 +129,7 @@ pub async fn run_action_runner(args: ActionRunnerArgs, shutdown: CancellationTok
 }
 
 pub async fn requeue_dead(args: RequeueDeadArgs) -> anyhow::Result<()> {
-    let url: AmqpUrl = args.rabbitmq_url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
+    let url = args.rabbit.parse()?;
     let topology = topology(&args.topology);
     let report = pgevents_actions::requeue_dead(&url, &topology, args.work_item.as_deref(), args.limit)
         .await
