@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use deadpool_postgres::Pool;
-use pgevents_rules::{ActionDef, ActionKind, RulesCache};
+use pgevents_rules::{ActionKind, RulesCache};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -222,10 +222,5 @@ impl JobRunner {
             worker: &self.worker,
         };
         self.bury(record).await
-    }
-
-    /// The action definition a job would run, if it exists now.
-    pub fn action(&self, name: &str) -> Option<Arc<ActionDef>> {
-        self.rules.get().action(name)
     }
 }

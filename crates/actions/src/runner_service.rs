@@ -8,17 +8,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Job, JobError, JobOutcome, JobRunner, WorkTopology};
 
-/// Settings of the action runner.
+/// How the worker and the action runner consume: the same settings, each on its own queue.
 #[derive(Debug, Clone)]
-pub struct ActionRunnerConfig {
+pub struct StageConsumer {
     pub url: AmqpUrl,
     pub topology: WorkTopology,
-    /// Work messages the broker sends ahead.
+    /// Messages the broker sends ahead.
     pub prefetch: u16,
-    /// Jobs running at once.
+    /// Messages handled at once.
     pub concurrency: usize,
-    /// Told whether the runner is connected to RabbitMQ and consuming.
+    /// Told whether the stage is connected to RabbitMQ and consuming.
     pub on_connected: ConnectionWatch,
+}
+
+impl StageConsumer {
+    /// A consumer of the durable `queue` bound to `exchange` with `keys`, whose rejected
+    /// messages go to the dead-letter exchange.
+    pub fn consumer_config(&self, exchange: &str, queue: &str, keys: Vec<String>, name: &str) -> ConsumerConfig {
+        let mut consumer = ConsumerConfig::new(self.url.clone(), exchange);
+        consumer.queue = QueueMode::Durable(queue.to_owned());
+        consumer.binding_keys = keys;
+        consumer.prefetch = self.prefetch.max(1);
+        consumer.concurrency = self.concurrency.max(1);
+        consumer.dead_letter_exchange = Some(self.topology.dead_exchange.clone());
+        consumer.name = name.to_owned();
+        consumer.on_connected = self.on_connected.clone();
+        consumer
+    }
 }
 
 /// What to do with a work message after trying its job.
@@ -31,18 +47,17 @@ fn settle(result: Result<JobOutcome, JobError>) -> Outcome {
 
 /// Consumes the work queue until `shutdown`.
 pub async fn run_action_runner(
-    config: ActionRunnerConfig,
+    stage: StageConsumer,
     runner: Arc<JobRunner>,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    let mut consumer = ConsumerConfig::new(config.url, &config.topology.work_exchange);
-    consumer.queue = QueueMode::Durable(config.topology.work_queue.clone());
-    consumer.binding_keys = vec!["#".to_owned()];
-    consumer.prefetch = config.prefetch.max(1);
-    consumer.concurrency = config.concurrency.max(1);
-    consumer.dead_letter_exchange = Some(config.topology.dead_exchange.clone());
-    consumer.name = "pgevents action-runner".to_owned();
-    consumer.on_connected = config.on_connected;
+    let topology = &stage.topology;
+    let consumer = stage.consumer_config(
+        &topology.work_exchange,
+        &topology.work_queue,
+        vec!["#".to_owned()],
+        "pgevents action-runner",
+    );
     let stop = shutdown.clone();
     let handler = move |delivery: pgevents_amqp::Delivery| {
         let runner = runner.clone();

@@ -32,6 +32,14 @@ impl RulesCache {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Reads the rules and makes them current; logs `what` with the number of work items.
+    async fn reload(&self, client: &mut Client, what: &'static str) -> Result<(), RulesError> {
+        let rules = load(client).await?;
+        tracing::info!(work_items = rules.work_item_count(), "{what}");
+        self.set(rules);
+        Ok(())
+    }
+
     fn set(&self, rules: RuleSet) {
         metrics::gauge!("pgevents_rules_work_items").set(rules.work_item_count() as f64);
         metrics::counter!("pgevents_rules_reloads_total").increment(1);
@@ -45,12 +53,9 @@ impl RulesCache {
         refresh: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<RulesCache>, RulesError> {
-        let (client, notified) = listen(&settings).await?;
-        let mut client = client;
-        let rules = load(&mut client).await?;
-        tracing::info!(work_items = rules.work_item_count(), "rules loaded");
+        let (mut client, notified) = listen(&settings).await?;
         let cache = Arc::new(RulesCache { current: RwLock::new(Arc::new(RuleSet::default())) });
-        cache.set(rules);
+        cache.reload(&mut client, "rules loaded").await?;
         tokio::spawn(watch(cache.clone(), settings, client, notified, refresh, shutdown));
         Ok(cache)
     }
@@ -89,12 +94,8 @@ async fn watch(
             _ = tokio::time::sleep(refresh) => true,
         };
         if connected {
-            match load(&mut client).await {
-                Ok(rules) => {
-                    tracing::info!(work_items = rules.work_item_count(), "rules reloaded");
-                    cache.set(rules);
-                    continue;
-                }
+            match cache.reload(&mut client, "rules reloaded").await {
+                Ok(()) => continue,
                 Err(e) if !client.is_closed() => {
                     tracing::error!(error = %e, "cannot reload the rules; keeping the previous ones");
                     continue;
@@ -115,12 +116,8 @@ async fn watch(
                     client = new_client;
                     notified = new_notified;
                     backoff = Duration::from_millis(500);
-                    match load(&mut client).await {
-                        Ok(rules) => {
-                            tracing::info!(work_items = rules.work_item_count(), "rules reloaded after reconnecting");
-                            cache.set(rules);
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot reload the rules; keeping the previous ones"),
+                    if let Err(e) = cache.reload(&mut client, "rules reloaded after reconnecting").await {
+                        tracing::error!(error = %e, "cannot reload the rules; keeping the previous ones");
                     }
                     break;
                 }

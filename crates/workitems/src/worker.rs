@@ -3,11 +3,9 @@
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use pgevents_actions::{work_message, Job, JobRunner, WorkTopology};
-use pgevents_amqp::{AmqpUrl, ConfirmedSender};
-use pgevents_consumer::{
-    ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, IncomingEvent, Outcome, QueueMode, Registry,
-};
+use pgevents_actions::{work_message, Job, JobRunner, StageConsumer};
+use pgevents_amqp::ConfirmedSender;
+use pgevents_consumer::{Consumer, ConsumerError, IncomingEvent, Outcome, Registry};
 use pgevents_rules::{Mode, RulesCache, WorkItem};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -17,18 +15,13 @@ use crate::{evaluate, event_document, metric, EvaluateError};
 /// Settings of a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub url: AmqpUrl,
+    pub stage: StageConsumer,
     /// The exchange the producer publishes events to.
     pub exchange: String,
-    /// The worker's durable queue; workers on the same queue share the events.
+    /// The worker's durable queue; workers on the same queue share the events (with
+    /// `concurrency` 1 a worker keeps the events' order).
     pub queue: String,
     pub binding_keys: Vec<String>,
-    pub prefetch: u16,
-    /// Events handled at once (1 keeps the events' order).
-    pub concurrency: usize,
-    pub topology: WorkTopology,
-    /// Told whether the worker is connected to RabbitMQ and consuming.
-    pub on_connected: ConnectionWatch,
 }
 
 struct Stage {
@@ -70,13 +63,14 @@ impl Stage {
         let document = event_document(&incoming.body, &incoming.message_id, item.transaction_label.as_deref())
             .map_err(Outcome::Fail)?;
         let event_json = RawValue::from_string(document).map_err(|e| Outcome::Fail(format!("event body: {e}")))?;
+        let event = info(incoming);
         let job = |row: usize, parameters| Job {
             idempotency_key: Job::key(&incoming.message_id, &item.name, row),
             work_item: item.name.clone(),
             action: item.action.clone(),
             row,
             parameters,
-            event: info(incoming),
+            event: event.clone(),
             event_json: event_json.clone(),
             revive: false,
         };
@@ -129,20 +123,14 @@ pub async fn run_worker(
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
     let work = ConfirmedSender::to_exchange(
-        config.url.clone(),
-        &config.topology.work_exchange,
+        config.stage.url.clone(),
+        &config.stage.topology.work_exchange,
         "pgevents worker (work messages)",
         256,
     );
     let stage = Arc::new(Stage { pool, rules, runner, work, shutdown: shutdown.clone() });
-    let mut consumer = ConsumerConfig::new(config.url, &config.exchange);
-    consumer.queue = QueueMode::Durable(config.queue);
-    consumer.binding_keys = config.binding_keys;
-    consumer.prefetch = config.prefetch.max(1);
-    consumer.concurrency = config.concurrency.max(1);
-    consumer.dead_letter_exchange = Some(config.topology.dead_exchange.clone());
-    consumer.name = "pgevents worker".to_owned();
-    consumer.on_connected = config.on_connected;
+    let consumer =
+        config.stage.consumer_config(&config.exchange, &config.queue, config.binding_keys, "pgevents worker");
     let registry = Registry::new().on_all("*", move |incoming: IncomingEvent| {
         let stage = stage.clone();
         async move { stage.handle(incoming).await }

@@ -4,8 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pgevents_actions::{declare_work_topology, DeadLetters, HttpCaller, JobRunner, WorkTopology};
-use pgevents_amqp::AmqpUrl;
+use pgevents_actions::{declare_work_topology, DeadLetters, HttpCaller, JobRunner, StageConsumer, WorkTopology};
 use pgevents_consumer::ConnectionWatch;
 use pgevents_rules::{connection_pool, RulesCache};
 use pgevents_telemetry::Readiness;
@@ -38,12 +37,10 @@ fn worker_name(role: &str) -> String {
 
 /// Everything both commands set up: telemetry, rules, queues, the job runner.
 struct Setup {
-    url: AmqpUrl,
-    topology: WorkTopology,
+    stage: StageConsumer,
     pool: deadpool_postgres::Pool,
     rules: Arc<RulesCache>,
     runner: Arc<JobRunner>,
-    readiness: Readiness,
 }
 
 async fn setup(
@@ -75,7 +72,14 @@ async fn setup(
     let dead = DeadLetters::start(url.clone(), &topology);
     let runner =
         Arc::new(JobRunner::new(pool.clone(), rules.clone(), http, dead, worker_name(role), actions.base_url.clone()));
-    Ok(Setup { url, topology, pool, rules, runner, readiness })
+    let stage = StageConsumer {
+        url,
+        topology,
+        prefetch: prefetch(actions),
+        concurrency: actions.concurrency.max(1),
+        on_connected: readiness_watch(&readiness),
+    };
+    Ok(Setup { stage, pool, rules, runner })
 }
 
 /// Ready while consuming; not ready, with the reason, while reconnecting to RabbitMQ.
@@ -99,16 +103,12 @@ pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow
     let s = setup("worker", &args.pg, &args.rabbit.server, &args.actions, &args.topology, &args.telemetry, &shutdown)
         .await?;
     let config = pgevents_workitems::WorkerConfig {
-        url: s.url,
+        stage: s.stage,
         exchange: args.rabbit.exchange.clone(),
         queue: args.queue_name.clone(),
         binding_keys: args.binding_keys.iter().filter(|k| !k.is_empty()).cloned().collect(),
-        prefetch: prefetch(&args.actions),
-        concurrency: args.actions.concurrency.max(1),
-        topology: s.topology,
-        on_connected: readiness_watch(&s.readiness),
     };
-    tracing::info!(queue = %config.queue, exchange = %config.exchange, concurrency = config.concurrency, "worker starting");
+    tracing::info!(queue = %config.queue, exchange = %config.exchange, concurrency = config.stage.concurrency, "worker starting");
     pgevents_workitems::run_worker(config, s.pool, s.rules, s.runner, shutdown).await?;
     Ok(())
 }
@@ -116,15 +116,8 @@ pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow
 pub async fn run_action_runner(args: ActionRunnerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let s = setup("action-runner", &args.pg, &args.rabbit, &args.actions, &args.topology, &args.telemetry, &shutdown)
         .await?;
-    let config = pgevents_actions::ActionRunnerConfig {
-        url: s.url,
-        topology: s.topology,
-        prefetch: prefetch(&args.actions),
-        concurrency: args.actions.concurrency.max(1),
-        on_connected: readiness_watch(&s.readiness),
-    };
-    tracing::info!(queue = %config.topology.work_queue, concurrency = config.concurrency, "action runner starting");
-    pgevents_actions::run_action_runner(config, s.runner, shutdown).await?;
+    tracing::info!(queue = %s.stage.topology.work_queue, concurrency = s.stage.concurrency, "action runner starting");
+    pgevents_actions::run_action_runner(s.stage, s.runner, shutdown).await?;
     Ok(())
 }
 
