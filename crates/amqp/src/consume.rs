@@ -61,21 +61,37 @@ pub struct DeliveryStream {
 impl DeliveryStream {
     pub async fn next(&mut self) -> Option<Delivery> {
         loop {
-            let message = self.rx.recv().await?;
-            let (Some(deliver), Some(properties), Some(body)) =
-                (message.deliver, message.basic_properties, message.content)
-            else {
-                continue;
-            };
-            return Some(Delivery {
-                delivery_tag: deliver.delivery_tag(),
-                exchange: deliver.exchange().clone(),
-                routing_key: deliver.routing_key().clone(),
-                redelivered: deliver.redelivered(),
-                properties,
-                body,
-            });
+            if let Some(delivery) = Delivery::from_message(self.rx.recv().await?) {
+                return Some(delivery);
+            }
         }
+    }
+
+    /// The next delivery if one has already arrived (to drain a batch without waiting).
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some(delivery) = Delivery::from_message(self.rx.try_recv().ok()?) {
+                return Some(delivery);
+            }
+        }
+    }
+}
+
+impl Delivery {
+    fn from_message(message: amqprs::channel::ConsumerMessage) -> Option<Delivery> {
+        let (Some(deliver), Some(properties), Some(body)) =
+            (message.deliver, message.basic_properties, message.content)
+        else {
+            return None;
+        };
+        Some(Delivery {
+            delivery_tag: deliver.delivery_tag(),
+            exchange: deliver.exchange().clone(),
+            routing_key: deliver.routing_key().clone(),
+            redelivered: deliver.redelivered(),
+            properties,
+            body,
+        })
     }
 }
 
@@ -103,6 +119,11 @@ pub async fn consume(
 /// Acknowledges one delivery.
 pub async fn ack(channel: &Channel, delivery_tag: u64) -> Result<(), AmqpError> {
     channel.basic_ack(BasicAckArguments::new(delivery_tag, false)).await.map_err(|e| AmqpError::op("ack", describe(&e)))
+}
+
+/// Acknowledges every delivery up to and including `delivery_tag` (one frame for a batch).
+pub async fn ack_up_to(channel: &Channel, delivery_tag: u64) -> Result<(), AmqpError> {
+    channel.basic_ack(BasicAckArguments::new(delivery_tag, true)).await.map_err(|e| AmqpError::op("ack", describe(&e)))
 }
 
 /// Rejects one delivery, back to the queue (`requeue`) or to its dead-letter exchange.

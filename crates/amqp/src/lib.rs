@@ -4,6 +4,7 @@
 //!
 //! Reconnection is the caller's job: every error here means "this connection is done".
 
+mod body;
 mod confirmed;
 mod connect;
 mod consume;
@@ -15,9 +16,10 @@ mod url;
 pub use amqprs::channel::{Channel, ExchangeDeleteArguments, QueueDeleteArguments};
 pub use amqprs::connection::Connection;
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
+pub use body::BodyError;
 pub use confirmed::ConfirmedSender;
 pub use connect::{bind_queue, connect, declare_queue, declare_topic_exchange, open_channel, queue_depth, QueueSpec};
-pub use consume::{ack, consume, nack, Delivery, DeliveryStream};
+pub use consume::{ack, ack_up_to, consume, nack, Delivery, DeliveryStream};
 pub use error::{check_short_string, AmqpError};
 pub use publisher::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
 pub use stream::{ensure_stream, Retention};

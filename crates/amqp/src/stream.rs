@@ -14,11 +14,14 @@ pub struct Retention {
     pub max_age: String,
     /// `x-max-length-bytes`.
     pub max_bytes: u64,
+    /// `x-stream-max-segment-size-bytes` (RabbitMQ's default, 500 MB, when `None`). Retention
+    /// removes whole segments, so it only applies at this granularity.
+    pub segment_bytes: Option<u64>,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { max_age: "7D".into(), max_bytes: 10 << 30 }
+        Retention { max_age: "7D".into(), max_bytes: 10 << 30, segment_bytes: None }
     }
 }
 
@@ -40,6 +43,9 @@ pub async fn ensure_stream(
     put("x-queue-type", FieldValue::from("stream"));
     put("x-max-age", FieldValue::from(retention.max_age.as_str()));
     put("x-max-length-bytes", FieldValue::l(i64::try_from(retention.max_bytes).unwrap_or(i64::MAX)));
+    if let Some(bytes) = retention.segment_bytes {
+        put("x-stream-max-segment-size-bytes", FieldValue::l(i64::try_from(bytes).unwrap_or(i64::MAX)));
+    }
     declare_topic_exchange(channel, exchange).await?;
     let spec = QueueSpec { name: stream.to_owned(), durable: true, exclusive: false, auto_delete: false, arguments };
     declare_queue(channel, &spec).await?;

@@ -1,7 +1,6 @@
 //! The consumer loop: declare, bind, receive, dispatch to handlers, settle, reconnect.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +43,13 @@ pub struct ConsumerConfig {
     /// Where the broker sends messages a handler `Fail`s (and unreadable ones): the queue is
     /// declared with this `x-dead-letter-exchange`. Without it such messages are dropped.
     pub dead_letter_exchange: Option<String>,
+    /// Largest body accepted once decompressed (a gzip body can expand without bound); larger
+    /// ones are rejected like unreadable ones.
+    pub max_body_bytes: usize,
 }
+
+/// Default of [`ConsumerConfig::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
 impl ConsumerConfig {
     pub fn new(url: AmqpUrl, exchange: &str) -> Self {
@@ -59,6 +64,7 @@ impl ConsumerConfig {
             name: "pgevents consumer".to_owned(),
             dead_letter_exchange: None,
             on_connected: ConnectionWatch::default(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -121,16 +127,8 @@ enum Handlers {
 }
 
 /// Decodes the body (gunzipping when the producer compressed it) into an event.
-fn parse(delivery: &Delivery) -> Result<(Event, Vec<u8>), String> {
-    let body = if delivery.properties.content_encoding().map(String::as_str) == Some("gzip") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&delivery.body[..])
-            .read_to_end(&mut out)
-            .map_err(|e| format!("cannot gunzip body: {e}"))?;
-        out
-    } else {
-        delivery.body.clone()
-    };
+fn parse(delivery: &Delivery, max_body_bytes: usize) -> Result<(Event, Vec<u8>), String> {
+    let body = delivery.decoded_body(max_body_bytes).map_err(|e| e.to_string())?.into_owned();
     let event = Event::from_slice(&body).map_err(|e| e.to_string())?;
     Ok((event, body))
 }
@@ -250,7 +248,7 @@ impl Consumer {
             Handlers::Events(registry) => registry,
             Handlers::Messages(handler) => return Dispatch::Run(Work::Message(Box::new(delivery), handler.clone())),
         };
-        let (event, body) = match parse(&delivery) {
+        let (event, body) = match parse(&delivery, self.config.max_body_bytes) {
             Ok(parsed) => parsed,
             Err(why) => {
                 tracing::warn!(routing_key = %delivery.routing_key, error = %why, "rejecting a message that is not a pgevents event");

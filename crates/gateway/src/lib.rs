@@ -1,17 +1,117 @@
-//! `pgevents serve`: pushes events to live subscribers over Server-Sent Events.
+//! `pgevents serve`: pushes events to browsers and apps over Server-Sent Events.
 //!
-//! History lives in a RabbitMQ **stream** queue bound to the events exchange
-//! ([`pgevents_amqp::ensure_stream`]); its offsets are the SSE event ids. Every subscriber gets its own
-//! consumer on the stream, starting right after its `Last-Event-ID` (or at the end), so a
-//! reconnecting client gets exactly what it missed, in order, and then live events, with no gap
-//! and no duplicate at the seam. Filters ([`filter::Filter`]) narrow a subscription down to
-//! tables, actions, one row, or changed columns, optionally as one event per changed field.
-//! A slow subscriber is disconnected once its bounded buffer is full; a lost broker connection
-//! disconnects everyone (they come back with `Last-Event-ID` and miss nothing).
+//! History lives in a RabbitMQ **stream** queue bound to the events exchange; its offsets are
+//! the SSE event ids. One live consumer per gateway process (the [`hub`]) reads the stream and
+//! decodes each event once into a shared in-memory [`ring`] that every subscriber's feed reads
+//! from its own cursor, so subscribers cost no AMQP channel and RabbitMQ sends each event once.
+//! A subscriber with `Last-Event-ID` resumes from the ring when it still holds that id, or
+//! replays from the stream (at most `--max-replays` at once) and joins the live feed right after
+//! the last replayed offset. JWTs name the subscriber and grant tables and rows, applied to
+//! replayed and live events alike. A subscriber that falls behind the ring is cut off (it comes
+//! back with `Last-Event-ID`); so is everyone when the broker connection is lost, while the hub
+//! reconnects with backoff.
 
+pub mod auth;
+mod clients;
+pub mod config;
+mod feed;
 pub mod filter;
+mod frame;
+pub mod hub;
+pub mod metrics;
+mod replay;
+mod ring;
+mod routes;
 mod server;
+mod sse;
 mod subscription;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pgevents_amqp::{self as amqp, ensure_stream, AmqpError};
+use pgevents_telemetry::Readiness;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{AuthConfig, AuthSetupError};
+pub use config::{ConfigError, Cors, GatewayConfig};
+pub use hub::StreamConfig;
 pub use pgevents_amqp::Retention;
-pub use server::{router, serve, GatewayConfig, GatewayError};
+
+use crate::auth::Verifier;
+use crate::clients::Clients;
+use crate::feed::FeedContext;
+use crate::ring::{Ring, RingLimits};
+use crate::routes::{Gateway, RequestLimits};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("cannot listen on {addr}: {source}; choose another --listen address")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Checks the settings and the stream, then serves until `shutdown` (which also ends every
+/// subscriber's stream, so the server can stop). `readiness` follows the hub's connection.
+pub async fn serve(
+    config: GatewayConfig,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    config.check()?;
+    let verifier = config.auth.enabled().then(|| Verifier::new(&config.auth)).transpose()?;
+    prepare_stream(&config.stream).await?;
+    let addr = config.listen;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
+    warn_if_open(&listener, verifier.is_some());
+
+    let ring = Arc::new(Ring::new(RingLimits {
+        max_events: config.client_buffer_events,
+        max_bytes: config.client_buffer_bytes,
+    }));
+    let (link, hub) = hub::start(config.stream.clone(), ring.clone(), readiness.clone(), shutdown.clone());
+    let clients = Clients::new(config.max_clients, config.stall_timeout);
+    let watchdog = tokio::spawn(clients.clone().watch(shutdown.clone()));
+    let feeds = Arc::new(FeedContext {
+        ring,
+        link,
+        replay_slots: Arc::new(Semaphore::new(config.max_replays.max(1))),
+        stream: config.stream.stream.clone(),
+        max_body_bytes: config.stream.max_body_bytes,
+        heartbeat: config.heartbeat,
+        retry: config.retry,
+        shutdown: shutdown.clone(),
+    });
+    let limits = RequestLimits { max_query_bytes: config.max_query_bytes, max_filters: config.max_filters };
+    let gateway = Arc::new(Gateway { feeds, clients, verifier, limits, readiness });
+    let app = routes::router(gateway, &config.cors);
+    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), stream = %config.stream.stream, exchange = %config.stream.exchange, "serving /events");
+
+    server::run(listener, app, config.header_read_timeout, shutdown).await;
+    let _ = hub.await;
+    let _ = watchdog.await;
+    Ok(())
+}
+
+/// Declares and binds the history stream, so bad broker settings fail at start.
+async fn prepare_stream(stream: &StreamConfig) -> Result<(), AmqpError> {
+    let connection = amqp::connect(&stream.url, "pgevents serve (setup)").await?;
+    let channel = amqp::open_channel(&connection).await?;
+    ensure_stream(&channel, &stream.stream, &stream.exchange, &stream.retention).await?;
+    let _ = channel.close().await;
+    let _ = connection.close().await;
+    Ok(())
+}
+
+fn warn_if_open(listener: &tokio::net::TcpListener, authenticated: bool) {
+    let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(true);
+    if !loopback && !authenticated {
+        tracing::warn!("listening on a non-loopback address without authentication: anyone who reaches it reads every event; set --jwt-secret-file or --jwt-public-key-file");
+    }
+}

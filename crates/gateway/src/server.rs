@@ -1,141 +1,76 @@
-//! The HTTP side: `GET /events` (SSE) and `GET /healthz`.
+//! The HTTP/1.1 server: accepts connections, gives up on clients that do not send their request
+//! headers within `--header-read-timeout` (slow-loris), lets the watchdog drop a stalled
+//! subscriber's connection, and on shutdown waits for open responses to end.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
-use pgevents_amqp::{self as amqp, ensure_stream, AmqpError, AmqpUrl, Connection, Retention};
-use tokio::sync::Mutex;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
-use crate::filter::Filter;
-use crate::subscription::{self, Start};
+use crate::routes::ConnectionKill;
 
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    pub listen: SocketAddr,
-    pub amqp_url: AmqpUrl,
-    pub exchange: String,
-    /// The stream queue holding the history.
-    pub stream: String,
-    pub retention: Retention,
-    /// Interval of the SSE heartbeat comments.
-    pub heartbeat: Duration,
-    /// Events buffered per subscriber before it is cut off as too slow.
-    pub client_buffer: usize,
-}
+/// How long a stopping server waits for open responses.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest buffer per connection for reading a request and for response data waiting to be
+/// written (beyond it the subscriber's stream is not asked for more).
+const MAX_BUF_BYTES: usize = 64 << 10;
 
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error(transparent)]
-    Amqp(#[from] AmqpError),
-    #[error("cannot listen on {addr}: {source}; choose another --listen address")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-}
-
-struct Shared {
-    config: GatewayConfig,
-    connection: Mutex<Option<Connection>>,
-    shutdown: CancellationToken,
-}
-
-impl Shared {
-    /// The broker connection, reconnecting if the last one was lost.
-    async fn connection(&self) -> Result<Connection, AmqpError> {
-        let mut guard = self.connection.lock().await;
-        if let Some(connection) = guard.as_ref().filter(|c| c.is_open()) {
-            return Ok(connection.clone());
-        }
-        let connection = amqp::connect(&self.config.amqp_url, "pgevents serve").await?;
-        *guard = Some(connection.clone());
-        Ok(connection)
+/// Serves `app` on `listener` until `shutdown`.
+pub async fn run(listener: TcpListener, app: Router, header_read_timeout: Duration, shutdown: CancellationToken) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_read_timeout).max_buf_size(MAX_BUF_BYTES);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let kill = CancellationToken::new();
+        let service = {
+            let (app, kill) = (app.clone(), ConnectionKill(kill.clone()));
+            hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(kill.clone());
+                app.clone().oneshot(request)
+            })
+        };
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => log_end(peer, result),
+                _ = kill.cancelled() => {}
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("open connections did not close in time"),
     }
 }
 
-fn bad_request(text: String) -> Response {
-    (StatusCode::BAD_REQUEST, format!("{text}\n")).into_response()
-}
-
-async fn events(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Response {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
-    let Some(consumer_id) = header("x-consumer-id").map(str::to_owned) else {
-        return bad_request(
-            "the X-Consumer-Id header is required: name the subscriber, e.g. X-Consumer-Id: dashboard-1".into(),
-        );
-    };
-    let filter = match Filter::from_query(&pairs) {
-        Ok(filter) => filter,
-        Err(e) => return bad_request(e.to_string()),
-    };
-    let last = header("last-event-id")
-        .map(str::to_owned)
-        .or_else(|| pairs.iter().find(|(k, _)| k == "last_event_id").map(|(_, v)| v.clone()));
-    let start = match last.as_deref().map(str::parse::<i64>) {
-        None => Start::Live,
-        Some(Ok(id)) if id >= 0 => Start::Offset(id + 1),
-        Some(_) => {
-            return bad_request(format!(
-                "invalid Last-Event-ID {:?}: expected an event id (a number)",
-                last.unwrap_or_default()
-            ))
+fn log_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        if e.is_timeout() {
+            tracing::debug!(%peer, "closed a connection that did not send its request headers in time");
+        } else {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
-    };
-    let opened = async {
-        let connection = shared.connection().await?;
-        let config = &shared.config;
-        subscription::open(
-            &connection,
-            &config.stream,
-            start,
-            filter,
-            config.client_buffer,
-            consumer_id.clone(),
-            shared.shutdown.clone(),
-        )
-        .await
-    };
-    let rx = match opened.await {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot open a subscription");
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach the event history: {e}\n")).into_response();
-        }
-    };
-    tracing::info!(consumer_id = %consumer_id, ?start, "subscriber connected");
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(shared.config.heartbeat).text("heartbeat")).into_response()
-}
-
-/// The gateway's routes.
-pub fn router(config: GatewayConfig, shutdown: CancellationToken) -> Router {
-    let shared = Arc::new(Shared { config, connection: Mutex::new(None), shutdown });
-    Router::new().route("/events", get(events)).route("/healthz", get(|| async { "ok\n" })).with_state(shared)
-}
-
-/// Prepares the history stream, then serves until `shutdown` (which also ends every
-/// subscriber's stream, so the server can stop).
-pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result<(), GatewayError> {
-    let connection = amqp::connect(&config.amqp_url, "pgevents serve (setup)").await?;
-    let channel = amqp::open_channel(&connection).await?;
-    ensure_stream(&channel, &config.stream, &config.exchange, &config.retention).await?;
-    let _ = channel.close().await;
-    let _ = connection.close().await;
-    let addr = config.listen;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
-    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), stream = %config.stream, exchange = %config.exchange, "serving /events");
-    let app = router(config, shutdown.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(|source| GatewayError::Bind { addr, source })
+    }
 }

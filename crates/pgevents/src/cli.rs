@@ -280,11 +280,18 @@ pub struct RetentionArgs {
     /// How many bytes the history stream keeps at most
     #[arg(long, env = "PGEVENTS_HISTORY_MAX_BYTES", default_value_t = 10 << 30)]
     pub history_max_bytes: u64,
+    /// Segment size of the history stream in bytes; retention removes whole segments [default: RabbitMQ's, 500 MB]
+    #[arg(long, env = "PGEVENTS_HISTORY_SEGMENT_BYTES")]
+    pub history_segment_bytes: Option<u64>,
 }
 
 impl RetentionArgs {
     pub fn retention(&self) -> pgevents_amqp::Retention {
-        pgevents_amqp::Retention { max_age: self.history_max_age.clone(), max_bytes: self.history_max_bytes }
+        pgevents_amqp::Retention {
+            max_age: self.history_max_age.clone(),
+            max_bytes: self.history_max_bytes,
+            segment_bytes: self.history_segment_bytes,
+        }
     }
 }
 
@@ -303,11 +310,62 @@ pub struct ServeArgs {
     /// Seconds between heartbeat comments on idle event streams
     #[arg(long = "heartbeat", env = "PGEVENTS_SSE_HEARTBEAT", default_value_t = 15)]
     pub heartbeat_secs: u64,
-    /// Events buffered per subscriber; a subscriber that falls this far behind is disconnected
+    /// Milliseconds a browser waits before reconnecting (the SSE retry field)
+    #[arg(long = "sse-retry-ms", env = "PGEVENTS_SSE_RETRY_MS", default_value_t = 2000)]
+    pub sse_retry_ms: u64,
+    /// Events a subscriber may fall behind the live feed before it is cut off (it reconnects with Last-Event-ID); the gateway keeps this much of the feed in memory, shared by all subscribers
     #[arg(long, env = "PGEVENTS_CLIENT_BUFFER", default_value_t = 1000)]
     pub client_buffer: usize,
+    /// Bytes a subscriber may fall behind the live feed before it is cut off (the same buffer, counted in bytes)
+    #[arg(long, env = "PGEVENTS_CLIENT_BUFFER_BYTES", default_value_t = 16 << 20)]
+    pub client_buffer_bytes: usize,
+    /// Subscribers at once; more get 503 with Retry-After
+    #[arg(long, env = "PGEVENTS_MAX_CLIENTS", default_value_t = 10_000)]
+    pub max_clients: usize,
+    /// Replays from the history stream at once (subscribers whose Last-Event-ID is older than the buffered feed); the others wait for a slot
+    #[arg(long, env = "PGEVENTS_MAX_REPLAYS", default_value_t = 16)]
+    pub max_replays: usize,
+    /// Seconds a client has to send its request headers (slow clients are disconnected)
+    #[arg(long, env = "PGEVENTS_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Seconds a subscriber may take no data while data waits for it before it is disconnected
+    #[arg(long, env = "PGEVENTS_STALL_TIMEOUT", default_value_t = 30)]
+    pub stall_timeout: u64,
+    /// Longest query string of /events in bytes (414 beyond)
+    #[arg(long, env = "PGEVENTS_MAX_QUERY_BYTES", default_value_t = 4096)]
+    pub max_query_bytes: usize,
+    /// Most filter values (tables, actions, columns, pk) in one subscription (400 beyond)
+    #[arg(long, env = "PGEVENTS_MAX_FILTERS", default_value_t = 64)]
+    pub max_filters: usize,
+    /// Largest event accepted once decompressed, in bytes (larger ones are skipped, logged and counted)
+    #[arg(long, env = "PGEVENTS_MAX_EVENT_BYTES", default_value_t = 64 << 20)]
+    pub max_event_bytes: usize,
+    /// Web origin allowed to read /events from a browser (repeatable, or comma-separated in the environment); '*' for any, only without authentication
+    #[arg(long = "cors-origin", env = "PGEVENTS_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    /// Longest delay in seconds between reconnection attempts to RabbitMQ
+    #[arg(long, env = "PGEVENTS_BACKOFF_MAX", default_value_t = 30)]
+    pub backoff_max: u64,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JwtArgs {
+    /// Require a JWT signed with HS256 by this secret (the file's bytes are the key) on every /events request
+    #[arg(long, env = "PGEVENTS_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+    /// Require a JWT signed with RS256 or ES256, checked with this PEM public key
+    #[arg(long, env = "PGEVENTS_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// The aud claim tokens must carry
+    #[arg(long, env = "PGEVENTS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The iss claim tokens must carry
+    #[arg(long, env = "PGEVENTS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

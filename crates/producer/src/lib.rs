@@ -7,7 +7,6 @@
 //! after every message before it was confirmed ([`confirm::ConfirmTracker`]). [`run`] restarts
 //! failed sessions with backoff, resuming from the last confirmed LSN.
 
-pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod confirm;
@@ -40,7 +39,7 @@ pub use routing::RoutingConfig;
 pub use snapshot::SnapshotMode;
 pub use stats::{Phase, Stats};
 
-use backoff::Backoff;
+use pgevents_retry::Backoff;
 use session::{run_session, SessionState};
 
 /// A session that ran this long resets the backoff.

@@ -1,0 +1,26 @@
+//! The gateway's metric names (Prometheus, through the `metrics` facade).
+
+/// Gauge: subscribers connected.
+pub const CLIENTS: &str = "pgevents_gateway_clients";
+/// Counter: events sent to subscribers (one per subscriber and event).
+pub const EVENTS_SENT: &str = "pgevents_gateway_events_sent_total";
+/// Counter: bytes of event streams handed to connections.
+pub const BYTES_SENT: &str = "pgevents_gateway_bytes_sent_total";
+/// Counter: subscribers cut off for falling behind the buffered feed.
+pub const SLOW_CLIENTS: &str = "pgevents_gateway_slow_clients_total";
+/// Counter: subscribers disconnected for reading nothing for `--stall-timeout`.
+pub const STALLED: &str = "pgevents_gateway_stalled_clients_total";
+/// Counter by `reason` (`max_clients`, `unauthorized`, `forbidden`, `bad_request`): requests refused.
+pub const REJECTED: &str = "pgevents_gateway_rejected_total";
+/// Counter: replays started from the stream.
+pub const REPLAYS: &str = "pgevents_gateway_replays_total";
+/// Gauge: replays running (at most `--max-replays`).
+pub const REPLAYS_ACTIVE: &str = "pgevents_gateway_replays_active";
+/// Gauge: subscribers waiting for a replay slot.
+pub const REPLAYS_WAITING: &str = "pgevents_gateway_replays_waiting";
+/// Counter: replays that asked for events past the stream's retention (a `gap` event was sent).
+pub const REPLAY_GAPS: &str = "pgevents_gateway_replay_gaps_total";
+/// Counter: reconnections of the hub's stream consumer.
+pub const HUB_RECONNECTS: &str = "pgevents_gateway_hub_reconnects_total";
+/// Counter: history messages that are not readable events (skipped, logged).
+pub const UNREADABLE: &str = "pgevents_gateway_unreadable_messages_total";

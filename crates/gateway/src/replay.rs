@@ -1,0 +1,163 @@
+//! One subscriber's replay: a consumer of its own on the history stream, starting right after
+//! the subscriber's `Last-Event-ID`, read until the subscriber reaches what the ring holds
+//! (see the feed). A subscriber asking for events older than the stream's retention is told so
+//! with a gap (the first offset still available), never silently skipped.
+
+use std::time::Duration;
+
+use pgevents_amqp::{self as amqp, AmqpError, Channel, Connection, DeliveryStream, FieldValue};
+
+use crate::frame::{Frame, STREAM_OFFSET};
+
+/// Deliveries RabbitMQ sends ahead to one replay.
+const PREFETCH: u16 = 256;
+/// How long to wait for the first message when looking up where the stream starts.
+const FIRST_OFFSET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A delivery taken by [`Replay::recv`].
+pub enum Delivery {
+    Received(Box<pgevents_amqp::Delivery>),
+    /// A frame held back while its gap was reported.
+    Held(Frame),
+}
+
+/// What a replay yields.
+#[derive(Debug)]
+pub enum ReplayItem {
+    Frame(Frame),
+    /// The events from the requested offset up to `first_available` are no longer in the stream.
+    Gap {
+        first_available: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("the RabbitMQ connection was lost during the replay")]
+    Lost,
+}
+
+pub struct Replay {
+    connection: Connection,
+    channel: Channel,
+    stream: String,
+    deliveries: DeliveryStream,
+    /// The first offset wanted.
+    from: i64,
+    /// Whether the first delivery has been seen (and checked against retention).
+    started: bool,
+    /// A frame held back while its gap is reported.
+    pending: Option<Frame>,
+    /// The oldest delivery tag not yet acknowledged.
+    first_unacked: Option<u64>,
+    max_body_bytes: usize,
+}
+
+impl Replay {
+    /// Starts consuming the stream at `from`.
+    pub async fn open(
+        connection: &Connection,
+        stream: &str,
+        from: i64,
+        max_body_bytes: usize,
+    ) -> Result<Replay, AmqpError> {
+        let channel = amqp::open_channel(connection).await?;
+        let arguments = amqp::field_table(&[(STREAM_OFFSET, FieldValue::l(from))]);
+        let deliveries = amqp::consume(&channel, stream, PREFETCH, arguments).await?;
+        Ok(Replay {
+            connection: connection.clone(),
+            channel,
+            stream: stream.to_owned(),
+            deliveries,
+            from,
+            started: false,
+            pending: None,
+            first_unacked: None,
+            max_body_bytes,
+        })
+    }
+
+    /// The next delivery, as it arrives. Cancel-safe: nothing is lost if the caller stops
+    /// waiting; hand what it returns to [`Replay::accept`].
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        if let Some(frame) = self.pending.take() {
+            return Some(Delivery::Held(frame));
+        }
+        self.deliveries.next().await.map(|d| Delivery::Received(Box::new(d)))
+    }
+
+    /// What a delivery means for the subscriber: a frame, a gap before it (the frame follows
+    /// from the next [`Replay::recv`]), or nothing (before the requested offset, or unreadable
+    /// as a stream message). A lost connection shows as a `recv` of `None`.
+    pub async fn accept(&mut self, delivery: Option<Delivery>) -> Result<Option<ReplayItem>, ReplayError> {
+        let frame = match delivery.ok_or(ReplayError::Lost)? {
+            Delivery::Held(frame) => return Ok(Some(ReplayItem::Frame(frame))),
+            Delivery::Received(delivery) => {
+                self.acknowledge(delivery.delivery_tag).await?;
+                Frame::decode(&delivery, self.max_body_bytes)
+            }
+        };
+        let Some(frame) = frame else { return Ok(None) };
+        if frame.offset < self.from {
+            return Ok(None); // RabbitMQ starts at the beginning of the chunk holding `from`
+        }
+        if self.started {
+            return Ok(Some(ReplayItem::Frame(frame)));
+        }
+        self.started = true;
+        if frame.offset > self.from {
+            // Either retention removed what was asked for, or the stream has no message at those
+            // offsets; only the first is a gap.
+            if let Some(first_available) = self.first_offset().await? {
+                if first_available > self.from {
+                    self.pending = Some(frame);
+                    return Ok(Some(ReplayItem::Gap { first_available }));
+                }
+            }
+        }
+        Ok(Some(ReplayItem::Frame(frame)))
+    }
+
+    /// The next frame if it has already arrived (to fill a chunk without waiting); gaps and
+    /// everything else are left to [`Replay::recv`].
+    pub fn try_next(&mut self) -> Option<Frame> {
+        if !self.started || self.pending.is_some() {
+            return None;
+        }
+        loop {
+            let delivery = self.deliveries.try_next()?;
+            self.first_unacked.get_or_insert(delivery.delivery_tag);
+            match Frame::decode(&delivery, self.max_body_bytes) {
+                Some(frame) if frame.offset >= self.from => return Some(frame),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Acknowledges in batches: RabbitMQ sends a stream consumer more only as it acknowledges.
+    async fn acknowledge(&mut self, delivery_tag: u64) -> Result<(), AmqpError> {
+        let first_unacked = self.first_unacked.get_or_insert(delivery_tag);
+        if delivery_tag - *first_unacked + 1 >= u64::from(PREFETCH / 2) {
+            amqp::ack_up_to(&self.channel, delivery_tag).await?;
+            self.first_unacked = None;
+        }
+        Ok(())
+    }
+
+    /// The offset of the oldest message the stream still holds.
+    async fn first_offset(&self) -> Result<Option<i64>, AmqpError> {
+        let channel = amqp::open_channel(&self.connection).await?;
+        let arguments = amqp::field_table(&[(STREAM_OFFSET, FieldValue::from("first"))]);
+        let mut deliveries = amqp::consume(&channel, &self.stream, 1, arguments).await?;
+        let first = tokio::time::timeout(FIRST_OFFSET_TIMEOUT, deliveries.next()).await.ok().flatten();
+        let _ = channel.close().await;
+        Ok(first.and_then(|d| d.header_i64(STREAM_OFFSET)))
+    }
+
+    /// Closes the replay's channel.
+    pub async fn close(self) {
+        let _ = self.channel.close().await;
+    }
+}
