@@ -1,45 +1,18 @@
-//! `pgevents serve`: live events over SSE with replay from the RabbitMQ stream, filters down to
-//! a row or a field, slow clients cut off, clients disconnected when the broker goes away.
+//! `pgevents serve`: live events over SSE, resumed from the in-memory feed or replayed from the
+//! RabbitMQ stream, filters down to a row or a field, slow clients cut off, clients disconnected
+//! when the broker goes away, gzip bodies, gaps past the stream's retention.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::gateway::Gateway;
 use common::{stop, World, WAIT};
-use pgevents_testkit::{amqp_url, delete_queue, free_local_addr, unique_name, FaultProxy, PgEventsProcess, SseClient};
+use pgevents_testkit::{amqp_url, http_get, unique_name, FaultProxy, SseClient, SseMessage};
 
 const SHORT: Duration = Duration::from_millis(700);
-
-struct Gateway {
-    process: PgEventsProcess,
-    addr: SocketAddr,
-    stream: String,
-}
-
-/// Starts `pgevents serve` for the world's exchange (through `broker_url` if given).
-async fn gateway(world: &World, stream: &str, broker_url: Option<&str>, extra: &[(&str, &str)]) -> Gateway {
-    let addr = free_local_addr();
-    let mut env = vec![
-        ("RABBITMQ_URL".to_owned(), broker_url.map(str::to_owned).unwrap_or_else(amqp_url)),
-        ("RABBITMQ_EXCHANGE".to_owned(), world.exchange.clone()),
-        ("PGEVENTS_HISTORY_STREAM".to_owned(), stream.to_owned()),
-        ("PGEVENTS_LISTEN".to_owned(), addr.to_string()),
-        ("PGEVENTS_SSE_HEARTBEAT".to_owned(), "1".to_owned()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let mut process = PgEventsProcess::spawn(&["serve"], &env);
-    process.wait_for_log("serving /events", WAIT).await;
-    Gateway { process, addr, stream: stream.to_owned() }
-}
-
-async fn subscribe(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
-    let client = SseClient::connect(addr, path, headers).await;
-    assert_eq!(client.status, 200, "{}", client.body);
-    // The consumer on the stream is attached once the response has started.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    client
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn subscribers_get_live_events_and_replay_what_they_missed() {
@@ -48,15 +21,15 @@ async fn subscribers_get_live_events_and_replay_what_they_missed() {
     let stream = unique_name("history");
     let proxy = FaultProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let proxied = amqp_url().replace("127.0.0.1:5672", &proxy.addr.to_string());
-    let gw = gateway(&world, &stream, Some(&proxied), &[]).await;
+    let gw = Gateway::start(&world, &stream, Some(&proxied), &[]).await;
     let producer = world.producer(&[("PGEVENTS_HISTORY_STREAM", &stream)]).await;
 
     let anonymous = SseClient::connect(gw.addr, "/events", &[]).await;
     assert_eq!(anonymous.status, 400);
     assert!(anonymous.body.contains("the X-Consumer-Id header"), "{}", anonymous.body);
 
-    let mut first = subscribe(gw.addr, "/events", &[("X-Consumer-Id", "dashboard")]).await;
-    let mut second = subscribe(gw.addr, "/events", &[("X-Consumer-Id", "dashboard")]).await;
+    let mut first = gw.subscribe("/events", &[("X-Consumer-Id", "dashboard")]).await;
+    let mut second = gw.subscribe("/events?consumer_id=dashboard", &[]).await;
     world.pg.execute("INSERT INTO users VALUES (1, 'ann')").await;
     let a = first.next(WAIT).await.expect("first client gets the event");
     let b = second.next(WAIT).await.expect("second client with the same id gets it too");
@@ -71,8 +44,7 @@ async fn subscribers_get_live_events_and_replay_what_they_missed() {
     world.pg.execute("INSERT INTO users VALUES (4, 'dee'); UPDATE users SET name = 'eve' WHERE id = 1").await;
 
     let last_seen = two.id.clone().expect("events carry ids");
-    let mut back =
-        subscribe(gw.addr, "/events", &[("X-Consumer-Id", "dashboard"), ("Last-Event-ID", &last_seen)]).await;
+    let mut back = gw.subscribe("/events", &[("X-Consumer-Id", "dashboard"), ("Last-Event-ID", &last_seen)]).await;
     world.pg.execute("DELETE FROM users WHERE id = 2").await;
     let replayed: Vec<_> = {
         let mut out = Vec::new();
@@ -93,7 +65,7 @@ async fn subscribers_get_live_events_and_replay_what_they_missed() {
     assert!(back.next(SHORT).await.is_none(), "no duplicate at the seam");
 
     let query = format!("/events?last_event_id={}", replayed[2].id.as_deref().unwrap());
-    let mut by_query = subscribe(gw.addr, &query, &[("X-Consumer-Id", "other")]).await;
+    let mut by_query = gw.subscribe(&query, &[("X-Consumer-Id", "other")]).await;
     assert_eq!(by_query.next(WAIT).await.unwrap().event, "delete");
     while second.next(SHORT).await.is_some() {}
     let before = second.comments;
@@ -101,14 +73,29 @@ async fn subscribers_get_live_events_and_replay_what_they_missed() {
     let _ = second.next(SHORT).await;
     assert!(second.comments > before, "heartbeat comments on an idle stream");
 
-    // The broker connection goes away: live clients are cut at once, to come back with their id.
+    assert_eq!(http_get(gw.addr, "/readyz").await.map(|(status, _)| status), Some(200));
+
+    // The broker connection goes away: live clients are cut at once, to come back with their id,
+    // and /readyz says why until the gateway reads the stream again.
     proxy.cut();
     assert!(second.closed_within(Duration::from_secs(10)).await, "clients are disconnected when the broker is lost");
+    let (status, body) = http_get(gw.addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("RabbitMQ connection lost"), "{body}");
+    let (status, _) = http_get(gw.metrics, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "the metrics port's /readyz says the same");
     proxy.restore().await;
+    pgevents_testkit::wait_for("/readyz 200 after the broker is back", WAIT, || async {
+        http_get(gw.addr, "/readyz").await.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    let mut again = gw.subscribe("/events", &[("X-Consumer-Id", "dashboard"), ("Last-Event-ID", &last_seen)]).await;
+    let resumed = again.next(WAIT).await.expect("resumed after the broker came back");
+    assert_eq!(resumed.id, replayed[0].id, "from the event after the one it had");
+    assert!(gw.metric("pgevents_gateway_hub_reconnects_total").await >= 1.0);
 
     stop(producer).await;
-    stop(gw.process).await;
-    delete_queue(&gw.stream).await;
+    gw.stop().await;
     pgevents_testkit::delete_exchange(&world.exchange).await;
 }
 
@@ -123,15 +110,16 @@ async fn filters_select_tables_actions_rows_columns_and_fields() {
         )
         .await;
     let stream = unique_name("history");
-    let gw = gateway(&world, &stream, None, &[]).await;
+    let gw = Gateway::start(&world, &stream, None, &[]).await;
     let producer = world.producer(&[("PGEVENTS_HISTORY_STREAM", &stream)]).await;
     let consumer = [("X-Consumer-Id", "filters")];
-    let mut orders = subscribe(gw.addr, "/events?table=public.ord*", &consumer).await;
-    let mut updates = subscribe(gw.addr, "/events?action=U", &consumer).await;
-    let mut row2 = subscribe(gw.addr, "/events?table=public.users&pk=2", &consumer).await;
-    let mut scores = subscribe(gw.addr, "/events?columns=score", &consumer).await;
-    let mut fields = subscribe(gw.addr, "/events?granularity=field&action=U&pk=2", &consumer).await;
-    let bad = SseClient::connect(gw.addr, "/events?action=X", &consumer).await;
+    let mut orders = gw.subscribe("/events?table=public.ord*", &consumer).await;
+    let mut updates = gw.subscribe("/events?action=U", &consumer).await;
+    let mut row2 = gw.subscribe("/events?table=public.users&pk=2", &consumer).await;
+    let mut scores = gw.subscribe("/events?columns=score", &consumer).await;
+    let mut fields = gw.subscribe("/events?granularity=field&action=U&pk=2", &consumer).await;
+    let mut row2_fields = gw.subscribe("/events?granularity=field&table=public.users&pk=2", &consumer).await;
+    let bad = gw.refused("/events?action=X", &consumer).await;
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("invalid action"), "{}", bad.body);
 
@@ -172,9 +160,38 @@ async fn filters_select_tables_actions_rows_columns_and_fields() {
     assert!(f1.id.is_none() && f2.id.is_some(), "the last field event carries the id");
     assert!(fields.next(SHORT).await.is_none());
 
+    // Field events are for updates: the row's insert and delete stay row events.
+    world.pg.execute("DELETE FROM users WHERE id = 2").await;
+    let mut kinds = Vec::new();
+    while let Some(event) = row2_fields.next(SHORT).await {
+        kinds.push(event.event.clone());
+        if event.event == "delete" {
+            assert_eq!(event.json()["old"]["score"], 5, "a delete is the row event with the old row");
+        }
+    }
+    assert_eq!(kinds, vec!["insert", "field_update", "field_update", "delete"]);
+
     stop(producer).await;
-    stop(gw.process).await;
-    delete_queue(&gw.stream).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_composite_key_matches_in_key_order() {
+    let world = World::new().await;
+    // Key order (z, a) is not the alphabetical order of the key's columns.
+    world.pg.execute("CREATE TABLE pairs (a text, z int, note text, PRIMARY KEY (z, a))").await;
+    let stream = unique_name("history");
+    let gw = Gateway::start(&world, &stream, None, &[]).await;
+    let producer = world.producer(&[("PGEVENTS_HISTORY_STREAM", &stream)]).await;
+    let mut in_key_order = gw.subscribe("/events?pk=1,x", &[("X-Consumer-Id", "pk")]).await;
+    let mut by_name_order = gw.subscribe("/events?pk=x,1", &[("X-Consumer-Id", "pk")]).await;
+    world.pg.execute("INSERT INTO pairs VALUES ('x', 1, 'wanted'), ('y', 1, 'other'), ('1', 0, 'other')").await;
+    let event = in_key_order.next(WAIT).await.expect("the row with z=1, a=x");
+    assert_eq!(event.json()["new"]["note"], "wanted");
+    assert!(in_key_order.next(SHORT).await.is_none());
+    assert!(by_name_order.next(SHORT).await.is_none(), "pk values are in key order, not by column name");
+    stop(producer).await;
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,10 +199,10 @@ async fn a_slow_client_is_cut_off_while_a_fast_one_keeps_up() {
     let world = World::new().await;
     world.pg.execute("CREATE TABLE blobs (id int PRIMARY KEY, body text)").await;
     let stream = unique_name("history");
-    let gw = gateway(&world, &stream, None, &[("PGEVENTS_CLIENT_BUFFER", "2000")]).await;
+    let gw = Gateway::start(&world, &stream, None, &[("PGEVENTS_CLIENT_BUFFER", "2000")]).await;
     let producer = world.producer(&[("PGEVENTS_HISTORY_STREAM", &stream)]).await;
-    let mut fast = subscribe(gw.addr, "/events", &[("X-Consumer-Id", "fast")]).await;
-    let mut slow = subscribe(gw.addr, "/events", &[("X-Consumer-Id", "slow")]).await;
+    let mut fast = gw.subscribe("/events", &[("X-Consumer-Id", "fast")]).await;
+    let mut slow = gw.subscribe("/events", &[("X-Consumer-Id", "slow")]).await;
     let rows = 8000;
     world.pg.execute(&format!("INSERT INTO blobs SELECT i, repeat('x', 8000) FROM generate_series(1, {rows}) i")).await;
     let mut received = 0;
@@ -203,7 +220,186 @@ async fn a_slow_client_is_cut_off_while_a_fast_one_keeps_up() {
     assert!(slow_received < rows, "the slow client was cut off ({slow_received} of {rows})");
     let log = gw.process.stderr();
     assert!(log.contains("too slow"), "{log}");
+    assert!(gw.metric("pgevents_gateway_slow_clients_total").await >= 1.0);
     stop(producer).await;
-    stop(gw.process).await;
-    delete_queue(&gw.stream).await;
+    gw.stop().await;
+}
+
+/// Rows of table `seam` received by one subscriber: (event id, row id).
+type Received = Arc<Mutex<Vec<(i64, i64)>>>;
+
+/// Reads `seam` inserts into `into` until row `last` arrives (or the stream ends).
+fn collect(mut client: SseClient, last: i64, into: Received) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(message) = client.next(Duration::from_secs(60)).await {
+            let row = message.json()["id"].as_i64().expect("row id");
+            let id = message.id.as_deref().and_then(|id| id.parse().ok()).expect("event id");
+            into.lock().unwrap().push((id, row));
+            if row == last {
+                break;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_join_the_live_feed_with_no_gap_and_no_duplicate_under_concurrent_writes() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE seam (id int PRIMARY KEY)").await;
+    let stream = unique_name("history");
+    // A short in-memory feed, so that most resumes replay from the stream, and few replay slots.
+    let gw = Gateway::start(&world, &stream, None, &[("PGEVENTS_CLIENT_BUFFER", "100"), ("PGEVENTS_MAX_REPLAYS", "2")])
+        .await;
+    let producer = world.producer(&[("PGEVENTS_HISTORY_STREAM", &stream)]).await;
+    let rows: i64 = 2000;
+    let reference: Received = Arc::default();
+    let reference_reader =
+        collect(gw.subscribe("/events", &[("X-Consumer-Id", "reference")]).await, rows, reference.clone());
+    let client = world.pg.client().await;
+    let writer = tokio::spawn(async move {
+        for id in 1..=rows {
+            client.execute("INSERT INTO seam VALUES ($1)", &[&(id as i32)]).await.expect("insert");
+            if id % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    // While rows keep coming, subscribers resume from ids seen so far: old ones (a replay from
+    // the stream that must catch up with the live feed), recent ones (from memory).
+    let mut resumed = Vec::new();
+    for round in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let seen: Vec<(i64, i64)> = reference.lock().unwrap().clone();
+        let Some(&(id, row)) = (if round % 3 == 2 { seen.last() } else { seen.get(seen.len() * round / 24) }) else {
+            continue;
+        };
+        if row == rows {
+            continue;
+        }
+        let client = gw.subscribe("/events", &[("X-Consumer-Id", "resumer"), ("Last-Event-ID", &id.to_string())]).await;
+        let received: Received = Arc::default();
+        resumed.push((row, received.clone(), collect(client, rows, received)));
+    }
+    assert!(!writer.is_finished(), "the writes went on while subscribers resumed");
+    writer.await.unwrap();
+    reference_reader.await.unwrap();
+    let reference = reference.lock().unwrap().clone();
+    assert_eq!(reference.iter().map(|(_, row)| *row).collect::<Vec<_>>(), (1..=rows).collect::<Vec<_>>());
+    let offsets: BTreeMap<i64, i64> = reference.iter().copied().collect();
+    assert!(resumed.len() >= 8, "subscribers resumed while rows were written");
+    for (after_row, received, reader) in resumed {
+        reader.await.unwrap();
+        let received = received.lock().unwrap().clone();
+        let got: Vec<i64> = received.iter().map(|(_, row)| *row).collect();
+        assert_eq!(got, ((after_row + 1)..=rows).collect::<Vec<_>>(), "exactly the rows after {after_row}, in order");
+        assert!(received.iter().all(|(id, row)| offsets.get(id) == Some(row)), "the same ids as the live feed");
+    }
+    let replays = gw.metric("pgevents_gateway_replays_total").await;
+    assert!(replays >= 1.0, "some subscribers replayed from the stream");
+    assert!(replays < 12.0, "the up-to-date ones resumed from memory ({replays} replays)");
+    stop(producer).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gzipped_events_read_the_same_live_and_replayed() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE users (id int PRIMARY KEY, name text)").await;
+    let stream = unique_name("history");
+    let gw = Gateway::start(&world, &stream, None, &[("PGEVENTS_CLIENT_BUFFER", "100")]).await;
+    let producer = world.producer(&[("PGEVENTS_HISTORY_STREAM", &stream), ("PGEVENTS_COMPRESSION", "gzip")]).await;
+    let mut live = gw.subscribe("/events", &[("X-Consumer-Id", "gzip")]).await;
+    world.pg.execute("INSERT INTO users VALUES (1, 'ann'); INSERT INTO users VALUES (2, 'bob')").await;
+    world.pg.execute("INSERT INTO users SELECT i, 'n' || i FROM generate_series(3, 200) i").await;
+    let first = live.next(WAIT).await.expect("a gzipped event arrives as JSON");
+    assert_eq!(first.json()["new"]["name"], "ann");
+    assert_eq!(live.next(WAIT).await.unwrap().json()["new"]["name"], "bob");
+    for _ in 3..=200 {
+        live.next(WAIT).await.expect("every event");
+    }
+    // Older than the in-memory feed: read back from the stream.
+    let id = first.id.unwrap();
+    let mut replayed = gw.subscribe("/events", &[("X-Consumer-Id", "gzip"), ("Last-Event-ID", &id)]).await;
+    let again: Vec<SseMessage> = vec![replayed.next(WAIT).await.unwrap(), replayed.next(WAIT).await.unwrap()];
+    assert_eq!(again.iter().map(|m| m.json()["new"]["name"].clone()).collect::<Vec<_>>(), vec!["bob", "n3"]);
+    assert!(gw.metric("pgevents_gateway_replays_total").await >= 1.0, "read back from the stream");
+    assert_eq!(gw.metric("pgevents_gateway_unreadable_messages_total").await, 0.0);
+    stop(producer).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_past_the_retention_starts_with_a_gap_event() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)").await;
+    let stream = unique_name("history");
+    // Small segments and a small size limit, so that retention removes the oldest events.
+    let retention = [("PGEVENTS_HISTORY_MAX_BYTES", "40000"), ("PGEVENTS_HISTORY_SEGMENT_BYTES", "8000")];
+    let mut gw_env = retention.to_vec();
+    gw_env.push(("PGEVENTS_CLIENT_BUFFER", "100"));
+    let gw = Gateway::start(&world, &stream, None, &gw_env).await;
+    let mut producer_env = retention.to_vec();
+    producer_env.push(("PGEVENTS_HISTORY_STREAM", &stream));
+    let producer = world.producer(&producer_env).await;
+    let mut live = gw.subscribe("/events", &[("X-Consumer-Id", "gap")]).await;
+    let reader = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        while ids.len() < 400 {
+            ids.push(live.next(WAIT).await.expect("live events").id.expect("an id"));
+        }
+        ids
+    });
+    for batch in 0..20 {
+        world
+            .pg
+            .execute(&format!(
+                "INSERT INTO notes SELECT i, repeat('x', 400) FROM generate_series({}, {}) i",
+                batch * 20 + 1,
+                batch * 20 + 20
+            ))
+            .await;
+    }
+    let live_ids = reader.await.unwrap();
+    let last_id = live_ids.last().cloned().unwrap();
+    let mut old = gw.subscribe("/events", &[("X-Consumer-Id", "gap"), ("Last-Event-ID", "0")]).await;
+    let gap = old.next(WAIT).await.expect("a gap event");
+    assert_eq!(gap.event, "gap", "{gap:?}");
+    let first_available = gap.json()["first_available"].as_i64().unwrap();
+    assert_eq!(gap.json()["last_event_id"], 0);
+    assert!(first_available > 1, "retention removed the oldest events: {gap:?}");
+    assert_eq!(gap.id, Some((first_available - 1).to_string()), "resuming from the gap's id asks for what is left");
+    let next = old.next(WAIT).await.unwrap();
+    assert_eq!(next.id, Some(first_available.to_string()), "then every event still held, from the first");
+    let mut replayed = vec![next.id.unwrap()];
+    while replayed.last() != Some(&last_id) {
+        replayed.push(old.next(WAIT).await.expect("the rest of the history").id.unwrap());
+    }
+    let position = live_ids.iter().position(|id| *id == replayed[0]).expect("the first replayed event was live too");
+    assert_eq!(replayed, live_ids[position..], "every event still held, as the live feed had them");
+    assert_eq!(gw.metric("pgevents_gateway_replay_gaps_total").await, 1.0);
+    stop(producer).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_it_cannot_serve_are_refused_with_the_reason() {
+    let world = World::new().await;
+    let stream = unique_name("history");
+    let gw =
+        Gateway::start(&world, &stream, None, &[("PGEVENTS_MAX_FILTERS", "3"), ("PGEVENTS_MAX_QUERY_BYTES", "200")])
+            .await;
+    let consumer = [("X-Consumer-Id", "limits")];
+    for bad in ["-1", "abc", "99999999999999999999", "9223372036854775807"] {
+        let refused = gw.refused("/events", &[("X-Consumer-Id", "limits"), ("Last-Event-ID", bad)]).await;
+        assert_eq!(refused.status, 400, "Last-Event-ID {bad}");
+        assert!(refused.body.contains("invalid Last-Event-ID"), "{}", refused.body);
+    }
+    let many = gw.refused("/events?table=a,b&action=I,U", &consumer).await;
+    assert_eq!(many.status, 400);
+    assert!(many.body.contains("too many filters (4)"), "{}", many.body);
+    let long = gw.refused(&format!("/events?table={}", "t".repeat(300)), &consumer).await;
+    assert_eq!(long.status, 414);
+    assert!(long.body.contains("--max-query-bytes"), "{}", long.body);
+    assert!(gw.metric("pgevents_gateway_rejected_total{reason=\"bad_request\"}").await >= 6.0);
+    gw.stop().await;
 }

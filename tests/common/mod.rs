@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

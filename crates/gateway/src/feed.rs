@@ -66,9 +66,12 @@ enum Phase {
         slot: SlotWait,
     },
     Replaying(Box<Replaying>),
+    /// Reading the ring from `cursor`; frames up to offset `after` (the last event the
+    /// subscriber has) are skipped, as another gateway may have been ahead of this one.
     Live {
         cursor: u64,
         generation: u64,
+        after: i64,
     },
     Ended,
 }
@@ -195,7 +198,7 @@ impl Feed {
                 Phase::Connecting(resume) => self.connecting(resume).await,
                 Phase::Queued { after, generation, slot } => self.queued(after, generation, slot).await,
                 Phase::Replaying(replaying) => self.replaying(replaying).await,
-                Phase::Live { cursor, generation } => self.live(cursor, generation).await,
+                Phase::Live { cursor, generation, after } => self.live(cursor, generation, after).await,
                 Phase::Ended => return None,
             };
             match step {
@@ -255,9 +258,9 @@ impl Feed {
     fn start(&self, resume: Resume, generation: u64) -> Phase {
         let ring = &self.context.ring;
         match resume {
-            Resume::Live => Phase::Live { cursor: ring.head(), generation },
+            Resume::Live => Phase::Live { cursor: ring.head(), generation, after: i64::MIN },
             Resume::After(id) => match ring.cursor_after(id) {
-                Some(cursor) => Phase::Live { cursor, generation },
+                Some(cursor) => Phase::Live { cursor, generation, after: id },
                 None => {
                     ::metrics::gauge!(metrics::REPLAYS_WAITING).increment(1.0);
                     let slot = Box::pin(self.context.replay_slots.clone().acquire_owned());
@@ -268,12 +271,18 @@ impl Feed {
     }
 
     async fn queued(&mut self, after: i64, generation: u64, mut slot: SlotWait) -> Step {
+        // While waiting for a slot, the ring may come to hold what the subscriber needs.
+        self.ring_changed.borrow_and_update();
+        if let Some(cursor) = self.context.ring.cursor_after(after) {
+            return self.dequeued(Step::Go(Phase::Live { cursor, generation, after }));
+        }
         let deadlines = self.deadlines();
-        let link = &mut self.link;
+        let (ring_changed, link) = (&mut self.ring_changed, &mut self.link);
         let woke = deadlines
             .wait(async {
                 tokio::select! {
                     permit = &mut slot => Some(permit),
+                    _ = ring_changed.changed() => None,
                     _ = link.changed() => None,
                 }
             })
@@ -289,6 +298,9 @@ impl Feed {
             Woke::End(end) => return self.dequeued(Step::End(end)),
         };
         ::metrics::gauge!(metrics::REPLAYS_WAITING).decrement(1.0);
+        if let Some(cursor) = self.context.ring.cursor_after(after) {
+            return Step::Go(Phase::Live { cursor, generation, after });
+        }
         let Some(connection) = self.link_if(generation) else { return Step::End(End::BrokerLost) };
         let context = &self.context;
         match Replay::open(&connection, &context.stream, after.saturating_add(1), context.max_body_bytes).await {
@@ -310,9 +322,9 @@ impl Feed {
         // The seam: once the ring holds everything after the last replayed offset, go live.
         self.ring_changed.borrow_and_update();
         if let Some(cursor) = self.context.ring.cursor_after(r.last) {
-            let generation = r.generation;
+            let (generation, after) = (r.generation, r.last);
             Self::finish_replay(r);
-            return Step::Go(Phase::Live { cursor, generation });
+            return Step::Go(Phase::Live { cursor, generation, after });
         }
         if self.link_if(r.generation).is_none() {
             Self::finish_replay(r);
@@ -388,7 +400,7 @@ impl Feed {
         }
     }
 
-    async fn live(&mut self, cursor: u64, generation: u64) -> Step {
+    async fn live(&mut self, cursor: u64, generation: u64, after: i64) -> Step {
         if self.link.borrow().generation() != Some(generation) {
             return Step::End(End::BrokerLost);
         }
@@ -409,8 +421,8 @@ impl Feed {
                 })
                 .await;
             return match woke {
-                Woke::Ready(()) => Step::Go(Phase::Live { cursor, generation }),
-                Woke::Heartbeat => Self::heartbeat(Phase::Live { cursor, generation }),
+                Woke::Ready(()) => Step::Go(Phase::Live { cursor, generation, after }),
+                Woke::Heartbeat => Self::heartbeat(Phase::Live { cursor, generation, after }),
                 Woke::End(end) => Step::End(end),
             };
         }
@@ -418,7 +430,7 @@ impl Feed {
         let mut single: Option<Bytes> = None;
         let mut chunk = BytesMut::new();
         let mut sent = 0u64;
-        for frame in &frames {
+        for frame in frames.iter().skip_while(|f| f.offset <= after) {
             next += 1;
             let Some(bytes) = self.subscription.render(frame) else { continue };
             sent += 1;
@@ -436,7 +448,8 @@ impl Feed {
             }
         }
         ::metrics::counter!(metrics::EVENTS_SENT).increment(sent);
-        let phase = Phase::Live { cursor: next, generation };
+        let skipped = frames.iter().take_while(|f| f.offset <= after).count() as u64;
+        let phase = Phase::Live { cursor: next + skipped, generation, after };
         match single {
             Some(bytes) => Step::Send(bytes, phase),
             None if chunk.is_empty() => Step::Go(phase),

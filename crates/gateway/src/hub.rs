@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Frame, STREAM_OFFSET};
 use crate::metrics;
+use crate::probe;
 use crate::ring::Ring;
 
-/// Deliveries drained into one append.
+/// Deliveries drained into one append, at most (and at most a quarter of the ring, so that one
+/// append never pushes a subscriber that keeps up out of it).
 const BATCH: usize = 256;
 
 /// Where the stream is read from.
@@ -67,9 +69,8 @@ enum HubError {
 /// Where the next session starts reading.
 #[derive(Debug, Clone, Copy)]
 enum Position {
-    /// The last chunk of the stream (the ring starts with the newest events, so subscribers
-    /// that are up to date need no replay).
-    Last,
+    /// With the next message published.
+    Next,
     /// Right after this offset, the last one read.
     After(i64),
 }
@@ -94,7 +95,8 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut reconnect = Reconnect::new("history stream", Duration::from_millis(500), config.backoff_max);
-    let mut reader = Reader { config: &config, ring: &ring, link: &link, position: Position::Last, generation: 0 };
+    let batch = (ring.max_events() / 4).clamp(1, BATCH);
+    let mut reader = Reader { config: &config, ring, link: &link, position: Position::Next, generation: 0, batch };
     loop {
         reconnect.attempt();
         let error = match reader.session(&readiness, &shutdown).await {
@@ -113,61 +115,78 @@ async fn run(
 
 struct Reader<'a> {
     config: &'a StreamConfig,
-    ring: &'a Ring,
+    ring: Arc<Ring>,
     link: &'a watch::Sender<Link>,
     position: Position,
     generation: u64,
+    batch: usize,
+}
+
+/// Everything published from the hub's first session on reaches it, and what was published
+/// before ends at the newest offset now: subscribers up to date with it need no replay. (Until
+/// this is known, or when the hub has read a message first, they replay from the stream.)
+async fn find_floor(connection: Connection, stream: String, ring: Arc<Ring>) {
+    match probe::newest_offset(&connection, &stream).await {
+        Ok(Some(newest)) => ring.set_floor(newest),
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot look up the newest offset of the history stream"),
+    }
+}
+
+/// How a session's deliveries relate to what the hub read before.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// From the next message published.
+    Fresh,
+    /// From the message after `after`: RabbitMQ starts at the beginning of the chunk holding
+    /// it, so earlier messages are skipped; if the first one is not `after + 1`, the stream does
+    /// not continue where the hub left off.
+    Resumed { after: i64, checked: bool },
 }
 
 impl Reader<'_> {
     /// One connection: consume from the position, append to the ring, until lost or shutdown.
     async fn session(&mut self, readiness: &Readiness, shutdown: &CancellationToken) -> Result<(), HubError> {
         let config = self.config;
+        if let (Position::Next, Some(floor)) = (self.position, self.ring.floor()) {
+            // A probe of an earlier session found where the stream ended: continue from there.
+            self.position = Position::After(floor);
+        }
         let connection = amqp::connect(&config.url, "pgevents serve").await?;
         let channel = amqp::open_channel(&connection).await?;
         ensure_stream(&channel, &config.stream, &config.exchange, &config.retention).await?;
-        let start = match self.position {
-            Position::Last => FieldValue::from("last"),
-            Position::After(offset) => FieldValue::l(offset.saturating_add(1)),
+        let (mut start, offset) = match self.position {
+            Position::Next => (Start::Fresh, FieldValue::from("next")),
+            Position::After(after) => {
+                (Start::Resumed { after, checked: false }, FieldValue::l(after.saturating_add(1)))
+            }
         };
-        let arguments = amqp::field_table(&[(STREAM_OFFSET, start)]);
+        let arguments = amqp::field_table(&[(STREAM_OFFSET, offset)]);
         let mut deliveries = amqp::consume(&channel, &config.stream, config.prefetch, arguments).await?;
         self.generation += 1;
         self.link.send_replace(Link::Up { generation: self.generation, connection: connection.clone() });
         readiness.set_ready();
         tracing::info!(stream = %config.stream, position = ?self.position, "reading the history stream");
-        let mut resumed_after = match self.position {
-            Position::After(offset) => Some(offset),
-            Position::Last => None,
-        };
+        if let Start::Fresh = start {
+            tokio::spawn(find_floor(connection.clone(), config.stream.clone(), self.ring.clone()));
+        }
         loop {
             let first = tokio::select! {
                 delivery = deliveries.next() => delivery.ok_or(HubError::Lost)?,
                 _ = shutdown.cancelled() => break,
             };
             let mut batch = vec![first];
-            while batch.len() < BATCH {
+            while batch.len() < self.batch {
                 match deliveries.try_next() {
                     Some(delivery) => batch.push(delivery),
                     None => break,
                 }
             }
-            let mut frames = Vec::with_capacity(batch.len());
-            for frame in batch.iter().filter_map(|d| Frame::decode(d, config.max_body_bytes)) {
-                if let Position::After(last) = self.position {
-                    if frame.offset <= last {
-                        continue; // RabbitMQ starts at the beginning of the chunk holding the offset asked for
-                    }
-                }
-                if let Some(after) = resumed_after.take() {
-                    if frame.offset != after + 1 {
-                        tracing::warn!(expected = after + 1, got = frame.offset, "the stream does not continue where the hub left off; reconnecting subscribers will replay from the stream");
-                        self.ring.clear();
-                    }
-                }
-                self.position = Position::After(frame.offset);
-                frames.push(frame);
-            }
+            let frames = batch
+                .iter()
+                .filter_map(|d| Frame::decode(d, config.max_body_bytes))
+                .filter(|frame| self.continues(&mut start, frame.offset))
+                .collect();
             self.ring.push(frames);
             if let Some(last) = batch.last() {
                 amqp::ack_up_to(&channel, last.delivery_tag).await?;
@@ -176,5 +195,23 @@ impl Reader<'_> {
         let _ = channel.close().await;
         let _ = connection.close().await;
         Ok(())
+    }
+
+    /// Whether a frame at `offset` belongs in the ring (it advances the position).
+    fn continues(&mut self, start: &mut Start, offset: i64) -> bool {
+        if let Start::Resumed { after, checked } = start {
+            if offset <= *after {
+                return false;
+            }
+            if !*checked {
+                *checked = true;
+                if offset != *after + 1 {
+                    tracing::warn!(expected = *after + 1, got = offset, "the stream does not continue where the hub left off; reconnecting subscribers will replay from the stream");
+                    self.ring.clear();
+                }
+            }
+        }
+        self.position = Position::After(offset);
+        true
     }
 }

@@ -19,6 +19,7 @@ pub mod filter;
 mod frame;
 pub mod hub;
 pub mod metrics;
+mod probe;
 mod replay;
 mod ring;
 mod routes;

@@ -3,16 +3,13 @@
 //! (see the feed). A subscriber asking for events older than the stream's retention is told so
 //! with a gap (the first offset still available), never silently skipped.
 
-use std::time::Duration;
-
 use pgevents_amqp::{self as amqp, AmqpError, Channel, Connection, DeliveryStream, FieldValue};
 
 use crate::frame::{Frame, STREAM_OFFSET};
+use crate::probe;
 
 /// Deliveries RabbitMQ sends ahead to one replay.
 const PREFETCH: u16 = 256;
-/// How long to wait for the first message when looking up where the stream starts.
-const FIRST_OFFSET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A delivery taken by [`Replay::recv`].
 pub enum Delivery {
@@ -110,7 +107,7 @@ impl Replay {
         if frame.offset > self.from {
             // Either retention removed what was asked for, or the stream has no message at those
             // offsets; only the first is a gap.
-            if let Some(first_available) = self.first_offset().await? {
+            if let Some(first_available) = probe::first_offset(&self.connection, &self.stream).await? {
                 if first_available > self.from {
                     self.pending = Some(frame);
                     return Ok(Some(ReplayItem::Gap { first_available }));
@@ -144,16 +141,6 @@ impl Replay {
             self.first_unacked = None;
         }
         Ok(())
-    }
-
-    /// The offset of the oldest message the stream still holds.
-    async fn first_offset(&self) -> Result<Option<i64>, AmqpError> {
-        let channel = amqp::open_channel(&self.connection).await?;
-        let arguments = amqp::field_table(&[(STREAM_OFFSET, FieldValue::from("first"))]);
-        let mut deliveries = amqp::consume(&channel, &self.stream, 1, arguments).await?;
-        let first = tokio::time::timeout(FIRST_OFFSET_TIMEOUT, deliveries.next()).await.ok().flatten();
-        let _ = channel.close().await;
-        Ok(first.and_then(|d| d.header_i64(STREAM_OFFSET)))
     }
 
     /// Closes the replay's channel.

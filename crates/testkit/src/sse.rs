@@ -24,6 +24,8 @@ impl SseMessage {
 /// An open `GET` on an SSE endpoint.
 pub struct SseClient {
     pub status: u16,
+    /// Response headers (names in lower case).
+    pub headers: Vec<(String, String)>,
     /// The body when the status is not 200.
     pub body: String,
     reader: BufReader<TcpStream>,
@@ -45,19 +47,28 @@ impl SseClient {
         let mut line = String::new();
         reader.read_line(&mut line).await.expect("status line");
         let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut response_headers = Vec::new();
         loop {
             line.clear();
             if reader.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" || line == "\n" {
                 break;
             }
+            if let Some((name, value)) = line.trim_end().split_once(':') {
+                response_headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
         }
-        let mut client = SseClient { status, body: String::new(), reader, comments: 0 };
+        let mut client = SseClient { status, headers: response_headers, body: String::new(), reader, comments: 0 };
         if status != 200 {
             let mut body = String::new();
             while client.reader.read_line(&mut body).await.unwrap_or(0) > 0 {}
             client.body = body;
         }
         client
+    }
+
+    /// A response header by name (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The next event, `None` after `timeout` or when the server closed the stream.
