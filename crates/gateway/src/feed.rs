@@ -18,6 +18,7 @@ use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth;
 use crate::clients::Admission;
 use crate::hub::Link;
 use crate::metrics;
@@ -159,9 +160,11 @@ pub struct Feed {
 
 impl Feed {
     pub fn new(context: Arc<FeedContext>, subscription: Subscription, admission: Admission, resume: Resume) -> Feed {
+        // The same tolerance as when the token was checked, or a token accepted within it
+        // would end its stream at once.
         let expires_at = subscription.grant.as_ref().map(|grant| {
-            let left = grant.expires_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-            Instant::now() + left
+            let end = grant.expires_at + Duration::from_secs(auth::LEEWAY_SECS);
+            Instant::now() + end.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
         });
         Feed {
             ring_changed: context.ring.subscribe(),
@@ -386,6 +389,10 @@ impl Feed {
             }
         }
         ::metrics::counter!(metrics::EVENTS_SENT).increment(sent);
+        if let Err(e) = r.replay.acknowledge().await {
+            Self::finish_replay(r);
+            return Step::End(replay_end(e));
+        }
         if chunk.is_empty() {
             Step::Go(Phase::Replaying(r))
         } else {

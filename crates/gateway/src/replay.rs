@@ -47,8 +47,8 @@ pub struct Replay {
     started: bool,
     /// A frame held back while its gap is reported.
     pending: Option<Frame>,
-    /// The oldest delivery tag not yet acknowledged.
-    first_unacked: Option<u64>,
+    /// The newest delivery tag not yet acknowledged.
+    unacked: Option<u64>,
     max_body_bytes: usize,
 }
 
@@ -71,7 +71,7 @@ impl Replay {
             from,
             started: false,
             pending: None,
-            first_unacked: None,
+            unacked: None,
             max_body_bytes,
         })
     }
@@ -92,7 +92,7 @@ impl Replay {
         let frame = match delivery.ok_or(ReplayError::Lost)? {
             Delivery::Held(frame) => return Ok(Some(ReplayItem::Frame(frame))),
             Delivery::Received(delivery) => {
-                self.acknowledge(delivery.delivery_tag).await?;
+                self.unacked = Some(delivery.delivery_tag);
                 Frame::decode(&delivery, self.max_body_bytes)
             }
         };
@@ -125,7 +125,7 @@ impl Replay {
         }
         loop {
             let delivery = self.deliveries.try_next()?;
-            self.first_unacked.get_or_insert(delivery.delivery_tag);
+            self.unacked = Some(delivery.delivery_tag);
             match Frame::decode(&delivery, self.max_body_bytes) {
                 Some(frame) if frame.offset >= self.from => return Some(frame),
                 _ => continue,
@@ -133,12 +133,12 @@ impl Replay {
         }
     }
 
-    /// Acknowledges in batches: RabbitMQ sends a stream consumer more only as it acknowledges.
-    async fn acknowledge(&mut self, delivery_tag: u64) -> Result<(), AmqpError> {
-        let first_unacked = self.first_unacked.get_or_insert(delivery_tag);
-        if delivery_tag - *first_unacked + 1 >= u64::from(PREFETCH / 2) {
-            amqp::ack_up_to(&self.channel, delivery_tag).await?;
-            self.first_unacked = None;
+    /// Acknowledges everything taken so far (RabbitMQ sends a stream consumer more only as it
+    /// acknowledges). Call it after each chunk, never raced against anything else: a lost
+    /// acknowledgement would leave the consumer waiting for deliveries that never come.
+    pub async fn acknowledge(&mut self) -> Result<(), ReplayError> {
+        if let Some(tag) = self.unacked.take() {
+            amqp::ack_up_to(&self.channel, tag).await?;
         }
         Ok(())
     }

@@ -314,7 +314,7 @@ pub struct ServeArgs {
     #[arg(long = "sse-retry-ms", env = "PGEVENTS_SSE_RETRY_MS", default_value_t = 2000)]
     pub sse_retry_ms: u64,
     /// Events a subscriber may fall behind the live feed before it is cut off (it reconnects with Last-Event-ID); the gateway keeps this much of the feed in memory, shared by all subscribers
-    #[arg(long, env = "PGEVENTS_CLIENT_BUFFER", default_value_t = 1000)]
+    #[arg(long, env = "PGEVENTS_CLIENT_BUFFER", default_value_t = 10_000)]
     pub client_buffer: usize,
     /// Bytes a subscriber may fall behind the live feed before it is cut off (the same buffer, counted in bytes)
     #[arg(long, env = "PGEVENTS_CLIENT_BUFFER_BYTES", default_value_t = 16 << 20)]
