@@ -152,7 +152,8 @@ impl Reader<'_> {
             // A probe of an earlier session found where the stream ended: continue from there.
             self.position = Position::After(floor);
         }
-        let connection = amqp::connect(&config.url, "pgevents serve").await?;
+        let name = format!("pgevents serve ({})", config.stream);
+        let connection = amqp::connect(&config.url, &name).await?;
         let channel = amqp::open_channel(&connection).await?;
         ensure_stream(&channel, &config.stream, &config.exchange, &config.retention).await?;
         let (mut start, offset) = match self.position {
