@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing (PostgreSQL server binaries, wal2json, RabbitMQ,
-# openssl), starts RabbitMQ if needed, builds, and runs every test: unit, property, and the
+# openssl, Chromium and chromedriver), starts RabbitMQ if needed, builds, and runs every test: unit, property, and the
 # end-to-end tests against real servers (each test starts its own throwaway PostgreSQL cluster
 # and uses the local RabbitMQ with its own names). Extra arguments go to the test runner.
 set -euo pipefail
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/services.sh
 
 ensure_packages
+ensure_browser
 ensure_rabbitmq
 
 # docker-compose.yml must stay valid (no Docker engine is needed for this check).

@@ -15,8 +15,7 @@ pg_major() {
   ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1
 }
 
-# PostgreSQL server binaries, wal2json for that version, RabbitMQ, openssl (test certificates),
-# and cargo-nextest when cargo is there but nextest is not.
+# PostgreSQL server binaries, wal2json for that version, RabbitMQ, openssl (test certificates).
 ensure_packages() {
   local need=()
   [ -n "$(pg_major)" ] && [ -x "/usr/lib/postgresql/$(pg_major)/bin/initdb" ] || need+=(postgresql postgresql-contrib)
@@ -27,6 +26,14 @@ ensure_packages() {
   local major
   major=$(pg_major)
   if [ ! -f "/usr/lib/postgresql/$major/lib/wal2json.so" ]; then apt_install "postgresql-$major-wal2json"; fi
+}
+
+# Chromium and chromedriver, for the gateway's browser test.
+ensure_browser() {
+  local need=()
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 }
 
 rabbitmq_up() {
