@@ -26,9 +26,10 @@ fi
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --locked --workspace --all-targets
+# Doc tests first, so that the run ends with the full summary of every other test.
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --workspace --no-fail-fast "$@"
   cargo test --locked --workspace --doc
+  cargo nextest run --locked --workspace --no-fail-fast "$@"
 else
   cargo test --locked --workspace --no-fail-fast "$@"
 fi

@@ -192,6 +192,16 @@ async fn a_stream_ends_when_its_token_expires() {
     // Expired 27 s ago: still within the 30 s tolerance for clock differences, for 3 s more.
     let token = hs256(SECRET, json!({"sub": "short", "exp": now() - 27, "pgevents": {"tables": ["*"]}}));
     let mut client = gw.subscribe(&format!("/events?access_token={token}"), &[]).await;
+    // The README's shell way to make a token works too.
+    let script = Command::new("scripts/gateway-token.sh")
+        .args([secret_file.as_str(), "from-shell", r#"["public.*"]"#, r#"{"customer_id": "42"}"#, "60"])
+        .output()
+        .expect("scripts/gateway-token.sh");
+    assert!(script.status.success(), "{}", String::from_utf8_lossy(&script.stderr));
+    let shell_token = String::from_utf8(script.stdout).unwrap();
+    let mut from_shell = gw.subscribe("/events", &[("Authorization", &bearer(shell_token.trim()))]).await;
+    assert!(from_shell.next(Duration::from_millis(300)).await.is_none());
+    assert!(gw.process.stderr().contains("consumer_id=from-shell"));
     let last = client.next(Duration::from_secs(10)).await.expect("a last event before the end");
     assert_eq!(last.event, "expired");
     assert!(client.closed_within(Duration::from_secs(5)).await, "then the stream ends");

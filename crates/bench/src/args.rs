@@ -42,12 +42,15 @@ pub struct BenchArgs {
     /// Seconds of the latency run
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// SSE subscribers of the fan-out run
-    #[arg(long, default_value_t = 100)]
-    pub clients: u64,
-    /// Events of the fan-out run
-    #[arg(long, default_value_t = 2_000)]
-    pub fanout_events: u64,
+    /// Numbers of SSE subscribers of the fan-out run, comma-separated (all connected at once)
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000,10000")]
+    pub clients: Vec<u64>,
+    /// Deliveries of each fan-out throughput run (events = deliveries / subscribers, at least 100)
+    #[arg(long, default_value_t = 2_000_000)]
+    pub fanout_deliveries: u64,
+    /// Seconds of each fan-out latency run
+    #[arg(long, default_value_t = 5)]
+    pub fanout_latency_seconds: u64,
     /// Events (= actions) of the actions run
     #[arg(long, default_value_t = 20_000)]
     pub actions: u64,

@@ -54,16 +54,58 @@ const WRITERS: u64 = 4;
 /// Writes are issued in ticks of this length.
 const TICK: Duration = Duration::from_millis(10);
 
-fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
-}
-
 /// The `ts` column of an event body (`"2026-11-23T10:00:00.123456Z"`) in Unix microseconds.
 fn stamp_micros(body: &[u8]) -> Option<i64> {
     let event: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let text = event["new"]["ts"].as_str()?;
+    rfc3339_micros(event["new"]["ts"].as_str()?)
+}
+
+/// An event's UTC time (`2026-11-23T10:00:00.123456Z`) in Unix microseconds.
+pub fn rfc3339_micros(text: &str) -> Option<i64> {
     let pg_form = text.replacen('T', " ", 1).replace('Z', "+00");
     pgevents_decode::time::parse_iso_timestamptz(&pg_form)
+}
+
+/// Unix microseconds now.
+pub fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Inserts `total` single-row transactions into `bench` at `rate` per second (ids from
+/// `first_id`), on a few connections in parallel so that one commit's latency does not slow the
+/// rate.
+pub async fn write_at_rate(pg: &PgCluster, rate: u64, total: u64, first_id: u64) -> anyhow::Result<()> {
+    let per_tick = (rate as f64 * TICK.as_secs_f64()).max(1.0);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let client = pg.client().await;
+        let statement = client
+            .prepare("INSERT INTO bench (id, i, t, n, arr, j) VALUES ($1, $1, 'latency', 1.5, ARRAY['a'], '{}')")
+            .await
+            .context("prepare the latency insert")?;
+        let mine = total / WRITERS + u64::from(w < total % WRITERS);
+        let share = per_tick / WRITERS as f64;
+        writers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+            let (mut written, mut owed) = (0u64, 0f64);
+            while written < mine {
+                tick.tick().await;
+                owed += share;
+                while owed >= 1.0 && written < mine {
+                    let id = i32::try_from(first_id + w + written * WRITERS).context("row id")?;
+                    client.execute(&statement, &[&id]).await.context("latency insert")?;
+                    written += 1;
+                    owed -= 1.0;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for writer in writers {
+        writer.await.context("writer task")??;
+    }
+    Ok(())
 }
 
 /// Writes `rate * seconds` single-row transactions at `rate` per second while a producer streams
@@ -95,37 +137,7 @@ pub async fn measure(pg: &PgCluster, queue: &BenchQueue, rate: u64, seconds: u64
         Ok::<_, anyhow::Error>((latencies, worst))
     });
     let started = now_micros();
-
-    let per_tick = (rate as f64 * TICK.as_secs_f64()).max(1.0);
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let client = pg.client().await;
-        let statement = client
-            .prepare("INSERT INTO bench (id, i, t, n, arr, j) VALUES ($1, $1, 'latency', 1.5, ARRAY['a'], '{}')")
-            .await
-            .context("prepare the latency insert")?;
-        let mine = total / WRITERS + u64::from(w < total % WRITERS);
-        let share = per_tick / WRITERS as f64;
-        writers.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(TICK);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-            let (mut written, mut owed) = (0u64, 0f64);
-            while written < mine {
-                tick.tick().await;
-                owed += share;
-                while owed >= 1.0 && written < mine {
-                    let id = (w + written * WRITERS + 1) as i32;
-                    client.execute(&statement, &[&id]).await.context("latency insert")?;
-                    written += 1;
-                    owed -= 1.0;
-                }
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for writer in writers {
-        writer.await.context("writer task")??;
-    }
+    write_at_rate(pg, rate, total, 1).await?;
     let (mut latencies, worst) = collector.await.context("collector task")??;
     let worst_at_ms = worst.iter().map(|(_, stamp)| (stamp - started) as f64 / 1000.0).collect();
     queue.cancel(&tag).await;

@@ -25,6 +25,7 @@ pub mod producer_run;
 pub mod report;
 pub mod scenario;
 pub mod soak;
+pub mod sse_load;
 pub mod workload;
 
 pub use args::{BenchArgs, Scenario};

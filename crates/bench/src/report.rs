@@ -39,7 +39,8 @@ pub struct ScenarioResult {
     pub peak_rss_mib: Option<f64>,
     pub cpu_us_per_event: Option<f64>,
     pub latency: Option<Latency>,
-    pub fanout: Option<crate::fanout::Fanout>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fanout: Vec<crate::fanout::Fanout>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<crate::actions::ActionsRun>,
 }
@@ -109,10 +110,24 @@ pub fn print(results: &[ScenarioResult]) {
                 a.concurrency, a.actions_per_s, a.actions, a.seconds, a.worker_cpu_us_per_action, a.worker_peak_rss_mib
             );
         }
-        if let Some(f) = &r.fanout {
+        if !r.fanout.is_empty() {
             println!(
-                "  SSE fan-out                     {:.0} deliveries/s ({} events to {} clients in {:.2}s)",
-                f.deliveries_per_s, f.events, f.clients, f.seconds
+                "  {:>11} {:>14} {:>12} {:>22} {:>14} {:>14} {:>13} {:>8}",
+                "subscribers", "deliveries/s", "CPU/delivery", "latency p50/p99 (ms)", "at events/s", "idle KiB/sub", "peak RSS MiB", "channels"
+            );
+        }
+        for f in &r.fanout {
+            println!(
+                "  {:>11} {:>14.0} {:>10.2}µs {:>11.1} / {:>8.1} {:>14} {:>14.1} {:>13.1} {:>8}",
+                f.clients,
+                f.deliveries_per_s,
+                f.gateway_cpu_us_per_delivery,
+                f.latency_p50_ms,
+                f.latency_p99_ms,
+                f.latency_rate_per_s,
+                f.idle_rss_kib_per_client,
+                f.gateway_peak_rss_mib,
+                f.amqp_channels
             );
         }
     }

@@ -126,16 +126,17 @@ async fn latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<Scenario
 async fn fanout_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
     let pg = workload::latency_cluster().await;
     workload::prepare(&pg, &[PRODUCER_SLOT]).await?;
-    let queue = BenchQueue::declare(&amqp_url(), &unique_name("bench_x"), &unique_name("bench_q")).await?;
-    eprintln!("[Fanout] {} events to {} SSE clients", args.fanout_events, args.clients);
-    let measured = fanout::measure(binary, &pg, &queue, PRODUCER_SLOT, args.clients, args.fanout_events).await;
-    queue.delete().await;
-    let measured = measured?;
+    let plan = fanout::FanoutPlan {
+        clients: args.clients.iter().copied().filter(|&c| c > 0).collect(),
+        deliveries: args.fanout_deliveries,
+        latency_seconds: args.fanout_latency_seconds.max(1),
+    };
+    let runs = fanout::measure(binary, &pg, PRODUCER_SLOT, &plan).await?;
     Ok(ScenarioResult {
         name: "fanout".into(),
-        changes: measured.events,
-        transactions: 1,
-        fanout: Some(measured),
+        changes: runs.iter().map(|r| r.events).sum(),
+        transactions: runs.iter().map(|r| r.events.div_ceil(1000)).sum(),
+        fanout: runs,
         ..Default::default()
     })
 }

@@ -1,6 +1,6 @@
 //! Who is connected: admission under `--max-clients`, and a watchdog that disconnects a
-//! subscriber that has stopped reading (data waits for it and it has taken none for
-//! `--stall-timeout`), so a stuck client cannot hold a slot, a replay or memory forever.
+//! subscriber that has stopped reading (a write to it has been pending for `--stall-timeout`),
+//! so a stuck client cannot hold a slot, a replay or memory forever.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,36 +23,30 @@ pub struct Clients {
     stall_timeout: Duration,
 }
 
-/// When a subscriber's stream last asked for data and last produced some, in milliseconds
-/// since the registry started; and how to drop its connection.
+/// Since when a write to a subscriber has been pending (milliseconds since the registry
+/// started, 0 when none is); and how to drop its connection.
 pub struct Activity {
     consumer_id: String,
     kill: CancellationToken,
-    requested_ms: AtomicU64,
-    produced_ms: AtomicU64,
+    writing_since_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Activity {
-    fn now_ms(&self) -> u64 {
-        millis_since(self.epoch)
+    /// A write to the connection starts.
+    pub fn writing(&self) {
+        self.writing_since_ms.store(millis_since(self.epoch), Ordering::Relaxed);
     }
 
-    /// The connection asks for the next chunk.
-    pub fn requested(&self) {
-        self.requested_ms.store(self.now_ms(), Ordering::Relaxed);
+    /// The write is done (the socket took it).
+    pub fn written(&self) {
+        self.writing_since_ms.store(0, Ordering::Relaxed);
     }
 
-    /// A chunk was handed to the connection.
-    pub fn produced(&self) {
-        self.produced_ms.store(self.now_ms(), Ordering::Relaxed);
-    }
-
-    /// Data has waited for the connection for this long, or `None` when it is waiting for data.
+    /// How long the pending write has waited, if one is pending.
     fn stalled_for(&self, now_ms: u64) -> Option<Duration> {
-        let produced = self.produced_ms.load(Ordering::Relaxed);
-        let requested = self.requested_ms.load(Ordering::Relaxed);
-        (produced > requested).then(|| Duration::from_millis(now_ms.saturating_sub(produced)))
+        let since = self.writing_since_ms.load(Ordering::Relaxed);
+        (since != 0).then(|| Duration::from_millis(now_ms.saturating_sub(since)))
     }
 }
 
@@ -101,8 +95,7 @@ impl Clients {
         let activity = Arc::new(Activity {
             consumer_id: consumer_id.to_owned(),
             kill,
-            requested_ms: AtomicU64::new(0),
-            produced_ms: AtomicU64::new(0),
+            writing_since_ms: AtomicU64::new(0),
             epoch: self.epoch,
         });
         self.entries.lock().unwrap_or_else(PoisonError::into_inner).insert(id, activity.clone());
@@ -134,7 +127,7 @@ impl Clients {
                 .cloned()
                 .collect();
             for activity in stalled {
-                tracing::info!(consumer_id = %activity.consumer_id, timeout_s = self.stall_timeout.as_secs(), "subscriber disconnected: it has not read anything for longer than --stall-timeout");
+                tracing::info!(consumer_id = %activity.consumer_id, timeout_s = self.stall_timeout.as_secs(), "subscriber disconnected: it has not read what was sent to it for longer than --stall-timeout");
                 ::metrics::counter!(metrics::STALLED).increment(1);
                 activity.kill.cancel();
             }
@@ -165,13 +158,13 @@ mod tests {
         let reading = clients.admit("reading", reading_kill.clone()).unwrap();
         let stuck = clients.admit("stuck", stuck_kill.clone()).unwrap();
         tokio::spawn(clients.clone().watch(shutdown.clone()));
-        reading.activity.produced();
-        stuck.activity.produced();
+        stuck.activity.writing();
         for _ in 0..6 {
+            reading.activity.writing();
             tokio::time::sleep(Duration::from_millis(1000)).await;
-            reading.activity.requested();
+            reading.activity.written();
         }
-        assert!(!reading_kill.is_cancelled(), "waiting for data is not a stall");
+        assert!(!reading_kill.is_cancelled(), "writes that finish are not a stall");
         assert!(stuck_kill.is_cancelled(), "data waited and nobody took it");
         shutdown.cancel();
     }

@@ -57,6 +57,17 @@ impl Cors {
     }
 }
 
+impl Cors {
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it is allowed.
+    pub fn allowed_origin(&self, origin: Option<&str>) -> Option<String> {
+        match (self, origin) {
+            (Cors::Off, _) | (_, None) => None,
+            (Cors::Any, Some(_)) => Some("*".to_owned()),
+            (Cors::Origins(list), Some(origin)) => list.iter().find(|o| o.as_str() == origin).cloned(),
+        }
+    }
+}
+
 /// An origin is `scheme://host[:port]`, nothing after it.
 fn check_origin(value: &str) -> Result<String, ConfigError> {
     let bad = || ConfigError::Origin(value.to_owned());
@@ -102,5 +113,10 @@ mod tests {
         assert!(of(&["https://a.example/app"]).unwrap_err().to_string().contains("scheme://host[:port]"));
         assert!(of(&["a.example"]).is_err());
         assert!(of(&["*", "https://a.example"]).is_err());
+        let list = of(&["https://a.example"]).unwrap();
+        assert_eq!(list.allowed_origin(Some("https://a.example")).as_deref(), Some("https://a.example"));
+        assert_eq!(list.allowed_origin(Some("https://b.example")), None);
+        assert_eq!(Cors::Any.allowed_origin(Some("https://b.example")).as_deref(), Some("*"));
+        assert_eq!(Cors::Off.allowed_origin(Some("https://a.example")), None);
     }
 }

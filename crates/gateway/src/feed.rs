@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth;
-use crate::clients::Admission;
+use crate::clients::{Activity, Admission};
 use crate::hub::Link;
 use crate::metrics;
 use crate::replay::{Replay, ReplayError, ReplayItem};
@@ -179,16 +179,9 @@ impl Feed {
         }
     }
 
-    /// The SSE body.
-    pub fn into_body(self) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
-        futures_util::stream::unfold(self, |mut feed| async move {
-            feed.admission.activity.requested();
-            let chunk = feed.next_chunk().await?;
-            feed.admission.activity.produced();
-            feed.last_sent = Instant::now();
-            ::metrics::counter!(metrics::BYTES_SENT).increment(chunk.len() as u64);
-            Some((Ok(chunk), feed))
-        })
+    /// When the connection last asked for data and last got some (for the watchdog).
+    pub fn activity(&self) -> &Activity {
+        &self.admission.activity
     }
 
     /// The next bytes to send; `None` when the stream ends.
@@ -207,6 +200,7 @@ impl Feed {
             match step {
                 Step::Send(chunk, next) => {
                     self.phase = next;
+                    self.last_sent = Instant::now();
                     return Some(chunk);
                 }
                 Step::Go(next) => self.phase = next,

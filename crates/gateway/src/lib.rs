@@ -11,6 +11,7 @@
 //! back with `Last-Event-ID`); so is everyone when the broker connection is lost, while the hub
 //! reconnects with backoff.
 
+mod admission;
 pub mod auth;
 mod clients;
 pub mod config;
@@ -21,10 +22,13 @@ pub mod hub;
 pub mod metrics;
 mod probe;
 mod replay;
+mod request;
+mod rewind;
 mod ring;
 mod routes;
 mod server;
 mod sse;
+mod subscriber;
 mod subscription;
 
 use std::net::SocketAddr;
@@ -40,11 +44,11 @@ pub use config::{ConfigError, Cors, GatewayConfig};
 pub use hub::StreamConfig;
 pub use pgevents_amqp::Retention;
 
+use crate::admission::{Gateway, RequestLimits};
 use crate::auth::Verifier;
 use crate::clients::Clients;
 use crate::feed::FeedContext;
 use crate::ring::{Ring, RingLimits};
-use crate::routes::{Gateway, RequestLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -90,11 +94,11 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     });
     let limits = RequestLimits { max_query_bytes: config.max_query_bytes, max_filters: config.max_filters };
-    let gateway = Arc::new(Gateway { feeds, clients, verifier, limits, readiness });
-    let app = routes::router(gateway, &config.cors);
+    let gateway = Arc::new(Gateway { feeds, clients, verifier, limits, readiness, cors: config.cors.clone() });
+    let app = routes::router(gateway.clone());
     tracing::info!(addr = %listener.local_addr().unwrap_or(addr), stream = %config.stream.stream, exchange = %config.stream.exchange, "serving /events");
 
-    server::run(listener, app, config.header_read_timeout, shutdown).await;
+    server::run(listener, gateway, app, config.header_read_timeout, shutdown).await;
     let _ = hub.await;
     let _ = watchdog.await;
     Ok(())

@@ -205,3 +205,19 @@ pub async fn publish_raw(exchange: &str, routing_key: &str, message_id: &str, bo
     };
     sender.send(message).await.expect("publish a test message");
 }
+
+/// Channels open on the local broker's connections whose client-provided name contains `name`
+/// (`rabbitmqctl list_connections`), summed; `None` when no such connection is open.
+pub fn connection_channels(name: &str) -> Option<u32> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "client_properties", "channels"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<u32> = text
+        .lines()
+        .filter(|line| line.contains(name))
+        .filter_map(|line| line.rsplit(['\t', ' ']).next()?.trim().parse().ok())
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}

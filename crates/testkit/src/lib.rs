@@ -16,7 +16,9 @@ mod rabbit_node;
 mod sse;
 mod writer;
 
-pub use broker::{amqp_url, delete_exchange, delete_queue, publish_raw, unique_name, EventQueue, ReceivedEvent};
+pub use broker::{
+    amqp_url, connection_channels, delete_exchange, delete_queue, publish_raw, unique_name, EventQueue, ReceivedEvent,
+};
 pub use http::{free_local_addr, http_get, metric_value};
 pub use http_recorder::{HttpRecorder, RecordedRequest, Reply};
 pub use pg::{pg_bin_dir, PgCluster, PgOptions};

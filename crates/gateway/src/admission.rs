@@ -1,0 +1,154 @@
+//! Whether a request for `/events` may subscribe, and as what. Checked in this order: query
+//! length (414), token (401), consumer id and filters (400), grants (403), `Last-Event-ID` (400),
+//! then a free place (503 with `Retry-After`). Every refusal says why and is counted by reason.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use pgevents_telemetry::Readiness;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Unauthorized, Verifier};
+use crate::clients::Clients;
+use crate::config::Cors;
+use crate::feed::{Feed, FeedContext, Resume};
+use crate::filter::{Filter, ACCESS_TOKEN, CONSUMER_ID, LAST_EVENT_ID};
+use crate::metrics;
+use crate::request::Head;
+use crate::subscription::Subscription;
+
+/// Seconds a client refused for lack of room is told to wait.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// Limits on what a request may ask.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_query_bytes: usize,
+    pub max_filters: usize,
+}
+
+/// What every request shares.
+pub struct Gateway {
+    pub feeds: Arc<FeedContext>,
+    pub clients: Arc<Clients>,
+    pub verifier: Option<Verifier>,
+    pub limits: RequestLimits,
+    pub readiness: Readiness,
+    pub cors: Cors,
+}
+
+/// A refused request.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub text: String,
+    /// Extra response headers (`WWW-Authenticate`, `Retry-After`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    /// A refusal, counted in the rejection metric by `reason`.
+    pub fn new(status: u16, reason: &'static str, text: impl Into<String>) -> Refusal {
+        ::metrics::counter!(metrics::REJECTED, "reason" => reason).increment(1);
+        Refusal { status, text: text.into(), headers: Vec::new() }
+    }
+
+    fn unauthorized(error: Unauthorized) -> Refusal {
+        let text = error.to_string();
+        let challenge = match &error {
+            Unauthorized::Missing => "Bearer realm=\"pgevents\"".to_owned(),
+            Unauthorized::Invalid(why) => {
+                format!("Bearer error=\"invalid_token\", error_description=\"{}\"", why.replace(['"', '\\'], "'"))
+            }
+        };
+        let mut refusal = Refusal::new(401, "unauthorized", text);
+        refusal.headers.push(("WWW-Authenticate", challenge));
+        refusal
+    }
+}
+
+/// Admits a subscriber for `head`, or says why not. `kill` drops its connection.
+pub fn admit(gateway: &Gateway, head: &Head, kill: CancellationToken) -> Result<Feed, Refusal> {
+    let limits = gateway.limits;
+    if head.query.len() > limits.max_query_bytes {
+        return Err(Refusal::new(
+            414,
+            "bad_request",
+            format!(
+                "the query string is {} bytes; at most {} are accepted (--max-query-bytes)",
+                head.query.len(),
+                limits.max_query_bytes
+            ),
+        ));
+    }
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(head.query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim()).filter(|v| !v.is_empty());
+
+    let grant = match &gateway.verifier {
+        None => None,
+        Some(verifier) => {
+            let bearer = head.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::trim));
+            Some(verifier.verify(bearer.or_else(|| param(ACCESS_TOKEN))).map_err(Refusal::unauthorized)?)
+        }
+    };
+    let consumer_id: Option<Cow<'_, str>> = grant
+        .as_ref()
+        .and_then(|g| g.subject.as_deref().map(Cow::Borrowed))
+        .or_else(|| param(CONSUMER_ID).or_else(|| head.header("x-consumer-id")).map(Cow::Borrowed));
+    let Some(consumer_id) = consumer_id.map(Cow::into_owned) else {
+        return Err(Refusal::new(
+            400,
+            "bad_request",
+            "name the subscriber: ?consumer_id=dashboard-1 or the X-Consumer-Id header (or a token with sub)",
+        ));
+    };
+    let filter = Filter::from_query(&pairs, limits.max_filters).map_err(|e| Refusal::new(400, "bad_request", e.0))?;
+    if let Some(grant) = &grant {
+        grant.authorize(&filter.tables).map_err(|e| Refusal::new(403, "forbidden", e.0))?;
+    }
+    let resume = last_event_id(head.header("last-event-id").or_else(|| param(LAST_EVENT_ID)))
+        .map_err(|text| Refusal::new(400, "bad_request", text))?;
+    let Some(admission) = gateway.clients.admit(&consumer_id, kill) else {
+        let mut refusal = Refusal::new(
+            503,
+            "max_clients",
+            format!(
+                "the gateway has its maximum of {} subscribers (--max-clients); try again later",
+                gateway.clients.max()
+            ),
+        );
+        refusal.headers.push(("Retry-After", RETRY_AFTER_SECS.to_string()));
+        return Err(refusal);
+    };
+    tracing::info!(consumer_id = %consumer_id, ?resume, "subscriber connected");
+    let subscription = Subscription { consumer_id, filter, grant };
+    Ok(Feed::new(gateway.feeds.clone(), subscription, admission, resume))
+}
+
+/// `Last-Event-ID` (header or `?last_event_id=`): an event id this gateway handed out.
+fn last_event_id(value: Option<&str>) -> Result<Resume, String> {
+    let Some(value) = value else { return Ok(Resume::Live) };
+    match value.parse::<i64>() {
+        Ok(id) if (0..i64::MAX).contains(&id) => Ok(Resume::After(id)),
+        _ => Err(format!(
+            "invalid Last-Event-ID {value:?}: expected an event id this gateway sent (a number from 0 to {})",
+            i64::MAX - 1
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_event_ids_and_refuses_the_rest() {
+        assert_eq!(last_event_id(None), Ok(Resume::Live));
+        assert_eq!(last_event_id(Some("41")), Ok(Resume::After(41)));
+        assert_eq!(last_event_id(Some("0")), Ok(Resume::After(0)));
+        for bad in ["-1", "x", "99999999999999999999", "9223372036854775807", "1.5"] {
+            assert!(last_event_id(Some(bad)).unwrap_err().contains("invalid Last-Event-ID"), "{bad}");
+        }
+    }
+}
