@@ -67,7 +67,11 @@ async fn five_thousand_subscribers_each_get_every_event_over_one_channel() {
         }
     }
     assert_eq!(complete, SUBSCRIBERS, "every subscriber got every event, in order");
-    assert_eq!(connection_channels(&format!("pgevents serve ({stream})")), Some(1), "one AMQP channel for all subscribers");
+    assert_eq!(
+        connection_channels(&format!("pgevents serve ({stream})")),
+        Some(1),
+        "one AMQP channel for all subscribers"
+    );
     assert_eq!(gw.metric("pgevents_gateway_events_sent_total").await as usize, SUBSCRIBERS * EVENTS);
     stop(producer).await;
     gw.stop().await;

@@ -113,7 +113,14 @@ pub fn print(results: &[ScenarioResult]) {
         if !r.fanout.is_empty() {
             println!(
                 "  {:>11} {:>14} {:>12} {:>22} {:>14} {:>14} {:>13} {:>8}",
-                "subscribers", "deliveries/s", "CPU/delivery", "latency p50/p99 (ms)", "at events/s", "idle KiB/sub", "peak RSS MiB", "channels"
+                "subscribers",
+                "deliveries/s",
+                "CPU/delivery",
+                "latency p50/p99 (ms)",
+                "at events/s",
+                "idle KiB/sub",
+                "peak RSS MiB",
+                "channels"
             );
         }
         for f in &r.fanout {

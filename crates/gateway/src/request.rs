@@ -98,7 +98,8 @@ mod tests {
 
     #[test]
     fn parses_a_head_and_waits_for_the_rest() {
-        let head = parse(b"GET /events?table=a&pk=1 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 41\r\n\r\n").unwrap().unwrap();
+        let head =
+            parse(b"GET /events?table=a&pk=1 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 41\r\n\r\n").unwrap().unwrap();
         assert_eq!((head.method.as_str(), head.path.as_str(), head.query.as_str()), ("GET", "/events", "table=a&pk=1"));
         assert_eq!(head.header("last-event-id"), Some("41"));
         assert!(!head.http10);

@@ -99,10 +99,8 @@ async fn write_chunk(stream: &mut TcpStream, framing: Framing, chunk: Bytes) -> 
 
 /// Writes a refusal (or any short plain-text answer) and closes the connection.
 pub async fn refuse(stream: &mut TcpStream, refusal: &Refusal, origin: Option<&str>) -> std::io::Result<()> {
-    let reason = axum::http::StatusCode::from_u16(refusal.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
+    let reason =
+        axum::http::StatusCode::from_u16(refusal.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
     let body = format!("{}\n", refusal.text);
     let mut head = format!(
         "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",

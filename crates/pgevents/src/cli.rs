@@ -35,7 +35,7 @@ pub enum Command {
     /// Print the events arriving on the exchange (one per line on stdout)
     #[command(name = "consumer_debug", visible_alias = "event_logger", alias = "consumer-debug")]
     ConsumerDebug(ConsumerDebugArgs),
-    /// Push events to browsers and services over Server-Sent Events, with replay from a RabbitMQ stream
+    /// Push events to browsers and apps over Server-Sent Events: replay by Last-Event-ID from a RabbitMQ stream, JWT grants down to a row
     Serve(ServeArgs),
     /// Check the producer's settings against PostgreSQL and RabbitMQ (wal_level, role, tables, publication, slot, broker) without changing anything
     Check(ProducerArgs),
@@ -299,7 +299,7 @@ impl RetentionArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub rabbit: RabbitArgs,
-    /// Address to serve /events and /healthz on
+    /// Address to serve /events, the live tail page (/), /healthz and /readyz on
     #[arg(long, env = "PGEVENTS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
     /// The RabbitMQ stream queue with the event history (declared and bound to the exchange if missing)
@@ -328,7 +328,7 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request headers (slow clients are disconnected)
     #[arg(long, env = "PGEVENTS_HEADER_READ_TIMEOUT", default_value_t = 10)]
     pub header_read_timeout: u64,
-    /// Seconds a subscriber may take no data while data waits for it before it is disconnected
+    /// Seconds a write to a subscriber may wait (it has stopped reading) before it is disconnected
     #[arg(long, env = "PGEVENTS_STALL_TIMEOUT", default_value_t = 30)]
     pub stall_timeout: u64,
     /// Longest query string of /events in bytes (414 beyond)
