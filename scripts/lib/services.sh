@@ -15,13 +15,15 @@ pg_major() {
   ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1
 }
 
-# PostgreSQL server binaries, wal2json for that version, RabbitMQ, openssl (test certificates).
+# PostgreSQL server binaries, wal2json for that version, RabbitMQ, openssl (test certificates),
+# and a C compiler (mimalloc and ring compile C code).
 ensure_packages() {
   local need=()
   [ -n "$(pg_major)" ] && [ -x "/usr/lib/postgresql/$(pg_major)/bin/initdb" ] || need+=(postgresql postgresql-contrib)
   command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
   local major
   major=$(pg_major)
@@ -34,6 +36,24 @@ ensure_browser() {
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+}
+
+# The oldest Rust the workspace claims to build with (rust-version in Cargo.toml).
+rust_version() {
+  sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml
+}
+
+# Checks that the workspace builds with the Rust it claims (rust-version), with rustup.
+check_rust_version() {
+  local version
+  version=$(rust_version)
+  if ! command -v rustup >/dev/null 2>&1; then
+    echo "rustup is not installed: cannot check that Rust $version builds the workspace" >&2
+    return 0
+  fi
+  rustup toolchain install "$version" --profile minimal >/dev/null 2>&1
+  cargo "+$version" check --locked --workspace --all-targets --target-dir target/rust-version
+  echo "Rust $version (rust-version) builds the workspace" >&2
 }
 
 rabbitmq_up() {

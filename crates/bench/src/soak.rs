@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use pgevents_testkit::{write_ab_rows, EventQueue, FaultProxy, PgCluster, PgEventsProcess, RabbitNode, AB_TABLES};
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::Mutex;
 
 #[derive(Debug, Clone, Parser)]

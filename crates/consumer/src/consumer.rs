@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, Channel, Delivery, QueueSpec};
 use pgevents_event::Event;
-use rand::Rng;
+use rand::RngExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pgevents_amqp::{self as amqp, AmqpUrl, Channel, Connection, Delivery, DeliveryStream, QueueSpec};
 use pgevents_event::Event;
-use rand::Rng;
+use rand::RngExt;
 
 /// The broker tests use.
 pub fn amqp_url() -> String {
