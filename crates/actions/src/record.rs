@@ -2,8 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::GenericClient;
-use pgevents_rules::{pg_error, RulesError};
+use pgevents_pg::GenericClient;
+use pgevents_pg::PgError;
 
 use crate::Job;
 
@@ -77,11 +77,12 @@ fn truncate(text: &str, limit: usize) -> &str {
     &text[..end]
 }
 
-pub async fn prior(client: &impl GenericClient, key: &str) -> Result<Prior, RulesError> {
-    let statement = client.prepare_cached(PRIOR).await.map_err(|e| pg_error("cannot read pgevents.action_run", e))?;
+pub async fn prior(client: &impl GenericClient, key: &str) -> Result<Prior, PgError> {
+    let statement =
+        client.prepare_cached(PRIOR).await.map_err(|e| PgError::new("cannot read pgevents.action_run", e))?;
     let row =
-        client.query_one(&statement, &[&key]).await.map_err(|e| pg_error("cannot read pgevents.action_run", e))?;
-    let read = |e| pg_error("cannot read pgevents.action_run", e);
+        client.query_one(&statement, &[&key]).await.map_err(|e| PgError::new("cannot read pgevents.action_run", e))?;
+    let read = |e| PgError::new("cannot read pgevents.action_run", e);
     let failed: i32 = row.try_get(0).map_err(read)?;
     Ok(Prior {
         failed: u32::try_from(failed).unwrap_or(0),

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use deadpool_postgres::Pool;
+use pgevents_pg::PgError;
+use pgevents_pg::Pool;
 use pgevents_rules::{ActionKind, RulesCache};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -71,18 +72,18 @@ impl JobRunner {
     }
 
     async fn write(&self, record: &RunRecord<'_>) -> Result<(), JobError> {
-        let client = self.pool.get().await.map_err(pgevents_rules::RulesError::from)?;
+        let client = self.pool.get().await.map_err(PgError::from)?;
         match record::insert(&client, record).await {
             Ok(()) => Ok(()),
             // Another worker recorded the success first: the job is done either way.
             Err(e) if record.status == Status::Succeeded && record::is_duplicate_success(&e) => Ok(()),
-            Err(e) => Err(pgevents_rules::pg_error("cannot record the action run in pgevents.action_run", e).into()),
+            Err(e) => Err(PgError::new("cannot record the action run in pgevents.action_run", e).into()),
         }
     }
 
     /// What the rows of the job's key say so far.
     async fn prior(&self, job: &Job) -> Result<record::Prior, JobError> {
-        let client = self.pool.get().await.map_err(pgevents_rules::RulesError::from)?;
+        let client = self.pool.get().await.map_err(PgError::from)?;
         Ok(record::prior(&client, &job.idempotency_key).await?)
     }
 

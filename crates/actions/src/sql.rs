@@ -1,9 +1,8 @@
 //! SQL actions: the statement runs in its own transaction, and its `succeeded` row is written in
 //! that same transaction, so a statement that committed is never run again for the same job.
 
-use deadpool_postgres::{GenericClient, Pool};
-use pgevents_replication::{describe_sql_error, sql_error_is_transient};
-use pgevents_rules::{JsonbText, RulesError};
+use pgevents_pg::{GenericClient, Pool};
+use pgevents_pg::{JsonbText, PgError};
 use tokio_postgres::types::Type;
 
 use crate::record::{insert, is_duplicate_success, RunRecord};
@@ -19,16 +18,19 @@ pub(crate) async fn run(
     timeout_ms: u128,
     success: RunRecord<'_>,
     clock: std::time::Instant,
-) -> Result<Attempt, RulesError> {
+) -> Result<Attempt, PgError> {
     let mut client = pool.get().await?;
-    let failure = |e: &tokio_postgres::Error| Attempt::failed(describe_sql_error(e), !sql_error_is_transient(e));
+    let failure = |e: tokio_postgres::Error| {
+        let error = PgError::new("SQL action", e);
+        Attempt::failed(error.server_message(), !error.kind().is_transient())
+    };
     let tx = match client.transaction().await {
         Ok(tx) => tx,
-        Err(e) => return Ok(failure(&e)),
+        Err(e) => return Ok(failure(e)),
     };
     let prepared = match tx.prepare_typed_cached(statement, &[Type::JSONB, Type::JSONB]).await {
         Ok(prepared) => prepared,
-        Err(e) => return Ok(failure(&e)),
+        Err(e) => return Ok(failure(e)),
     };
     // The timeout and the statement go out together (one round trip); if the first fails, the
     // second fails too ("transaction is aborted"), so the first error is the one to report.
@@ -37,11 +39,11 @@ pub(crate) async fn run(
     let values: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&parameters, &event];
     let (set, executed) = tokio::join!(tx.batch_execute(&timeout), tx.execute(&prepared, &values));
     if let Err(e) = set {
-        return Ok(failure(&e));
+        return Ok(failure(e));
     }
     let rows = match executed {
         Ok(rows) => rows,
-        Err(e) => return Ok(failure(&e)),
+        Err(e) => return Ok(failure(e)),
     };
     let result = format!("{rows} rows");
     let record = RunRecord { duration: clock.elapsed(), result: Some(&result), ..success };
@@ -49,10 +51,10 @@ pub(crate) async fn run(
         if is_duplicate_success(&e) {
             return Ok(Attempt { already_done: true, ..Attempt::default() });
         }
-        return Ok(failure(&e));
+        return Ok(failure(e));
     }
     match tx.commit().await {
         Ok(()) => Ok(Attempt { ok: true, recorded: true, result: Some(result), ..Attempt::default() }),
-        Err(e) => Ok(failure(&e)),
+        Err(e) => Ok(failure(e)),
     }
 }

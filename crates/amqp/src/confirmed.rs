@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::{Cause, ServerReply};
 use crate::{AmqpError, AmqpUrl, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
 
 type Reply = oneshot::Sender<Result<(), AmqpError>>;
@@ -66,7 +67,7 @@ async fn run(
 ) {
     let mut publisher: Option<ConfirmingPublisher> = None;
     let mut pending: HashMap<u64, InFlight> = HashMap::new();
-    let mut returned: HashMap<String, String> = HashMap::new();
+    let mut returned: HashMap<String, ServerReply> = HashMap::new();
     loop {
         tokio::select! {
             request = requests.recv(), if pending.len() < limit => {
@@ -87,8 +88,12 @@ async fn run(
                         pending.insert(tag, InFlight { message_id, reply });
                     }
                     Err(e) => {
+                        let cause = match &e {
+                            AmqpError::Operation { cause, .. } => cause.clone(),
+                            other => Cause::Lost(other.to_string()),
+                        };
                         let _ = reply.send(Err(e));
-                        fail_all(&mut pending, "the RabbitMQ channel closed");
+                        fail_all(&mut pending, &cause);
                         publisher = None;
                     }
                 }
@@ -104,21 +109,21 @@ async fn run(
                     for t in tags {
                         let Some(done) = pending.remove(&t) else { continue };
                         let result = match returned.remove(&done.message_id) {
-                            Some(why) => Err(AmqpError::op("publish", format!("no queue is bound for the message ({why})"))),
+                            Some(reply) => Err(AmqpError::op("publish (no queue is bound for the message)", Cause::Refused(reply))),
                             None if acked => Ok(()),
-                            None => Err(AmqpError::op("publish", "RabbitMQ refused the message (nack)")),
+                            None => Err(AmqpError::op("publish", Cause::Nacked)),
                         };
                         let _ = done.reply.send(result);
                     }
                 }
-                ConfirmEvent::Returned { reply_text, message_id, .. } => {
+                ConfirmEvent::Returned { reply_code, reply_text, message_id, .. } => {
                     if let Some(id) = message_id {
-                        returned.insert(id, reply_text);
+                        returned.insert(id, ServerReply { code: reply_code, text: reply_text });
                     }
                 }
-                ConfirmEvent::Closed(why) => {
-                    tracing::warn!(reason = %why, "publishing connection lost; reconnecting on the next message");
-                    fail_all(&mut pending, &why);
+                ConfirmEvent::Closed(cause) => {
+                    tracing::warn!(reason = %cause, "publishing connection lost; reconnecting on the next message");
+                    fail_all(&mut pending, &cause);
                     returned.clear();
                     if let Some(old) = publisher.take() {
                         old.close().await;
@@ -139,8 +144,8 @@ async fn next_event(publisher: &mut Option<ConfirmingPublisher>) -> ConfirmEvent
     }
 }
 
-fn fail_all(pending: &mut HashMap<u64, InFlight>, why: &str) {
+fn fail_all(pending: &mut HashMap<u64, InFlight>, cause: &Cause) {
     for (_, in_flight) in pending.drain() {
-        let _ = in_flight.reply.send(Err(AmqpError::Closed(why.to_owned())));
+        let _ = in_flight.reply.send(Err(AmqpError::op("publish", cause.clone())));
     }
 }

@@ -1,11 +1,10 @@
 //! Consuming: prefetch, manual acknowledgement, and deliveries as plain values.
 
-use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicNackArguments, BasicQosArguments, Channel};
+use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicNackArguments, BasicQosArguments};
 use amqprs::{BasicProperties, FieldTable, FieldValue};
 use tokio::sync::mpsc;
 
-use crate::connect::describe;
-use crate::AmqpError;
+use crate::{AmqpError, Channel};
 
 /// One message received from a queue.
 #[derive(Debug, Clone)]
@@ -106,24 +105,24 @@ pub async fn consume(
     channel
         .basic_qos(BasicQosArguments::new(0, prefetch, false))
         .await
-        .map_err(|e| AmqpError::op("set prefetch", describe(&e)))?;
+        .map_err(|e| channel.error("set prefetch", &e))?;
     let mut args = BasicConsumeArguments::new(queue, "");
     args.manual_ack(true).arguments(arguments);
     let (consumer_tag, rx) = channel
         .basic_consume_rx(args.finish())
         .await
-        .map_err(|e| AmqpError::op(format!("consume queue {queue:?}"), describe(&e)))?;
+        .map_err(|e| channel.error(format!("consume queue {queue:?}"), &e))?;
     Ok(DeliveryStream { rx, consumer_tag })
 }
 
 /// Acknowledges one delivery.
 pub async fn ack(channel: &Channel, delivery_tag: u64) -> Result<(), AmqpError> {
-    channel.basic_ack(BasicAckArguments::new(delivery_tag, false)).await.map_err(|e| AmqpError::op("ack", describe(&e)))
+    channel.basic_ack(BasicAckArguments::new(delivery_tag, false)).await.map_err(|e| channel.error("ack", &e))
 }
 
 /// Acknowledges every delivery up to and including `delivery_tag` (one frame for a batch).
 pub async fn ack_up_to(channel: &Channel, delivery_tag: u64) -> Result<(), AmqpError> {
-    channel.basic_ack(BasicAckArguments::new(delivery_tag, true)).await.map_err(|e| AmqpError::op("ack", describe(&e)))
+    channel.basic_ack(BasicAckArguments::new(delivery_tag, true)).await.map_err(|e| channel.error("ack", &e))
 }
 
 /// Rejects one delivery, back to the queue (`requeue`) or to its dead-letter exchange.
@@ -131,5 +130,5 @@ pub async fn nack(channel: &Channel, delivery_tag: u64, requeue: bool) -> Result
     channel
         .basic_nack(BasicNackArguments::new(delivery_tag, false, requeue))
         .await
-        .map_err(|e| AmqpError::op("nack", describe(&e)))
+        .map_err(|e| channel.error("nack", &e))
 }

@@ -1,28 +1,37 @@
 //! Thin helpers over the `amqprs` RabbitMQ client, shared by the producer and the consumers:
-//! URL parsing, connecting (TLS included), declaring topology, publishing with confirms
-//! ([`Publisher`]) and consuming with manual acknowledgement.
+//! URL parsing, connecting (TLS included), channels that remember the broker's reply when it
+//! closes them, declaring topology, consuming with manual acknowledgement, and publishing with
+//! confirms: [`ConfirmingPublisher`] (a channel in confirm mode: publish, and the broker's
+//! confirm events as they come; the producer tracks them against LSNs) and [`ConfirmedSender`]
+//! (one message at a time, awaited, from many tasks).
 //!
-//! Reconnection is the caller's job: every error here means "this connection is done".
+//! Every error has an [`ErrorKind`], decided where it is made. Reconnection is the caller's
+//! job: an error here means "this connection is done".
 
 mod body;
+mod channel;
 mod confirmed;
-mod connect;
+mod connection;
 mod consume;
 mod error;
 mod publisher;
 mod stream;
+mod topology;
 mod url;
 
-pub use amqprs::channel::{Channel, ExchangeDeleteArguments, QueueDeleteArguments};
+pub use amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
 pub use amqprs::connection::Connection;
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
 pub use body::BodyError;
+pub use channel::{open_channel, Channel};
 pub use confirmed::ConfirmedSender;
-pub use connect::{bind_queue, connect, declare_queue, declare_topic_exchange, open_channel, queue_depth, QueueSpec};
+pub use connection::connect;
 pub use consume::{ack, ack_up_to, consume, nack, Delivery, DeliveryStream};
-pub use error::{check_short_string, AmqpError};
+pub use error::{check_short_string, AmqpError, Cause, ServerReply};
+pub use pgevents_retry::ErrorKind;
 pub use publisher::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
 pub use stream::{ensure_stream, Retention};
+pub use topology::{bind_queue, declare_queue, declare_topic_exchange, queue_depth, QueueSpec};
 pub use url::AmqpUrl;
 
 /// A field table from string pairs (queue and consumer arguments).

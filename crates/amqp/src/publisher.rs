@@ -7,15 +7,14 @@
 
 use std::future::Future;
 
-use amqprs::callbacks::ChannelCallback;
-use amqprs::channel::{BasicPublishArguments, Channel, ConfirmSelectArguments};
+use amqprs::channel::{BasicPublishArguments, ConfirmSelectArguments};
 use amqprs::connection::Connection;
-use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return};
-use async_trait::async_trait;
+use amqprs::{BasicProperties, FieldTable, FieldValue};
 use tokio::sync::mpsc;
 
-use crate::connect::{connect, describe};
-use crate::{check_short_string, declare_topic_exchange, AmqpError, AmqpUrl};
+use crate::channel::open_publishing;
+use crate::error::Cause;
+use crate::{check_short_string, connect, declare_topic_exchange, AmqpError, AmqpUrl, Channel};
 
 /// One message to publish.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,8 +43,9 @@ pub enum ConfirmEvent {
     Nack { tag: u64, multiple: bool },
     /// A mandatory message could not be routed to any queue.
     Returned { routing_key: String, reply_code: u16, reply_text: String, message_id: Option<String> },
-    /// The channel or connection closed; no further confirms will come.
-    Closed(String),
+    /// The channel or connection closed (the broker's reply when it closed the channel); no
+    /// further confirms will come.
+    Closed(Cause),
 }
 
 /// Publishes messages with confirms.
@@ -54,46 +54,6 @@ pub trait Publisher: Send {
     fn publish(&mut self, message: OutgoingMessage) -> impl Future<Output = Result<u64, AmqpError>> + Send;
     /// The next confirm event. Cancel-safe.
     fn next_event(&mut self) -> impl Future<Output = ConfirmEvent> + Send;
-}
-
-/// Forwards the channel's confirm callbacks into a queue. The queue is unbounded, but holds at
-/// most one entry per message in flight, which the caller bounds.
-struct ConfirmForwarder(mpsc::UnboundedSender<ConfirmEvent>);
-
-type CallbackResult<T> = Result<T, amqprs::error::Error>;
-
-#[async_trait]
-impl ChannelCallback for ConfirmForwarder {
-    async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> CallbackResult<()> {
-        let _ = self.0.send(ConfirmEvent::Closed(format!("channel closed by the broker: {close}")));
-        Ok(())
-    }
-    async fn cancel(&mut self, _channel: &Channel, _cancel: Cancel) -> CallbackResult<()> {
-        Ok(())
-    }
-    async fn flow(&mut self, _channel: &Channel, active: bool) -> CallbackResult<bool> {
-        Ok(active)
-    }
-    async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
-        let _ = self.0.send(ConfirmEvent::Ack { tag: ack.delivery_tag(), multiple: ack.mutiple() });
-    }
-    async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
-        let _ = self.0.send(ConfirmEvent::Nack { tag: nack.delivery_tag(), multiple: nack.multiple() });
-    }
-    async fn publish_return(
-        &mut self,
-        _channel: &Channel,
-        ret: Return,
-        properties: BasicProperties,
-        _content: Vec<u8>,
-    ) {
-        let _ = self.0.send(ConfirmEvent::Returned {
-            routing_key: ret.routing_key().to_owned(),
-            reply_code: ret.reply_code(),
-            reply_text: ret.reply_text().to_owned(),
-            message_id: properties.message_id().cloned(),
-        });
-    }
 }
 
 /// Settings of a [`ConfirmingPublisher`].
@@ -124,12 +84,8 @@ impl ConfirmingPublisher {
     pub async fn connect(url: &AmqpUrl, settings: &PublisherSettings) -> Result<ConfirmingPublisher, AmqpError> {
         check_short_string("exchange name", &settings.exchange)?;
         let connection = connect(url, &settings.connection_name).await?;
-        let channel = connection.open_channel(None).await.map_err(|e| AmqpError::op("open channel", describe(&e)))?;
         let (tx, events) = mpsc::unbounded_channel();
-        channel
-            .register_callback(ConfirmForwarder(tx.clone()))
-            .await
-            .map_err(|e| AmqpError::op("register channel callback", describe(&e)))?;
+        let channel = open_publishing(&connection, tx.clone()).await?;
         for exchange in &settings.other_exchanges {
             check_short_string("exchange name", exchange)?;
         }
@@ -142,13 +98,13 @@ impl ConfirmingPublisher {
         channel
             .confirm_select(ConfirmSelectArguments::default())
             .await
-            .map_err(|e| AmqpError::op("enable publisher confirms", describe(&e)))?;
+            .map_err(|e| channel.error("enable publisher confirms", &e))?;
         // Report the end of the connection (network failure, broker shutdown) as an event.
         let watcher = connection.clone();
         tokio::spawn(async move {
             let network_failure = watcher.listen_network_io_failure().await;
             let why = if network_failure { "network failure" } else { "connection closed" };
-            let _ = tx.send(ConfirmEvent::Closed(format!("RabbitMQ connection ended ({why})")));
+            let _ = tx.send(ConfirmEvent::Closed(Cause::Lost(format!("RabbitMQ connection ended ({why})"))));
         });
         Ok(ConfirmingPublisher {
             connection,
@@ -170,6 +126,11 @@ impl ConfirmingPublisher {
         let _ = self.channel.close().await;
         let _ = self.connection.close().await;
     }
+}
+
+/// A publish that failed because the channel is gone (the broker's reply, if it closed it).
+fn channel_closed(channel: &Channel, error: &amqprs::error::Error) -> AmqpError {
+    channel.error("publish", error)
 }
 
 fn properties(message: &OutgoingMessage) -> BasicProperties {
@@ -202,13 +163,13 @@ impl Publisher for ConfirmingPublisher {
         self.channel
             .basic_publish(properties(&message), message.body, args)
             .await
-            .map_err(|e| AmqpError::Closed(describe(&e)))?;
+            .map_err(|e| channel_closed(&self.channel, &e))?;
         let tag = self.next_tag;
         self.next_tag += 1;
         Ok(tag)
     }
 
     async fn next_event(&mut self) -> ConfirmEvent {
-        self.events.recv().await.unwrap_or_else(|| ConfirmEvent::Closed("confirm stream ended".into()))
+        self.events.recv().await.unwrap_or_else(|| ConfirmEvent::Closed(Cause::Lost("confirm stream ended".into())))
     }
 }

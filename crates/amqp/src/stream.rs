@@ -1,11 +1,10 @@
 //! The event history: a RabbitMQ stream queue bound to the events exchange with `#`, whose
 //! offsets are the ids the SSE gateway hands out.
 
-use amqprs::channel::Channel;
 use amqprs::{FieldTable, FieldValue};
 
-use crate::connect::{bind_queue, declare_queue, declare_topic_exchange, QueueSpec};
-use crate::AmqpError;
+use crate::topology::{bind_queue, declare_queue, declare_topic_exchange, QueueSpec};
+use crate::{AmqpError, Channel};
 
 /// Retention of the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, Channel, Delivery, QueueSpec};
+use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, Channel, Delivery, ErrorKind, QueueSpec};
 use pgevents_event::Event;
-use rand::RngExt;
+use pgevents_retry::{Reconnect, Waited};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -100,15 +100,10 @@ pub enum ConsumerError {
 }
 
 impl ConsumerError {
-    fn is_transient(&self) -> bool {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ConsumerError::StreamEnded => true,
-            ConsumerError::Amqp(AmqpError::Closed(_)) => true,
-            ConsumerError::Amqp(AmqpError::Connect { reason, .. }) => !reason.contains("ACCESS_REFUSED"),
-            ConsumerError::Amqp(AmqpError::Operation { reason, .. }) => {
-                !reason.contains("PRECONDITION_FAILED") && !reason.contains("ACCESS_REFUSED")
-            }
-            ConsumerError::Amqp(_) => false,
+            ConsumerError::Amqp(e) => e.kind(),
+            ConsumerError::StreamEnded => ErrorKind::Transient,
         }
     }
 }
@@ -148,20 +143,17 @@ impl Consumer {
     /// reconnecting cannot fix. Errors before the first successful start are returned at once.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let mut started = false;
-        let mut delay = Duration::from_millis(500);
+        let mut reconnect = Reconnect::new("RabbitMQ consumer", Duration::from_millis(500), Duration::from_secs(30));
         loop {
+            reconnect.attempt();
             match self.session(&shutdown, &mut started).await {
                 Ok(()) => return Ok(()),
-                Err(e) if !started || !e.is_transient() => return Err(e),
+                Err(e) if !started || !e.kind().is_transient() => return Err(e),
                 Err(e) => {
                     self.config.on_connected.tell(false);
-                    let wait = delay.mul_f64(rand::rng().random_range(0.8..1.2));
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "consumer connection failed; reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.cancelled() => return Ok(()),
+                    if reconnect.wait(&e, &shutdown).await == Waited::Cancelled {
+                        return Ok(());
                     }
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use pgevents_replication::{ConnectConfig, TlsMode};
+use pgevents_pg::{ConnectConfig, TlsMode};
 
 #[derive(Debug, Clone, Args)]
 pub struct PgArgs {

@@ -98,7 +98,7 @@ async fn postgres_checks(config: &ProducerConfig, out: &mut Vec<Finding>) {
             drop(client);
             finding(Verdict::Pass, "replication connection", "accepted")
         }
-        Err(e) => finding(Verdict::Fail, "replication connection", explain(e, config).to_string()),
+        Err(e) => finding(Verdict::Fail, "replication connection", explain(e, config, &db).await.to_string()),
     });
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgevents_amqp::AmqpUrl;
 use pgevents_decode::{Plugin, ValueOptions};
-use pgevents_replication::ConnectConfig;
+use pgevents_pg::ConnectConfig;
 
 use crate::routing::{Router, RoutingConfig};
 use crate::snapshot::SnapshotMode;

@@ -3,7 +3,7 @@
 
 use pgevents_decode::{PrimaryKey, TableRef, TypeInfo};
 use pgevents_event::Lsn;
-use pgevents_replication::{drive_connection, sql_connect, ConnectConfig, SqlConnectError};
+use pgevents_pg::{connect_driven, ConnectConfig};
 use tokio_postgres::Client;
 
 use crate::error::{pg_error, ProducerError};
@@ -31,14 +31,7 @@ pub fn quote_ident(name: &str) -> String {
 
 impl Database {
     pub async fn connect(settings: &ConnectConfig) -> Result<Database, ProducerError> {
-        let (client, driver) = sql_connect(settings, "catalog").await.map_err(|e| match e {
-            SqlConnectError::Postgres { context, message, transient } => {
-                ProducerError::Postgres { context, message, transient }
-            }
-            SqlConnectError::Tls(e) => ProducerError::from(e),
-        })?;
-        tokio::spawn(drive_connection(driver, |_, _| {}));
-        Ok(Database { client })
+        Ok(Database { client: connect_driven(settings, "catalog").await? })
     }
 
     async fn scalar(&self, sql: &str) -> Result<String, ProducerError> {

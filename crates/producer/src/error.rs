@@ -1,7 +1,10 @@
-//! Everything that can stop a producer session, and which of it is worth retrying.
+//! Everything that can stop a producer session, each with the [`ErrorKind`] that decides
+//! whether reconnecting can help (taken from the error it wraps, which classified itself where it
+//! was made).
 
-use pgevents_amqp::AmqpError;
+use pgevents_amqp::{AmqpError, Cause};
 use pgevents_decode::DecodeError;
+use pgevents_pg::{ErrorKind, PgError};
 use pgevents_replication::ReplicationError;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,10 +15,10 @@ pub enum ProducerError {
     /// The database is not set up for logical replication the way the settings need.
     #[error("{0}")]
     Setup(String),
-    #[error("replication slot {slot:?} is in use by another connection (PID {pid}) that is not a pgevents producer (pg_recvlogical or another tool?); stop it, or choose another --pgslot")]
-    SlotBusy { slot: String, pid: String },
-    #[error("{context}: {message}")]
-    Postgres { context: String, message: String, transient: bool },
+    #[error("replication slot {slot:?} is in use by another connection (PID {}) that is not a pgevents producer (pg_recvlogical or another tool?); stop it, or choose another --pgslot", pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()))]
+    SlotBusy { slot: String, pid: Option<i32> },
+    #[error(transparent)]
+    Postgres(#[from] PgError),
     #[error(transparent)]
     Replication(#[from] ReplicationError),
     #[error(transparent)]
@@ -27,7 +30,7 @@ pub enum ProducerError {
     #[error("RabbitMQ has not confirmed {in_flight} published messages for {seconds}s")]
     ConfirmTimeout { in_flight: u64, seconds: u64 },
     #[error("RabbitMQ connection lost: {0}")]
-    BrokerClosed(String),
+    BrokerClosed(Cause),
     #[error("{0}")]
     Protocol(String),
     #[error("cannot decode a change: {0}")]
@@ -39,12 +42,31 @@ pub enum ProducerError {
 }
 
 impl ProducerError {
+    /// Whether reconnecting may help (once the pipeline has worked at least once).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProducerError::Config(_) | ProducerError::Setup(_) => ErrorKind::Config,
+            ProducerError::Decode(_) | ProducerError::Protocol(_) => ErrorKind::Permanent,
+            ProducerError::Postgres(e) => e.kind(),
+            ProducerError::Replication(e) => e.kind(),
+            ProducerError::Amqp(e) => e.kind(),
+            ProducerError::BrokerClosed(Cause::Refused(reply)) => reply.kind(),
+            ProducerError::SlotBusy { .. }
+            | ProducerError::Nacked
+            | ProducerError::Returned { .. }
+            | ProducerError::ConfirmTimeout { .. }
+            | ProducerError::BrokerClosed(_)
+            | ProducerError::Spill(_)
+            | ProducerError::StreamEnded => ErrorKind::Transient,
+        }
+    }
+
     /// A short label for the `pgevents_errors_total` metric.
-    pub fn kind(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             ProducerError::Config(_) | ProducerError::Setup(_) => "setup",
             ProducerError::SlotBusy { .. } => "slot_busy",
-            ProducerError::Postgres { .. } | ProducerError::Replication(_) | ProducerError::StreamEnded => "postgres",
+            ProducerError::Postgres(_) | ProducerError::Replication(_) | ProducerError::StreamEnded => "postgres",
             ProducerError::Amqp(_) | ProducerError::BrokerClosed(_) | ProducerError::ConfirmTimeout { .. } => "broker",
             ProducerError::Nacked => "nacked",
             ProducerError::Returned { .. } => "returned",
@@ -53,43 +75,9 @@ impl ProducerError {
             ProducerError::Spill(_) => "spill",
         }
     }
-
-    /// Whether reconnecting later may help (once the pipeline has worked at least once).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ProducerError::Config(_)
-            | ProducerError::Setup(_)
-            | ProducerError::Decode(_)
-            | ProducerError::Protocol(_) => false,
-            ProducerError::SlotBusy { .. } => true,
-            ProducerError::Postgres { transient, .. } => *transient,
-            ProducerError::Replication(e) => e.is_transient(),
-            ProducerError::Amqp(e) => match e {
-                AmqpError::Connect { reason, .. } => !reason.contains("ACCESS_REFUSED"),
-                AmqpError::Closed(_) => true,
-                AmqpError::Operation { reason, .. } => {
-                    !reason.contains("PRECONDITION_FAILED") && !reason.contains("ACCESS_REFUSED")
-                }
-                AmqpError::InvalidUrl(_) | AmqpError::InvalidName { .. } => false,
-            },
-            ProducerError::Nacked
-            | ProducerError::Returned { .. }
-            | ProducerError::ConfirmTimeout { .. }
-            | ProducerError::BrokerClosed(_)
-            | ProducerError::Spill(_)
-            | ProducerError::StreamEnded => true,
-        }
-    }
 }
 
-/// Describes a tokio-postgres error with the server's message, detail and hint (its own Display
-/// only says "db error").
-pub fn describe_pg(e: &tokio_postgres::Error) -> String {
-    pgevents_replication::describe_sql_error(e)
-}
-
-/// Wraps a tokio-postgres error; connection problems and server restarts are transient.
+/// Wraps a tokio-postgres error with what was being done.
 pub fn pg_error(context: impl Into<String>, e: tokio_postgres::Error) -> ProducerError {
-    let transient = pgevents_replication::sql_error_is_transient(&e);
-    ProducerError::Postgres { context: context.into(), message: describe_pg(&e), transient }
+    PgError::new(context, e).into()
 }

@@ -16,6 +16,7 @@ mod error;
 pub mod metrics;
 mod monitor;
 mod outgoing;
+mod pipeline;
 mod publish;
 pub mod reader;
 pub mod routing;
@@ -34,12 +35,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Compression, ProducerConfig, TableName};
-pub use error::{describe_pg, ProducerError};
+pub use error::ProducerError;
 pub use routing::RoutingConfig;
 pub use snapshot::SnapshotMode;
 pub use stats::{Phase, Stats};
 
-use pgevents_retry::Backoff;
+use pgevents_retry::{Reconnect, Waited};
 use session::{run_session, SessionState};
 
 /// A session that ran this long resets the backoff.
@@ -51,16 +52,17 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: CancellationToken) -> Result<(), ProducerError> {
     let config = Arc::new(config);
     let mut state = SessionState::default();
-    let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+    let mut reconnect =
+        Reconnect::new("producer session", config.backoff_min, config.backoff_max).healthy_after(HEALTHY_SESSION);
     let progress = tokio::spawn(log_progress(stats.clone(), shutdown.clone()));
     // Since when the slot has been found busy (held by a connection that is not a producer
     // holding the slot's lock, e.g. a crashed producer's walsender that has not exited yet).
     let mut busy_since: Option<Instant> = None;
     let result = loop {
-        let began = Instant::now();
+        reconnect.attempt();
         let outcome = run_session(&config, &mut state, &stats, &shutdown).await;
         if let Err(e) = &outcome {
-            ::metrics::counter!(metrics::ERRORS, "kind" => e.kind()).increment(1);
+            ::metrics::counter!(metrics::ERRORS, "kind" => e.label()).increment(1);
         }
         match outcome {
             Ok(()) => break Ok(()),
@@ -71,27 +73,22 @@ pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: Cancellati
             Err(ProducerError::SlotBusy { slot, pid })
                 if busy_since.get_or_insert_with(Instant::now).elapsed() < config.slot_busy_timeout =>
             {
-                tracing::info!(%slot, %pid, "replication slot in use by another connection; waiting for it to be released");
+                tracing::info!(%slot, pid = pid.map(|p| p.to_string()).unwrap_or_default(), "replication slot in use by another connection; waiting for it to be released");
                 stats.set_phase(Phase::Reconnecting);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.cancelled() => break Ok(()),
                 }
             }
-            Err(e) if !state.streamed || !e.is_transient() => break Err(e),
+            Err(e) if !state.streamed || !e.kind().is_transient() => break Err(e),
             Err(e) => {
                 busy_since = None;
-                if began.elapsed() >= HEALTHY_SESSION {
-                    backoff.reset();
-                }
-                let delay = backoff.next_delay();
                 Stats::add(&stats.reconnects, 1);
                 ::metrics::counter!(metrics::RECONNECTS).increment(1);
                 stats.set_phase(Phase::Reconnecting);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, resume_after = %state.confirmed, "session failed; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => break Ok(()),
+                let error = format!("{e} (resuming after {})", state.confirmed);
+                if reconnect.wait(&error, &shutdown).await == Waited::Cancelled {
+                    break Ok(());
                 }
             }
         }

@@ -57,7 +57,7 @@ pub async fn run_publisher<P: Publisher>(
                     ConfirmEvent::Returned { routing_key, reply_code, reply_text, .. } => {
                         return Err(ProducerError::Returned { routing_key, reply_code, reply_text });
                     }
-                    ConfirmEvent::Closed(reason) => return Err(ProducerError::BrokerClosed(reason)),
+                    ConfirmEvent::Closed(cause) => return Err(ProducerError::BrokerClosed(cause)),
                 }
             }
             batch = batches.recv(), if drain_deadline.is_none() && tracker.in_flight() < config.max_in_flight => {

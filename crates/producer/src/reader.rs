@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::OutgoingMessage;
+use pgevents_amqp::{Cause, OutgoingMessage};
 use pgevents_decode::encode::close_event;
 use pgevents_decode::{Catalog, CatalogNeed, DecodeError, Decoded, Decoder, TransactionBuilder, TxBegin, TxOutcome};
 use pgevents_event::{message_id, Action, Lsn};
@@ -153,7 +153,7 @@ impl Reader {
             biased;
             sent = self.out.send(batch) => sent
                 .map(|_| Flow::Continue)
-                .map_err(|_| ProducerError::BrokerClosed("the publisher stopped".into())),
+                .map_err(|_| ProducerError::BrokerClosed(Cause::Lost("the publisher stopped".into()))),
             _ = shutdown.cancelled() => Ok(Flow::Stop),
         }
     }

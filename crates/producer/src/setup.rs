@@ -78,9 +78,10 @@ fn table_list(config: &ProducerConfig, only: impl Fn(&str) -> bool) -> Vec<Strin
 async fn ensure_publication(db: &Database, config: &ProducerConfig) -> Result<(), ProducerError> {
     let name = &config.publication;
     let explain = |e: ProducerError, what: &str| match e {
-        ProducerError::Postgres { message, .. } => ProducerError::Setup(format!(
-            "could not {what} publication {name:?}: {message}; create it yourself as a superuser or the tables' owner \
+        ProducerError::Postgres(e) if !e.kind().is_transient() => ProducerError::Setup(format!(
+            "could not {what} publication {name:?}: {}; create it yourself as a superuser or the tables' owner \
              (CREATE PUBLICATION {} FOR TABLE ...), then start again",
+            e.server_message(),
             quote_ident(name)
         )),
         other => other,
@@ -149,7 +150,7 @@ pub(crate) async fn check_slot(db: &Database, config: &ProducerConfig) -> Result
         )));
     }
     if let Some(pid) = active_pid {
-        return Err(ProducerError::SlotBusy { slot: slot.clone(), pid: pid.to_string() });
+        return Err(ProducerError::SlotBusy { slot: slot.clone(), pid: Some(pid) });
     }
     Ok(SlotState::Ready { confirmed_flush })
 }

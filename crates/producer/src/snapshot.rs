@@ -18,6 +18,7 @@ use pgevents_decode::encode::{close_event, write_row_event, TxFields};
 use pgevents_decode::value::write_value;
 use pgevents_decode::{Catalog, CatalogNeed, PrimaryKey, RowChange, TableRef, Tuple, ValueKind};
 use pgevents_event::{Action, Lsn};
+use pgevents_pg::schema::{self, Component, Migration, SchemaError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProducerConfig;
@@ -30,6 +31,14 @@ use crate::outgoing::{self, Envelope};
 use crate::publish::unix_micros;
 use crate::routing::{Router, INTERNAL_SCHEMA};
 use crate::stats::{Phase, Stats};
+
+/// How a snapshot (or one table of it) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotEnd {
+    Complete,
+    /// Shutdown came first; the progress so far is recorded.
+    Interrupted,
+}
 
 /// When to take a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,36 +53,46 @@ pub enum SnapshotMode {
     Always,
 }
 
-const SCHEMA_SQL: &str = "
-    CREATE SCHEMA IF NOT EXISTS pgevents;
-    CREATE TABLE IF NOT EXISTS pgevents.snapshot (
-        slot text PRIMARY KEY,
-        lsn pg_lsn NOT NULL,
-        started_at timestamptz NOT NULL DEFAULT now(),
-        finished_at timestamptz
-    );
-    CREATE TABLE IF NOT EXISTS pgevents.snapshot_progress (
-        slot text NOT NULL REFERENCES pgevents.snapshot (slot) ON DELETE CASCADE,
-        table_name text NOT NULL,
-        schema_name text NOT NULL,
-        relname text NOT NULL,
-        last_key text[],
-        rows_read bigint NOT NULL DEFAULT 0,
-        done boolean NOT NULL DEFAULT false,
-        updated_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (slot, table_name)
-    );";
+/// The snapshot's progress tables: the `snapshot` component of the pgevents schema.
+pub const SNAPSHOT_TABLES: Component = Component {
+    name: "snapshot",
+    migrations: &[Migration {
+        version: 1,
+        name: "snapshot progress",
+        // IF NOT EXISTS: pgevents before 0.2 created these tables without recording them.
+        sql: "
+            CREATE TABLE IF NOT EXISTS pgevents.snapshot (
+                slot text PRIMARY KEY,
+                lsn pg_lsn NOT NULL,
+                started_at timestamptz NOT NULL DEFAULT now(),
+                finished_at timestamptz
+            );
+            CREATE TABLE IF NOT EXISTS pgevents.snapshot_progress (
+                slot text NOT NULL REFERENCES pgevents.snapshot (slot) ON DELETE CASCADE,
+                table_name text NOT NULL,
+                schema_name text NOT NULL,
+                relname text NOT NULL,
+                last_key text[],
+                rows_read bigint NOT NULL DEFAULT 0,
+                done boolean NOT NULL DEFAULT false,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (slot, table_name)
+            );",
+    }],
+};
 
 /// Creates the progress tables (idempotent). Run before the slot is created, so a role that
 /// may not create them fails before anything else happens.
-pub async fn ensure_schema(db: &Database) -> Result<(), ProducerError> {
-    db.execute(SCHEMA_SQL).await.map_err(|e| match e {
-        ProducerError::Postgres { message, .. } => ProducerError::Setup(format!(
-            "the snapshot keeps its progress in schema {INTERNAL_SCHEMA}, which could not be created: {message}; \
+pub async fn ensure_schema(config: &ProducerConfig) -> Result<(), ProducerError> {
+    let mut client = pgevents_pg::connect_driven(&config.postgres, "schema").await?;
+    match schema::install(&mut client, &SNAPSHOT_TABLES).await {
+        Ok(_) => Ok(()),
+        Err(SchemaError::Pg(e)) if e.kind().is_transient() => Err(e.into()),
+        Err(e) => Err(ProducerError::Setup(format!(
+            "the snapshot keeps its progress in schema {INTERNAL_SCHEMA}, which could not be created: {e}; \
              grant the role CREATE on the database, or run the producer once as the database owner"
-        )),
-        other => other,
-    })
+        ))),
+    }
 }
 
 /// The LSN of an unfinished snapshot of this slot, if there is one.
@@ -136,17 +155,17 @@ struct Columns {
 
 /// Reads and publishes every unfinished table of the slot's snapshot. `exported` names the
 /// snapshot exported when the slot was created; without it a fresh one is taken. Returns
-/// `false` when shutdown interrupted it (progress so far is kept).
+/// `Interrupted` when shutdown came first (progress so far is kept).
 pub async fn run(
     db: &Database,
     config: &Arc<ProducerConfig>,
     exported: Option<&str>,
     stats: &Stats,
     shutdown: &CancellationToken,
-) -> Result<bool, ProducerError> {
+) -> Result<SnapshotEnd, ProducerError> {
     stats.set_phase(Phase::Snapshot);
     let Some(lsn) = unfinished(db, &config.slot).await? else {
-        return Ok(true);
+        return Ok(SnapshotEnd::Complete);
     };
     let reader = Database::connect(&config.postgres).await?;
     reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
@@ -165,23 +184,23 @@ pub async fn run(
         lsn_text: lsn.to_string(),
         lsn,
     };
-    let mut completed = true;
+    let mut end = SnapshotEnd::Complete;
     for pending in snapshot.pending().await? {
-        if !snapshot.read_table(pending, &mut publisher, shutdown).await? {
-            completed = false;
+        end = snapshot.read_table(pending, &mut publisher, shutdown).await?;
+        if end == SnapshotEnd::Interrupted {
             break;
         }
     }
     publisher.close().await;
     let _ = reader.execute("COMMIT").await;
-    if completed {
+    if end == SnapshotEnd::Complete {
         db.client()
             .execute("UPDATE pgevents.snapshot SET finished_at = now() WHERE slot = $1", &[&config.slot])
             .await
             .map_err(|e| pg_error("record the end of the snapshot", e))?;
         tracing::info!(slot = %config.slot, %lsn, "initial snapshot complete; streaming changes from its position");
     }
-    Ok(completed)
+    Ok(end)
 }
 
 struct Snapshot<'a> {
@@ -243,91 +262,96 @@ impl Snapshot<'_> {
         Ok(Columns { names, kinds, key_positions, primary_key: Arc::new(primary_key) })
     }
 
-    /// Reads one table batch by batch. Returns `false` if shutdown interrupted it.
+    /// Reads one table batch by batch, recording its progress after each.
     async fn read_table(
         &mut self,
         pending: Pending,
         publisher: &mut ConfirmingPublisher,
         shutdown: &CancellationToken,
-    ) -> Result<bool, ProducerError> {
+    ) -> Result<SnapshotEnd, ProducerError> {
         let Pending { table, mut last_key, mut rows_read } = pending;
         let columns = self.columns(&table).await?;
         let route = self.router.route(&table);
-        let keyed =
-            !columns.key_positions.is_empty() && columns.key_positions.len() == columns.primary_key.columns().len();
-        let select: Vec<String> = columns.names.iter().map(|n| quote_ident(n)).collect();
-        let from = format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name));
-        let batch = self.config.snapshot_batch_rows.max(1);
-        let counter = metrics::counter!(SNAPSHOT_ROWS, "table" => table.qualified.clone());
+        let paging = Paging::of(&columns);
+        let batch_rows = self.config.snapshot_batch_rows.max(1);
         tracing::info!(table = %table.qualified, resumed_after_rows = rows_read, "snapshot of table started");
         loop {
             if shutdown.is_cancelled() {
-                return Ok(false);
+                return Ok(SnapshotEnd::Interrupted);
             }
-            let sql = if keyed {
-                let key_list: Vec<String> =
-                    columns.key_positions.iter().map(|&i| quote_ident(&columns.names[i])).collect();
-                let key_list = key_list.join(", ");
-                let after = match &last_key {
-                    Some(values) => {
-                        let literals: Vec<String> = values.iter().map(|v| quote_literal(v)).collect();
-                        format!(" WHERE ({key_list}) > ({})", literals.join(", "))
-                    }
-                    None => String::new(),
-                };
-                format!(
-                    "COPY (SELECT {} FROM {from}{after} ORDER BY {key_list} LIMIT {batch}) TO STDOUT",
-                    select.join(", ")
-                )
-            } else {
-                format!("COPY (SELECT {} FROM {from}) TO STDOUT", select.join(", "))
-            };
-            let stream = self.reader.client().copy_out(sql.as_str()).await.map_err(|e| copy_error(&table, e))?;
-            let mut stream = std::pin::pin!(stream);
-            let mut buffer: Vec<u8> = Vec::new();
-            let mut messages = Vec::with_capacity(batch.min(4096));
-            let mut count = 0;
-            let mut last_row: Option<Vec<Option<String>>> = None;
-            while let Some(chunk) = stream.next().await {
-                buffer.extend_from_slice(&chunk.map_err(|e| copy_error(&table, e))?);
-                let mut start = 0;
-                while let Some(end) = buffer[start..].iter().position(|&b| b == b'\n') {
-                    let values = parse_row(&buffer[start..start + end]);
-                    start += end + 1;
-                    messages.push(self.event(&table, &columns, &route, &values, rows_read as u64)?);
-                    rows_read += 1;
-                    count += 1;
-                    if keyed {
-                        last_row = Some(values);
-                    }
-                    if messages.len() >= batch {
-                        publish_confirmed(publisher, std::mem::take(&mut messages), self.config).await?;
-                    }
-                }
-                buffer.drain(..start);
+            let sql = batch_query(&table, &columns, paging, last_key.as_deref(), batch_rows);
+            let batch = self.read_batch(&table, &columns, &route, &sql, rows_read, publisher).await?;
+            rows_read += batch.rows as i64;
+            if batch.last_key.is_some() {
+                last_key = batch.last_key;
             }
-            publish_confirmed(publisher, messages, self.config).await?;
-            counter.increment(count as u64);
-            if let Some(last) = last_row {
-                last_key = Some(
-                    columns.key_positions.iter().map(|&i| last.get(i).cloned().flatten().unwrap_or_default()).collect(),
-                );
-            }
-            let done = !keyed || count < batch;
-            self.db
-                .client()
-                .execute(
-                    "UPDATE pgevents.snapshot_progress SET last_key = $3, rows_read = $4, done = $5, updated_at = now()
-                     WHERE slot = $1 AND table_name = $2",
-                    &[&self.config.slot, &table.qualified, &last_key, &rows_read, &done],
-                )
-                .await
-                .map_err(|e| pg_error("record the snapshot progress", e))?;
+            let done = paging == Paging::Whole || batch.rows < batch_rows;
+            self.record_progress(&table, &last_key, rows_read, done).await?;
             if done {
                 tracing::info!(table = %table.qualified, rows = rows_read, "snapshot of table done");
-                return Ok(true);
+                return Ok(SnapshotEnd::Complete);
             }
         }
+    }
+
+    /// Runs one batch's `COPY`, publishes its rows (confirmed before returning) and says how
+    /// many there were and the key of the last.
+    async fn read_batch(
+        &mut self,
+        table: &Arc<TableRef>,
+        columns: &Columns,
+        route: &crate::routing::Route,
+        sql: &str,
+        rows_before: i64,
+        publisher: &mut ConfirmingPublisher,
+    ) -> Result<Batch, ProducerError> {
+        let batch_rows = self.config.snapshot_batch_rows.max(1);
+        let stream = self.reader.client().copy_out(sql).await.map_err(|e| copy_error(table, e))?;
+        let mut stream = std::pin::pin!(stream);
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut messages = Vec::with_capacity(batch_rows.min(4096));
+        let mut rows = 0;
+        let mut last_row: Option<Vec<Option<String>>> = None;
+        while let Some(chunk) = stream.next().await {
+            buffer.extend_from_slice(&chunk.map_err(|e| copy_error(table, e))?);
+            let mut start = 0;
+            while let Some(end) = buffer[start..].iter().position(|&b| b == b'\n') {
+                let values = parse_row(&buffer[start..start + end]);
+                start += end + 1;
+                messages.push(self.event(table, columns, route, &values, (rows_before + rows as i64) as u64)?);
+                rows += 1;
+                last_row = Some(values);
+                if messages.len() >= batch_rows {
+                    publish_confirmed(publisher, std::mem::take(&mut messages), self.config).await?;
+                }
+            }
+            buffer.drain(..start);
+        }
+        publish_confirmed(publisher, messages, self.config).await?;
+        metrics::counter!(SNAPSHOT_ROWS, "table" => table.qualified.clone()).increment(rows as u64);
+        let last_key = last_row.map(|last| {
+            columns.key_positions.iter().map(|&i| last.get(i).cloned().flatten().unwrap_or_default()).collect()
+        });
+        Ok(Batch { rows, last_key })
+    }
+
+    async fn record_progress(
+        &self,
+        table: &TableRef,
+        last_key: &Option<Vec<String>>,
+        rows_read: i64,
+        done: bool,
+    ) -> Result<(), ProducerError> {
+        self.db
+            .client()
+            .execute(
+                "UPDATE pgevents.snapshot_progress SET last_key = $3, rows_read = $4, done = $5, updated_at = now()
+                 WHERE slot = $1 AND table_name = $2",
+                &[&self.config.slot, &table.qualified, last_key, &rows_read, &done],
+            )
+            .await
+            .map_err(|e| pg_error("record the snapshot progress", e))?;
+        Ok(())
     }
 
     fn event(
@@ -369,6 +393,58 @@ impl Snapshot<'_> {
     }
 }
 
+/// How a table is read: in key order, a batch at a time, or (without a usable primary key) in
+/// one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paging {
+    Keyed,
+    Whole,
+}
+
+impl Paging {
+    fn of(columns: &Columns) -> Paging {
+        let keyed =
+            !columns.key_positions.is_empty() && columns.key_positions.len() == columns.primary_key.columns().len();
+        if keyed {
+            Paging::Keyed
+        } else {
+            Paging::Whole
+        }
+    }
+}
+
+/// What one batch read.
+struct Batch {
+    rows: usize,
+    /// The key values of its last row (keyed tables).
+    last_key: Option<Vec<String>>,
+}
+
+/// The `COPY` of one batch: the rows after `last_key` in key order, or the whole table.
+fn batch_query(
+    table: &TableRef,
+    columns: &Columns,
+    paging: Paging,
+    last_key: Option<&[String]>,
+    batch_rows: usize,
+) -> String {
+    let select: Vec<String> = columns.names.iter().map(|n| quote_ident(n)).collect();
+    let from = format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name));
+    if paging == Paging::Whole {
+        return format!("COPY (SELECT {} FROM {from}) TO STDOUT", select.join(", "));
+    }
+    let key_list: Vec<String> = columns.key_positions.iter().map(|&i| quote_ident(&columns.names[i])).collect();
+    let key_list = key_list.join(", ");
+    let after = match last_key {
+        Some(values) => {
+            let literals: Vec<String> = values.iter().map(|v| quote_literal(v)).collect();
+            format!(" WHERE ({key_list}) > ({})", literals.join(", "))
+        }
+        None => String::new(),
+    };
+    format!("COPY (SELECT {} FROM {from}{after} ORDER BY {key_list} LIMIT {batch_rows}) TO STDOUT", select.join(", "))
+}
+
 fn copy_error(table: &TableRef, e: tokio_postgres::Error) -> ProducerError {
     pg_error(format!("snapshot: read table {}", table.qualified), e)
 }
@@ -398,7 +474,7 @@ async fn publish_confirmed(
             ConfirmEvent::Returned { routing_key, reply_code, reply_text, .. } => {
                 return Err(ProducerError::Returned { routing_key, reply_code, reply_text })
             }
-            ConfirmEvent::Closed(reason) => return Err(ProducerError::BrokerClosed(reason)),
+            ConfirmEvent::Closed(cause) => return Err(ProducerError::BrokerClosed(cause)),
         }
     }
     Ok(())

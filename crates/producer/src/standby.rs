@@ -19,21 +19,28 @@ pub const LOCK_NAMESPACE: i32 = 0x7067_6576;
 /// How often a standby producer tries for the lock.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Takes the slot's lock, waiting in standby while another producer holds it. Returns `false`
-/// when shutdown was requested while waiting.
+/// Whether this producer holds the slot's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    Held,
+    /// Shutdown was requested while waiting for it.
+    Cancelled,
+}
+
+/// Takes the slot's lock, waiting in standby while another producer holds it.
 pub async fn take_slot_lock(
     db: &Database,
     slot: &str,
     stats: &Stats,
     shutdown: &CancellationToken,
-) -> Result<bool, ProducerError> {
+) -> Result<Lock, ProducerError> {
     let mut announced = false;
     loop {
         if db.try_advisory_lock(LOCK_NAMESPACE, slot).await? {
             if announced {
                 tracing::info!(%slot, "took over: the previous producer of this slot is gone");
             }
-            return Ok(true);
+            return Ok(Lock::Held);
         }
         if !announced {
             let holder = db.advisory_lock_holder(LOCK_NAMESPACE, slot).await.ok().flatten();
@@ -47,7 +54,7 @@ pub async fn take_slot_lock(
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = shutdown.cancelled() => return Ok(false),
+            _ = shutdown.cancelled() => return Ok(Lock::Cancelled),
         }
     }
 }

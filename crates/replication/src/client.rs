@@ -13,38 +13,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::stream::{ReplicationReader, StatusSender};
-use crate::tls::{client_config, server_name, TlsMode};
 use crate::wire::{Backend, FrameReader};
 use crate::ReplicationError;
+use pgevents_pg::tls::{client_config, server_name};
+use pgevents_pg::{ConnectConfig, TlsMode};
 
 /// A byte stream to the server: TCP, TLS over TCP, or a Unix socket.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
-
-/// Where and as whom to connect.
-#[derive(Debug, Clone)]
-pub struct ConnectConfig {
-    /// Host name, IP address, or a directory holding a Unix socket (starts with `/`).
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Option<String>,
-    pub dbname: String,
-    pub application_name: String,
-    pub tls: TlsMode,
-    pub connect_timeout: Duration,
-}
-
-impl ConnectConfig {
-    /// `host:port` (or the socket path) for messages.
-    pub fn address(&self) -> String {
-        if self.host.starts_with('/') {
-            format!("{}/.s.PGSQL.{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// Session settings that make the plugins' text output predictable: ISO dates in UTC, exact
 /// floats, hex bytea.

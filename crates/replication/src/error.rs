@@ -3,6 +3,8 @@
 use std::fmt;
 use std::io;
 
+use pgevents_pg::{ErrorKind, TlsConfigError};
+
 /// An ErrorResponse from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServerError {
@@ -37,8 +39,8 @@ pub enum ReplicationError {
     TlsRefused { addr: String },
     #[error("TLS with PostgreSQL at {addr} failed: {source}")]
     Tls { addr: String, source: io::Error },
-    #[error("invalid TLS settings: {0}")]
-    TlsConfig(String),
+    #[error(transparent)]
+    TlsConfig(#[from] TlsConfigError),
     #[error("PostgreSQL asks for a password for user {user:?} but none was given: set PGPASSWORD or --pgpassword")]
     PasswordRequired { user: String },
     #[error("PostgreSQL asks for an authentication method pgevents does not support (code {0}); use scram-sha-256, md5 or password in pg_hba.conf")]
@@ -64,23 +66,38 @@ impl ReplicationError {
         }
     }
 
-    /// Whether retrying later may succeed without anyone changing configuration: lost or refused
-    /// connections, server restarts, resource shortages.
-    pub fn is_transient(&self) -> bool {
+    /// What the failure means for trying again: lost or refused connections, server restarts and
+    /// resource shortages are transient; authentication, permissions and settings are config.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             ReplicationError::Connect { .. }
             | ReplicationError::ConnectTimeout { .. }
             | ReplicationError::Io(_)
             | ReplicationError::Silent(_)
-            | ReplicationError::Tls { .. } => true,
-            ReplicationError::Server(e) => {
-                // 08: connection exception, 53: insufficient resources, 57: operator
-                // intervention (shutdown, starting up), 58: system error, 40: rollback (deadlock)
-                matches!(&e.code[..2.min(e.code.len())], "08" | "53" | "57" | "58" | "40")
-                    // 55006 object_in_use: the slot is active for another process (may be freed)
-                    || e.code == "55006"
-            }
-            _ => false,
+            | ReplicationError::Tls { .. } => ErrorKind::Transient,
+            ReplicationError::Server(e) => e.kind(),
+            ReplicationError::TlsRefused { .. }
+            | ReplicationError::TlsConfig(_)
+            | ReplicationError::PasswordRequired { .. }
+            | ReplicationError::UnsupportedAuth(_)
+            | ReplicationError::InvalidName { .. } => ErrorKind::Config,
+            ReplicationError::Protocol(_) => ErrorKind::Permanent,
+        }
+    }
+}
+
+impl ServerError {
+    /// From the SQLSTATE: 08 connection exception, 53 insufficient resources, 57 operator
+    /// intervention (shutdown, starting up), 58 system error, 40 rollback (deadlock) and 55006
+    /// (the slot is active for another process, which may let go) pass; 28 (authorization), 3D
+    /// (no such database) and 42501 (no REPLICATION attribute) are settings.
+    pub fn kind(&self) -> ErrorKind {
+        match &self.code[..2.min(self.code.len())] {
+            "08" | "53" | "57" | "58" | "40" => ErrorKind::Transient,
+            _ if self.code == "55006" => ErrorKind::Transient,
+            "28" | "3D" => ErrorKind::Config,
+            _ if self.code == "42501" => ErrorKind::Config,
+            _ => ErrorKind::Permanent,
         }
     }
 }

@@ -7,18 +7,14 @@
 //! [`ReplicationReader`] (XLogData and keepalives) and a [`StatusSender`] (standby status
 //! updates). It knows nothing of events or brokers.
 
+//!
+//! Connection settings and TLS are [`pgevents_pg`]'s, shared with the SQL connections.
+
 mod client;
 mod error;
-mod sql;
 mod stream;
-pub mod tls;
 mod wire;
 
-pub use client::{check_identifier, ConnectConfig, CreatedSlot, ReplicationClient, SlotSnapshot, SystemInfo};
+pub use client::{check_identifier, CreatedSlot, ReplicationClient, SlotSnapshot, SystemInfo};
 pub use error::{ReplicationError, ServerError};
-pub use sql::{
-    describe_sql_error, drive_connection, sql_config, sql_connect, sql_error_is_transient, sql_tls, ConnectionDriver,
-    SqlConnectError,
-};
 pub use stream::{ReplicationReader, StatusSender, WalMessage};
-pub use tls::TlsMode;

@@ -1,10 +1,16 @@
-//! Reconnecting with backoff: [`Backoff`] (exponential, with jitter, capped) and [`Reconnect`],
-//! the loop step every long-running pgevents service takes after losing a connection: log the
-//! error with the delay, wait (unless shutting down), and start from the shortest delay again
-//! once a connection has stayed healthy for a while.
+//! Whether and when to try again.
+//!
+//! - [`ErrorKind`]: what a failure means for trying again, decided where the error is made
+//!   (every pgevents error type reports one), never guessed later from its text.
+//! - [`Backoff`]: exponential delays with jitter, capped.
+//! - [`Reconnect`]: the loop step every long-running pgevents service takes after losing a
+//!   connection: log the error with the delay, wait (unless shutting down), and start from the
+//!   shortest delay again once a connection has stayed healthy for a while.
 
 mod backoff;
+mod kind;
 mod reconnect;
 
 pub use backoff::Backoff;
+pub use kind::ErrorKind;
 pub use reconnect::{Reconnect, Waited};

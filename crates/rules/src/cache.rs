@@ -8,12 +8,13 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use pgevents_replication::{drive_connection, sql_connect, ConnectConfig};
+use pgevents_pg::{connect, drive_connection, ConnectConfig, PgError};
+use pgevents_retry::{Reconnect, Waited};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::{load, pg_error, RuleSet, RulesError, RULES_CHANNEL};
+use crate::{load, RuleSet, RulesError, RULES_CHANNEL};
 
 /// The current rules, shared by every task of a worker.
 #[derive(Debug)]
@@ -63,7 +64,7 @@ impl RulesCache {
 
 /// Connects and listens; the receiver yields once per notification and ends with the connection.
 async fn listen(settings: &ConnectConfig) -> Result<(Client, mpsc::Receiver<()>), RulesError> {
-    let (client, driver) = sql_connect(settings, "rules").await?;
+    let (client, driver) = connect(settings, "rules").await?;
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(drive_connection(driver, move |channel, _| {
         if channel == RULES_CHANNEL {
@@ -74,7 +75,7 @@ async fn listen(settings: &ConnectConfig) -> Result<(Client, mpsc::Receiver<()>)
     client
         .batch_execute(&format!("LISTEN {RULES_CHANNEL}"))
         .await
-        .map_err(|e| pg_error("cannot LISTEN for rule changes", e))?;
+        .map_err(|e| PgError::new("cannot LISTEN for rule changes", e))?;
     Ok((client, rx))
 }
 
@@ -86,7 +87,7 @@ async fn watch(
     refresh: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    let mut reconnect = Reconnect::new("rules listener", Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -104,24 +105,22 @@ async fn watch(
             }
         }
         // The connection is gone: reconnect (with backoff), then reload.
+        let mut error: Box<dyn std::fmt::Display + Send + Sync> = Box::new("lost the rules connection");
         loop {
-            tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "lost the rules connection; reconnecting");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+            if reconnect.wait(&*error, &shutdown).await == Waited::Cancelled {
+                return;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            reconnect.attempt();
             match listen(&settings).await {
                 Ok((new_client, new_notified)) => {
                     client = new_client;
                     notified = new_notified;
-                    backoff = Duration::from_millis(500);
                     if let Err(e) = cache.reload(&mut client, "rules reloaded after reconnecting").await {
                         tracing::error!(error = %e, "cannot reload the rules; keeping the previous ones");
                     }
                     break;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot reconnect for rule changes"),
+                Err(e) => error = Box::new(e),
             }
         }
     }

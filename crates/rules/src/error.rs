@@ -1,49 +1,35 @@
 //! Errors of the rules crate, each saying what to do about it.
 
-use pgevents_replication::{describe_sql_error, sql_error_is_transient, SqlConnectError};
+use pgevents_pg::schema::SchemaError;
+use pgevents_pg::{ErrorKind, PgError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
-    #[error("{context}: {message}")]
-    Postgres { context: String, message: String, transient: bool },
     #[error(transparent)]
-    Connect(#[from] SqlConnectError),
+    Postgres(#[from] PgError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error("the pgevents rule tables are not installed in this database: run `pgevents rules install` first")]
     NotInstalled,
+    #[error(
+        "the pgevents rule tables are at version {found}; run `pgevents rules install` to upgrade them to {latest}"
+    )]
+    Outdated { found: i32, latest: i32 },
     #[error("the pgevents rule tables are at version {found}, newer than this pgevents knows ({supported}): upgrade pgevents")]
     NewerSchema { found: i32, supported: i32 },
     #[error("invalid rule {what}: {reason}")]
     InvalidRule { what: String, reason: String },
-    #[error("cannot get a database connection from the pool: {0}")]
-    Pool(String),
 }
 
 impl RulesError {
-    /// Whether trying again later may help (the database is unreachable or restarting).
-    pub fn is_transient(&self) -> bool {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            RulesError::Postgres { transient, .. } => *transient,
-            RulesError::Connect(e) => e.is_transient(),
-            RulesError::Pool(_) => true,
-            _ => false,
-        }
-    }
-}
-
-/// Wraps a tokio-postgres error with what was being done.
-pub fn pg_error(context: impl Into<String>, e: tokio_postgres::Error) -> RulesError {
-    RulesError::Postgres {
-        context: context.into(),
-        message: describe_sql_error(&e),
-        transient: sql_error_is_transient(&e),
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for RulesError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        match e {
-            deadpool_postgres::PoolError::Backend(e) => pg_error("cannot connect to PostgreSQL", e),
-            other => RulesError::Pool(other.to_string()),
+            RulesError::Postgres(e) => e.kind(),
+            RulesError::Schema(e) => e.kind(),
+            RulesError::NotInstalled | RulesError::Outdated { .. } | RulesError::NewerSchema { .. } => {
+                ErrorKind::Config
+            }
+            RulesError::InvalidRule { .. } => ErrorKind::Permanent,
         }
     }
 }

@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 use tokio_postgres::{Client, IsolationLevel, Row};
 
 use crate::model::{ActionDef, ActionKind, Mode, RuleSet, WorkItem};
-use crate::{pg_error, RulesError};
+use pgevents_pg::PgError;
+
+use crate::RulesError;
 
 const WORK_ITEMS: &str = "
     SELECT w.name, w.table_schema, w.table_name, w.trigger_actions, w.filter, w.work_item_query,
@@ -24,6 +26,10 @@ const ACTIONS: &str = "
     FROM pgevents.action";
 
 const SETTINGS: &str = "SELECT name, value FROM pgevents.setting";
+
+fn pg_error(context: impl Into<String>, e: tokio_postgres::Error) -> RulesError {
+    PgError::new(context, e).into()
+}
 
 fn invalid(what: String, reason: impl Into<String>) -> RulesError {
     RulesError::InvalidRule { what, reason: reason.into() }

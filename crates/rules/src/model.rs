@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgevents_event::Action;
+use pgevents_retry::Backoff;
 use serde_json::{Map, Value};
 
 /// When the action of a work item runs.
@@ -57,10 +58,10 @@ pub struct ActionDef {
 }
 
 impl ActionDef {
-    /// The wait after failed attempt number `attempt` (1-based).
+    /// The wait after failed attempt number `attempt` (1-based): `backoff` doubled for each
+    /// further attempt, up to `backoff_max`, with jitter.
     pub fn backoff_after(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(30);
-        self.backoff.saturating_mul(1 << doublings).min(self.backoff_max)
+        Backoff::after_failures(self.backoff, self.backoff_max, attempt)
     }
 }
 
@@ -152,8 +153,9 @@ mod tests {
             backoff: Duration::from_millis(100),
             backoff_max: Duration::from_millis(500),
         };
-        let waits: Vec<u128> = (1..=5).map(|n| action.backoff_after(n).as_millis()).collect();
-        assert_eq!(waits, [100, 200, 400, 500, 500]);
-        assert_eq!(action.backoff_after(1000), Duration::from_millis(500));
+        for (attempt, base) in [(1, 100.0), (2, 200.0), (3, 400.0), (4, 500.0), (1000, 500.0)] {
+            let wait = action.backoff_after(attempt).as_secs_f64() * 1000.0;
+            assert!(wait >= base * 0.8 - 0.01 && wait <= (base * 1.2).min(500.0) + 0.01, "{attempt}: {wait}");
+        }
     }
 }

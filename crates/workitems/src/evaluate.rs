@@ -1,9 +1,9 @@
 //! A work item against one event: its filter, then its query's parameters rows.
 
-use deadpool_postgres::GenericClient;
 use pgevents_event::Event;
-use pgevents_replication::{describe_sql_error, sql_error_is_transient};
-use pgevents_rules::{pg_error, JsonbText, RulesError, WorkItem};
+use pgevents_pg::GenericClient;
+use pgevents_pg::{JsonbText, PgError};
+use pgevents_rules::WorkItem;
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 
@@ -12,17 +12,18 @@ use tokio_postgres::types::Type;
 pub enum EvaluateError {
     /// The database is unreachable or restarting: try the event again later.
     #[error(transparent)]
-    Unavailable(RulesError),
+    Unavailable(PgError),
     /// The rule itself fails for this event (an error in its SQL, a wrong result type).
     #[error("{0}")]
     Rule(String),
 }
 
 fn sql_failure(what: &str, item: &WorkItem, e: tokio_postgres::Error) -> EvaluateError {
-    if sql_error_is_transient(&e) {
-        EvaluateError::Unavailable(pg_error(format!("{what} of work item {:?}", item.name), e))
+    let error = PgError::new(format!("{what} of work item {:?}", item.name), e);
+    if error.kind().is_transient() {
+        EvaluateError::Unavailable(error)
     } else {
-        EvaluateError::Rule(format!("{what} of work item {:?} failed: {}", item.name, describe_sql_error(&e)))
+        EvaluateError::Rule(format!("{what} of work item {:?} failed: {}", item.name, error.server_message()))
     }
 }
 

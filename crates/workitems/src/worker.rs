@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
 use pgevents_actions::{work_message, Job, JobRunner, StageConsumer};
 use pgevents_amqp::ConfirmedSender;
 use pgevents_consumer::{Consumer, ConsumerError, IncomingEvent, Outcome, Registry};
+use pgevents_pg::Pool;
 use pgevents_rules::{Mode, RulesCache, WorkItem};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;

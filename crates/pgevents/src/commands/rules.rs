@@ -1,14 +1,13 @@
 //! `pgevents rules install`: create or upgrade the rule tables.
 
 use anyhow::Context;
-use pgevents_replication::{drive_connection, sql_connect};
+use pgevents_pg::connect_driven;
 
 use crate::cli::RulesInstallArgs;
 
 pub async fn install(args: RulesInstallArgs) -> anyhow::Result<()> {
     let settings = args.pg.connect_config("pgevents rules")?;
-    let (mut client, driver) = sql_connect(&settings, "rules install").await?;
-    tokio::spawn(drive_connection(driver, |_, _| {}));
+    let mut client = connect_driven(&settings, "rules install").await?;
     let report = pgevents_rules::install(&mut client).await.context("pgevents rules install failed")?;
     if report.applied.is_empty() {
         println!("rule tables already at version {}; nothing to do", report.to);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pgevents_actions::{declare_work_topology, DeadLetters, HttpCaller, JobRunner, StageConsumer, WorkTopology};
 use pgevents_consumer::ConnectionWatch;
-use pgevents_rules::{connection_pool, RulesCache};
+use pgevents_rules::RulesCache;
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ fn worker_name(role: &str) -> String {
 /// Everything both commands set up: telemetry, rules, queues, the job runner.
 struct Setup {
     stage: StageConsumer,
-    pool: deadpool_postgres::Pool,
+    pool: pgevents_pg::Pool,
     rules: Arc<RulesCache>,
     runner: Arc<JobRunner>,
 }
@@ -67,7 +67,7 @@ async fn setup(
             .context("cannot load the rules")?;
     let topology = topology(topology_args);
     declare_work_topology(&url, &topology).await.context("cannot declare the work and dead-letter queues")?;
-    let pool = connection_pool(&settings, role, actions.concurrency.max(1) + 1)?;
+    let pool = pgevents_pg::pool(&settings, role, actions.concurrency.max(1) + 1)?;
     let http = HttpCaller::new().map_err(anyhow::Error::msg)?;
     let dead = DeadLetters::start(url.clone(), &topology);
     let runner =

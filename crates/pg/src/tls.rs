@@ -12,7 +12,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::ReplicationError;
+/// TLS settings that cannot be used (a root certificate file that cannot be read, a host name
+/// that is not a valid server name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid TLS settings: {0}")]
+pub struct TlsConfigError(pub String);
 
 /// When to use TLS and how much to check.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -34,10 +38,10 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A rustls client configuration for `mode` (`None` for `Disable`).
-pub fn client_config(mode: &TlsMode) -> Result<Option<Arc<ClientConfig>>, ReplicationError> {
+pub fn client_config(mode: &TlsMode) -> Result<Option<Arc<ClientConfig>>, TlsConfigError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ReplicationError::TlsConfig(e.to_string()))?;
+        .map_err(|e| TlsConfigError(e.to_string()))?;
     let config = match mode {
         TlsMode::Disable => return Ok(None),
         TlsMode::Prefer | TlsMode::Require => builder
@@ -55,8 +59,8 @@ pub fn client_config(mode: &TlsMode) -> Result<Option<Arc<ClientConfig>>, Replic
     Ok(Some(Arc::new(config)))
 }
 
-fn roots_from_file(path: &Path) -> Result<RootCertStore, ReplicationError> {
-    let bad = |why: String| ReplicationError::TlsConfig(format!("root certificate file {}: {why}", path.display()));
+fn roots_from_file(path: &Path) -> Result<RootCertStore, TlsConfigError> {
+    let bad = |why: String| TlsConfigError(format!("root certificate file {}: {why}", path.display()));
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
     for cert in certs {
@@ -69,8 +73,8 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore, ReplicationError> {
 }
 
 /// The server name to present and verify.
-pub fn server_name(host: &str) -> Result<ServerName<'static>, ReplicationError> {
-    ServerName::try_from(host.to_owned()).map_err(|e| ReplicationError::TlsConfig(format!("host {host:?}: {e}")))
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsConfigError> {
+    ServerName::try_from(host.to_owned()).map_err(|e| TlsConfigError(format!("host {host:?}: {e}")))
 }
 
 /// Encryption without authentication of the server, as libpq's `sslmode=require` does.

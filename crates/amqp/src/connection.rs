@@ -1,0 +1,83 @@
+//! Opening connections (TLS included), with a failure classified where it happens.
+
+use std::sync::Arc;
+
+use amqprs::callbacks::DefaultConnectionCallback;
+use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::tls::TlsAdaptor;
+use pgevents_retry::ErrorKind;
+
+use crate::error::ServerReply;
+use crate::{AmqpError, AmqpUrl};
+
+/// Opens a connection named `name` (shown in the RabbitMQ management UI).
+pub async fn connect(url: &AmqpUrl, name: &str) -> Result<Connection, AmqpError> {
+    let mut args = OpenConnectionArguments::new(&url.host, url.port, &url.user, &url.password);
+    args.virtual_host(&url.vhost).heartbeat(url.heartbeat).connection_name(name);
+    if url.tls {
+        args.tls_adaptor(tls_adaptor(url)?);
+    }
+    let connection = Connection::open(&args.finish()).await.map_err(|e| open_failed(url, &e))?;
+    connection.register_callback(DefaultConnectionCallback).await.map_err(|e| open_failed(url, &e))?;
+    Ok(connection)
+}
+
+fn tls_adaptor(url: &AmqpUrl) -> Result<TlsAdaptor, AmqpError> {
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AmqpError::Connect {
+            url: url.to_string(),
+            reason: format!("TLS setup: {e}"),
+            kind: ErrorKind::Config,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsAdaptor::new(tokio_rustls::TlsConnector::from(Arc::new(config)), url.host.clone()))
+}
+
+/// A failed connection attempt. The broker's refusal (`connection.close` during the handshake)
+/// reaches us only inside amqprs' message (`reply_code: 403`): its code is read from there,
+/// here and nowhere else.
+fn open_failed(url: &AmqpUrl, error: &amqprs::error::Error) -> AmqpError {
+    use amqprs::error::Error;
+    let text = error.to_string();
+    let reply = match error {
+        Error::ConnectionOpenError(message) => reply_code_in(message),
+        _ => None,
+    };
+    let kind = match (error, reply) {
+        (Error::UriError(_), _) => ErrorKind::Config,
+        (_, Some(code)) => ServerReply { code, text: String::new() }.kind(),
+        _ => ErrorKind::Transient,
+    };
+    let hint = match (error, reply) {
+        (_, Some(ServerReply::ACCESS_REFUSED)) => " (wrong user name or password?)",
+        (_, Some(ServerReply::NOT_ALLOWED)) => " (may the user use this virtual host, and does it exist?)",
+        // RabbitMQ drops the socket when a login fails (amqprs does not ask for the reason).
+        (Error::NetworkError(_), None) if text.contains("reset by peer") || text.contains("end of file") => {
+            " (RabbitMQ closed the connection during login: the user name or password is probably wrong, or the user may not use this virtual host)"
+        }
+        _ => "",
+    };
+    AmqpError::Connect { url: url.to_string(), reason: format!("{text}{hint}"), kind }
+}
+
+/// The `reply_code` of a `connection.close` frame printed in an amqprs message.
+fn reply_code_in(message: &str) -> Option<u16> {
+    let rest = &message[message.find("reply_code: ")? + "reply_code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_reply_code_of_a_refused_login() {
+        let message = "failed to open connection, reason: Close(MethodHeader { class_id: 10, method_id: 50 }, Close { reply_code: 403, reply_text: ShortStr(\"ACCESS_REFUSED - Login was refused\"), class_id: 0, method_id: 0 })";
+        assert_eq!(reply_code_in(message), Some(403));
+        assert_eq!(reply_code_in("failed to register channel resource"), None);
+    }
+}

@@ -1,0 +1,78 @@
+//! Declaring exchanges, queues and bindings, and looking a queue up.
+
+use amqprs::channel::{ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments};
+use amqprs::FieldTable;
+
+use crate::error::{Cause, ServerReply};
+use crate::{check_short_string, AmqpError, Channel};
+
+/// Declares a durable topic exchange (a no-op when it exists with the same settings).
+pub async fn declare_topic_exchange(channel: &Channel, exchange: &str) -> Result<(), AmqpError> {
+    check_short_string("exchange name", exchange)?;
+    if exchange.is_empty() {
+        return Err(AmqpError::InvalidName { what: "exchange name", name: String::new(), reason: "must not be empty" });
+    }
+    channel.exchange_declare(ExchangeDeclareArguments::new(exchange, "topic").durable(true).finish()).await.map_err(
+        |e| {
+            let operation = format!("declare exchange {exchange:?}");
+            match channel.cause(&e) {
+                Cause::Refused(reply) if reply.code == ServerReply::PRECONDITION_FAILED => AmqpError::op(
+                    format!(
+                        "{operation} (it exists with another type or durability: delete it or choose another name)"
+                    ),
+                    Cause::Refused(reply),
+                ),
+                cause => AmqpError::op(operation, cause),
+            }
+        },
+    )
+}
+
+/// How a queue is declared.
+#[derive(Debug, Clone, Default)]
+pub struct QueueSpec {
+    /// Empty for a server-named queue.
+    pub name: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// Declares a queue and returns its name (the server's choice for an empty name).
+pub async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<String, AmqpError> {
+    check_short_string("queue name", &spec.name)?;
+    let mut args = QueueDeclareArguments::new(&spec.name);
+    args.durable(spec.durable)
+        .exclusive(spec.exclusive)
+        .auto_delete(spec.auto_delete)
+        .arguments(spec.arguments.clone());
+    let declared = channel
+        .queue_declare(args.finish())
+        .await
+        .map_err(|e| channel.error(format!("declare queue {:?}", spec.name), &e))?;
+    Ok(declared.map(|(name, _, _)| name).unwrap_or_else(|| spec.name.clone()))
+}
+
+/// How many messages are ready in an existing queue (a passive declare).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, AmqpError> {
+    let mut args = QueueDeclareArguments::new(queue);
+    args.passive(true);
+    let declared = channel
+        .queue_declare(args.finish())
+        .await
+        .map_err(|e| channel.error(format!("look up queue {queue:?} (does it exist?)"), &e))?;
+    Ok(declared.map(|(_, ready, _)| ready).unwrap_or(0))
+}
+
+/// Binds `queue` to `exchange` with each binding key.
+pub async fn bind_queue(channel: &Channel, queue: &str, exchange: &str, keys: &[String]) -> Result<(), AmqpError> {
+    for key in keys {
+        check_short_string("binding key", key)?;
+        channel
+            .queue_bind(QueueBindArguments::new(queue, exchange, key))
+            .await
+            .map_err(|e| channel.error(format!("bind queue {queue:?} to {exchange:?} with {key:?}"), &e))?;
+    }
+    Ok(())
+}
