@@ -7,9 +7,10 @@ use pgevents_rules::ActionDef;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::{Map, Value};
 
-use crate::runner::Attempt;
+use crate::runner::{Attempt, Record};
 use crate::template::{percent_encode, render_string, render_value, Scope};
 use crate::Job;
+use pgevents_pg::ErrorKind;
 
 /// Longest response body kept in `action_run.result`.
 const BODY_LIMIT: usize = 8192;
@@ -29,7 +30,7 @@ pub(crate) struct HttpAction<'a> {
 }
 
 fn permanent(error: String) -> Attempt {
-    Attempt::failed(error, true)
+    Attempt::failed(error, ErrorKind::Permanent)
 }
 
 /// Statuses worth retrying among the 4xx; every other 4xx means the request itself is wrong.
@@ -133,23 +134,20 @@ impl HttpCaller {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return Attempt::failed(describe(&e, action.timeout), false),
+            Err(e) => return Attempt::failed(describe(&e, action.timeout), ErrorKind::Transient),
         };
         let status = response.status();
         let text = read_prefix(response, BODY_LIMIT).await;
         let code = Some(i32::from(status.as_u16()));
         if status.is_success() {
-            Attempt { ok: true, response_code: code, result: Some(text), ..Attempt::default() }
-        } else {
-            let is_permanent = status.is_client_error() && !retryable_client_error(status.as_u16());
-            Attempt {
-                response_code: code,
-                error: Some(format!("HTTP status {status}")),
-                result: Some(text),
-                permanent: is_permanent,
-                ..Attempt::default()
-            }
+            return Attempt::Succeeded { response_code: code, result: Some(text), record: Record::ToWrite };
         }
+        let kind = if status.is_client_error() && !retryable_client_error(status.as_u16()) {
+            ErrorKind::Permanent
+        } else {
+            ErrorKind::Transient
+        };
+        Attempt::Failed { error: format!("HTTP status {status}"), kind, response_code: code, result: Some(text) }
     }
 }
 

@@ -33,7 +33,6 @@ pub use job::{EventInfo, Job};
 pub use requeue::{requeue_dead, RequeueReport};
 pub use runner::{JobOutcome, JobRunner};
 pub use runner_service::{run_action_runner, StageConsumer};
-pub use template::{render_string, render_value, TemplateError};
 
 /// Metric names of the action stage.
 pub mod metric {

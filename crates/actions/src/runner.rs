@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use pgevents_pg::PgError;
-use pgevents_pg::Pool;
+use pgevents_pg::{ErrorKind, PgError, Pool};
 use pgevents_rules::{ActionKind, RulesCache};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -16,23 +15,37 @@ use crate::record::{self, parameters_text, RunRecord, Status};
 use crate::{metric, Job, JobError};
 
 /// What one attempt did.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Attempt {
-    pub ok: bool,
-    /// Retrying cannot help (bad template, syntax error, a 4xx status).
-    pub permanent: bool,
-    /// The `succeeded` row is already written (SQL actions write it in their transaction).
-    pub recorded: bool,
-    /// Another run of the same job had already succeeded.
-    pub already_done: bool,
-    pub error: Option<String>,
-    pub response_code: Option<i32>,
-    pub result: Option<String>,
+#[derive(Debug, Clone)]
+pub(crate) enum Attempt {
+    Succeeded {
+        response_code: Option<i32>,
+        result: Option<String>,
+        record: Record,
+    },
+    /// Another run of the same job had already succeeded (its row is there).
+    AlreadyDone,
+    /// `kind` says whether another attempt can help (a bad template, a statement error or a
+    /// 4xx status cannot).
+    Failed {
+        error: String,
+        kind: ErrorKind,
+        response_code: Option<i32>,
+        result: Option<String>,
+    },
+}
+
+/// Whose job the `succeeded` row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// The runner writes it.
+    ToWrite,
+    /// Already written, in the action's own transaction (SQL actions).
+    Written,
 }
 
 impl Attempt {
-    pub fn failed(error: String, permanent: bool) -> Attempt {
-        Attempt { error: Some(error), permanent, ..Attempt::default() }
+    pub fn failed(error: String, kind: ErrorKind) -> Attempt {
+        Attempt::Failed { error, kind, response_code: None, result: None }
     }
 }
 
@@ -166,25 +179,28 @@ impl JobRunner {
             };
             let duration = clock.elapsed();
             metrics::histogram!(metric::ACTION_DURATION, "action" => job.action.clone()).record(duration.as_secs_f64());
-            if outcome.already_done {
-                return Ok(JobOutcome::AlreadyDone);
-            }
-            let record = RunRecord {
-                duration,
-                error: outcome.error.as_deref(),
-                response_code: outcome.response_code,
-                result: outcome.result.as_deref(),
-                ..record
-            };
-            if outcome.ok {
-                if !outcome.recorded {
-                    self.write(&RunRecord { status: Status::Succeeded, ..record }).await?;
+            let (error, kind, response_code, result) = match outcome {
+                Attempt::AlreadyDone => return Ok(JobOutcome::AlreadyDone),
+                Attempt::Succeeded { response_code, result, record: written } => {
+                    if written == Record::ToWrite {
+                        let record = RunRecord {
+                            status: Status::Succeeded,
+                            duration,
+                            response_code,
+                            result: result.as_deref(),
+                            ..record
+                        };
+                        self.write(&record).await?;
+                    }
+                    metrics::counter!(metric::ACTION_RUNS, "action" => job.action.clone(), "status" => "succeeded")
+                        .increment(1);
+                    return Ok(JobOutcome::Succeeded { attempt });
                 }
-                metrics::counter!(metric::ACTION_RUNS, "action" => job.action.clone(), "status" => "succeeded")
-                    .increment(1);
-                return Ok(JobOutcome::Succeeded { attempt });
-            }
-            if outcome.permanent || attempt >= action.max_attempts {
+                Attempt::Failed { error, kind, response_code, result } => (error, kind, response_code, result),
+            };
+            let record =
+                RunRecord { duration, error: Some(&error), response_code, result: result.as_deref(), ..record };
+            if !kind.is_transient() || attempt >= action.max_attempts {
                 return self.bury(record).await;
             }
             self.write(&record).await?;

@@ -1,12 +1,12 @@
 //! SQL actions: the statement runs in its own transaction, and its `succeeded` row is written in
 //! that same transaction, so a statement that committed is never run again for the same job.
 
+use pgevents_pg::{ErrorKind, JsonbText, PgError};
 use pgevents_pg::{GenericClient, Pool};
-use pgevents_pg::{JsonbText, PgError};
 use tokio_postgres::types::Type;
 
 use crate::record::{insert, is_duplicate_success, RunRecord};
-use crate::runner::Attempt;
+use crate::runner::{Attempt, Record};
 
 /// Runs `statement` with `$1` = parameters and `$2` = event. `success` is the row to write
 /// when it works (its duration is filled in here).
@@ -22,7 +22,8 @@ pub(crate) async fn run(
     let mut client = pool.get().await?;
     let failure = |e: tokio_postgres::Error| {
         let error = PgError::new("SQL action", e);
-        Attempt::failed(error.server_message(), !error.kind().is_transient())
+        let kind = if error.kind().is_transient() { ErrorKind::Transient } else { ErrorKind::Permanent };
+        Attempt::failed(error.server_message(), kind)
     };
     let tx = match client.transaction().await {
         Ok(tx) => tx,
@@ -49,12 +50,12 @@ pub(crate) async fn run(
     let record = RunRecord { duration: clock.elapsed(), result: Some(&result), ..success };
     if let Err(e) = insert(&tx, &record).await {
         if is_duplicate_success(&e) {
-            return Ok(Attempt { already_done: true, ..Attempt::default() });
+            return Ok(Attempt::AlreadyDone);
         }
         return Ok(failure(e));
     }
     match tx.commit().await {
-        Ok(()) => Ok(Attempt { ok: true, recorded: true, result: Some(result), ..Attempt::default() }),
+        Ok(()) => Ok(Attempt::Succeeded { response_code: None, result: Some(result), record: Record::Written }),
         Err(e) => Ok(failure(e)),
     }
 }

@@ -11,8 +11,8 @@ use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use crate::confirming_publisher::ConfirmEvent;
 use crate::error::{Cause, ServerReply};
-use crate::publisher::ConfirmEvent;
 use crate::AmqpError;
 
 /// An AMQP channel (derefs to amqprs' channel for everything else).

@@ -8,28 +8,33 @@
 //! Every error has an [`ErrorKind`], decided where it is made. Reconnection is the caller's
 //! job: an error here means "this connection is done".
 
+mod ack_window;
 mod body;
 mod channel;
-mod confirmed;
+mod confirmed_sender;
+mod confirming_publisher;
 mod connection;
 mod consume;
 mod error;
-mod publisher;
 mod stream;
 mod topology;
 mod url;
 
+pub use ack_window::{AckWindow, UnknownTag};
 pub use amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
 pub use amqprs::connection::Connection;
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
 pub use body::BodyError;
 pub use channel::{open_channel, Channel};
-pub use confirmed::ConfirmedSender;
+pub use confirmed_sender::ConfirmedSender;
+pub use confirming_publisher::{
+    ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings, Unconfirmed,
+};
 pub use connection::connect;
 pub use consume::{ack, ack_up_to, consume, nack, Delivery, DeliveryStream};
-pub use error::{check_short_string, AmqpError, Cause, ServerReply};
+pub(crate) use error::check_short_string;
+pub use error::{AmqpError, Cause, ServerReply};
 pub use pgevents_retry::ErrorKind;
-pub use publisher::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
 pub use stream::{ensure_stream, Retention};
 pub use topology::{bind_queue, declare_queue, declare_topic_exchange, queue_depth, QueueSpec};
 pub use url::AmqpUrl;

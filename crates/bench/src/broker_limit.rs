@@ -8,9 +8,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use pgevents_amqp::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
-use pgevents_event::{Lsn, APP_ID, CONTENT_TYPE};
-use pgevents_producer::confirm::ConfirmTracker;
+use pgevents_amqp::{AckWindow, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
+use pgevents_event::{APP_ID, CONTENT_TYPE};
 
 use crate::broker::BenchQueue;
 
@@ -40,7 +39,7 @@ pub async fn amqprs(queue: &BenchQueue, n: u64, body: &[u8], window: usize) -> a
         connection_name: "pgevents bench (amqprs)".to_owned(),
     };
     let mut publisher = ConfirmingPublisher::connect(&queue.url.parse()?, &settings).await?;
-    let mut tracker = ConfirmTracker::new(Lsn::ZERO);
+    let mut tracker = AckWindow::default();
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < n || tracker.in_flight() > 0 {

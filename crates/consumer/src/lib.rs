@@ -19,6 +19,6 @@
 mod consumer;
 mod handler;
 
-pub use consumer::{ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, QueueMode, DEFAULT_MAX_BODY_BYTES};
+pub use consumer::{ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, QueueMode};
 pub use handler::{Handler, HandlerFuture, IncomingEvent, MessageHandler, Outcome, Registry};
 pub use pgevents_event::Glob;

@@ -408,7 +408,7 @@ impl Feed {
         self.ring_changed.borrow_and_update();
         let frames = match self.context.ring.read(cursor, READ_BATCH) {
             Read::Behind => return Step::End(End::TooSlow),
-            Read::Frames(frames, _) => frames,
+            Read::Frames(frames) => frames,
         };
         if frames.is_empty() {
             let deadlines = self.deadlines();

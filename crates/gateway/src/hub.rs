@@ -43,8 +43,8 @@ pub struct StreamConfig {
 /// The hub's connection to RabbitMQ, as subscribers see it.
 #[derive(Clone)]
 pub enum Link {
-    /// Not connected yet, or reconnecting after a loss (the reason).
-    Down(String),
+    /// Not connected yet, or reconnecting after a loss.
+    Down,
     /// Reading the stream; `generation` changes with every new connection.
     Up { generation: u64, connection: Connection },
 }
@@ -53,7 +53,7 @@ impl Link {
     pub fn generation(&self) -> Option<u64> {
         match self {
             Link::Up { generation, .. } => Some(*generation),
-            Link::Down(_) => None,
+            Link::Down => None,
         }
     }
 }
@@ -82,7 +82,7 @@ pub fn start(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<Link>, tokio::task::JoinHandle<()>) {
-    let (link, receiver) = watch::channel(Link::Down("connecting to RabbitMQ".into()));
+    let (link, receiver) = watch::channel(Link::Down);
     let task = tokio::spawn(run(config, ring, link, readiness, shutdown));
     (receiver, task)
 }
@@ -105,12 +105,12 @@ async fn run(
         };
         ::metrics::counter!(metrics::HUB_RECONNECTS).increment(1);
         readiness.set_not_ready(format!("RabbitMQ connection lost: {error}"));
-        link.send_replace(Link::Down(error.to_string()));
+        link.send_replace(Link::Down);
         if reconnect.wait(&error, &shutdown).await == Waited::Cancelled {
             break;
         }
     }
-    link.send_replace(Link::Down("the gateway is stopping".into()));
+    link.send_replace(Link::Down);
 }
 
 struct Reader<'a> {

@@ -12,14 +12,14 @@
 //! reconnects with backoff.
 
 mod admission;
-pub mod auth;
+mod auth;
 mod clients;
-pub mod config;
+mod config;
 mod feed;
-pub mod filter;
+mod filter;
 mod frame;
-pub mod hub;
-pub mod metrics;
+mod hub;
+mod metrics;
 mod probe;
 mod replay;
 mod request;

@@ -40,8 +40,8 @@ struct Inner {
 /// What a subscriber reads from its cursor.
 #[derive(Debug)]
 pub enum Read {
-    /// Frames from the cursor on (possibly none), and the cursor after them.
-    Frames(Vec<Arc<Frame>>, u64),
+    /// Frames from the cursor on (possibly none).
+    Frames(Vec<Arc<Frame>>),
     /// The frames at the cursor are gone: the subscriber fell too far behind.
     Behind,
 }
@@ -134,9 +134,7 @@ impl Ring {
             return Read::Behind;
         }
         let start = usize::try_from(cursor - inner.first_seq).unwrap_or(usize::MAX);
-        let frames: Vec<Arc<Frame>> = inner.frames.iter().skip(start).take(max).cloned().collect();
-        let next = cursor + frames.len() as u64;
-        Read::Frames(frames, next)
+        Read::Frames(inner.frames.iter().skip(start).take(max).cloned().collect())
     }
 
     /// The cursor right after stream offset `offset`, if the ring holds everything after it
@@ -164,7 +162,7 @@ mod tests {
 
     fn offsets(read: Read) -> Vec<i64> {
         match read {
-            Read::Frames(frames, _) => frames.iter().map(|f| f.offset).collect(),
+            Read::Frames(frames) => frames.iter().map(|f| f.offset).collect(),
             Read::Behind => panic!("behind"),
         }
     }

@@ -2,7 +2,7 @@
 //! whether reconnecting can help (taken from the error it wraps, which classified itself where it
 //! was made).
 
-use pgevents_amqp::{AmqpError, Cause};
+use pgevents_amqp::{AmqpError, Cause, Unconfirmed};
 use pgevents_decode::DecodeError;
 use pgevents_pg::{ErrorKind, PgError};
 use pgevents_replication::ReplicationError;
@@ -73,6 +73,21 @@ impl ProducerError {
             ProducerError::Protocol(_) => "protocol",
             ProducerError::Decode(_) => "decode",
             ProducerError::Spill(_) => "spill",
+        }
+    }
+}
+
+impl From<Unconfirmed> for ProducerError {
+    fn from(failure: Unconfirmed) -> Self {
+        match failure {
+            Unconfirmed::Nacked => ProducerError::Nacked,
+            Unconfirmed::Returned { routing_key, reply_code, reply_text } => {
+                ProducerError::Returned { routing_key, reply_code, reply_text }
+            }
+            Unconfirmed::Closed(cause) => ProducerError::BrokerClosed(cause),
+            Unconfirmed::Timeout { in_flight, seconds } => ProducerError::ConfirmTimeout { in_flight, seconds },
+            Unconfirmed::UnknownTag(e) => ProducerError::Protocol(e.to_string()),
+            Unconfirmed::Publish(e) => ProducerError::Amqp(e),
         }
     }
 }

@@ -4,29 +4,29 @@
 //! A session (see [`session`]) runs three tasks: the reader (replication stream, decoding,
 //! per-transaction assembly), the publisher (many messages in flight, publisher confirms) and
 //! the status sender (standby status updates). An LSN is reported to PostgreSQL as flushed only
-//! after every message before it was confirmed ([`confirm::ConfirmTracker`]). [`run`] restarts
+//! after every message before it was confirmed ([`confirm::LsnTracker`]). [`run`] restarts
 //! failed sessions with backoff, resuming from the last confirmed LSN.
 
 pub mod check;
-pub mod config;
-pub mod confirm;
+mod config;
 mod copy_text;
-pub mod database;
+mod database;
 mod error;
+mod lsn_tracker;
+mod message;
 pub mod metrics;
 mod monitor;
-mod outgoing;
 mod pipeline;
-mod publish;
-pub mod reader;
-pub mod routing;
-pub mod session;
-pub mod setup;
-pub mod snapshot;
-pub mod standby;
-pub mod stats;
+mod publish_stage;
+mod reader;
+mod routing;
+mod session;
+mod setup;
+mod snapshot;
+mod standby;
+mod stats;
 mod status;
-pub mod txbuffer;
+mod txbuffer;
 
 use std::sync::Arc;
 use std::time::Duration;

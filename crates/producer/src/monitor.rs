@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::metrics::{HEARTBEATS, LAG_BYTES, LAG_SECONDS, SERVER_WAL_LSN};
-use crate::publish::unix_micros;
+use crate::publish_stage::unix_micros;
 use crate::stats::Stats;
 
 /// How often the server's WAL position is read.

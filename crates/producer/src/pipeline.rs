@@ -24,7 +24,7 @@ use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
 use crate::monitor::run_monitor;
-use crate::publish::run_publisher;
+use crate::publish_stage::run_publisher;
 use crate::reader::Reader;
 use crate::session::SessionState;
 use crate::stats::Stats;

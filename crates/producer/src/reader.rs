@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
+use crate::message::{self, Envelope};
 use crate::metrics::{EventCounters, TRANSACTIONS, TRANSACTIONS_SKIPPED};
-use crate::outgoing::{self, Envelope};
 use crate::routing::Router;
 use crate::stats::Stats;
 use crate::txbuffer::{PendingEvent, TxBuffer};
@@ -287,6 +287,6 @@ impl Reader {
             lsn_text,
             commit_time_micros: begin.commit_time_micros,
         };
-        Ok(outgoing::build(envelope, &route, body, self.config.compression)?)
+        Ok(message::build(envelope, &route, body, self.config.compression)?)
     }
 }

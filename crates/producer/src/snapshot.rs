@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use pgevents_amqp::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher};
+use pgevents_amqp::{ConfirmingPublisher, OutgoingMessage};
 use pgevents_decode::encode::{close_event, write_row_event, TxFields};
 use pgevents_decode::value::write_value;
 use pgevents_decode::{Catalog, CatalogNeed, PrimaryKey, RowChange, TableRef, Tuple, ValueKind};
@@ -22,13 +22,12 @@ use pgevents_pg::schema::{self, Component, Migration, SchemaError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProducerConfig;
-use crate::confirm::ConfirmTracker;
 use crate::copy_text::{parse_row, quote_literal};
 use crate::database::{quote_ident, Database};
 use crate::error::{pg_error, ProducerError};
+use crate::message::{self, Envelope};
 use crate::metrics::SNAPSHOT_ROWS;
-use crate::outgoing::{self, Envelope};
-use crate::publish::unix_micros;
+use crate::publish_stage::unix_micros;
 use crate::routing::{Router, INTERNAL_SCHEMA};
 use crate::stats::{Phase, Stats};
 
@@ -322,12 +321,12 @@ impl Snapshot<'_> {
                 rows += 1;
                 last_row = Some(values);
                 if messages.len() >= batch_rows {
-                    publish_confirmed(publisher, std::mem::take(&mut messages), self.config).await?;
+                    publisher.publish_all(std::mem::take(&mut messages), self.config.confirm_timeout).await?;
                 }
             }
             buffer.drain(..start);
         }
-        publish_confirmed(publisher, messages, self.config).await?;
+        publisher.publish_all(messages, self.config.confirm_timeout).await?;
         metrics::counter!(SNAPSHOT_ROWS, "table" => table.qualified.clone()).increment(rows as u64);
         let last_key = last_row.map(|last| {
             columns.key_positions.iter().map(|&i| last.get(i).cloned().flatten().unwrap_or_default()).collect()
@@ -389,7 +388,7 @@ impl Snapshot<'_> {
             lsn_text: &self.lsn_text,
             commit_time_micros: unix_micros(),
         };
-        Ok(outgoing::build(envelope, route, body, self.config.compression)?)
+        Ok(message::build(envelope, route, body, self.config.compression)?)
     }
 }
 
@@ -447,35 +446,4 @@ fn batch_query(
 
 fn copy_error(table: &TableRef, e: tokio_postgres::Error) -> ProducerError {
     pg_error(format!("snapshot: read table {}", table.qualified), e)
-}
-
-/// Publishes a batch with many messages in flight and waits until the broker confirmed all.
-async fn publish_confirmed(
-    publisher: &mut ConfirmingPublisher,
-    messages: Vec<OutgoingMessage>,
-    config: &ProducerConfig,
-) -> Result<(), ProducerError> {
-    let mut tracker = ConfirmTracker::new(Lsn::ZERO);
-    let first = publisher.next_tag();
-    for message in messages {
-        let tag = publisher.publish(message).await?;
-        tracker.published(tag - first + 1);
-    }
-    let deadline = tokio::time::Instant::now() + config.confirm_timeout;
-    while tracker.in_flight() > 0 {
-        let event = tokio::time::timeout_at(deadline, publisher.next_event()).await.map_err(|_| {
-            ProducerError::ConfirmTimeout { in_flight: tracker.in_flight(), seconds: config.confirm_timeout.as_secs() }
-        })?;
-        match event {
-            ConfirmEvent::Ack { tag, multiple } => {
-                tracker.ack(tag - first + 1, multiple).map_err(|e| ProducerError::Protocol(e.to_string()))?;
-            }
-            ConfirmEvent::Nack { .. } => return Err(ProducerError::Nacked),
-            ConfirmEvent::Returned { routing_key, reply_code, reply_text, .. } => {
-                return Err(ProducerError::Returned { routing_key, reply_code, reply_text })
-            }
-            ConfirmEvent::Closed(cause) => return Err(ProducerError::BrokerClosed(cause)),
-        }
-    }
-    Ok(())
 }

@@ -200,7 +200,8 @@ impl TxBuffer {
     }
 
     /// Whether events went to disk.
-    pub fn spilled(&self) -> bool {
+    #[cfg(test)]
+    fn spilled(&self) -> bool {
         self.spill.is_some()
     }
 

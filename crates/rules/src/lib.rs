@@ -21,4 +21,4 @@ pub use model::{ActionDef, ActionKind, Mode, RuleSet, WorkItem};
 pub use schema::{install, installed_version, RULES};
 
 /// The notification channel the rule tables' triggers notify on.
-pub const RULES_CHANNEL: &str = "pgevents_rules";
+const RULES_CHANNEL: &str = "pgevents_rules";

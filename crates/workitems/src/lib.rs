@@ -11,8 +11,6 @@ mod document;
 mod evaluate;
 mod worker;
 
-pub use document::event_document;
-pub use evaluate::{evaluate, EvaluateError};
 pub use worker::{run_worker, WorkerConfig};
 
 /// Metric names of the work-item stage.

@@ -10,7 +10,9 @@ use pgevents_rules::{Mode, RulesCache, WorkItem};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::{evaluate, event_document, metric, EvaluateError};
+use crate::document::event_document;
+use crate::evaluate::{evaluate, EvaluateError};
+use crate::metric;
 
 /// Settings of a worker.
 #[derive(Debug, Clone)]

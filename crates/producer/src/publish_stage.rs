@@ -1,17 +1,18 @@
-//! The publishing half of a session: batches in, published with many messages in flight, and
-//! the confirmed LSN out (through a watch channel) as the broker acknowledges.
+//! The publishing stage of a session: batches in, published with many messages in flight, and
+//! the confirmed LSN out (through a watch channel) as the broker acknowledges. The AMQP side
+//! (tags, confirm events) is [`pgevents_amqp::Publisher`]'s; the LSNs are [`LsnTracker`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::{ConfirmEvent, Publisher};
+use pgevents_amqp::Publisher;
 use pgevents_event::Lsn;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::ProducerConfig;
-use crate::confirm::ConfirmTracker;
 use crate::error::ProducerError;
+use crate::lsn_tracker::LsnTracker;
 use crate::metrics::{COMMIT_TO_CONFIRM, CONFIRMED_LSN, CONFIRMS_PENDING, EVENTS_CONFIRMED};
 use crate::reader::Batch;
 use crate::stats::Stats;
@@ -25,7 +26,7 @@ pub async fn run_publisher<P: Publisher>(
     config: Arc<ProducerConfig>,
     stats: Arc<Stats>,
 ) -> Result<P, ProducerError> {
-    let mut tracker = ConfirmTracker::new(*confirmed.borrow());
+    let mut tracker = LsnTracker::new(*confirmed.borrow());
     let mut last_progress = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
     let far = Duration::from_secs(3600 * 24);
@@ -41,23 +42,15 @@ pub async fn run_publisher<P: Publisher>(
         tokio::select! {
             biased;
             event = publisher.next_event() => {
-                match event {
-                    ConfirmEvent::Ack { tag, multiple } => {
-                        let before = tracker.in_flight();
-                        let advanced = tracker.ack(tag, multiple).map_err(|e| ProducerError::Protocol(e.to_string()))?;
-                        let newly = before - tracker.in_flight();
-                        Stats::add(&stats.events_confirmed, newly);
-                        events_confirmed.increment(newly);
-                        last_progress = Instant::now();
-                        if let Some(lsn) = advanced {
-                            publish_confirmed(&confirmed, &stats, &mut tracker, lsn);
-                        }
-                    }
-                    ConfirmEvent::Nack { .. } => return Err(ProducerError::Nacked),
-                    ConfirmEvent::Returned { routing_key, reply_code, reply_text, .. } => {
-                        return Err(ProducerError::Returned { routing_key, reply_code, reply_text });
-                    }
-                    ConfirmEvent::Closed(cause) => return Err(ProducerError::BrokerClosed(cause)),
+                let (tag, multiple) = event.into_ack()?;
+                let before = tracker.in_flight();
+                let advanced = tracker.ack(tag, multiple).map_err(|e| ProducerError::Protocol(e.to_string()))?;
+                let newly = before - tracker.in_flight();
+                Stats::add(&stats.events_confirmed, newly);
+                events_confirmed.increment(newly);
+                last_progress = Instant::now();
+                if let Some(lsn) = advanced {
+                    publish_confirmed(&confirmed, &stats, &mut tracker, lsn);
                 }
             }
             batch = batches.recv(), if drain_deadline.is_none() && tracker.in_flight() < config.max_in_flight => {
@@ -99,7 +92,7 @@ pub async fn run_publisher<P: Publisher>(
 
 /// Hands a newly confirmed LSN to the status sender and records how long its transactions took
 /// from commit to confirm.
-fn publish_confirmed(confirmed: &watch::Sender<Lsn>, stats: &Stats, tracker: &mut ConfirmTracker, lsn: Lsn) {
+fn publish_confirmed(confirmed: &watch::Sender<Lsn>, stats: &Stats, tracker: &mut LsnTracker, lsn: Lsn) {
     confirmed.send_replace(lsn);
     Stats::set(&stats.confirmed_lsn, lsn.0);
     metrics::gauge!(CONFIRMED_LSN).set(lsn.0 as f64);

@@ -6,50 +6,38 @@
 
 use std::collections::VecDeque;
 
+use pgevents_amqp::AckWindow;
+pub use pgevents_amqp::UnknownTag;
 use pgevents_event::Lsn;
 
-/// The broker acknowledged a tag that was never published.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("RabbitMQ acknowledged delivery tag {tag}, but only {published} messages were published on this channel")]
-pub struct UnknownTag {
-    pub tag: u64,
-    pub published: u64,
-}
-
-/// Tracks publisher confirms and the LSN they make safe.
+/// Tracks publisher confirms ([`AckWindow`]) and the LSN they make safe.
 #[derive(Debug, Default)]
-pub struct ConfirmTracker {
-    published: u64,
-    /// Every tag up to this one is acknowledged.
-    acked_through: u64,
-    /// Acknowledgement state of tags `acked_through + 1 ..= published`.
-    ahead: VecDeque<bool>,
+pub struct LsnTracker {
+    acks: AckWindow,
     /// Commit LSNs waiting for their messages: (last tag before the commit, LSN, commit time).
     commits: VecDeque<(u64, Lsn, Option<i64>)>,
     confirmed: Lsn,
     /// Commit times (Unix microseconds) of transactions confirmed since the last
-    /// [`ConfirmTracker::take_confirmed_commit_times`].
+    /// [`LsnTracker::take_confirmed_commit_times`].
     confirmed_commit_times: Vec<i64>,
 }
 
-impl ConfirmTracker {
+impl LsnTracker {
     /// Starts with `confirmed` as the LSN already known to be safe.
     pub fn new(confirmed: Lsn) -> Self {
-        ConfirmTracker { confirmed, ..Default::default() }
+        LsnTracker { confirmed, ..Default::default() }
     }
 
     /// Records the next published message; `tag` must be the next sequence number.
     pub fn published(&mut self, tag: u64) {
-        debug_assert_eq!(tag, self.published + 1, "tags are consecutive");
-        self.published = tag;
-        self.ahead.push_back(false);
+        self.acks.published(tag);
     }
 
     /// Attaches a commit LSN after every message published so far, with the transaction's commit
     /// time when it is one (not an idle position). Returns the new confirmed LSN if it advanced
     /// (when nothing is in flight, at once).
     pub fn commit(&mut self, lsn: Lsn, commit_time_micros: Option<i64>) -> Option<Lsn> {
-        self.commits.push_back((self.published, lsn, commit_time_micros));
+        self.commits.push_back((self.acks.last_published(), lsn, commit_time_micros));
         self.advance()
     }
 
@@ -60,30 +48,14 @@ impl ConfirmTracker {
 
     /// Records an acknowledgement. Returns the new confirmed LSN if it advanced.
     pub fn ack(&mut self, tag: u64, multiple: bool) -> Result<Option<Lsn>, UnknownTag> {
-        if tag > self.published {
-            return Err(UnknownTag { tag, published: self.published });
-        }
-        if tag > self.acked_through {
-            let index = (tag - self.acked_through - 1) as usize;
-            if multiple {
-                for slot in self.ahead.iter_mut().take(index + 1) {
-                    *slot = true;
-                }
-            } else {
-                self.ahead[index] = true;
-            }
-            while self.ahead.front() == Some(&true) {
-                self.ahead.pop_front();
-                self.acked_through += 1;
-            }
-        }
+        self.acks.ack(tag, multiple)?;
         Ok(self.advance())
     }
 
     fn advance(&mut self) -> Option<Lsn> {
         let mut advanced = false;
         while let Some(&(tag, lsn, commit_time)) = self.commits.front() {
-            if tag > self.acked_through {
+            if tag > self.acks.acked_through() {
                 break;
             }
             self.commits.pop_front();
@@ -100,11 +72,12 @@ impl ConfirmTracker {
 
     /// Messages published but not yet acknowledged.
     pub fn in_flight(&self) -> u64 {
-        self.published - self.acked_through
+        self.acks.in_flight()
     }
 
     /// The highest LSN that is safe to report as flushed.
-    pub fn confirmed(&self) -> Lsn {
+    #[cfg(test)]
+    fn confirmed(&self) -> Lsn {
         self.confirmed
     }
 }
@@ -113,8 +86,8 @@ impl ConfirmTracker {
 mod tests {
     use super::*;
 
-    fn tracker_with(messages: u64) -> ConfirmTracker {
-        let mut t = ConfirmTracker::new(Lsn(10));
+    fn tracker_with(messages: u64) -> LsnTracker {
+        let mut t = LsnTracker::new(Lsn(10));
         for tag in 1..=messages {
             t.published(tag);
         }
@@ -123,7 +96,7 @@ mod tests {
 
     #[test]
     fn an_empty_transaction_confirms_at_once_when_nothing_is_in_flight() {
-        let mut t = ConfirmTracker::new(Lsn(10));
+        let mut t = LsnTracker::new(Lsn(10));
         assert_eq!(t.commit(Lsn(20), None), Some(Lsn(20)));
         assert_eq!(t.confirmed(), Lsn(20));
     }
@@ -190,7 +163,7 @@ mod tests {
         let orders = permutations(&[1, 2, 3, 4]);
         assert_eq!(orders.len(), 24);
         for order in orders {
-            let mut t = ConfirmTracker::new(Lsn(0));
+            let mut t = LsnTracker::new(Lsn(0));
             t.published(1);
             t.published(2);
             t.commit(Lsn(100), None);

@@ -6,6 +6,7 @@
 //! (`multiple`) and may come out of order; the caller tracks them by tag.
 
 use std::future::Future;
+use std::time::Duration;
 
 use amqprs::channel::{BasicPublishArguments, ConfirmSelectArguments};
 use amqprs::connection::Connection;
@@ -15,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::channel::open_publishing;
 use crate::error::Cause;
 use crate::{check_short_string, connect, declare_topic_exchange, AmqpError, AmqpUrl, Channel};
+use crate::{AckWindow, UnknownTag};
 
 /// One message to publish.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,6 +48,39 @@ pub enum ConfirmEvent {
     /// The channel or connection closed (the broker's reply when it closed the channel); no
     /// further confirms will come.
     Closed(Cause),
+}
+
+/// A published message the broker did not confirm: the publisher's channel is done, and what
+/// was not confirmed must be published again on a new one.
+#[derive(Debug, thiserror::Error)]
+pub enum Unconfirmed {
+    #[error("RabbitMQ refused (nacked) a message")]
+    Nacked,
+    /// A mandatory message could not be routed to any queue.
+    #[error("RabbitMQ returned a message for routing key {routing_key:?} ({reply_code} {reply_text}): no queue is bound for it")]
+    Returned { routing_key: String, reply_code: u16, reply_text: String },
+    #[error("the RabbitMQ channel closed: {0}")]
+    Closed(Cause),
+    #[error("RabbitMQ has not confirmed {in_flight} published messages for {seconds}s")]
+    Timeout { in_flight: u64, seconds: u64 },
+    #[error(transparent)]
+    UnknownTag(#[from] UnknownTag),
+    #[error(transparent)]
+    Publish(#[from] AmqpError),
+}
+
+impl ConfirmEvent {
+    /// The acknowledgement this event is (`tag` and `multiple`), or what went wrong instead.
+    pub fn into_ack(self) -> Result<(u64, bool), Unconfirmed> {
+        match self {
+            ConfirmEvent::Ack { tag, multiple } => Ok((tag, multiple)),
+            ConfirmEvent::Nack { .. } => Err(Unconfirmed::Nacked),
+            ConfirmEvent::Returned { routing_key, reply_code, reply_text, .. } => {
+                Err(Unconfirmed::Returned { routing_key, reply_code, reply_text })
+            }
+            ConfirmEvent::Closed(cause) => Err(Unconfirmed::Closed(cause)),
+        }
+    }
 }
 
 /// Publishes messages with confirms.
@@ -119,6 +154,24 @@ impl ConfirmingPublisher {
     /// The delivery tag the next published message will get.
     pub fn next_tag(&self) -> u64 {
         self.next_tag
+    }
+
+    /// Publishes `messages` with all of them in flight and waits until the broker confirmed
+    /// every one (at most `timeout` without progress).
+    pub async fn publish_all(&mut self, messages: Vec<OutgoingMessage>, timeout: Duration) -> Result<(), Unconfirmed> {
+        let mut window = AckWindow::after(self.next_tag - 1);
+        for message in messages {
+            window.published(self.publish(message).await?);
+        }
+        while window.in_flight() > 0 {
+            let in_flight = window.in_flight();
+            let event = tokio::time::timeout(timeout, self.next_event())
+                .await
+                .map_err(|_| Unconfirmed::Timeout { in_flight, seconds: timeout.as_secs() })?;
+            let (tag, multiple) = event.into_ack()?;
+            window.ack(tag, multiple)?;
+        }
+        Ok(())
     }
 
     /// Closes the channel and the connection.
