@@ -108,26 +108,19 @@ impl PgArgs {
 /// Removes `sslmode=...` from a DSN (URL query or key=value) and returns it separately.
 fn take_sslmode(dsn: &str) -> (String, Option<String>) {
     if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
-        if let Some((base, query)) = dsn.split_once('?') {
-            let mut mode = None;
-            let kept: Vec<&str> = query
-                .split('&')
-                .filter(|kv| match kv.strip_prefix("sslmode=") {
-                    Some(v) => {
-                        mode = Some(v.to_owned());
-                        false
-                    }
-                    None => true,
-                })
-                .collect();
-            let cleaned = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
-            return (cleaned, mode);
-        }
-        return (dsn.to_owned(), None);
+        let Some((base, query)) = dsn.split_once('?') else { return (dsn.to_owned(), None) };
+        let (kept, mode) = without_sslmode(query.split('&'));
+        let cleaned = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+        return (cleaned, mode);
     }
+    let (kept, mode) = without_sslmode(dsn.split_whitespace());
+    (kept.join(" "), mode)
+}
+
+/// The `key=value` parts other than `sslmode`, and the value of `sslmode`.
+fn without_sslmode<'a>(parts: impl Iterator<Item = &'a str>) -> (Vec<&'a str>, Option<String>) {
     let mut mode = None;
-    let kept: Vec<&str> = dsn
-        .split_whitespace()
+    let kept = parts
         .filter(|kv| match kv.strip_prefix("sslmode=") {
             Some(v) => {
                 mode = Some(v.to_owned());
@@ -136,7 +129,7 @@ fn take_sslmode(dsn: &str) -> (String, Option<String>) {
             None => true,
         })
         .collect();
-    (kept.join(" "), mode)
+    (kept, mode)
 }
 
 #[cfg(test)]
