@@ -97,7 +97,7 @@ fn hex_value(b: u8) -> Option<u8> {
 /// `\x0102ff` (pgoutput) or `0102ff` (wal2json) to base64; other text as a string.
 fn write_bytea(out: &mut Vec<u8>, text: &str) {
     let hex = text.strip_prefix("\\x").unwrap_or(text).as_bytes();
-    if hex.len() % 2 == 0 {
+    if hex.len().is_multiple_of(2) {
         let mut bytes = Vec::with_capacity(hex.len() / 2);
         let ok = hex.chunks_exact(2).all(|pair| match (hex_value(pair[0]), hex_value(pair[1])) {
             (Some(hi), Some(lo)) => {
