@@ -197,7 +197,7 @@ async fn transaction_context_and_skip() {
     let world = World::new().await;
     world.pg.execute("CREATE TABLE orders (id int PRIMARY KEY)").await;
     let mut queue = world.queue(&["#"]).await;
-    let producer = world.producer(&[]).await;
+    let producer = world.producer(&[("PGEVENTS_ALLOW_SKIP", "true")]).await;
     world
         .pg
         .execute(
@@ -216,6 +216,20 @@ async fn transaction_context_and_skip() {
     assert!(b[2].get("context").is_none());
     assert!(queue.next(std::time::Duration::from_secs(1)).await.is_none());
     stop(producer).await;
+
+    // Without --allow-skip, any user's request to be skipped is published anyway, and said so.
+    let producer = world.producer(&[]).await;
+    world
+        .pg
+        .execute(
+            "BEGIN; SELECT pg_logical_emit_message(true, 'pgevents', '{\"skip\": true}');
+                    INSERT INTO orders VALUES (5); COMMIT;",
+        )
+        .await;
+    let b = bodies(&queue.take(1, WAIT).await);
+    assert_eq!((b[0]["new"]["id"].as_i64(), &b[0]["context"]), (Some(5), &json!({"skip": true})));
+    let log = stop(producer).await;
+    assert!(log.contains("start the producer with --allow-skip"), "{log}");
     world.cleanup(queue).await;
 }
 

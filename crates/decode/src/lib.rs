@@ -23,7 +23,7 @@ pub use catalog::{Catalog, CatalogNeed, PrimaryKey, TableRef};
 pub use change::{Decoded, LogicalMessage, RowChange, TxBegin};
 pub use error::DecodeError;
 pub use pgoutput::PgOutputDecoder;
-pub use transaction::{BadContext, TransactionBuilder, TxOutcome, CONTEXT_PREFIX};
+pub use transaction::{BadContext, BeginWhileOpen, TransactionBuilder, TxOutcome, CONTEXT_PREFIX};
 pub use tuple::Tuple;
 pub use types::{ScalarKind, TypeInfo, ValueKind};
 pub use value::ValueOptions;

@@ -46,8 +46,22 @@ struct Current {
     skip: bool,
 }
 
+/// A transaction began while another was still open: the stream is inconsistent (the open
+/// transaction's events can never be completed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transaction {began} began before transaction {open} committed (commit LSN {open_lsn}); the replication stream is inconsistent")]
+pub struct BeginWhileOpen {
+    pub open: u32,
+    pub open_lsn: pgevents_event::Lsn,
+    pub began: u32,
+}
+
 impl TransactionBuilder {
-    pub fn begin(&mut self, begin: TxBegin) {
+    /// Starts a transaction; one may not be open already.
+    pub fn begin(&mut self, begin: TxBegin) -> Result<(), BeginWhileOpen> {
+        if let Some(open) = &self.current {
+            return Err(BeginWhileOpen { open: open.begin.xid, open_lsn: open.begin.commit_lsn, began: begin.xid });
+        }
         self.current = Some(Current {
             begin,
             fields: TxFields::new(begin.commit_lsn, begin.xid, begin.commit_time_micros),
@@ -55,6 +69,7 @@ impl TransactionBuilder {
             context: None,
             skip: false,
         });
+        Ok(())
     }
 
     pub fn in_transaction(&self) -> bool {
@@ -119,5 +134,27 @@ impl TransactionBuilder {
     /// Forgets a transaction that will not be finished (the stream broke).
     pub fn abandon(&mut self) {
         self.current = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pgevents_event::Lsn;
+
+    use super::*;
+
+    fn begin(xid: u32, lsn: u64) -> TxBegin {
+        TxBegin { xid, commit_lsn: Lsn(lsn), commit_time_micros: 0 }
+    }
+
+    #[test]
+    fn a_begin_while_a_transaction_is_open_is_an_error_not_a_silent_restart() {
+        let mut tx = TransactionBuilder::default();
+        tx.begin(begin(7, 100)).unwrap();
+        let err = tx.begin(begin(8, 200)).unwrap_err();
+        assert_eq!(err, BeginWhileOpen { open: 7, open_lsn: Lsn(100), began: 8 });
+        assert_eq!(tx.current().map(|b| b.xid), Some(7), "the open transaction is kept, not replaced");
+        tx.commit();
+        tx.begin(begin(8, 200)).unwrap();
     }
 }

@@ -69,7 +69,7 @@ fn events(plugin: Plugin, options: ValueOptions) -> Vec<String> {
             }
         };
         match decoded {
-            Decoded::Begin(begin) => tx.begin(begin),
+            Decoded::Begin(begin) => tx.begin(begin).unwrap(),
             Decoded::Row(change) => {
                 let mut body = Vec::new();
                 tx.row(&change, &mut body).unwrap();

@@ -224,6 +224,9 @@ pub struct ProducerArgs {
     /// Write numeric values as JSON strings instead of exact JSON numbers
     #[arg(long, env = "PGEVENTS_NUMERIC_AS_STRING", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub numeric_as_string: bool,
+    /// Honour {"skip": true} context messages (suppress the transaction's events); any database user can send one, so it is off unless asked for
+    #[arg(long, env = "PGEVENTS_ALLOW_SKIP", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub allow_skip: bool,
     /// Messages published but not yet confirmed, at most
     #[arg(long, env = "PGEVENTS_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: u64,

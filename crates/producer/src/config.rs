@@ -88,6 +88,9 @@ pub struct ProducerConfig {
     pub history_stream: Option<(String, pgevents_amqp::Retention)>,
     /// Rows per snapshot batch (one query, confirmed before its progress is recorded).
     pub snapshot_batch_rows: usize,
+    /// Honour `{"skip": true}` context messages (any database user can send one, so that
+    /// their changes reach no consumer): off unless asked for.
+    pub allow_skip: bool,
 }
 
 impl ProducerConfig {
@@ -119,6 +122,7 @@ impl ProducerConfig {
             snapshot: SnapshotMode::Never,
             history_stream: None,
             snapshot_batch_rows: 1000,
+            allow_skip: false,
         }
     }
 

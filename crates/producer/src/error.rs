@@ -39,6 +39,10 @@ pub enum ProducerError {
     Spill(#[from] std::io::Error),
     #[error("PostgreSQL ended the replication stream")]
     StreamEnded,
+    /// The replication stream contradicts itself; reconnecting reads it again from the
+    /// confirmed position.
+    #[error("{0}; reading the stream again from the confirmed position")]
+    Inconsistent(String),
 }
 
 impl ProducerError {
@@ -57,7 +61,8 @@ impl ProducerError {
             | ProducerError::ConfirmTimeout { .. }
             | ProducerError::BrokerClosed(_)
             | ProducerError::Spill(_)
-            | ProducerError::StreamEnded => ErrorKind::Transient,
+            | ProducerError::StreamEnded
+            | ProducerError::Inconsistent(_) => ErrorKind::Transient,
         }
     }
 
@@ -70,7 +75,7 @@ impl ProducerError {
             ProducerError::Amqp(_) | ProducerError::BrokerClosed(_) | ProducerError::ConfirmTimeout { .. } => "broker",
             ProducerError::Nacked => "nacked",
             ProducerError::Returned { .. } => "returned",
-            ProducerError::Protocol(_) => "protocol",
+            ProducerError::Protocol(_) | ProducerError::Inconsistent(_) => "protocol",
             ProducerError::Decode(_) => "decode",
             ProducerError::Spill(_) => "spill",
         }

@@ -10,6 +10,7 @@ pub const EVENTS_PUBLISHED: &str = "pgevents_events_published_total";
 pub const EVENTS_CONFIRMED: &str = "pgevents_events_confirmed_total";
 pub const TRANSACTIONS: &str = "pgevents_transactions_total";
 pub const TRANSACTIONS_SKIPPED: &str = "pgevents_transactions_skipped_total";
+pub const SKIPS_REFUSED: &str = "pgevents_skip_requests_ignored_total";
 pub const CONFIRMS_PENDING: &str = "pgevents_confirms_pending";
 pub const CONFIRMED_LSN: &str = "pgevents_confirmed_lsn";
 pub const SERVER_WAL_LSN: &str = "pgevents_server_wal_lsn";
@@ -34,6 +35,7 @@ pub fn describe() {
     describe_counter!(EVENTS_CONFIRMED, "Events confirmed by the broker");
     describe_counter!(TRANSACTIONS, "Transactions read from the slot");
     describe_counter!(TRANSACTIONS_SKIPPED, "Transactions suppressed by a {\"skip\": true} context message");
+    describe_counter!(SKIPS_REFUSED, "Transactions that asked to be skipped and were published, --allow-skip being off");
     describe_gauge!(CONFIRMS_PENDING, "Messages published and not yet confirmed");
     describe_gauge!(CONFIRMED_LSN, "Last LSN reported to PostgreSQL as flushed (as a number)");
     describe_gauge!(SERVER_WAL_LSN, "The server's current WAL position (as a number)");

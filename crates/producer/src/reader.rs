@@ -17,7 +17,7 @@ use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
 use crate::message::{self, Envelope};
-use crate::metrics::{EventCounters, TRANSACTIONS, TRANSACTIONS_SKIPPED};
+use crate::metrics::{SKIPS_REFUSED, EventCounters, TRANSACTIONS, TRANSACTIONS_SKIPPED};
 use crate::routing::Router;
 use crate::stats::Stats;
 use crate::txbuffer::{PendingEvent, TxBuffer};
@@ -185,14 +185,9 @@ impl Reader {
     ) -> Result<Flow, ProducerError> {
         match self.decode(data).await? {
             Decoded::Begin(begin) => {
-                if let Some(open) = self.tx.current() {
-                    tracing::warn!(
-                        xid = open.xid,
-                        "transaction began before the previous one committed; dropping its events"
-                    );
-                    self.buffer.clear();
-                }
-                self.tx.begin(begin);
+                // Never drop the open transaction's events and confirm past them: end the
+                // session, which starts again from the confirmed position.
+                self.tx.begin(begin).map_err(|e| ProducerError::Inconsistent(e.to_string()))?;
             }
             Decoded::Row(mut change) => {
                 let route = self.router.route(&change.table);
@@ -236,7 +231,11 @@ impl Reader {
         };
         Stats::add(&self.stats.transactions, 1);
         metrics::counter!(TRANSACTIONS).increment(1);
-        if outcome.skip {
+        if outcome.skip && !self.config.allow_skip {
+            metrics::counter!(SKIPS_REFUSED).increment(1);
+            tracing::warn!(xid = begin.xid, "a transaction asked to be skipped ({{\"skip\": true}}); publishing it anyway: start the producer with --allow-skip to honour such requests");
+        }
+        if outcome.skip && self.config.allow_skip {
             Stats::add(&self.stats.transactions_skipped, 1);
             metrics::counter!(TRANSACTIONS_SKIPPED).increment(1);
             self.buffer.clear();

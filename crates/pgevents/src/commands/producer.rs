@@ -57,6 +57,7 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
         SnapshotArg::Always => SnapshotMode::Always,
     };
     config.snapshot_batch_rows = args.snapshot_batch_rows.max(1);
+    config.allow_skip = args.allow_skip;
     config.history_stream =
         args.history_stream.clone().filter(|s| !s.trim().is_empty()).map(|s| (s, args.retention.retention()));
     Ok(config)
