@@ -149,3 +149,33 @@ async fn an_interrupted_snapshot_resumes_where_it_stopped() {
     stop(second).await;
     world.cleanup(queue).await;
 }
+
+/// Key values with quotes and backslashes page correctly whatever the server's
+/// `standard_conforming_strings`: they are bound as parameters, never pasted into SQL.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_with_quotes_and_backslashes_page_safely() {
+    let world = World::new().await;
+    world
+        .pg
+        .execute(
+            r#"ALTER DATABASE postgres SET standard_conforming_strings = off;
+               CREATE TABLE tricky (k text PRIMARY KEY, n int);
+               INSERT INTO tricky VALUES (E'a\'b', 1), (E'a\\''b', 2), (E'c\\', 3), (E'c\\d', 4),
+                                         (E'd''', 5), (E'e\\\\''f', 6), ('plain', 7);"#,
+        )
+        .await;
+    let mut queue = world.queue(&["#"]).await;
+    let producer = world.producer(&[("PGEVENTS_SNAPSHOT", "initial"), ("PGEVENTS_SNAPSHOT_BATCH_ROWS", "2")]).await;
+    let events = queue.take(7, WAIT).await;
+    let mut numbers: Vec<i64> = events.iter().map(|e| e.json["new"]["n"].as_i64().unwrap()).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=7).collect::<Vec<_>>(), "every row once, across batches of 2");
+    assert!(queue.next(Duration::from_millis(500)).await.is_none(), "and no row twice");
+    assert!(
+        events.iter().any(|e| e.json["id"] == "e\\\\'f"),
+        "{:?}",
+        events.iter().map(|e| &e.json["id"]).collect::<Vec<_>>()
+    );
+    stop(producer).await;
+    world.cleanup(queue).await;
+}

@@ -19,6 +19,15 @@ pub struct SlotInfo {
     pub wal_status: Option<String>,
 }
 
+/// A column as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub type_oid: u32,
+    /// The type as SQL spells it (`format_type`), e.g. `character varying(20)`.
+    pub type_sql: String,
+}
+
 /// A regular (non-replication) connection.
 pub struct Database {
     client: Client,
@@ -145,11 +154,11 @@ impl Database {
 
     /// The columns logical replication sends for a table (not dropped, not generated), in
     /// order, with their type OIDs.
-    pub async fn columns(&self, table: &TableRef) -> Result<(Vec<String>, Vec<u32>), ProducerError> {
+    pub async fn columns(&self, table: &TableRef) -> Result<Vec<ColumnInfo>, ProducerError> {
         let rows = self
             .client
             .query(
-                "SELECT a.attname::text, a.atttypid::int8 FROM pg_attribute a
+                "SELECT a.attname::text, a.atttypid::int8, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                  JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
                  ORDER BY a.attnum",
@@ -163,7 +172,14 @@ impl Database {
                 table.qualified
             )));
         }
-        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u32)).unzip())
+        Ok(rows
+            .iter()
+            .map(|r| ColumnInfo {
+                name: r.get(0),
+                type_oid: u32::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                type_sql: r.get(2),
+            })
+            .collect())
     }
 
     /// Runs a statement (DDL).

@@ -9,7 +9,6 @@
 
 pub mod check;
 mod config;
-mod copy_text;
 mod database;
 mod error;
 mod lsn_tracker;

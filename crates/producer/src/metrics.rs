@@ -35,7 +35,10 @@ pub fn describe() {
     describe_counter!(EVENTS_CONFIRMED, "Events confirmed by the broker");
     describe_counter!(TRANSACTIONS, "Transactions read from the slot");
     describe_counter!(TRANSACTIONS_SKIPPED, "Transactions suppressed by a {\"skip\": true} context message");
-    describe_counter!(SKIPS_REFUSED, "Transactions that asked to be skipped and were published, --allow-skip being off");
+    describe_counter!(
+        SKIPS_REFUSED,
+        "Transactions that asked to be skipped and were published, --allow-skip being off"
+    );
     describe_gauge!(CONFIRMS_PENDING, "Messages published and not yet confirmed");
     describe_gauge!(CONFIRMED_LSN, "Last LSN reported to PostgreSQL as flushed (as a number)");
     describe_gauge!(SERVER_WAL_LSN, "The server's current WAL position (as a number)");

@@ -17,7 +17,7 @@ use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
 use crate::message::{self, Envelope};
-use crate::metrics::{SKIPS_REFUSED, EventCounters, TRANSACTIONS, TRANSACTIONS_SKIPPED};
+use crate::metrics::{EventCounters, SKIPS_REFUSED, TRANSACTIONS, TRANSACTIONS_SKIPPED};
 use crate::routing::Router;
 use crate::stats::Stats;
 use crate::txbuffer::{PendingEvent, TxBuffer};

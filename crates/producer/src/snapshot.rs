@@ -3,8 +3,9 @@
 //!
 //! When the slot is created, PostgreSQL exports the snapshot matching the slot's consistent
 //! point: tables read in it plus changes streamed from that point give every row exactly once,
-//! with no gap. Tables are read with `COPY (SELECT ... ORDER BY key LIMIT n) TO STDOUT` in key
-//! order, batch by batch; each batch is confirmed by RabbitMQ before its progress is written to
+//! with no gap. Tables are read in key order, batch by batch (`SELECT ... WHERE key > $1 ORDER
+//! BY key LIMIT n`, every column as PostgreSQL's text, the last key bound as a parameter, never
+//! pasted into the statement); each batch is confirmed by RabbitMQ before its progress is written to
 //! `pgevents.snapshot_progress`. An interrupted snapshot resumes where it stopped, in a fresh
 //! snapshot (the exported one is gone): rows changed meanwhile then arrive both as `R` events and
 //! as the streamed changes that follow, never missing. Nothing is confirmed to the slot until
@@ -19,10 +20,10 @@ use pgevents_decode::value::write_value;
 use pgevents_decode::{Catalog, CatalogNeed, PrimaryKey, RowChange, TableRef, Tuple, ValueKind};
 use pgevents_event::{Action, Lsn};
 use pgevents_pg::schema::{self, Component, Migration, SchemaError};
+use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProducerConfig;
-use crate::copy_text::{parse_row, quote_literal};
 use crate::database::{quote_ident, Database};
 use crate::error::{pg_error, ProducerError};
 use crate::message::{self, Envelope};
@@ -146,6 +147,8 @@ struct Pending {
 /// A table's columns as the snapshot reads them.
 struct Columns {
     names: Vec<String>,
+    /// The types as SQL spells them (to cast the bound key values).
+    types: Vec<String>,
     kinds: Vec<ValueKind>,
     /// Positions of the primary key columns in `names`, in key order.
     key_positions: Vec<usize>,
@@ -169,7 +172,12 @@ pub async fn run(
     let reader = Database::connect(&config.postgres).await?;
     reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
     if let Some(name) = exported {
-        reader.execute(&format!("SET TRANSACTION SNAPSHOT {}", quote_literal(name))).await?;
+        // SET TRANSACTION SNAPSHOT takes no parameter; the name is PostgreSQL's own (hex digits
+        // and dashes), checked before it goes into the statement.
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(ProducerError::Protocol(format!("unexpected exported snapshot name {name:?}")));
+        }
+        reader.execute(&format!("SET TRANSACTION SNAPSHOT '{name}'")).await?;
     }
     let mut publisher =
         ConfirmingPublisher::connect(&config.amqp_url, &config.publisher_settings("producer snapshot")).await?;
@@ -250,15 +258,16 @@ impl Snapshot<'_> {
     }
 
     async fn columns(&mut self, table: &TableRef) -> Result<Columns, ProducerError> {
-        let (names, oids) = self.reader.columns(table).await?;
-        let mut kinds = Vec::with_capacity(oids.len());
-        for oid in oids {
-            kinds.push(self.kind(oid).await?);
+        let infos = self.reader.columns(table).await?;
+        let mut kinds = Vec::with_capacity(infos.len());
+        for info in &infos {
+            kinds.push(self.kind(info.type_oid).await?);
         }
+        let (names, types): (Vec<String>, Vec<String>) = infos.into_iter().map(|c| (c.name, c.type_sql)).unzip();
         let primary_key = self.db.primary_key(table).await?;
         let key_positions =
             primary_key.columns().iter().filter_map(|k| names.iter().position(|n| n == k)).collect::<Vec<_>>();
-        Ok(Columns { names, kinds, key_positions, primary_key: Arc::new(primary_key) })
+        Ok(Columns { names, types, kinds, key_positions, primary_key: Arc::new(primary_key) })
     }
 
     /// Reads one table batch by batch, recording its progress after each.
@@ -278,8 +287,8 @@ impl Snapshot<'_> {
             if shutdown.is_cancelled() {
                 return Ok(SnapshotEnd::Interrupted);
             }
-            let sql = batch_query(&table, &columns, paging, last_key.as_deref(), batch_rows);
-            let batch = self.read_batch(&table, &columns, &route, &sql, rows_read, publisher).await?;
+            let query = batch_query(&table, &columns, paging, last_key.as_deref(), batch_rows);
+            let batch = self.read_batch(&table, &columns, &route, &query, rows_read, publisher).await?;
             rows_read += batch.rows as i64;
             if batch.last_key.is_some() {
                 last_key = batch.last_key;
@@ -293,38 +302,37 @@ impl Snapshot<'_> {
         }
     }
 
-    /// Runs one batch's `COPY`, publishes its rows (confirmed before returning) and says how
-    /// many there were and the key of the last.
+    /// Reads one batch, publishes its rows (confirmed before returning) and says how many
+    /// there were and the key of the last.
+    #[allow(clippy::too_many_arguments)]
     async fn read_batch(
         &mut self,
         table: &Arc<TableRef>,
         columns: &Columns,
         route: &crate::routing::Route,
-        sql: &str,
+        query: &BatchQuery,
         rows_before: i64,
         publisher: &mut ConfirmingPublisher,
     ) -> Result<Batch, ProducerError> {
         let batch_rows = self.config.snapshot_batch_rows.max(1);
-        let stream = self.reader.client().copy_out(sql).await.map_err(|e| copy_error(table, e))?;
+        let keys: Vec<&(dyn ToSql + Sync)> = query.keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+        let stream = self.reader.client().query_raw(&query.sql, keys).await.map_err(|e| read_error(table, e))?;
         let mut stream = std::pin::pin!(stream);
-        let mut buffer: Vec<u8> = Vec::new();
         let mut messages = Vec::with_capacity(batch_rows.min(4096));
         let mut rows = 0;
         let mut last_row: Option<Vec<Option<String>>> = None;
-        while let Some(chunk) = stream.next().await {
-            buffer.extend_from_slice(&chunk.map_err(|e| copy_error(table, e))?);
-            let mut start = 0;
-            while let Some(end) = buffer[start..].iter().position(|&b| b == b'\n') {
-                let values = parse_row(&buffer[start..start + end]);
-                start += end + 1;
-                messages.push(self.event(table, columns, route, &values, (rows_before + rows as i64) as u64)?);
-                rows += 1;
-                last_row = Some(values);
-                if messages.len() >= batch_rows {
-                    publisher.publish_all(std::mem::take(&mut messages), self.config.confirm_timeout).await?;
-                }
+        while let Some(row) = stream.next().await {
+            let row = row.map_err(|e| read_error(table, e))?;
+            let values = (0..row.len())
+                .map(|i| row.try_get::<_, Option<String>>(i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| read_error(table, e))?;
+            messages.push(self.event(table, columns, route, &values, (rows_before + rows as i64) as u64)?);
+            rows += 1;
+            last_row = Some(values);
+            if messages.len() >= batch_rows {
+                publisher.publish_all(std::mem::take(&mut messages), self.config.confirm_timeout).await?;
             }
-            buffer.drain(..start);
         }
         publisher.publish_all(messages, self.config.confirm_timeout).await?;
         metrics::counter!(SNAPSHOT_ROWS, "table" => table.qualified.clone()).increment(rows as u64);
@@ -419,31 +427,49 @@ struct Batch {
     last_key: Option<Vec<String>>,
 }
 
-/// The `COPY` of one batch: the rows after `last_key` in key order, or the whole table.
+/// The statement of one batch and the key values it binds.
+struct BatchQuery {
+    sql: String,
+    keys: Vec<String>,
+}
+
+/// One batch: the rows after `last_key` in key order (its values bound as text and cast to the
+/// key columns' types), or the whole table; every column as PostgreSQL's text output.
 fn batch_query(
     table: &TableRef,
     columns: &Columns,
     paging: Paging,
     last_key: Option<&[String]>,
     batch_rows: usize,
-) -> String {
-    let select: Vec<String> = columns.names.iter().map(|n| quote_ident(n)).collect();
-    let from = format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name));
+) -> BatchQuery {
+    // The table is aliased `t` and its columns qualified, so that ORDER BY sorts the columns,
+    // not the text outputs of the same names.
+    let select: Vec<String> = columns.names.iter().map(|n| format!("t.{}::text", quote_ident(n))).collect();
+    let from = format!("{}.{} AS t", quote_ident(&table.schema), quote_ident(&table.name));
     if paging == Paging::Whole {
-        return format!("COPY (SELECT {} FROM {from}) TO STDOUT", select.join(", "));
+        return BatchQuery { sql: format!("SELECT {} FROM {from}", select.join(", ")), keys: Vec::new() };
     }
-    let key_list: Vec<String> = columns.key_positions.iter().map(|&i| quote_ident(&columns.names[i])).collect();
+    let key_list: Vec<String> =
+        columns.key_positions.iter().map(|&i| format!("t.{}", quote_ident(&columns.names[i]))).collect();
     let key_list = key_list.join(", ");
-    let after = match last_key {
+    let (after, keys) = match last_key {
         Some(values) => {
-            let literals: Vec<String> = values.iter().map(|v| quote_literal(v)).collect();
-            format!(" WHERE ({key_list}) > ({})", literals.join(", "))
+            let placeholders: Vec<String> = columns
+                .key_positions
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| format!("${}::text::{}", n + 1, columns.types[i]))
+                .collect();
+            (format!(" WHERE ({key_list}) > ({})", placeholders.join(", ")), values.to_vec())
         }
-        None => String::new(),
+        None => (String::new(), Vec::new()),
     };
-    format!("COPY (SELECT {} FROM {from}{after} ORDER BY {key_list} LIMIT {batch_rows}) TO STDOUT", select.join(", "))
+    BatchQuery {
+        sql: format!("SELECT {} FROM {from}{after} ORDER BY {key_list} LIMIT {batch_rows}", select.join(", ")),
+        keys,
+    }
 }
 
-fn copy_error(table: &TableRef, e: tokio_postgres::Error) -> ProducerError {
+fn read_error(table: &TableRef, e: tokio_postgres::Error) -> ProducerError {
     pg_error(format!("snapshot: read table {}", table.qualified), e)
 }
