@@ -65,9 +65,9 @@ pub async fn declare_work_topology(url: &AmqpUrl, topology: &WorkTopology) -> Re
 
 /// A work message for `job` to `exchange` (routing key: the action's name).
 pub fn work_message(job: &Job, exchange: Option<&str>, error: Option<&str>) -> OutgoingMessage {
-    let mut headers = vec![("work_item", job.work_item.clone()), ("action", job.action.clone())];
+    let mut headers = vec![("work_item".into(), job.work_item.clone()), ("action".into(), job.action.clone())];
     if let Some(error) = error {
-        headers.push(("error", error.to_owned()));
+        headers.push(("error".into(), error.to_owned()));
     }
     OutgoingMessage {
         exchange: exchange.map(std::sync::Arc::from),
@@ -75,9 +75,9 @@ pub fn work_message(job: &Job, exchange: Option<&str>, error: Option<&str>) -> O
         message_id: job.idempotency_key.clone(),
         headers,
         timestamp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        content_type: pgevents_event::CONTENT_TYPE,
+        content_type: pgevents_event::CONTENT_TYPE.into(),
         content_encoding: None,
-        app_id: pgevents_event::APP_ID,
+        app_id: pgevents_event::APP_ID.into(),
         body: serde_json::to_vec(job).unwrap_or_default(),
     }
 }

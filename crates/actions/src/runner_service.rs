@@ -31,6 +31,11 @@ impl StageConsumer {
         consumer.prefetch = self.prefetch.max(1);
         consumer.concurrency = self.concurrency.max(1);
         consumer.dead_letter_exchange = Some(self.topology.dead_exchange.clone());
+        // A stage's `Retry` means PostgreSQL or RabbitMQ is unavailable (a job's own failures
+        // are counted in `action_run`): retried with backoff until they are back, never
+        // dead-lettered for an outage.
+        consumer.max_deliveries = None;
+        consumer.retry_delay_max = std::time::Duration::from_secs(30);
         consumer.name = name.to_owned();
         consumer.on_connected = self.on_connected.clone();
         consumer

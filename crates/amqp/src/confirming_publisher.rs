@@ -5,6 +5,7 @@
 //! said about earlier messages, in arrival order. Acknowledgements may cover several messages
 //! (`multiple`) and may come out of order; the caller tracks them by tag.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::time::Duration;
 
@@ -26,13 +27,13 @@ pub struct OutgoingMessage {
     pub routing_key: String,
     pub message_id: String,
     /// String headers (`action`, `table`, `lsn`).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(Cow<'static, str>, String)>,
     /// Seconds since the Unix epoch.
     pub timestamp: u64,
-    pub content_type: &'static str,
+    pub content_type: Cow<'static, str>,
     /// `gzip` when the body is compressed.
-    pub content_encoding: Option<&'static str>,
-    pub app_id: &'static str,
+    pub content_encoding: Option<Cow<'static, str>>,
+    pub app_id: Cow<'static, str>,
     pub body: Vec<u8>,
 }
 
@@ -189,19 +190,19 @@ fn channel_closed(channel: &Channel, error: &amqprs::error::Error) -> AmqpError 
 fn properties(message: &OutgoingMessage) -> BasicProperties {
     let mut headers = FieldTable::new();
     for (name, value) in &message.headers {
-        if let Ok(key) = (*name).try_into() {
+        if let Ok(key) = name.as_ref().try_into() {
             headers.insert(key, FieldValue::from(value.as_str()));
         }
     }
     let mut props = BasicProperties::default();
     props
-        .with_content_type(message.content_type)
+        .with_content_type(&message.content_type)
         .with_persistence(true)
         .with_message_id(&message.message_id)
         .with_timestamp(message.timestamp)
-        .with_app_id(message.app_id)
+        .with_app_id(&message.app_id)
         .with_headers(headers);
-    if let Some(encoding) = message.content_encoding {
+    if let Some(encoding) = &message.content_encoding {
         props.with_content_encoding(encoding);
     }
     props

@@ -2,9 +2,12 @@
 
 use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicNackArguments, BasicQosArguments};
 use amqprs::{BasicProperties, FieldTable, FieldValue};
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
-use crate::{AmqpError, Channel};
+use crate::{AmqpError, Channel, OutgoingMessage};
 
 /// One message received from a queue.
 #[derive(Debug, Clone)]
@@ -48,6 +51,36 @@ impl Delivery {
 
     pub fn message_id(&self) -> Option<&str> {
         self.properties.message_id().map(String::as_str)
+    }
+
+    /// A copy of this message for `exchange` (same routing key, body, properties and headers,
+    /// headers as strings) with `extra` headers added, replacing any of the same name: what a
+    /// consumer publishes to a dead-letter exchange, with the reason.
+    pub fn copy_to(&self, exchange: &str, extra: Vec<(Cow<'static, str>, String)>) -> OutgoingMessage {
+        let mut headers: Vec<(Cow<'static, str>, String)> = Vec::new();
+        if let Some(table) = self.properties.headers() {
+            for (name, _) in table.as_ref() {
+                let name: &String = name.as_ref();
+                if extra.iter().all(|(n, _)| n.as_ref() != name.as_str()) {
+                    if let Some(value) = self.header(name) {
+                        headers.push((Cow::Owned(name.to_owned()), value));
+                    }
+                }
+            }
+        }
+        headers.extend(extra);
+        let text = |value: Option<&String>| value.cloned().map(Cow::Owned);
+        OutgoingMessage {
+            exchange: Some(Arc::from(exchange)),
+            routing_key: self.routing_key.clone(),
+            message_id: self.message_id().unwrap_or_default().to_owned(),
+            headers,
+            timestamp: self.properties.timestamp().unwrap_or(0),
+            content_type: text(self.properties.content_type()).unwrap_or(Cow::Borrowed("application/octet-stream")),
+            content_encoding: text(self.properties.content_encoding()),
+            app_id: text(self.properties.app_id()).unwrap_or(Cow::Borrowed("")),
+            body: self.body.clone(),
+        }
     }
 }
 

@@ -20,11 +20,15 @@ fn message(body: &[u8], i: u64) -> OutgoingMessage {
         exchange: None,
         routing_key: ROUTING_KEY.to_owned(),
         message_id: format!("0/{i:X}:0"),
-        headers: vec![("action", "I".to_owned()), ("table", ROUTING_KEY.to_owned()), ("lsn", format!("0/{i:X}"))],
+        headers: vec![
+            ("action".into(), "I".to_owned()),
+            ("table".into(), ROUTING_KEY.to_owned()),
+            ("lsn".into(), format!("0/{i:X}")),
+        ],
         timestamp: 0,
-        content_type: CONTENT_TYPE,
+        content_type: CONTENT_TYPE.into(),
         content_encoding: None,
-        app_id: APP_ID,
+        app_id: APP_ID.into(),
         body: body.to_vec(),
     }
 }

@@ -1,6 +1,7 @@
 //! The consumer loop: declare, bind, receive, dispatch to handlers, settle, reconnect.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,9 @@ use pgevents_retry::{Reconnect, Waited};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::{IncomingEvent, MessageHandler, Outcome, Registry};
+use crate::attempts::{self, RetryPolicy, Verdict, Work};
+use crate::dead_letter::{DeadLetters, Settle};
+use crate::handler::{IncomingEvent, MessageHandler, Registry};
 
 /// Which queue the consumer reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,20 +36,38 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     /// Handlers running at once.
     pub concurrency: usize,
-    /// Wait before a `Retry` delivery goes back to the queue.
+    /// Wait before the handler runs again after its first `Retry` (or panic); the wait doubles
+    /// after each further one, with ±20% jitter, up to `retry_delay_max`. The message stays
+    /// unacknowledged meanwhile (it keeps its place in the queue).
     pub retry_delay: Duration,
+    /// Longest wait between two runs of a retried message.
+    pub retry_delay_max: Duration,
+    /// Runs of the handler on one message (counting earlier deliveries where the broker counts
+    /// them, as quorum queues do) before it is given up: sent to `dead_letter_exchange` with
+    /// the reason. `None`: retry forever.
+    pub max_deliveries: Option<NonZeroU32>,
+    /// Longest time a retried message is held unacknowledged in all; a retry that would wait
+    /// longer puts it back in the queue (where its count starts again on classic queues).
+    /// Keep it below RabbitMQ's `consumer_timeout`.
+    pub max_hold: Duration,
     /// Shown in the RabbitMQ management UI.
     pub name: String,
     /// Told `true` when consuming starts and `false` when the connection is lost (e.g. to
     /// drive a readiness check).
     pub on_connected: ConnectionWatch,
-    /// Where the broker sends messages a handler `Fail`s (and unreadable ones): the queue is
-    /// declared with this `x-dead-letter-exchange`. Without it such messages are dropped.
+    /// Where messages a handler `Fail`s or retries `max_deliveries` times (and unreadable ones)
+    /// go: a copy with `error` and `deliveries` headers is published with confirms, then the
+    /// original is acknowledged. The queue is declared with this `x-dead-letter-exchange`, so
+    /// the broker dead-letters a message itself if the copy cannot be published. Without it
+    /// such messages are dropped.
     pub dead_letter_exchange: Option<String>,
     /// Largest body accepted once decompressed (a gzip body can expand without bound); larger
     /// ones are rejected like unreadable ones.
     pub max_body_bytes: usize,
 }
+
+/// Default of [`ConsumerConfig::max_deliveries`].
+pub const DEFAULT_MAX_DELIVERIES: u32 = 10;
 
 /// Default of [`ConsumerConfig::max_body_bytes`].
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
@@ -61,6 +82,9 @@ impl ConsumerConfig {
             prefetch: 64,
             concurrency: 1,
             retry_delay: Duration::from_secs(1),
+            retry_delay_max: Duration::from_secs(60),
+            max_deliveries: NonZeroU32::new(DEFAULT_MAX_DELIVERIES),
+            max_hold: Duration::from_secs(600),
             name: "pgevents consumer".to_owned(),
             dead_letter_exchange: None,
             on_connected: ConnectionWatch::default(),
@@ -112,6 +136,7 @@ impl ConsumerError {
 pub struct Consumer {
     config: ConsumerConfig,
     handlers: Handlers,
+    dead_letters: Arc<DeadLetters>,
 }
 
 enum Handlers {
@@ -131,12 +156,17 @@ fn parse(delivery: &Delivery, max_body_bytes: usize) -> Result<(Event, Vec<u8>),
 impl Consumer {
     /// Consumes pgevents events and hands them to the registry's handlers.
     pub fn new(config: ConsumerConfig, registry: Registry) -> Self {
-        Consumer { config, handlers: Handlers::Events(registry) }
+        Consumer::with(config, Handlers::Events(registry))
     }
 
     /// Consumes messages of any kind (e.g. work messages) and hands each to `handler`.
     pub fn messages(config: ConsumerConfig, handler: impl MessageHandler) -> Self {
-        Consumer { config, handlers: Handlers::Messages(Arc::new(handler)) }
+        Consumer::with(config, Handlers::Messages(Arc::new(handler)))
+    }
+
+    fn with(config: ConsumerConfig, handlers: Handlers) -> Self {
+        let dead_letters = DeadLetters::new(&config.url, config.dead_letter_exchange.as_deref(), &config.name);
+        Consumer { config, handlers, dead_letters: Arc::new(dead_letters) }
     }
 
     /// Consumes until `shutdown` (then returns after running handlers finish) or an error that
@@ -185,49 +215,51 @@ impl Consumer {
         tracing::info!(queue = %queue, exchange = %self.config.exchange, keys = ?self.config.binding_keys, "consuming");
 
         let concurrency = self.config.concurrency.max(1);
-        let mut running: JoinSet<Outcome> = JoinSet::new();
+        let mut running: JoinSet<Settle> = JoinSet::new();
         let mut tags: HashMap<tokio::task::Id, u64> = HashMap::new();
         let result = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
-                    let (id, outcome) = match done {
-                        Ok((id, outcome)) => (id, outcome),
-                        Err(e) => (e.id(), Outcome::Retry(format!("handler panicked: {e}"))),
-                    };
+                    let (id, how) = finished(done);
                     if let Some(tag) = tags.remove(&id) {
-                        settle(&channel, tag, &outcome).await?;
+                        settle(&channel, tag, how).await?;
                     }
                 }
                 delivery = deliveries.next(), if running.len() < concurrency => {
                     let Some(delivery) = delivery else { break Err(ConsumerError::StreamEnded) };
                     let tag = delivery.delivery_tag;
-                    match self.dispatch(delivery) {
-                        Dispatch::Settle(outcome) => settle(&channel, tag, &outcome).await?,
-                        Dispatch::Run(work) => {
-                            let retry_delay = self.config.retry_delay;
-                            let handle = running.spawn(async move {
-                                let outcome = work.run().await;
-                                if let Outcome::Retry(_) = outcome {
-                                    tokio::time::sleep(retry_delay).await;
-                                }
-                                outcome
-                            });
-                            tags.insert(handle.id(), tag);
+                    let handle = match self.dispatch(delivery) {
+                        Dispatch::Ignore => {
+                            settle(&channel, tag, Settle::Ack).await?;
+                            continue;
                         }
-                    }
+                        Dispatch::Run(work) => {
+                            let (policy, stop, dead) = (self.retry_policy(), shutdown.clone(), self.dead_letters.clone());
+                            running.spawn(async move {
+                                match attempts::run(&work, policy, &stop).await {
+                                    Verdict::Ack => Settle::Ack,
+                                    Verdict::Requeue => Settle::Requeue,
+                                    Verdict::GiveUp { reason, deliveries } => dead.give_up(work.delivery(), &reason, deliveries).await,
+                                }
+                            })
+                        }
+                        Dispatch::Unreadable(delivery, reason) => {
+                            let dead = self.dead_letters.clone();
+                            running.spawn(async move { dead.give_up(&delivery, &reason, 1).await })
+                        }
+                    };
+                    tags.insert(handle.id(), tag);
                 }
             }
         };
-        // Let running handlers finish and settle them, then close.
+        // Let running handlers finish (a retry waiting for its next run is requeued) and settle
+        // them, then close.
         while let Some(done) = running.join_next_with_id().await {
-            let (id, outcome) = match done {
-                Ok((id, outcome)) => (id, outcome),
-                Err(e) => (e.id(), Outcome::Retry(format!("handler panicked: {e}"))),
-            };
+            let (id, how) = finished(done);
             if let Some(tag) = tags.remove(&id) {
-                let _ = settle(&channel, tag, &outcome).await;
+                let _ = settle(&channel, tag, how).await;
             }
         }
         let _ = channel.close().await;
@@ -235,60 +267,60 @@ impl Consumer {
         result
     }
 
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            first_delay: self.config.retry_delay,
+            max_delay: self.config.retry_delay_max,
+            max_deliveries: self.config.max_deliveries,
+            max_hold: self.config.max_hold,
+        }
+    }
+
     fn dispatch(&self, delivery: Delivery) -> Dispatch {
         let registry = match &self.handlers {
             Handlers::Events(registry) => registry,
-            Handlers::Messages(handler) => return Dispatch::Run(Work::Message(Box::new(delivery), handler.clone())),
+            Handlers::Messages(handler) => return Dispatch::Run(Work::Message(Arc::new(delivery), handler.clone())),
         };
         let (event, body) = match parse(&delivery, self.config.max_body_bytes) {
             Ok(parsed) => parsed,
             Err(why) => {
-                tracing::warn!(routing_key = %delivery.routing_key, error = %why, "rejecting a message that is not a pgevents event");
-                return Dispatch::Settle(Outcome::Fail(why));
+                tracing::warn!(routing_key = %delivery.routing_key, error = %why, "a message that is not a pgevents event");
+                return Dispatch::Unreadable(delivery, format!("not a pgevents event: {why}"));
             }
         };
         let Some(handler) = registry.find(&event.table_name, event.action) else {
-            return Dispatch::Settle(Outcome::Ok);
+            return Dispatch::Ignore;
         };
         let message_id = delivery
             .message_id()
             .map(str::to_owned)
             .unwrap_or_else(|| event.message_id().map(|id| id.to_string()).unwrap_or_default());
-        Dispatch::Run(Work::Event(Box::new(IncomingEvent { event, body, message_id, delivery }), handler))
+        Dispatch::Run(Work::Event(Arc::new(IncomingEvent { event, body, message_id, delivery }), handler))
+    }
+}
+
+/// The task id and settlement of a finished task (a task cannot panic: handlers run in tasks
+/// of their own, but should one be cancelled its delivery goes back to the queue).
+fn finished(done: Result<(tokio::task::Id, Settle), tokio::task::JoinError>) -> (tokio::task::Id, Settle) {
+    match done {
+        Ok((id, how)) => (id, how),
+        Err(e) => (e.id(), Settle::Requeue),
     }
 }
 
 enum Dispatch {
-    Settle(Outcome),
+    /// No handler wants it: acknowledge.
+    Ignore,
     Run(Work),
+    /// Not readable as an event (not JSON, too large once decompressed): give it up.
+    Unreadable(Delivery, String),
 }
 
-/// A delivery with the handler that will take it.
-enum Work {
-    Event(Box<IncomingEvent>, Arc<dyn crate::Handler>),
-    Message(Box<Delivery>, Arc<dyn MessageHandler>),
-}
-
-impl Work {
-    async fn run(self) -> Outcome {
-        match self {
-            Work::Event(incoming, handler) => handler.handle(&incoming).await,
-            Work::Message(delivery, handler) => handler.handle(&delivery).await,
-        }
-    }
-}
-
-async fn settle(channel: &Channel, tag: u64, outcome: &Outcome) -> Result<(), ConsumerError> {
-    match outcome {
-        Outcome::Ok => amqp::ack(channel, tag).await?,
-        Outcome::Retry(why) => {
-            tracing::info!(reason = %why, "handler asked for a retry; requeueing");
-            amqp::nack(channel, tag, true).await?
-        }
-        Outcome::Fail(why) => {
-            tracing::warn!(reason = %why, "handler failed; rejecting the message");
-            amqp::nack(channel, tag, false).await?
-        }
+async fn settle(channel: &Channel, tag: u64, how: Settle) -> Result<(), ConsumerError> {
+    match how {
+        Settle::Ack => amqp::ack(channel, tag).await?,
+        Settle::Requeue => amqp::nack(channel, tag, true).await?,
+        Settle::Reject => amqp::nack(channel, tag, false).await?,
     }
     Ok(())
 }

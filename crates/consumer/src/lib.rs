@@ -15,10 +15,19 @@
 //! The consumer declares its queue and bindings, receives with a prefetch limit, runs up to
 //! `concurrency` handlers at once, acknowledges after the handler returns, reconnects with
 //! backoff, and on shutdown stops receiving and lets running handlers finish.
+//!
+//! A poison message cannot stall it: a handler that returns `Retry` or panics runs again after
+//! a jittered exponential delay, and after `max_deliveries` runs the message goes to the
+//! dead-letter exchange with the reason, as do `Fail`ed messages and bodies that are not
+//! events (or that decompress beyond `max_body_bytes`).
 
+mod attempts;
 mod consumer;
+mod dead_letter;
 mod handler;
 
-pub use consumer::{ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, QueueMode};
+pub use consumer::{
+    ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, QueueMode, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DELIVERIES,
+};
 pub use handler::{Handler, HandlerFuture, IncomingEvent, MessageHandler, Outcome, Registry};
 pub use pgevents_event::Glob;

@@ -1,14 +1,17 @@
-//! The consumer library against the local RabbitMQ: routing by table and action, Retry
-//! requeues, Fail dead-letters, the concurrency limit, and a graceful shutdown that lets running
-//! handlers finish and settles them.
+//! The consumer library against the local RabbitMQ: routing by table and action, Retry runs
+//! again with backoff and gives up after max_deliveries, panics are caught, Fail, unreadable
+//! messages and gzip bombs are dead-lettered with the reason, the concurrency limit, and a
+//! graceful shutdown that lets running handlers finish and settles them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgevents_consumer::{ConnectionWatch, Consumer, ConsumerConfig, IncomingEvent, Outcome, QueueMode, Registry};
 use pgevents_event::Action;
-use pgevents_testkit::{amqp_url, delete_exchange, delete_queue, publish_raw, unique_name, wait_for, EventQueue};
+use pgevents_testkit::{
+    amqp_url, delete_exchange, delete_queue, publish_message, publish_raw, unique_name, wait_for, EventQueue,
+};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -60,7 +63,7 @@ async fn cleanup(setup: Setup) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_table_and_action_and_retries() {
     let setup = setup().await;
-    let seen: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
     let ignored = Arc::new(AtomicUsize::new(0));
     let (log, count) = (seen.clone(), ignored.clone());
     let registry = Registry::new()
@@ -68,9 +71,9 @@ async fn routes_by_table_and_action_and_retries() {
             let log = log.clone();
             async move {
                 let mut log = log.lock().unwrap();
-                log.push((e.event.seq, e.delivery.redelivered));
-                // The first delivery of seq 1 fails for now: it must come back.
-                if e.event.seq == 1 && !e.delivery.redelivered {
+                log.push(e.event.seq);
+                // The first run on seq 1 fails for now: it must run again.
+                if e.event.seq == 1 && log.iter().filter(|s| **s == 1).count() == 1 {
                     Outcome::Retry("not yet".into())
                 } else {
                     Outcome::Ok
@@ -89,13 +92,14 @@ async fn routes_by_table_and_action_and_retries() {
     publish_raw(&setup.exchange, "public.users", "m1", &event("public.users", "I", 1)).await;
     publish_raw(&setup.exchange, "public.users", "m2", &event("public.users", "D", 2)).await;
     publish_raw(&setup.exchange, "audit.log", "m3", &event("audit.log", "U", 3)).await;
-    wait_for("seq 1 again", WAIT, || async { seen.lock().unwrap().contains(&(1, true)).then_some(()) }).await;
+    wait_for("seq 1 again", WAIT, || async { (seen.lock().unwrap().iter().filter(|s| **s == 1).count() == 2).then_some(()) })
+        .await;
     wait_for("the audit event", WAIT, || async { (ignored.load(Ordering::SeqCst) == 1).then_some(()) }).await;
     shutdown.cancel();
     task.await.unwrap();
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.contains(&(0, false)) && seen.contains(&(1, false)), "{seen:?}");
-    assert!(!seen.iter().any(|(seq, _)| *seq == 2), "a delete has no handler here: {seen:?}");
+    assert!(seen.contains(&0) && seen.contains(&1), "{seen:?}");
+    assert!(!seen.contains(&2), "a delete has no handler here: {seen:?}");
     // Everything was settled: nothing is left in the queue.
     let mut queue = EventQueue::reattach(&amqp_url(), &setup.queue).await;
     assert!(queue.next_raw(Duration::from_millis(300)).await.is_none());
@@ -116,6 +120,14 @@ async fn fail_dead_letters_and_unreadable_messages_too() {
     let second = dead.next_raw(WAIT).await.expect("the unreadable message");
     let ids: Vec<&str> = [&first, &second].iter().filter_map(|d| d.message_id()).collect();
     assert_eq!(ids, ["m0", "junk"]);
+    assert_eq!(first.header("error").as_deref(), Some("never"));
+    assert_eq!(first.header("deliveries").as_deref(), Some("1"));
+    assert_eq!(first.routing_key, "public.users");
+    assert!(second.header("error").unwrap_or_default().starts_with("not a pgevents event"), "{second:?}");
+    // Given-up messages were acknowledged after their copies were confirmed: none is left.
+    let mut queue = EventQueue::reattach(&amqp_url(), &setup.queue).await;
+    assert!(queue.next_raw(Duration::from_millis(300)).await.is_none());
+    queue.close().await;
     shutdown.cancel();
     task.await.unwrap();
     dead.close().await;
@@ -162,5 +174,136 @@ async fn concurrency_is_limited_and_shutdown_waits_for_running_handlers() {
         left += 1;
     }
     assert_eq!(left + finished, 9, "each message either handled and acknowledged, or still queued");
+    cleanup(setup).await;
+}
+
+/// A poison message: a handler that always asks for a retry runs with growing, jittered waits
+/// and, after `max_deliveries` runs, the message goes to the dead-letter exchange with the
+/// reason; meanwhile and afterwards other messages are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_back_off_and_give_up_after_max_deliveries() {
+    let mut setup = setup().await;
+    let dead_exchange = unique_name("cdead");
+    setup.config.dead_letter_exchange = Some(dead_exchange.clone());
+    setup.config.concurrency = 2;
+    setup.config.retry_delay = Duration::from_millis(100);
+    setup.config.retry_delay_max = Duration::from_millis(400);
+    setup.config.max_deliveries = std::num::NonZeroU32::new(4);
+    let runs: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (log, ok) = (runs.clone(), handled.clone());
+    let registry = Registry::new().on_all("*", move |e: IncomingEvent| {
+        let (log, ok) = (log.clone(), ok.clone());
+        async move {
+            if e.event.seq == 0 {
+                log.lock().unwrap().push(Instant::now());
+                Outcome::Retry("the database is down".into())
+            } else {
+                ok.fetch_add(1, Ordering::SeqCst);
+                Outcome::Ok
+            }
+        }
+    });
+    let (shutdown, task) = started(&setup, registry).await;
+    let mut dead = EventQueue::bind(&dead_exchange, &["#"]).await;
+    publish_raw(&setup.exchange, "public.t", "poison", &event("public.t", "I", 0)).await;
+    publish_raw(&setup.exchange, "public.t", "fine", &event("public.t", "I", 1)).await;
+    let given_up = dead.next_raw(WAIT).await.expect("the poison message, dead-lettered");
+    assert_eq!(given_up.message_id(), Some("poison"));
+    assert_eq!(given_up.header("error").as_deref(), Some("gave up after 4 deliveries: the database is down"));
+    assert_eq!(given_up.header("deliveries").as_deref(), Some("4"));
+    assert_eq!(given_up.body, event("public.t", "I", 0), "the copy carries the original body");
+    wait_for("the other message", WAIT, || async { (handled.load(Ordering::SeqCst) == 1).then_some(()) }).await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 4, "one run per delivery, no more");
+    // Waits of 100, 200 and 400 ms with ±20% jitter: never at once, and growing.
+    let gaps: Vec<Duration> = runs.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, least) in gaps.iter().zip([80, 160, 320]) {
+        assert!(*gap >= Duration::from_millis(least), "{gaps:?}");
+    }
+    shutdown.cancel();
+    task.await.unwrap();
+    let mut queue = EventQueue::reattach(&amqp_url(), &setup.queue).await;
+    assert!(queue.next_raw(Duration::from_millis(300)).await.is_none(), "nothing left in the queue");
+    queue.close().await;
+    dead.close().await;
+    delete_exchange(&dead_exchange).await;
+    cleanup(setup).await;
+}
+
+/// A handler that panics is counted like a `Retry` (it used to be redelivered at once, forever)
+/// and the consumer goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_retried_then_dead_lettered() {
+    let mut setup = setup().await;
+    let dead_exchange = unique_name("cdead");
+    setup.config.dead_letter_exchange = Some(dead_exchange.clone());
+    setup.config.retry_delay = Duration::from_millis(20);
+    setup.config.max_deliveries = std::num::NonZeroU32::new(3);
+    let handled = Arc::new(AtomicUsize::new(0));
+    let ok = handled.clone();
+    let registry = Registry::new().on_all("*", move |e: IncomingEvent| {
+        let ok = ok.clone();
+        async move {
+            if e.event.seq == 0 {
+                panic!("boom on seq {}", e.event.seq);
+            }
+            ok.fetch_add(1, Ordering::SeqCst);
+            Outcome::Ok
+        }
+    });
+    let (shutdown, task) = started(&setup, registry).await;
+    let mut dead = EventQueue::bind(&dead_exchange, &["#"]).await;
+    publish_raw(&setup.exchange, "public.t", "panics", &event("public.t", "I", 0)).await;
+    publish_raw(&setup.exchange, "public.t", "after", &event("public.t", "I", 1)).await;
+    let given_up = dead.next_raw(WAIT).await.expect("the message whose handler panics");
+    assert_eq!(given_up.message_id(), Some("panics"));
+    assert_eq!(
+        given_up.header("error").as_deref(),
+        Some("gave up after 3 deliveries: the handler panicked: boom on seq 0")
+    );
+    wait_for("the next message", WAIT, || async { (handled.load(Ordering::SeqCst) == 1).then_some(()) }).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    dead.close().await;
+    delete_exchange(&dead_exchange).await;
+    cleanup(setup).await;
+}
+
+/// A gzip bomb (a small body that decompresses beyond `max_body_bytes`) is refused, to the
+/// dead-letter exchange with the reason, without being inflated in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_dead_lettered() {
+    use std::io::Write;
+    let mut setup = setup().await;
+    let dead_exchange = unique_name("cdead");
+    setup.config.dead_letter_exchange = Some(dead_exchange.clone());
+    setup.config.max_body_bytes = 1 << 20;
+    let registry = Registry::new().on_all("*", |_e: IncomingEvent| async { Outcome::Ok });
+    let (shutdown, task) = started(&setup, registry).await;
+    let mut dead = EventQueue::bind(&dead_exchange, &["#"]).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 64 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{} bytes compressed", bomb.len());
+    let message = pgevents_amqp::OutgoingMessage {
+        routing_key: "public.t".into(),
+        message_id: "bomb".into(),
+        content_type: "application/json".into(),
+        content_encoding: Some("gzip".into()),
+        body: bomb.clone(),
+        ..Default::default()
+    };
+    publish_message(&setup.exchange, message).await;
+    let given_up = dead.next_raw(WAIT).await.expect("the gzip bomb");
+    assert_eq!(given_up.message_id(), Some("bomb"));
+    let error = given_up.header("error").unwrap_or_default();
+    assert!(error.contains("larger than"), "{error}");
+    assert_eq!(given_up.body, bomb, "the copy is the compressed original");
+    assert_eq!(given_up.properties.content_encoding().map(String::as_str), Some("gzip"));
+    shutdown.cancel();
+    task.await.unwrap();
+    dead.close().await;
+    delete_exchange(&dead_exchange).await;
     cleanup(setup).await;
 }

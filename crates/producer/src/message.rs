@@ -37,14 +37,14 @@ pub fn build(
         routing_key: route.routing_key.clone(),
         message_id: envelope.message_id,
         headers: vec![
-            (HEADER_ACTION, envelope.action.code().to_owned()),
-            (HEADER_TABLE, envelope.table.qualified.clone()),
-            (HEADER_LSN, envelope.lsn_text.to_owned()),
+            (HEADER_ACTION.into(), envelope.action.code().to_owned()),
+            (HEADER_TABLE.into(), envelope.table.qualified.clone()),
+            (HEADER_LSN.into(), envelope.lsn_text.to_owned()),
         ],
         timestamp: u64::try_from(envelope.commit_time_micros / 1_000_000).unwrap_or(0),
-        content_type: CONTENT_TYPE,
-        content_encoding,
-        app_id: APP_ID,
+        content_type: CONTENT_TYPE.into(),
+        content_encoding: content_encoding.map(Into::into),
+        app_id: APP_ID.into(),
         body,
     })
 }

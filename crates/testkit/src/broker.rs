@@ -190,19 +190,24 @@ pub async fn delete_queue(queue: &str) {
 /// Publishes one message to `exchange` and waits for the broker's confirm (a redelivery or a
 /// malformed message, as a test needs it).
 pub async fn publish_raw(exchange: &str, routing_key: &str, message_id: &str, body: &[u8]) {
-    let url: AmqpUrl = amqp_url().parse().expect("test broker URL");
-    let sender = amqp::ConfirmedSender::to_exchange(url, exchange, "pgevents test publisher", 1);
     let message = amqp::OutgoingMessage {
         exchange: None,
         routing_key: routing_key.to_owned(),
         message_id: message_id.to_owned(),
         headers: Vec::new(),
         timestamp: 0,
-        content_type: "application/json",
+        content_type: "application/json".into(),
         content_encoding: None,
-        app_id: "pgevents-test",
+        app_id: "pgevents-test".into(),
         body: body.to_vec(),
     };
+    publish_message(exchange, message).await;
+}
+
+/// Publishes `message` to `exchange` and waits for the broker's confirm.
+pub async fn publish_message(exchange: &str, message: amqp::OutgoingMessage) {
+    let url: AmqpUrl = amqp_url().parse().expect("test broker URL");
+    let sender = amqp::ConfirmedSender::to_exchange(url, exchange, "pgevents test publisher", 1);
     sender.send(message).await.expect("publish a test message");
 }
 
