@@ -12,11 +12,11 @@ use std::time::Duration;
 use amqprs::channel::{BasicPublishArguments, ConfirmSelectArguments};
 use amqprs::connection::Connection;
 use amqprs::{BasicProperties, FieldTable, FieldValue};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::channel::open_publishing;
 use crate::error::Cause;
-use crate::{check_short_string, connect, declare_topic_exchange, AmqpError, AmqpUrl, Channel};
+use crate::{check_short_string, connect_with_flow, declare_topic_exchange, AmqpError, AmqpUrl, Channel, Flow};
 use crate::{AckWindow, UnknownTag};
 
 /// One message to publish.
@@ -90,6 +90,8 @@ pub trait Publisher: Send {
     fn publish(&mut self, message: OutgoingMessage) -> impl Future<Output = Result<u64, AmqpError>> + Send;
     /// The next confirm event. Cancel-safe.
     fn next_event(&mut self) -> impl Future<Output = ConfirmEvent> + Send;
+    /// Whether the broker lets this publisher publish (see [`Flow`]).
+    fn flow(&self) -> watch::Receiver<Flow>;
 }
 
 /// Settings of a [`ConfirmingPublisher`].
@@ -110,6 +112,7 @@ pub struct ConfirmingPublisher {
     connection: Connection,
     channel: Channel,
     events: mpsc::UnboundedReceiver<ConfirmEvent>,
+    flow: watch::Receiver<Flow>,
     next_tag: u64,
     exchange: String,
     mandatory: bool,
@@ -119,7 +122,7 @@ impl ConfirmingPublisher {
     /// Connects, enables confirms and declares the exchange.
     pub async fn connect(url: &AmqpUrl, settings: &PublisherSettings) -> Result<ConfirmingPublisher, AmqpError> {
         check_short_string("exchange name", &settings.exchange)?;
-        let connection = connect(url, &settings.connection_name).await?;
+        let (connection, flow) = connect_with_flow(url, &settings.connection_name).await?;
         let (tx, events) = mpsc::unbounded_channel();
         let channel = open_publishing(&connection, tx.clone()).await?;
         for exchange in &settings.other_exchanges {
@@ -146,6 +149,7 @@ impl ConfirmingPublisher {
             connection,
             channel,
             events,
+            flow,
             next_tag: 1,
             exchange: settings.exchange.clone(),
             mandatory: settings.mandatory,
@@ -162,13 +166,18 @@ impl ConfirmingPublisher {
     pub async fn publish_all(&mut self, messages: Vec<OutgoingMessage>, timeout: Duration) -> Result<(), Unconfirmed> {
         let mut window = AckWindow::after(self.next_tag - 1);
         for message in messages {
+            // While the broker blocks the connection, publishing would stall: wait for it.
+            let _ = self.flow.clone().wait_for(|flow| *flow == Flow::Running).await;
             window.published(self.publish(message).await?);
         }
         while window.in_flight() > 0 {
             let in_flight = window.in_flight();
-            let event = tokio::time::timeout(timeout, self.next_event())
-                .await
-                .map_err(|_| Unconfirmed::Timeout { in_flight, seconds: timeout.as_secs() })?;
+            let event = match tokio::time::timeout(timeout, self.next_event()).await {
+                Ok(event) => event,
+                // Blocked by a resource alarm: no confirms is expected, not a broken connection.
+                Err(_) if *self.flow.borrow() != Flow::Running => continue,
+                Err(_) => return Err(Unconfirmed::Timeout { in_flight, seconds: timeout.as_secs() }),
+            };
             let (tag, multiple) = event.into_ack()?;
             window.ack(tag, multiple)?;
         }
@@ -225,5 +234,9 @@ impl Publisher for ConfirmingPublisher {
 
     async fn next_event(&mut self) -> ConfirmEvent {
         self.events.recv().await.unwrap_or_else(|| ConfirmEvent::Closed(Cause::Lost("confirm stream ended".into())))
+    }
+
+    fn flow(&self) -> watch::Receiver<Flow> {
+        self.flow.clone()
     }
 }

@@ -1,25 +1,75 @@
-//! Opening connections (TLS included), with a failure classified where it happens.
+//! Opening connections (TLS included), with a failure classified where it happens, and the
+//! broker's flow control as a [`Flow`] watch: RabbitMQ blocks the publishing connections
+//! while a memory or disk alarm is in effect (`connection.blocked`, with the reason) and
+//! unblocks them when it clears.
 
 use std::sync::Arc;
 
-use amqprs::callbacks::DefaultConnectionCallback;
+use amqprs::callbacks::ConnectionCallback;
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::tls::TlsAdaptor;
+use amqprs::Close;
+use async_trait::async_trait;
 use pgevents_retry::ErrorKind;
+use tokio::sync::watch;
 
 use crate::error::ServerReply;
 use crate::{AmqpError, AmqpUrl};
 
+/// Whether the broker lets a connection publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    Running,
+    /// Blocked by a resource alarm, with the broker's reason (`low on memory`, `low on disk`).
+    /// Publishing now would stall; confirms for what was published still come.
+    Blocked(String),
+}
+
 /// Opens a connection named `name` (shown in the RabbitMQ management UI).
 pub async fn connect(url: &AmqpUrl, name: &str) -> Result<Connection, AmqpError> {
+    Ok(connect_with_flow(url, name).await?.0)
+}
+
+/// [`connect`], with the connection's [`Flow`] as the broker reports it.
+pub async fn connect_with_flow(url: &AmqpUrl, name: &str) -> Result<(Connection, watch::Receiver<Flow>), AmqpError> {
+    let connection = open(url, name).await?;
+    let (flow, watching) = watch::channel(Flow::Running);
+    connection.register_callback(FlowCallback { flow }).await.map_err(|e| open_failed(url, &e))?;
+    Ok((connection, watching))
+}
+
+/// Keeps a connection's [`Flow`] up to date.
+struct FlowCallback {
+    flow: watch::Sender<Flow>,
+}
+
+#[async_trait]
+impl ConnectionCallback for FlowCallback {
+    async fn close(&mut self, _connection: &Connection, close: Close) -> Result<(), amqprs::error::Error> {
+        tracing::info!(code = close.reply_code(), reason = %close.reply_text(), "RabbitMQ closed the connection");
+        Ok(())
+    }
+
+    async fn blocked(&mut self, _connection: &Connection, reason: String) {
+        tracing::warn!(%reason, "RabbitMQ blocked the connection (a resource alarm); publishing pauses until it clears");
+        self.flow.send_replace(Flow::Blocked(reason));
+    }
+
+    async fn unblocked(&mut self, _connection: &Connection) {
+        tracing::info!("RabbitMQ unblocked the connection");
+        self.flow.send_replace(Flow::Running);
+    }
+
+    async fn secret_updated(&mut self, _connection: &Connection) {}
+}
+
+async fn open(url: &AmqpUrl, name: &str) -> Result<Connection, AmqpError> {
     let mut args = OpenConnectionArguments::new(&url.host, url.port, &url.user, &url.password);
     args.virtual_host(&url.vhost).heartbeat(url.heartbeat).connection_name(name);
     if url.tls {
         args.tls_adaptor(tls_adaptor(url)?);
     }
-    let connection = Connection::open(&args.finish()).await.map_err(|e| open_failed(url, &e))?;
-    connection.register_callback(DefaultConnectionCallback).await.map_err(|e| open_failed(url, &e))?;
-    Ok(connection)
+    Connection::open(&args.finish()).await.map_err(|e| open_failed(url, &e))
 }
 
 fn tls_adaptor(url: &AmqpUrl) -> Result<TlsAdaptor, AmqpError> {

@@ -59,7 +59,7 @@ impl Delivery {
     pub fn copy_to(&self, exchange: &str, extra: Vec<(Cow<'static, str>, String)>) -> OutgoingMessage {
         let mut headers: Vec<(Cow<'static, str>, String)> = Vec::new();
         if let Some(table) = self.properties.headers() {
-            for (name, _) in table.as_ref() {
+            for name in table.as_ref().keys() {
                 let name: &String = name.as_ref();
                 if extra.iter().all(|(n, _)| n.as_ref() != name.as_str()) {
                     if let Some(value) = self.header(name) {

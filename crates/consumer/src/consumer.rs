@@ -285,7 +285,7 @@ impl Consumer {
             Ok(parsed) => parsed,
             Err(why) => {
                 tracing::warn!(routing_key = %delivery.routing_key, error = %why, "a message that is not a pgevents event");
-                return Dispatch::Unreadable(delivery, format!("not a pgevents event: {why}"));
+                return Dispatch::Unreadable(Box::new(delivery), format!("not a pgevents event: {why}"));
             }
         };
         let Some(handler) = registry.find(&event.table_name, event.action) else {
@@ -313,7 +313,7 @@ enum Dispatch {
     Ignore,
     Run(Work),
     /// Not readable as an event (not JSON, too large once decompressed): give it up.
-    Unreadable(Delivery, String),
+    Unreadable(Box<Delivery>, String),
 }
 
 async fn settle(channel: &Channel, tag: u64, how: Settle) -> Result<(), ConsumerError> {

@@ -43,10 +43,8 @@ impl DeadLetters {
             tracing::warn!(message_id = ?delivery.message_id(), %reason, "giving up a message; no dead-letter exchange is configured, so it is dropped");
             return Settle::Reject;
         };
-        let headers = vec![
-            (Cow::Borrowed("error"), truncated(reason)),
-            (Cow::Borrowed("deliveries"), deliveries.to_string()),
-        ];
+        let headers =
+            vec![(Cow::Borrowed("error"), truncated(reason)), (Cow::Borrowed("deliveries"), deliveries.to_string())];
         match sender.send(delivery.copy_to(exchange, headers)).await {
             Ok(()) => {
                 tracing::warn!(message_id = ?delivery.message_id(), %reason, deliveries, %exchange, "gave up a message: dead-lettered");

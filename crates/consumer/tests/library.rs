@@ -92,8 +92,10 @@ async fn routes_by_table_and_action_and_retries() {
     publish_raw(&setup.exchange, "public.users", "m1", &event("public.users", "I", 1)).await;
     publish_raw(&setup.exchange, "public.users", "m2", &event("public.users", "D", 2)).await;
     publish_raw(&setup.exchange, "audit.log", "m3", &event("audit.log", "U", 3)).await;
-    wait_for("seq 1 again", WAIT, || async { (seen.lock().unwrap().iter().filter(|s| **s == 1).count() == 2).then_some(()) })
-        .await;
+    wait_for("seq 1 again", WAIT, || async {
+        (seen.lock().unwrap().iter().filter(|s| **s == 1).count() == 2).then_some(())
+    })
+    .await;
     wait_for("the audit event", WAIT, || async { (ignored.load(Ordering::SeqCst) == 1).then_some(()) }).await;
     shutdown.cancel();
     task.await.unwrap();

@@ -22,6 +22,9 @@ pub const HEADER_ACTION: &str = "action";
 pub const HEADER_TABLE: &str = "table";
 /// AMQP header carrying the commit LSN of the event's transaction.
 pub const HEADER_LSN: &str = "lsn";
+/// AMQP header naming the values left out of an event too large to publish whole
+/// (`--oversize stub`): `new.payload,old.payload`.
+pub const HEADER_OMITTED: &str = "omitted";
 /// Content type of every event body.
 pub const CONTENT_TYPE: &str = "application/json";
 /// `app_id` property set on every message the producer publishes.

@@ -192,6 +192,12 @@ pub enum SnapshotArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OversizeArg {
+    Fail,
+    Stub,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     None,
     Gzip,
@@ -230,6 +236,15 @@ pub struct ProducerArgs {
     /// Messages published but not yet confirmed, at most
     #[arg(long, env = "PGEVENTS_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: u64,
+    /// Bytes of message bodies published but not yet confirmed, at most (reading pauses above it)
+    #[arg(long, env = "PGEVENTS_MAX_IN_FLIGHT_BYTES", default_value_t = 64 << 20)]
+    pub max_in_flight_bytes: u64,
+    /// Largest message body to publish, in bytes: set it to RabbitMQ's max_message_size (16 MiB by default since RabbitMQ 4.0, 128 MiB before)
+    #[arg(long, env = "PGEVENTS_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    pub max_message_bytes: usize,
+    /// What to do with a larger event: fail (halt, nothing after it is published) or stub (publish it with its largest values replaced by {"omitted_bytes": N} and an `omitted` header)
+    #[arg(long, env = "PGEVENTS_OVERSIZE", value_enum, default_value_t = OversizeArg::Fail)]
+    pub oversize: OversizeArg,
     /// Seconds between standby status updates to PostgreSQL
     #[arg(long = "status-interval", env = "PGEVENTS_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval_secs: u64,

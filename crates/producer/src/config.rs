@@ -8,6 +8,7 @@ use pgevents_amqp::AmqpUrl;
 use pgevents_decode::{Plugin, ValueOptions};
 use pgevents_pg::ConnectConfig;
 
+use crate::oversize::Oversize;
 use crate::routing::{Router, RoutingConfig};
 use crate::snapshot::SnapshotMode;
 
@@ -62,6 +63,13 @@ pub struct ProducerConfig {
     pub values: ValueOptions,
     /// Soft limit of messages published but not yet confirmed.
     pub max_in_flight: u64,
+    /// Soft limit of message body bytes published but not yet confirmed (a batch is taken
+    /// while below it).
+    pub max_in_flight_bytes: u64,
+    /// Largest message body published (RabbitMQ's `max_message_size`: 16 MiB by default since
+    /// 4.0, 128 MiB before); a larger event is handled by `oversize`.
+    pub max_message_bytes: usize,
+    pub oversize: Oversize,
     /// How often a standby status update (with a liveness probe) is sent.
     pub status_interval: Duration,
     /// Memory for the events of one transaction before they spill to disk.
@@ -108,6 +116,9 @@ impl ProducerConfig {
             compression: Compression::None,
             values: ValueOptions::default(),
             max_in_flight: 4096,
+            max_in_flight_bytes: 64 << 20,
+            max_message_bytes: 16 << 20,
+            oversize: Oversize::Fail,
             status_interval: Duration::from_secs(10),
             tx_memory_budget: 16 << 20,
             spill_dir: None,

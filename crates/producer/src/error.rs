@@ -43,13 +43,17 @@ pub enum ProducerError {
     /// confirmed position.
     #[error("{0}; reading the stream again from the confirmed position")]
     Inconsistent(String),
+    /// An event larger than the broker takes, under `--oversize fail` (or too large even with
+    /// its values left out).
+    #[error("event {message_id} of {table} is {bytes} bytes, above --max-message-bytes {limit}{}; nothing after it is published: raise --max-message-bytes (and RabbitMQ's max_message_size) or start with --oversize stub to publish it with its largest values left out", why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default())]
+    Oversize { table: String, message_id: String, bytes: usize, limit: usize, why: Option<String> },
 }
 
 impl ProducerError {
     /// Whether reconnecting may help (once the pipeline has worked at least once).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ProducerError::Config(_) | ProducerError::Setup(_) => ErrorKind::Config,
+            ProducerError::Config(_) | ProducerError::Setup(_) | ProducerError::Oversize { .. } => ErrorKind::Config,
             ProducerError::Decode(_) | ProducerError::Protocol(_) => ErrorKind::Permanent,
             ProducerError::Postgres(e) => e.kind(),
             ProducerError::Replication(e) => e.kind(),
@@ -78,6 +82,7 @@ impl ProducerError {
             ProducerError::Protocol(_) | ProducerError::Inconsistent(_) => "protocol",
             ProducerError::Decode(_) => "decode",
             ProducerError::Spill(_) => "spill",
+            ProducerError::Oversize { .. } => "oversize",
         }
     }
 }

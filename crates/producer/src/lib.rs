@@ -15,6 +15,7 @@ mod lsn_tracker;
 mod message;
 pub mod metrics;
 mod monitor;
+mod oversize;
 mod pipeline;
 mod publish_stage;
 mod reader;
@@ -35,11 +36,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Compression, ProducerConfig, TableName};
 pub use error::ProducerError;
+pub use oversize::{stub, Oversize, StubError, Stubbed};
 pub use routing::RoutingConfig;
 pub use snapshot::SnapshotMode;
 pub use stats::{Phase, Stats};
 
-use pgevents_retry::{Reconnect, Waited};
+use pgevents_retry::{ErrorKind, Reconnect, Waited};
 use session::{run_session, SessionState};
 
 /// A session that ran this long resets the backoff.
@@ -79,6 +81,14 @@ pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: Cancellati
                     _ = shutdown.cancelled() => break Ok(()),
                 }
             }
+            // After streaming began, a setting or an event only the operator can fix: stay up,
+            // not ready, saying why (restarting would stop at the same place again).
+            Err(e)
+                if e.kind() == ErrorKind::Config && (state.streamed || matches!(e, ProducerError::Oversize { .. })) =>
+            {
+                halt(&e, &stats, &shutdown).await;
+                break Ok(());
+            }
             Err(e) if !state.streamed || !e.kind().is_transient() => break Err(e),
             Err(e) => {
                 busy_since = None;
@@ -92,9 +102,21 @@ pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: Cancellati
             }
         }
     };
-    stats.set_phase(Phase::Stopped);
+    if stats.phase() != Phase::Halted {
+        stats.set_phase(Phase::Stopped);
+    }
     progress.abort();
     result
+}
+
+/// Halts: nothing more is read or published (the slot keeps the confirmed position), and
+/// `/readyz`, the `pgevents_halted` metric and the log say why, until shutdown.
+async fn halt(error: &ProducerError, stats: &Stats, shutdown: &CancellationToken) {
+    tracing::error!(error = %error, "halted: fix the cause and restart the producer; it resumes from the confirmed position");
+    stats.set_phase_with(Phase::Halted, Some(error.to_string()));
+    ::metrics::gauge!(metrics::HALTED).set(1.0);
+    shutdown.cancelled().await;
+    ::metrics::gauge!(metrics::HALTED).set(0.0);
 }
 
 /// Logs a progress line every 5 seconds while events flow: rate, confirmed position and how far

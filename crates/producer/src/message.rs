@@ -7,12 +7,16 @@ use std::io::Write as _;
 use flate2::write::GzEncoder;
 use pgevents_amqp::OutgoingMessage;
 use pgevents_decode::TableRef;
-use pgevents_event::{Action, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_TABLE};
+use pgevents_event::{Action, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_OMITTED, HEADER_TABLE};
 
-use crate::config::Compression;
+use crate::config::{Compression, ProducerConfig};
+use crate::error::ProducerError;
+use crate::metrics::EVENTS_STUBBED;
+use crate::oversize::{self, Oversize};
 use crate::routing::Route;
 
 /// What identifies one event on the wire besides its body.
+#[derive(Clone)]
 pub struct Envelope<'a> {
     pub table: &'a TableRef,
     pub action: Action,
@@ -53,4 +57,49 @@ fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 2 + 32), flate2::Compression::fast());
     encoder.write_all(body)?;
     encoder.finish()
+}
+
+/// [`build`], held to `--max-message-bytes`: a larger event is an error (`--oversize fail`) or
+/// published with its largest values left out and an `omitted` header (`--oversize stub`).
+pub fn build_within_limit(
+    envelope: Envelope<'_>,
+    route: &Route,
+    body: Vec<u8>,
+    config: &ProducerConfig,
+) -> Result<OutgoingMessage, ProducerError> {
+    let message = build(envelope.clone(), route, body, config.compression)?;
+    let limit = config.max_message_bytes;
+    if message.body.len() <= limit {
+        return Ok(message);
+    }
+    let oversize = |why: Option<String>| ProducerError::Oversize {
+        table: envelope.table.qualified.clone(),
+        message_id: message.message_id.clone(),
+        bytes: message.body.len(),
+        limit,
+        why,
+    };
+    if config.oversize == Oversize::Fail {
+        return Err(oversize(None));
+    }
+    let stubbed = oversize::stub(&plain_body(&message)?, limit).map_err(|e| oversize(Some(e.to_string())))?;
+    let mut smaller = build(envelope.clone(), route, stubbed.body, config.compression)?;
+    if smaller.body.len() > limit {
+        return Err(oversize(Some(format!("still {} bytes with its values left out", smaller.body.len()))));
+    }
+    let table = &envelope.table.qualified;
+    tracing::warn!(%table, message_id = %message.message_id, bytes = message.body.len(), limit, omitted = ?stubbed.omitted, "an event above --max-message-bytes is published with its largest values left out (--oversize stub)");
+    metrics::counter!(EVENTS_STUBBED, "table" => table.clone()).increment(1);
+    smaller.headers.push((HEADER_OMITTED.into(), stubbed.omitted.join(",")));
+    Ok(smaller)
+}
+
+/// The body of `message` as the event was written (decompressed when gzipped).
+pub fn plain_body(message: &OutgoingMessage) -> std::io::Result<Vec<u8>> {
+    if message.content_encoding.is_none() {
+        return Ok(message.body.clone());
+    }
+    let mut plain = Vec::with_capacity(message.body.len() * 4);
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&message.body[..]), &mut plain)?;
+    Ok(plain)
 }

@@ -22,6 +22,12 @@ pub const STREAMING: &str = "pgevents_streaming";
 pub const SNAPSHOT_ROWS: &str = "pgevents_snapshot_rows_total";
 pub const HEARTBEATS: &str = "pgevents_heartbeats_total";
 pub const COMMIT_TO_CONFIRM: &str = "pgevents_commit_to_confirm_seconds";
+pub const EVENTS_STUBBED: &str = "pgevents_events_stubbed_total";
+pub const HALTED: &str = "pgevents_halted";
+pub const IN_FLIGHT_BYTES: &str = "pgevents_in_flight_bytes";
+pub const IN_FLIGHT_LIMIT: &str = "pgevents_in_flight_limit_reached_total";
+pub const BLOCKED: &str = "pgevents_rabbitmq_blocked";
+pub const BLOCKS: &str = "pgevents_rabbitmq_blocks_total";
 
 /// Buckets of [`COMMIT_TO_CONFIRM`], in seconds: fine around the 5 ms / 25 ms targets.
 pub const COMMIT_TO_CONFIRM_BUCKETS: &[f64] = &[
@@ -53,6 +59,21 @@ pub fn describe() {
     describe_gauge!(STREAMING, "1 while streaming from the slot, 0 otherwise");
     describe_counter!(SNAPSHOT_ROWS, "Rows published by the initial snapshot, by table");
     describe_counter!(HEARTBEATS, "Heartbeat statements run");
+    describe_counter!(
+        EVENTS_STUBBED,
+        "Events above --max-message-bytes published with their largest values left out (--oversize stub), by table"
+    );
+    describe_gauge!(
+        HALTED,
+        "1 while the producer is halted on an error only the operator can fix (see /readyz and the log)"
+    );
+    describe_gauge!(IN_FLIGHT_BYTES, Unit::Bytes, "Bytes of message bodies published and not yet confirmed");
+    describe_counter!(
+        IN_FLIGHT_LIMIT,
+        "Times reading paused because --max-in-flight (limit=messages) or --max-in-flight-bytes (limit=bytes) was reached"
+    );
+    describe_gauge!(BLOCKED, "1 while RabbitMQ blocks the publishing connection (memory or disk alarm)");
+    describe_counter!(BLOCKS, "Times RabbitMQ blocked the publishing connection");
     describe_histogram!(
         COMMIT_TO_CONFIRM,
         Unit::Seconds,

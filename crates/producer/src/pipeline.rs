@@ -30,7 +30,8 @@ use crate::session::SessionState;
 use crate::stats::Stats;
 use crate::status::run_status;
 
-/// Batches between reader and publisher; with up to 256 messages each, this bounds memory.
+/// Batches between reader and publisher; with up to 256 messages or 1 MiB each (plus one
+/// message), this bounds memory.
 const CHANNEL_BATCHES: usize = 16;
 /// How long a stopping session reads the stream for PostgreSQL's end of it.
 const END_OF_STREAM_WAIT: Duration = Duration::from_secs(3);

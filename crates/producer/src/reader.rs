@@ -44,7 +44,30 @@ impl Batch {
     }
 }
 
+/// A batch is handed over at this many messages or bytes, whichever comes first, so that the
+/// channel to the publisher holds at most `CHANNEL_BATCHES` × (`BATCH_BYTES` + one message).
 const BATCH_SIZE: usize = 256;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Collects the messages of one batch.
+#[derive(Default)]
+struct BatchBuilder {
+    messages: Vec<OutgoingMessage>,
+    bytes: usize,
+}
+
+impl BatchBuilder {
+    /// Adds a message; returns the batch when it is full.
+    fn push(&mut self, message: OutgoingMessage) -> Option<Vec<OutgoingMessage>> {
+        self.bytes += message.body.len();
+        self.messages.push(message);
+        if self.messages.len() < BATCH_SIZE && self.bytes < BATCH_BYTES {
+            return None;
+        }
+        self.bytes = 0;
+        Some(std::mem::take(&mut self.messages))
+    }
+}
 
 pub struct Reader {
     pub stream: ReplicationReader,
@@ -243,11 +266,9 @@ impl Reader {
         }
         let (memory, spill) = self.buffer.take().await?;
         let lsn_text = begin.commit_lsn.to_string();
-        let mut batch = Vec::with_capacity(BATCH_SIZE.min(memory.len() + usize::from(spill.is_some()) * BATCH_SIZE));
+        let mut batch = BatchBuilder::default();
         for event in memory {
-            batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?);
-            if batch.len() == BATCH_SIZE {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
+            if let Some(full) = batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?) {
                 if let Flow::Stop = self.send(Batch::part(full), shutdown).await? {
                     return Ok(Flow::Stop);
                 }
@@ -255,9 +276,7 @@ impl Reader {
         }
         if let Some(mut spill) = spill {
             while let Some(event) = spill.next().await? {
-                batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?);
-                if batch.len() == BATCH_SIZE {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_SIZE));
+                if let Some(full) = batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?) {
                     if let Flow::Stop = self.send(Batch::part(full), shutdown).await? {
                         return Ok(Flow::Stop);
                     }
@@ -265,7 +284,7 @@ impl Reader {
             }
         }
         let commit_time_micros = Some(begin.commit_time_micros);
-        self.send(Batch { messages: batch, commit: Some(end_lsn), commit_time_micros }, shutdown).await
+        self.send(Batch { messages: batch.messages, commit: Some(end_lsn), commit_time_micros }, shutdown).await
     }
 
     fn outgoing(
@@ -286,6 +305,6 @@ impl Reader {
             lsn_text,
             commit_time_micros: begin.commit_time_micros,
         };
-        Ok(message::build(envelope, &route, body, self.config.compression)?)
+        message::build_within_limit(envelope, &route, body, &self.config)
     }
 }

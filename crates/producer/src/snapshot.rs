@@ -396,7 +396,7 @@ impl Snapshot<'_> {
             lsn_text: &self.lsn_text,
             commit_time_micros: unix_micros(),
         };
-        Ok(message::build(envelope, route, body, self.config.compression)?)
+        message::build_within_limit(envelope, route, body, self.config)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Counters of the pipeline, shared with progress logging, readiness and the monitor.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// What the producer is doing; readiness (`/readyz`) is `Streaming`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +13,12 @@ pub enum Phase {
     Streaming = 3,
     Reconnecting = 4,
     Stopped = 5,
+    /// Streaming, but RabbitMQ blocks publishing (a memory or disk alarm).
+    Blocked = 6,
+    /// Stopped on an error only the operator can fix (an event the broker cannot take, a
+    /// setting the broker refuses); the process stays up so that `/readyz` and the metrics say
+    /// why.
+    Halted = 7,
 }
 
 impl Phase {
@@ -22,6 +29,8 @@ impl Phase {
             3 => Phase::Streaming,
             4 => Phase::Reconnecting,
             5 => Phase::Stopped,
+            6 => Phase::Blocked,
+            7 => Phase::Halted,
             _ => Phase::Connecting,
         }
     }
@@ -35,6 +44,8 @@ impl Phase {
             Phase::Streaming => "streaming",
             Phase::Reconnecting => "reconnecting after a failure",
             Phase::Stopped => "stopped",
+            Phase::Blocked => "RabbitMQ blocked",
+            Phase::Halted => "halted",
         }
     }
 }
@@ -58,7 +69,12 @@ pub struct Stats {
     /// Commit time (Unix microseconds) of the last confirmed transaction.
     pub last_commit_micros: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Bytes of message bodies published and not yet confirmed.
+    pub in_flight_bytes: AtomicU64,
     phase: AtomicU64,
+    /// What goes with the phase, for `/readyz` (the broker's reason for blocking, the error that
+    /// halted the producer, a standby's suspicion about the lock holder).
+    detail: Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -78,7 +94,27 @@ impl Stats {
         Phase::from_u64(self.phase.load(Ordering::Relaxed))
     }
 
+    /// The phase and, where there is one, the reason that goes with it.
+    pub fn status(&self) -> (Phase, Option<String>) {
+        let detail = self.detail.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        (self.phase(), detail)
+    }
+
+    /// Why the producer is not ready, for `/readyz`: the phase and its reason.
+    pub fn not_ready_reason(&self) -> String {
+        match self.status() {
+            (phase, Some(detail)) => format!("{}: {detail}", phase.describe()),
+            (phase, None) => phase.describe().to_owned(),
+        }
+    }
+
     pub fn set_phase(&self, phase: Phase) {
+        self.set_phase_with(phase, None);
+    }
+
+    /// Sets the phase with a reason shown on `/readyz`.
+    pub fn set_phase_with(&self, phase: Phase, detail: Option<String>) {
+        *self.detail.lock().unwrap_or_else(PoisonError::into_inner) = detail;
         self.phase.store(phase as u64, Ordering::Relaxed);
         metrics::gauge!(crate::metrics::STREAMING).set(if phase == Phase::Streaming { 1.0 } else { 0.0 });
     }

@@ -56,11 +56,17 @@ fn rabbit_command(program: &str, env: &[(String, String)]) -> Command {
 impl RabbitNode {
     /// Starts a node and waits until it accepts AMQP connections.
     pub async fn start() -> RabbitNode {
+        Self::start_with("").await
+    }
+
+    /// Starts a node with further `rabbitmq.conf` lines (e.g. `max_message_size = 65536`).
+    pub async fn start_with(config: &str) -> RabbitNode {
         let dir = tempfile::Builder::new().prefix("pgevents-rabbit-").tempdir().expect("temp dir");
         let port = free_port();
         let node = format!("pgevents_test_{port}@localhost");
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("plugins file");
-        std::fs::write(dir.path().join("rabbitmq.conf"), "loopback_users = none\n").expect("config file");
+        std::fs::write(dir.path().join("rabbitmq.conf"), format!("loopback_users = none\n{config}\n"))
+            .expect("config file");
         if is_root() {
             let status = std::process::Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(dir.path()).status();
             assert!(status.is_ok_and(|s| s.success()), "chown the node's directory");
@@ -119,7 +125,9 @@ impl RabbitNode {
         }
     }
 
-    async fn ctl(&self, args: &[&str]) {
+    /// Runs `rabbitmqctl -n <node> <args>` (e.g. `set_disk_free_limit 1000GB` to raise a disk
+    /// alarm) and asserts that it succeeded.
+    pub async fn ctl(&self, args: &[&str]) {
         let status = rabbit_command("rabbitmqctl", &[])
             .args(["-n", &self.node])
             .args(args)

@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgevents_decode::{Plugin, ValueOptions};
-use pgevents_producer::{metrics, Compression, Phase, ProducerConfig, RoutingConfig, SnapshotMode, Stats, TableName};
+use pgevents_producer::{
+    metrics, Compression, Oversize, Phase, ProducerConfig, RoutingConfig, SnapshotMode, Stats, TableName,
+};
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CompressionArg, PluginArg, ProducerArgs, RoutingArgs, SnapshotArg};
+use crate::cli::{CompressionArg, OversizeArg, PluginArg, ProducerArgs, RoutingArgs, SnapshotArg};
 
 pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     let postgres = args.pg.connect_config("pgevents producer")?;
@@ -41,6 +43,12 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     };
     config.values = ValueOptions { numeric_as_string: args.numeric_as_string };
     config.max_in_flight = args.max_in_flight.max(1);
+    config.max_in_flight_bytes = args.max_in_flight_bytes.max(1);
+    config.max_message_bytes = args.max_message_bytes.max(1024);
+    config.oversize = match args.oversize {
+        OversizeArg::Fail => Oversize::Fail,
+        OversizeArg::Stub => Oversize::Stub,
+    };
     config.status_interval = Duration::from_secs(args.status_interval_secs.max(1));
     config.tx_memory_budget = args.tx_memory_mb.max(1) << 20;
     config.spill_dir = args.spill_dir.clone();
@@ -91,17 +99,18 @@ pub async fn run(args: ProducerArgs, shutdown: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
-/// Keeps `/readyz` in step with the producer's phase: ready while streaming.
+/// Keeps `/readyz` in step with the producer's phase: ready while streaming, otherwise 503
+/// with the phase and its reason.
 async fn report_readiness(stats: Arc<Stats>, readiness: Readiness) {
     let mut last = None;
     loop {
-        let phase = stats.phase();
-        if last != Some(phase) {
-            match phase {
+        let status = stats.status();
+        if last.as_ref() != Some(&status) {
+            match status.0 {
                 Phase::Streaming => readiness.set_ready(),
-                other => readiness.set_not_ready(other.describe()),
+                _ => readiness.set_not_ready(stats.not_ready_reason()),
             }
-            last = Some(phase);
+            last = Some(status);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
