@@ -88,7 +88,10 @@ async fn events_larger_than_the_broker_takes_are_stubbed_or_halt_the_producer() 
     let (failing, addr) = producer(&world, &node, &[("PGEVENTS_MAX_MESSAGE_BYTES", "60000")]).await;
     let reason = not_ready_with(addr, "above --max-message-bytes 60000").await;
     assert!(reason.contains("of public.big is 200") && reason.contains("--oversize stub"), "{reason}");
-    assert!(queue.next(Duration::from_secs(1)).await.is_none(), "nothing published past the halt");
+    // Event 4 may come again (its confirm may not have reached PostgreSQL before the halt):
+    // at least once. Nothing from the refused event on.
+    let again = ids(&queue.drain(Duration::from_secs(1)).await);
+    assert!(again.iter().all(|id| *id == 4), "nothing published past the halt: {again:?}");
     let log = stop(failing).await;
     assert!(log.contains("halted"), "{log}");
     queue.close().await;

@@ -1,12 +1,13 @@
 //! Running the producer in production: metrics and health endpoints, the slot advancing while
 //! only unsubscribed tables change (and the heartbeat statement), and high availability (a
-//! standby producer takes over when the active one dies, losing nothing).
+//! standby producer takes over when the active one dies, losing nothing; a session that holds
+//! the slot's lock without streaming is reported).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{check_at_least_once_in_order, stop, write_rows, World, WAIT};
+use common::{check_at_least_once_in_order, pg_port, stop, write_rows, World, WAIT};
 use pgevents_testkit::{free_local_addr, http_get, metric_value, wait_for, PgEventsProcess};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,4 +159,52 @@ async fn json_logs_have_no_line_per_event_and_report_progress() {
     assert_eq!(progress["events_confirmed"], 500);
     assert!(progress["lag_bytes"].is_u64() && progress["rate_per_s"].is_u64(), "{progress}");
     world.cleanup(queue).await;
+}
+
+/// Any role can take a plain advisory lock: an ordinary user holding the producer's lock (by
+/// mistake or not) would keep every producer in standby while WAL piles up. The standby
+/// notices that the holder does not stream the slot and reports it within
+/// `--lock-holder-timeout` (log with PID and user, `/readyz`, metric); ending that session, as
+/// the report says, lets the producer take over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_holding_the_lock_without_streaming_is_reported() {
+    let world = World::new().await;
+    world.pg.execute("CREATE ROLE mallory LOGIN PASSWORD 'mallory'").await;
+    let (mallory, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(pg_port(&world.pg))
+        .user("mallory")
+        .password("mallory")
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect as an ordinary role");
+    tokio::spawn(connection);
+    let pid: i32 = mallory.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    mallory.execute("SELECT pg_advisory_lock(1885824374, hashtext('pgevents_test'))", &[]).await.unwrap();
+
+    let addr = free_local_addr();
+    let addr_text = addr.to_string();
+    let env = world.producer_env(&[("PGEVENTS_METRICS_ADDR", &addr_text), ("PGEVENTS_LOCK_HOLDER_TIMEOUT", "2")]);
+    let mut producer = PgEventsProcess::spawn(&["producer"], &env);
+    producer.wait_for_log("standby", WAIT).await;
+    let reason = wait_for("/readyz to report the lock holder", WAIT, || async {
+        let (status, reason) = http_get(addr, "/readyz").await?;
+        (status == 503 && reason.contains("has not streamed")).then_some(reason)
+    })
+    .await;
+    assert!(reason.contains(&format!("PID {pid}")) && reason.contains("user mallory"), "{reason}");
+    assert!(reason.contains(&format!("pg_terminate_backend({pid})")), "{reason}");
+    let text = http_get(addr, "/metrics").await.map(|(_, text)| text).unwrap_or_default();
+    assert_eq!(metric_value(&text, "pgevents_standby_lock_suspect"), Some(1.0), "{text}");
+    assert!(producer.stderr().contains(&format!("pid={pid}")), "{}", producer.stderr());
+
+    world.pg.execute(&format!("SELECT pg_terminate_backend({pid})")).await;
+    producer.wait_for_log("took over", WAIT).await;
+    producer.wait_for_log("streaming", WAIT).await;
+    wait_for("/readyz to say ready", WAIT, || async { (http_get(addr, "/readyz").await?.0 == 200).then_some(()) })
+        .await;
+    let text = http_get(addr, "/metrics").await.map(|(_, text)| text).unwrap_or_default();
+    assert_eq!(metric_value(&text, "pgevents_standby_lock_suspect"), Some(0.0));
+    stop(producer).await;
 }

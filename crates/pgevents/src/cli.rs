@@ -260,6 +260,9 @@ pub struct ProducerArgs {
     /// Seconds to wait at start for a slot held by another connection before failing
     #[arg(long = "slot-busy-timeout", env = "PGEVENTS_SLOT_BUSY_TIMEOUT", default_value_t = 10)]
     pub slot_busy_timeout_secs: u64,
+    /// Seconds a standby tolerates the slot's lock held while nobody streams the slot, before it reports the holder's PID and user (log, /readyz, pgevents_standby_lock_suspect)
+    #[arg(long = "lock-holder-timeout", env = "PGEVENTS_LOCK_HOLDER_TIMEOUT", default_value_t = 60)]
+    pub lock_holder_timeout_secs: u64,
     /// Seconds published messages may stay unconfirmed before the broker connection is presumed broken
     #[arg(long = "confirm-timeout", env = "PGEVENTS_CONFIRM_TIMEOUT", default_value_t = 60)]
     pub confirm_timeout_secs: u64,

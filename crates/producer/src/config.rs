@@ -84,6 +84,9 @@ pub struct ProducerConfig {
     /// At start, how long to wait for a slot held by another connection (a crashed producer's
     /// connection may hold it for a moment) before failing.
     pub slot_busy_timeout: Duration,
+    /// How long a standby tolerates the slot's lock held by a session while nobody streams the
+    /// slot, before reporting the holder (it may not be a producer at all).
+    pub lock_holder_timeout: Duration,
     /// A statement run every `heartbeat_interval` on the catalog connection (e.g.
     /// `SELECT pg_logical_emit_message(false, 'pgevents-heartbeat', '')`), so the slot's database
     /// has WAL of its own even when nothing subscribed changes.
@@ -127,6 +130,7 @@ impl ProducerConfig {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             slot_busy_timeout: Duration::from_secs(10),
+            lock_holder_timeout: Duration::from_secs(60),
             heartbeat_sql: None,
             heartbeat_interval: Duration::from_secs(30),
             routing: RoutingConfig::default(),

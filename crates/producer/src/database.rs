@@ -29,6 +29,24 @@ pub struct ColumnInfo {
 }
 
 /// A regular (non-replication) connection.
+/// The session holding the slot's advisory lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: i32,
+    pub user: String,
+    pub application: String,
+    /// Client address, or `local socket`.
+    pub client: String,
+    /// Whether some connection streams the slot right now.
+    pub slot_streamed: bool,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PID {} (user {}, application {:?}, from {})", self.pid, self.user, self.application, self.client)
+    }
+}
+
 pub struct Database {
     client: Client,
 }
@@ -115,20 +133,33 @@ impl Database {
         Ok(row.get(0))
     }
 
-    /// Who holds that advisory lock: PID, application name and client address.
-    pub async fn advisory_lock_holder(&self, namespace: i32, name: &str) -> Result<Option<String>, ProducerError> {
+    /// Who holds that advisory lock, and whether anyone streams `slot` meanwhile.
+    pub async fn advisory_lock_holder(
+        &self,
+        namespace: i32,
+        name: &str,
+        slot: &str,
+    ) -> Result<Option<LockHolder>, ProducerError> {
         let row = self
             .client
             .query_opt(
-                "SELECT format('PID %s (%s) from %s', l.pid, a.application_name, coalesce(a.client_addr::text, 'local socket'))
+                "SELECT l.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, ''),
+                        coalesce(a.client_addr::text, 'local socket'),
+                        coalesce((SELECT s.active FROM pg_replication_slots s WHERE s.slot_name = $3), false)
                  FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                    AND l.classid = $1::int4::oid AND l.objid = hashtext($2)::oid",
-                &[&namespace, &name],
+                &[&namespace, &name, &slot],
             )
             .await
             .map_err(|e| pg_error("look up the holder of the producer lock", e))?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| LockHolder {
+            pid: r.get(0),
+            user: r.get(1),
+            application: r.get(2),
+            client: r.get(3),
+            slot_streamed: r.get(4),
+        }))
     }
 
     /// The underlying client, for queries of their own (snapshot, progress).

@@ -24,6 +24,7 @@ pub const HEARTBEATS: &str = "pgevents_heartbeats_total";
 pub const COMMIT_TO_CONFIRM: &str = "pgevents_commit_to_confirm_seconds";
 pub const EVENTS_STUBBED: &str = "pgevents_events_stubbed_total";
 pub const HALTED: &str = "pgevents_halted";
+pub const STANDBY_LOCK_SUSPECT: &str = "pgevents_standby_lock_suspect";
 pub const IN_FLIGHT_BYTES: &str = "pgevents_in_flight_bytes";
 pub const IN_FLIGHT_LIMIT: &str = "pgevents_in_flight_limit_reached_total";
 pub const BLOCKED: &str = "pgevents_rabbitmq_blocked";
@@ -66,6 +67,10 @@ pub fn describe() {
     describe_gauge!(
         HALTED,
         "1 while the producer is halted on an error only the operator can fix (see /readyz and the log)"
+    );
+    describe_gauge!(
+        STANDBY_LOCK_SUSPECT,
+        "1 while a standby sees the slot's lock held by a session that has not streamed the slot for --lock-holder-timeout"
     );
     describe_gauge!(IN_FLIGHT_BYTES, Unit::Bytes, "Bytes of message bodies published and not yet confirmed");
     describe_counter!(

@@ -121,7 +121,7 @@ pub async fn run_session(
     stats.set_phase(Phase::Connecting);
     let db = Arc::new(Database::connect(&config.postgres).await?);
     let server_version = check_server(&db).await?;
-    if take_slot_lock(&db, &config.slot, stats, shutdown).await? == Lock::Cancelled {
+    if take_slot_lock(&db, &config.slot, config.lock_holder_timeout, stats, shutdown).await? == Lock::Cancelled {
         return Ok(());
     }
     stats.set_phase(Phase::Connecting);

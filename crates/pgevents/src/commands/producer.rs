@@ -56,6 +56,7 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     config.confirm_timeout = Duration::from_secs(args.confirm_timeout_secs.max(1));
     config.backoff_max = Duration::from_secs(args.backoff_max_secs.max(1)).max(config.backoff_min);
     config.slot_busy_timeout = Duration::from_secs(args.slot_busy_timeout_secs);
+    config.lock_holder_timeout = Duration::from_secs(args.lock_holder_timeout_secs.max(1));
     config.heartbeat_sql = args.heartbeat_sql.clone().filter(|sql| !sql.trim().is_empty());
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_interval_secs.max(1));
     config.routing = routing(&args.routing)?;
