@@ -340,7 +340,9 @@ async fn async_jobs_and_crashes_never_repeat_a_success() {
     let calls = slow_calls.clone();
     let http = HttpRecorder::start(move |_, request| match request.path.as_str() {
         // The first call hangs: the worker is killed while waiting for it.
-        "/slow" if calls.fetch_add(1, Ordering::SeqCst) == 0 => Reply { status: 200, delay: Duration::from_secs(120) },
+        "/slow" if calls.fetch_add(1, Ordering::SeqCst) == 0 => {
+            Reply { delay: Duration::from_secs(120), ..Reply::status(200) }
+        }
         _ => Reply::status(200),
     })
     .await;
@@ -646,4 +648,119 @@ async fn dead_jobs_can_be_requeued() {
     let out = requeue("hook").await;
     assert!(out.contains("requeued 0 dead jobs") && out.contains("left 1 other messages"), "{out}");
     stage.cleanup(vec![worker, runner]).await;
+}
+
+/// `{{secret.NAME}}` fills URLs and headers from the worker's environment and
+/// `--secrets-dir`, and no secret value is ever recorded: not in `action_run` (parameters,
+/// error, the response body that echoes one), not in the dead-letter header, not in the log;
+/// recorded URLs lose their query values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_used_but_never_recorded() {
+    const API: &str = "tok-123456-secret";
+    const HOOK: &str = "hook-abcdef-secret";
+    const FILE: &str = "file-zyxwv-secret";
+    let http = HttpRecorder::start(|_, request| {
+        // A server that echoes the credentials it got (in the body that action_run keeps).
+        let echo = request.header("authorization").unwrap_or_default().to_owned();
+        Reply::with_body(500, &json!({"you_sent": echo}).to_string())
+    })
+    .await;
+    let rules = format!(
+        r#"
+        INSERT INTO pgevents.event_table (table_name) VALUES ('users');
+        INSERT INTO pgevents.action (name, kind, url, headers, max_attempts, backoff_ms) VALUES
+            ('notify', 'http', '{base}/hook?key={{{{secret.HOOK_TOKEN}}}}',
+             '{{"Authorization": "Bearer {{{{secret.API_TOKEN}}}}", "X-File": "{{{{secret.FILE_TOKEN}}}}"}}', 2, 50),
+            ('down', 'http', 'http://127.0.0.1:1/x?key={{{{secret.HOOK_TOKEN}}}}', '{{}}', 1, 50);
+        INSERT INTO pgevents.work_item (name, table_name, action) VALUES
+            ('notify', 'users', 'notify'), ('down', 'users', 'down');
+        "#,
+        base = http.base_url()
+    );
+    let stage = Stage::new(&rules).await;
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("FILE_TOKEN"), format!("{FILE}\n")).unwrap();
+    let dir = secrets.path().display().to_string();
+    let worker = stage
+        .start(
+            "worker",
+            &[("PGEVENTS_SECRET_API_TOKEN", API), ("PGEVENTS_SECRET_HOOK_TOKEN", HOOK), ("PGEVENTS_SECRETS_DIR", &dir)],
+        )
+        .await;
+    stage.world.pg.execute(&format!("INSERT INTO users (email) VALUES ('{API}@example.com')")).await;
+    let runs = stage.wait_runs("notify", 2).await;
+    assert_eq!(statuses(&runs), ["failed", "dead"]);
+    let down = stage.wait_runs("down", 1).await;
+
+    // The secrets reached the server.
+    let calls = paths(&http.requests(), &format!("/hook?key={HOOK}"));
+    assert_eq!(calls.len(), 2, "{:?}", http.requests());
+    assert_eq!(calls[0].header("authorization"), Some(format!("Bearer {API}").as_str()));
+    assert_eq!(calls[0].header("x-file"), Some(FILE));
+
+    // ... and nowhere else.
+    let recorded = serde_json::to_string(&[&runs[..], &down[..]].concat()).unwrap();
+    for secret in [API, HOOK, FILE] {
+        assert!(!recorded.contains(secret), "{secret} recorded in action_run: {recorded}");
+    }
+    assert_eq!(runs[1]["result"], r#"{"you_sent":"Bearer [secret API_TOKEN]"}"#);
+    assert_eq!(runs[0]["parameters"]["email"], "[secret API_TOKEN]@example.com", "parameters are cleaned too");
+    let error = down[0]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("http://127.0.0.1:1/x?key=***: cannot connect"), "{error}");
+    let mut dead = EventQueue::reattach(&amqp_url(), &stage.dead_queue).await;
+    for _ in 0..2 {
+        let letter = dead.next_raw(WAIT).await.expect("a dead job");
+        let header = letter.header("error").unwrap_or_default();
+        assert!(![API, HOOK, FILE].iter().any(|s| header.contains(s)), "{header}");
+    }
+    dead.close().await;
+    let log = worker.stderr();
+    assert!(![API, HOOK, FILE].iter().any(|s| log.contains(s)), "a secret in the log:\n{log}");
+    assert!(log.contains("API_TOKEN") && log.contains("FILE_TOKEN"), "the log names the secrets it has:\n{log}");
+    stage.cleanup(vec![worker]).await;
+}
+
+/// With `--http-allow`, a call to an address outside the list is refused before any
+/// connection and recorded as dead with the reason; redirects are followed only to the same
+/// host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_outside_http_allow_and_redirects_to_other_hosts_are_refused() {
+    let http = HttpRecorder::start(|_, request| match request.path.as_str() {
+        "/jump" => {
+            let port = request.header("host").and_then(|h| h.rsplit(':').next()).unwrap_or("1");
+            Reply::redirect(302, &format!("http://localhost:{port}/landed"))
+        }
+        "/same" => Reply::redirect(307, "/landed"),
+        _ => Reply::status(200),
+    })
+    .await;
+    let rules = format!(
+        r#"
+        INSERT INTO pgevents.event_table (table_name) VALUES ('users');
+        INSERT INTO pgevents.action (name, kind, url, max_attempts, backoff_ms) VALUES
+            ('outside', 'http', 'http://10.1.2.3:9/x', 3, 50),
+            ('jump', 'http', '{base}/jump', 3, 50),
+            ('same', 'http', '{base}/same', 3, 50);
+        INSERT INTO pgevents.work_item (name, table_name, action) VALUES
+            ('outside', 'users', 'outside'), ('jump', 'users', 'jump'), ('same', 'users', 'same');
+        "#,
+        base = http.base_url()
+    );
+    let stage = Stage::new(&rules).await;
+    let worker = stage.start("worker", &[("PGEVENTS_HTTP_ALLOW", "127.0.0.0/8,localhost")]).await;
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('a@example.com')").await;
+
+    let outside = stage.wait_runs("outside", 1).await;
+    assert_eq!(statuses(&outside), ["dead"], "refused for good, at the first attempt");
+    assert_eq!(outside[0]["error"], "refused to call http://10.1.2.3:9/x: 10.1.2.3 is not allowed by --http-allow");
+
+    let jump = stage.wait_runs("jump", 1).await;
+    assert_eq!(statuses(&jump), ["dead"]);
+    let error = jump[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("a redirect to another host (localhost) was refused"), "{error}");
+
+    let same = stage.wait_runs("same", 1).await;
+    assert_eq!(statuses(&same), ["succeeded"], "a redirect on the same host is followed");
+    assert_eq!(paths(&http.requests(), "/landed").len(), 1, "only the same-host redirect landed");
+    stage.cleanup(vec![worker]).await;
 }

@@ -1,13 +1,16 @@
 //! HTTP actions: build the request from the action and the run's parameters, send it, and say
 //! whether it worked (a 2xx status) or why not.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pgevents_rules::ActionDef;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::{Map, Value};
 
+use crate::outbound::{redirect_policy, AllowList};
 use crate::runner::{Attempt, Record};
+use crate::secrets::{redact_url, Secrets};
 use crate::template::{percent_encode, render_string, render_value, Scope};
 use crate::Job;
 use pgevents_pg::ErrorKind;
@@ -15,10 +18,24 @@ use pgevents_pg::ErrorKind;
 /// Longest response body kept in `action_run.result`.
 const BODY_LIMIT: usize = 8192;
 
-/// The HTTP client all HTTP actions share (connection reuse, TLS with the Mozilla roots).
+/// How HTTP actions reach out.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    /// Where they may go (`--http-allow`).
+    pub allow: AllowList,
+    /// A PEM file of CA certificates trusted besides the Mozilla roots (`--http-ca-file`).
+    pub ca_file: Option<PathBuf>,
+    /// Values for `{{secret.NAME}}`.
+    pub secrets: Secrets,
+}
+
+/// The HTTP client all HTTP actions share (connection reuse, TLS with the Mozilla roots and
+/// `--http-ca-file`, destinations held to `--http-allow`, redirects to the same host only).
 #[derive(Debug, Clone)]
 pub struct HttpCaller {
     client: reqwest::Client,
+    allow: AllowList,
+    secrets: Secrets,
 }
 
 /// The parts of an HTTP action.
@@ -53,9 +70,10 @@ fn url(action: &ActionDef, template: &str, base_url: Option<&str>, scope: Scope<
         None => template.to_owned(),
     };
     let rendered = render_string(&with_base, scope, percent_encode).map_err(|e| format!("URL {template:?}: {e}"))?;
-    let url = reqwest::Url::parse(&rendered).map_err(|e| format!("invalid URL {rendered:?}: {e}"))?;
+    // The template, not the rendered URL, goes into errors: values may be secrets.
+    let url = reqwest::Url::parse(&rendered).map_err(|e| format!("invalid URL from {template:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("invalid URL {rendered:?}: only http and https are supported"));
+        return Err(format!("invalid URL from {template:?}: only http and https are supported"));
     }
     Ok(url)
 }
@@ -65,7 +83,10 @@ fn headers(job: &Job, configured: &Map<String, Value>, scope: Scope<'_>) -> Resu
     let mut put = |name: &str, value: &str| -> Result<(), String> {
         let header =
             HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("invalid header name {name:?}: {e}"))?;
-        let value = HeaderValue::from_str(value).map_err(|e| format!("invalid value for header {name:?}: {e}"))?;
+        // The value never goes into the error: it may be a token.
+        let mut value =
+            HeaderValue::from_str(value).map_err(|e| format!("invalid value for header {name:?} (not shown): {e}"))?;
+        value.set_sensitive(true);
         headers.insert(header, value);
         Ok(())
     };
@@ -88,13 +109,32 @@ fn headers(job: &Job, configured: &Map<String, Value>, scope: Scope<'_>) -> Resu
 }
 
 impl HttpCaller {
-    pub fn new() -> Result<HttpCaller, String> {
-        let client = reqwest::Client::builder()
+    pub fn new(settings: HttpSettings) -> Result<HttpCaller, String> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("pgevents/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
-        Ok(HttpCaller { client })
+            .redirect(redirect_policy());
+        if settings.allow.is_restricted() {
+            builder = builder.dns_resolver(settings.allow.resolver());
+        }
+        if let Some(file) = &settings.ca_file {
+            let pem = std::fs::read(file).map_err(|e| format!("cannot read --http-ca-file {}: {e}", file.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("--http-ca-file {} holds no PEM certificate: {e}", file.display()))?;
+            if certificates.is_empty() {
+                return Err(format!("--http-ca-file {} holds no PEM certificate", file.display()));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder.build().map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        Ok(HttpCaller { client, allow: settings.allow, secrets: settings.secrets })
+    }
+
+    /// The secrets templates use (and records are cleaned of).
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// One attempt.
@@ -107,11 +147,14 @@ impl HttpCaller {
         event: &Value,
         base_url: Option<&str>,
     ) -> Attempt {
-        let scope = Scope { parameters, event };
+        let scope = Scope { parameters, event, secrets: &self.secrets };
         let url = match url(action, http.url, base_url, scope) {
             Ok(url) => url,
             Err(e) => return permanent(e),
         };
+        if let Err(refused) = self.allow.check(&url).await {
+            return permanent(format!("refused to call {}: {refused}", redact_url(url.as_str())));
+        }
         let method = match reqwest::Method::from_bytes(http.method.as_bytes()) {
             Ok(method) => method,
             Err(_) => return permanent(format!("invalid HTTP method {:?}", http.method)),
@@ -128,13 +171,19 @@ impl HttpCaller {
             None if method == reqwest::Method::GET => None,
             None => Some(Value::Object(parameters.clone())),
         };
+        let url_text = url.to_string();
         let mut request = self.client.request(method, url).headers(headers).timeout(action.timeout);
         if let Some(body) = body {
             request = request.body(body.to_string());
         }
+        let shown = redact_url(url_text.as_str());
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return Attempt::failed(describe(&e, action.timeout), ErrorKind::Transient),
+            // A refused redirect is the server's answer, not a passing failure.
+            Err(e) if e.is_redirect() => return permanent(format!("{shown}: {}", describe(e, action.timeout))),
+            Err(e) => {
+                return Attempt::failed(format!("{shown}: {}", describe(e, action.timeout)), ErrorKind::Transient)
+            }
         };
         let status = response.status();
         let text = read_prefix(response, BODY_LIMIT).await;
@@ -164,7 +213,9 @@ async fn read_prefix(mut response: reqwest::Response, limit: usize) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+/// What went wrong, without the URL (the caller adds it, redacted).
+fn describe(e: reqwest::Error, timeout: Duration) -> String {
+    let e = e.without_url();
     let what = if e.is_timeout() {
         format!("no response within {} ms", timeout.as_millis())
     } else if e.is_connect() {
@@ -173,7 +224,7 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
         "request failed".to_owned()
     };
     let mut text = format!("{what}: {e}");
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         text.push_str(&format!(": {s}"));
         source = s.source();
@@ -203,7 +254,8 @@ mod tests {
     fn base_url_and_placeholders_make_the_url() {
         let parameters = json!({"id": "a/b"}).as_object().cloned().unwrap();
         let event = json!({});
-        let scope = Scope { parameters: &parameters, event: &event };
+        let secrets = Secrets::default();
+        let scope = Scope { parameters: &parameters, event: &event, secrets: &secrets };
         let made = url(&action(), "{base_url}/users/{{id}}", Some("http://api.test:8080/"), scope).unwrap();
         assert_eq!(made.as_str(), "http://api.test:8080/users/a%2Fb");
         let err = url(&action(), "{base_url}/x", None, scope).unwrap_err();

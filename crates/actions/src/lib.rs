@@ -19,20 +19,24 @@ mod dead;
 mod error;
 mod http;
 mod job;
+mod outbound;
 mod record;
 mod requeue;
 mod runner;
 mod runner_service;
+mod secrets;
 mod sql;
 mod template;
 
 pub use dead::{declare_work_topology, work_message, DeadLetters, WorkTopology};
 pub use error::JobError;
-pub use http::HttpCaller;
+pub use http::{HttpCaller, HttpSettings};
 pub use job::{EventInfo, Job};
+pub use outbound::AllowList;
 pub use requeue::{requeue_dead, RequeueReport};
 pub use runner::{JobOutcome, JobRunner};
 pub use runner_service::{run_action_runner, StageConsumer};
+pub use secrets::{redact_url, Secrets, SecretsError, ENV_PREFIX as SECRET_ENV_PREFIX};
 
 /// Metric names of the action stage.
 pub mod metric {

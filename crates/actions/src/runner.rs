@@ -142,7 +142,10 @@ impl JobRunner {
         };
         let parameters = job.merged_parameters(&action.static_parameters);
         let parameters_json = parameters_text(&parameters);
-        let base = RunRecord { parameters: Some(&parameters_json), ..base };
+        // What is recorded never holds a secret value (errors, bodies and parameters alike).
+        let secrets = self.http.secrets();
+        let recorded_parameters = secrets.redact(&parameters_json);
+        let base = RunRecord { parameters: Some(&recorded_parameters), ..base };
         if attempt > action.max_attempts {
             // An earlier run used every attempt but could not dead-letter the job.
             let error = format!("gave up after {} failed attempts", prior.failed);
@@ -182,6 +185,7 @@ impl JobRunner {
             let (error, kind, response_code, result) = match outcome {
                 Attempt::AlreadyDone => return Ok(JobOutcome::AlreadyDone),
                 Attempt::Succeeded { response_code, result, record: written } => {
+                    let result = result.map(|text| secrets.redact(&text));
                     if written == Record::ToWrite {
                         let record = RunRecord {
                             status: Status::Succeeded,
@@ -196,7 +200,9 @@ impl JobRunner {
                         .increment(1);
                     return Ok(JobOutcome::Succeeded { attempt });
                 }
-                Attempt::Failed { error, kind, response_code, result } => (error, kind, response_code, result),
+                Attempt::Failed { error, kind, response_code, result } => {
+                    (secrets.redact(&error), kind, response_code, result.map(|text| secrets.redact(&text)))
+                }
             };
             let record =
                 RunRecord { duration, error: Some(&error), response_code, result: result.as_deref(), ..record };

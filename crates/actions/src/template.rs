@@ -1,30 +1,43 @@
 //! `{{name}}` placeholders in HTTP URLs, headers and body templates.
 //!
 //! `{{name}}` (or `{{a.b}}` for a nested value) is taken from the run's parameters;
-//! `{{event.table_name}}`, `{{event.new.email}}` and the like from the event. A string that is
+//! `{{event.table_name}}`, `{{event.new.email}}` and the like from the event;
+//! `{{secret.NAME}}` from the process's secrets (see [`crate::secrets`]). A string that is
 //! a single placeholder becomes the value itself (a number stays a number); inside a longer
 //! string the value is written as text. A placeholder without a value is an error, never an
 //! empty string.
 
 use serde_json::{Map, Value};
 
+use crate::secrets::Secrets;
+
 /// Where placeholders find their values.
 #[derive(Debug, Clone, Copy)]
 pub struct Scope<'a> {
     pub parameters: &'a Map<String, Value>,
     pub event: &'a Value,
+    pub secrets: &'a Secrets,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     #[error("placeholder {{{{{0}}}}} has no value (not in the parameters, or null)")]
     Missing(String),
+    #[error("placeholder {{{{secret.{0}}}}} has no value: set PGEVENTS_SECRET_{0} in the environment of the worker and action runner, or put a file {0} in --secrets-dir")]
+    MissingSecret(String),
     #[error("unclosed placeholder in {0:?}: expected {{{{name}}}}")]
     Unclosed(String),
 }
 
 impl Scope<'_> {
-    fn lookup(&self, path: &str) -> Option<&Value> {
+    fn lookup(&self, path: &str) -> Result<&Value, TemplateError> {
+        if let Some(name) = path.strip_prefix("secret.") {
+            return self.secrets.get(name).ok_or_else(|| TemplateError::MissingSecret(name.to_owned()));
+        }
+        self.lookup_value(path).ok_or_else(|| TemplateError::Missing(path.to_owned()))
+    }
+
+    fn lookup_value(&self, path: &str) -> Option<&Value> {
         let mut parts = path.split('.');
         let first = parts.next()?;
         let mut current = match (first, self.parameters.get(first)) {
@@ -60,7 +73,7 @@ pub fn render_string(text: &str, scope: Scope<'_>, encode: impl Fn(&str) -> Stri
         let after = &rest[start + 2..];
         let end = after.find("}}").ok_or_else(|| TemplateError::Unclosed(text.to_owned()))?;
         let name = after[..end].trim();
-        let value = scope.lookup(name).ok_or_else(|| TemplateError::Missing(name.to_owned()))?;
+        let value = scope.lookup(name)?;
         out.push_str(&encode(&as_text(value)));
         rest = &after[end + 2..];
     }
@@ -78,9 +91,7 @@ pub fn render_value(template: &Value, scope: Scope<'_>) -> Result<Value, Templat
                 .and_then(|t| t.strip_suffix("}}"))
                 .filter(|inner| !inner.contains("{{") && !inner.contains("}}"));
             match single {
-                Some(name) => {
-                    scope.lookup(name.trim()).cloned().ok_or_else(|| TemplateError::Missing(name.trim().to_owned()))?
-                }
+                Some(name) => scope.lookup(name.trim())?.clone(),
                 None => Value::String(render_string(s, scope, str::to_owned)?),
             }
         }
@@ -92,17 +103,13 @@ pub fn render_value(template: &Value, scope: Scope<'_>) -> Result<Value, Templat
     })
 }
 
+/// RFC 3986's unreserved characters stay as they are; everything else is percent-encoded.
+const NOT_UNRESERVED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-encodes everything but RFC 3986's unreserved characters (for URL placeholders).
 pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, NOT_UNRESERVED).to_string()
 }
 
 #[cfg(test)]
@@ -113,7 +120,8 @@ mod tests {
     fn with<T>(parameters: Value, f: impl FnOnce(Scope<'_>) -> T) -> T {
         let parameters = parameters.as_object().cloned().unwrap_or_default();
         let event = json!({"table_name": "public.users", "new": {"email": "a@example.com"}});
-        f(Scope { parameters: &parameters, event: &event })
+        let secrets = Secrets::load([("PGEVENTS_SECRET_TOKEN".to_owned(), "s3cret".to_owned())], None).unwrap();
+        f(Scope { parameters: &parameters, event: &event, secrets: &secrets })
     }
 
     #[test]
@@ -136,6 +144,19 @@ mod tests {
             render_string("{{user.emails.0}} {{event.new.email}}", scope, str::to_owned)
         });
         assert_eq!(text.unwrap(), "x@y a@example.com");
+    }
+
+    #[test]
+    fn secrets_fill_placeholders_and_a_missing_one_says_where_to_set_it() {
+        let header = with(json!({}), |scope| render_string("Bearer {{secret.TOKEN}}", scope, str::to_owned));
+        assert_eq!(header.unwrap(), "Bearer s3cret");
+        let err = with(json!({}), |scope| render_value(&json!("{{secret.NOPE}}"), scope)).unwrap_err();
+        assert_eq!(err, TemplateError::MissingSecret("NOPE".into()));
+        assert!(err.to_string().contains("PGEVENTS_SECRET_NOPE"), "{err}");
+        // A parameter named "secret" does not reach secrets, nor the other way round.
+        let err =
+            with(json!({"secret": {"TOKEN": "param"}}), |scope| render_string("{{secret.X}}", scope, str::to_owned));
+        assert!(matches!(err, Err(TemplateError::MissingSecret(_))));
     }
 
     #[test]

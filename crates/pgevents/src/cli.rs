@@ -108,6 +108,15 @@ pub struct ActionArgs {
     /// Seconds between rule reloads when no change notification arrives
     #[arg(long = "rules-refresh", env = "PGEVENTS_RULES_REFRESH", default_value_t = 60)]
     pub rules_refresh_secs: u64,
+    /// Hosts (api.example.com, *.example.com) and networks (10.0.0.0/8, 203.0.113.7) HTTP actions may call, comma-separated [default: anywhere, with a warning]
+    #[arg(long = "http-allow", env = "PGEVENTS_HTTP_ALLOW", value_delimiter = ',')]
+    pub http_allow: Vec<String>,
+    /// PEM file of CA certificates HTTP actions trust besides the Mozilla roots
+    #[arg(long = "http-ca-file", env = "PGEVENTS_HTTP_CA_FILE")]
+    pub http_ca_file: Option<std::path::PathBuf>,
+    /// Directory of secret files for {{secret.NAME}} in HTTP actions (file NAME holds the value); PGEVENTS_SECRET_NAME variables work too
+    #[arg(long = "secrets-dir", env = "PGEVENTS_SECRETS_DIR")]
+    pub secrets_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -11,16 +11,30 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 /// How to answer one request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
     /// Wait this long before answering (to catch a client mid-request).
     pub delay: Duration,
+    /// Further response headers (`location` for a redirect).
+    pub headers: Vec<(String, String)>,
+    /// The body; `None`: `{"status": <status>}`.
+    pub body: Option<String>,
 }
 
 impl Reply {
     pub fn status(status: u16) -> Reply {
-        Reply { status, delay: Duration::ZERO }
+        Reply { status, delay: Duration::ZERO, headers: Vec::new(), body: None }
+    }
+
+    /// A redirect (`status` 3xx) to `location`.
+    pub fn redirect(status: u16, location: &str) -> Reply {
+        Reply { headers: vec![("location".into(), location.to_owned())], ..Reply::status(status) }
+    }
+
+    /// `status` with `body`.
+    pub fn with_body(status: u16, body: &str) -> Reply {
+        Reply { body: Some(body.to_owned()), ..Reply::status(status) }
     }
 }
 
@@ -145,9 +159,10 @@ async fn serve(stream: tokio::net::TcpStream, requests: Arc<Mutex<Vec<RecordedRe
         _ = tokio::time::sleep(reply.delay) => {}
         read = reader.read(&mut probe) => if matches!(read, Ok(0) | Err(_)) { return },
     }
-    let text = format!("{{\"status\":{}}}", reply.status);
+    let text = reply.body.clone().unwrap_or_else(|| format!("{{\"status\":{}}}", reply.status));
+    let extra: String = reply.headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     let response = format!(
-        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n{text}",
         reply.status,
         text.len()
     );

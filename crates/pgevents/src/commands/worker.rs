@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pgevents_actions::{declare_work_topology, DeadLetters, HttpCaller, JobRunner, StageConsumer, WorkTopology};
+use pgevents_actions::{
+    declare_work_topology, AllowList, DeadLetters, HttpCaller, HttpSettings, JobRunner, Secrets, StageConsumer,
+    WorkTopology,
+};
 use pgevents_consumer::ConnectionWatch;
 use pgevents_rules::RulesCache;
 use pgevents_telemetry::Readiness;
@@ -68,7 +71,7 @@ async fn setup(
     let topology = topology(topology_args);
     declare_work_topology(&url, &topology).await.context("cannot declare the work and dead-letter queues")?;
     let pool = pgevents_pg::pool(&settings, role, actions.concurrency.max(1) + 1)?;
-    let http = HttpCaller::new().map_err(anyhow::Error::msg)?;
+    let http = HttpCaller::new(http_settings(actions)?).map_err(anyhow::Error::msg)?;
     let dead = DeadLetters::start(url.clone(), &topology);
     let runner =
         Arc::new(JobRunner::new(pool.clone(), rules.clone(), http, dead, worker_name(role), actions.base_url.clone()));
@@ -80,6 +83,18 @@ async fn setup(
         on_connected: readiness_watch(&readiness),
     };
     Ok(Setup { stage, pool, rules, runner })
+}
+
+/// `--http-allow`, `--http-ca-file` and the secrets, with a warning when any destination is
+/// allowed.
+fn http_settings(actions: &ActionArgs) -> anyhow::Result<HttpSettings> {
+    let allow = AllowList::parse(&actions.http_allow).map_err(anyhow::Error::msg)?;
+    if !allow.is_restricted() {
+        tracing::warn!("HTTP actions may call any address (no --http-allow): set it to the hosts or networks your actions call, so that a rule cannot reach internal services");
+    }
+    let secrets = Secrets::load(std::env::vars(), actions.secrets_dir.as_deref())?;
+    tracing::info!(secrets = ?secrets.names().collect::<Vec<_>>(), "secrets for HTTP actions");
+    Ok(HttpSettings { allow, ca_file: actions.http_ca_file.clone(), secrets })
 }
 
 /// Ready while consuming; not ready, with the reason, while reconnecting to RabbitMQ.
