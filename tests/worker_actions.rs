@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{World, WAIT};
 use pgevents_testkit::{
     amqp_url, delete_exchange, delete_queue, http_get, metric_value, publish_raw, unique_name, wait_for, EventQueue,
-    HttpRecorder, PgEventsProcess, RabbitNode, RecordedRequest, Reply,
+    HttpRecorder, PgEventsProcess, RabbitNode, RecordedRequest, Reply, TestCa,
 };
 use serde_json::{json, Value};
 
@@ -763,4 +763,36 @@ async fn calls_outside_http_allow_and_redirects_to_other_hosts_are_refused() {
     assert_eq!(statuses(&same), ["succeeded"], "a redirect on the same host is followed");
     assert_eq!(paths(&http.requests(), "/landed").len(), 1, "only the same-host redirect landed");
     stage.cleanup(vec![worker]).await;
+}
+
+/// An API behind a private CA: refused (dead, the certificate named) until the worker trusts
+/// that CA with `--http-ca-file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_actions_trust_a_private_ca_given_with_http_ca_file() {
+    let ca = TestCa::new("pgevents API CA");
+    let http = HttpRecorder::start_tls(&ca.server("api", &["localhost", "127.0.0.1"]), |_, _| Reply::status(200)).await;
+    let rules = format!(
+        r#"
+        INSERT INTO pgevents.event_table (table_name) VALUES ('users');
+        INSERT INTO pgevents.action (name, kind, url, max_attempts, backoff_ms) VALUES ('secure', 'http', '{base}/ok', 1, 50);
+        INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('secure', 'users', 'secure');
+        "#,
+        base = http.base_url()
+    );
+    let stage = Stage::new(&rules).await;
+    let untrusting = stage.worker().await;
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('a@example.com')").await;
+    let runs = stage.wait_runs("secure", 1).await;
+    assert_eq!(statuses(&runs), ["dead"]);
+    let error = runs[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("UnknownIssuer") || error.contains("certificate"), "{error}");
+    common::stop(untrusting).await;
+
+    let ca_file = ca.cert().display().to_string();
+    let trusting = stage.start("worker", &[("PGEVENTS_HTTP_CA_FILE", &ca_file)]).await;
+    stage.world.pg.execute("INSERT INTO users (email) VALUES ('b@example.com')").await;
+    let runs = stage.wait_runs("secure", 2).await;
+    assert_eq!(statuses(&runs), ["dead", "succeeded"]);
+    assert_eq!(paths(&http.requests(), "/ok").len(), 1, "only the trusting worker's call got through");
+    stage.cleanup(vec![trusting]).await;
 }

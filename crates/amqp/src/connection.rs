@@ -3,10 +3,9 @@
 //! while a memory or disk alarm is in effect (`connection.blocked`, with the reason) and
 //! unblocks them when it clears.
 
-use std::sync::Arc;
-
 use amqprs::callbacks::ConnectionCallback;
 use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::security::SecurityCredentials;
 use amqprs::tls::TlsAdaptor;
 use amqprs::Close;
 use async_trait::async_trait;
@@ -14,7 +13,9 @@ use pgevents_retry::ErrorKind;
 use tokio::sync::watch;
 
 use crate::error::ServerReply;
+use crate::url::AuthMechanism;
 use crate::{AmqpError, AmqpUrl};
+use pgevents_tls::{ClientCert, ClientTls, Verify};
 
 /// Whether the broker lets a connection publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,26 +65,56 @@ impl ConnectionCallback for FlowCallback {
 }
 
 async fn open(url: &AmqpUrl, name: &str) -> Result<Connection, AmqpError> {
+    url.check()?;
     let mut args = OpenConnectionArguments::new(&url.host, url.port, &url.user, &url.password);
-    args.virtual_host(&url.vhost).heartbeat(url.heartbeat).connection_name(name);
+    args.virtual_host(&url.vhost)
+        .heartbeat(url.heartbeat)
+        .channel_max(url.channel_max)
+        .frame_max(url.frame_max)
+        .connection_name(name);
+    match url.auth {
+        AuthMechanism::Plain => {}
+        AuthMechanism::AmqPlain => {
+            args.credentials(SecurityCredentials::new_amqplain(&url.user, &url.password));
+        }
+        AuthMechanism::External => {
+            args.credentials(SecurityCredentials::new_external());
+        }
+    }
     if url.tls {
         args.tls_adaptor(tls_adaptor(url)?);
     }
-    Connection::open(&args.finish()).await.map_err(|e| open_failed(url, &e))
+    let ms = url.connection_timeout.as_millis();
+    match tokio::time::timeout(url.connection_timeout, Connection::open(&args.finish())).await {
+        Ok(opened) => opened.map_err(|e| open_failed(url, &e)),
+        Err(_) => Err(AmqpError::Connect {
+            url: url.to_string(),
+            reason: format!("no connection within {ms} ms (connection_timeout)"),
+            kind: ErrorKind::Transient,
+        }),
+    }
 }
 
 fn tls_adaptor(url: &AmqpUrl) -> Result<TlsAdaptor, AmqpError> {
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AmqpError::Connect {
-            url: url.to_string(),
-            reason: format!("TLS setup: {e}"),
-            kind: ErrorKind::Config,
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsAdaptor::new(tokio_rustls::TlsConnector::from(Arc::new(config)), url.host.clone()))
+    let options = &url.tls_options;
+    let client_cert = match (&options.cert_file, &options.key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            Some(ClientCert { cert_file: cert_file.clone(), key_file: key_file.clone() })
+        }
+        _ => None,
+    };
+    let tls = ClientTls {
+        verify: if options.verify { Verify::Full } else { Verify::None },
+        ca_file: options.ca_file.clone(),
+        client_cert,
+    };
+    let config = tls.config().map_err(|e| AmqpError::Connect {
+        url: url.to_string(),
+        reason: e.to_string(),
+        kind: ErrorKind::Config,
+    })?;
+    let server_name = options.server_name.clone().unwrap_or_else(|| url.host.clone());
+    Ok(TlsAdaptor::new(tokio_rustls::TlsConnector::from(config), server_name))
 }
 
 /// A failed connection attempt. The broker's refusal (`connection.close` during the handshake)

@@ -37,7 +37,7 @@ pub use error::{AmqpError, Cause, ServerReply};
 pub use pgevents_retry::ErrorKind;
 pub use stream::{ensure_stream, Retention};
 pub use topology::{bind_queue, declare_queue, declare_topic_exchange, queue_depth, QueueSpec};
-pub use url::AmqpUrl;
+pub use url::{AmqpTls, AmqpUrl, AuthMechanism};
 
 /// A field table from string pairs (queue and consumer arguments).
 pub fn field_table(pairs: &[(&str, FieldValue)]) -> FieldTable {

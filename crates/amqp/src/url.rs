@@ -1,8 +1,52 @@
-//! AMQP URLs (`amqp://user:pass@host:port/vhost`, `amqps://...`), as RabbitMQ documents them.
+//! AMQP URLs as RabbitMQ's URI specification defines them
+//! (`amqp://user:password@host:port/vhost?heartbeat=10`, `amqps://...`), parsed with the `url`
+//! crate, with the standard query parameters:
+//!
+//! | parameter | meaning |
+//! | --- | --- |
+//! | `heartbeat` | seconds (30 by default; 0 turns heartbeats off) |
+//! | `connection_timeout` | milliseconds to open the connection (30000) |
+//! | `channel_max`, `frame_max` | the client's limits (the server's by default) |
+//! | `auth_mechanism` | `plain` (default), `amqplain` or `external` (the TLS client certificate) |
+//! | `cacertfile`, `certfile`, `keyfile` | TLS: CA to trust, client certificate and key (PEM) |
+//! | `verify` | `verify_peer` (default) or `verify_none` |
+//! | `server_name_indication` | the name to verify and send in TLS (default: the host) |
+//!
+//! Errors never quote the URL: it holds a password.
 
 use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
 
 use crate::AmqpError;
+
+/// How the client authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMechanism {
+    /// User name and password (SASL PLAIN).
+    #[default]
+    Plain,
+    /// User name and password, RabbitMQ's older AMQPLAIN.
+    AmqPlain,
+    /// The TLS client certificate (SASL EXTERNAL, RabbitMQ's `rabbitmq_auth_mechanism_ssl`).
+    External,
+}
+
+/// TLS settings of an `amqps://` URL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AmqpTls {
+    /// CA certificates to trust (PEM); `None`: the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), for servers that ask for one and for EXTERNAL.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// `false` with `verify=verify_none`: encrypted, certificate not checked.
+    pub verify: bool,
+    /// The name to verify the certificate against and send as SNI; `None`: the host.
+    pub server_name: Option<String>,
+}
 
 /// A parsed broker URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -15,6 +59,14 @@ pub struct AmqpUrl {
     pub vhost: String,
     /// Heartbeat in seconds (`?heartbeat=N`), 30 by default.
     pub heartbeat: u16,
+    /// How long opening the connection may take (`?connection_timeout=ms`).
+    pub connection_timeout: Duration,
+    /// 0: the server's.
+    pub channel_max: u16,
+    /// 0: the server's.
+    pub frame_max: u32,
+    pub auth: AuthMechanism,
+    pub tls_options: AmqpTls,
 }
 
 impl fmt::Debug for AmqpUrl {
@@ -27,72 +79,132 @@ impl fmt::Debug for AmqpUrl {
 impl fmt::Display for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "amqps" } else { "amqp" };
-        let vhost = if self.vhost == "/" { "%2f".to_owned() } else { self.vhost.clone() };
-        write!(f, "{scheme}://{}:***@{}:{}/{vhost}", self.user, self.host, self.port)
+        let vhost = percent_encoding::utf8_percent_encode(&self.vhost, percent_encoding::NON_ALPHANUMERIC);
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        write!(f, "{scheme}://{}:***@{host}:{}/{vhost}", self.user, self.port)
     }
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("incomplete escape in {s:?}"))?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("invalid escape %{hex} in {s:?}"))?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+fn bad(why: impl fmt::Display) -> AmqpError {
+    AmqpError::InvalidUrl(format!(
+        "{why}; expected amqp://user:password@host:5672/vhost (the URL itself is not shown: it holds a password)"
+    ))
+}
+
+fn decoded(part: &str, what: &str) -> Result<String, AmqpError> {
+    percent_decode_str(part)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| bad(format!("the {what} is not UTF-8 once decoded")))
+}
+
+fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, AmqpError> {
+    value.parse().map_err(|_| bad(format!("{name} must be a number")))
 }
 
 impl std::str::FromStr for AmqpUrl {
     type Err = AmqpError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: String| AmqpError::InvalidUrl(format!("{why}; expected amqp://user:password@host:5672/vhost"));
-        let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme".into()))?;
-        let tls = match scheme {
+        let parsed = url::Url::parse(s.trim()).map_err(|e| bad(format!("not a URL ({e})")))?;
+        let tls = match parsed.scheme() {
             "amqp" => false,
             "amqps" => true,
-            other => return Err(bad(format!("unknown scheme {other:?}"))),
+            _ => return Err(bad("the scheme must be amqp:// or amqps://")),
         };
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("guest:guest", authority));
-        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unterminated IPv6 address".into()))?;
-            (host.to_owned(), after.strip_prefix(':'))
+        let host = match parsed.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Domain(name)) if !name.is_empty() => decoded(name, "host")?,
+            _ => "localhost".to_owned(),
+        };
+        let (user, password) = if parsed.username().is_empty() && parsed.password().is_none() {
+            ("guest".to_owned(), "guest".to_owned())
         } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (hostport.to_owned(), None),
-            }
+            (decoded(parsed.username(), "user name")?, decoded(parsed.password().unwrap_or(""), "password")?)
         };
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| bad(format!("invalid port {p:?}")))?,
-            None if tls => 5671,
-            None => 5672,
+        // The vhost is the whole path after the first slash ("/" when there is none).
+        let vhost = match parsed.path().strip_prefix('/') {
+            None | Some("") => "/".to_owned(),
+            Some(path) if path.contains('/') => return Err(bad("the vhost must be one path segment (write / as %2f)")),
+            Some(path) => decoded(path, "vhost")?,
         };
-        let mut heartbeat = 30;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            if let Some(v) = pair.strip_prefix("heartbeat=") {
-                heartbeat = v.parse().map_err(|_| bad(format!("invalid heartbeat {v:?}")))?;
-            }
-        }
-        Ok(AmqpUrl {
+        let mut url = AmqpUrl {
             tls,
-            host: if host.is_empty() { "localhost".to_owned() } else { percent_decode(&host).map_err(bad)? },
-            port,
-            user: percent_decode(user).map_err(bad)?,
-            password: percent_decode(password).map_err(bad)?,
-            vhost: if path.is_empty() { "/".to_owned() } else { percent_decode(path).map_err(bad)? },
-            heartbeat,
-        })
+            host,
+            port: parsed.port().unwrap_or(if tls { 5671 } else { 5672 }),
+            user,
+            password,
+            vhost,
+            heartbeat: 30,
+            connection_timeout: Duration::from_secs(30),
+            channel_max: 0,
+            frame_max: 0,
+            auth: AuthMechanism::Plain,
+            tls_options: AmqpTls { verify: true, ..AmqpTls::default() },
+        };
+        for (name, value) in parsed.query_pairs() {
+            url.set(&name, &value)?;
+        }
+        Ok(url)
+    }
+}
+
+impl AmqpUrl {
+    /// Applies one query parameter.
+    fn set(&mut self, name: &str, value: &str) -> Result<(), AmqpError> {
+        let path = || Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty());
+        match name {
+            "heartbeat" => self.heartbeat = number(name, value)?,
+            "connection_timeout" => self.connection_timeout = Duration::from_millis(number(name, value)?),
+            "channel_max" => self.channel_max = number(name, value)?,
+            "frame_max" => {
+                self.frame_max = number(name, value)?;
+                if self.frame_max != 0 && self.frame_max < 4096 {
+                    return Err(bad("frame_max must be 0 or at least 4096 (AMQP's minimum)"));
+                }
+            }
+            "auth_mechanism" => {
+                self.auth = match value.to_ascii_lowercase().as_str() {
+                    "plain" => AuthMechanism::Plain,
+                    "amqplain" => AuthMechanism::AmqPlain,
+                    "external" => AuthMechanism::External,
+                    _ => return Err(bad("auth_mechanism must be plain, amqplain or external")),
+                }
+            }
+            "cacertfile" => self.tls_options.ca_file = path(),
+            "certfile" => self.tls_options.cert_file = path(),
+            "keyfile" => self.tls_options.key_file = path(),
+            "verify" => {
+                self.tls_options.verify = match value {
+                    "verify_peer" => true,
+                    "verify_none" => false,
+                    _ => return Err(bad("verify must be verify_peer or verify_none")),
+                }
+            }
+            "server_name_indication" => {
+                self.tls_options.server_name = Some(value.to_owned()).filter(|v| !v.is_empty() && v != "disable")
+            }
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Checks that the settings fit together, once options (`--rabbitmq-cert-file`, ...) were
+    /// applied; connecting checks it too.
+    pub fn check(&self) -> Result<(), AmqpError> {
+        let options = &self.tls_options;
+        let tls_files = options.ca_file.is_some() || options.cert_file.is_some() || options.key_file.is_some();
+        if tls_files && !self.tls {
+            return Err(bad("TLS files were given for an amqp:// URL: use amqps://"));
+        }
+        if options.cert_file.is_some() != options.key_file.is_some() {
+            return Err(bad("a client certificate needs both a certificate file and a key file"));
+        }
+        if self.auth == AuthMechanism::External && options.cert_file.is_none() {
+            return Err(bad("auth_mechanism=external authenticates with the TLS client certificate: give one (--rabbitmq-cert-file and --rabbitmq-key-file)"));
+        }
+        Ok(())
     }
 }
 
@@ -112,6 +224,29 @@ mod tests {
         assert_eq!((u.port, u.password.as_str(), u.vhost.as_str(), u.heartbeat), (5671, "p@ss", "prod", 10));
         let u: AmqpUrl = "amqp://[::1]:5673".parse().unwrap();
         assert_eq!((u.host.as_str(), u.port, u.vhost.as_str()), ("::1", 5673, "/"));
+        assert_eq!(u.to_string(), "amqp://guest:***@[::1]:5673/%2F");
+    }
+
+    #[test]
+    fn keeps_the_standard_query_parameters() {
+        let u: AmqpUrl = "amqps://u:p@h/v?heartbeat=5&connection_timeout=2500&channel_max=64&frame_max=131072&auth_mechanism=EXTERNAL&cacertfile=%2Fca.pem&certfile=/c.pem&keyfile=/k.pem&verify=verify_none&server_name_indication=mq.internal"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (u.heartbeat, u.connection_timeout, u.channel_max, u.frame_max),
+            (5, Duration::from_millis(2500), 64, 131072)
+        );
+        assert_eq!(u.auth, AuthMechanism::External);
+        assert_eq!(
+            u.tls_options,
+            AmqpTls {
+                ca_file: Some("/ca.pem".into()),
+                cert_file: Some("/c.pem".into()),
+                key_file: Some("/k.pem".into()),
+                verify: false,
+                server_name: Some("mq.internal".into()),
+            }
+        );
     }
 
     #[test]
@@ -122,10 +257,23 @@ mod tests {
     }
 
     #[test]
-    fn rejects_garbage_with_a_hint() {
-        for bad in ["localhost:5672", "http://x", "amqp://h:notaport/", "amqp://h/%zz"] {
-            let err = bad.parse::<AmqpUrl>().unwrap_err().to_string();
-            assert!(err.contains("expected amqp://"), "{err}");
+    fn rejects_garbage_with_a_hint_and_never_echoes_the_password() {
+        for bad in [
+            "localhost:5672",
+            "http://x",
+            "amqp://u:s3cret@h:notaport/",
+            "amqp://u:s3cret@h/v?heartbeat=s3cret",
+            "amqp://u:s3cret@h/a/b",
+            "amqp://u:s3cret@h/v?certfile=/c.pem&keyfile=/k.pem",
+            "amqps://u:s3cret@h/v?auth_mechanism=external",
+            "amqps://u:s3cret@h/v?certfile=/c.pem",
+            "amqp://u:s3cret@h/v?frame_max=100",
+        ] {
+            let err = bad.parse::<AmqpUrl>().and_then(|u| u.check().map(|()| u)).unwrap_err().to_string();
+            assert!(err.contains("expected amqp://"), "{bad}: {err}");
+            assert!(!err.contains("s3cr"), "{bad}: {err}");
         }
+        let err = "amqp://u:p@h/v?nope=1".parse::<AmqpUrl>().unwrap_err().to_string();
+        assert!(err.contains("unknown query parameter \"nope\""), "{err}");
     }
 }

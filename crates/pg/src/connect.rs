@@ -1,11 +1,11 @@
 //! SQL connections (tokio-postgres) with the settings of [`ConnectConfig`]: its TLS, a name per
 //! role in `pg_stat_activity`, and the session settings every pgevents connection uses.
 
-use tokio_postgres::config::SslMode;
+use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode};
 use tokio_postgres::{Client, Connection, Socket};
 
 use crate::tls::client_config;
-use crate::{ConnectConfig, PgError, TlsConfigError, TlsMode};
+use crate::{ChannelBinding, ConnectConfig, PgError, TlsConfigError, TlsMode};
 
 /// The tokio-postgres configuration for `settings`; `role` is appended to the application name
 /// (`pgevents (catalog)`) so each connection is recognisable in `pg_stat_activity`.
@@ -25,7 +25,14 @@ pub(crate) fn sql_config(settings: &ConnectConfig, role: &str) -> tokio_postgres
     config.ssl_mode(match settings.tls {
         TlsMode::Disable => SslMode::Disable,
         TlsMode::Prefer => SslMode::Prefer,
-        TlsMode::Require | TlsMode::VerifyFull { .. } => SslMode::Require,
+        TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+    });
+    // With `Require`, tokio-postgres refuses a server that asks for a cleartext or MD5
+    // password, or SCRAM without channel binding.
+    config.channel_binding(match settings.channel_binding {
+        ChannelBinding::Disable => PgChannelBinding::Disable,
+        ChannelBinding::Prefer => PgChannelBinding::Prefer,
+        ChannelBinding::Require => PgChannelBinding::Require,
     });
     config
 }
@@ -34,7 +41,7 @@ pub(crate) fn sql_config(settings: &ConnectConfig, role: &str) -> tokio_postgres
 pub(crate) fn sql_tls(
     settings: &ConnectConfig,
 ) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, TlsConfigError> {
-    Ok(client_config(&settings.tls)?.map(|tls| tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone())))
+    Ok(client_config(settings)?.map(|tls| tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone())))
 }
 
 /// Connects. The returned driver must be polled (see [`drive_connection`]) for the client to

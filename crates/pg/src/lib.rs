@@ -1,7 +1,8 @@
 //! PostgreSQL plumbing, in one place, for every pgevents stage:
 //!
-//! - [`ConnectConfig`] and [`TlsMode`]: where and as whom to connect, with libpq's `sslmode`
-//!   meanings; the replication client and the SQL connections use the same settings.
+//! - [`ConnectConfig`], [`TlsMode`] and [`ChannelBinding`]: where and as whom to connect, with
+//!   libpq's meanings of `sslmode` and `channel_binding`; the replication client and the SQL
+//!   connections use the same settings.
 //! - [`connect`], [`drive_connection`] and [`pool`]: SQL connections (tokio-postgres) and the
 //!   pool of the worker stages.
 //! - [`PgError`]: a failed SQL operation, with what was being done, the server's message
@@ -14,6 +15,7 @@
 mod connect;
 mod error;
 mod jsonb;
+pub mod pgpass;
 mod pool;
 pub mod schema;
 mod settings;
@@ -25,4 +27,4 @@ pub use jsonb::JsonbText;
 pub use pgevents_retry::ErrorKind;
 pub use pool::{pool, GenericClient, Pool};
 pub use settings::ConnectConfig;
-pub use tls::{TlsConfigError, TlsMode};
+pub use tls::{ChannelBinding, ClientCert, TlsConfigError, TlsMode};

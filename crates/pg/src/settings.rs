@@ -1,8 +1,9 @@
 //! Where and as whom to connect.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::TlsMode;
+use crate::tls::{ChannelBinding, ClientCert, TlsMode};
 
 /// The settings of every connection to the database, replication or SQL.
 #[derive(Debug, Clone)]
@@ -15,6 +16,12 @@ pub struct ConnectConfig {
     pub dbname: String,
     pub application_name: String,
     pub tls: TlsMode,
+    /// CA certificates for `verify-ca` and `verify-full` (`sslrootcert`); `None`: the Mozilla
+    /// roots.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// Client certificate and key (`sslcert`, `sslkey`).
+    pub ssl_cert: Option<ClientCert>,
+    pub channel_binding: ChannelBinding,
     pub connect_timeout: Duration,
 }
 

@@ -164,12 +164,43 @@ pub struct RabbitUrlArgs {
         hide_env_values = true
     )]
     pub url: String,
+    /// File holding the RabbitMQ password (replaces the URL's), so that none sits in a command line or compose file
+    #[arg(long = "rabbitmq-password-file", env = "RABBITMQ_PASSWORD_FILE")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// CA certificate(s) to verify the broker with, for amqps:// (PEM) [default: the Mozilla roots]
+    #[arg(long = "rabbitmq-ca-file", env = "RABBITMQ_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate for amqps:// (PEM); with ?auth_mechanism=external it is the login
+    #[arg(long = "rabbitmq-cert-file", env = "RABBITMQ_CERT_FILE")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long = "rabbitmq-key-file", env = "RABBITMQ_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl RabbitUrlArgs {
+    /// The URL with the password file and the TLS files applied (they win over the URL's).
     pub fn parse(&self) -> anyhow::Result<pgevents_amqp::AmqpUrl> {
         use anyhow::Context;
-        self.url.parse().context("RABBITMQ_URL / --rabbitmq-url")
+        let mut url: pgevents_amqp::AmqpUrl = self.url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
+        if let Some(file) = &self.password_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read --rabbitmq-password-file {}", file.display()))?;
+            url.password =
+                text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned();
+        }
+        let tls = &mut url.tls_options;
+        for (option, value) in [
+            (&mut tls.ca_file, &self.ca_file),
+            (&mut tls.cert_file, &self.cert_file),
+            (&mut tls.key_file, &self.key_file),
+        ] {
+            if value.is_some() {
+                option.clone_from(value);
+            }
+        }
+        url.check().context("RABBITMQ_URL / --rabbitmq-url with the --rabbitmq-*-file options")?;
+        Ok(url)
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use pgevents_pg::{ConnectConfig, TlsMode};
+use pgevents_pg::pgpass::{self, PassKey};
+use pgevents_pg::{ChannelBinding, ClientCert, ConnectConfig, TlsMode};
 
 #[derive(Debug, Clone, Args)]
 pub struct PgArgs {
@@ -29,40 +30,75 @@ pub struct PgArgs {
     /// Password
     #[arg(long = "pgpassword", env = "PGPASSWORD", alias = "pg_password", hide_env_values = true)]
     pub password: Option<String>,
-    /// TLS: disable, prefer, require (encrypted, unverified) or verify-full [default: prefer]
+    /// TLS: disable, prefer, require (encrypted, unverified), verify-ca (chain checked) or verify-full (chain and host name) [default: prefer, verify-full with --pgsslrootcert]
     #[arg(long = "pgsslmode", env = "PGSSLMODE", alias = "pg_sslmode")]
     pub sslmode: Option<String>,
-    /// Root certificate(s) to verify the server with; implies verify-full
+    /// CA certificate(s) to verify the server with (verify-ca, verify-full) [default: the Mozilla roots]
     #[arg(long = "pgsslrootcert", env = "PGSSLROOTCERT", alias = "pg_sslrootcert")]
     pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM), presented when the server asks for one (pg_hba.conf cert or clientcert=verify-full)
+    #[arg(long = "pgsslcert", env = "PGSSLCERT")]
+    pub sslcert: Option<PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long = "pgsslkey", env = "PGSSLKEY")]
+    pub sslkey: Option<PathBuf>,
+    /// SCRAM channel binding: disable, prefer or require (refuse cleartext and MD5 passwords and unbound SCRAM) [default: prefer]
+    #[arg(long = "pgchannelbinding", env = "PGCHANNELBINDING")]
+    pub channel_binding: Option<String>,
+    /// Password file, read when no password is given [default: ~/.pgpass]
+    #[arg(long = "pgpassfile", env = "PGPASSFILE")]
+    pub passfile: Option<PathBuf>,
     /// Seconds to wait for a connection
     #[arg(long = "pg-connect-timeout", env = "PGCONNECT_TIMEOUT", default_value_t = 10)]
     pub connect_timeout: u64,
 }
 
-fn tls_mode(mode: &str, root: Option<PathBuf>) -> anyhow::Result<TlsMode> {
-    Ok(match mode {
-        "disable" => TlsMode::Disable,
-        "allow" | "prefer" => TlsMode::Prefer,
-        "require" => TlsMode::Require,
-        "verify-ca" | "verify-full" => TlsMode::VerifyFull { root_cert: root },
-        other => bail!("invalid sslmode {other:?}: use disable, prefer, require or verify-full"),
-    })
+/// The connection string's parts pgevents reads itself (tokio-postgres does not know them, or
+/// not all their values).
+#[derive(Debug, Default)]
+struct DsnExtras {
+    sslmode: Option<String>,
+    sslrootcert: Option<PathBuf>,
+    sslcert: Option<PathBuf>,
+    sslkey: Option<PathBuf>,
+    channel_binding: Option<String>,
+    passfile: Option<PathBuf>,
+}
+
+impl DsnExtras {
+    /// Takes `key=value` if it is one of ours.
+    fn take(&mut self, key: &str, value: &str) -> bool {
+        let slot = match key {
+            "sslmode" => {
+                self.sslmode = Some(value.to_owned());
+                return true;
+            }
+            "channel_binding" => {
+                self.channel_binding = Some(value.to_owned());
+                return true;
+            }
+            "sslrootcert" => &mut self.sslrootcert,
+            "sslcert" => &mut self.sslcert,
+            "sslkey" => &mut self.sslkey,
+            "passfile" => &mut self.passfile,
+            _ => return false,
+        };
+        *slot = Some(PathBuf::from(value));
+        true
+    }
 }
 
 impl PgArgs {
-    /// Merges the connection string, the options and the defaults.
+    /// Merges the connection string, the options, the password file and the defaults.
     pub fn connect_config(&self, application_name: &str) -> anyhow::Result<ConnectConfig> {
         let mut host = None;
         let mut port = None;
         let mut user = None;
         let mut password = None;
         let mut dbname = None;
-        let mut sslmode = None;
+        let mut extras = DsnExtras::default();
         if let Some(dsn) = &self.dsn {
-            // The DSN's sslmode may say verify-full, which tokio-postgres does not parse.
-            let (cleaned, dsn_sslmode) = take_sslmode(dsn);
-            sslmode = dsn_sslmode;
+            let cleaned = take_extras(dsn, &mut extras);
             let parsed = tokio_postgres::Config::from_str(&cleaned)
                 .with_context(|| "invalid connection string (--pg-dsn / DATABASE_URL); expected postgres://user:password@host:5432/db or \"host=... user=...\"")?;
             host = parsed.get_hosts().first().map(|h| match h {
@@ -73,63 +109,88 @@ impl PgArgs {
             user = parsed.get_user().map(str::to_owned);
             password = parsed.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
             dbname = parsed.get_dbname().map(str::to_owned);
-            if sslmode.is_none() && self.dsn.as_deref().is_some_and(|d| d.contains("sslmode")) {
-                sslmode = Some(
-                    match parsed.get_ssl_mode() {
-                        tokio_postgres::config::SslMode::Disable => "disable",
-                        tokio_postgres::config::SslMode::Require => "require",
-                        _ => "prefer",
-                    }
-                    .to_owned(),
-                );
-            }
         }
         let user = self.user.clone().or(user).unwrap_or_else(|| "postgres".to_owned());
+        let ssl_root_cert = self.sslrootcert.clone().or(extras.sslrootcert);
         let sslmode = self
             .sslmode
             .clone()
-            .or(sslmode)
-            .unwrap_or_else(|| if self.sslrootcert.is_some() { "verify-full" } else { "prefer" }.to_owned());
+            .or(extras.sslmode)
+            .unwrap_or_else(|| if ssl_root_cert.is_some() { "verify-full" } else { "prefer" }.to_owned());
         let host = self.host.clone().or(host).unwrap_or_else(|| "localhost".to_owned());
-        let tls = if host.starts_with('/') { TlsMode::Disable } else { tls_mode(&sslmode, self.sslrootcert.clone())? };
+        let tls = if host.starts_with('/') { TlsMode::Disable } else { sslmode.parse().map_err(anyhow::Error::msg)? };
+        let ssl_cert = match (self.sslcert.clone().or(extras.sslcert), self.sslkey.clone().or(extras.sslkey)) {
+            (Some(cert_file), Some(key_file)) => Some(ClientCert { cert_file, key_file }),
+            (None, None) => None,
+            _ => bail!("a client certificate needs both --pgsslcert (PGSSLCERT) and --pgsslkey (PGSSLKEY)"),
+        };
+        let channel_binding = match self.channel_binding.clone().or(extras.channel_binding) {
+            Some(mode) => mode.parse().map_err(anyhow::Error::msg)?,
+            None => ChannelBinding::Prefer,
+        };
+        if channel_binding == ChannelBinding::Require && tls == TlsMode::Disable {
+            bail!("channel_binding=require needs TLS, but sslmode is disable (or the host is a Unix socket)");
+        }
+        let port = self.port.or(port).unwrap_or(5432);
+        let dbname = self.database.clone().or(dbname).unwrap_or_else(|| user.clone());
+        let password = match self.password.clone().or(password) {
+            Some(password) => Some(password),
+            None => {
+                self.password_from_file(extras.passfile, PassKey { host: &host, port, dbname: &dbname, user: &user })
+            }
+        };
         Ok(ConnectConfig {
             host,
-            port: self.port.or(port).unwrap_or(5432),
-            dbname: self.database.clone().or(dbname).unwrap_or_else(|| user.clone()),
-            password: self.password.clone().or(password),
+            port,
+            dbname,
+            password,
             user,
             application_name: application_name.to_owned(),
             tls,
+            ssl_root_cert,
+            ssl_cert,
+            channel_binding,
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
         })
     }
-}
 
-/// Removes `sslmode=...` from a DSN (URL query or key=value) and returns it separately.
-fn take_sslmode(dsn: &str) -> (String, Option<String>) {
-    if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
-        let Some((base, query)) = dsn.split_once('?') else { return (dsn.to_owned(), None) };
-        let (kept, mode) = without_sslmode(query.split('&'));
-        let cleaned = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
-        return (cleaned, mode);
-    }
-    let (kept, mode) = without_sslmode(dsn.split_whitespace());
-    (kept.join(" "), mode)
-}
-
-/// The `key=value` parts other than `sslmode`, and the value of `sslmode`.
-fn without_sslmode<'a>(parts: impl Iterator<Item = &'a str>) -> (Vec<&'a str>, Option<String>) {
-    let mut mode = None;
-    let kept = parts
-        .filter(|kv| match kv.strip_prefix("sslmode=") {
-            Some(v) => {
-                mode = Some(v.to_owned());
-                false
+    /// The password file's password for the connection, as libpq finds it (a file others can
+    /// read is ignored with a warning).
+    fn password_from_file(&self, from_dsn: Option<PathBuf>, key: PassKey<'_>) -> Option<String> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let file = self.passfile.clone().or(from_dsn).or_else(|| pgpass::default_file(None, home.as_deref()))?;
+        match pgpass::read(&file, key) {
+            Ok(password) => password,
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
             }
-            None => true,
+        }
+    }
+}
+
+/// The connection string without the parameters pgevents reads itself, which go to `extras`.
+fn take_extras(dsn: &str, extras: &mut DsnExtras) -> String {
+    if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
+        let Some((base, query)) = dsn.split_once('?') else { return dsn.to_owned() };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|kv| {
+                let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+                let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+                !extras.take(key, &value)
+            })
+            .collect();
+        return if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+    }
+    let kept: Vec<&str> = dsn
+        .split_whitespace()
+        .filter(|kv| {
+            let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+            !extras.take(key.trim(), value.trim().trim_matches('\''))
         })
         .collect();
-    (kept, mode)
+    kept.join(" ")
 }
 
 #[cfg(test)]
@@ -146,6 +207,10 @@ mod tests {
             password: None,
             sslmode: None,
             sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            channel_binding: None,
+            passfile: Some(PathBuf::from("/nonexistent/pgpass")),
             connect_timeout: 10,
         }
     }
@@ -166,7 +231,7 @@ mod tests {
         let c = a.connect_config("t").unwrap();
         assert_eq!((c.host.as_str(), c.port, c.user.as_str(), c.dbname.as_str()), ("db.example", 6543, "repl", "app"));
         assert_eq!(c.password.as_deref(), Some("s3cret"));
-        assert_eq!(c.tls, TlsMode::VerifyFull { root_cert: None });
+        assert_eq!(c.tls, TlsMode::VerifyFull);
         a.port = Some(5432);
         a.sslmode = Some("disable".into());
         let c = a.connect_config("t").unwrap();
@@ -182,5 +247,39 @@ mod tests {
         let mut a = args(None);
         a.sslmode = Some("sometimes".into());
         assert!(format!("{:#}", a.connect_config("t").unwrap_err()).contains("invalid sslmode"));
+        let mut a = args(None);
+        a.sslcert = Some("c.pem".into());
+        assert!(format!("{:#}", a.connect_config("t").unwrap_err()).contains("--pgsslkey"));
+        let mut a = args(Some("host=h sslmode=disable"));
+        a.channel_binding = Some("require".into());
+        assert!(format!("{:#}", a.connect_config("t").unwrap_err()).contains("needs TLS"));
+    }
+
+    #[test]
+    fn tls_files_and_channel_binding_come_from_the_dsn_too() {
+        let dsn = "postgres://u@h/d?sslmode=verify-ca&sslrootcert=/ca.pem&sslcert=/c.pem&sslkey=/k.pem&channel_binding=require&application_name=x";
+        let c = args(Some(dsn)).connect_config("t").unwrap();
+        assert_eq!(c.tls, TlsMode::VerifyCa);
+        assert_eq!(c.ssl_root_cert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(c.ssl_cert, Some(ClientCert { cert_file: "/c.pem".into(), key_file: "/k.pem".into() }));
+        assert_eq!(c.channel_binding, ChannelBinding::Require);
+        let kv = args(Some("host=h sslmode=verify-full sslrootcert='/r.pem'")).connect_config("t").unwrap();
+        assert_eq!((kv.tls, kv.ssl_root_cert), (TlsMode::VerifyFull, Some(PathBuf::from("/r.pem"))));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_missing_password_comes_from_the_password_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pgevents-pgargs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pgpass");
+        std::fs::write(&file, "db:5432:app:repl:from-file\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut a = args(Some("postgres://repl@db/app"));
+        a.passfile = Some(file.clone());
+        assert_eq!(a.connect_config("t").unwrap().password.as_deref(), Some("from-file"));
+        a.password = Some("given".into());
+        assert_eq!(a.connect_config("t").unwrap().password.as_deref(), Some("given"), "a given password wins");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pgevents_event::Lsn;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -15,8 +15,8 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::stream::{ReplicationReader, StatusSender};
 use crate::wire::{Backend, FrameReader};
 use crate::ReplicationError;
-use pgevents_pg::tls::{client_config, server_name};
-use pgevents_pg::{ConnectConfig, TlsMode};
+use pgevents_pg::tls::{client_config, server_name, tls_server_end_point};
+use pgevents_pg::{ChannelBinding as BindingMode, ConnectConfig, TlsMode};
 
 /// A byte stream to the server: TCP, TLS over TCP, or a Unix socket.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -68,19 +68,32 @@ pub struct ReplicationClient {
     parameters: HashMap<String, String>,
 }
 
-async fn open_socket(config: &ConnectConfig) -> Result<Box<dyn Io>, ReplicationError> {
+/// An open connection, and the channel binding data of its TLS session (the server
+/// certificate's `tls-server-end-point` hash) when there is one.
+struct Socket {
+    io: Box<dyn Io>,
+    end_point: Option<Vec<u8>>,
+}
+
+impl Socket {
+    fn plain(io: impl Io) -> Socket {
+        Socket { io: Box::new(io), end_point: None }
+    }
+}
+
+async fn open_socket(config: &ConnectConfig) -> Result<Socket, ReplicationError> {
     let addr = config.address();
     let connect_error = |source| ReplicationError::Connect { addr: addr.clone(), source };
     if config.host.starts_with('/') {
-        return Ok(Box::new(UnixStream::connect(&addr).await.map_err(connect_error)?));
+        return Ok(Socket::plain(UnixStream::connect(&addr).await.map_err(connect_error)?));
     }
     let tcp = TcpStream::connect((config.host.as_str(), config.port)).await.map_err(connect_error)?;
     tcp.set_nodelay(true).map_err(connect_error)?;
     let keepalive =
         socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10));
     socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive).map_err(connect_error)?;
-    let Some(tls) = client_config(&config.tls)? else {
-        return Ok(Box::new(tcp));
+    let Some(tls) = client_config(config)? else {
+        return Ok(Socket::plain(tcp));
     };
     // SSLRequest: the server answers one byte, S (go ahead) or N (no TLS here).
     let mut tcp = tcp;
@@ -94,9 +107,15 @@ async fn open_socket(config: &ConnectConfig) -> Result<Box<dyn Io>, ReplicationE
                 .connect(server_name(&config.host)?, tcp)
                 .await
                 .map_err(|source| ReplicationError::Tls { addr: addr.clone(), source })?;
-            Ok(Box::new(stream))
+            let end_point = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|c| tls_server_end_point(c));
+            Ok(Socket { io: Box::new(stream), end_point })
         }
-        b'N' if config.tls == TlsMode::Prefer => Ok(Box::new(tcp)),
+        b'N' if config.tls == TlsMode::Prefer => Ok(Socket::plain(tcp)),
         b'N' => Err(ReplicationError::TlsRefused { addr }),
         other => Err(ReplicationError::Protocol(format!("unexpected answer {other:#x} to SSLRequest"))),
     }
@@ -112,7 +131,7 @@ impl ReplicationClient {
     }
 
     async fn connect_inner(config: &ConnectConfig) -> Result<ReplicationClient, ReplicationError> {
-        let io = open_socket(config).await?;
+        let Socket { io, end_point } = open_socket(config).await?;
         let mut client =
             ReplicationClient { frames: FrameReader::new(io), out: BytesMut::new(), parameters: HashMap::new() };
         let mut params: Vec<(&str, &str)> = vec![
@@ -124,7 +143,7 @@ impl ReplicationClient {
         params.extend(SESSION_SETTINGS);
         frontend::startup_message(params, &mut client.out)?;
         client.flush().await?;
-        client.authenticate(config).await?;
+        client.authenticate(config, end_point).await?;
         loop {
             match client.frames.next().await? {
                 Backend::ParameterStatus { name, value } => {
@@ -146,7 +165,18 @@ impl ReplicationClient {
         Ok(())
     }
 
-    async fn authenticate(&mut self, config: &ConnectConfig) -> Result<(), ReplicationError> {
+    /// Answers the server's authentication requests. With `channel_binding=require`, only SCRAM
+    /// bound to the TLS session (SCRAM-SHA-256-PLUS) is accepted: a request for a cleartext or
+    /// MD5 password, plain SCRAM, or no authentication at all is refused.
+    async fn authenticate(
+        &mut self,
+        config: &ConnectConfig,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(), ReplicationError> {
+        let required = config.channel_binding == BindingMode::Require;
+        let refuse = |what: &str| {
+            Err(ReplicationError::ChannelBindingRequired { what: what.to_owned(), addr: config.address() })
+        };
         let password = || {
             config
                 .password
@@ -155,6 +185,7 @@ impl ReplicationClient {
                 .ok_or_else(|| ReplicationError::PasswordRequired { user: config.user.clone() })
         };
         let mut scram: Option<ScramSha256> = None;
+        let mut bound = false;
         loop {
             let (code, data) = match self.frames.next().await? {
                 Backend::Authentication { code, data } => (code, data),
@@ -163,7 +194,10 @@ impl ReplicationClient {
                 other => return Err(ReplicationError::Protocol(format!("expected authentication, got {other:?}"))),
             };
             match code {
+                0 if required && !bound => return refuse("authenticated the client without channel binding"),
                 0 => return Ok(()),
+                3 if required => return refuse("asked for a cleartext password"),
+                5 if required => return refuse("asked for an MD5 password"),
                 3 => frontend::password_message(password()?, &mut self.out)?,
                 5 => {
                     let salt: [u8; 4] = data
@@ -174,13 +208,21 @@ impl ReplicationClient {
                     frontend::password_message(hash.as_bytes(), &mut self.out)?;
                 }
                 10 => {
-                    let offered = data.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
-                    if !offered {
-                        return Err(ReplicationError::UnsupportedAuth(code));
-                    }
-                    // Channel binding is declined ('n'), which every server accepts.
-                    let state = ScramSha256::new(password()?, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, state.message(), &mut self.out)?;
+                    let offers = |name: &str| data.split(|&b| b == 0).any(|m| m == name.as_bytes());
+                    let usable = end_point.clone().filter(|_| config.channel_binding != BindingMode::Disable);
+                    let (mechanism, binding) = match usable {
+                        Some(hash) if offers(SCRAM_SHA_256_PLUS) => {
+                            bound = true;
+                            (SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(hash))
+                        }
+                        _ if required => return refuse("does not offer SCRAM-SHA-256-PLUS over this connection"),
+                        // TLS that could bind, but the server did not offer it ('y').
+                        Some(_) if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+                        None if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                        _ => return Err(ReplicationError::UnsupportedAuth(code)),
+                    };
+                    let state = ScramSha256::new(password()?, binding);
+                    frontend::sasl_initial_response(mechanism, state.message(), &mut self.out)?;
                     scram = Some(state);
                 }
                 11 => {

@@ -45,6 +45,8 @@ pub enum ReplicationError {
     PasswordRequired { user: String },
     #[error("PostgreSQL asks for an authentication method pgevents does not support (code {0}); use scram-sha-256, md5 or password in pg_hba.conf")]
     UnsupportedAuth(u32),
+    #[error("channel_binding=require, but PostgreSQL at {addr} {what}: use TLS (sslmode=require or stricter) and scram-sha-256 in pg_hba.conf, or lower channel_binding")]
+    ChannelBindingRequired { what: String, addr: String },
     #[error("PostgreSQL rejected the connection: {0}")]
     Server(ServerError),
     #[error("PostgreSQL protocol error: {0}")]
@@ -80,6 +82,7 @@ impl ReplicationError {
             | ReplicationError::TlsConfig(_)
             | ReplicationError::PasswordRequired { .. }
             | ReplicationError::UnsupportedAuth(_)
+            | ReplicationError::ChannelBindingRequired { .. }
             | ReplicationError::InvalidName { .. } => ErrorKind::Config,
             ReplicationError::Protocol(_) => ErrorKind::Permanent,
         }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+use crate::tls::CertPair;
+
 /// How to answer one request.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -66,6 +68,8 @@ type Responder = Arc<dyn Fn(usize, &RecordedRequest) -> Reply + Send + Sync>;
 /// The server; stops when dropped.
 pub struct HttpRecorder {
     pub addr: SocketAddr,
+    /// Serves HTTPS (with [`HttpRecorder::start_tls`]).
+    tls: bool,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -73,17 +77,55 @@ pub struct HttpRecorder {
 impl HttpRecorder {
     /// Answers request number `n` (from 0, in arrival order) with `responder(n, request)`.
     pub async fn start(responder: impl Fn(usize, &RecordedRequest) -> Reply + Send + Sync + 'static) -> HttpRecorder {
+        Self::listen(None, Arc::new(responder)).await
+    }
+
+    /// The same over HTTPS, with `pair` as the server certificate.
+    pub async fn start_tls(
+        pair: &CertPair,
+        responder: impl Fn(usize, &RecordedRequest) -> Reply + Send + Sync + 'static,
+    ) -> HttpRecorder {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(&pair.cert)
+            .expect("server certificate")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("server certificate");
+        let key = PrivateKeyDer::from_pem_file(&pair.key).expect("server key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server TLS configuration");
+        Self::listen(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), Arc::new(responder)).await
+    }
+
+    async fn listen(tls: Option<tokio_rustls::TlsAcceptor>, responder: Responder) -> HttpRecorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the test HTTP server");
         let addr = listener.local_addr().expect("local address");
         let requests: Arc<Mutex<Vec<RecordedRequest>>> = Arc::default();
-        let responder: Responder = Arc::new(responder);
         let shared = requests.clone();
+        let secure = tls.is_some();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, shared.clone(), responder.clone()));
+                let (shared, responder) = (shared.clone(), responder.clone());
+                match &tls {
+                    None => drop(tokio::spawn(serve(stream, shared, responder))),
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // A client that does not trust the certificate ends here.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, shared, responder).await;
+                            }
+                        });
+                    }
+                }
             }
         });
-        HttpRecorder { addr, requests, task }
+        HttpRecorder { addr, tls: secure, requests, task }
     }
 
     /// Answers every request with `status`.
@@ -91,9 +133,13 @@ impl HttpRecorder {
         Self::start(move |_, _| Reply::status(status)).await
     }
 
-    /// `http://127.0.0.1:port`.
+    /// `http://127.0.0.1:port`, or `https://localhost:port` for HTTPS.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
@@ -116,7 +162,10 @@ impl Drop for HttpRecorder {
     }
 }
 
-async fn serve(stream: tokio::net::TcpStream, requests: Arc<Mutex<Vec<RecordedRequest>>>, responder: Responder) {
+async fn serve<S>(stream: S, requests: Arc<Mutex<Vec<RecordedRequest>>>, responder: Responder)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     if reader.read_line(&mut line).await.unwrap_or(0) == 0 {

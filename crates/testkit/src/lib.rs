@@ -14,6 +14,7 @@ mod process;
 mod proxy;
 mod rabbit_node;
 mod sse;
+mod tls;
 mod writer;
 
 pub use broker::{
@@ -27,6 +28,7 @@ pub use process::{pgevents_binary, PgEventsProcess};
 pub use proxy::FaultProxy;
 pub use rabbit_node::RabbitNode;
 pub use sse::{SseClient, SseMessage};
+pub use tls::{CertPair, TestCa};
 pub use writer::{write_ab_rows, write_ab_sequence, AB_TABLES};
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.

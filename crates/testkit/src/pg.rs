@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
+use crate::tls::TestCa;
+
 /// How to set a cluster up.
 #[derive(Debug, Clone, Default)]
 pub struct PgOptions {
@@ -16,6 +18,10 @@ pub struct PgOptions {
     pub wal_level: Option<String>,
     /// Extra `postgresql.conf` lines.
     pub extra_conf: Vec<String>,
+    /// Names the server certificate is valid for (with `tls`) [default: localhost, 127.0.0.1].
+    pub tls_names: Vec<String>,
+    /// `pg_hba.conf` lines put before the usual ones (first match wins).
+    pub hba: Vec<String>,
 }
 
 /// A running cluster, stopped and deleted on drop.
@@ -24,6 +30,7 @@ pub struct PgCluster {
     data: PathBuf,
     bin: PathBuf,
     pub port: u16,
+    ca: Option<TestCa>,
 }
 
 /// The directory of the PostgreSQL server programs (`PGEVENTS_TEST_PG_BIN`, or the newest
@@ -122,69 +129,22 @@ impl PgCluster {
         if probe.status.success() {
             conf.push("output_plugin_libraries = 'pgoutput, test_decoding, wal2json'".to_owned());
         }
-        if options.tls {
-            // A CA and a server certificate it signs (host names localhost and 127.0.0.1).
-            let openssl = |args: &[&str]| {
-                let status = Command::new("openssl")
-                    .args(args)
-                    .current_dir(&data)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .expect("openssl");
-                assert!(status.success(), "openssl {args:?} failed");
-            };
-            openssl(&[
-                "req",
-                "-new",
-                "-x509",
-                "-days",
-                "2",
-                "-nodes",
-                "-subj",
-                "/CN=pgevents test CA",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-            ]);
-            openssl(&[
-                "req",
-                "-new",
-                "-nodes",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            ]);
-            std::fs::write(
-                data.join("server.ext"),
-                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-            )
-            .expect("ext file");
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                "server.crt",
-                "-extfile",
-                "server.ext",
-            ]);
+        let ca = options.tls.then(|| {
+            // A CA, and a server certificate it signs for the names asked for.
+            let ca = TestCa::new("pgevents test CA");
+            let names: Vec<&str> = options.tls_names.iter().map(String::as_str).collect();
+            let names = if names.is_empty() { vec!["localhost", "127.0.0.1"] } else { names };
+            let server = ca.server("server", &names);
+            for (from, to) in [(&server.cert, "server.crt"), (&server.key, "server.key"), (&ca.cert(), "ca.crt")] {
+                std::fs::copy(from, data.join(to)).expect("copy a certificate into the data directory");
+            }
             chown_to_postgres(&data);
             let _ = Command::new("chmod").arg("600").arg(data.join("server.key")).status();
             conf.push("ssl = on".to_owned());
-        }
+            // Client certificates signed by this CA are accepted (pg_hba.conf `cert`).
+            conf.push("ssl_ca_file = 'ca.crt'".to_owned());
+            ca
+        });
         conf.extend(options.extra_conf);
         let conf_path = data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
@@ -192,14 +152,15 @@ impl PgCluster {
         text.push_str(&conf.join("\n"));
         text.push('\n');
         std::fs::write(&conf_path, text).expect("write postgresql.conf");
-        let hba = if options.tls {
+        let general = if options.tls {
             "local all all trust\nhostnossl all postgres 127.0.0.1/32 trust\nhostnossl replication postgres 127.0.0.1/32 trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostssl replication all 127.0.0.1/32 scram-sha-256\n"
         } else {
             "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost replication postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n"
         };
+        let hba = format!("{}\n{general}", options.hba.join("\n"));
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         chown_to_postgres(dir.path());
-        let cluster = PgCluster { dir, data, bin, port };
+        let cluster = PgCluster { dir, data, bin, port, ca };
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);
         cluster
     }
@@ -220,6 +181,11 @@ impl PgCluster {
     /// The CA certificate that signed the server's (clusters started with `tls`).
     pub fn tls_ca_path(&self) -> PathBuf {
         self.data.join("ca.crt")
+    }
+
+    /// The CA of a cluster started with `tls`: it signs client certificates the server accepts.
+    pub fn tls_ca(&self) -> Option<&TestCa> {
+        self.ca.as_ref()
     }
 
     /// `pg_ctl restart -m fast`.

@@ -8,10 +8,14 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use crate::tls::TestCa;
+
 /// A `rabbitmq-server` started by a test (killed when dropped).
 pub struct RabbitNode {
     pub node: String,
     pub port: u16,
+    /// The AMQPS port of a node started with [`RabbitNode::start_tls`].
+    pub tls_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Child,
 }
@@ -61,10 +65,39 @@ impl RabbitNode {
 
     /// Starts a node with further `rabbitmq.conf` lines (e.g. `max_message_size = 65536`).
     pub async fn start_with(config: &str) -> RabbitNode {
+        Self::start_node(config, "", None).await
+    }
+
+    /// Starts a node that also listens for AMQPS with a server certificate of `ca` (for
+    /// `localhost` and `127.0.0.1`), asks clients for a certificate (without requiring one) and
+    /// accepts SASL EXTERNAL, the certificate's common name being the user name.
+    pub async fn start_tls(ca: &TestCa) -> RabbitNode {
+        let server = ca.server("rabbit", &["localhost", "127.0.0.1"]);
+        ca.give_to("rabbitmq");
+        let tls_port = free_port();
+        let config = format!(
+            "listeners.ssl.default = {tls_port}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = false\n\
+             auth_mechanisms.1 = PLAIN\n\
+             auth_mechanisms.2 = AMQPLAIN\n\
+             auth_mechanisms.3 = EXTERNAL\n\
+             ssl_cert_login_from = common_name\n",
+            ca.cert().display(),
+            server.cert.display(),
+            server.key.display()
+        );
+        Self::start_node(&config, "rabbitmq_auth_mechanism_ssl", Some(tls_port)).await
+    }
+
+    async fn start_node(config: &str, plugins: &str, tls_port: Option<u16>) -> RabbitNode {
         let dir = tempfile::Builder::new().prefix("pgevents-rabbit-").tempdir().expect("temp dir");
         let port = free_port();
         let node = format!("pgevents_test_{port}@localhost");
-        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("plugins file");
+        std::fs::write(dir.path().join("enabled_plugins"), format!("[{plugins}].\n")).expect("plugins file");
         std::fs::write(dir.path().join("rabbitmq.conf"), format!("loopback_users = none\n{config}\n"))
             .expect("config file");
         if is_root() {
@@ -79,7 +112,7 @@ impl RabbitNode {
             .kill_on_drop(true)
             .spawn()
             .expect("start rabbitmq-server");
-        let broker = RabbitNode { node, port, dir, child };
+        let broker = RabbitNode { node, port, tls_port, dir, child };
         broker.wait_up(Duration::from_secs(90)).await;
         broker
     }
@@ -137,6 +170,18 @@ impl RabbitNode {
             .await
             .expect("rabbitmqctl");
         assert!(status.success(), "rabbitmqctl {args:?} failed");
+    }
+
+    /// What `rabbitmqctl -q -n <node> <args>` prints (e.g. `list_connections user frame_max`).
+    pub async fn ctl_output(&self, args: &[&str]) -> String {
+        let out = rabbit_command("rabbitmqctl", &[])
+            .args(["-q", "-n", &self.node])
+            .args(args)
+            .output()
+            .await
+            .expect("rabbitmqctl");
+        assert!(out.status.success(), "rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Stops the broker (every connection closed, the port refused), keeping its data.

@@ -295,6 +295,10 @@ pub struct OpenConnectionArguments {
     /// Heartbeat timeout in seconds. See [RabbitMQ heartbeats](https://www.rabbitmq.com/heartbeats.html)
     /// Default: 60s.
     heartbeat: u16,
+    /// pgevents patch: the largest channel number and frame size the client asks for (0: the
+    /// server's), as the `channel_max` and `frame_max` URI parameters do in other clients.
+    channel_max: u16,
+    frame_max: u32,
     /// scheme of URI for cross-checking consistency between provided scheme and TLS config
     /// If `amqps`scheme is used, TLS should be enabled and configured.
     scheme: Option<String>,
@@ -312,6 +316,8 @@ impl Default for OpenConnectionArguments {
             connection_name: None,
             credentials: SecurityCredentials::new_plain("guest", "guest"),
             heartbeat: 60,
+            channel_max: 0,
+            frame_max: 0,
             scheme: None,
             #[cfg(feature = "tls")]
             tls_adaptor: None,
@@ -334,10 +340,24 @@ impl OpenConnectionArguments {
             connection_name: None,
             credentials: SecurityCredentials::new_plain(username, password),
             heartbeat: 60,
+            channel_max: 0,
+            frame_max: 0,
             scheme: None,
             #[cfg(feature = "tls")]
             tls_adaptor: None,
         }
+    }
+
+    /// pgevents patch: ask for at most this many channels (0: the server's `channel_max`).
+    pub fn channel_max(&mut self, channel_max: u16) -> &mut Self {
+        self.channel_max = channel_max;
+        self
+    }
+
+    /// pgevents patch: ask for frames of at most this many bytes (0: the server's `frame_max`).
+    pub fn frame_max(&mut self, frame_max: u32) -> &mut Self {
+        self.frame_max = frame_max;
+        self
     }
 
     /// Set the host of the server.
@@ -687,7 +707,7 @@ impl Connection {
 
         // S: 'Tune' C: `TuneOk`
         let (channel_max, frame_max, heartbeat) =
-            Self::tuning_parameters(&mut io_conn, args.heartbeat).await?;
+            Self::tuning_parameters(&mut io_conn, args.heartbeat, args.channel_max, args.frame_max).await?;
         // C: Open
         let open = Open::new(
             args.virtual_host.clone().try_into().unwrap(),
@@ -892,6 +912,8 @@ impl Connection {
     async fn tuning_parameters(
         io_conn: &mut SplitConnection,
         heartbeat: ShortUint,
+        channel_max: ShortUint,
+        frame_max: LongUint,
     ) -> Result<(ShortUint, LongUint, ShortUint)> {
         // S: 'Tune'
         let (_, frame) = io_conn.read_frame().await?;
@@ -917,9 +939,14 @@ impl Connection {
             assert_ne!(0, tune.channel_max());
             assert!(tune.frame_max() >= FRAME_MIN_SIZE);
         }
-        // just accept the values from server
-        let new_channel_max = tune.channel_max();
-        let new_frame_max = tune.frame_max();
+        // pgevents patch: the lower of the server's and the client's limit (0: no limit).
+        let lower = |server: LongUint, client: LongUint| match (server, client) {
+            (0, client) => client,
+            (server, 0) => server,
+            (server, client) => server.min(client),
+        };
+        let new_channel_max = lower(tune.channel_max().into(), channel_max.into()) as ShortUint;
+        let new_frame_max = lower(tune.frame_max(), frame_max);
 
         // C: TuneOk
         let tune_ok = TuneOk::new(new_channel_max, new_frame_max, new_heartbeat);
