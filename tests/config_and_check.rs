@@ -108,3 +108,42 @@ async fn config_file_settings_yield_to_environment_and_flags() {
     assert_eq!(code, Some(2));
     assert!(err.contains("invalid TOML"), "{err}");
 }
+
+/// `pgevents check` reviews the deployment's risky settings: skip requests honoured, HTTP
+/// actions allowed anywhere, TLS that does not verify, a gateway open to the network without
+/// authentication; warnings, not failures, each with the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_warns_about_risky_settings() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let risky = world.producer_env(&[
+        ("PGTABLES", "public.t"),
+        ("PGEVENTS_ALLOW_SKIP", "true"),
+        ("PGEVENTS_LISTEN", "0.0.0.0:8080"),
+    ]);
+    let (code, out, err) = run(&["check"], &risky).await;
+    assert_eq!(code, Some(0), "warnings do not fail the check: {out}{err}");
+    for line in [
+        "warn  skip requests: --allow-skip is on",
+        "warn  HTTP actions: no --http-allow",
+        "warn  gateway: pgevents serve listens on 0.0.0.0:8080 without authentication",
+        "ok    PostgreSQL TLS: sslmode=disable to 127.0.0.1 (this machine)",
+    ] {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
+
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "a secret of at least thirty-two bytes!!").unwrap();
+    let careful = world.producer_env(&[
+        ("PGTABLES", "public.t"),
+        ("PGEVENTS_HTTP_ALLOW", "api.example.com,10.0.0.0/8"),
+        ("PGEVENTS_LISTEN", "0.0.0.0:8080"),
+        ("PGEVENTS_JWT_SECRET_FILE", secret.path().to_str().unwrap()),
+    ]);
+    let (code, out, err) = run(&["check"], &careful).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("ok    HTTP actions: limited to api.example.com, 10.0.0.0/8"), "{out}");
+    assert!(out.contains("ok    gateway: 0.0.0.0:8080, JWT required"), "{out}");
+    assert!(out.contains("ok    skip requests: refused"), "{out}");
+    assert!(!out.contains("warn  skip") && !out.contains("warn  HTTP") && !out.contains("warn  gateway"), "{out}");
+}

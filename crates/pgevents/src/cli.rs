@@ -38,7 +38,7 @@ pub enum Command {
     /// Push events to browsers and apps over Server-Sent Events: replay by Last-Event-ID from a RabbitMQ stream, JWT grants down to a row
     Serve(ServeArgs),
     /// Check the producer's settings against PostgreSQL and RabbitMQ (wal_level, role, tables, publication, slot, broker) without changing anything
-    Check(ProducerArgs),
+    Check(CheckArgs),
     /// Manage the rule tables (schema pgevents) that turn events into work
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -411,6 +411,20 @@ pub struct ServeArgs {
     pub backoff_max: u64,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub producer: ProducerArgs,
+    /// The workers' --http-allow, to review (the same variable as the workers')
+    #[arg(long = "http-allow", env = "PGEVENTS_HTTP_ALLOW", value_delimiter = ',')]
+    pub http_allow: Vec<String>,
+    /// The gateway's --listen, to review (the same variable as `pgevents serve`) [default: not reviewed]
+    #[arg(long = "gateway-listen", env = "PGEVENTS_LISTEN")]
+    pub gateway_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,15 +1,29 @@
-//! `pgevents check`: validates the producer's settings and connectivity and prints, for each
-//! check, what was found and how to fix a problem. Exit status 0 when nothing failed.
+//! `pgevents check`: validates the producer's settings and connectivity, reviews the risky
+//! settings of the whole deployment (skip requests honoured, HTTP actions allowed anywhere, TLS
+//! that does not verify the server, a gateway open to the network without authentication), and
+//! prints, for each check, what was found and how to fix a problem. Exit status 0 when nothing
+//! failed (warnings do not fail).
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 
-use pgevents_producer::check::{run_checks, Verdict};
+use pgevents_amqp::AmqpUrl;
+use pgevents_pg::{ConnectConfig, TlsMode};
+use pgevents_producer::check::{run_checks, Finding, Verdict};
 
-use crate::cli::ProducerArgs;
+use crate::cli::CheckArgs;
 
-pub async fn run(args: ProducerArgs) -> anyhow::Result<bool> {
-    let config = super::producer::config(&args)?;
-    let findings = run_checks(&config).await;
+pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
+    let config = super::producer::config(&args.producer)?;
+    let mut findings = run_checks(&config).await;
+    findings.extend(risky_settings(&Deployment {
+        allow_skip: config.allow_skip,
+        postgres: &config.postgres,
+        rabbitmq: &config.amqp_url,
+        http_allow: &args.http_allow,
+        gateway_listen: args.gateway_listen,
+        gateway_auth: args.jwt.jwt_secret_file.is_some() || args.jwt.jwt_public_key_file.is_some(),
+    }));
     let mut stdout = std::io::stdout().lock();
     for f in &findings {
         let mark = match f.verdict {
@@ -26,4 +40,122 @@ pub async fn run(args: ProducerArgs) -> anyhow::Result<bool> {
         writeln!(stdout, "{failed} check(s) failed")?;
     }
     Ok(failed == 0)
+}
+
+/// The settings of the deployment that weaken it.
+struct Deployment<'a> {
+    allow_skip: bool,
+    postgres: &'a ConnectConfig,
+    rabbitmq: &'a AmqpUrl,
+    http_allow: &'a [String],
+    gateway_listen: Option<SocketAddr>,
+    gateway_auth: bool,
+}
+
+fn warn(what: &'static str, detail: impl Into<String>) -> Finding {
+    Finding { verdict: Verdict::Warn, what, detail: detail.into() }
+}
+
+fn pass(what: &'static str, detail: impl Into<String>) -> Finding {
+    Finding { verdict: Verdict::Pass, what, detail: detail.into() }
+}
+
+/// Whether traffic to `host` stays on this machine.
+fn is_local(host: &str) -> bool {
+    host == "localhost" || host.starts_with('/') || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reviews the risky settings; no I/O.
+fn risky_settings(d: &Deployment<'_>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    out.push(if d.allow_skip {
+        warn("skip requests", "--allow-skip is on: any role that can connect can hide its changes from every consumer with pg_logical_emit_message(true, 'pgevents', '{\"skip\": true}'); turn it off unless every writer is trusted")
+    } else {
+        pass("skip requests", "refused ({\"skip\": true} is published anyway)")
+    });
+    out.push(if d.http_allow.iter().all(|a| a.trim().is_empty()) {
+        warn("HTTP actions", "no --http-allow: whoever writes rules can make the workers call any address, internal services included; set PGEVENTS_HTTP_ALLOW to the hosts and networks your actions call")
+    } else {
+        pass("HTTP actions", format!("limited to {}", d.http_allow.join(", ")))
+    });
+    let pg = d.postgres;
+    out.push(match pg.tls {
+        TlsMode::VerifyFull => pass("PostgreSQL TLS", "verify-full"),
+        _ if is_local(&pg.host) => pass("PostgreSQL TLS", format!("sslmode={} to {} (this machine)", pg.tls.as_str(), pg.host)),
+        TlsMode::VerifyCa => warn("PostgreSQL TLS", "verify-ca checks the certificate's chain, not the host name: any server with a certificate of that CA is accepted; use verify-full where the certificate names the host"),
+        mode => warn("PostgreSQL TLS", format!("sslmode={} does not verify the server at {}: anyone in the middle can read the changes and the password; use --pgsslmode verify-full (with --pgsslrootcert for a private CA)", mode.as_str(), pg.host)),
+    });
+    let mq = d.rabbitmq;
+    out.push(match (mq.tls, mq.tls_options.verify) {
+        (true, true) => pass("RabbitMQ TLS", "amqps://, broker certificate verified"),
+        (true, false) => warn("RabbitMQ TLS", "verify=verify_none: the broker's certificate is not checked; remove it (and give --rabbitmq-ca-file for a private CA)"),
+        (false, _) if is_local(&mq.host) => pass("RabbitMQ TLS", format!("amqp:// to {} (this machine)", mq.host)),
+        (false, _) => warn("RabbitMQ TLS", format!("amqp:// to {} is not encrypted: events and the password cross the network in the clear; use amqps://", mq.host)),
+    });
+    if let Some(listen) = d.gateway_listen {
+        out.push(match (listen.ip().is_loopback(), d.gateway_auth) {
+            (_, true) => pass("gateway", format!("{listen}, JWT required")),
+            (true, false) => pass("gateway", format!("{listen}, without authentication but only on this machine")),
+            (false, false) => warn("gateway", format!("pgevents serve listens on {listen} without authentication: anyone who can reach it reads every event; set --jwt-secret-file or --jwt-public-key-file, or listen on 127.0.0.1 behind a proxy that authenticates")),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(d: &Deployment<'_>) -> Vec<&'static str> {
+        risky_settings(d).into_iter().filter(|f| f.verdict == Verdict::Warn).map(|f| f.what).collect()
+    }
+
+    #[test]
+    fn risky_settings_are_warned_about_and_safe_ones_are_not() {
+        let mut postgres = ConnectConfig {
+            host: "db.example".into(),
+            port: 5432,
+            user: "u".into(),
+            password: None,
+            dbname: "d".into(),
+            application_name: "t".into(),
+            tls: TlsMode::Require,
+            ssl_root_cert: None,
+            ssl_cert: None,
+            channel_binding: Default::default(),
+            connect_timeout: std::time::Duration::from_secs(1),
+        };
+        let rabbitmq: AmqpUrl = "amqp://u:p@mq.example/%2f".parse().unwrap();
+        let open = Deployment {
+            allow_skip: true,
+            postgres: &postgres,
+            rabbitmq: &rabbitmq,
+            http_allow: &[],
+            gateway_listen: Some("0.0.0.0:8080".parse().unwrap()),
+            gateway_auth: false,
+        };
+        assert_eq!(warnings(&open), ["skip requests", "HTTP actions", "PostgreSQL TLS", "RabbitMQ TLS", "gateway"]);
+
+        postgres.tls = TlsMode::VerifyFull;
+        let verified: AmqpUrl = "amqps://u:p@mq.example/%2f".parse().unwrap();
+        let allow = ["api.example.com".to_owned()];
+        let safe = Deployment {
+            allow_skip: false,
+            postgres: &postgres,
+            rabbitmq: &verified,
+            http_allow: &allow,
+            gateway_listen: Some("0.0.0.0:8080".parse().unwrap()),
+            gateway_auth: true,
+        };
+        assert!(warnings(&safe).is_empty(), "{:?}", risky_settings(&safe));
+
+        let unverified: AmqpUrl = "amqps://u:p@localhost/%2f?verify=verify_none".parse().unwrap();
+        let local = Deployment {
+            rabbitmq: &unverified,
+            gateway_listen: Some("127.0.0.1:8080".parse().unwrap()),
+            gateway_auth: false,
+            ..safe
+        };
+        assert_eq!(warnings(&local), ["RabbitMQ TLS"], "verify_none is warned about even locally");
+    }
 }
