@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing (PostgreSQL server binaries, wal2json, RabbitMQ,
-# openssl, a C compiler, Chromium and chromedriver), starts RabbitMQ if needed, checks that the
-# claimed minimum Rust (rust-version) builds the workspace, builds, and runs every test: unit,
-# property, and the end-to-end tests against real servers (each test starts its own throwaway
-# PostgreSQL cluster and uses the local RabbitMQ with its own names). Extra arguments go to the
-# test runner.
+# openssl, a C compiler, Chromium and chromedriver, nightly Rust and cargo-fuzz), starts RabbitMQ
+# if needed, checks that the claimed minimum Rust (rust-version) builds the workspace, builds,
+# runs every fuzz target for 10 seconds, and runs every test: unit, property, and the end-to-end
+# tests against real servers (each test starts its own throwaway PostgreSQL cluster and uses the
+# local RabbitMQ with its own names). Extra arguments go to the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/services.sh
@@ -29,6 +29,7 @@ fi
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 check_rust_version
 cargo build --locked --workspace --all-targets
+scripts/fuzz.sh smoke
 # Doc tests first, so that the run ends with the full summary of every other test.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo test --locked --workspace --doc

@@ -56,6 +56,16 @@ check_rust_version() {
   echo "Rust $version (rust-version) builds the workspace" >&2
 }
 
+# Nightly Rust and cargo-fuzz, for the fuzz targets (scripts/fuzz.sh).
+ensure_fuzzer() {
+  if ! command -v rustup >/dev/null 2>&1; then
+    echo "rustup is not installed: the fuzz targets need nightly Rust" >&2
+    return 1
+  fi
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal >&2
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked >&2
+}
+
 rabbitmq_up() {
   (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
 }

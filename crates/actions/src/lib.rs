@@ -38,6 +38,35 @@ pub use runner::{JobOutcome, JobRunner};
 pub use runner_service::{run_action_runner, StageConsumer};
 pub use secrets::{redact_url, Secrets, SecretsError, ENV_PREFIX as SECRET_ENV_PREFIX};
 
+/// Entry points for the fuzz targets (`fuzz/`): templates and redaction on arbitrary input.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use serde_json::{Map, Value};
+
+    use crate::secrets::Secrets;
+    use crate::template::{percent_encode, render_string, render_value, Scope};
+
+    /// Renders `template` (JSON: a body template, or a string for a URL or header) with
+    /// `parameters` and `event` (JSON), one secret, and redacts the results as the runner does.
+    pub fn template(template: &str, parameters: &str, event: &str) {
+        let Ok(template) = serde_json::from_str::<Value>(template) else { return };
+        let parameters: Map<String, Value> = serde_json::from_str(parameters).unwrap_or_default();
+        let event: Value = serde_json::from_str(event).unwrap_or(Value::Null);
+        let secrets =
+            Secrets::load([("PGEVENTS_SECRET_TOKEN".to_owned(), "fuzz-secret".to_owned())], None).unwrap_or_default();
+        let scope = Scope { parameters: &parameters, event: &event, secrets: &secrets };
+        if let Ok(rendered) = render_value(&template, scope) {
+            let _ = secrets.redact(&rendered.to_string());
+        }
+        if let Value::String(text) = &template {
+            if let Ok(url) = render_string(text, scope, percent_encode) {
+                let _ = crate::secrets::redact_url(&url);
+            }
+            let _ = render_string(text, scope, str::to_owned);
+        }
+    }
+}
+
 /// Metric names of the action stage.
 pub mod metric {
     /// Attempts by action and status (`succeeded`, `failed`, `dead`).

@@ -127,7 +127,7 @@ pub fn admit(gateway: &Gateway, head: &Head, kill: CancellationToken) -> Result<
 }
 
 /// `Last-Event-ID` (header or `?last_event_id=`): an event id this gateway handed out.
-fn last_event_id(value: Option<&str>) -> Result<Resume, String> {
+pub(crate) fn last_event_id(value: Option<&str>) -> Result<Resume, String> {
     let Some(value) = value else { return Ok(Resume::Live) };
     match value.parse::<i64>() {
         Ok(id) if (0..i64::MAX).contains(&id) => Ok(Resume::After(id)),

@@ -77,10 +77,17 @@ impl Frame {
 
 fn decode_event(delivery: &Delivery, offset: i64, max_body_bytes: usize) -> Result<EventFrame, String> {
     let body = delivery.decoded_body(max_body_bytes).map_err(|e| e.to_string())?;
-    let event = Event::from_slice(&body).map_err(|e| e.to_string())?;
-    let pk = key_text(&body, &event.id);
-    let sse = sse::event(Some(offset), event_name(event.action), &body);
-    Ok(EventFrame { event, pk, sse })
+    EventFrame::from_body(&body, offset)
+}
+
+impl EventFrame {
+    /// An event body (decompressed) at `offset`.
+    pub fn from_body(body: &[u8], offset: i64) -> Result<EventFrame, String> {
+        let event = Event::from_slice(body).map_err(|e| e.to_string())?;
+        let pk = key_text(body, &event.id);
+        let sse = sse::event(Some(offset), event_name(event.action), body);
+        Ok(EventFrame { event, pk, sse })
+    }
 }
 
 /// The SSE event name of a row event.

@@ -50,6 +50,29 @@ use crate::clients::Clients;
 use crate::feed::FeedContext;
 use crate::ring::{Ring, RingLimits};
 
+/// Entry points for the fuzz targets (`fuzz/`): what the gateway does with bytes from a client
+/// and from the history stream, without sockets.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use crate::filter::Filter;
+    use crate::frame::EventFrame;
+
+    /// Parses a request head as the gateway does, turns its query into a filter and its
+    /// `Last-Event-ID` into a resume point, decodes `body` as a history event and, when the
+    /// filter takes it, renders what the subscriber would be sent.
+    pub fn request_and_event(head: &[u8], body: &[u8]) {
+        let Ok(Some(head)) = crate::request::parse(head) else { return };
+        let _ = crate::admission::last_event_id(head.header("last-event-id"));
+        let pairs: Vec<(String, String)> =
+            form_urlencoded::parse(head.query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let Ok(filter) = Filter::from_query(&pairs, 64) else { return };
+        let Ok(frame) = EventFrame::from_body(body, 7) else { return };
+        if filter.matches(&frame) {
+            let _ = filter.render(&frame, 7);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]

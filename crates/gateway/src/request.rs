@@ -71,7 +71,7 @@ async fn read_head(stream: &mut TcpStream) -> Incoming {
 }
 
 /// `Ok(None)` while the head is incomplete.
-fn parse(bytes: &[u8]) -> Result<Option<Head>, httparse::Error> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Option<Head>, httparse::Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     if request.parse(bytes)?.is_partial() {

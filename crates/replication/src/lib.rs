@@ -18,3 +18,22 @@ mod wire;
 pub use client::{check_identifier, CreatedSlot, ReplicationClient, SlotSnapshot, SystemInfo};
 pub use error::{ReplicationError, ServerError};
 pub use stream::{ReplicationReader, StatusSender, WalMessage};
+
+/// Entry points for the fuzz targets (`fuzz/`): the parsing the client does on bytes from the
+/// server, without a connection.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    /// Splits `bytes` into backend messages as the client does, and reads each CopyData as a
+    /// replication message; stops at the first error or an incomplete message.
+    pub fn server_bytes(bytes: &[u8]) -> usize {
+        let mut buf = bytes::BytesMut::from(bytes);
+        let mut messages = 0;
+        while let Ok(Some(frame)) = crate::wire::next_frame(&mut buf) {
+            messages += 1;
+            if let crate::wire::Backend::CopyData(data) = frame {
+                let _ = crate::stream::wal_message(data);
+            }
+        }
+        messages
+    }
+}

@@ -46,43 +46,41 @@ impl ReplicationReader {
     pub async fn next(&mut self) -> Result<WalMessage, ReplicationError> {
         loop {
             match self.frames.next().await? {
-                Backend::CopyData(mut data) => {
-                    if data.is_empty() {
-                        return Err(short("CopyData"));
-                    }
-                    match data.get_u8() {
-                        b'w' => {
-                            if data.len() < 24 {
-                                return Err(short("XLogData"));
-                            }
-                            let wal_start = Lsn(data.get_u64());
-                            let wal_end = Lsn(data.get_u64());
-                            let _server_time = data.get_i64();
-                            return Ok(WalMessage::XLogData { wal_start, wal_end, data });
-                        }
-                        b'k' => {
-                            if data.len() < 17 {
-                                return Err(short("keepalive"));
-                            }
-                            let wal_end = Lsn(data.get_u64());
-                            let _server_time = data.get_i64();
-                            let reply_requested = data.get_u8() == 1;
-                            return Ok(WalMessage::Keepalive { wal_end, reply_requested });
-                        }
-                        other => {
-                            return Err(ReplicationError::Protocol(format!(
-                                "unknown replication message {:?}",
-                                other as char
-                            )));
-                        }
-                    }
-                }
+                Backend::CopyData(data) => return wal_message(data),
                 Backend::CopyDone => return Ok(WalMessage::End),
                 Backend::Error(e) => return Err(ReplicationError::Server(e)),
                 Backend::Notice(n) => tracing::info!(notice = %n, "PostgreSQL notice"),
                 _ => {}
             }
         }
+    }
+}
+
+/// One CopyData message of the replication stream: WAL data (`w`) or a keepalive (`k`).
+pub(crate) fn wal_message(mut data: Bytes) -> Result<WalMessage, ReplicationError> {
+    if data.is_empty() {
+        return Err(short("CopyData"));
+    }
+    match data.get_u8() {
+        b'w' => {
+            if data.len() < 24 {
+                return Err(short("XLogData"));
+            }
+            let wal_start = Lsn(data.get_u64());
+            let wal_end = Lsn(data.get_u64());
+            let _server_time = data.get_i64();
+            Ok(WalMessage::XLogData { wal_start, wal_end, data })
+        }
+        b'k' => {
+            if data.len() < 17 {
+                return Err(short("keepalive"));
+            }
+            let wal_end = Lsn(data.get_u64());
+            let _server_time = data.get_i64();
+            let reply_requested = data.get_u8() == 1;
+            Ok(WalMessage::Keepalive { wal_end, reply_requested })
+        }
+        other => Err(ReplicationError::Protocol(format!("unknown replication message {:?}", other as char))),
     }
 }
 

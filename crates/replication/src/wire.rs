@@ -69,24 +69,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     fn parse_buffered(&mut self) -> Result<Option<Backend>, ReplicationError> {
-        if self.buf.len() < 5 {
-            return Ok(None);
-        }
-        let tag = self.buf[0];
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if !(4..=MAX_FRAME).contains(&len) {
-            return Err(ReplicationError::Protocol(format!(
-                "invalid frame length {len} for message {:?}",
-                tag as char
-            )));
-        }
-        if self.buf.len() < 1 + len {
-            self.buf.reserve(1 + len - self.buf.len());
-            return Ok(None);
-        }
-        self.buf.advance(5);
-        let body = self.buf.split_to(len - 4).freeze();
-        parse(tag, body).map(Some)
+        next_frame(&mut self.buf)
     }
 
     pub(crate) fn io_mut(&mut self) -> &mut R {
@@ -100,6 +83,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn from_parts(io: R, buf: BytesMut) -> Self {
         FrameReader { io, buf }
     }
+}
+
+/// The next whole message in `buf` (removed from it), `Ok(None)` while it is incomplete.
+pub(crate) fn next_frame(buf: &mut BytesMut) -> Result<Option<Backend>, ReplicationError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if !(4..=MAX_FRAME).contains(&len) {
+        return Err(ReplicationError::Protocol(format!("invalid frame length {len} for message {:?}", tag as char)));
+    }
+    if buf.len() < 1 + len {
+        buf.reserve(1 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(5);
+    let body = buf.split_to(len - 4).freeze();
+    parse(tag, body).map(Some)
 }
 
 fn protocol(what: &str) -> ReplicationError {
