@@ -55,6 +55,36 @@ async fn started(setup: &Setup, registry: Registry) -> (CancellationToken, tokio
     (shutdown, task)
 }
 
+/// A dead-letter exchange for the setup's consumer and a queue collecting what reaches it.
+struct DeadLetters {
+    exchange: String,
+    queue: EventQueue,
+}
+
+impl DeadLetters {
+    async fn for_setup(setup: &mut Setup) -> DeadLetters {
+        let exchange = unique_name("cdead");
+        setup.config.dead_letter_exchange = Some(exchange.clone());
+        let queue = EventQueue::bind(&exchange, &["#"]).await;
+        DeadLetters { exchange, queue }
+    }
+
+    async fn next(&mut self) -> pgevents_amqp::Delivery {
+        self.queue.next_raw(WAIT).await.expect("a dead-lettered message")
+    }
+
+    async fn close(self) {
+        self.queue.close().await;
+        delete_exchange(&self.exchange).await;
+    }
+}
+
+/// Stops the consumer and waits for it.
+async fn stop(shutdown: CancellationToken, task: tokio::task::JoinHandle<()>) {
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
 async fn cleanup(setup: Setup) {
     delete_queue(&setup.queue).await;
     delete_exchange(&setup.exchange).await;
@@ -97,8 +127,7 @@ async fn routes_by_table_and_action_and_retries() {
     })
     .await;
     wait_for("the audit event", WAIT, || async { (ignored.load(Ordering::SeqCst) == 1).then_some(()) }).await;
-    shutdown.cancel();
-    task.await.unwrap();
+    stop(shutdown, task).await;
     let seen = seen.lock().unwrap().clone();
     assert!(seen.contains(&0) && seen.contains(&1), "{seen:?}");
     assert!(!seen.contains(&2), "a delete has no handler here: {seen:?}");
@@ -111,15 +140,13 @@ async fn routes_by_table_and_action_and_retries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_dead_letters_and_unreadable_messages_too() {
     let mut setup = setup().await;
-    let dead_exchange = unique_name("cdead");
-    setup.config.dead_letter_exchange = Some(dead_exchange.clone());
+    let mut dead = DeadLetters::for_setup(&mut setup).await;
     let registry = Registry::new().on_all("*", |_e: IncomingEvent| async { Outcome::Fail("never".into()) });
     let (shutdown, task) = started(&setup, registry).await;
-    let mut dead = EventQueue::bind(&dead_exchange, &["#"]).await;
     publish_raw(&setup.exchange, "public.users", "m0", &event("public.users", "I", 0)).await;
     publish_raw(&setup.exchange, "public.users", "junk", b"not an event").await;
-    let first = dead.next_raw(WAIT).await.expect("the failed event");
-    let second = dead.next_raw(WAIT).await.expect("the unreadable message");
+    let first = dead.next().await;
+    let second = dead.next().await;
     let ids: Vec<&str> = [&first, &second].iter().filter_map(|d| d.message_id()).collect();
     assert_eq!(ids, ["m0", "junk"]);
     assert_eq!(first.header("error").as_deref(), Some("never"));
@@ -130,10 +157,8 @@ async fn fail_dead_letters_and_unreadable_messages_too() {
     let mut queue = EventQueue::reattach(&amqp_url(), &setup.queue).await;
     assert!(queue.next_raw(Duration::from_millis(300)).await.is_none());
     queue.close().await;
-    shutdown.cancel();
-    task.await.unwrap();
+    stop(shutdown, task).await;
     dead.close().await;
-    delete_exchange(&dead_exchange).await;
     cleanup(setup).await;
 }
 
@@ -164,8 +189,7 @@ async fn concurrency_is_limited_and_shutdown_waits_for_running_handlers() {
     wait_for("three handlers at once", WAIT, || async { (running.load(Ordering::SeqCst) == 3).then_some(()) }).await;
     // Shut down while three handlers run: they finish and are acknowledged; the rest stay queued.
     let finished_before = done.load(Ordering::SeqCst);
-    shutdown.cancel();
-    task.await.unwrap();
+    stop(shutdown, task).await;
     let finished = done.load(Ordering::SeqCst);
     assert_eq!(running.load(Ordering::SeqCst), 0, "run returned before its handlers finished");
     assert!(finished >= finished_before + 3, "{finished_before} -> {finished}");
@@ -185,8 +209,7 @@ async fn concurrency_is_limited_and_shutdown_waits_for_running_handlers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_back_off_and_give_up_after_max_deliveries() {
     let mut setup = setup().await;
-    let dead_exchange = unique_name("cdead");
-    setup.config.dead_letter_exchange = Some(dead_exchange.clone());
+    let mut dead = DeadLetters::for_setup(&mut setup).await;
     setup.config.concurrency = 2;
     setup.config.retry_delay = Duration::from_millis(100);
     setup.config.retry_delay_max = Duration::from_millis(400);
@@ -207,10 +230,9 @@ async fn retries_back_off_and_give_up_after_max_deliveries() {
         }
     });
     let (shutdown, task) = started(&setup, registry).await;
-    let mut dead = EventQueue::bind(&dead_exchange, &["#"]).await;
     publish_raw(&setup.exchange, "public.t", "poison", &event("public.t", "I", 0)).await;
     publish_raw(&setup.exchange, "public.t", "fine", &event("public.t", "I", 1)).await;
-    let given_up = dead.next_raw(WAIT).await.expect("the poison message, dead-lettered");
+    let given_up = dead.next().await;
     assert_eq!(given_up.message_id(), Some("poison"));
     assert_eq!(given_up.header("error").as_deref(), Some("gave up after 4 deliveries: the database is down"));
     assert_eq!(given_up.header("deliveries").as_deref(), Some("4"));
@@ -223,13 +245,11 @@ async fn retries_back_off_and_give_up_after_max_deliveries() {
     for (gap, least) in gaps.iter().zip([80, 160, 320]) {
         assert!(*gap >= Duration::from_millis(least), "{gaps:?}");
     }
-    shutdown.cancel();
-    task.await.unwrap();
+    stop(shutdown, task).await;
     let mut queue = EventQueue::reattach(&amqp_url(), &setup.queue).await;
     assert!(queue.next_raw(Duration::from_millis(300)).await.is_none(), "nothing left in the queue");
     queue.close().await;
     dead.close().await;
-    delete_exchange(&dead_exchange).await;
     cleanup(setup).await;
 }
 
@@ -238,8 +258,7 @@ async fn retries_back_off_and_give_up_after_max_deliveries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_retried_then_dead_lettered() {
     let mut setup = setup().await;
-    let dead_exchange = unique_name("cdead");
-    setup.config.dead_letter_exchange = Some(dead_exchange.clone());
+    let mut dead = DeadLetters::for_setup(&mut setup).await;
     setup.config.retry_delay = Duration::from_millis(20);
     setup.config.max_deliveries = std::num::NonZeroU32::new(3);
     let handled = Arc::new(AtomicUsize::new(0));
@@ -255,20 +274,17 @@ async fn a_panicking_handler_is_retried_then_dead_lettered() {
         }
     });
     let (shutdown, task) = started(&setup, registry).await;
-    let mut dead = EventQueue::bind(&dead_exchange, &["#"]).await;
     publish_raw(&setup.exchange, "public.t", "panics", &event("public.t", "I", 0)).await;
     publish_raw(&setup.exchange, "public.t", "after", &event("public.t", "I", 1)).await;
-    let given_up = dead.next_raw(WAIT).await.expect("the message whose handler panics");
+    let given_up = dead.next().await;
     assert_eq!(given_up.message_id(), Some("panics"));
     assert_eq!(
         given_up.header("error").as_deref(),
         Some("gave up after 3 deliveries: the handler panicked: boom on seq 0")
     );
     wait_for("the next message", WAIT, || async { (handled.load(Ordering::SeqCst) == 1).then_some(()) }).await;
-    shutdown.cancel();
-    task.await.unwrap();
+    stop(shutdown, task).await;
     dead.close().await;
-    delete_exchange(&dead_exchange).await;
     cleanup(setup).await;
 }
 
@@ -278,12 +294,10 @@ async fn a_panicking_handler_is_retried_then_dead_lettered() {
 async fn a_gzip_bomb_is_dead_lettered() {
     use std::io::Write;
     let mut setup = setup().await;
-    let dead_exchange = unique_name("cdead");
-    setup.config.dead_letter_exchange = Some(dead_exchange.clone());
+    let mut dead = DeadLetters::for_setup(&mut setup).await;
     setup.config.max_body_bytes = 1 << 20;
     let registry = Registry::new().on_all("*", |_e: IncomingEvent| async { Outcome::Ok });
     let (shutdown, task) = started(&setup, registry).await;
-    let mut dead = EventQueue::bind(&dead_exchange, &["#"]).await;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b' '; 64 << 20]).unwrap();
     let bomb = gz.finish().unwrap();
@@ -297,15 +311,13 @@ async fn a_gzip_bomb_is_dead_lettered() {
         ..Default::default()
     };
     publish_message(&setup.exchange, message).await;
-    let given_up = dead.next_raw(WAIT).await.expect("the gzip bomb");
+    let given_up = dead.next().await;
     assert_eq!(given_up.message_id(), Some("bomb"));
     let error = given_up.header("error").unwrap_or_default();
     assert!(error.contains("larger than"), "{error}");
     assert_eq!(given_up.body, bomb, "the copy is the compressed original");
     assert_eq!(given_up.properties.content_encoding().map(String::as_str), Some("gzip"));
-    shutdown.cancel();
-    task.await.unwrap();
+    stop(shutdown, task).await;
     dead.close().await;
-    delete_exchange(&dead_exchange).await;
     cleanup(setup).await;
 }
