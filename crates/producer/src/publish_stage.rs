@@ -7,7 +7,7 @@
 //! resource alarm): it then waits for `unblocked` without counting the wait against
 //! `confirm_timeout`, and reports `RabbitMQ blocked: <reason>` to `/readyz`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,26 +33,39 @@ enum Pending {
     Commit(Lsn, Option<i64>),
 }
 
-/// Body bytes of the messages in flight, by tag.
+/// Body bytes of the messages in flight. Tags are consecutive on a channel, so the sizes are
+/// kept in tag order from the oldest unacknowledged one: O(1) per publish and per ack.
 #[derive(Default)]
 struct InFlightBytes {
-    by_tag: BTreeMap<u64, usize>,
+    /// The tag of `sizes[0]`.
+    first: u64,
+    /// Sizes by tag; an acknowledged message in the middle counts 0 until the ones before it
+    /// are acknowledged too.
+    sizes: VecDeque<usize>,
     total: usize,
 }
 
 impl InFlightBytes {
     fn published(&mut self, tag: u64, bytes: usize) {
-        self.by_tag.insert(tag, bytes);
+        if self.sizes.is_empty() {
+            self.first = tag;
+        }
+        self.sizes.push_back(bytes);
         self.total += bytes;
     }
 
     fn acked(&mut self, tag: u64, multiple: bool) {
+        let Some(index) = tag.checked_sub(self.first).and_then(|i| usize::try_from(i).ok()) else { return };
         if multiple {
-            let rest = self.by_tag.split_off(&(tag + 1));
-            self.total -= self.by_tag.values().sum::<usize>();
-            self.by_tag = rest;
-        } else if let Some(bytes) = self.by_tag.remove(&tag) {
-            self.total -= bytes;
+            let through = (index + 1).min(self.sizes.len());
+            self.total -= self.sizes.drain(..through).sum::<usize>();
+            self.first += through as u64;
+        } else if let Some(size) = self.sizes.get_mut(index) {
+            self.total -= std::mem::take(size);
+        }
+        while self.sizes.front() == Some(&0) {
+            self.sizes.pop_front();
+            self.first += 1;
         }
     }
 }
@@ -242,8 +255,18 @@ mod tests {
         bytes.acked(2, true);
         assert_eq!(bytes.total, 400);
         bytes.acked(9, true);
-        assert_eq!((bytes.total, bytes.by_tag.len()), (0, 0));
+        assert_eq!((bytes.total, bytes.sizes.len()), (0, 0));
         bytes.acked(4, false);
         assert_eq!(bytes.total, 0, "an ack for a tag already gone changes nothing");
+        // Out of order: the middle one first, then the rest at once.
+        for (tag, size) in [(10, 10), (11, 20), (12, 30)] {
+            bytes.published(tag, size);
+        }
+        bytes.acked(11, false);
+        assert_eq!((bytes.total, bytes.sizes.len()), (40, 3));
+        bytes.acked(10, false);
+        assert_eq!((bytes.total, bytes.sizes.len(), bytes.first), (30, 1, 12), "the acknowledged front is dropped");
+        bytes.acked(12, true);
+        assert_eq!((bytes.total, bytes.sizes.len()), (0, 0));
     }
 }
