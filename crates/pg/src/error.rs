@@ -8,9 +8,10 @@ use crate::TlsConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    /// A statement or a connection failed.
-    #[error("{context}: {}", describe(source))]
-    Sql { context: String, source: tokio_postgres::Error, kind: ErrorKind },
+    /// A statement or a connection failed. The message already describes `cause` with its own
+    /// causes (tokio-postgres says only "db error"), so it is not repeated as a source.
+    #[error("{context}: {}", describe(cause))]
+    Sql { context: String, cause: tokio_postgres::Error, kind: ErrorKind },
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
     /// The pool could not hand out a connection (other than a failed connection attempt).
@@ -22,7 +23,7 @@ impl PgError {
     /// Wraps a tokio-postgres error with what was being done.
     pub fn new(context: impl Into<String>, source: tokio_postgres::Error) -> PgError {
         let kind = classify(&source);
-        PgError::Sql { context: context.into(), source, kind }
+        PgError::Sql { context: context.into(), cause: source, kind }
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -36,7 +37,7 @@ impl PgError {
     /// The server's SQLSTATE, when the server reported the error.
     pub fn sqlstate(&self) -> Option<&SqlState> {
         match self {
-            PgError::Sql { source, .. } => source.code(),
+            PgError::Sql { cause, .. } => cause.code(),
             _ => None,
         }
     }
@@ -45,7 +46,7 @@ impl PgError {
     /// context themselves).
     pub fn server_message(&self) -> String {
         match self {
-            PgError::Sql { source, .. } => describe(source),
+            PgError::Sql { cause, .. } => describe(cause),
             other => other.to_string(),
         }
     }
