@@ -18,6 +18,7 @@ async fn rule_and_snapshot_tables_share_one_record_of_migrations() {
     let world = World::new().await;
     let first = run_to_end(&["rules", "install"], &world.pg.env()).await;
     assert!(first.contains("applied migration 1 rule tables"), "{first}");
+    assert!(first.contains("applied migration 2 sessions and subscriptions"), "{first}");
 
     // The record as pgevents 0.1 made it: keyed by version alone.
     world
@@ -29,9 +30,9 @@ async fn rule_and_snapshot_tables_share_one_record_of_migrations() {
         )
         .await;
     let client = world.pg.client().await;
-    assert_eq!(pgevents_rules::installed_version(&client).await.unwrap(), 1, "still seen as installed");
+    assert_eq!(pgevents_rules::installed_version(&client).await.unwrap(), 2, "still seen as installed");
     let again = run_to_end(&["rules", "install"], &world.pg.env()).await;
-    assert!(again.contains("already at version 1"), "{again}");
+    assert!(again.contains("already at version 2"), "{again}");
     let key_columns = world
         .pg
         .query_text(
@@ -48,9 +49,12 @@ async fn rule_and_snapshot_tables_share_one_record_of_migrations() {
     stop(producer).await;
     let record = world
         .pg
-        .query_text("SELECT string_agg(component || ' ' || version || ' ' || name, '; ' ORDER BY component) FROM pgevents.schema_migration")
+        .query_text("SELECT string_agg(component || ' ' || version || ' ' || name, '; ' ORDER BY component, version) FROM pgevents.schema_migration")
         .await;
-    assert_eq!(record.as_deref(), Some("rules 1 rule tables; snapshot 1 snapshot progress"));
-    assert_eq!(pgevents_rules::installed_version(&client).await.unwrap(), 1);
+    assert_eq!(
+        record.as_deref(),
+        Some("rules 1 rule tables; rules 2 sessions and subscriptions; snapshot 1 snapshot progress")
+    );
+    assert_eq!(pgevents_rules::installed_version(&client).await.unwrap(), 2);
     pgevents_testkit::delete_exchange(&world.exchange).await;
 }

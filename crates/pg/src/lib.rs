@@ -15,6 +15,7 @@
 mod connect;
 mod error;
 mod jsonb;
+pub mod listen;
 pub mod pgpass;
 mod pool;
 pub mod schema;

@@ -9,7 +9,14 @@ use crate::RulesError;
 /// The rule tables' migrations, in order. Never edit one that has been released: add a new one.
 pub const RULES: Component = Component {
     name: "rules",
-    migrations: &[Migration { version: 1, name: "rule tables", sql: include_str!("migrations/0001_rules.sql") }],
+    migrations: &[
+        Migration { version: 1, name: "rule tables", sql: include_str!("migrations/0001_rules.sql") },
+        Migration {
+            version: 2,
+            name: "sessions and subscriptions",
+            sql: include_str!("migrations/0002_sessions.sql"),
+        },
+    ],
 };
 
 /// Creates or upgrades the rule tables.
