@@ -1,6 +1,8 @@
-//! Whether a request for `/events` may subscribe, and as what. Checked in this order: query
-//! length (414), token (401), consumer id and filters (400), grants (403), `Last-Event-ID` (400),
-//! then a free place (503 with `Retry-After`). Every refusal says why and is counted by reason.
+//! Whether a request for `/events` or `/sessions/{id}/events` may subscribe, and as what.
+//! Checked in this order: query length (414), token (401); for `/events` the consumer id and
+//! filters (400) and grants (403), for a session that it exists (404) and is the token subject's
+//! (403); then `Last-Event-ID` (400) and a free place (503 with `Retry-After`). Every refusal
+//! says why and is counted by reason.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -8,14 +10,16 @@ use std::sync::Arc;
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Unauthorized, Verifier};
+use crate::addressing::Addressing;
+use crate::auth::{Grant, Unauthorized, Verifier};
 use crate::clients::Clients;
 use crate::config::Cors;
 use crate::feed::{Feed, FeedContext, Resume};
 use crate::filter::{Filter, ACCESS_TOKEN, CONSUMER_ID, LAST_EVENT_ID};
 use crate::metrics;
 use crate::request::Head;
-use crate::subscription::Subscription;
+use crate::sessions::Sessions;
+use crate::subscription::{Selector, Subscription};
 
 /// Seconds a client refused for lack of room is told to wait.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -35,6 +39,10 @@ pub struct Gateway {
     pub limits: RequestLimits,
     pub readiness: Readiness,
     pub cors: Cors,
+    /// `--sessions`: sessions and their subscriptions.
+    pub sessions: Option<Arc<Sessions>>,
+    /// `--subscriber-column`.
+    pub addressing: Arc<Addressing>,
 }
 
 /// A refused request.
@@ -67,8 +75,42 @@ impl Refusal {
     }
 }
 
+/// The streams a request can ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stream<'a> {
+    /// `/events`.
+    Events,
+    /// `/sessions/{id}/events`.
+    Session(&'a str),
+}
+
+impl<'a> Stream<'a> {
+    /// The stream at `path`, if it is one.
+    pub fn at(path: &'a str) -> Option<Stream<'a>> {
+        if path == "/events" {
+            return Some(Stream::Events);
+        }
+        let id = path.strip_prefix("/sessions/")?.strip_suffix("/events")?;
+        (!id.is_empty() && !id.contains('/')).then_some(Stream::Session(id))
+    }
+}
+
+/// The query string's parameters.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
+    }
+}
+
 /// Admits a subscriber for `head`, or says why not. `kill` drops its connection.
-pub fn admit(gateway: &Gateway, head: &Head, kill: CancellationToken) -> Result<Feed, Refusal> {
+pub async fn admit(
+    gateway: &Gateway,
+    head: &Head,
+    stream: Stream<'_>,
+    kill: CancellationToken,
+) -> Result<Feed, Refusal> {
     let limits = gateway.limits;
     if head.query.len() > limits.max_query_bytes {
         return Err(Refusal::new(
@@ -81,33 +123,20 @@ pub fn admit(gateway: &Gateway, head: &Head, kill: CancellationToken) -> Result<
             ),
         ));
     }
-    let pairs: Vec<(String, String)> =
-        form_urlencoded::parse(head.query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim()).filter(|v| !v.is_empty());
-
+    let query =
+        Query(form_urlencoded::parse(head.query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect());
     let grant = match &gateway.verifier {
         None => None,
         Some(verifier) => {
             let bearer = head.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::trim));
-            Some(verifier.verify(bearer.or_else(|| param(ACCESS_TOKEN))).map_err(Refusal::unauthorized)?)
+            Some(verifier.verify(bearer.or_else(|| query.param(ACCESS_TOKEN))).map_err(Refusal::unauthorized)?)
         }
     };
-    let consumer_id: Option<Cow<'_, str>> = grant
-        .as_ref()
-        .and_then(|g| g.subject.as_deref().map(Cow::Borrowed))
-        .or_else(|| param(CONSUMER_ID).or_else(|| head.header("x-consumer-id")).map(Cow::Borrowed));
-    let Some(consumer_id) = consumer_id.map(Cow::into_owned) else {
-        return Err(Refusal::new(
-            400,
-            "bad_request",
-            "name the subscriber: ?consumer_id=dashboard-1 or the X-Consumer-Id header (or a token with sub)",
-        ));
+    let (consumer_id, selector) = match stream {
+        Stream::Events => events_selector(gateway, head, &query, grant.as_ref())?,
+        Stream::Session(id) => session_selector(gateway, &query, grant.as_ref(), id).await?,
     };
-    let filter = Filter::from_query(&pairs, limits.max_filters).map_err(|e| Refusal::new(400, "bad_request", e.0))?;
-    if let Some(grant) = &grant {
-        grant.authorize(&filter.tables).map_err(|e| Refusal::new(403, "forbidden", e.0))?;
-    }
-    let resume = last_event_id(head.header("last-event-id").or_else(|| param(LAST_EVENT_ID)))
+    let resume = last_event_id(head.header("last-event-id").or_else(|| query.param(LAST_EVENT_ID)))
         .map_err(|text| Refusal::new(400, "bad_request", text))?;
     let Some(admission) = gateway.clients.admit(&consumer_id, kill) else {
         let mut refusal = Refusal::new(
@@ -122,8 +151,78 @@ pub fn admit(gateway: &Gateway, head: &Head, kill: CancellationToken) -> Result<
         return Err(refusal);
     };
     tracing::info!(consumer_id = %consumer_id, ?resume, "subscriber connected");
-    let subscription = Subscription { consumer_id, filter, grant };
+    let subscription = Subscription { consumer_id, selector, grant, addressing: gateway.addressing.clone() };
     Ok(Feed::new(gateway.feeds.clone(), subscription, admission, resume))
+}
+
+/// `/events`: the subscriber names itself, and its filter stays within the token's grants.
+fn events_selector(
+    gateway: &Gateway,
+    head: &Head,
+    query: &Query,
+    grant: Option<&Grant>,
+) -> Result<(String, Selector), Refusal> {
+    let consumer_id: Option<Cow<'_, str>> = grant
+        .and_then(|g| g.subject.as_deref().map(Cow::Borrowed))
+        .or_else(|| query.param(CONSUMER_ID).or_else(|| head.header("x-consumer-id")).map(Cow::Borrowed));
+    let Some(consumer_id) = consumer_id.map(Cow::into_owned) else {
+        return Err(Refusal::new(
+            400,
+            "bad_request",
+            "name the subscriber: ?consumer_id=dashboard-1 or the X-Consumer-Id header (or a token with sub)",
+        ));
+    };
+    let filter =
+        Filter::from_query(&query.0, gateway.limits.max_filters).map_err(|e| Refusal::new(400, "bad_request", e.0))?;
+    if let Some(grant) = grant {
+        grant.authorize(&filter.tables).map_err(|e| Refusal::new(403, "forbidden", e.0))?;
+    }
+    Ok((consumer_id, Selector::Query(filter)))
+}
+
+/// `/sessions/{id}/events`: the session must exist and, with authentication, be the token
+/// subject's; its subscriptions are the filter.
+async fn session_selector(
+    gateway: &Gateway,
+    query: &Query,
+    grant: Option<&Grant>,
+    id: &str,
+) -> Result<(String, Selector), Refusal> {
+    let Some(sessions) = &gateway.sessions else {
+        return Err(Refusal::new(404, "not_found", "sessions are off: start pgevents serve with --sessions"));
+    };
+    if let Some((other, _)) = query.0.iter().find(|(k, _)| !matches!(k.as_str(), ACCESS_TOKEN | LAST_EVENT_ID)) {
+        return Err(Refusal::new(
+            400,
+            "bad_request",
+            format!("unknown query parameter {other:?} for a session: its subscriptions choose the events; use access_token or last_event_id"),
+        ));
+    }
+    let session = match sessions.get(id).await {
+        Ok(Some(session)) => session,
+        Ok(None) => {
+            return Err(Refusal::new(
+                404,
+                "not_found",
+                format!("no session {id}: create one with SELECT pgevents.session_create()"),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a session");
+            return Err(Refusal::new(503, "unavailable", "cannot read the session from the database; try again"));
+        }
+    };
+    if let Some(grant) = grant {
+        if grant.subject.as_deref() != Some(session.owner.as_str()) {
+            return Err(Refusal::new(
+                403,
+                "forbidden",
+                format!("session {id} belongs to another role: the token's sub must be its owner"),
+            ));
+        }
+    }
+    let reader = session.reader();
+    Ok((session.id.clone(), Selector::Session { session, _reader: reader }))
 }
 
 /// `Last-Event-ID` (header or `?last_event_id=`): an event id this gateway handed out.

@@ -232,6 +232,12 @@ impl Grant {
         Ok(())
     }
 
+    /// Whether the token grants tables at all (a session's token may not: the session's
+    /// subscriptions were checked against the owner's privileges when they were made).
+    pub fn grants_tables(&self) -> bool {
+        !self.tables.is_empty()
+    }
+
     /// Whether the token allows this event: its table is granted and, with row grants, its new
     /// row or its old row has every granted column equal to the granted value.
     pub fn allows(&self, frame: &EventFrame) -> bool {

@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::addressing::BadSubscriberColumn;
 use crate::auth::AuthConfig;
 use crate::hub::StreamConfig;
+use crate::sessions::SessionsConfig;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -30,6 +32,10 @@ pub struct GatewayConfig {
     pub max_filters: usize,
     pub cors: Cors,
     pub auth: AuthConfig,
+    /// `--sessions`: where the sessions live.
+    pub sessions: Option<SessionsConfig>,
+    /// `--subscriber-column` items (`column` or `table-glob=column`).
+    pub subscriber_columns: Vec<String>,
 }
 
 /// Which web origins may read `/events` (`Access-Control-Allow-Origin`).
@@ -86,6 +92,8 @@ pub enum ConfigError {
     CorsMixed,
     #[error("--cors-origin '*' is not allowed with authentication: list the origins of your apps")]
     CorsAnyWithAuth,
+    #[error(transparent)]
+    SubscriberColumn(#[from] BadSubscriberColumn),
 }
 
 impl GatewayConfig {

@@ -7,10 +7,14 @@
 //! A subscriber with `Last-Event-ID` resumes from the ring when it still holds that id, or
 //! replays from the stream (at most `--max-replays` at once) and joins the live feed right after
 //! the last replayed offset. JWTs name the subscriber and grant tables and rows, applied to
-//! replayed and live events alike. A subscriber that falls behind the ring is cut off (it comes
+//! replayed and live events alike. With `--sessions`, `/sessions/{id}/events` streams what a
+//! session's subscriptions (rows of `pgevents.subscription`, [`sessions`]) select, in
+//! Aquameta's event shapes ([`session_events`]); `--subscriber-column` addresses rows to one
+//! subscriber ([`addressing`]). A subscriber that falls behind the ring is cut off (it comes
 //! back with `Last-Event-ID`); so is everyone when the broker connection is lost, while the hub
 //! reconnects with backoff.
 
+mod addressing;
 mod admission;
 mod auth;
 mod clients;
@@ -27,6 +31,8 @@ mod rewind;
 mod ring;
 mod routes;
 mod server;
+mod session_events;
+mod sessions;
 mod sse;
 mod subscriber;
 mod subscription;
@@ -43,7 +49,9 @@ pub use auth::{AuthConfig, AuthSetupError};
 pub use config::{ConfigError, Cors, GatewayConfig};
 pub use hub::StreamConfig;
 pub use pgevents_amqp::Retention;
+pub use sessions::SessionsConfig;
 
+use crate::addressing::Addressing;
 use crate::admission::{Gateway, RequestLimits};
 use crate::auth::Verifier;
 use crate::clients::Clients;
@@ -83,6 +91,8 @@ pub enum GatewayError {
     Amqp(#[from] AmqpError),
     #[error("cannot listen on {addr}: {source}; choose another --listen address")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("--sessions: {0} (run pgevents rules install to create the session tables)")]
+    Sessions(#[from] pgevents_pg::PgError),
 }
 
 /// Checks the settings and the stream, then serves until `shutdown` (which also ends every
@@ -93,7 +103,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     config.check()?;
+    let addressing = Arc::new(Addressing::parse(&config.subscriber_columns).map_err(ConfigError::from)?);
     let verifier = config.auth.enabled().then(|| Verifier::new(&config.auth)).transpose()?;
+    let sessions = match &config.sessions {
+        Some(sessions) => Some(sessions::Sessions::start(sessions, shutdown.clone()).await?),
+        None => None,
+    };
     prepare_stream(&config.stream).await?;
     let addr = config.listen;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
@@ -117,7 +132,16 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     });
     let limits = RequestLimits { max_query_bytes: config.max_query_bytes, max_filters: config.max_filters };
-    let gateway = Arc::new(Gateway { feeds, clients, verifier, limits, readiness, cors: config.cors.clone() });
+    let gateway = Arc::new(Gateway {
+        feeds,
+        clients,
+        verifier,
+        limits,
+        readiness,
+        cors: config.cors.clone(),
+        sessions,
+        addressing,
+    });
     let app = routes::router(gateway.clone());
     tracing::info!(addr = %listener.local_addr().unwrap_or(addr), stream = %config.stream.stream, exchange = %config.stream.exchange, "serving /events");
 

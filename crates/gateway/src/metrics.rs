@@ -24,3 +24,7 @@ pub const REPLAY_GAPS: &str = "pgevents_gateway_replay_gaps_total";
 pub const HUB_RECONNECTS: &str = "pgevents_gateway_hub_reconnects_total";
 /// Counter: history messages that are not readable events (skipped, logged).
 pub const UNREADABLE: &str = "pgevents_gateway_unreadable_messages_total";
+/// Gauge: sessions known (`--sessions`).
+pub const SESSIONS: &str = "pgevents_gateway_sessions";
+/// Counter: sessions removed for not being seen for `--session-ttl`.
+pub const SESSIONS_EXPIRED: &str = "pgevents_gateway_sessions_expired_total";

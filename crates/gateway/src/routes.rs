@@ -17,7 +17,7 @@ use crate::config::Cors;
 
 /// The routes hyper serves.
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    let events = Router::new().route("/events", any(only_get));
+    let events = Router::new().route("/events", any(only_get)).route("/sessions/{id}/events", any(only_get));
     let events = match cors_layer(&gateway.cors) {
         Some(layer) => events.layer(layer),
         None => events,
@@ -52,7 +52,7 @@ fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
 }
 
 async fn only_get() -> Response {
-    (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")], "/events takes GET\n").into_response()
+    (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")], "event streams take GET\n").into_response()
 }
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {

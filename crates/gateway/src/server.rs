@@ -1,6 +1,6 @@
 //! The HTTP/1.x server. Each connection's request head is read here, within
 //! `--header-read-timeout` (a client trickling its headers is dropped, slow-loris): `GET /events`
-//! is served by [`crate::subscriber`] on the bare socket; anything else goes to hyper and axum
+//! and `GET /sessions/{id}/events` are served by [`crate::subscriber`] on the bare socket; anything else goes to hyper and axum
 //! (one request per connection, so that a later `/events` on it never lands there). On shutdown
 //! the server waits for open responses to end.
 //!
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::admission::{Gateway, Refusal};
+use crate::admission::{Gateway, Refusal, Stream};
 use crate::request::{self, Incoming};
 use crate::rewind::Rewind;
 use crate::subscriber;
@@ -77,8 +77,12 @@ impl Server {
     async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let kill = CancellationToken::new();
         match request::read(&mut stream, self.header_read_timeout).await {
-            Incoming::Request { head, .. } if head.method == "GET" && head.path == "/events" => {
-                subscriber::serve(&self.gateway, stream, head, kill).await;
+            Incoming::Request { head, read } if head.method == "GET" => {
+                let path = head.path.clone();
+                match Stream::at(&path) {
+                    Some(which) => subscriber::serve(&self.gateway, stream, head, which, kill).await,
+                    None => self.with_hyper(Rewind::new(read, stream), peer).await,
+                }
             }
             Incoming::Request { read, .. } => self.with_hyper(Rewind::new(read, stream), peer).await,
             Incoming::Malformed(why) => {

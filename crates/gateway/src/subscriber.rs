@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{self, Gateway, Refusal};
+use crate::admission::{self, Gateway, Refusal, Stream};
 use crate::metrics;
 use crate::request::Head;
 
@@ -25,10 +25,10 @@ enum Framing {
     Close,
 }
 
-/// Serves `GET /events` on `stream`.
-pub async fn serve(gateway: &Gateway, mut stream: TcpStream, head: Head, kill: CancellationToken) {
+/// Serves `GET /events` or `GET /sessions/{id}/events` (`which`) on `stream`.
+pub async fn serve(gateway: &Gateway, mut stream: TcpStream, head: Head, which: Stream<'_>, kill: CancellationToken) {
     let origin = gateway.cors.allowed_origin(head.header("origin"));
-    let mut feed = match admission::admit(gateway, &head, kill.clone()) {
+    let mut feed = match admission::admit(gateway, &head, which, kill.clone()).await {
         Ok(feed) => feed,
         Err(refusal) => {
             let _ = tokio::time::timeout(WRITE_REFUSAL_TIMEOUT, refuse(&mut stream, &refusal, origin.as_deref())).await;

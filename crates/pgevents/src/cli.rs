@@ -406,6 +406,20 @@ pub struct ServeArgs {
     pub cors_origins: Vec<String>,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    /// Serve /sessions/{id}/events: sessions and subscriptions kept in PostgreSQL (pgevents rules install), read with the --pg* settings
+    #[arg(long, env = "PGEVENTS_SESSIONS", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub sessions: bool,
+    #[command(flatten)]
+    pub pg: PgArgs,
+    /// Seconds after which a session no connection has read is removed, with its subscriptions
+    #[arg(long = "session-ttl", env = "PGEVENTS_SESSION_TTL", default_value_t = 86_400)]
+    pub session_ttl_secs: u64,
+    /// Seconds between full reloads of the sessions (changes apply at once through NOTIFY; this covers notifications lost while reconnecting)
+    #[arg(long = "sessions-refresh", env = "PGEVENTS_SESSIONS_REFRESH", default_value_t = 60)]
+    pub sessions_refresh_secs: u64,
+    /// Rows of tables with this column go only to the subscriber (consumer id, or session id) equal to its value: `column` for every table, or `table-glob=column`, comma-separated
+    #[arg(long = "subscriber-column", env = "PGEVENTS_SUBSCRIBER_COLUMN", value_delimiter = ',')]
+    pub subscriber_columns: Vec<String>,
     /// Longest delay in seconds between reconnection attempts to RabbitMQ
     #[arg(long, env = "PGEVENTS_BACKOFF_MAX", default_value_t = 30)]
     pub backoff_max: u64,

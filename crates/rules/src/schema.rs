@@ -11,11 +11,7 @@ pub const RULES: Component = Component {
     name: "rules",
     migrations: &[
         Migration { version: 1, name: "rule tables", sql: include_str!("migrations/0001_rules.sql") },
-        Migration {
-            version: 2,
-            name: "sessions and subscriptions",
-            sql: include_str!("migrations/0002_sessions.sql"),
-        },
+        Migration { version: 2, name: "sessions and subscriptions", sql: include_str!("migrations/0002_sessions.sql") },
     ],
 };
 

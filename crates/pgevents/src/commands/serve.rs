@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use pgevents_gateway::{serve, AuthConfig, Cors, GatewayConfig, StreamConfig};
+use pgevents_gateway::{serve, AuthConfig, Cors, GatewayConfig, SessionsConfig, StreamConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{JwtArgs, ServeArgs};
@@ -36,6 +36,15 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         max_filters: args.max_filters,
         cors: Cors::from_values(&args.cors_origins)?,
         auth: auth_config(&args.jwt)?,
+        sessions: match args.sessions {
+            true => Some(SessionsConfig {
+                postgres: args.pg.connect_config("pgevents serve")?,
+                refresh: Duration::from_secs(args.sessions_refresh_secs.max(1)),
+                ttl: Duration::from_secs(args.session_ttl_secs.max(1)),
+            }),
+            false => None,
+        },
+        subscriber_columns: args.subscriber_columns.clone(),
     };
     let readiness =
         super::telemetry::start(args.telemetry.metrics_addr, &[], "connecting to RabbitMQ", &shutdown).await?;

@@ -73,7 +73,7 @@ $$;
 -- Drops a session of the current role, with its subscriptions.
 CREATE FUNCTION pgevents.session_drop(session uuid) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM pgevents.session WHERE id = session;
+    DELETE FROM pgevents.session s WHERE s.id = session_drop.session;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no session %', session
             USING ERRCODE = 'no_data_found', HINT = 'a role can drop only the sessions it created';
@@ -90,7 +90,7 @@ DECLARE
     key_values text[];
     new_id uuid;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pgevents.session s WHERE s.id = session) THEN
+    IF NOT EXISTS (SELECT 1 FROM pgevents.session s WHERE s.id = subscribe.session) THEN
         RAISE EXCEPTION 'no session %', session
             USING ERRCODE = 'no_data_found', HINT = 'create one with pgevents.session_create(); a role can use only the sessions it created';
     END IF;
@@ -101,6 +101,12 @@ BEGIN
     ) THEN
         RAISE EXCEPTION 'column % does not exist in table %', quote_ident(col), tbl
             USING ERRCODE = 'undefined_column';
+    END IF;
+    -- The gateway reads every table; a role may subscribe only to tables it may read itself
+    -- (whole rows: row_insert and row_delete carry them).
+    IF NOT has_table_privilege(tbl, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied to subscribe to table %: the role % cannot read it', tbl, current_user
+            USING ERRCODE = 'insufficient_privilege';
     END IF;
     IF pk IS NOT NULL THEN
         SELECT array_agg(a.attname::text ORDER BY k.ord) INTO key_columns
@@ -134,7 +140,7 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO pgevents.subscription (session_id, kind, table_schema, table_name, pk, column_name)
-    VALUES (session, kind, schema_name, relation_name, key_values, col)
+    VALUES (subscribe.session, subscribe.kind, schema_name, relation_name, key_values, col)
     RETURNING subscription.id INTO new_id;
     RETURN new_id;
 END $$;
@@ -155,7 +161,7 @@ $$;
 -- Removes one subscription of the current role's sessions.
 CREATE FUNCTION pgevents.unsubscribe(subscription uuid) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM pgevents.subscription WHERE id = subscription;
+    DELETE FROM pgevents.subscription s WHERE s.id = unsubscribe.subscription;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no subscription %', subscription USING ERRCODE = 'no_data_found';
     END IF;

@@ -1,0 +1,87 @@
+//! Rows addressed to one subscriber (`--subscriber-column`): in tables that have the column,
+//! a row goes only to the subscriber whose id (the consumer id on `/events`, the session id on
+//! `/sessions/{id}/events`) equals the column's value, in live and replayed events alike; a row
+//! whose value is null goes to nobody. The setting is `column` for every table, or
+//! `table-glob=column` per table (the first matching rule wins).
+
+use pgevents_event::{Action, Event, Glob};
+use serde_json::Value;
+
+use crate::frame::value_text;
+
+/// The subscriber-column rules.
+#[derive(Debug, Clone, Default)]
+pub struct Addressing {
+    rules: Vec<(Glob, String)>,
+}
+
+/// A `--subscriber-column` value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid --subscriber-column {0:?}: use a column name, or table-glob=column (public.events=recipient)")]
+pub struct BadSubscriberColumn(pub String);
+
+impl Addressing {
+    /// From `--subscriber-column` items.
+    pub fn parse(items: &[String]) -> Result<Addressing, BadSubscriberColumn> {
+        let mut rules = Vec::new();
+        for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+            let (table, column) = item.split_once('=').unwrap_or(("*", item));
+            let (table, column) = (table.trim(), column.trim());
+            if table.is_empty() || column.is_empty() || column.contains(['=', ',']) {
+                return Err(BadSubscriberColumn(item.to_owned()));
+            }
+            rules.push((Glob::new(table), column.to_owned()));
+        }
+        Ok(Addressing { rules })
+    }
+
+    /// Whether `event` may go to `subscriber`.
+    pub fn allows(&self, event: &Event, subscriber: &str) -> bool {
+        let Some((_, column)) = self.rules.iter().find(|(table, _)| table.matches(&event.table_name)) else {
+            return true;
+        };
+        let row = if event.action == Action::Delete { &event.old } else { &event.new };
+        match row.get(column) {
+            // The table has no such column (or the event has no row, as a truncate).
+            None => true,
+            Some(Value::Null) => false,
+            Some(value) => value_text(value) == subscriber,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(table: &str, action: &str, row: Value) -> Event {
+        let (old, new) = if action == "D" { (row, json!({})) } else { (json!({}), row) };
+        serde_json::from_value(json!({
+            "table_name": table, "action": action, "old": old, "new": new, "diff": {}, "id": null,
+            "lsn": "0/1", "xid": 1, "commit_time": "2026-11-23T10:00:00Z", "seq": 0
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rows_go_only_to_the_subscriber_they_name() {
+        let global = Addressing::parse(&["subscriber".into()]).unwrap();
+        let mail = event("public.messages", "I", json!({"id": 1, "subscriber": "ann"}));
+        assert!(global.allows(&mail, "ann"));
+        assert!(!global.allows(&mail, "bob"));
+        let deleted = event("public.messages", "D", json!({"id": 1, "subscriber": "ann"}));
+        assert!(global.allows(&deleted, "ann") && !global.allows(&deleted, "bob"), "deletes by the old row");
+        assert!(!global.allows(&event("public.messages", "I", json!({"subscriber": null})), "ann"), "null: nobody");
+        assert!(global.allows(&event("public.other", "I", json!({"id": 1})), "bob"), "tables without the column");
+        let numeric = event("public.messages", "I", json!({"subscriber": 7}));
+        assert!(global.allows(&numeric, "7"));
+
+        let per_table = Addressing::parse(&["public.inbox=recipient".into(), "subscriber".into()]).unwrap();
+        let inbox = event("public.inbox", "I", json!({"recipient": "ann", "subscriber": "bob"}));
+        assert!(per_table.allows(&inbox, "ann") && !per_table.allows(&inbox, "bob"), "the first matching rule wins");
+        assert!(Addressing::parse(&["=x".into()]).is_err());
+        assert!(Addressing::parse(&["t=".into()]).is_err());
+    }
+}
