@@ -97,8 +97,11 @@ pub async fn watch<W: Watched>(
             match listen(&settings, role, channel).await {
                 Ok((new_client, new_notified)) => {
                     (client, notified) = (new_client, new_notified);
-                    if let Err(e) = watched.apply(&mut client, Change::Everything).await {
-                        tracing::error!(error = %e, what = role, "cannot reload after reconnecting; keeping the previous state");
+                    match watched.apply(&mut client, Change::Everything).await {
+                        Ok(()) => tracing::info!("{role} reloaded after reconnecting"),
+                        Err(e) => {
+                            tracing::error!(error = %e, what = role, "cannot reload after reconnecting; keeping the previous state")
+                        }
                     }
                     break;
                 }
