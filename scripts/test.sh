@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/services.sh
 
+check_disk_space
 ensure_packages
 ensure_browser
 ensure_rabbitmq

@@ -38,6 +38,20 @@ ensure_browser() {
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 }
 
+# A clean build and test run writes about 4.5 GiB (target/ 3.1 GiB, fuzz/target 1.4 GiB,
+# measured): refuse to start a fresh one with less than 5 GiB free rather than fail half-way
+# with "No space left on device" from the compiler.
+check_disk_space() {
+  local need_kib=$((5 * 1024 * 1024)) free_kib
+  [ -d target ] && return 0
+  free_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+  if [ -n "$free_kib" ] && [ "$free_kib" -lt "$need_kib" ]; then
+    echo "only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 {print $6}'); a clean build and" \
+      "test run needs about 5 GiB (target/ and fuzz/target): free some space and run again" >&2
+    return 1
+  fi
+}
+
 # The oldest Rust the workspace claims to build with (rust-version in Cargo.toml).
 rust_version() {
   sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml
