@@ -222,12 +222,13 @@ async fn http_and_sql_actions_follow_the_rules() {
     assert_eq!(audit.as_deref(), Some("order 1 line 1|1.5|orders;order 1 line 2|3.0|orders;order 1 line 3|4.5|orders"));
 
     // Change the filter while the worker runs: the next events follow the new rule.
+    let reloads = worker.log_count("rules reloaded");
     stage
         .world
         .pg
         .execute("UPDATE pgevents.work_item SET filter = $$($1->'new'->>'email') LIKE '%@other.org'$$ WHERE name = 'welcome'")
         .await;
-    worker.wait_for_log("rules reloaded", WAIT).await;
+    worker.wait_for_logs("rules reloaded", reloads + 1, WAIT).await;
     stage
         .world
         .pg
@@ -529,10 +530,9 @@ async fn worker_rides_out_a_database_restart() {
 
     // The reconnected rule cache still hears about changes (the reload after reconnecting logged
     // the same line: wait for one more).
-    let reloads = || worker.stderr().matches("rules reloaded work_items").count();
-    let before = reloads();
+    let reloads = worker.log_count("rules reloaded work_items");
     stage.world.pg.execute("UPDATE pgevents.work_item SET filter = $$($1->'new'->>'n')::int > 10$$").await;
-    wait_for("the reload", WAIT, || async { (reloads() > before).then_some(()) }).await;
+    worker.wait_for_logs("rules reloaded work_items", reloads + 1, WAIT).await;
     stage.world.pg.execute("INSERT INTO numbers (n) VALUES (3), (30)").await;
     let notes = wait_for("the row of 30", WAIT, || async {
         let notes = stage.world.pg.query_text("SELECT string_agg(note, ',' ORDER BY id) FROM audit").await;

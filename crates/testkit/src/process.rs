@@ -94,9 +94,20 @@ impl PgEventsProcess {
 
     /// Waits until stderr contains `text` (panics with stderr after `timeout`).
     pub async fn wait_for_log(&mut self, text: &str, timeout: Duration) {
+        self.wait_for_logs(text, 1, timeout).await
+    }
+
+    /// How many times stderr contains `text` so far.
+    pub fn log_count(&self, text: &str) -> usize {
+        self.stderr().matches(text).count()
+    }
+
+    /// Waits until stderr contains `text` at least `count` times (panics with stderr after
+    /// `timeout`): to wait for the next of a line logged before, `log_count` + 1.
+    pub async fn wait_for_logs(&mut self, text: &str, count: usize, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.stderr().contains(text) {
+            if self.log_count(text) >= count {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
