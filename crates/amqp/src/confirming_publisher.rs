@@ -141,9 +141,8 @@ impl ConfirmingPublisher {
         // Report the end of the connection (network failure, broker shutdown) as an event.
         let watcher = connection.clone();
         tokio::spawn(async move {
-            let network_failure = watcher.listen_network_io_failure().await;
-            let why = if network_failure { "network failure" } else { "connection closed" };
-            let _ = tx.send(ConfirmEvent::Closed(Cause::Lost(format!("RabbitMQ connection ended ({why})"))));
+            let why = crate::connection::ended(&watcher).await;
+            let _ = tx.send(ConfirmEvent::Closed(Cause::Lost(why)));
         });
         Ok(ConfirmingPublisher {
             connection,

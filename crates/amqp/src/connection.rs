@@ -10,6 +10,8 @@ use amqprs::tls::TlsAdaptor;
 use amqprs::Close;
 use async_trait::async_trait;
 use pgevents_retry::ErrorKind;
+use std::future::Future;
+
 use tokio::sync::watch;
 
 use crate::error::ServerReply;
@@ -37,6 +39,24 @@ pub async fn connect_with_flow(url: &AmqpUrl, name: &str) -> Result<(Connection,
     let (flow, watching) = watch::channel(Flow::Running);
     connection.register_callback(FlowCallback { flow }).await.map_err(|e| open_failed(url, &e))?;
     Ok((connection, watching))
+}
+
+/// Waits until `connection` has ended (the broker closed it or shut down, the network failed, or
+/// it was closed here) and says how. It starts listening before it looks, so an end that came
+/// before the call is not missed.
+pub async fn ended(connection: &Connection) -> String {
+    let listening = connection.listen_network_io_failure();
+    tokio::pin!(listening);
+    // The first poll subscribes to the connection's end; if it is still open then, the end is
+    // announced after it (amqprs marks the connection closed before announcing it).
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx))).await;
+    let network_failure = match first {
+        std::task::Poll::Ready(network_failure) => network_failure,
+        std::task::Poll::Pending if !connection.is_open() => false,
+        std::task::Poll::Pending => listening.await,
+    };
+    let why = if network_failure { "network failure" } else { "connection closed" };
+    format!("RabbitMQ connection ended ({why})")
 }
 
 /// Keeps a connection's [`Flow`] up to date.

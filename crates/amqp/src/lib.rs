@@ -30,7 +30,7 @@ pub use confirmed_sender::ConfirmedSender;
 pub use confirming_publisher::{
     ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings, Unconfirmed,
 };
-pub use connection::{connect, connect_with_flow, Flow};
+pub use connection::{connect, connect_with_flow, ended, Flow};
 pub use consume::{ack, ack_up_to, consume, nack, Delivery, DeliveryStream};
 pub(crate) use error::check_short_string;
 pub use error::{AmqpError, Cause, ServerReply};

@@ -121,13 +121,15 @@ pub enum ConsumerError {
     Amqp(#[from] AmqpError),
     #[error("the RabbitMQ delivery stream ended (connection or channel closed)")]
     StreamEnded,
+    #[error("{0}")]
+    ConnectionEnded(String),
 }
 
 impl ConsumerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ConsumerError::Amqp(e) => e.kind(),
-            ConsumerError::StreamEnded => ErrorKind::Transient,
+            ConsumerError::StreamEnded | ConsumerError::ConnectionEnded(_) => ErrorKind::Transient,
         }
     }
 }
@@ -180,7 +182,6 @@ impl Consumer {
                 Ok(()) => return Ok(()),
                 Err(e) if !started || !e.kind().is_transient() => return Err(e),
                 Err(e) => {
-                    self.config.on_connected.tell(false);
                     if reconnect.wait(&e, &shutdown).await == Waited::Cancelled {
                         return Ok(());
                     }
@@ -217,14 +218,23 @@ impl Consumer {
         let concurrency = self.config.concurrency.max(1);
         let mut running: JoinSet<Settle> = JoinSet::new();
         let mut tags: HashMap<tokio::task::Id, u64> = HashMap::new();
+        // Stops the retries waiting for their next run: at shutdown, or when the connection is
+        // gone (the broker then gives their deliveries back to the queue by itself).
+        let abandon = shutdown.child_token();
+        // Watched on its own: with every handler slot busy the deliveries are not read, and
+        // their end would not tell.
+        let mut ended = Box::pin(amqp::ended(&connection));
         let result = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
+                why = &mut ended => break Err(ConsumerError::ConnectionEnded(why)),
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                     let (id, how) = finished(done);
                     if let Some(tag) = tags.remove(&id) {
-                        settle(&channel, tag, how).await?;
+                        if let Err(e) = settle(&channel, tag, how).await {
+                            break Err(e);
+                        }
                     }
                 }
                 delivery = deliveries.next(), if running.len() < concurrency => {
@@ -232,11 +242,13 @@ impl Consumer {
                     let tag = delivery.delivery_tag;
                     let handle = match self.dispatch(delivery) {
                         Dispatch::Ignore => {
-                            settle(&channel, tag, Settle::Ack).await?;
+                            if let Err(e) = settle(&channel, tag, Settle::Ack).await {
+                                break Err(e);
+                            }
                             continue;
                         }
                         Dispatch::Run(work) => {
-                            let (policy, stop, dead) = (self.retry_policy(), shutdown.clone(), self.dead_letters.clone());
+                            let (policy, stop, dead) = (self.retry_policy(), abandon.clone(), self.dead_letters.clone());
                             running.spawn(async move {
                                 match attempts::run(&work, policy, &stop).await {
                                     Verdict::Ack => Settle::Ack,
@@ -254,6 +266,12 @@ impl Consumer {
                 }
             }
         };
+        drop(ended);
+        if result.is_err() {
+            // Not consuming any more: say so at once, not after the running handlers finish.
+            self.config.on_connected.tell(false);
+        }
+        abandon.cancel();
         // Let running handlers finish (a retry waiting for its next run is requeued) and settle
         // them, then close.
         while let Some(done) = running.join_next_with_id().await {

@@ -1,7 +1,8 @@
 //! The consumer library against the local RabbitMQ: routing by table and action, Retry runs
 //! again with backoff and gives up after max_deliveries, panics are caught, Fail, unreadable
 //! messages and gzip bombs are dead-lettered with the reason, the concurrency limit, and a
-//! graceful shutdown that lets running handlers finish and settles them.
+//! graceful shutdown that lets running handlers finish and settles them, and a lost connection
+//! reported at once (on a private node).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use pgevents_consumer::{ConnectionWatch, Consumer, ConsumerConfig, IncomingEvent, Outcome, QueueMode, Registry};
 use pgevents_event::Action;
 use pgevents_testkit::{
-    amqp_url, delete_exchange, delete_queue, publish_message, publish_raw, unique_name, wait_for, EventQueue,
+    amqp_url, delete_exchange, delete_queue, publish_message, publish_raw, publish_raw_to, unique_name, wait_for,
+    EventQueue, RabbitNode,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -320,4 +322,52 @@ async fn a_gzip_bomb_is_dead_lettered() {
     stop(shutdown, task).await;
     dead.close().await;
     cleanup(setup).await;
+}
+
+/// A lost connection is reported at once (`on_connected(false)`, which drives the stages'
+/// `/readyz`), even while a handler waits a minute to run a message again: the wait is given up
+/// (the broker gives the message back), and after reconnecting the message is handled. It used
+/// to be reported only once every running handler had finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_reported_at_once_even_while_a_retry_waits() {
+    let node = RabbitNode::start().await;
+    let exchange = unique_name("cx");
+    let mut config = ConsumerConfig::new(node.url().parse().unwrap(), &exchange);
+    config.queue = QueueMode::Durable(unique_name("cq"));
+    config.retry_delay = Duration::from_secs(60);
+    config.retry_delay_max = Duration::from_secs(60);
+    let states: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let log = states.clone();
+    config.on_connected = ConnectionWatch::new(move |up| log.lock().unwrap().push(up));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let registry = Registry::new().on_all("*", move |_e: IncomingEvent| {
+        let run = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if run == 0 {
+                Outcome::Retry("not yet".into())
+            } else {
+                Outcome::Ok
+            }
+        }
+    });
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { Consumer::new(config, registry).run(token).await.expect("consumer run") });
+    let states_now = || states.lock().unwrap().clone();
+    wait_for("the consumer to start", WAIT, || async { (states_now() == [true]).then_some(()) }).await;
+    publish_raw_to(&node.url(), &exchange, "public.t", "m0", &event("public.t", "I", 0)).await;
+    wait_for("the first run", WAIT, || async { (runs.load(Ordering::SeqCst) == 1).then_some(()) }).await;
+
+    node.stop_app().await;
+    wait_for("the loss to be reported", Duration::from_secs(5), || async {
+        (states_now() == [true, false]).then_some(())
+    })
+    .await;
+    node.start_app().await;
+    wait_for("the message after reconnecting", WAIT, || async { (runs.load(Ordering::SeqCst) == 2).then_some(()) })
+        .await;
+    assert_eq!(states_now(), [true, false, true]);
+    shutdown.cancel();
+    task.await.unwrap();
 }

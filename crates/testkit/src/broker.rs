@@ -190,6 +190,11 @@ pub async fn delete_queue(queue: &str) {
 /// Publishes one message to `exchange` and waits for the broker's confirm (a redelivery or a
 /// malformed message, as a test needs it).
 pub async fn publish_raw(exchange: &str, routing_key: &str, message_id: &str, body: &[u8]) {
+    publish_raw_to(&amqp_url(), exchange, routing_key, message_id, body).await
+}
+
+/// [`publish_raw`] on the broker at `url` (a private node).
+pub async fn publish_raw_to(url: &str, exchange: &str, routing_key: &str, message_id: &str, body: &[u8]) {
     let message = amqp::OutgoingMessage {
         exchange: None,
         routing_key: routing_key.to_owned(),
@@ -201,12 +206,17 @@ pub async fn publish_raw(exchange: &str, routing_key: &str, message_id: &str, bo
         app_id: "pgevents-test".into(),
         body: body.to_vec(),
     };
-    publish_message(exchange, message).await;
+    publish_message_to(url, exchange, message).await;
 }
 
 /// Publishes `message` to `exchange` and waits for the broker's confirm.
 pub async fn publish_message(exchange: &str, message: amqp::OutgoingMessage) {
-    let url: AmqpUrl = amqp_url().parse().expect("test broker URL");
+    publish_message_to(&amqp_url(), exchange, message).await
+}
+
+/// [`publish_message`] on the broker at `url` (a private node).
+pub async fn publish_message_to(url: &str, exchange: &str, message: amqp::OutgoingMessage) {
+    let url: AmqpUrl = url.parse().expect("test broker URL");
     let sender = amqp::ConfirmedSender::to_exchange(url, exchange, "pgevents test publisher", 1);
     sender.send(message).await.expect("publish a test message");
 }
