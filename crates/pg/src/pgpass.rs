@@ -116,8 +116,8 @@ short:line
     #[test]
     fn a_file_others_can_read_is_ignored_and_a_missing_one_is_no_password() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("pgevents-pgpass-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let file = dir.join("pgpass");
         std::fs::write(&file, "*:*:*:*:pw\n").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();

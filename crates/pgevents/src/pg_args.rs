@@ -271,8 +271,8 @@ mod tests {
     #[test]
     fn a_missing_password_comes_from_the_password_file() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("pgevents-pgargs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let file = dir.join("pgpass");
         std::fs::write(&file, "db:5432:app:repl:from-file\n").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -162,8 +162,8 @@ mod tests {
         let missing = ClientTls { ca_file: Some("/nonexistent/ca.pem".into()), ..ClientTls::verify_full() };
         let err = missing.config().unwrap_err().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
-        let dir = std::env::temp_dir().join(format!("pgevents-tls-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "no pem here").unwrap();
         let err = ClientTls { ca_file: Some(empty.clone()), ..ClientTls::verify_full() }.config().unwrap_err();
