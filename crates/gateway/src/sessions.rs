@@ -142,22 +142,17 @@ impl Sessions {
         Ok(self.by_id.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned())
     }
 
-    /// Makes `loaded` the sessions now; sessions that are read keep their place (and get the
-    /// new subscriptions), the others are dropped.
+    /// Makes `loaded` the sessions now; known sessions keep their place (and get the new
+    /// subscriptions), the others are dropped.
     fn replace_all(&self, loaded: Loaded) {
         let mut by_id = self.by_id.write().unwrap_or_else(PoisonError::into_inner);
         let mut next = HashMap::with_capacity(loaded.len());
         for (id, (owner, subscriptions)) in loaded {
-            let session = match by_id.remove(&id) {
-                Some(session) if session.owner == owner => session,
-                _ => new_session(&id, owner),
-            };
-            session.set(subscriptions);
+            let session = updated(by_id.remove(&id), &id, owner, subscriptions);
             next.insert(id, session);
         }
-        // Sessions gone from the database: connections still reading them get nothing more.
         for gone in by_id.values() {
-            gone.set(Vec::new());
+            retire(gone);
         }
         *by_id = next;
         ::metrics::gauge!(metrics::SESSIONS).set(by_id.len() as f64);
@@ -166,14 +161,14 @@ impl Sessions {
     /// Applies what was read of session `id` (nothing: it was dropped).
     fn replace_one(&self, id: &str, mut loaded: Loaded) {
         let mut by_id = self.by_id.write().unwrap_or_else(PoisonError::into_inner);
+        let previous = by_id.remove(id);
         match loaded.remove(id) {
             Some((owner, subscriptions)) => {
-                let session = by_id.entry(id.to_owned()).or_insert_with(|| new_session(id, owner));
-                session.set(subscriptions);
+                by_id.insert(id.to_owned(), updated(previous, id, owner, subscriptions));
             }
             None => {
-                if let Some(gone) = by_id.remove(id) {
-                    gone.set(Vec::new());
+                if let Some(gone) = previous {
+                    retire(&gone);
                 }
             }
         }
@@ -227,8 +222,36 @@ impl Sessions {
     }
 }
 
-fn new_session(id: &str, owner: String) -> Arc<Session> {
-    Arc::new(Session { id: id.to_owned(), owner, subscriptions: RwLock::default(), readers: AtomicUsize::new(0) })
+/// Session `id` as read now: the `previous` one with the new subscriptions, or a new one if
+/// there was none or its owner changed (connections reading the old one get nothing more).
+fn updated(
+    previous: Option<Arc<Session>>,
+    id: &str,
+    owner: String,
+    subscriptions: Vec<SessionSubscription>,
+) -> Arc<Session> {
+    let session = match previous {
+        Some(session) if session.owner == owner => session,
+        previous => {
+            if let Some(old) = previous {
+                retire(&old);
+            }
+            Arc::new(Session {
+                id: id.to_owned(),
+                owner,
+                subscriptions: RwLock::default(),
+                readers: AtomicUsize::new(0),
+            })
+        }
+    };
+    session.set(subscriptions);
+    session
+}
+
+/// A session gone from the database (or from its owner): connections still reading it get
+/// nothing more.
+fn retire(session: &Session) {
+    session.set(Vec::new());
 }
 
 impl Watched for Sessions {
@@ -240,5 +263,28 @@ impl Watched for Sessions {
             Change::Notified(id) => self.replace_one(&id, read(client, Some(&id)).await?),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session_events::Kind;
+
+    fn table(name: &str) -> Vec<SessionSubscription> {
+        vec![SessionSubscription { kind: Kind::Table, table: name.into(), pk: None, column: None }]
+    }
+
+    #[test]
+    fn a_session_read_again_keeps_its_place_unless_its_owner_changed() {
+        let first = updated(None, "s1", "ann".into(), table("public.a"));
+        let again = updated(Some(first.clone()), "s1", "ann".into(), table("public.b"));
+        assert!(Arc::ptr_eq(&first, &again), "connections reading it see the new subscriptions");
+        assert_eq!(first.subscriptions()[0].table, "public.b");
+
+        let taken = updated(Some(first.clone()), "s1", "bob".into(), table("public.c"));
+        assert!(!Arc::ptr_eq(&first, &taken));
+        assert!(first.subscriptions().is_empty(), "connections of the old owner get nothing more");
+        assert_eq!((taken.owner.as_str(), taken.subscriptions()[0].table.as_str()), ("bob", "public.c"));
     }
 }
