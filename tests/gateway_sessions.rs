@@ -281,7 +281,7 @@ async fn roles_manage_only_their_sessions_and_arguments_are_checked() {
         ("subscribe_row('{s}', 'pair', '{\"a\": 1}')", "the primary key of table pair is (a, b), not (a)"),
         (
             "subscribe_table('{s}', 'secret')",
-            "permission denied to subscribe to table secret: the role alice cannot read it",
+            "permission denied to subscribe to public.secret: role alice cannot read table public.secret",
         ),
     ] {
         let sql = format!("SELECT pgevents.{}", call.replace("{s}", &mine));

@@ -35,15 +35,32 @@ impl Addressing {
         Ok(Addressing { rules })
     }
 
+    /// Whether any rule is set.
+    pub fn is_active(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// The column that addresses the rows of `table`, if one does.
+    pub fn column_for(&self, table: &str) -> Option<&str> {
+        self.rules.iter().find(|(glob, _)| glob.matches(table)).map(|(_, column)| column.as_str())
+    }
+
     /// Whether `event` may go to `subscriber`.
     pub fn allows(&self, event: &Event, subscriber: &str) -> bool {
-        let Some((_, column)) = self.rules.iter().find(|(table, _)| table.matches(&event.table_name)) else {
+        let Some(column) = self.column_for(&event.table_name) else {
             return true;
         };
-        let row = if event.action == Action::Delete { &event.old } else { &event.new };
+        let row = match event.action {
+            Action::Delete => &event.old,
+            Action::Insert | Action::Update | Action::Read => &event.new,
+            // No row: nothing to address.
+            Action::Truncate => return true,
+        };
         match row.get(column) {
-            // The table has no such column (or the event has no row, as a truncate).
-            None => true,
+            // A full new row without the column: the table has none.
+            None if event.action != Action::Delete => true,
+            // The old row of a delete holds only the key: whose row it was is unknown.
+            None => false,
             Some(Value::Null) => false,
             Some(value) => value_text(value) == subscriber,
         }
@@ -75,6 +92,11 @@ mod tests {
         assert!(global.allows(&deleted, "ann") && !global.allows(&deleted, "bob"), "deletes by the old row");
         assert!(!global.allows(&event("public.messages", "I", json!({"subscriber": null})), "ann"), "null: nobody");
         assert!(global.allows(&event("public.other", "I", json!({"id": 1})), "bob"), "tables without the column");
+        let key_only = event("public.messages", "D", json!({"id": 1}));
+        assert!(
+            !global.allows(&key_only, "ann") && !global.allows(&key_only, "bob"),
+            "a delete of unknown owner: nobody"
+        );
         let numeric = event("public.messages", "I", json!({"subscriber": 7}));
         assert!(global.allows(&numeric, "7"));
 

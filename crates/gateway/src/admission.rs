@@ -4,7 +4,6 @@
 //! (403); then `Last-Event-ID` (400) and a free place (503 with `Retry-After`). Every refusal
 //! says why and is counted by reason.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use pgevents_telemetry::Readiness;
@@ -18,6 +17,7 @@ use crate::feed::{Feed, FeedContext, Resume};
 use crate::filter::{Filter, ACCESS_TOKEN, CONSUMER_ID, LAST_EVENT_ID};
 use crate::metrics;
 use crate::request::Head;
+use crate::response_head::error_description;
 use crate::sessions::Sessions;
 use crate::subscription::{Selector, Subscription};
 
@@ -66,7 +66,7 @@ impl Refusal {
         let challenge = match &error {
             Unauthorized::Missing => "Bearer realm=\"pgevents\"".to_owned(),
             Unauthorized::Invalid(why) => {
-                format!("Bearer error=\"invalid_token\", error_description=\"{}\"", why.replace(['"', '\\'], "'"))
+                format!("Bearer error=\"invalid_token\", error_description=\"{}\"", error_description(why))
             }
         };
         let mut refusal = Refusal::new(401, "unauthorized", text);
@@ -128,17 +128,17 @@ pub async fn admit(
     let grant = match &gateway.verifier {
         None => None,
         Some(verifier) => {
-            let bearer = head.header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::trim));
+            let bearer = head.header("authorization").and_then(bearer_token);
             Some(verifier.verify(bearer.or_else(|| query.param(ACCESS_TOKEN))).map_err(Refusal::unauthorized)?)
         }
     };
-    let (consumer_id, selector) = match stream {
+    let (consumer_id, label, selector) = match stream {
         Stream::Events => events_selector(gateway, head, &query, grant.as_ref())?,
         Stream::Session(id) => session_selector(gateway, &query, grant.as_ref(), id).await?,
     };
     let resume = last_event_id(head.header("last-event-id").or_else(|| query.param(LAST_EVENT_ID)))
         .map_err(|text| Refusal::new(400, "bad_request", text))?;
-    let Some(admission) = gateway.clients.admit(&consumer_id, kill) else {
+    let Some(admission) = gateway.clients.admit(&label, kill) else {
         let mut refusal = Refusal::new(
             503,
             "max_clients",
@@ -150,44 +150,78 @@ pub async fn admit(
         refusal.headers.push(("Retry-After", RETRY_AFTER_SECS.to_string()));
         return Err(refusal);
     };
-    tracing::info!(consumer_id = %consumer_id, ?resume, "subscriber connected");
+    tracing::info!(subscriber = %label, ?resume, "subscriber connected");
     let subscription = Subscription { consumer_id, selector, grant, addressing: gateway.addressing.clone() };
     Ok(Feed::new(gateway.feeds.clone(), subscription, admission, resume))
 }
 
-/// `/events`: the subscriber names itself, and its filter stays within the token's grants.
-fn events_selector(
-    gateway: &Gateway,
-    head: &Head,
-    query: &Query,
-    grant: Option<&Grant>,
-) -> Result<(String, Selector), Refusal> {
-    let consumer_id: Option<Cow<'_, str>> = grant
-        .and_then(|g| g.subject.as_deref().map(Cow::Borrowed))
-        .or_else(|| query.param(CONSUMER_ID).or_else(|| head.header("x-consumer-id")).map(Cow::Borrowed));
-    let Some(consumer_id) = consumer_id.map(Cow::into_owned) else {
-        return Err(Refusal::new(
-            400,
-            "bad_request",
-            "name the subscriber: ?consumer_id=dashboard-1 or the X-Consumer-Id header (or a token with sub)",
-        ));
+/// The `Authorization` header's Bearer token (the scheme in any case, RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Longest consumer id a client may give.
+const MAX_CONSUMER_ID_BYTES: usize = 200;
+
+/// Who the subscriber is, and the text that names it in logs (never a secret such as a session
+/// id; always printable). With a token, the identity is the token's `sub` only.
+type Identity = (String, String, Selector);
+
+/// `/events`: the subscriber is the token's `sub`, or (without authentication) names itself;
+/// its filter stays within the token's grants.
+fn events_selector(gateway: &Gateway, head: &Head, query: &Query, grant: Option<&Grant>) -> Result<Identity, Refusal> {
+    let consumer_id = match grant {
+        Some(grant) => match grant.subject.as_deref() {
+            Some(sub) => sub.to_owned(),
+            // Rows addressed to a subscriber need to know who it is, from the token alone.
+            None if gateway.addressing.is_active() => {
+                return Err(Refusal::unauthorized(Unauthorized::Invalid(
+                    "the sub claim is missing: --subscriber-column addresses rows to the token's subject".into(),
+                )))
+            }
+            None => String::new(),
+        },
+        None => {
+            let named = query.param(CONSUMER_ID).or_else(|| head.header("x-consumer-id"));
+            let Some(named) = named else {
+                return Err(Refusal::new(
+                    400,
+                    "bad_request",
+                    "name the subscriber: ?consumer_id=dashboard-1 or the X-Consumer-Id header (or a token with sub)",
+                ));
+            };
+            if named.len() > MAX_CONSUMER_ID_BYTES || named.chars().any(char::is_control) {
+                return Err(Refusal::new(
+                    400,
+                    "bad_request",
+                    format!("the consumer id must be at most {MAX_CONSUMER_ID_BYTES} bytes without control characters"),
+                ));
+            }
+            named.to_owned()
+        }
     };
     let filter =
         Filter::from_query(&query.0, gateway.limits.max_filters).map_err(|e| Refusal::new(400, "bad_request", e.0))?;
     if let Some(grant) = grant {
         grant.authorize(&filter.tables).map_err(|e| Refusal::new(403, "forbidden", e.0))?;
     }
-    Ok((consumer_id, Selector::Query(filter)))
+    let label = match (&grant, consumer_id.is_empty()) {
+        (Some(_), true) => "a token without sub".to_owned(),
+        _ => format!("{consumer_id:?}"),
+    };
+    Ok((consumer_id, label, Selector::Query(filter)))
 }
 
 /// `/sessions/{id}/events`: the session must exist and, with authentication, be the token
-/// subject's; its subscriptions are the filter.
+/// subject's; its subscriptions are the filter. Only a well-formed id is looked up (by the
+/// table's key), and only one that is not known yet costs a query.
 async fn session_selector(
     gateway: &Gateway,
     query: &Query,
     grant: Option<&Grant>,
     id: &str,
-) -> Result<(String, Selector), Refusal> {
+) -> Result<Identity, Refusal> {
     let Some(sessions) = &gateway.sessions else {
         return Err(Refusal::new(404, "not_found", "sessions are off: start pgevents serve with --sessions"));
     };
@@ -198,31 +232,42 @@ async fn session_selector(
             format!("unknown query parameter {other:?} for a session: its subscriptions choose the events; use access_token or last_event_id"),
         ));
     }
+    let subject = match grant {
+        Some(grant) => match grant.subject.as_deref() {
+            Some(sub) => Some(sub),
+            None => {
+                return Err(Refusal::unauthorized(Unauthorized::Invalid(
+                    "the sub claim is missing: a session is read with its owner's token".into(),
+                )))
+            }
+        },
+        None => None,
+    };
+    let not_found =
+        || Refusal::new(404, "not_found", "no such session: create one with SELECT pgevents.session_create()");
+    let Ok(id) = uuid::Uuid::try_parse(id) else { return Err(not_found()) };
     let session = match sessions.get(id).await {
         Ok(Some(session)) => session,
-        Ok(None) => {
-            return Err(Refusal::new(
-                404,
-                "not_found",
-                format!("no session {id}: create one with SELECT pgevents.session_create()"),
-            ))
-        }
+        Ok(None) => return Err(not_found()),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a session");
-            return Err(Refusal::new(503, "unavailable", "cannot read the session from the database; try again"));
+            let mut refusal = Refusal::new(503, "unavailable", "cannot read the session from the database; try again");
+            refusal.headers.push(("Retry-After", RETRY_AFTER_SECS.to_string()));
+            return Err(refusal);
         }
     };
-    if let Some(grant) = grant {
-        if grant.subject.as_deref() != Some(session.owner.as_str()) {
+    if let Some(subject) = subject {
+        if subject != session.owner {
             return Err(Refusal::new(
                 403,
                 "forbidden",
-                format!("session {id} belongs to another role: the token's sub must be its owner"),
+                "the session belongs to another role: the token's sub must be its owner",
             ));
         }
     }
+    let label = format!("session {}", session.notify_key);
     let reader = session.reader();
-    Ok((session.id.clone(), Selector::Session { session, _reader: reader }))
+    Ok((session.id.clone(), label, Selector::Session { session, _reader: reader }))
 }
 
 /// `Last-Event-ID` (header or `?last_event_id=`): an event id this gateway handed out.
@@ -240,6 +285,15 @@ pub(crate) fn last_event_id(value: Option<&str>) -> Result<Resume, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("BEARER\tabc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
 
     #[test]
     fn reads_event_ids_and_refuses_the_rest() {

@@ -1,10 +1,12 @@
 //! Who a subscriber is and what it may read, from a JWT: `sub` names the subscriber, `exp` is
-//! required, `aud`/`iss` are checked when configured, and the `pgevents` claim grants `tables`
+//! required, and so are `aud`/`iss` when configured; the `pgevents` claim grants `tables`
 //! (globs; nothing without them) and optionally `rows` (`{"column": "value"}`: only events whose
 //! new row, or whose old row, has every one of these columns equal to the value, as text).
 //!
 //! HS256 tokens are checked with the shared secret, RS256 and ES256 tokens with the public key;
-//! a token is only ever checked with the key of its own algorithm family.
+//! a token is only ever checked with the key of its own algorithm family. The reasons given to
+//! a client are this module's own words, never text from the token or its decoder: they end up
+//! in a response header.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +20,9 @@ use crate::frame::{value_text, EventFrame};
 
 /// Seconds of clock difference tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
+
+/// The latest `exp` accepted: the year 9999 (253402300799 is 9999-12-31T23:59:59Z).
+const MAX_EXP: u64 = 253_402_300_799;
 
 /// What the gateway checks tokens against (the key material itself, read by the caller).
 #[derive(Clone, Default)]
@@ -116,7 +121,11 @@ impl Verifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured audience or issuer must be in the token, not merely match when present.
+        let mut required = vec!["exp"];
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        validation.set_required_spec_claims(&required);
         match &self.audience {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
@@ -141,7 +150,8 @@ fn public_key(pem: &[u8]) -> Result<(Algorithm, DecodingKey), AuthSetupError> {
     }
 }
 
-/// The reason a client sees, in words.
+/// The reason a client sees, in words: fixed texts only (a decoder's message can quote the
+/// token, and the reason goes into `WWW-Authenticate`).
 fn describe(kind: &ErrorKind) -> String {
     match kind {
         ErrorKind::InvalidSignature => "bad signature".into(),
@@ -149,14 +159,20 @@ fn describe(kind: &ErrorKind) -> String {
         ErrorKind::ImmatureSignature => "not valid yet (nbf is in the future)".into(),
         ErrorKind::InvalidAudience => "wrong audience (aud)".into(),
         ErrorKind::InvalidIssuer => "wrong issuer (iss)".into(),
-        ErrorKind::MissingRequiredClaim(claim) => format!("the {claim} claim is missing"),
-        ErrorKind::InvalidClaimFormat(claim) => format!("the {claim} claim has the wrong type"),
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "exp" | "aud" | "iss" | "sub" | "nbf" => format!("the {claim} claim is missing"),
+            _ => "a required claim is missing".into(),
+        },
+        ErrorKind::InvalidClaimFormat(claim) => match claim.as_str() {
+            "exp" | "aud" | "iss" | "sub" | "nbf" => format!("the {claim} claim has the wrong type"),
+            _ => "a claim has the wrong type".into(),
+        },
         ErrorKind::InvalidAlgorithm => "the algorithm does not match the key".into(),
-        ErrorKind::Json(e) => format!("unreadable claims: {e}"),
+        ErrorKind::Json(_) => "unreadable header or claims (not the JSON a JWT holds)".into(),
         ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
             "malformed (expected header.payload.signature in base64url)".into()
         }
-        other => format!("{other:?}"),
+        _ => "invalid token".into(),
     }
 }
 
@@ -192,6 +208,11 @@ impl Grant {
         let exp = claims
             .exp
             .ok_or_else(|| Unauthorized::Invalid(describe(&ErrorKind::MissingRequiredClaim("exp".into()))))?;
+        // Far beyond any real expiry, and beyond what the clock can add without overflowing.
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(exp))
+            .filter(|_| exp <= MAX_EXP)
+            .ok_or_else(|| Unauthorized::Invalid("the exp claim is out of range".into()))?;
         let grant = claims.pgevents.unwrap_or_default();
         let mut rows = Vec::with_capacity(grant.rows.len());
         for (column, value) in grant.rows {
@@ -208,7 +229,7 @@ impl Grant {
             subject: claims.sub.filter(|s| !s.is_empty()),
             tables: grant.tables.into_iter().map(|t| (t.clone(), Glob::new(&t))).collect(),
             rows,
-            expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+            expires_at,
         })
     }
 
@@ -241,13 +262,22 @@ impl Grant {
     /// Whether the token allows this event: its table is granted and, with row grants, its new
     /// row or its old row has every granted column equal to the granted value.
     pub fn allows(&self, frame: &EventFrame) -> bool {
-        let event = &frame.event;
-        if !self.tables.iter().any(|(_, glob)| glob.matches(&event.table_name)) {
-            return false;
-        }
+        self.allows_table(frame) && self.allows_rows(frame)
+    }
+
+    /// Whether the event's table is granted.
+    pub fn allows_table(&self, frame: &EventFrame) -> bool {
+        self.tables.iter().any(|(_, glob)| glob.matches(&frame.event.table_name))
+    }
+
+    /// Whether the row grants (if any) allow the event: its new row or its old row has every
+    /// granted column equal to the granted value. An event without rows (a truncate) passes only
+    /// without row grants.
+    pub fn allows_rows(&self, frame: &EventFrame) -> bool {
         if self.rows.is_empty() {
             return true;
         }
+        let event = &frame.event;
         let row_matches =
             |row: &Map<String, Value>| self.rows.iter().all(|(c, v)| row.get(c).is_some_and(|x| value_text(x) == *v));
         row_matches(&event.new) || row_matches(&event.old)
@@ -327,6 +357,60 @@ mod tests {
         assert!(nothing.authorize(&[]).unwrap_err().0.contains("grants no tables"));
         let bad_row = json!({"exp": now() + 600, "pgevents": {"tables": ["*"], "rows": {"a": [1]}}});
         assert!(v.verify(Some(&token(bad_row))).unwrap_err().to_string().contains("pgevents.rows.a"));
+    }
+
+    #[test]
+    fn a_configured_audience_or_issuer_must_be_in_the_token() {
+        let config = AuthConfig {
+            secret: Some(SECRET.to_vec()),
+            audience: Some("app".into()),
+            issuer: Some("https://id.example".into()),
+            ..Default::default()
+        };
+        let v = Verifier::new(&config).unwrap();
+        let both = json!({"exp": now() + 600, "aud": "app", "iss": "https://id.example"});
+        assert!(v.verify(Some(&token(both))).is_ok());
+        let no_aud = json!({"exp": now() + 600, "iss": "https://id.example"});
+        assert!(v.verify(Some(&token(no_aud))).unwrap_err().to_string().contains("aud claim is missing"));
+        let no_iss = json!({"exp": now() + 600, "aud": "app"});
+        assert!(v.verify(Some(&token(no_iss))).unwrap_err().to_string().contains("iss claim is missing"));
+    }
+
+    #[test]
+    fn an_exp_past_the_clock_is_refused_not_a_panic() {
+        let v = verifier(None);
+        for exp in [u64::MAX, 1 << 63, MAX_EXP + 1] {
+            let err = v.verify(Some(&token(json!({"exp": exp})))).unwrap_err();
+            assert!(err.to_string().contains("exp claim is out of range"), "{exp}: {err}");
+        }
+        assert!(v.verify(Some(&token(json!({"exp": MAX_EXP})))).is_ok());
+    }
+
+    #[test]
+    fn reasons_never_quote_the_token() {
+        use base64::Engine as _;
+        let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        let v = verifier(None);
+        let evil = "\r\nContent-Type: text/html\r\n\r\n<script>alert(1)</script>";
+        for header in [format!(r#"{{"alg":"{evil}","typ":"JWT"}}"#), format!(r#"{{"alg":"HS256","kid":{evil}}}"#)] {
+            let forged = format!("{}.{}.sig", b64(&header), b64(r#"{"exp":1}"#));
+            let reason = v.verify(Some(&forged)).unwrap_err().to_string();
+            assert!(!reason.contains("script") && !reason.contains("Content-Type"), "{reason}");
+            assert!(reason.chars().all(|c| (' '..='~').contains(&c)), "{reason:?}");
+        }
+        let claims = format!("{}.{}.sig", b64(r#"{"alg":"HS256"}"#), b64(&format!(r#"{{"exp":"{evil}"}}"#)));
+        let reason = v.verify(Some(&claims)).unwrap_err().to_string();
+        assert!(!reason.contains("script"), "{reason}");
+    }
+
+    #[test]
+    fn row_grants_apply_without_table_grants() {
+        let v = verifier(None);
+        let rows_only =
+            v.verify(Some(&token(json!({"exp": now() + 600, "pgevents": {"rows": {"owner": "ann"}}})))).unwrap();
+        assert!(!rows_only.grants_tables());
+        assert!(rows_only.allows_rows(&frame("public.notes", json!({"owner": "ann"}), json!({}))));
+        assert!(!rows_only.allows_rows(&frame("public.notes", json!({"owner": "bob"}), json!({}))));
     }
 
     #[test]

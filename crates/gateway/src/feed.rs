@@ -162,9 +162,10 @@ impl Feed {
     pub fn new(context: Arc<FeedContext>, subscription: Subscription, admission: Admission, resume: Resume) -> Feed {
         // The same tolerance as when the token was checked, or a token accepted within it
         // would end its stream at once.
-        let expires_at = subscription.grant.as_ref().map(|grant| {
-            let end = grant.expires_at + Duration::from_secs(auth::LEEWAY_SECS);
-            Instant::now() + end.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+        // (`None` also when the end is past what the clock can count to.)
+        let expires_at = subscription.grant.as_ref().and_then(|grant| {
+            let end = grant.expires_at.checked_add(Duration::from_secs(auth::LEEWAY_SECS))?;
+            Instant::now().checked_add(end.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
         });
         Feed {
             ring_changed: context.ring.subscribe(),

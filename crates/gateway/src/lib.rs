@@ -27,6 +27,7 @@ mod metrics;
 mod probe;
 mod replay;
 mod request;
+mod response_head;
 mod rewind;
 mod ring;
 mod routes;
@@ -69,7 +70,7 @@ pub mod fuzzing {
     /// `Last-Event-ID` into a resume point, decodes `body` as a history event and, when the
     /// filter takes it, renders what the subscriber would be sent.
     pub fn request_and_event(head: &[u8], body: &[u8]) {
-        let Ok(Some(head)) = crate::request::parse(head) else { return };
+        let Ok(crate::request::Parsed::Complete(head)) = crate::request::parse(head) else { return };
         let _ = crate::admission::last_event_id(head.header("last-event-id"));
         let pairs: Vec<(String, String)> =
             form_urlencoded::parse(head.query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();

@@ -28,3 +28,9 @@ pub const UNREADABLE: &str = "pgevents_gateway_unreadable_messages_total";
 pub const SESSIONS: &str = "pgevents_gateway_sessions";
 /// Counter: sessions removed for not being seen for `--session-ttl`.
 pub const SESSIONS_EXPIRED: &str = "pgevents_gateway_sessions_expired_total";
+/// Counter: subscriptions not streamed because their session's owner may not read them (any
+/// more): refused on reading the sessions.
+pub const SUBSCRIPTIONS_REFUSED: &str = "pgevents_gateway_subscriptions_refused_total";
+/// Counter: `pgevents_subscriptions` notifications whose payload is not a session's key (any
+/// role can notify; they are ignored).
+pub const NOTIFICATIONS_IGNORED: &str = "pgevents_gateway_notifications_ignored_total";

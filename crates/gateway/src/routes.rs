@@ -1,6 +1,6 @@
 //! Everything but the event streams, served by axum: `/` (a live tail page for trying the gateway
 //! out), `/healthz`, `/readyz`, and CORS preflights for `/events` (whose `GET` is served by
-//! [`crate::subscriber`]).
+//! [`crate::subscriber`]); every response says `nosniff`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +22,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         Some(layer) => events.layer(layer),
         None => events,
     };
-    Router::new()
+    let router = Router::new()
         .route("/", get(page))
         .route("/pgevents-tail.js", get(script))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(events)
-        .with_state(gateway)
+        .with_state(gateway);
+    pgevents_telemetry::nosniff(router)
 }
 
 fn cors_layer(cors: &Cors) -> Option<CorsLayer> {

@@ -10,11 +10,14 @@
 //! Subscriptions that overlap produce each event once. `field_update` carries the table, the
 //! key, the column and its old and new values (the old one when the table's replica identity
 //! sends it, else null); `row_insert` the row; `row_delete` the key and the old row as far as it
-//! is known. Other events (truncate, snapshot reads) produce nothing.
+//! is known. Other events (truncate, snapshot reads) produce nothing. Rows and fields hold only
+//! the columns the session's owner may read (column privileges).
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pgevents_event::Action;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::frame::EventFrame;
 use crate::sse;
@@ -53,6 +56,8 @@ pub struct SessionSubscription {
     pub pk: Option<String>,
     /// Column and field.
     pub column: Option<String>,
+    /// The columns the session's owner may read; `None`: all of them.
+    pub readable: Option<Arc<[String]>>,
 }
 
 impl SessionSubscription {
@@ -63,7 +68,21 @@ impl SessionSubscription {
 
     /// Whether it covers a change of `column` of the event's row.
     fn covers_field(&self, frame: &EventFrame, column: &str) -> bool {
-        self.covers_row(frame) && self.column.as_deref().is_none_or(|c| c == column)
+        self.covers_row(frame) && self.column.as_deref().is_none_or(|c| c == column) && self.may_read(column)
+    }
+
+    fn may_read(&self, column: &str) -> bool {
+        self.readable.as_ref().is_none_or(|readable| readable.iter().any(|c| c == column))
+    }
+
+    /// `row` with the columns the owner may read.
+    fn visible(&self, row: &Map<String, Value>) -> Value {
+        match &self.readable {
+            None => Value::Object(row.clone()),
+            Some(_) => Value::Object(
+                row.iter().filter(|(c, _)| self.may_read(c)).map(|(c, v)| (c.clone(), v.clone())).collect(),
+            ),
+        }
     }
 }
 
@@ -77,12 +96,14 @@ pub fn render(subscriptions: &[SessionSubscription], frame: &EventFrame, offset:
         return None;
     }
     let key = || event.id.clone();
+    // Every subscription of a session has its owner's privileges: the first one's will do.
+    let owner_view = on_table[0];
     let events: Vec<(&str, Value)> = match event.action {
         Action::Insert if on_table.iter().any(|s| matches!(s.kind, Kind::Table | Kind::Column)) => {
-            vec![("row_insert", json!({"table": event.table_name, "pk": key(), "row": event.new}))]
+            vec![("row_insert", json!({"table": event.table_name, "pk": key(), "row": owner_view.visible(&event.new)}))]
         }
         Action::Delete if on_table.iter().any(|s| s.covers_row(frame)) => {
-            vec![("row_delete", json!({"table": event.table_name, "pk": key(), "row": event.old}))]
+            vec![("row_delete", json!({"table": event.table_name, "pk": key(), "row": owner_view.visible(&event.old)}))]
         }
         Action::Update => event
             .diff
@@ -125,6 +146,7 @@ mod tests {
             table: "public.person".into(),
             pk: pk.map(str::to_owned),
             column: column.map(str::to_owned),
+            readable: None,
         }
     }
 
@@ -166,6 +188,28 @@ mod tests {
         // Overlapping subscriptions: each event once.
         let both = [sub(Kind::Table, None, None), sub(Kind::Field, Some("1"), Some("name"))];
         assert_eq!(names(&both), ["row_insert", "field_update", "field_update", "row_delete"]);
+    }
+
+    #[test]
+    fn only_the_columns_the_owner_may_read_are_sent() {
+        let mut table = sub(Kind::Table, None, None);
+        table.readable = Some(Arc::from(vec!["id".to_owned(), "name".to_owned()]));
+        let insert = frame("I", json!({}), json!({"id": 1, "name": "A", "age": 1}), json!({}));
+        let text = String::from_utf8(render(&[table.clone()], &insert, 1).unwrap().to_vec()).unwrap();
+        assert!(text.contains(r#""row":{"id":1,"name":"A"}"#), "{text}");
+        let update = frame(
+            "U",
+            json!({"id": 1, "name": "A", "age": 1}),
+            json!({"id": 1, "name": "B", "age": 2}),
+            json!({"name": "B", "age": 2}),
+        );
+        let text = String::from_utf8(render(&[table.clone()], &update, 2).unwrap().to_vec()).unwrap();
+        assert!(text.contains(r#""column":"name""#) && !text.contains("age"), "{text}");
+        let age_only = frame("U", json!({"id": 1, "age": 1}), json!({"id": 1, "age": 2}), json!({"age": 2}));
+        assert!(render(&[table.clone()], &age_only, 3).is_none(), "a change of an unreadable column sends nothing");
+        let delete = frame("D", json!({"id": 1, "name": "B", "age": 2}), json!({}), json!({}));
+        let text = String::from_utf8(render(&[table], &delete, 4).unwrap().to_vec()).unwrap();
+        assert!(!text.contains("age"), "{text}");
     }
 
     #[test]

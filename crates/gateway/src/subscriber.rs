@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{self, Gateway, Refusal, Stream};
 use crate::metrics;
 use crate::request::Head;
+use crate::response_head::ResponseHead;
 
 /// How long a refusal may take to write.
 const WRITE_REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,17 +74,18 @@ pub async fn serve(gateway: &Gateway, mut stream: TcpStream, head: Head, which: 
 }
 
 fn response_head(framing: Framing, origin: Option<&str>) -> String {
-    let mut head = String::from(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n",
-    );
+    let mut head = ResponseHead::new(200);
+    head.header("Content-Type", "text/event-stream")
+        .header("Cache-Control", "no-cache")
+        .header("X-Accel-Buffering", "no")
+        .header("Connection", "close");
     if let Some(origin) = origin {
-        head.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"));
+        head.header("Access-Control-Allow-Origin", origin).header("Vary", "Origin");
     }
     if framing == Framing::Chunked {
-        head.push_str("Transfer-Encoding: chunked\r\n");
+        head.header("Transfer-Encoding", "chunked");
     }
-    head.push_str("\r\n");
-    head
+    head.finish()
 }
 
 async fn write_chunk(stream: &mut TcpStream, framing: Framing, chunk: Bytes) -> std::io::Result<()> {
@@ -99,22 +101,18 @@ async fn write_chunk(stream: &mut TcpStream, framing: Framing, chunk: Bytes) -> 
 
 /// Writes a refusal (or any short plain-text answer) and closes the connection.
 pub async fn refuse(stream: &mut TcpStream, refusal: &Refusal, origin: Option<&str>) -> std::io::Result<()> {
-    let reason =
-        axum::http::StatusCode::from_u16(refusal.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
     let body = format!("{}\n", refusal.text);
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
-        refusal.status,
-        body.len()
-    );
+    let mut head = ResponseHead::new(refusal.status);
+    head.header("Content-Type", "text/plain; charset=utf-8")
+        .header("Content-Length", &body.len().to_string())
+        .header("Connection", "close");
     for (name, value) in &refusal.headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        head.header(name, value);
     }
     if let Some(origin) = origin {
-        head.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"));
+        head.header("Access-Control-Allow-Origin", origin).header("Vary", "Origin");
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(head.finish().as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
 }
@@ -129,6 +127,7 @@ mod tests {
         assert!(chunked.contains("Transfer-Encoding: chunked\r\n"));
         assert!(chunked.contains("Access-Control-Allow-Origin: https://app.example\r\nVary: Origin\r\n"));
         assert!(chunked.ends_with("\r\n\r\n"));
+        assert!(chunked.contains("X-Content-Type-Options: nosniff\r\n"));
         let close = response_head(Framing::Close, None);
         assert!(!close.contains("Transfer-Encoding") && !close.contains("Access-Control"));
     }

@@ -38,8 +38,11 @@ impl Subscription {
         let event = frame.event()?;
         let granted = |grant: &Grant| match self.selector {
             Selector::Query(_) => grant.allows(event),
-            // A session's token limits it only if it grants tables.
-            Selector::Session { .. } => !grant.grants_tables() || grant.allows(event),
+            // A session's subscriptions were checked against its owner's privileges; its token
+            // narrows them further: to its tables if it grants any, to its rows always.
+            Selector::Session { .. } => {
+                (!grant.grants_tables() || grant.allows_table(event)) && grant.allows_rows(event)
+            }
         };
         if self.grant.as_ref().is_some_and(|grant| !granted(grant)) {
             return None;

@@ -12,6 +12,11 @@ pub const RULES: Component = Component {
     migrations: &[
         Migration { version: 1, name: "rule tables", sql: include_str!("migrations/0001_rules.sql") },
         Migration { version: 2, name: "sessions and subscriptions", sql: include_str!("migrations/0002_sessions.sql") },
+        Migration {
+            version: 3,
+            name: "subscriptions within the owner's privileges",
+            sql: include_str!("migrations/0003_session_access.sql"),
+        },
     ],
 };
 

@@ -7,4 +7,4 @@ mod readiness;
 mod server;
 
 pub use readiness::Readiness;
-pub use server::{install_recorder, router, serve, MetricsHandle, TelemetryError};
+pub use server::{install_recorder, nosniff, router, serve, MetricsHandle, TelemetryError};

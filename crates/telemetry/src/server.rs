@@ -71,8 +71,17 @@ pub fn router(metrics: MetricsHandle, readiness: Readiness) -> Router {
         )
 }
 
-/// Binds `addr` (failing at once with a clear error when it cannot) and serves `router` until
-/// `shutdown`.
+/// Adds `X-Content-Type-Options: nosniff` to every response of `router`: a browser then never
+/// reads a text answer (which may quote a request) as HTML or script.
+pub fn nosniff(router: Router) -> Router {
+    router.layer(axum::middleware::map_response(|mut response: axum::response::Response| async move {
+        response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
+        response
+    }))
+}
+
+/// Binds `addr` (failing at once with a clear error when it cannot) and serves `router` (with
+/// [`nosniff`]) until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
@@ -82,7 +91,7 @@ pub async fn serve(
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
     Ok(tokio::spawn(async move {
-        let result = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let result = axum::serve(listener, nosniff(router)).with_graceful_shutdown(shutdown.cancelled_owned()).await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "metrics server stopped");
         }
@@ -117,7 +126,9 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = serve(addr, router(handle, readiness.clone()), shutdown.clone()).await.unwrap();
 
-        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let health = get(addr, "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(health.to_ascii_lowercase().contains("x-content-type-options: nosniff"), "{health}");
         let not_ready = get(addr, "/readyz").await;
         assert!(not_ready.starts_with("HTTP/1.1 503") && not_ready.contains("connecting to PostgreSQL"), "{not_ready}");
         readiness.set_ready();
