@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::pgpass::{self, PassFileError, PassKey};
 use crate::tls::{ChannelBinding, ClientCert, TlsMode};
 
-/// The settings of every connection to the database, replication or SQL.
-#[derive(Debug, Clone)]
+/// The settings of every connection to the database, replication or SQL. `Debug` never shows
+/// the password.
+#[derive(Clone)]
 pub struct ConnectConfig {
     /// Host name, IP address, or a directory holding a Unix socket (starts with `/`).
     pub host: String,
@@ -23,9 +25,44 @@ pub struct ConnectConfig {
     pub ssl_cert: Option<ClientCert>,
     pub channel_binding: ChannelBinding,
     pub connect_timeout: Duration,
+    /// The password file other roles' passwords are looked up in (`PGPASSFILE`, `~/.pgpass`),
+    /// see [`ConnectConfig::as_role`].
+    pub passfile: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ConnectConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("dbname", &self.dbname)
+            .field("application_name", &self.application_name)
+            .field("tls", &self.tls)
+            .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("ssl_cert", &self.ssl_cert)
+            .field("channel_binding", &self.channel_binding)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("passfile", &self.passfile)
+            .finish()
+    }
 }
 
 impl ConnectConfig {
+    /// The same server and database as the role `user`: its password from the password file
+    /// (never this role's password), no client certificate (one names its own role). Reads a
+    /// small file: call it off the async runtime's threads.
+    pub fn as_role(&self, user: &str) -> Result<ConnectConfig, PassFileError> {
+        let password = match &self.passfile {
+            Some(file) => {
+                pgpass::read(file, PassKey { host: &self.host, port: self.port, dbname: &self.dbname, user })?
+            }
+            None => None,
+        };
+        Ok(ConnectConfig { user: user.to_owned(), password, ssl_cert: None, ..self.clone() })
+    }
+
     /// `host:port` (or the socket path) for messages.
     pub fn address(&self) -> String {
         if self.host.starts_with('/') {
@@ -33,5 +70,50 @@ impl ConnectConfig {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(passfile: Option<PathBuf>) -> ConnectConfig {
+        ConnectConfig {
+            host: "db".into(),
+            port: 5432,
+            user: "worker".into(),
+            password: Some("worker-secret".into()),
+            dbname: "app".into(),
+            application_name: "t".into(),
+            tls: TlsMode::Disable,
+            ssl_root_cert: None,
+            ssl_cert: None,
+            channel_binding: ChannelBinding::Prefer,
+            connect_timeout: Duration::from_secs(1),
+            passfile,
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let text = format!("{:?}", config(None));
+        assert!(!text.contains("worker-secret") && text.contains("***"), "{text}");
+    }
+
+    #[test]
+    fn another_role_gets_its_own_password_and_never_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, "db:5432:app:alice:alice-secret\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let alice = config(Some(file.clone())).as_role("alice").unwrap();
+        assert_eq!((alice.user.as_str(), alice.password.as_deref()), ("alice", Some("alice-secret")));
+        let bob = config(Some(file)).as_role("bob").unwrap();
+        assert_eq!(bob.password, None, "not the worker's password");
+        assert_eq!(config(None).as_role("alice").unwrap().password, None);
     }
 }

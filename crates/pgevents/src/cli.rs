@@ -1,5 +1,6 @@
 //! The command line: one binary, subcommands, every option also an environment variable.
 
+use crate::secret_arg::SecretArg;
 use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
@@ -163,7 +164,7 @@ pub struct RabbitUrlArgs {
         default_value = "amqp://guest:guest@localhost:5672/%2f",
         hide_env_values = true
     )]
-    pub url: String,
+    pub url: SecretArg,
     /// File holding the RabbitMQ password (replaces the URL's), so that none sits in a command line or compose file
     #[arg(long = "rabbitmq-password-file", env = "RABBITMQ_PASSWORD_FILE")]
     pub password_file: Option<std::path::PathBuf>,
@@ -182,7 +183,7 @@ impl RabbitUrlArgs {
     /// The URL with the password file and the TLS files applied (they win over the URL's).
     pub fn parse(&self) -> anyhow::Result<pgevents_amqp::AmqpUrl> {
         use anyhow::Context;
-        let mut url: pgevents_amqp::AmqpUrl = self.url.parse().context("RABBITMQ_URL / --rabbitmq-url")?;
+        let mut url: pgevents_amqp::AmqpUrl = self.url.expose().parse().context("RABBITMQ_URL / --rabbitmq-url")?;
         if let Some(file) = &self.password_file {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read --rabbitmq-password-file {}", file.display()))?;

@@ -7,6 +7,7 @@ mod config_file;
 mod logging;
 mod pg_args;
 mod pretty_json;
+mod secret_arg;
 mod signals;
 
 use std::process::ExitCode;

@@ -10,11 +10,13 @@ use clap::Args;
 use pgevents_pg::pgpass::{self, PassKey};
 use pgevents_pg::{ChannelBinding, ClientCert, ConnectConfig, TlsMode};
 
+use crate::secret_arg::SecretArg;
+
 #[derive(Debug, Clone, Args)]
 pub struct PgArgs {
     /// Connection string (URL or key=value); the options below override its parts.
     #[arg(long = "pg-dsn", env = "DATABASE_URL", alias = "pg_dsn", value_name = "DSN", hide_env_values = true)]
-    pub dsn: Option<String>,
+    pub dsn: Option<SecretArg>,
     /// Host name, IP address, or Unix socket directory [default: localhost]
     #[arg(long = "pghost", env = "PGHOST", alias = "pg_host")]
     pub host: Option<String>,
@@ -29,7 +31,7 @@ pub struct PgArgs {
     pub user: Option<String>,
     /// Password
     #[arg(long = "pgpassword", env = "PGPASSWORD", alias = "pg_password", hide_env_values = true)]
-    pub password: Option<String>,
+    pub password: Option<SecretArg>,
     /// TLS: disable, prefer, require (encrypted, unverified), verify-ca (chain checked) or verify-full (chain and host name) [default: prefer, verify-full with --pgsslrootcert]
     #[arg(long = "pgsslmode", env = "PGSSLMODE", alias = "pg_sslmode")]
     pub sslmode: Option<String>,
@@ -98,7 +100,7 @@ impl PgArgs {
         let mut dbname = None;
         let mut extras = DsnExtras::default();
         if let Some(dsn) = &self.dsn {
-            let cleaned = take_extras(dsn, &mut extras);
+            let cleaned = take_extras(dsn.expose(), &mut extras);
             let parsed = tokio_postgres::Config::from_str(&cleaned)
                 .with_context(|| "invalid connection string (--pg-dsn / DATABASE_URL); expected postgres://user:password@host:5432/db or \"host=... user=...\"")?;
             host = parsed.get_hosts().first().map(|h| match h {
@@ -133,11 +135,11 @@ impl PgArgs {
         }
         let port = self.port.or(port).unwrap_or(5432);
         let dbname = self.database.clone().or(dbname).unwrap_or_else(|| user.clone());
-        let password = match self.password.clone().or(password) {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let passfile = self.passfile.clone().or(extras.passfile).or_else(|| pgpass::default_file(None, home.as_deref()));
+        let password = match self.password.as_ref().map(|p| p.expose().to_owned()).or(password) {
             Some(password) => Some(password),
-            None => {
-                self.password_from_file(extras.passfile, PassKey { host: &host, port, dbname: &dbname, user: &user })
-            }
+            None => password_from_file(passfile.as_deref(), PassKey { host: &host, port, dbname: &dbname, user: &user }),
         };
         Ok(ConnectConfig {
             host,
@@ -151,20 +153,19 @@ impl PgArgs {
             ssl_cert,
             channel_binding,
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
+            passfile,
         })
     }
+}
 
-    /// The password file's password for the connection, as libpq finds it (a file others can
-    /// read is ignored with a warning).
-    fn password_from_file(&self, from_dsn: Option<PathBuf>, key: PassKey<'_>) -> Option<String> {
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        let file = self.passfile.clone().or(from_dsn).or_else(|| pgpass::default_file(None, home.as_deref()))?;
-        match pgpass::read(&file, key) {
-            Ok(password) => password,
-            Err(e) => {
-                tracing::warn!("{e}");
-                None
-            }
+/// The password file's password for the connection, as libpq finds it (a file others can read
+/// is ignored with a warning).
+fn password_from_file(file: Option<&std::path::Path>, key: PassKey<'_>) -> Option<String> {
+    match pgpass::read(file?, key) {
+        Ok(password) => password,
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
         }
     }
 }
@@ -199,7 +200,7 @@ mod tests {
 
     fn args(dsn: Option<&str>) -> PgArgs {
         PgArgs {
-            dsn: dsn.map(str::to_owned),
+            dsn: dsn.map(SecretArg::from),
             host: None,
             port: None,
             database: None,
@@ -279,7 +280,7 @@ mod tests {
         let mut a = args(Some("postgres://repl@db/app"));
         a.passfile = Some(file.clone());
         assert_eq!(a.connect_config("t").unwrap().password.as_deref(), Some("from-file"));
-        a.password = Some("given".into());
+        a.password = Some(SecretArg::from("given"));
         assert_eq!(a.connect_config("t").unwrap().password.as_deref(), Some("given"), "a given password wins");
     }
 }

@@ -124,6 +124,7 @@ mod tests {
             ssl_cert: None,
             channel_binding: Default::default(),
             connect_timeout: std::time::Duration::from_secs(1),
+            passfile: None,
         };
         let rabbitmq: AmqpUrl = "amqp://u:p@mq.example/%2f".parse().unwrap();
         let open = Deployment {
