@@ -17,6 +17,25 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// Whether a service is down (or the process stopping), not this job at fault: the message
+    /// waits without being counted toward the delivery limit.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            JobError::Database(e) => e.server_gone(),
+            JobError::DeadLetter(e) => e.kind().is_transient(),
+            JobError::Interrupted => true,
+        }
+    }
+
+    /// How the message that brought this job is settled for now.
+    pub fn outcome(&self) -> pgevents_consumer::Outcome {
+        if self.is_outage() {
+            pgevents_consumer::Outcome::Unavailable(self.to_string())
+        } else {
+            pgevents_consumer::Outcome::Retry(self.to_string())
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             JobError::Database(e) => e.kind(),

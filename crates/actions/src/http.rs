@@ -1,6 +1,7 @@
 //! HTTP actions: build the request from the action and the run's parameters, send it, and say
 //! whether it worked (a 2xx status) or why not.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::outbound::{redirect_policy, AllowList};
 use crate::runner::{Attempt, Record};
-use crate::secrets::{redact_url, Secrets};
-use crate::template::{percent_encode, render_string, render_value, Scope};
+use crate::secrets::Secrets;
+use crate::template::{render_string, render_url, render_value, Scope};
 use crate::Job;
 use pgevents_pg::ErrorKind;
 
@@ -27,6 +28,10 @@ pub struct HttpSettings {
     pub ca_file: Option<PathBuf>,
     /// Values for `{{secret.NAME}}`.
     pub secrets: Secrets,
+    /// The proxy HTTP actions go through (`--http-proxy`); without it the system's proxy
+    /// variables (`HTTP_PROXY`, `HTTPS_PROXY`) are ignored: a proxy would reach names that
+    /// `--http-allow` never saw resolve.
+    pub proxy: Option<String>,
 }
 
 /// The HTTP client all HTTP actions share (connection reuse, TLS with the Mozilla roots and
@@ -55,6 +60,23 @@ fn retryable_client_error(status: u16) -> bool {
     matches!(status, 408 | 409 | 425 | 429)
 }
 
+/// The request headers an action may not set: they decide where and how the request goes
+/// (`Host` would route it to another virtual host behind an allowed address), not what it says.
+const RESERVED_HEADERS: &[&str] =
+    &["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive"];
+
+fn reserved(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    RESERVED_HEADERS.contains(&name.as_str()) || name.starts_with("proxy-")
+}
+
+/// How a request is named in records and logs: the action's URL template (the rendered URL may
+/// hold secrets and row values, in any encoding) and where it went.
+fn shown(template: &str, url: &reqwest::Url) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{template} ({}://{}{port})", url.scheme(), url.host_str().unwrap_or("?"))
+}
+
 /// The URL: `{base_url}` replaced, placeholders filled in and percent-encoded.
 fn url(action: &ActionDef, template: &str, base_url: Option<&str>, scope: Scope<'_>) -> Result<reqwest::Url, String> {
     let with_base = match template.strip_prefix("{base_url}") {
@@ -69,7 +91,7 @@ fn url(action: &ActionDef, template: &str, base_url: Option<&str>, scope: Scope<
         },
         None => template.to_owned(),
     };
-    let rendered = render_string(&with_base, scope, percent_encode).map_err(|e| format!("URL {template:?}: {e}"))?;
+    let rendered = render_url(&with_base, scope).map_err(|e| format!("URL {template:?}: {e}"))?;
     // The template, not the rendered URL, goes into errors: values may be secrets.
     let url = reqwest::Url::parse(&rendered).map_err(|e| format!("invalid URL from {template:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -99,6 +121,11 @@ fn headers(job: &Job, configured: &Map<String, Value>, scope: Scope<'_>) -> Resu
     put("X-Pgevents-Commit-Time", &job.event.commit_time)?;
     put("X-Pgevents-Message-Id", &job.event.message_id)?;
     for (name, value) in configured {
+        if reserved(name) {
+            return Err(format!(
+                "header {name:?} cannot be set by an action: it decides where the request goes, not what it says"
+            ));
+        }
         let text = match value {
             Value::String(s) => render_string(s, scope, str::to_owned).map_err(|e| format!("header {name:?}: {e}"))?,
             other => other.to_string(),
@@ -128,6 +155,13 @@ impl HttpCaller {
                 builder = builder.add_root_certificate(certificate);
             }
         }
+        builder = match &settings.proxy {
+            Some(proxy) => builder.proxy(
+                reqwest::Proxy::all(proxy.as_str())
+                    .map_err(|e| format!("invalid --http-proxy: {}", e.without_url()))?,
+            ),
+            None => builder.no_proxy(),
+        };
         let client = builder.build().map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
         Ok(HttpCaller { client, allow: settings.allow, secrets: settings.secrets })
     }
@@ -137,7 +171,8 @@ impl HttpCaller {
         &self.secrets
     }
 
-    /// One attempt.
+    /// One attempt. `granted` are the secrets the action's owner may use.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call(
         &self,
         action: &ActionDef,
@@ -146,14 +181,17 @@ impl HttpCaller {
         parameters: &Map<String, Value>,
         event: &Value,
         base_url: Option<&str>,
+        granted: &BTreeSet<String>,
     ) -> Attempt {
-        let scope = Scope { parameters, event, secrets: &self.secrets };
+        let owner = action.owner.as_deref().unwrap_or_default();
+        let scope = Scope { parameters, event, secrets: &self.secrets, granted, owner };
         let url = match url(action, http.url, base_url, scope) {
             Ok(url) => url,
             Err(e) => return permanent(e),
         };
+        let shown = shown(http.url, &url);
         if let Err(refused) = self.allow.check(&url).await {
-            return permanent(format!("refused to call {}: {refused}", redact_url(url.as_str())));
+            return permanent(format!("refused to call {shown}: {refused}"));
         }
         let method = match reqwest::Method::from_bytes(http.method.as_bytes()) {
             Ok(method) => method,
@@ -171,12 +209,10 @@ impl HttpCaller {
             None if method == reqwest::Method::GET => None,
             None => Some(Value::Object(parameters.clone())),
         };
-        let url_text = url.to_string();
         let mut request = self.client.request(method, url).headers(headers).timeout(action.timeout);
         if let Some(body) = body {
             request = request.body(body.to_string());
         }
-        let shown = redact_url(url_text.as_str());
         let response = match request.send().await {
             Ok(response) => response,
             // A refused redirect is the server's answer, not a passing failure.
@@ -186,7 +222,9 @@ impl HttpCaller {
             }
         };
         let status = response.status();
-        let text = read_prefix(response, BODY_LIMIT).await;
+        // Read past the limit by the longest form of a secret, so that one across the limit is
+        // still found whole when the record is cleaned, and cut only after that.
+        let text = read_prefix(response, BODY_LIMIT + self.secrets.longest_form()).await;
         let code = Some(i32::from(status.as_u16()));
         if status.is_success() {
             return Attempt::Succeeded { response_code: code, result: Some(text), record: Record::ToWrite };
@@ -242,6 +280,8 @@ mod tests {
         ActionDef {
             name: "mail".into(),
             kind: ActionKind::Sql { statement: String::new() },
+            owner: Some("ann".into()),
+            problem: None,
             static_parameters: Map::new(),
             timeout: Duration::from_secs(1),
             max_attempts: 1,
@@ -255,7 +295,9 @@ mod tests {
         let parameters = json!({"id": "a/b"}).as_object().cloned().unwrap();
         let event = json!({});
         let secrets = Secrets::default();
-        let scope = Scope { parameters: &parameters, event: &event, secrets: &secrets };
+        let granted = BTreeSet::new();
+        let scope =
+            Scope { parameters: &parameters, event: &event, secrets: &secrets, granted: &granted, owner: "ann" };
         let made = url(&action(), "{base_url}/users/{{id}}", Some("http://api.test:8080/"), scope).unwrap();
         assert_eq!(made.as_str(), "http://api.test:8080/users/a%2Fb");
         let err = url(&action(), "{base_url}/x", None, scope).unwrap_err();
@@ -270,6 +312,22 @@ mod tests {
         assert_eq!(read_prefix(reqwest::Response::from(big), BODY_LIMIT).await.len(), BODY_LIMIT);
         let small = http::Response::new("ok".to_owned());
         assert_eq!(read_prefix(reqwest::Response::from(small), BODY_LIMIT).await, "ok");
+    }
+
+    #[test]
+    fn records_name_the_template_and_the_origin_never_the_rendered_url() {
+        let url = reqwest::Url::parse("https://api.example.com:8443/bot123%3AABC/send?chat=1").unwrap();
+        let text = shown("{base_url}/bot{{secret.TOKEN}}/send?chat={{chat}}", &url);
+        assert_eq!(text, "{base_url}/bot{{secret.TOKEN}}/send?chat={{chat}} (https://api.example.com:8443)");
+        assert!(!text.contains("ABC"));
+    }
+
+    #[test]
+    fn routing_headers_are_reserved() {
+        for name in ["Host", "host", "Content-Length", "Transfer-Encoding", "Proxy-Authorization", "Connection"] {
+            assert!(reserved(name), "{name}");
+        }
+        assert!(!reserved("Authorization") && !reserved("X-Api-Key"));
     }
 
     #[test]

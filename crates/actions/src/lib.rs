@@ -44,7 +44,7 @@ pub mod fuzzing {
     use serde_json::{Map, Value};
 
     use crate::secrets::Secrets;
-    use crate::template::{percent_encode, render_string, render_value, Scope};
+    use crate::template::{render_string, render_url, render_value, Scope};
 
     /// Renders `template` (JSON: a body template, or a string for a URL or header) with
     /// `parameters` and `event` (JSON), one secret, and redacts the results as the runner does.
@@ -54,13 +54,15 @@ pub mod fuzzing {
         let event: Value = serde_json::from_str(event).unwrap_or(Value::Null);
         let secrets =
             Secrets::load([("PGEVENTS_SECRET_TOKEN".to_owned(), "fuzz-secret".to_owned())], None).unwrap_or_default();
-        let scope = Scope { parameters: &parameters, event: &event, secrets: &secrets };
+        let granted = std::collections::BTreeSet::from(["TOKEN".to_owned()]);
+        let scope =
+            Scope { parameters: &parameters, event: &event, secrets: &secrets, granted: &granted, owner: "fuzz" };
         if let Ok(rendered) = render_value(&template, scope) {
             let _ = secrets.redact(&rendered.to_string());
         }
         if let Value::String(text) = &template {
-            if let Ok(url) = render_string(text, scope, percent_encode) {
-                let _ = crate::secrets::redact_url(&url);
+            if let Ok(url) = render_url(text, scope) {
+                let _ = secrets.redact(&crate::secrets::redact_url(&url));
             }
             let _ = render_string(text, scope, str::to_owned);
         }

@@ -1,8 +1,10 @@
 //! Where HTTP actions may go: `--http-allow` host names (`api.example.com`, `*.example.com`)
 //! and networks (`203.0.113.0/24`, `10.1.2.3`), checked before each request and again when
 //! the connection is made (by the client's DNS resolver, so an answer that changes between the
-//! two cannot slip through), and redirects only to the same host, never from https to http.
-//! Without `--http-allow` any destination is allowed (and `pgevents check` warns).
+//! two cannot slip through), and redirects only to the same origin (scheme, host and port), so
+//! headers an action sets (credentials) never follow a request elsewhere. With a list, a name
+//! that does not resolve here is refused (a proxy could still reach it). Without `--http-allow`
+//! any destination is allowed (and `pgevents check` warns).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -87,9 +89,15 @@ impl AllowList {
             Some(url::Host::Domain(name)) if self.name_allowed(name) => Ok(()),
             Some(url::Host::Domain(name)) => {
                 let port = url.port_or_known_default().unwrap_or(0);
-                // A name that does not resolve fails at the request, as any DNS failure.
-                let Ok(addresses) = tokio::net::lookup_host((name, port)).await else { return Ok(()) };
-                match addresses.map(|a| a.ip()).find(|ip| !self.address_allowed(*ip)) {
+                // A name that does not resolve here is refused: only what resolves can be checked.
+                let addresses: Vec<IpAddr> = match tokio::net::lookup_host((name, port)).await {
+                    Ok(addresses) => addresses.map(|a| a.ip()).collect(),
+                    Err(_) => Vec::new(),
+                };
+                if addresses.is_empty() {
+                    return Err(format!("{name} does not resolve here, so --http-allow cannot check where it leads"));
+                }
+                match addresses.into_iter().find(|ip| !self.address_allowed(*ip)) {
                     Some(ip) => Err(format!("{name} resolves to {ip}, which --http-allow does not allow")),
                     None => Ok(()),
                 }
@@ -139,26 +147,38 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// Follows up to 10 redirects to the same host; one to another host, or from https to http,
-/// is an error (a request with credentials must not be sent elsewhere).
+/// Follows up to 10 redirects within the same origin; one to another scheme, host or port is
+/// an error (a request with credentials must not be sent elsewhere).
 pub fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let previous = attempt.previous();
-        let (Some(first), Some(last)) = (previous.first(), previous.last()) else { return attempt.follow() };
-        let next = attempt.url();
+        let Some(first) = previous.first() else { return attempt.follow() };
         if previous.len() > MAX_REDIRECTS {
             let error = format!("more than {MAX_REDIRECTS} redirects");
             return attempt.error(error);
         }
-        if next.host_str() != first.host_str() {
-            let error = format!("a redirect to another host ({}) was refused", next.host_str().unwrap_or("none"));
-            return attempt.error(error);
+        match redirect_refusal(first, attempt.url()) {
+            Some(error) => attempt.error(error),
+            None => attempt.follow(),
         }
-        if last.scheme() == "https" && next.scheme() != "https" {
-            return attempt.error("a redirect from https to http was refused");
-        }
-        attempt.follow()
     })
+}
+
+/// Why a redirect from a request to `first` may not go to `next`.
+fn redirect_refusal(first: &Url, next: &Url) -> Option<String> {
+    if next.scheme() != first.scheme() {
+        return Some(format!("a redirect from {} to {} was refused", first.scheme(), next.scheme()));
+    }
+    if next.host_str() != first.host_str() {
+        return Some(format!("a redirect to another host ({}) was refused", next.host_str().unwrap_or("none")));
+    }
+    if next.port_or_known_default() != first.port_or_known_default() {
+        return Some(format!(
+            "a redirect to another port ({}) was refused",
+            next.port_or_known_default().map(|p| p.to_string()).unwrap_or_default()
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -198,6 +218,25 @@ mod tests {
         assert_eq!(AllowList::any().check(&Url::parse("http://10.0.0.1/").unwrap()).await, Ok(()));
         let bad = AllowList::parse(&["http://x/".to_owned()]).unwrap_err();
         assert!(bad.contains("invalid --http-allow item"), "{bad}");
+    }
+
+    #[tokio::test]
+    async fn names_that_do_not_resolve_are_refused_with_a_list() {
+        let allow = list(&["10.0.0.0/8"]);
+        let err = allow.check(&Url::parse("http://no-such-name.invalid/").unwrap()).await.unwrap_err();
+        assert!(err.contains("does not resolve"), "{err}");
+        assert_eq!(AllowList::any().check(&Url::parse("http://no-such-name.invalid/").unwrap()).await, Ok(()));
+    }
+
+    #[test]
+    fn redirects_stay_on_the_same_origin() {
+        let from = Url::parse("https://api.example.com/a").unwrap();
+        let to = |u: &str| redirect_refusal(&from, &Url::parse(u).unwrap());
+        assert_eq!(to("https://api.example.com/b"), None);
+        assert_eq!(to("https://api.example.com:443/b"), None, "the default port is the same port");
+        assert!(to("https://api.example.com:8443/b").unwrap().contains("another port"));
+        assert!(to("https://evil.example.com/b").unwrap().contains("another host"));
+        assert!(to("http://api.example.com/b").unwrap().contains("from https to http"));
     }
 
     #[tokio::test]

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use pgevents_pg::GenericClient;
-use pgevents_pg::PgError;
+use pgevents_pg::{GenericClient, JsonbText, PgError};
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::Job;
 
@@ -50,8 +50,10 @@ pub struct RunRecord<'a> {
     pub worker: &'a str,
 }
 
+/// A job is its key and its action: a success of another action under the same key (a work item
+/// rewired meanwhile, or a row some owner recorded for its own action) does not count.
 const PRIOR: &str = "
-    WITH runs AS (SELECT id, status FROM pgevents.action_run WHERE idempotency_key = $1),
+    WITH runs AS (SELECT id, status FROM pgevents.action_run WHERE idempotency_key = $1 AND action = $2),
          last_dead AS (SELECT coalesce(max(id), 0) AS id FROM runs WHERE status = 'dead')
     SELECT (SELECT count(*) FROM runs, last_dead WHERE runs.status = 'failed' AND runs.id > last_dead.id)::integer,
            EXISTS (SELECT 1 FROM runs WHERE status = 'succeeded'),
@@ -77,11 +79,13 @@ fn truncate(text: &str, limit: usize) -> &str {
     &text[..end]
 }
 
-pub async fn prior(client: &impl GenericClient, key: &str) -> Result<Prior, PgError> {
+pub async fn prior(client: &impl GenericClient, key: &str, action: &str) -> Result<Prior, PgError> {
     let statement =
         client.prepare_cached(PRIOR).await.map_err(|e| PgError::new("cannot read pgevents.action_run", e))?;
-    let row =
-        client.query_one(&statement, &[&key]).await.map_err(|e| PgError::new("cannot read pgevents.action_run", e))?;
+    let row = client
+        .query_one(&statement, &[&key, &action])
+        .await
+        .map_err(|e| PgError::new("cannot read pgevents.action_run", e))?;
     let read = |e| PgError::new("cannot read pgevents.action_run", e);
     let failed: i32 = row.try_get(0).map_err(read)?;
     Ok(Prior {
@@ -119,6 +123,38 @@ pub async fn insert(client: &impl GenericClient, record: &RunRecord<'_>) -> Resu
                 &record.worker,
             ],
         )
+        .await?;
+    Ok(())
+}
+
+/// Records the success of an SQL action in the transaction that ran it, in the session of the
+/// action's owner (which may write only its own actions' successes, through the function). The
+/// unnamed statement: nothing the owner's text prepared in the session can stand in for it.
+pub async fn record_success_as_owner(
+    tx: &tokio_postgres::Transaction<'_>,
+    record: &RunRecord<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    let job = record.job;
+    let attempt = i32::try_from(record.attempt).unwrap_or(i32::MAX);
+    let duration_ms = record.duration.as_secs_f64() * 1000.0;
+    let result = record.result.map(|r| truncate(r, RESULT_LIMIT));
+    let parameters = record.parameters.map(JsonbText);
+    let action_code = job.event.action.code();
+    let values: [(&(dyn ToSql + Sync), Type); 12] = [
+        (&job.idempotency_key, Type::TEXT),
+        (&job.work_item, Type::TEXT),
+        (&job.action, Type::TEXT),
+        (&job.event.message_id, Type::TEXT),
+        (&job.event.table_name, Type::TEXT),
+        (&action_code, Type::TEXT),
+        (&parameters, Type::JSONB),
+        (&attempt, Type::INT4),
+        (&record.started_at, Type::TIMESTAMPTZ),
+        (&duration_ms, Type::FLOAT8),
+        (&result, Type::TEXT),
+        (&record.worker, Type::TEXT),
+    ];
+    tx.query_typed("SELECT pgevents.record_action_success($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)", &values)
         .await?;
     Ok(())
 }

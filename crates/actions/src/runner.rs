@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pgevents_pg::{ErrorKind, PgError, Pool};
+use pgevents_rules::access::{carried_columns, event_refusal};
 use pgevents_rules::{ActionKind, RulesCache};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -97,7 +98,14 @@ impl JobRunner {
     /// What the rows of the job's key say so far.
     async fn prior(&self, job: &Job) -> Result<record::Prior, JobError> {
         let client = self.pool.get().await.map_err(PgError::from)?;
-        Ok(record::prior(&client, &job.idempotency_key).await?)
+        Ok(record::prior(&client, &job.idempotency_key, &job.action).await?)
+    }
+
+    /// Why the action's owner may not see the job's event, if it may not.
+    async fn refusal(&self, owner: &str, job: &Job, event: &Value) -> Result<Option<String>, JobError> {
+        let client = self.pool.get().await.map_err(PgError::from)?;
+        let columns = carried_columns(event);
+        Ok(event_refusal(&client, owner, &job.event.table_name, &columns).await?)
     }
 
     /// Dead-letters the job, then records its last attempt as `dead`.
@@ -140,6 +148,20 @@ impl JobRunner {
             let error = format!("unknown action {:?}: it is not in pgevents.action (deleted or renamed?)", job.action);
             return self.bury(RunRecord { error: Some(&error), ..base }).await;
         };
+        let owner = match (&action.problem, &action.owner) {
+            (None, Some(owner)) => owner.clone(),
+            (problem, _) => {
+                let error =
+                    format!("action {:?} cannot run: {}", job.action, problem.as_deref().unwrap_or("it has no owner"));
+                return self.bury(RunRecord { error: Some(&error), ..base }).await;
+            }
+        };
+        // The event is data of its table: only for an owner who may read what it carries.
+        let event: Value = serde_json::from_str(job.event_json.get()).unwrap_or(Value::Null);
+        if let Some(refused) = self.refusal(&owner, job, &event).await? {
+            let error = format!("action {:?} may not see this event: {refused}", job.action);
+            return self.bury(RunRecord { error: Some(&error), ..base }).await;
+        }
         let parameters = job.merged_parameters(&action.static_parameters);
         let parameters_json = parameters_text(&parameters);
         // What is recorded never holds a secret value (errors, bodies and parameters alike).
@@ -152,11 +174,7 @@ impl JobRunner {
             return self.bury(RunRecord { attempt: prior.failed, error: Some(&error), ..base }).await;
         }
         let base_url = self.base_url.as_deref().or_else(|| rules.setting("base_url"));
-        // Templates of HTTP actions may name event fields; SQL actions get the text as is.
-        let event: Value = match action.kind {
-            ActionKind::Http { .. } => serde_json::from_str(job.event_json.get()).unwrap_or(Value::Null),
-            ActionKind::Sql { .. } => Value::Null,
-        };
+        let granted = rules.secrets_granted_to(&owner).cloned().unwrap_or_default();
         loop {
             let started_at = SystemTime::now();
             let clock = Instant::now();
@@ -164,8 +182,18 @@ impl JobRunner {
             let outcome = match &action.kind {
                 ActionKind::Sql { statement } => {
                     let success = RunRecord { status: Status::Succeeded, ..record.clone() };
+                    let mut client = match self.rules.sessions().get(&owner).await {
+                        Ok(client) => client,
+                        Err(e) if e.kind().is_transient() => {
+                            return Err(JobError::Database(PgError::Pool(e.to_string())))
+                        }
+                        Err(e) => {
+                            let error = format!("action {:?} cannot run: {e}", job.action);
+                            return self.bury(RunRecord { error: Some(&error), ..record }).await;
+                        }
+                    };
                     crate::sql::run(
-                        &self.pool,
+                        &mut client,
                         statement,
                         &parameters_json,
                         job.event_json.get(),
@@ -177,7 +205,7 @@ impl JobRunner {
                 }
                 ActionKind::Http { method, url, headers, body_template } => {
                     let http = HttpAction { method, url, headers, body_template: body_template.as_ref() };
-                    self.http.call(&action, &http, job, &parameters, &event, base_url).await
+                    self.http.call(&action, &http, job, &parameters, &event, base_url, &granted).await
                 }
             };
             let duration = clock.elapsed();

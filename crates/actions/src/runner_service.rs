@@ -19,6 +19,9 @@ pub struct StageConsumer {
     pub concurrency: usize,
     /// Told whether the stage is connected to RabbitMQ and consuming.
     pub on_connected: ConnectionWatch,
+    /// Deliveries of a message that keeps failing (not for an outage) before it goes to the
+    /// dead-letter exchange (`--max-deliveries`).
+    pub max_deliveries: std::num::NonZeroU32,
 }
 
 impl StageConsumer {
@@ -31,10 +34,10 @@ impl StageConsumer {
         consumer.prefetch = self.prefetch.max(1);
         consumer.concurrency = self.concurrency.max(1);
         consumer.dead_letter_exchange = Some(self.topology.dead_exchange.clone());
-        // A stage's `Retry` means PostgreSQL or RabbitMQ is unavailable (a job's own failures
-        // are counted in `action_run`): retried with backoff until they are back, never
-        // dead-lettered for an outage.
-        consumer.max_deliveries = None;
+        // An outage (`Unavailable`) is waited out without limit; a message that keeps failing
+        // otherwise (a job's own failures are counted in `action_run`) is poison: dead-lettered
+        // after `max_deliveries`.
+        consumer.max_deliveries = Some(self.max_deliveries);
         consumer.retry_delay_max = std::time::Duration::from_secs(30);
         consumer.name = name.to_owned();
         consumer.on_connected = self.on_connected.clone();
@@ -46,7 +49,7 @@ impl StageConsumer {
 fn settle(result: Result<JobOutcome, JobError>) -> Outcome {
     match result {
         Ok(_) => Outcome::Ok,
-        Err(e) => Outcome::Retry(e.to_string()),
+        Err(e) => e.outcome(),
     }
 }
 

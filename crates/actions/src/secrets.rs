@@ -5,8 +5,9 @@
 //! `--secrets-dir` (one file per secret, as Docker and Kubernetes mount them). Secrets never
 //! live in the database and are never recorded: before an error, a response body or parameters
 //! are written to `action_run`, logged or put in a dead-letter header, every secret value in
-//! them is replaced by `[secret NAME]`, and URLs lose their password and query values
-//! ([`redact_url`]).
+//! them is replaced by `[secret NAME]`, in every form it can take there (as is, percent-encoded
+//! as URLs carry it, JSON-escaped, and base64 as in Basic credentials), and always before the
+//! text is cut to its limit. Requests are recorded by their URL template, never the rendered URL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,41 @@ pub enum SecretsError {
 #[derive(Clone, Default)]
 pub struct Secrets {
     values: BTreeMap<String, Value>,
+    /// Every recorded form of every secret worth searching for, longest first, with its name.
+    forms: Vec<(String, String)>,
+}
+
+/// The forms a secret's value can take in a recorded text.
+fn forms(value: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    let mut out = vec![value.to_owned()];
+    let percent = crate::template::percent_encode(value);
+    out.push(percent.to_ascii_lowercase());
+    out.push(percent);
+    out.push(form_urlencoded::byte_serialize(value.as_bytes()).collect());
+    if let Ok(json) = serde_json::to_string(value) {
+        out.push(json.trim_matches('"').to_owned());
+    }
+    // Inside a longer base64 text (user:secret in Basic credentials) the value can start at any
+    // of three alignments; the characters that depend on it alone are the same whatever
+    // surrounds it.
+    for offset in 0..3usize {
+        let mut bytes = vec![0u8; offset];
+        bytes.extend_from_slice(value.as_bytes());
+        let start = if offset == 0 { 0 } else { 4 };
+        let end = bytes.len() / 3 * 4;
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            let encoded = engine.encode(&bytes);
+            if let Some(stable) = encoded.get(start..end) {
+                out.push(stable.to_owned());
+            }
+        }
+    }
+    out.retain(|form| form.len() >= MIN_REDACTED_LEN);
+    out.sort();
+    out.dedup();
+    out
 }
 
 impl std::fmt::Debug for Secrets {
@@ -73,7 +109,19 @@ impl Secrets {
                 values.insert(name, Value::String(text));
             }
         }
-        Ok(Secrets { values })
+        let mut all: Vec<(String, String)> = values
+            .iter()
+            .filter_map(|(name, value)| Some((name, value.as_str()?)))
+            .filter(|(_, value)| value.len() >= MIN_REDACTED_LEN)
+            .flat_map(|(name, value)| forms(value).into_iter().map(move |form| (form, name.clone())))
+            .collect();
+        all.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Ok(Secrets { values, forms: all })
+    }
+
+    /// The length of the longest recorded form of any secret.
+    pub fn longest_form(&self) -> usize {
+        self.forms.first().map(|(form, _)| form.len()).unwrap_or(0)
     }
 
     /// The secret `name` (for templates).
@@ -85,20 +133,13 @@ impl Secrets {
         self.values.keys().map(String::as_str)
     }
 
-    /// `text` with every secret value replaced by `[secret NAME]` (longest first, so a secret
-    /// that contains another is replaced whole).
+    /// `text` with every form of every secret value replaced by `[secret NAME]` (longest
+    /// first, so a secret that contains another is replaced whole).
     pub fn redact(&self, text: &str) -> String {
-        let mut secrets: Vec<(&str, &str)> = self
-            .values
-            .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.as_str()?)))
-            .filter(|(_, value)| value.len() >= MIN_REDACTED_LEN)
-            .collect();
-        secrets.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
         let mut out = text.to_owned();
-        for (name, value) in secrets {
-            if out.contains(value) {
-                out = out.replace(value, &format!("[secret {name}]"));
+        for (form, name) in &self.forms {
+            if out.contains(form.as_str()) {
+                out = out.replace(form.as_str(), &format!("[secret {name}]"));
             }
         }
         out
@@ -156,6 +197,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(secrets.redact("token abcdef and abcd, x"), "token [secret B] and [secret A], x");
+    }
+
+    #[test]
+    fn every_recorded_form_of_a_secret_is_redacted() {
+        use base64::Engine as _;
+        let secret = "123456:ABC/def+g h\"i";
+        let secrets = Secrets::load(env(&[("PGEVENTS_SECRET_BOT", secret)]), None).unwrap();
+        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let json = serde_json::to_string(secret).unwrap();
+        for text in [
+            format!("url /bot{}/send", crate::template::percent_encode(secret)),
+            format!("url /bot{}/send", crate::template::percent_encode(secret).to_ascii_lowercase()),
+            format!("form q={}", form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()),
+            format!("{{\"echo\": {json}}}"),
+            format!("Authorization: Basic {}", b64(&format!("user:{secret}"))),
+            format!("Authorization: Basic {}", b64(&format!("us:{secret}"))),
+            format!("Authorization: Basic {}", b64(&format!("u:{secret}"))),
+            format!("x {}", base64::engine::general_purpose::URL_SAFE.encode(format!("ab{secret}"))),
+        ] {
+            let redacted = secrets.redact(&text);
+            assert!(redacted.contains("[secret BOT]"), "{text} -> {redacted}");
+            assert!(!redacted.contains("ABC") || text.contains("Basic") || text.starts_with("x "), "{redacted}");
+        }
+        assert!(secrets.longest_form() >= crate::template::percent_encode(secret).len());
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! SQL actions: the statement runs in its own transaction, and its `succeeded` row is written in
-//! that same transaction, so a statement that committed is never run again for the same job.
+//! SQL actions: the statement runs in a session of the action's owner (so it can do only what
+//! its author can), in its own transaction, and its `succeeded` row is written in that same
+//! transaction (through `pgevents.record_action_success`, which lets an owner record only its own
+//! actions), so a statement that committed is never run again for the same job.
 
-use pgevents_pg::{ErrorKind, JsonbText, PgError};
-use pgevents_pg::{GenericClient, Pool};
-use tokio_postgres::types::Type;
+use pgevents_pg::{ErrorKind, JsonbText, PgError, Pooled};
+use tokio_postgres::types::{ToSql, Type};
 
-use crate::record::{insert, is_duplicate_success, RunRecord};
+use crate::record::{is_duplicate_success, record_success_as_owner, RunRecord};
 use crate::runner::{Attempt, Record};
 
-/// Runs `statement` with `$1` = parameters and `$2` = event. `success` is the row to write
-/// when it works (its duration is filled in here).
+/// Runs `statement` with `$1` = parameters and `$2` = event in `client`, a session of the
+/// action's owner. `success` is the row to write when it works (its duration is filled in
+/// here).
 pub(crate) async fn run(
-    pool: &Pool,
+    client: &mut Pooled,
     statement: &str,
     parameters: &str,
     event: &str,
@@ -19,7 +21,6 @@ pub(crate) async fn run(
     success: RunRecord<'_>,
     clock: std::time::Instant,
 ) -> Result<Attempt, PgError> {
-    let mut client = pool.get().await?;
     let failure = |e: tokio_postgres::Error| {
         let error = PgError::new("SQL action", e);
         let kind = if error.kind().is_transient() { ErrorKind::Transient } else { ErrorKind::Permanent };
@@ -29,16 +30,19 @@ pub(crate) async fn run(
         Ok(tx) => tx,
         Err(e) => return Ok(failure(e)),
     };
-    let prepared = match tx.prepare_typed_cached(statement, &[Type::JSONB, Type::JSONB]).await {
-        Ok(prepared) => prepared,
-        Err(e) => return Ok(failure(e)),
-    };
     // The timeout and the statement go out together (one round trip); if the first fails, the
-    // second fails too ("transaction is aborted"), so the first error is the one to report.
+    // second fails too ("transaction is aborted"), so the first error is the one to report. The
+    // statement is the unnamed one, parsed afresh.
     let timeout = format!("SET LOCAL statement_timeout = {timeout_ms}");
     let (parameters, event) = (JsonbText(parameters), JsonbText(event));
-    let values: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&parameters, &event];
-    let (set, executed) = tokio::join!(tx.batch_execute(&timeout), tx.execute(&prepared, &values));
+    let values: [(&(dyn ToSql + Sync), Type); 2] = [(&parameters, Type::JSONB), (&event, Type::JSONB)];
+    let executed = async {
+        let rows = tx.query_typed_raw(statement, values.iter().map(|(v, t)| (*v, t.clone()))).await?;
+        futures_util::pin_mut!(rows);
+        while futures_util::StreamExt::next(&mut rows).await.transpose()?.is_some() {}
+        Ok::<_, tokio_postgres::Error>(rows.rows_affected().unwrap_or(0))
+    };
+    let (set, executed) = tokio::join!(tx.batch_execute(&timeout), executed);
     if let Err(e) = set {
         return Ok(failure(e));
     }
@@ -48,7 +52,7 @@ pub(crate) async fn run(
     };
     let result = format!("{rows} rows");
     let record = RunRecord { duration: clock.elapsed(), result: Some(&result), ..success };
-    if let Err(e) = insert(&tx, &record).await {
+    if let Err(e) = record_success_as_owner(&tx, &record).await {
         if is_duplicate_success(&e) {
             return Ok(Attempt::AlreadyDone);
         }

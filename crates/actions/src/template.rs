@@ -2,10 +2,13 @@
 //!
 //! `{{name}}` (or `{{a.b}}` for a nested value) is taken from the run's parameters;
 //! `{{event.table_name}}`, `{{event.new.email}}` and the like from the event;
-//! `{{secret.NAME}}` from the process's secrets (see [`crate::secrets`]). A string that is
+//! `{{secret.NAME}}` from the process's secrets (see [`crate::secrets`]), if the secret is
+//! granted to the action's owner (`pgevents.secret_grant`). A string that is
 //! a single placeholder becomes the value itself (a number stays a number); inside a longer
 //! string the value is written as text. A placeholder without a value is an error, never an
 //! empty string.
+
+use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
@@ -17,6 +20,10 @@ pub struct Scope<'a> {
     pub parameters: &'a Map<String, Value>,
     pub event: &'a Value,
     pub secrets: &'a Secrets,
+    /// The secrets the action's owner may use.
+    pub granted: &'a BTreeSet<String>,
+    /// The action's owner (for messages).
+    pub owner: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,11 +34,18 @@ pub enum TemplateError {
     MissingSecret(String),
     #[error("unclosed placeholder in {0:?}: expected {{{{name}}}}")]
     Unclosed(String),
+    #[error("placeholder {{{{secret.{name}}}}}: the secret is not granted to the action's owner {owner:?}; the schema's owner grants it with INSERT INTO pgevents.secret_grant VALUES ('{name}', '{owner}')")]
+    NotGranted { name: String, owner: String },
+    #[error("placeholder {{{{{0}}}}} is {1:?} in the URL's path, which would change the path itself")]
+    DotSegment(String, String),
 }
 
 impl Scope<'_> {
     fn lookup(&self, path: &str) -> Result<&Value, TemplateError> {
         if let Some(name) = path.strip_prefix("secret.") {
+            if !self.granted.contains(name) {
+                return Err(TemplateError::NotGranted { name: name.to_owned(), owner: self.owner.to_owned() });
+            }
             return self.secrets.get(name).ok_or_else(|| TemplateError::MissingSecret(name.to_owned()));
         }
         self.lookup_value(path).ok_or_else(|| TemplateError::Missing(path.to_owned()))
@@ -66,15 +80,37 @@ fn as_text(value: &Value) -> String {
 /// Replaces every placeholder in `text`, passing each value's text through `encode` (e.g.
 /// percent-encoding for URLs).
 pub fn render_string(text: &str, scope: Scope<'_>, encode: impl Fn(&str) -> String) -> Result<String, TemplateError> {
+    render_checked(text, scope, |_, value| Ok(encode(value)))
+}
+
+/// A URL: values percent-encoded, and a value that is `.` or `..` refused in the path (URL
+/// parsers take `%2E%2E` for `..` there, so encoding does not keep it from climbing the path).
+pub fn render_url(text: &str, scope: Scope<'_>) -> Result<String, TemplateError> {
+    let path_end = text.find(['?', '#']).unwrap_or(text.len());
+    render_checked(text, scope, |(name, at), value| {
+        if at < path_end && matches!(value, "." | "..") {
+            return Err(TemplateError::DotSegment(name.to_owned(), value.to_owned()));
+        }
+        Ok(percent_encode(value))
+    })
+}
+
+/// Replaces every placeholder; `encode` gets the placeholder's name and position in `text`.
+fn render_checked(
+    text: &str,
+    scope: Scope<'_>,
+    encode: impl Fn((&str, usize), &str) -> Result<String, TemplateError>,
+) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
+        let at = text.len() - rest.len() + start;
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after.find("}}").ok_or_else(|| TemplateError::Unclosed(text.to_owned()))?;
         let name = after[..end].trim();
         let value = scope.lookup(name)?;
-        out.push_str(&encode(&as_text(value)));
+        out.push_str(&encode((name, at), &as_text(value))?);
         rest = &after[end + 2..];
     }
     out.push_str(rest);
@@ -121,7 +157,8 @@ mod tests {
         let parameters = parameters.as_object().cloned().unwrap_or_default();
         let event = json!({"table_name": "public.users", "new": {"email": "a@example.com"}});
         let secrets = Secrets::load([("PGEVENTS_SECRET_TOKEN".to_owned(), "s3cret".to_owned())], None).unwrap();
-        f(Scope { parameters: &parameters, event: &event, secrets: &secrets })
+        let granted = BTreeSet::from(["TOKEN".to_owned(), "NOPE".to_owned(), "X".to_owned()]);
+        f(Scope { parameters: &parameters, event: &event, secrets: &secrets, granted: &granted, owner: "ann" })
     }
 
     #[test]
@@ -170,6 +207,31 @@ mod tests {
             TemplateError::Missing("zz".into()).to_string(),
             "placeholder {{zz}} has no value (not in the parameters, or null)"
         );
+    }
+
+    #[test]
+    fn a_secret_not_granted_to_the_owner_is_refused() {
+        let parameters = Map::new();
+        let event = Value::Null;
+        let secrets = Secrets::load([("PGEVENTS_SECRET_PAY".to_owned(), "pay-key".to_owned())], None).unwrap();
+        let granted = BTreeSet::new();
+        let scope =
+            Scope { parameters: &parameters, event: &event, secrets: &secrets, granted: &granted, owner: "ann" };
+        let err = render_string("Bearer {{secret.PAY}}", scope, str::to_owned).unwrap_err();
+        assert!(matches!(err, TemplateError::NotGranted { ref name, .. } if name == "PAY"), "{err}");
+        assert!(!err.to_string().contains("pay-key"));
+    }
+
+    #[test]
+    fn dot_segments_from_values_are_refused_in_the_path_only() {
+        for value in [".", ".."] {
+            let err = with(json!({"id": value}), |scope| render_url("http://h/users/{{id}}/x", scope)).unwrap_err();
+            assert!(matches!(err, TemplateError::DotSegment(..)), "{value}: {err}");
+            let query = with(json!({"id": value}), |scope| render_url("http://h/users?id={{id}}", scope));
+            assert!(query.is_ok(), "{value} in the query is only a value");
+        }
+        let fine = with(json!({"id": "a..b"}), |scope| render_url("http://h/u/{{id}}", scope)).unwrap();
+        assert_eq!(fine, "http://h/u/a..b");
     }
 
     #[test]

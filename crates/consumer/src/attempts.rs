@@ -1,9 +1,10 @@
 //! Running one delivery's handler until it is settled: a panic is caught and counted like a
 //! `Retry`; a `Retry` runs again in place after a jittered exponential delay (the message
 //! stays unacknowledged, so it keeps its place and no other consumer takes it meanwhile); after
-//! `max_deliveries` runs the message is given up with the last reason. A message is held at
-//! most `max_hold` in all; then it goes back to the queue and its count starts again (unless
-//! the broker counts deliveries, as quorum queues do).
+//! `max_deliveries` runs the message is given up with the last reason. `Unavailable` waits the
+//! same way but is not counted: an outage is no fault of the message. A message is held at most
+//! `max_hold` in all; then it goes back to the queue and its count starts again (unless the
+//! broker counts deliveries, as quorum queues do).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -97,18 +98,24 @@ fn earlier_deliveries(delivery: &Delivery) -> u32 {
 pub async fn run(work: &Work, policy: RetryPolicy, shutdown: &CancellationToken) -> Verdict {
     let mut deliveries = earlier_deliveries(work.delivery());
     let mut held = Duration::ZERO;
+    // Runs so far, counted or not (the backoff grows with both).
+    let mut runs: u32 = 0;
     loop {
-        deliveries = deliveries.saturating_add(1);
+        runs = runs.saturating_add(1);
         let reason = match work.attempt().await {
             Outcome::Ok => return Verdict::Ack,
-            Outcome::Fail(reason) => return Verdict::GiveUp { reason, deliveries },
-            Outcome::Retry(reason) => reason,
+            Outcome::Fail(reason) => return Verdict::GiveUp { reason, deliveries: deliveries.saturating_add(1) },
+            Outcome::Retry(reason) => {
+                deliveries = deliveries.saturating_add(1);
+                if policy.max_deliveries.is_some_and(|max| deliveries >= max.get()) {
+                    let reason = format!("gave up after {deliveries} deliveries: {reason}");
+                    return Verdict::GiveUp { reason, deliveries };
+                }
+                reason
+            }
+            Outcome::Unavailable(reason) => reason,
         };
-        if policy.max_deliveries.is_some_and(|max| deliveries >= max.get()) {
-            let reason = format!("gave up after {deliveries} deliveries: {reason}");
-            return Verdict::GiveUp { reason, deliveries };
-        }
-        let delay = Backoff::after_failures(policy.first_delay, policy.max_delay, deliveries);
+        let delay = Backoff::after_failures(policy.first_delay, policy.max_delay, runs);
         held += delay;
         if held > policy.max_hold {
             tracing::info!(%reason, deliveries, "handler asked for a retry; held long enough, back to the queue");

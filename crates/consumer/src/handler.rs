@@ -25,8 +25,13 @@ pub struct IncomingEvent {
 pub enum Outcome {
     /// Done: acknowledge.
     Ok,
-    /// Failed for now: deliver again later.
+    /// Failed for now: deliver again later. Counts toward `max_deliveries`: a message that
+    /// keeps failing is given up.
     Retry(String),
+    /// A service the handler needs (the database, the broker) is unreachable: deliver again
+    /// later, after the same backoff as `Retry`, without counting toward `max_deliveries` (an
+    /// outage does not make a message poison).
+    Unavailable(String),
     /// Will never work: give up (dead-letter when the queue has a dead-letter exchange).
     Fail(String),
 }

@@ -255,6 +255,40 @@ async fn retries_back_off_and_give_up_after_max_deliveries() {
     cleanup(setup).await;
 }
 
+/// An outage is no fault of the message: `Unavailable` waits like `Retry` but is not counted,
+/// so a message whose handler waited out an outage longer than `max_deliveries` runs is still
+/// handled, not dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_do_not_count_toward_max_deliveries() {
+    let mut setup = setup().await;
+    let mut dead = DeadLetters::for_setup(&mut setup).await;
+    setup.config.retry_delay = Duration::from_millis(20);
+    setup.config.retry_delay_max = Duration::from_millis(40);
+    setup.config.max_deliveries = std::num::NonZeroU32::new(2);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let registry = Registry::new().on_all("*", move |_e: IncomingEvent| {
+        let counted = counted.clone();
+        async move {
+            match counted.fetch_add(1, Ordering::SeqCst) {
+                0..=5 => Outcome::Unavailable("the database is restarting".into()),
+                6 => Outcome::Retry("a counted failure".into()),
+                _ => Outcome::Ok,
+            }
+        }
+    });
+    let (shutdown, task) = started(&setup, registry).await;
+    publish_raw(&setup.exchange, "public.t", "patient", &event("public.t", "I", 0)).await;
+    wait_for("the message handled after the outage", WAIT, || async {
+        (runs.load(Ordering::SeqCst) >= 8).then_some(())
+    })
+    .await;
+    assert!(dead.queue.next_raw(Duration::from_millis(300)).await.is_none(), "nothing was dead-lettered");
+    stop(shutdown, task).await;
+    dead.close().await;
+    cleanup(setup).await;
+}
+
 /// A handler that panics is counted like a `Retry` (it used to be redelivered at once, forever)
 /// and the consumer goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

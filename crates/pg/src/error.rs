@@ -34,6 +34,25 @@ impl PgError {
         }
     }
 
+    /// Whether the server cannot be used now at all (the connection is lost or refused, the
+    /// server is shutting down or starting, or out of resources), as opposed to this statement
+    /// failing (including a cancelled one, a timeout, a deadlock): any other statement would
+    /// fail too, so the work waits without being held against it.
+    pub fn server_gone(&self) -> bool {
+        match self {
+            PgError::Sql { cause, .. } => match cause.as_db_error() {
+                None => true,
+                Some(db) => {
+                    let code = db.code().code();
+                    matches!(&code[..2], "08" | "53" | "58")
+                        || matches!(code, "57P01" | "57P02" | "57P03" | "57P04" | "57P05")
+                }
+            },
+            PgError::Tls(_) => false,
+            PgError::Pool(_) => true,
+        }
+    }
+
     /// The server's SQLSTATE, when the server reported the error.
     pub fn sqlstate(&self) -> Option<&SqlState> {
         match self {

@@ -26,6 +26,6 @@ pub use connect::{connect, connect_driven, drive_connection, ConnectionDriver};
 pub use error::{describe, PgError};
 pub use jsonb::JsonbText;
 pub use pgevents_retry::ErrorKind;
-pub use pool::{pool, GenericClient, Pool};
+pub use pool::{pool, GenericClient, Pool, Pooled};
 pub use settings::ConnectConfig;
 pub use tls::{ChannelBinding, ClientCert, TlsConfigError, TlsMode};

@@ -1,6 +1,6 @@
 //! A pool of SQL connections for the worker stages (rule queries, SQL actions, run records).
 
-pub use deadpool_postgres::{GenericClient, Pool};
+pub use deadpool_postgres::{GenericClient, Object as Pooled, Pool};
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 
 use crate::connect::{sql_config, sql_tls};

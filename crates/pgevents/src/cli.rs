@@ -71,6 +71,8 @@ pub struct RequeueDeadArgs {
 pub enum RulesCommand {
     /// Create or upgrade the rule tables (idempotent: applies only missing migrations)
     Install(RulesInstallArgs),
+    /// Check every rule as the worker will run it: its owner, that its text parses as one statement in its owner's session (nothing is run), that its owner may use its action; exit 1 when one cannot run
+    Check(RulesInstallArgs),
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +120,18 @@ pub struct ActionArgs {
     /// Directory of secret files for {{secret.NAME}} in HTTP actions (file NAME holds the value); PGEVENTS_SECRET_NAME variables work too
     #[arg(long = "secrets-dir", env = "PGEVENTS_SECRETS_DIR")]
     pub secrets_dir: Option<std::path::PathBuf>,
+    /// Proxy for HTTP actions (http://host:port); without it the system's proxy variables (HTTP_PROXY, HTTPS_PROXY) are ignored, so that --http-allow sees every destination
+    #[arg(long = "http-proxy", env = "PGEVENTS_HTTP_PROXY")]
+    pub http_proxy: Option<SecretArg>,
+    /// Longest time a work item's filter or work_item_query may run, in milliseconds (statement_timeout); longer is a failed run, recorded
+    #[arg(long = "rule-timeout-ms", env = "PGEVENTS_RULE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub rule_timeout_ms: u64,
+    /// Deliveries of a message that keeps failing (an outage excepted: that is waited out) before it goes to the dead-letter exchange
+    #[arg(long = "max-deliveries", env = "PGEVENTS_MAX_DELIVERIES", default_value_t = 10)]
+    pub max_deliveries: u32,
+    /// Connections to the database per rule owner (each rule runs in a session of the role that wrote it) [default: --concurrency]
+    #[arg(long = "owner-connections", env = "PGEVENTS_OWNER_CONNECTIONS")]
+    pub owner_connections: Option<usize>,
 }
 
 #[derive(Debug, Args)]

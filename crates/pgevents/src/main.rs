@@ -54,6 +54,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::ConsumerDebug(args) => commands::consumer_debug::run(args, shutdown).await,
         Command::Serve(args) => commands::serve::run(args, shutdown).await,
         Command::Rules(cli::RulesCommand::Install(args)) => commands::rules::install(args).await,
+        Command::Rules(cli::RulesCommand::Check(args)) => match commands::rules::check(args).await? {
+            true => Ok(()),
+            false => {
+                Err(anyhow::anyhow!("some rules cannot run (above); fix them and run `pgevents rules check` again"))
+            }
+        },
         Command::Worker(args) => commands::worker::run_worker(args, shutdown).await,
         Command::ActionRunner(args) => commands::worker::run_action_runner(args, shutdown).await,
         Command::RequeueDead(args) => commands::worker::requeue_dead(args).await,

@@ -136,10 +136,13 @@ impl PgArgs {
         let port = self.port.or(port).unwrap_or(5432);
         let dbname = self.database.clone().or(dbname).unwrap_or_else(|| user.clone());
         let home = std::env::var_os("HOME").map(PathBuf::from);
-        let passfile = self.passfile.clone().or(extras.passfile).or_else(|| pgpass::default_file(None, home.as_deref()));
+        let passfile =
+            self.passfile.clone().or(extras.passfile).or_else(|| pgpass::default_file(None, home.as_deref()));
         let password = match self.password.as_ref().map(|p| p.expose().to_owned()).or(password) {
             Some(password) => Some(password),
-            None => password_from_file(passfile.as_deref(), PassKey { host: &host, port, dbname: &dbname, user: &user }),
+            None => {
+                password_from_file(passfile.as_deref(), PassKey { host: &host, port, dbname: &dbname, user: &user })
+            }
         };
         Ok(ConnectConfig {
             host,

@@ -3,7 +3,8 @@
 //! A dedicated connection LISTENs on `pgevents_rules`; the rule tables' triggers notify it on
 //! every change, and the cache reloads. It also reloads every refresh interval (a notification
 //! sent while the connection was down is lost). When the database is unreachable the last rules
-//! stay in use and the watcher reconnects with backoff.
+//! stay in use and the watcher reconnects with backoff. Each load checks the rules' text in
+//! their owners' sessions (see [`crate::validate`]).
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -13,18 +14,25 @@ use pgevents_pg::ConnectConfig;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::{load, RuleSet, RulesError, RULES_CHANNEL};
+use crate::{load, validate, Checked, OwnerSessions, RuleSet, RulesError, RULES_CHANNEL};
 
 /// The current rules, shared by every task of a worker.
-#[derive(Debug)]
 pub struct RulesCache {
     current: RwLock<Arc<RuleSet>>,
+    sessions: Arc<OwnerSessions>,
+    checked: tokio::sync::Mutex<Checked>,
 }
 
 impl RulesCache {
-    /// A cache holding fixed rules (no watcher).
-    pub fn fixed(rules: RuleSet) -> Arc<RulesCache> {
-        Arc::new(RulesCache { current: RwLock::new(Arc::new(rules)) })
+    async fn load_checked(&self, client: &mut Client) -> Result<RuleSet, RulesError> {
+        let rules = load(client).await?;
+        let mut checked = self.checked.lock().await;
+        Ok(validate(rules, &self.sessions, &mut checked).await)
+    }
+
+    /// Sessions of the rules' owners.
+    pub fn sessions(&self) -> &Arc<OwnerSessions> {
+        &self.sessions
     }
 
     /// The rules now.
@@ -42,12 +50,17 @@ impl RulesCache {
     /// watcher that keeps them current until `shutdown`.
     pub async fn start(
         settings: ConnectConfig,
+        sessions: Arc<OwnerSessions>,
         refresh: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<RulesCache>, RulesError> {
         let (mut client, notified) = listen(&settings, "rules", RULES_CHANNEL).await?;
-        let cache = Arc::new(RulesCache { current: RwLock::new(Arc::new(RuleSet::default())) });
-        let rules = load(&mut client).await?;
+        let cache = Arc::new(RulesCache {
+            current: RwLock::new(Arc::new(RuleSet::default())),
+            sessions,
+            checked: tokio::sync::Mutex::default(),
+        });
+        let rules = cache.load_checked(&mut client).await?;
         tracing::info!(work_items = rules.work_item_count(), "rules loaded");
         cache.set(rules);
         tokio::spawn(watch(cache.clone(), settings, "rules", RULES_CHANNEL, (client, notified), refresh, shutdown));
@@ -60,7 +73,7 @@ impl Watched for RulesCache {
     type Error = RulesError;
 
     async fn apply(&self, client: &mut Client, _change: Change) -> Result<(), RulesError> {
-        let rules = load(client).await?;
+        let rules = self.load_checked(client).await?;
         tracing::info!(work_items = rules.work_item_count(), "rules reloaded");
         self.set(rules);
         Ok(())

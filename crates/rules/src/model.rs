@@ -1,6 +1,9 @@
-//! The rules as the workers use them.
+//! The rules as the workers use them. Each rule has an owner, the role that wrote its text, and
+//! runs with that role's rights; a rule that cannot run (no owner, text that does not parse as
+//! one statement in its owner's session, an owner that cannot log in) carries the problem, and
+//! its events are recorded as failed with it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +26,11 @@ pub struct WorkItem {
     pub name: String,
     /// `schema.table`.
     pub table: String,
+    /// The role that wrote it; `None` for a rule written before rules had owners (it does not
+    /// run until its author takes it).
+    pub owner: Option<String>,
+    /// Why it cannot run, if it cannot.
+    pub problem: Option<String>,
     pub trigger_actions: Vec<Action>,
     /// A boolean SQL expression over `$1` (the event as jsonb).
     pub filter: Option<String>,
@@ -48,6 +56,10 @@ pub enum ActionKind {
 pub struct ActionDef {
     pub name: String,
     pub kind: ActionKind,
+    /// The role that wrote it (see [`WorkItem::owner`]).
+    pub owner: Option<String>,
+    /// Why it cannot run, if it cannot.
+    pub problem: Option<String>,
     /// Merged under the parameters of each run (the run's own values win).
     pub static_parameters: Map<String, Value>,
     pub timeout: Duration,
@@ -72,6 +84,8 @@ pub struct RuleSet {
     work_items: HashMap<String, Vec<Arc<WorkItem>>>,
     actions: HashMap<String, Arc<ActionDef>>,
     settings: HashMap<String, String>,
+    /// The secrets each action owner may use (`pgevents.secret_grant`).
+    secrets: HashMap<String, BTreeSet<String>>,
 }
 
 impl RuleSet {
@@ -84,7 +98,57 @@ impl RuleSet {
             work_items: by_table,
             actions: actions.into_iter().map(|a| (a.name.clone(), Arc::new(a))).collect(),
             settings,
+            secrets: HashMap::new(),
         }
+    }
+
+    /// With the secrets granted to each owner.
+    pub fn with_secret_grants(mut self, grants: impl IntoIterator<Item = (String, String)>) -> RuleSet {
+        for (owner, secret) in grants {
+            self.secrets.entry(owner).or_default().insert(secret);
+        }
+        self
+    }
+
+    /// The secrets `owner` may use.
+    pub fn secrets_granted_to(&self, owner: &str) -> Option<&BTreeSet<String>> {
+        self.secrets.get(owner)
+    }
+
+    /// Every work item.
+    pub fn work_items(&self) -> impl Iterator<Item = &Arc<WorkItem>> {
+        self.work_items.values().flatten()
+    }
+
+    /// Every action.
+    pub fn actions(&self) -> impl Iterator<Item = &Arc<ActionDef>> {
+        self.actions.values()
+    }
+
+    /// The rules with `problems` recorded (by `work item NAME` / `action NAME`).
+    pub fn with_problems(mut self, work_items: &HashMap<String, String>, actions: &HashMap<String, String>) -> RuleSet {
+        for item in self.work_items.values_mut().flatten() {
+            if let Some(problem) = work_items.get(&item.name) {
+                Arc::make_mut(item).problem = Some(problem.clone());
+            }
+        }
+        for (name, action) in self.actions.iter_mut() {
+            if let Some(problem) = actions.get(name) {
+                Arc::make_mut(action).problem = Some(problem.clone());
+            }
+        }
+        self
+    }
+
+    /// The rules that cannot run, as (what, why), sorted.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .work_items()
+            .filter_map(|w| Some((format!("work item {:?}", w.name), w.problem.clone()?)))
+            .chain(self.actions().filter_map(|a| Some((format!("action {:?}", a.name), a.problem.clone()?))))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The work items an event of `table` with `action` triggers.
@@ -114,6 +178,8 @@ mod tests {
         WorkItem {
             name: name.into(),
             table: table.into(),
+            owner: Some("ann".into()),
+            problem: None,
             trigger_actions: actions.to_vec(),
             filter: None,
             query: None,
@@ -143,10 +209,27 @@ mod tests {
     }
 
     #[test]
+    fn problems_are_recorded_on_their_rules_and_secrets_by_owner() {
+        let problems = HashMap::from([("w2".to_owned(), "syntax error".to_owned())]);
+        let rules = RuleSet::new(
+            vec![item("w1", "public.users", &[Action::Insert]), item("w2", "public.users", &[Action::Insert])],
+            vec![],
+            HashMap::new(),
+        )
+        .with_problems(&problems, &HashMap::new())
+        .with_secret_grants([("ann".to_owned(), "TOKEN".to_owned())]);
+        assert_eq!(rules.problems(), [("work item \"w2\"".to_owned(), "syntax error".to_owned())]);
+        assert!(rules.secrets_granted_to("ann").is_some_and(|s| s.contains("TOKEN")));
+        assert!(rules.secrets_granted_to("bob").is_none());
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_maximum() {
         let action = ActionDef {
             name: "a".into(),
             kind: ActionKind::Sql { statement: "SELECT 1".into() },
+            owner: Some("ann".into()),
+            problem: None,
             static_parameters: Map::new(),
             timeout: Duration::from_secs(1),
             max_attempts: 10,

@@ -17,6 +17,11 @@ pub const RULES: Component = Component {
             name: "subscriptions within the owner's privileges",
             sql: include_str!("migrations/0003_session_access.sql"),
         },
+        Migration {
+            version: 4,
+            name: "rules run with their owner's rights",
+            sql: include_str!("migrations/0004_rule_owners.sql"),
+        },
     ],
 };
 

@@ -1,9 +1,19 @@
-//! A work item against one event: its filter, then its query's parameters rows.
+//! A work item against one event: whether its owner may see the event, then its filter and its
+//! query's parameters rows, run in a session of its owner.
+//!
+//! The event is data of its table: a work item whose owner may not read the columns the event
+//! carries (or on whose table row-level security applies to it) never sees it, and the run is
+//! recorded as failed with the reason. The filter and the query run in a read-only transaction
+//! of the owner's session, under `--rule-timeout`, and are rolled back: they only read.
+
+use std::time::Duration;
 
 use pgevents_event::Event;
-use pgevents_pg::GenericClient;
-use pgevents_pg::{JsonbText, PgError};
-use pgevents_rules::WorkItem;
+use pgevents_pg::{JsonbText, PgError, Pool};
+use pgevents_retry::ErrorKind;
+use pgevents_rules::access::event_refusal;
+use pgevents_rules::statements::Shape;
+use pgevents_rules::{OwnerSessions, WorkItem};
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 
@@ -11,58 +21,116 @@ use tokio_postgres::types::Type;
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluateError {
     /// The database is unreachable or restarting: try the event again later.
-    #[error(transparent)]
-    Unavailable(PgError),
-    /// The rule itself fails for this event (an error in its SQL, a wrong result type).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The rule cannot take this event (an error in its SQL, a timeout, a wrong result, an owner
+    /// who may not read the event): recorded as failed.
     #[error("{0}")]
     Rule(String),
 }
 
-fn sql_failure(what: &str, item: &WorkItem, e: tokio_postgres::Error) -> EvaluateError {
+/// What evaluating needs: the worker's own pool (for the access checks) and its owners'
+/// sessions (for the rules' text).
+pub struct Evaluator {
+    pub pool: Pool,
+    pub sessions: std::sync::Arc<OwnerSessions>,
+    /// `statement_timeout` of filters and queries.
+    pub timeout: Duration,
+}
+
+/// The columns the event carries, sorted.
+fn carried_columns(event: &Event) -> Vec<String> {
+    let mut columns: Vec<String> = event.new.keys().chain(event.old.keys()).cloned().collect();
+    columns.sort();
+    columns.dedup();
+    columns
+}
+
+fn failure(what: &str, item: &WorkItem, e: tokio_postgres::Error) -> EvaluateError {
     let error = PgError::new(format!("{what} of work item {:?}", item.name), e);
-    if error.kind().is_transient() {
-        EvaluateError::Unavailable(error)
+    if error.server_gone() {
+        EvaluateError::Unavailable(error.to_string())
     } else {
         EvaluateError::Rule(format!("{what} of work item {:?} failed: {}", item.name, error.server_message()))
     }
 }
 
-/// The parameters rows of `item` for the event (`document` is the event as jsonb text); empty
-/// when the filter does not match.
-pub async fn evaluate(
-    client: &impl GenericClient,
-    item: &WorkItem,
-    event: &Event,
-    document: &str,
-) -> Result<Vec<Map<String, Value>>, EvaluateError> {
-    let parameter = JsonbText(document);
-    if let Some(filter) = &item.filter {
-        let sql = format!("SELECT ({filter})::boolean");
-        let statement =
-            client.prepare_typed_cached(&sql, &[Type::JSONB]).await.map_err(|e| sql_failure("filter", item, e))?;
-        let row = client.query_one(&statement, &[&parameter]).await.map_err(|e| sql_failure("filter", item, e))?;
-        let matched: Option<bool> = row.try_get(0).map_err(|e| sql_failure("filter", item, e))?;
-        if matched != Some(true) {
-            return Ok(Vec::new());
+impl Evaluator {
+    /// The parameters rows of `item` for the event (`document` is the event as jsonb text);
+    /// empty when the filter does not match.
+    pub async fn evaluate(
+        &self,
+        item: &WorkItem,
+        event: &Event,
+        document: &str,
+    ) -> Result<Vec<Map<String, Value>>, EvaluateError> {
+        let owner = match (&item.problem, &item.owner) {
+            (Some(problem), _) => {
+                return Err(EvaluateError::Rule(format!("work item {:?} cannot run: {problem}", item.name)))
+            }
+            (None, None) => return Err(EvaluateError::Rule(format!("work item {:?} has no owner", item.name))),
+            (None, Some(owner)) => owner,
+        };
+        let unavailable = |e: PgError| EvaluateError::Unavailable(e.to_string());
+        let refusal = async {
+            let client = self.pool.get().await?;
+            let columns = carried_columns(event);
+            event_refusal(&client, owner, &event.table_name, &columns).await
+        };
+        if let Some(refused) = refusal.await.map_err(unavailable)? {
+            return Err(EvaluateError::Rule(format!("work item {:?} may not see this event: {refused}", item.name)));
         }
+        if item.filter.is_none() && item.query.is_none() {
+            let row = if event.new.is_empty() { &event.old } else { &event.new };
+            return Ok(vec![row.clone()]);
+        }
+        let mut client = match self.sessions.get(owner).await {
+            Ok(client) => client,
+            Err(e) if e.kind() == ErrorKind::Transient => return Err(EvaluateError::Unavailable(e.to_string())),
+            Err(e) => return Err(EvaluateError::Rule(format!("work item {:?} cannot run: {e}", item.name))),
+        };
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| failure("the transaction", item, e))?;
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", self.timeout.as_millis().max(1)))
+            .await
+            .map_err(|e| failure("the timeout", item, e))?;
+        let parameter = JsonbText(document);
+        let parameters = [(&parameter as &(dyn tokio_postgres::types::ToSql + Sync), Type::JSONB)];
+        if let Some(filter) = &item.filter {
+            // The unnamed statement, parsed afresh: nothing prepared earlier in the session runs.
+            let rows = tx
+                .query_typed(&Shape::Filter.statement(filter), &parameters)
+                .await
+                .map_err(|e| failure("filter", item, e))?;
+            let matched: Option<bool> =
+                rows.first().map(|row| row.try_get(0)).transpose().map_err(|e| failure("filter", item, e))?.flatten();
+            if matched != Some(true) {
+                return Ok(Vec::new());
+            }
+        }
+        let Some(query) = &item.query else {
+            let row = if event.new.is_empty() { &event.old } else { &event.new };
+            return Ok(vec![row.clone()]);
+        };
+        let rows = tx
+            .query_typed(&Shape::Query.statement(query), &parameters)
+            .await
+            .map_err(|e| failure("work_item_query", item, e))?;
+        // Dropping the transaction rolls it back: a query only reads.
+        rows.iter()
+            .map(|row| match row.try_get::<_, Option<Value>>(0) {
+                Ok(Some(Value::Object(map))) => Ok(map),
+                Ok(None | Some(Value::Null)) => Ok(Map::new()),
+                Ok(Some(other)) => Err(EvaluateError::Rule(format!(
+                    "work_item_query of work item {:?} returned parameters that are not a JSON object: {other}",
+                    item.name
+                ))),
+                Err(e) => Err(failure("work_item_query", item, e)),
+            })
+            .collect()
     }
-    let Some(query) = &item.query else {
-        let row = if event.new.is_empty() { &event.old } else { &event.new };
-        return Ok(vec![row.clone()]);
-    };
-    let sql = format!("SELECT q.parameters::jsonb FROM ({query}) AS q");
-    let statement =
-        client.prepare_typed_cached(&sql, &[Type::JSONB]).await.map_err(|e| sql_failure("work_item_query", item, e))?;
-    let rows = client.query(&statement, &[&parameter]).await.map_err(|e| sql_failure("work_item_query", item, e))?;
-    rows.iter()
-        .map(|row| match row.try_get::<_, Option<Value>>(0) {
-            Ok(Some(Value::Object(map))) => Ok(map),
-            Ok(None | Some(Value::Null)) => Ok(Map::new()),
-            Ok(Some(other)) => Err(EvaluateError::Rule(format!(
-                "work_item_query of work item {:?} returned parameters that are not a JSON object: {other}",
-                item.name
-            ))),
-            Err(e) => Err(sql_failure("work_item_query", item, e)),
-        })
-        .collect()
 }

@@ -8,10 +8,11 @@ use pgevents_consumer::{Consumer, ConsumerError, IncomingEvent, Outcome, Registr
 use pgevents_pg::Pool;
 use pgevents_rules::{Mode, RulesCache, WorkItem};
 use serde_json::value::RawValue;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::document::event_document;
-use crate::evaluate::{evaluate, EvaluateError};
+use crate::evaluate::{EvaluateError, Evaluator};
 use crate::metric;
 
 /// Settings of a worker.
@@ -24,10 +25,12 @@ pub struct WorkerConfig {
     /// `concurrency` 1 a worker keeps the events' order).
     pub queue: String,
     pub binding_keys: Vec<String>,
+    /// `statement_timeout` of filters and queries (`--rule-timeout`).
+    pub rule_timeout: Duration,
 }
 
 struct Stage {
-    pool: Pool,
+    evaluator: Evaluator,
     rules: Arc<RulesCache>,
     runner: Arc<JobRunner>,
     work: ConfirmedSender,
@@ -76,20 +79,16 @@ impl Stage {
             event_json: event_json.clone(),
             revive: false,
         };
-        let evaluated = match self.pool.get().await {
-            Ok(client) => evaluate(&client, item, &incoming.event, event_json.get()).await,
-            Err(e) => Err(EvaluateError::Unavailable(e.into())),
-        };
-        let rows = match evaluated {
+        let rows = match self.evaluator.evaluate(item, &incoming.event, event_json.get()).await {
             Ok(rows) => rows,
-            Err(EvaluateError::Unavailable(e)) => return Err(Outcome::Retry(e.to_string())),
+            Err(EvaluateError::Unavailable(e)) => return Err(Outcome::Unavailable(e)),
             Err(EvaluateError::Rule(error)) => {
                 tracing::error!(work_item = %item.name, message_id = %incoming.message_id, %error, "work item failed for this event");
                 let mut failed = job(0, Default::default());
                 failed.idempotency_key = format!("{}/{}/rule", incoming.message_id, item.name);
                 return match self.runner.fail_job(&failed, &error).await {
                     Ok(_) => Ok(()),
-                    Err(e) => Err(Outcome::Retry(e.to_string())),
+                    Err(e) => Err(e.outcome()),
                 };
             }
         };
@@ -102,13 +101,13 @@ impl Stage {
             metrics::counter!(metric::JOBS, "work_item" => item.name.clone(), "mode" => mode).increment(1);
             match item.mode {
                 Mode::Sync => {
-                    self.runner.run(&job, &self.shutdown).await.map_err(|e| Outcome::Retry(e.to_string()))?;
+                    self.runner.run(&job, &self.shutdown).await.map_err(|e| e.outcome())?;
                 }
                 Mode::Async => {
                     self.work
                         .send(work_message(&job, None, None))
                         .await
-                        .map_err(|e| Outcome::Retry(format!("cannot queue the job: {e}")))?;
+                        .map_err(|e| Outcome::Unavailable(format!("cannot queue the job: {e}")))?;
                 }
             }
         }
@@ -130,7 +129,8 @@ pub async fn run_worker(
         "pgevents worker (work messages)",
         256,
     );
-    let stage = Arc::new(Stage { pool, rules, runner, work, shutdown: shutdown.clone() });
+    let evaluator = Evaluator { pool, sessions: rules.sessions().clone(), timeout: config.rule_timeout };
+    let stage = Arc::new(Stage { evaluator, rules, runner, work, shutdown: shutdown.clone() });
     let consumer =
         config.stage.consumer_config(&config.exchange, &config.queue, config.binding_keys, "pgevents worker");
     let registry = Registry::new().on_all("*", move |incoming: IncomingEvent| {

@@ -1,4 +1,5 @@
-//! `pgevents rules install`: create or upgrade the rule tables.
+//! `pgevents rules install`: create or upgrade the rule tables; `pgevents rules check`: report
+//! every rule that cannot run, and why.
 
 use anyhow::Context;
 use pgevents_pg::connect_driven;
@@ -18,4 +19,25 @@ pub async fn install(args: RulesInstallArgs) -> anyhow::Result<()> {
         println!("rule tables now at version {} (were at {})", report.to, report.from);
     }
     Ok(())
+}
+
+/// Loads every rule and checks it as the worker will run it; `Ok(false)` when one cannot run.
+pub async fn check(args: RulesInstallArgs) -> anyhow::Result<bool> {
+    let settings = args.pg.connect_config("pgevents rules")?;
+    let mut client = connect_driven(&settings, "rules check").await?;
+    let rules = pgevents_rules::load(&mut client).await.context("cannot read the rules")?;
+    let pool = pgevents_pg::pool(&settings, "rules check", 1)?;
+    let sessions = pgevents_rules::OwnerSessions::new(settings.clone(), pool, 1);
+    let rules = pgevents_rules::validate(rules, &sessions, &mut pgevents_rules::Checked::default()).await;
+    let problems = rules.problems();
+    let total = rules.work_item_count() + rules.actions().count();
+    for (what, problem) in &problems {
+        println!("FAIL  {what}: {problem}");
+    }
+    if problems.is_empty() {
+        println!("all {total} rules can run");
+    } else {
+        println!("{} of {total} rules cannot run", problems.len());
+    }
+    Ok(problems.is_empty())
 }

@@ -9,7 +9,7 @@ use pgevents_actions::{
     WorkTopology,
 };
 use pgevents_consumer::ConnectionWatch;
-use pgevents_rules::RulesCache;
+use pgevents_rules::{OwnerSessions, RulesCache};
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
@@ -64,13 +64,15 @@ async fn setup(
     .await?;
     let url = rabbit.parse()?;
     let settings = pg.connect_config(&format!("pgevents {role}"))?;
-    let rules =
-        RulesCache::start(settings.clone(), Duration::from_secs(actions.rules_refresh_secs.max(1)), shutdown.clone())
-            .await
-            .context("cannot load the rules")?;
+    let pool = pgevents_pg::pool(&settings, role, actions.concurrency.max(1) + 1)?;
+    let owner_connections = actions.owner_connections.unwrap_or(actions.concurrency).max(1);
+    let sessions = OwnerSessions::new(settings.clone(), pool.clone(), owner_connections);
+    let refresh = Duration::from_secs(actions.rules_refresh_secs.max(1));
+    let rules = RulesCache::start(settings.clone(), sessions, refresh, shutdown.clone())
+        .await
+        .context("cannot load the rules")?;
     let topology = topology(topology_args);
     declare_work_topology(&url, &topology).await.context("cannot declare the work and dead-letter queues")?;
-    let pool = pgevents_pg::pool(&settings, role, actions.concurrency.max(1) + 1)?;
     let http = HttpCaller::new(http_settings(actions)?).map_err(anyhow::Error::msg)?;
     let dead = DeadLetters::start(url.clone(), &topology);
     let runner =
@@ -81,6 +83,7 @@ async fn setup(
         prefetch: prefetch(actions),
         concurrency: actions.concurrency.max(1),
         on_connected: readiness_watch(&readiness),
+        max_deliveries: std::num::NonZeroU32::new(actions.max_deliveries).unwrap_or(std::num::NonZeroU32::MIN),
     };
     Ok(Setup { stage, pool, rules, runner })
 }
@@ -94,7 +97,8 @@ fn http_settings(actions: &ActionArgs) -> anyhow::Result<HttpSettings> {
     }
     let secrets = Secrets::load(std::env::vars(), actions.secrets_dir.as_deref())?;
     tracing::info!(secrets = ?secrets.names().collect::<Vec<_>>(), "secrets for HTTP actions");
-    Ok(HttpSettings { allow, ca_file: actions.http_ca_file.clone(), secrets })
+    let proxy = actions.http_proxy.as_ref().map(|p| p.expose().to_owned());
+    Ok(HttpSettings { allow, ca_file: actions.http_ca_file.clone(), secrets, proxy })
 }
 
 /// Ready while consuming; not ready, with the reason, while reconnecting to RabbitMQ.
@@ -122,6 +126,7 @@ pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow
         exchange: args.rabbit.exchange.clone(),
         queue: args.queue_name.clone(),
         binding_keys: args.binding_keys.iter().filter(|k| !k.is_empty()).cloned().collect(),
+        rule_timeout: Duration::from_millis(args.actions.rule_timeout_ms.max(1)),
     };
     tracing::info!(queue = %config.queue, exchange = %config.exchange, concurrency = config.stage.concurrency, "worker starting");
     pgevents_workitems::run_worker(config, s.pool, s.rules, s.runner, shutdown).await?;

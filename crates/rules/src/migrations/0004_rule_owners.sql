@@ -80,15 +80,14 @@ BEGIN
         RETURN NEW;
     END IF;
     SELECT * INTO verdict FROM pgevents.subscription_access(NEW.owner, NEW.table_schema, NEW.table_name, NULL);
-    IF verdict.refused IS NOT NULL OR NOT verdict.every_column THEN
-        RAISE EXCEPTION 'work item % cannot be owned by %: %', quote_literal(NEW.name), NEW.owner,
-            coalesce(verdict.refused, format('role %I cannot read every column of table %I.%I, and each event carries them all',
-                                             NEW.owner, NEW.table_schema, NEW.table_name))
+    IF verdict.refused IS NOT NULL THEN
+        RAISE EXCEPTION 'work item % cannot be owned by %: %', quote_literal(NEW.name), NEW.owner, verdict.refused
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'a work item runs with its owner''s rights (the role that wrote it): that role must be able to SELECT the whole table';
+                  HINT = 'a work item runs with its owner''s rights (the role that wrote it): that role must be able to SELECT the table (each event is checked against the columns it carries)';
     END IF;
     SELECT a.owner INTO action_owner FROM pgevents.action a WHERE a.name = NEW.action;
-    IF NOT pgevents.has_rights_of(NEW.owner, action_owner) THEN
+    -- (An action that does not exist is the foreign key's to report.)
+    IF FOUND AND NOT pgevents.has_rights_of(NEW.owner, action_owner) THEN
         RAISE EXCEPTION 'work item % (owner %) cannot use action % of owner %', quote_literal(NEW.name), NEW.owner,
             quote_literal(NEW.action), coalesce(action_owner::text, 'none')
             USING ERRCODE = 'insufficient_privilege',
@@ -125,6 +124,37 @@ BEGIN
 END $$;
 CREATE TRIGGER action_owner BEFORE INSERT OR UPDATE ON pgevents.action
     FOR EACH ROW EXECUTE FUNCTION pgevents.action_owner();
+
+-- Why `role_name` may not receive an event of `event_table` (schema.table, as events name it)
+-- carrying `columns`; NULL when it may: it must be able to read each of those columns, and no
+-- row-level security may apply to it on that table.
+CREATE FUNCTION pgevents.event_access(role_name name, event_table text, columns text[])
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    schema_name text := split_part(event_table, '.', 1);
+    relation_name text := substr(event_table, length(split_part(event_table, '.', 1)) + 2);
+    verdict record;
+    unreadable text[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = schema_name AND c.relname = relation_name) THEN
+        -- A schema name with a dot in it: look for the one table that the name splits into.
+        SELECT min(n.nspname), min(c.relname) INTO schema_name, relation_name
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname || '.' || c.relname = event_table AND c.relkind IN ('r', 'p')
+        HAVING count(*) = 1;
+    END IF;
+    SELECT * INTO verdict FROM pgevents.subscription_access(role_name, schema_name, relation_name, NULL);
+    IF verdict.refused IS NOT NULL THEN
+        RETURN verdict.refused;
+    END IF;
+    SELECT array_agg(c ORDER BY c) INTO unreadable FROM unnest(columns) AS c WHERE NOT c = ANY (verdict.readable);
+    IF unreadable IS NOT NULL THEN
+        RETURN format('role %I cannot read column(s) %s of table %s, which the event carries',
+                      role_name, array_to_string(unreadable, ', '), event_table);
+    END IF;
+    RETURN NULL;
+END $$;
 
 -- Authors change only their own rules (or those of roles whose privileges they have); the
 -- schema's owner and superusers, who bypass these policies, change any. Everyone who may read

@@ -1,0 +1,81 @@
+//! Where rule text runs: in sessions authenticated as the rule's owner, the role that wrote it.
+//!
+//! Not `SET ROLE` on the worker's own connection: the text could take the worker's role back
+//! (`set_config('role', 'none', true)`, or a deferred trigger that fires at commit), and with
+//! it every other author's rights, since the worker must be a member of each author's role to
+//! switch to it. In a session of its owner, the most a rule's text can reach is its owner. The
+//! worker logs in as each owner with the password its password file holds for that role (never
+//! the worker's own), or as pg_hba.conf admits that role; rules of the worker's own role run on
+//! the worker's pool. Connections of one owner are never lent to another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pgevents_pg::pgpass::PassFileError;
+use pgevents_pg::{ConnectConfig, ErrorKind, PgError, Pool, Pooled};
+
+/// Why no session of a rule's owner could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnerError {
+    #[error("cannot read the password file for the rule owner {owner:?}: {source}")]
+    PassFile { owner: String, source: PassFileError },
+    #[error("cannot log in as the rule owner {owner:?} ({source}): rules run in sessions of their owner, so the worker needs that role's password in its password file (PGPASSFILE or ~/.pgpass), or a pg_hba.conf line that admits it")]
+    Connect { owner: String, source: PgError },
+}
+
+impl OwnerError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            OwnerError::PassFile { .. } => ErrorKind::Config,
+            OwnerError::Connect { source, .. } => source.kind(),
+        }
+    }
+}
+
+/// Pools of connections, one per rule owner.
+pub struct OwnerSessions {
+    base: ConnectConfig,
+    worker: Pool,
+    size: usize,
+    pools: tokio::sync::Mutex<HashMap<String, Pool>>,
+}
+
+impl OwnerSessions {
+    /// `base` is how the worker connects (its role, and the password file); `worker` its own
+    /// pool; each owner gets a pool of up to `size` connections.
+    pub fn new(base: ConnectConfig, worker: Pool, size: usize) -> Arc<OwnerSessions> {
+        Arc::new(OwnerSessions { base, worker, size: size.max(1), pools: tokio::sync::Mutex::default() })
+    }
+
+    /// The role the worker logs in as.
+    pub fn worker_role(&self) -> &str {
+        &self.base.user
+    }
+
+    /// A session of `owner`.
+    pub async fn get(&self, owner: &str) -> Result<Pooled, OwnerError> {
+        let connect = |source: PgError| OwnerError::Connect { owner: owner.to_owned(), source };
+        if owner == self.base.user {
+            return self.worker.get().await.map_err(|e| connect(e.into()));
+        }
+        let pool = self.pool(owner).await?;
+        pool.get().await.map_err(|e| connect(e.into()))
+    }
+
+    async fn pool(&self, owner: &str) -> Result<Pool, OwnerError> {
+        let mut pools = self.pools.lock().await;
+        if let Some(pool) = pools.get(owner) {
+            return Ok(pool.clone());
+        }
+        let base = self.base.clone();
+        let role = owner.to_owned();
+        let config = tokio::task::spawn_blocking(move || base.as_role(&role))
+            .await
+            .map_err(|e| OwnerError::Connect { owner: owner.to_owned(), source: PgError::Pool(e.to_string()) })?
+            .map_err(|source| OwnerError::PassFile { owner: owner.to_owned(), source })?;
+        let pool = pgevents_pg::pool(&config, "rules", self.size)
+            .map_err(|source| OwnerError::Connect { owner: owner.to_owned(), source })?;
+        pools.insert(owner.to_owned(), pool.clone());
+        Ok(pool)
+    }
+}
