@@ -116,10 +116,40 @@ async fn config_file_settings_yield_to_environment_and_flags() {
 async fn check_warns_about_risky_settings() {
     let world = World::new().await;
     world.pg.execute("CREATE TABLE t (id int PRIMARY KEY)").await;
+    // What the database holds: addressed tables with and without REPLICA IDENTITY FULL, rules
+    // without an owner (written before owners existed), owners that cannot log in or are
+    // superusers, and a secret granted to every owner.
+    world
+        .pg
+        .execute(
+            "CREATE TABLE inbox (id int PRIMARY KEY, recipient text);
+             CREATE TABLE outbox (id int PRIMARY KEY, recipient text);
+             ALTER TABLE outbox REPLICA IDENTITY FULL;
+             CREATE ROLE team NOLOGIN; GRANT SELECT ON t TO team;",
+        )
+        .await;
+    let mut install = PgEventsProcess::spawn(&["rules", "install"], &world.pg.env());
+    assert_eq!(install.wait(WAIT).await, Some(0), "{}", install.stderr());
+    world
+        .pg
+        .execute(
+            "INSERT INTO pgevents.event_table (table_name) VALUES ('t');
+             INSERT INTO pgevents.action (name, kind, sql) VALUES ('a', 'sql', 'SELECT 1');
+             INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('old', 't', 'a');
+             ALTER TABLE pgevents.work_item DISABLE TRIGGER work_item_owner;
+             UPDATE pgevents.work_item SET owner = NULL WHERE name = 'old';
+             ALTER TABLE pgevents.work_item ENABLE TRIGGER work_item_owner;
+             GRANT USAGE ON SCHEMA pgevents TO team; GRANT INSERT ON pgevents.action TO team;
+             SET ROLE team; INSERT INTO pgevents.action (name, kind, sql) VALUES ('team_a', 'sql', 'SELECT 1'); RESET ROLE;
+             INSERT INTO pgevents.secret_grant VALUES ('PAY_KEY', 'PUBLIC');",
+        )
+        .await;
     let risky = world.producer_env(&[
         ("PGTABLES", "public.t"),
         ("PGEVENTS_ALLOW_SKIP", "true"),
         ("PGEVENTS_LISTEN", "0.0.0.0:8080"),
+        ("PGEVENTS_SESSIONS", "true"),
+        ("PGEVENTS_SUBSCRIBER_COLUMN", "recipient"),
     ]);
     let (code, out, err) = run(&["check"], &risky).await;
     assert_eq!(code, Some(0), "warnings do not fail the check: {out}{err}");
@@ -127,10 +157,17 @@ async fn check_warns_about_risky_settings() {
         "warn  skip requests: --allow-skip is on",
         "warn  HTTP actions: no --http-allow",
         "warn  gateway: pgevents serve listens on 0.0.0.0:8080 without authentication",
+        "warn  sessions: --sessions on 0.0.0.0:8080 without JWT",
         "ok    PostgreSQL TLS: sslmode=disable to 127.0.0.1 (this machine)",
+        "warn  rules without an owner: work item 'old' do not run",
+        "warn  rule owners: role \"team\" owns rules but cannot log in",
+        "warn  rule owners: role \"postgres\" is a superuser",
+        "warn  secrets: PAY_KEY granted to PUBLIC",
+        "warn  addressed rows: public.inbox have the --subscriber-column column but not REPLICA IDENTITY FULL",
     ] {
         assert!(out.contains(line), "{line:?} in:\n{out}");
     }
+    assert!(!out.contains("public.outbox"), "a table with REPLICA IDENTITY FULL is fine:\n{out}");
 
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "a secret of at least thirty-two bytes!!").unwrap();

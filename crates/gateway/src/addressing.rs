@@ -67,6 +67,49 @@ impl Addressing {
     }
 }
 
+/// Every table with its columns and whether its replica identity is FULL.
+const TABLES: &str = "
+    SELECT n.nspname || '.' || c.relname, c.relreplident = 'f', array_agg(a.attname::text)
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgevents')
+      AND n.nspname NOT LIKE 'pg\\_%'
+    GROUP BY 1, 2
+    ORDER BY 1";
+
+/// The tables whose rows `items` (`--subscriber-column`) address but whose deletes cannot say
+/// whose row it was (their replica identity is not FULL, so a delete's old row holds only the
+/// key): those deletes reach nobody. For `pgevents check`.
+pub async fn tables_needing_full_identity(
+    client: &tokio_postgres::Client,
+    items: &[String],
+) -> Result<Vec<String>, AddressingReviewError> {
+    let addressing = Addressing::parse(items)?;
+    if !addressing.is_active() {
+        return Ok(Vec::new());
+    }
+    let rows = client.query(TABLES, &[]).await.map_err(|e| pgevents_pg::PgError::new("cannot read the tables", e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (table, full, columns): (String, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+        let addressed = addressing.column_for(&table).is_some_and(|column| columns.iter().any(|c| c == column));
+        if addressed && !full {
+            out.push(table);
+        }
+    }
+    Ok(out)
+}
+
+/// Why the addressing could not be reviewed.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressingReviewError {
+    #[error(transparent)]
+    Setting(#[from] BadSubscriberColumn),
+    #[error(transparent)]
+    Postgres(#[from] pgevents_pg::PgError),
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -46,6 +46,7 @@ use pgevents_telemetry::Readiness;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use addressing::{tables_needing_full_identity, AddressingReviewError};
 pub use auth::{AuthConfig, AuthSetupError};
 pub use config::{ConfigError, Cors, GatewayConfig};
 pub use hub::StreamConfig;

@@ -454,6 +454,12 @@ pub struct CheckArgs {
     pub gateway_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    /// The gateway's --sessions, to review (the same variable as `pgevents serve`)
+    #[arg(long, env = "PGEVENTS_SESSIONS", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub sessions: bool,
+    /// The gateway's --subscriber-column, to review: tables it addresses need REPLICA IDENTITY FULL (the same variable as `pgevents serve`)
+    #[arg(long = "subscriber-column", env = "PGEVENTS_SUBSCRIBER_COLUMN", value_delimiter = ',')]
+    pub subscriber_columns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -68,6 +68,16 @@ pub struct ReplicationClient {
     parameters: HashMap<String, String>,
 }
 
+/// Where a SASL (SCRAM) exchange stands.
+enum Sasl {
+    NotStarted,
+    /// The client has sent its first message; `bound`: with channel binding.
+    Started { state: Box<ScramSha256>, bound: bool },
+    /// The server's final message was verified: it knows the password (and, bound, sits at the
+    /// end of this very TLS session).
+    Verified { bound: bool },
+}
+
 /// An open connection, and the channel binding data of its TLS session (the server
 /// certificate's `tls-server-end-point` hash) when there is one.
 struct Socket {
@@ -184,8 +194,7 @@ impl ReplicationClient {
                 .map(str::as_bytes)
                 .ok_or_else(|| ReplicationError::PasswordRequired { user: config.user.clone() })
         };
-        let mut scram: Option<ScramSha256> = None;
-        let mut bound = false;
+        let mut exchange = Sasl::NotStarted;
         loop {
             let (code, data) = match self.frames.next().await? {
                 Backend::Authentication { code, data } => (code, data),
@@ -194,8 +203,19 @@ impl ReplicationClient {
                 other => return Err(ReplicationError::Protocol(format!("expected authentication, got {other:?}"))),
             };
             match code {
-                0 if required && !bound => return refuse("authenticated the client without channel binding"),
-                0 => return Ok(()),
+                // The server says the client is in. After SCRAM, only once the server has proved
+                // it knows the password (its final message verified): a server that skips that
+                // is not the one the client meant to reach.
+                0 => {
+                    return match exchange {
+                        Sasl::Started { .. } => Err(ReplicationError::Protocol(
+                            "the server ended SCRAM authentication before proving it knows the password (no verified server-final-message): refused, it may be an impostor".into(),
+                        )),
+                        Sasl::Verified { bound: true } => Ok(()),
+                        _ if required => refuse("authenticated the client without channel binding"),
+                        _ => Ok(()),
+                    }
+                }
                 3 if required => return refuse("asked for a cleartext password"),
                 5 if required => return refuse("asked for an MD5 password"),
                 3 => frontend::password_message(password()?, &mut self.out)?,
@@ -207,35 +227,39 @@ impl ReplicationClient {
                     let hash = md5_hash(config.user.as_bytes(), password()?, salt);
                     frontend::password_message(hash.as_bytes(), &mut self.out)?;
                 }
+                10 if !matches!(exchange, Sasl::NotStarted) => {
+                    return Err(ReplicationError::Protocol("the server started SASL authentication twice".into()))
+                }
                 10 => {
                     let offers = |name: &str| data.split(|&b| b == 0).any(|m| m == name.as_bytes());
                     let usable = end_point.clone().filter(|_| config.channel_binding != BindingMode::Disable);
-                    let (mechanism, binding) = match usable {
+                    let (mechanism, binding, bound) = match usable {
                         Some(hash) if offers(SCRAM_SHA_256_PLUS) => {
-                            bound = true;
-                            (SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(hash))
+                            (SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(hash), true)
                         }
                         _ if required => return refuse("does not offer SCRAM-SHA-256-PLUS over this connection"),
                         // TLS that could bind, but the server did not offer it ('y').
-                        Some(_) if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
-                        None if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                        Some(_) if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unrequested(), false),
+                        None if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unsupported(), false),
                         _ => return Err(ReplicationError::UnsupportedAuth(code)),
                     };
                     let state = ScramSha256::new(password()?, binding);
                     frontend::sasl_initial_response(mechanism, state.message(), &mut self.out)?;
-                    scram = Some(state);
+                    exchange = Sasl::Started { state: Box::new(state), bound };
                 }
                 11 => {
-                    let state = scram
-                        .as_mut()
-                        .ok_or_else(|| ReplicationError::Protocol("SASL continue before start".into()))?;
+                    let Sasl::Started { state, .. } = &mut exchange else {
+                        return Err(ReplicationError::Protocol("SASL continue outside an exchange".into()));
+                    };
                     state.update(&data).map_err(|e| ReplicationError::Protocol(format!("SCRAM: {e}")))?;
                     frontend::sasl_response(state.message(), &mut self.out)?;
                 }
                 12 => {
-                    let state =
-                        scram.as_mut().ok_or_else(|| ReplicationError::Protocol("SASL final before start".into()))?;
+                    let Sasl::Started { mut state, bound } = std::mem::replace(&mut exchange, Sasl::NotStarted) else {
+                        return Err(ReplicationError::Protocol("SASL final outside an exchange".into()));
+                    };
                     state.finish(&data).map_err(|e| ReplicationError::Protocol(format!("SCRAM: {e}")))?;
+                    exchange = Sasl::Verified { bound };
                     continue;
                 }
                 other => return Err(ReplicationError::UnsupportedAuth(other)),

@@ -16,6 +16,7 @@ mod error;
 mod load;
 mod model;
 mod owners;
+mod review;
 mod schema;
 pub mod statements;
 mod validate;
@@ -25,6 +26,7 @@ pub use error::RulesError;
 pub use load::load;
 pub use model::{ActionDef, ActionKind, Mode, RuleSet, WorkItem};
 pub use owners::{OwnerError, OwnerSessions};
+pub use review::{review, Concern};
 pub use schema::{install, installed_version, RULES};
 pub use validate::{validate, Checked};
 

@@ -85,21 +85,7 @@ impl HttpRecorder {
         pair: &CertPair,
         responder: impl Fn(usize, &RecordedRequest) -> Reply + Send + Sync + 'static,
     ) -> HttpRecorder {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs = CertificateDer::pem_file_iter(&pair.cert)
-            .expect("server certificate")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("server certificate");
-        let key = PrivateKeyDer::from_pem_file(&pair.key).expect("server key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("server TLS configuration");
-        Self::listen(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), Arc::new(responder)).await
+        Self::listen(Some(crate::tls::server_tls_acceptor(pair)), Arc::new(responder)).await
     }
 
     async fn listen(tls: Option<tokio_rustls::TlsAcceptor>, responder: Responder) -> HttpRecorder {

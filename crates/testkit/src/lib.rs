@@ -9,6 +9,7 @@
 mod broker;
 mod http;
 mod http_recorder;
+mod impostor;
 mod pg;
 mod process;
 mod proxy;
@@ -23,12 +24,13 @@ pub use broker::{
 };
 pub use http::{free_local_addr, http_get, metric_value};
 pub use http_recorder::{HttpRecorder, RecordedRequest, Reply};
+pub use impostor::{ImpostorPg, ImpostorPlay};
 pub use pg::{pg_bin_dir, PgCluster, PgOptions};
 pub use process::{pgevents_binary, PgEventsProcess};
 pub use proxy::FaultProxy;
 pub use rabbit_node::RabbitNode;
 pub use sse::{SseClient, SseMessage};
-pub use tls::{CertPair, TestCa};
+pub use tls::{server_tls_acceptor, CertPair, TestCa};
 pub use writer::{write_ab_rows, write_ab_sequence, AB_TABLES};
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.

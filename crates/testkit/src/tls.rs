@@ -111,3 +111,22 @@ impl TestCa {
         }
     }
 }
+
+/// A TLS server side presenting `pair` (for test servers).
+pub fn server_tls_acceptor(pair: &CertPair) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&pair.cert)
+        .expect("server certificate")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("server certificate");
+    let key = PrivateKeyDer::from_pem_file(&pair.key).expect("server key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server TLS configuration");
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}

@@ -1,8 +1,10 @@
 //! `pgevents check`: validates the producer's settings and connectivity, reviews the risky
 //! settings of the whole deployment (skip requests honoured, HTTP actions allowed anywhere, TLS
-//! that does not verify the server, a gateway open to the network without authentication), and
-//! prints, for each check, what was found and how to fix a problem. Exit status 0 when nothing
-//! failed (warnings do not fail).
+//! that does not verify the server, a gateway or its sessions open to the network without
+//! authentication) and what the database holds (rules without an owner or whose owners cannot
+//! log in or are superusers, secrets granted to every rule owner, tables whose addressed rows'
+//! deletes would reach nobody without REPLICA IDENTITY FULL), and prints, for each check, what
+//! was found and how to fix a problem. Exit status 0 when nothing failed (warnings do not fail).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -23,7 +25,9 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         http_allow: &args.http_allow,
         gateway_listen: args.gateway_listen,
         gateway_auth: args.jwt.jwt_secret_file.is_some() || args.jwt.jwt_public_key_file.is_some(),
+        sessions: args.sessions,
     }));
+    findings.extend(database_review(&config.postgres, &args.subscriber_columns).await);
     let mut stdout = std::io::stdout().lock();
     for f in &findings {
         let mark = match f.verdict {
@@ -50,6 +54,35 @@ struct Deployment<'a> {
     http_allow: &'a [String],
     gateway_listen: Option<SocketAddr>,
     gateway_auth: bool,
+    sessions: bool,
+}
+
+/// What the database holds that weakens the deployment: the rules' owners and secrets, and the
+/// tables `--subscriber-column` addresses.
+async fn database_review(postgres: &ConnectConfig, subscriber_columns: &[String]) -> Vec<Finding> {
+    let client = match pgevents_pg::connect_driven(postgres, "check").await {
+        Ok(client) => client,
+        // The producer's checks above already report the connection.
+        Err(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    match pgevents_rules::review(&client).await {
+        Ok(concerns) if concerns.is_empty() => {}
+        Ok(concerns) => out.extend(concerns.into_iter().map(|c| warn(c.what, c.detail))),
+        Err(e) => out.push(warn("rules", format!("cannot review the rules: {e}"))),
+    }
+    match pgevents_gateway::tables_needing_full_identity(&client, subscriber_columns).await {
+        Ok(tables) if tables.is_empty() => {}
+        Ok(tables) => out.push(warn(
+            "addressed rows",
+            format!(
+                "{} have the --subscriber-column column but not REPLICA IDENTITY FULL: a delete's old row holds only the key, so the gateway cannot tell whose row it was and sends it to nobody; run ALTER TABLE ... REPLICA IDENTITY FULL on them",
+                tables.join(", ")
+            ),
+        )),
+        Err(e) => out.push(warn("addressed rows", e.to_string())),
+    }
+    out
 }
 
 fn warn(what: &'static str, detail: impl Into<String>) -> Finding {
@@ -98,6 +131,9 @@ fn risky_settings(d: &Deployment<'_>) -> Vec<Finding> {
             (true, false) => pass("gateway", format!("{listen}, without authentication but only on this machine")),
             (false, false) => warn("gateway", format!("pgevents serve listens on {listen} without authentication: anyone who can reach it reads every event; set --jwt-secret-file or --jwt-public-key-file, or listen on 127.0.0.1 behind a proxy that authenticates")),
         });
+        if d.sessions && !d.gateway_auth && !listen.ip().is_loopback() {
+            out.push(warn("sessions", format!("--sessions on {listen} without JWT: a session's id is then all a client needs to read it, and ids travel in URLs (logs, history, Referer); require a token (its sub must own the session)")));
+        }
     }
     out
 }
@@ -134,8 +170,12 @@ mod tests {
             http_allow: &[],
             gateway_listen: Some("0.0.0.0:8080".parse().unwrap()),
             gateway_auth: false,
+            sessions: true,
         };
-        assert_eq!(warnings(&open), ["skip requests", "HTTP actions", "PostgreSQL TLS", "RabbitMQ TLS", "gateway"]);
+        assert_eq!(
+            warnings(&open),
+            ["skip requests", "HTTP actions", "PostgreSQL TLS", "RabbitMQ TLS", "gateway", "sessions"]
+        );
 
         postgres.tls = TlsMode::VerifyFull;
         let verified: AmqpUrl = "amqps://u:p@mq.example/%2f".parse().unwrap();
@@ -147,6 +187,7 @@ mod tests {
             http_allow: &allow,
             gateway_listen: Some("0.0.0.0:8080".parse().unwrap()),
             gateway_auth: true,
+            sessions: true,
         };
         assert!(warnings(&safe).is_empty(), "{:?}", risky_settings(&safe));
 
