@@ -86,3 +86,27 @@ write("amqp_url", [
     b"amqps://u:p@[::1]:5671/v?auth_mechanism=external&certfile=/c.pem&keyfile=/k.pem&verify=verify_none",
     b"amqp://u:p@h/v?channel_max=64&frame_max=131072&server_name_indication=mq.internal",
 ])
+
+
+def b64url(data):
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+tokens = [
+    # HS256 over {"sub":"ann","exp":4102444800,"pgevents":{"tables":["public.*"]}} with a wrong key.
+    b64url(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64url(b'{"sub":"ann","exp":4102444800,"pgevents":{"tables":["public.*"]}}') + b".c2lnbmF0dXJl",
+    # The header injection found by trying: a decoder's message quoted the alg.
+    b64url(b'{"alg":"\\r\\nContent-Type: text/html\\r\\n\\r\\n<script>alert(1)</script>"}') + b"." + b64url(b'{"exp":1}') + b".x",
+    b64url(b'{"alg":"RS256","kid":"\\u0000"}') + b"." + b64url(b'{"exp":9223372036854775807}') + b".x",
+    b"not.a.token",
+    b"",
+]
+write("gateway_token", tokens)
+
+write("gateway_session", [
+    b"GET /sessions/0b6f2c7e-43d2-4a4e-9a8a-57f3f5d1c2a1/events?last_event_id=5 HTTP/1.1\r\nHost: gw\r\nAuthorization: bearer a.b.c\r\n\r\n",
+    b"GET http://gw:8080/sessions/0b6f2c7e43d24a4e9a8a57f3f5d1c2a1/events HTTP/1.1\r\nHost: gw:8080\r\nLast-Event-ID: 99\r\n\r\n",
+    b"GET /sessions/x'%20OR%201=1/events HTTP/1.1\r\nHost: gw\r\nX-Consumer-Id: a\x1b[31mb\r\n\r\n",
+    b"GET /sessions//events HTTP/1.0\r\n\r\n",
+])

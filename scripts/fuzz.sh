@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/services.sh
 
-TARGETS=(decode_pgoutput decode_wal2json replication_wire gateway_request action_template event_stub amqp_url)
+TARGETS=(decode_pgoutput decode_wal2json replication_wire gateway_request gateway_token gateway_session action_template event_stub amqp_url)
 
 ensure_fuzzer
 mode=${1:-smoke}

@@ -61,6 +61,12 @@ impl Refusal {
         Refusal { status, text: text.into(), headers: Vec::new() }
     }
 
+    /// The 401 for `error` (for the fuzz targets).
+    #[cfg(feature = "fuzzing")]
+    pub fn unauthorized_for_fuzzing(error: Unauthorized) -> Refusal {
+        Refusal::unauthorized(error)
+    }
+
     fn unauthorized(error: Unauthorized) -> Refusal {
         let text = error.to_string();
         let challenge = match &error {
@@ -156,7 +162,7 @@ pub async fn admit(
 }
 
 /// The `Authorization` header's Bearer token (the scheme in any case, RFC 7235).
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once([' ', '\t'])?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

@@ -67,6 +67,50 @@ pub mod fuzzing {
     use crate::filter::Filter;
     use crate::frame::EventFrame;
 
+    /// Checks `token` as the gateway does (HS256) and builds the refusal a client would get: the
+    /// reason must be printable ASCII, and the response head must hold only the lines the
+    /// gateway writes, whatever the token holds (a reason used to quote the token's header).
+    pub fn token(token: &[u8]) {
+        let config = crate::auth::AuthConfig { secret: Some(b"fuzz secret of 32 bytes or more!".to_vec()), ..Default::default() };
+        let Ok(verifier) = crate::auth::Verifier::new(&config) else { return };
+        let text = String::from_utf8_lossy(token);
+        if let Err(e) = verifier.verify(Some(&text)) {
+            let reason = e.to_string();
+            assert!(reason.bytes().all(|b| (b' '..=b'~').contains(&b)), "a reason that is not printable ASCII: {reason:?}");
+            let refusal = crate::admission::Refusal::unauthorized_for_fuzzing(e);
+            assert_single_lines(&refusal.headers);
+        }
+    }
+
+    /// A request for a session's stream: the target (origin or absolute form), the session id
+    /// (only a uuid is looked up), `Last-Event-ID`, the bearer token, and a response head that
+    /// echoes every request header value (only safe ones may be written).
+    pub fn session_request(head: &[u8]) {
+        let Ok(crate::request::Parsed::Complete(head)) = crate::request::parse(head) else { return };
+        if let Some(crate::admission::Stream::Session(id)) = crate::admission::Stream::at(&head.path) {
+            if let Ok(uuid) = uuid::Uuid::try_parse(id) {
+                assert!(!uuid.to_string().contains(['\r', '\n']));
+            }
+        }
+        let _ = crate::admission::last_event_id(head.header("last-event-id"));
+        let _ = head.header("authorization").and_then(crate::admission::bearer_token);
+        let echoed: Vec<(&'static str, String)> =
+            head.headers.iter().map(|(_, value)| ("X-Echo", value.clone())).collect();
+        assert_single_lines(&echoed);
+    }
+
+    /// A head built from these headers has one line per written header, none split.
+    fn assert_single_lines(headers: &[(&'static str, String)]) {
+        let mut response = crate::response_head::ResponseHead::new(401);
+        for (name, value) in headers {
+            response.header(name, value);
+        }
+        let text = response.finish();
+        let written = headers.iter().filter(|(_, v)| crate::response_head::is_safe_header_value(v)).count();
+        assert_eq!(text.matches("\r\n").count(), written + 3, "{text:?}");
+        assert!(!text.contains('\0'));
+    }
+
     /// Parses a request head as the gateway does, turns its query into a filter and its
     /// `Last-Event-ID` into a resume point, decodes `body` as a history event and, when the
     /// filter takes it, renders what the subscriber would be sent.

@@ -1,0 +1,1090 @@
+//! SECURITY.md's privilege matrix, tried: every refusal the page marks with an id (G1, S4, R9,
+//! ...) is attempted here, as the actor it names would, against real servers (PostgreSQL,
+//! RabbitMQ, the `pgevents` binary, real HTTP servers), and the refusal is asserted (a status, an
+//! error, or the absence of the data). Cells of one surface share a world and run in the page's
+//! order; each failing cell is reported by its id. The page and this file must name the same ids
+//! (`every_refusal_on_the_security_page_is_tried`), so a new surface cannot land without its row.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::gateway::{hs256, now, Gateway};
+use common::{stop, World, WAIT};
+use futures_util::FutureExt as _;
+use pgevents_testkit::{
+    delete_exchange, delete_queue, free_local_addr, metric_value, server_tls_acceptor, unique_name, wait_for,
+    EventQueue, HttpRecorder, ImpostorPg, ImpostorPlay, PgCluster, PgEventsProcess, Reply, SseClient, TestCa,
+};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &[u8] = b"a shared secret of 32 bytes, ok!";
+const SHORT: Duration = Duration::from_millis(800);
+
+const GATEWAY_CELLS: &[&str] = &["G1", "G2", "G3", "G4", "G5", "G6", "G7", "G8", "G9", "T1"];
+const SESSION_CELLS: &[&str] = &["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11"];
+const RULE_CELLS: &[&str] =
+    &["R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "L1", "M1", "C1"];
+const NETWORK_CELLS: &[&str] = &["N1", "N2"];
+
+type Verdict = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            return Err(format!($($arg)*));
+        }
+    };
+}
+
+/// Runs each cell (a panic counts as a failure of that cell) and fails with every failed id.
+async fn run_cells<'w, F, Fut>(cells: &[&'static str], mut cell: F)
+where
+    F: FnMut(&'static str) -> Fut,
+    Fut: Future<Output = Verdict> + 'w,
+{
+    let mut failed = Vec::new();
+    for id in cells {
+        let verdict = std::panic::AssertUnwindSafe(cell(id)).catch_unwind().await;
+        match verdict {
+            Ok(Ok(())) => eprintln!("cell {id}: refused as it should be"),
+            Ok(Err(why)) => failed.push(format!("{id}: {why}")),
+            Err(_) => failed.push(format!("{id}: panicked (see above)")),
+        }
+    }
+    assert!(failed.is_empty(), "cells that let in what they should not:\n{}", failed.join("\n"));
+}
+
+/// The ids SECURITY.md marks (`**G1**`).
+fn documented_ids() -> BTreeSet<String> {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SECURITY.md")).expect("SECURITY.md");
+    page.split("**")
+        .skip(1)
+        .step_by(2)
+        .filter(|id| id.len() <= 4 && id.starts_with(|c: char| c.is_ascii_uppercase()) && id[1..].chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_refusal_on_the_security_page_is_tried() {
+    let tried: BTreeSet<String> =
+        [GATEWAY_CELLS, SESSION_CELLS, RULE_CELLS, NETWORK_CELLS].concat().iter().map(|s| s.to_string()).collect();
+    let documented = documented_ids();
+    assert!(!documented.is_empty());
+    let untried: Vec<&String> = documented.difference(&tried).collect();
+    let undocumented: Vec<&String> = tried.difference(&documented).collect();
+    assert!(untried.is_empty(), "SECURITY.md names refusals no test tries: {untried:?}");
+    assert!(undocumented.is_empty(), "tried here but not on SECURITY.md: {undocumented:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn b64url(text: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+/// Claims the gateway of this world accepts, with `extra` merged in (`null` removes a claim).
+fn claims(sub: Option<&str>, extra: Value) -> Value {
+    let mut claims =
+        json!({"exp": now() + 600, "aud": "app", "iss": "https://id.example", "pgevents": {"tables": ["public.*"]}});
+    if let Some(sub) = sub {
+        claims["sub"] = json!(sub);
+    }
+    for (key, value) in extra.as_object().cloned().unwrap_or_default() {
+        match value {
+            Value::Null => {
+                claims.as_object_mut().map(|c| c.remove(&key));
+            }
+            value => claims[key.as_str()] = value,
+        }
+    }
+    claims
+}
+
+fn token(sub: Option<&str>, extra: Value) -> String {
+    hs256(SECRET, claims(sub, extra))
+}
+
+fn bearer(token: &str) -> (&'static str, String) {
+    ("Authorization", format!("Bearer {token}"))
+}
+
+/// Sends `request` and reads the whole answer (the connection closes after it).
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A raw response's status, header lines (name in lower case) and body.
+fn split_response(text: &str) -> (u16, Vec<(String, String)>, String) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+/// A connection as an ordinary role (password = its name, unless given).
+async fn connect_as(pg: &PgCluster, user: &str, password: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(common::pg_port(pg))
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A connection whose notifications come out of the receiver.
+async fn listening_as(
+    pg: &PgCluster,
+    user: &str,
+    channel: &str,
+) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (client, mut connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(common::pg_port(pg))
+        .user(user)
+        .password(user)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to listen");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {channel}")).await.expect("LISTEN");
+    (client, rx)
+}
+
+/// The server's message of a failed statement ("" when it succeeded).
+fn db_message<T>(result: &Result<T, tokio_postgres::Error>) -> String {
+    match result {
+        Ok(_) => String::new(),
+        Err(e) => e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string()),
+    }
+}
+
+fn db_code<T>(result: &Result<T, tokio_postgres::Error>) -> String {
+    match result {
+        Ok(_) => String::new(),
+        Err(e) => e.code().map(|c| c.code().to_owned()).unwrap_or_default(),
+    }
+}
+
+/// The next SSE events until `timeout` passes without one.
+async fn drain(client: &mut SseClient, timeout: Duration) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    while let Some(message) = client.next(timeout).await {
+        out.push((message.event.clone(), message.json()));
+    }
+    out
+}
+
+async fn rules_install(pg: &PgCluster) {
+    let mut install = PgEventsProcess::spawn(&["rules", "install"], &pg.env());
+    assert_eq!(install.wait(WAIT).await, Some(0), "{}", install.stderr());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway and the sessions
+
+struct GatewayWorld {
+    world: World,
+    /// JWT (with audience and issuer), sessions, rows of public.inbox addressed by recipient.
+    gw: Gateway,
+    /// No authentication, sessions.
+    open: Gateway,
+    producer: PgEventsProcess,
+    _keys: tempfile::TempDir,
+}
+
+impl GatewayWorld {
+    async fn start() -> GatewayWorld {
+        let world = World::new().await;
+        world
+            .pg
+            .execute(
+                "CREATE TABLE inbox (id int PRIMARY KEY, recipient text, body text);
+                 CREATE TABLE notes (id int PRIMARY KEY, item text, secret text);
+                 CREATE TABLE guarded (id int PRIMARY KEY, tenant text);
+                 ALTER TABLE guarded ENABLE ROW LEVEL SECURITY;
+                 CREATE POLICY tenant ON guarded USING (tenant = current_user);
+                 CREATE TABLE hidden (id int PRIMARY KEY, v text);
+                 CREATE TABLE shared (id int PRIMARY KEY, v text);
+                 CREATE ROLE alice LOGIN PASSWORD 'alice'; CREATE ROLE bob LOGIN PASSWORD 'bob';
+                 GRANT SELECT (id, item) ON notes TO alice;
+                 GRANT SELECT ON guarded, shared, inbox TO alice;",
+            )
+            .await;
+        rules_install(&world.pg).await;
+        world.pg.execute("INSERT INTO pgevents.setting VALUES ('max_sessions_per_role', '4')").await;
+        let keys = tempfile::tempdir().unwrap();
+        let secret_file = keys.path().join("secret");
+        std::fs::write(&secret_file, SECRET).unwrap();
+        let secret_file = secret_file.display().to_string();
+        let pg = world.pg.env();
+        let mut env: Vec<(&str, &str)> = pg.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend([("PGEVENTS_SESSIONS", "true"), ("PGEVENTS_SESSIONS_REFRESH", "1")]);
+        let open = Gateway::start(&world, &unique_name("history"), None, &env).await;
+        env.extend([
+            ("PGEVENTS_JWT_SECRET_FILE", secret_file.as_str()),
+            ("PGEVENTS_JWT_AUDIENCE", "app"),
+            ("PGEVENTS_JWT_ISSUER", "https://id.example"),
+            ("PGEVENTS_SUBSCRIBER_COLUMN", "public.inbox=recipient"),
+        ]);
+        let gw = Gateway::start(&world, &unique_name("history"), None, &env).await;
+        let producer = world.producer(&[("PGTABLES", "public.inbox,public.notes,public.guarded,public.hidden,public.shared")]).await;
+        GatewayWorld { world, gw, open, producer, _keys: keys }
+    }
+
+    async fn alice(&self) -> tokio_postgres::Client {
+        connect_as(&self.world.pg, "alice", "alice").await
+    }
+
+    async fn bob(&self) -> tokio_postgres::Client {
+        connect_as(&self.world.pg, "bob", "bob").await
+    }
+
+    async fn session_of(client: &tokio_postgres::Client) -> String {
+        client.query_one("SELECT pgevents.session_create()::text", &[]).await.expect("a session").get(0)
+    }
+
+    async fn stop(self) {
+        stop(self.producer).await;
+        self.gw.stop().await;
+        self.open.stop().await;
+        delete_exchange(&self.world.exchange).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_edge() {
+    let w = GatewayWorld::start().await;
+    run_cells(GATEWAY_CELLS, |id| gateway_cell(id, &w)).await;
+    w.stop().await;
+}
+
+async fn gateway_cell(id: &str, w: &GatewayWorld) -> Verdict {
+    let gw = &w.gw;
+    match id {
+        "G1" => {
+            // A JSON header whose alg holds CR LF, a Content-Type and a script.
+            let evil = r#"{"alg":"\r\nContent-Type: text/html\r\nX-Injected: 1\r\n\r\n<script>alert(1)</script>","typ":"JWT"}"#;
+            let forged = format!("{}.{}.c2ln", b64url(evil), b64url(r#"{"exp":1}"#));
+            let request = format!("GET /events?table=public.inbox HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {forged}\r\n\r\n");
+            let (status, headers, body) = split_response(&raw(gw.addr, request.as_bytes()).await);
+            ensure!(status == 401, "status {status}");
+            ensure!(header(&headers, "x-injected").is_none(), "an injected header: {headers:?}");
+            let types: Vec<&(String, String)> = headers.iter().filter(|(n, _)| n == "content-type").collect();
+            ensure!(types.len() == 1 && types[0].1.starts_with("text/plain"), "content types {types:?}");
+            ensure!(!body.contains("<script>"), "the script reached the body: {body:?}");
+            ensure!(header(&headers, "x-content-type-options") == Some("nosniff"), "no nosniff: {headers:?}");
+            let challenge = header(&headers, "www-authenticate").unwrap_or_default();
+            ensure!(challenge.chars().all(|c| (' '..='~').contains(&c)) && !challenge.contains('<'), "{challenge:?}");
+            Ok(())
+        }
+        "G2" => {
+            for (missing, reason) in [("aud", "aud claim is missing"), ("iss", "iss claim is missing")] {
+                let mut without = serde_json::Map::new();
+                without.insert(missing.to_owned(), Value::Null);
+                let token = token(Some("ann"), Value::Object(without));
+                let (name, value) = bearer(&token);
+                let client = SseClient::connect(gw.addr, "/events?table=public.inbox", &[(name, &value)]).await;
+                ensure!(client.status == 401 && client.body.contains(reason), "without {missing}: {} {}", client.status, client.body);
+            }
+            Ok(())
+        }
+        "G3" => {
+            let token = token(None, json!({}));
+            let (name, value) = bearer(&token);
+            let client = SseClient::connect(gw.addr, "/events?table=public.inbox&consumer_id=bob", &[(name, &value)]).await;
+            ensure!(client.status == 401 && client.body.contains("sub claim is missing"), "{} {}", client.status, client.body);
+            Ok(())
+        }
+        "G4" => {
+            let token = token(Some("ann"), json!({"pgevents": {"tables": ["public.notes"]}}));
+            let (name, value) = bearer(&token);
+            let client = SseClient::connect(gw.addr, "/events?table=public.inbox", &[(name, &value)]).await;
+            ensure!(client.status == 403, "{} {}", client.status, client.body);
+            Ok(())
+        }
+        "G5" => {
+            let token = token(Some("ann"), json!({}));
+            let (name, value) = bearer(&token);
+            let mut ann = gw.subscribe("/events?table=public.inbox", &[(name, &value)]).await;
+            w.world.pg.execute("INSERT INTO inbox VALUES (1, 'bob', 'for bob'); DELETE FROM inbox WHERE id = 1;").await;
+            w.world.pg.execute("INSERT INTO inbox VALUES (2, 'ann', 'for ann')").await;
+            let seen = drain(&mut ann, SHORT * 2).await;
+            let ids: Vec<(String, Value)> = seen.iter().map(|(e, d)| (e.clone(), d["id"].clone())).collect();
+            ensure!(ids == [("insert".to_owned(), json!(2))], "ann saw {ids:?}: only her own row");
+            Ok(())
+        }
+        "G6" => {
+            let token = token(Some("ann"), json!({"exp": 9_223_372_036_854_775_807u64}));
+            let (name, value) = bearer(&token);
+            let client = SseClient::connect(gw.addr, "/events?table=public.inbox", &[(name, &value)]).await;
+            ensure!(client.status == 401 && client.body.contains("exp claim is out of range"), "{} {}", client.status, client.body);
+            let fine = token_client(gw.addr, &token_for_ann()).await;
+            ensure!(fine == 200, "the gateway no longer serves: {fine}");
+            Ok(())
+        }
+        "G7" => {
+            let client = SseClient::connect(w.open.addr, "/events?consumer_id=a%0D%0Ab%1B%5B31mred", &[]).await;
+            ensure!(client.status == 400, "{} {}", client.status, client.body);
+            let by_header = SseClient::connect(w.open.addr, "/events", &[("X-Consumer-Id", "x\u{1b}[31mred")]).await;
+            ensure!(by_header.status == 400, "{} {}", by_header.status, by_header.body);
+            let log = w.open.process.stderr();
+            ensure!(!log.contains('\u{1b}') && !log.contains("a\r\nb"), "a control character reached the log");
+            Ok(())
+        }
+        "G8" => {
+            // Just over 16 KiB: the head used to be read in 1 KiB steps and checked only when
+            // incomplete, so a head up to 1 KiB over the limit was taken.
+            let padding = "x".repeat((16 << 10) - 20);
+            let big = format!("GET /events?consumer_id=a HTTP/1.1\r\nHost: gw\r\nX-Pad: {padding}\r\n\r\n");
+            let (status, _, _) = split_response(&raw(w.open.addr, big.as_bytes()).await);
+            ensure!(status == 431, "a 17 KiB head: {status}");
+            let (status, _, body) = split_response(&raw(w.open.addr, b"GET /events?consumer_id=a HTTP/1.1\r\n\r\n").await);
+            ensure!(status == 400 && body.contains("Host"), "HTTP/1.1 without Host: {status} {body}");
+            Ok(())
+        }
+        "G9" => {
+            for (what, request) in [
+                ("the tail page", "GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"),
+                ("/readyz", "GET /readyz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"),
+                ("/healthz", "GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"),
+                ("a refusal", "GET /events HTTP/1.1\r\nHost: gw\r\n\r\n"),
+                ("a 405", "POST /events HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            ] {
+                let (status, headers, _) = split_response(&raw(w.open.addr, request.as_bytes()).await);
+                ensure!(header(&headers, "x-content-type-options") == Some("nosniff"), "{what} ({status}): {headers:?}");
+            }
+            let stream = SseClient::connect(w.open.addr, "/events?consumer_id=probe", &[]).await;
+            ensure!(stream.status == 200 && stream.header("x-content-type-options") == Some("nosniff"), "the stream: {:?}", stream.headers);
+            Ok(())
+        }
+        "T1" => {
+            let (status, headers, body) =
+                split_response(&raw(w.open.addr, b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await);
+            ensure!(status == 200 && body.to_ascii_lowercase().contains("<html"), "{status}");
+            let csp = header(&headers, "content-security-policy").unwrap_or_default();
+            ensure!(csp.contains("default-src 'self'"), "CSP {csp:?}");
+            ensure!(header(&headers, "x-content-type-options") == Some("nosniff"), "{headers:?}");
+            Ok(())
+        }
+        other => Err(format!("no such cell {other}")),
+    }
+}
+
+fn token_for_ann() -> String {
+    token(Some("ann"), json!({}))
+}
+
+async fn token_client(addr: SocketAddr, token: &str) -> u16 {
+    let (name, value) = bearer(token);
+    SseClient::connect(addr, "/events?table=public.inbox", &[(name, &value)]).await.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions() {
+    let w = GatewayWorld::start().await;
+    let alice = w.alice().await;
+    let mine = GatewayWorld::session_of(&alice).await;
+    let state = SessionState { alice, mine };
+    run_cells(SESSION_CELLS, |id| session_cell(id, &w, &state)).await;
+    w.stop().await;
+}
+
+struct SessionState {
+    alice: tokio_postgres::Client,
+    /// A session of alice's.
+    mine: String,
+}
+
+async fn session_cell(id: &str, w: &GatewayWorld, s: &SessionState) -> Verdict {
+    let alice = &s.alice;
+    let gw = &w.gw;
+    let alice_token = token(Some("alice"), json!({"pgevents": {}}));
+    match id {
+        "S1" => {
+            let direct = alice
+                .execute(
+                    "INSERT INTO pgevents.subscription (session_id, kind, table_schema, table_name) VALUES ($1::text::uuid, 'table', 'public', 'hidden')",
+                    &[&s.mine],
+                )
+                .await;
+            ensure!(db_code(&direct) == "42501", "a direct insert: {:?} {}", direct.as_ref().ok(), db_message(&direct));
+            let call = alice.execute(&format!("SELECT pgevents.subscribe_table('{}', 'hidden')", s.mine), &[]).await;
+            ensure!(db_code(&call) == "42501", "through the function: {}", db_message(&call));
+            Ok(())
+        }
+        "S2" => {
+            let session = GatewayWorld::session_of(alice).await;
+            let subscribed = alice.execute(&format!("SELECT pgevents.subscribe_table('{session}', 'notes')"), &[]).await;
+            ensure!(subscribed.is_ok(), "alice may read notes (id, item): {}", db_message(&subscribed));
+            let (name, value) = bearer(&alice_token);
+            let mut stream = gw.subscribe(&format!("/sessions/{session}/events"), &[(name, &value)]).await;
+            w.world.pg.execute("INSERT INTO notes VALUES (1, 'pen', 'classified')").await;
+            let seen = drain(&mut stream, SHORT * 2).await;
+            ensure!(seen.len() == 1, "{seen:?}");
+            ensure!(seen[0].1["row"] == json!({"id": 1, "item": "pen"}), "the row sent: {}", seen[0].1);
+            alice.execute(&format!("SELECT pgevents.session_drop('{session}')"), &[]).await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        "S3" => {
+            let call = alice.execute(&format!("SELECT pgevents.subscribe_table('{}', 'guarded')", s.mine), &[]).await;
+            ensure!(db_code(&call) == "42501" && db_message(&call).contains("row-level security"), "{}", db_message(&call));
+            Ok(())
+        }
+        "S4" => {
+            let forever = alice
+                .query_one(
+                    "INSERT INTO pgevents.session (last_seen, created_at) VALUES ('infinity', 'infinity') RETURNING last_seen < now() + interval '1 minute'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(forever.get::<_, bool>(0), "a session that never expires");
+            let mut made = Vec::new();
+            let refused = loop {
+                match alice.query_one("SELECT pgevents.session_create()::text", &[]).await {
+                    Ok(row) if made.len() < 10 => made.push(row.get::<_, String>(0)),
+                    Ok(_) => break String::new(),
+                    Err(e) => break db_message::<()>(&Err(e)),
+                }
+            };
+            alice.execute("DELETE FROM pgevents.session WHERE id::text <> $1", &[&s.mine]).await.map_err(|e| e.to_string())?;
+            ensure!(refused.contains("the most allowed"), "no limit: {} more sessions made; {refused:?}", made.len());
+            Ok(())
+        }
+        "S5" => {
+            let (_bob, mut notified) = listening_as(&w.world.pg, "bob", "pgevents_subscriptions").await;
+            alice.execute(&format!("SELECT pgevents.subscribe_table('{}', 'shared')", s.mine), &[]).await.map_err(|e| e.to_string())?;
+            let payload = tokio::time::timeout(WAIT, notified.recv()).await.map_err(|_| "no notification".to_owned())?;
+            let payload = payload.unwrap_or_default();
+            let ids = w.world.pg.query_text("SELECT string_agg(id::text, ',') FROM pgevents.session").await.unwrap_or_default();
+            ensure!(!payload.is_empty() && !ids.contains(&payload), "the payload {payload:?} is a session id ({ids})");
+            Ok(())
+        }
+        "S6" => {
+            let bob = w.bob().await;
+            let count: i64 = bob.query_one("SELECT count(*) FROM pgevents.session", &[]).await.map_err(|e| e.to_string())?.get(0);
+            ensure!(count == 0, "bob sees {count} sessions");
+            let subscribe = bob.execute(&format!("SELECT pgevents.subscribe_table('{}', 'shared')", s.mine), &[]).await;
+            ensure!(db_message(&subscribe).starts_with("no session"), "{}", db_message(&subscribe));
+            let direct = bob
+                .execute(
+                    "INSERT INTO pgevents.subscription (session_id, kind, table_schema, table_name) VALUES ($1::text::uuid, 'table', 'public', 'shared')",
+                    &[&s.mine],
+                )
+                .await;
+            ensure!(direct.is_err(), "bob subscribed alice's session directly");
+            let drop = bob.execute(&format!("SELECT pgevents.session_drop('{}')", s.mine), &[]).await;
+            ensure!(db_message(&drop).starts_with("no session"), "{}", db_message(&drop));
+            Ok(())
+        }
+        "S7" => {
+            let bob = w.bob().await;
+            bob.batch_execute("SELECT pg_notify('pgevents_subscriptions', 'garbage-' || i) FROM generate_series(1, 3000) i")
+                .await
+                .map_err(|e| e.to_string())?;
+            let session = GatewayWorld::session_of(alice).await;
+            let (name, value) = bearer(&alice_token);
+            let mut stream = gw.subscribe(&format!("/sessions/{session}/events"), &[(name, &value)]).await;
+            alice.execute(&format!("SELECT pgevents.subscribe_table('{session}', 'shared')"), &[]).await.map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            w.world.pg.execute("INSERT INTO shared VALUES (7, 'after the flood')").await;
+            let seen = drain(&mut stream, Duration::from_secs(3)).await;
+            ensure!(seen.iter().any(|(_, d)| d["row"]["id"] == 7), "the real change was not applied: {seen:?}");
+            let ignored = gw.metric("pgevents_gateway_notifications_ignored_total").await;
+            ensure!(ignored >= 1.0, "garbage notifications are not counted: {ignored}");
+            alice.execute(&format!("SELECT pgevents.session_drop('{session}')"), &[]).await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        "S8" => {
+            let bob_token = token(Some("bob"), json!({}));
+            let (name, value) = bearer(&bob_token);
+            let other = SseClient::connect(gw.addr, &format!("/sessions/{}/events", s.mine), &[(name, &value)]).await;
+            ensure!(other.status == 403, "bob's token on alice's session: {} {}", other.status, other.body);
+            let nobody = token(None, json!({}));
+            let (name, value) = bearer(&nobody);
+            let anonymous = SseClient::connect(gw.addr, &format!("/sessions/{}/events", s.mine), &[(name, &value)]).await;
+            ensure!(anonymous.status == 401, "a token without sub: {} {}", anonymous.status, anonymous.body);
+            Ok(())
+        }
+        "S9" => {
+            let session = GatewayWorld::session_of(alice).await;
+            alice.execute(&format!("SELECT pgevents.subscribe_table('{session}', 'notes')"), &[]).await.map_err(|e| e.to_string())?;
+            let rows_only = token(Some("alice"), json!({"pgevents": {"rows": {"item": "pen"}}}));
+            let (name, value) = bearer(&rows_only);
+            let mut stream = gw.subscribe(&format!("/sessions/{session}/events"), &[(name, &value)]).await;
+            w.world.pg.execute("INSERT INTO notes VALUES (2, 'cup', 'x'), (3, 'pen', 'y')").await;
+            let seen = drain(&mut stream, SHORT * 2).await;
+            let ids: Vec<Value> = seen.iter().map(|(_, d)| d["row"]["id"].clone()).collect();
+            ensure!(ids == [json!(3)], "rows seen {ids:?}: only item = pen");
+            alice.execute(&format!("SELECT pgevents.session_drop('{session}')"), &[]).await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        "S10" => {
+            for path in ["/sessions/not-a-uuid/events", "/sessions/x'%20OR%201=1%20--/events"] {
+                let client = SseClient::connect(w.open.addr, path, &[]).await;
+                ensure!(client.status == 404, "{path}: {} {}", client.status, client.body);
+                ensure!(!client.body.contains("OR 1=1"), "the id is echoed: {}", client.body);
+            }
+            Ok(())
+        }
+        "S11" => {
+            let session = GatewayWorld::session_of(alice).await;
+            alice.execute(&format!("SELECT pgevents.subscribe_table('{session}', 'shared')"), &[]).await.map_err(|e| e.to_string())?;
+            let (name, value) = bearer(&alice_token);
+            let mut stream = gw.subscribe(&format!("/sessions/{session}/events"), &[(name, &value)]).await;
+            w.world.pg.execute("INSERT INTO shared VALUES (11, 'before')").await;
+            let before = drain(&mut stream, SHORT).await;
+            ensure!(before.len() == 1, "before the revoke: {before:?}");
+            w.world.pg.execute("REVOKE SELECT ON shared FROM alice").await;
+            // --sessions-refresh is 1 s here.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            w.world.pg.execute("INSERT INTO shared VALUES (12, 'after')").await;
+            let after = drain(&mut stream, SHORT * 2).await;
+            ensure!(after.is_empty(), "alice still reads shared after the revoke: {after:?}");
+            let refused = gw.metric("pgevents_gateway_subscriptions_refused_total").await;
+            ensure!(refused >= 1.0, "not counted: {refused}");
+            Ok(())
+        }
+        other => Err(format!("no such cell {other}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules and the workers
+
+const BOT: &str = "123456:ABC-bot";
+const PAY: &str = "pay-secret-4242";
+
+struct RulesWorld {
+    world: World,
+    producer: PgEventsProcess,
+    worker: PgEventsProcess,
+    /// The API the actions call; `/jump` redirects to `other`; it echoes what it got.
+    api: HttpRecorder,
+    /// Another port of the same host.
+    other: HttpRecorder,
+    /// What a system proxy would be.
+    proxy: HttpRecorder,
+    metrics: SocketAddr,
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+    /// Every event of public.orders the producer publishes.
+    events: tokio::sync::Mutex<EventQueue>,
+    _passfile: tempfile::TempDir,
+}
+
+impl RulesWorld {
+    async fn start() -> RulesWorld {
+        let world = World::new().await;
+        world
+            .pg
+            .execute(
+                "CREATE ROLE alice LOGIN PASSWORD 'alice-pw'; CREATE ROLE bob LOGIN PASSWORD 'bob-pw';
+                 CREATE SCHEMA alice AUTHORIZATION alice;
+                 CREATE TABLE alice.mine (note text); ALTER TABLE alice.mine OWNER TO alice;
+                 CREATE TABLE public.orders (id serial PRIMARY KEY, note text);
+                 CREATE TABLE public.payroll (id serial PRIMARY KEY, salary int);
+                 INSERT INTO public.payroll (salary) VALUES (123456);
+                 GRANT SELECT ON public.orders TO alice, bob;
+                 GRANT INSERT, SELECT ON public.orders TO bob; GRANT USAGE ON SEQUENCE public.orders_id_seq TO bob;",
+            )
+            .await;
+        rules_install(&world.pg).await;
+        world
+            .pg
+            .execute(
+                "GRANT USAGE ON SCHEMA pgevents TO alice, bob;
+                 GRANT SELECT ON pgevents.event_table, pgevents.setting TO alice, bob;
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON pgevents.work_item, pgevents.action TO alice, bob;
+                 INSERT INTO pgevents.event_table (table_name) VALUES ('orders'), ('payroll');
+                 INSERT INTO pgevents.secret_grant VALUES ('BOT', 'alice');",
+            )
+            .await;
+        let other = HttpRecorder::always(200).await;
+        let other_port = other.addr.port();
+        let api = HttpRecorder::start(move |_, request| match request.path.as_str() {
+            "/jump" => Reply::redirect(302, &format!("http://127.0.0.1:{other_port}/landed")),
+            // Echoes the path (a secret placed in it comes back percent-encoded).
+            path => Reply::with_body(500, &json!({"you_asked": path}).to_string()),
+        })
+        .await;
+        let proxy = HttpRecorder::always(200).await;
+        let passfile = tempfile::tempdir().unwrap();
+        let passfile_path = passfile.path().join("pgpass");
+        let port = common::pg_port(&world.pg);
+        std::fs::write(&passfile_path, format!("127.0.0.1:{port}:postgres:alice:alice-pw\n127.0.0.1:{port}:postgres:bob:bob-pw\n")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&passfile_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let names: Vec<String> = ["work", "actions", "dead", "deadq", "worker"].iter().map(|n| unique_name(n)).collect();
+        let events = world.queue(&["public.orders"]).await;
+        let producer = world.producer(&[("PGTABLES", "public.orders,public.payroll")]).await;
+        let metrics = free_local_addr();
+        let proxy_url = proxy.base_url();
+        let mut env = world.producer_env(&[
+            ("PGEVENTS_WORK_EXCHANGE", &names[0]),
+            ("PGEVENTS_WORK_QUEUE", &names[1]),
+            ("PGEVENTS_DEAD_LETTER_EXCHANGE", &names[2]),
+            ("PGEVENTS_DEAD_LETTER_QUEUE", &names[3]),
+            ("RABBITMQ_QUEUE_NAME", &names[4]),
+            ("PGEVENTS_CONCURRENCY", "1"),
+            ("PGPASSFILE", passfile_path.to_str().unwrap()),
+            ("PGPASSWORD", "never-log-me"),
+            ("PGEVENTS_HTTP_ALLOW", "127.0.0.0/8"),
+            ("HTTP_PROXY", &proxy_url),
+            ("http_proxy", &proxy_url),
+            ("PGEVENTS_SECRET_BOT", BOT),
+            ("PGEVENTS_SECRET_PAY", PAY),
+            ("PGEVENTS_RULE_TIMEOUT_MS", "300"),
+            ("PGEVENTS_RULES_REFRESH", "1"),
+            ("PGEVENTS_METRICS_ADDR", &metrics.to_string()),
+        ]);
+        env.retain(|(k, _)| k != "PGEVENTS_STATUS_INTERVAL");
+        let mut worker = PgEventsProcess::spawn(&["worker"], &env);
+        worker.wait_for_log("consuming", WAIT).await;
+        RulesWorld {
+            world,
+            producer,
+            worker,
+            api,
+            other,
+            proxy,
+            metrics,
+            queues: vec![names[1].clone(), names[3].clone(), names[4].clone()],
+            exchanges: vec![names[0].clone(), names[2].clone()],
+            events: tokio::sync::Mutex::new(events),
+            _passfile: passfile,
+        }
+    }
+
+    async fn alice(&self) -> tokio_postgres::Client {
+        connect_as(&self.world.pg, "alice", "alice-pw").await
+    }
+
+    async fn bob(&self) -> tokio_postgres::Client {
+        connect_as(&self.world.pg, "bob", "bob-pw").await
+    }
+
+    /// Runs `sql` as `client`, then waits until the worker has read the rules again.
+    async fn write_rules(&self, client: &tokio_postgres::Client, sql: &str) -> Result<(), String> {
+        let before = self.worker.log_count("rules reloaded");
+        client.batch_execute(sql).await.map_err(|e| db_message::<()>(&Err(e)))?;
+        wait_for("the rules reloaded", WAIT, || async { (self.worker.log_count("rules reloaded") > before).then_some(()) }).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
+    }
+
+    /// An order whose note names the cell (each cell's work items filter on it).
+    async fn order(&self, note: &str) {
+        self.world.pg.execute(&format!("INSERT INTO orders (note) VALUES ('{note}')")).await;
+    }
+
+    /// The `action_run` rows of a work item, once there are `n`.
+    async fn runs(&self, work_item: &str, n: usize) -> Vec<Value> {
+        let sql = format!(
+            "SELECT coalesce(json_agg(r ORDER BY r.id), '[]')::text FROM pgevents.action_run r WHERE work_item = '{work_item}'"
+        );
+        wait_for(&format!("{n} runs of {work_item}"), WAIT, || async {
+            let runs: Vec<Value> =
+                serde_json::from_str(&self.world.pg.query_text(&sql).await.unwrap_or_default()).unwrap_or_default();
+            (runs.len() >= n).then_some(runs)
+        })
+        .await
+    }
+
+    async fn dead_with(&self, work_item: &str, reason: &str) -> Verdict {
+        let runs = self.runs(work_item, 1).await;
+        let error = runs[0]["error"].as_str().unwrap_or_default().to_owned();
+        ensure!(runs[0]["status"] == "dead" && error.contains(reason), "{work_item}: {runs:?}");
+        Ok(())
+    }
+
+    async fn stop(self) {
+        stop(self.worker).await;
+        stop(self.producer).await;
+        self.events.into_inner().close().await;
+        for queue in &self.queues {
+            delete_queue(queue).await;
+        }
+        for exchange in self.exchanges.iter().chain([&self.world.exchange]) {
+            delete_exchange(exchange).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_and_workers() {
+    let w = RulesWorld::start().await;
+    let alice = w.alice().await;
+    // alice's own action, which her work items run.
+    w.write_rules(&alice, "INSERT INTO pgevents.action (name, kind, sql) VALUES ('a_note', 'sql', 'INSERT INTO alice.mine (note) VALUES (''ran '' || ($2->''new''->>''note''))')")
+        .await
+        .expect("alice's action");
+    run_cells(RULE_CELLS, |id| rule_cell(id, &w, &alice)).await;
+    drop(alice);
+    w.stop().await;
+}
+
+fn filter_on(cell: &str) -> String {
+    format!("$1->''new''->>''note'' = ''{cell}''")
+}
+
+async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> Verdict {
+    let pg = &w.world.pg;
+    match id {
+        "R1" => {
+            let smuggled = "true)::boolean; DO $x$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN ALTER ROLE alice SUPERUSER; END IF; END $x$; SELECT (true";
+            alice
+                .execute(
+                    "INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r1', 'orders', 'a_note', $1)",
+                    &[&smuggled],
+                )
+                .await
+                .map_err(|e| format!("alice's rule: {e}"))?;
+            // An administrator touches the row (or a cascade does): its text must not run as them.
+            let admin = pg.client().await;
+            w.write_rules(&admin, "UPDATE pgevents.work_item SET enabled = true WHERE name = 'r1'").await?;
+            w.order("R1").await;
+            let superuser = pg.query_text("SELECT rolsuper::text FROM pg_roles WHERE rolname = 'alice'").await;
+            ensure!(superuser.as_deref() == Some("false"), "alice made herself superuser");
+            w.dead_with("r1", "cannot insert multiple commands").await
+        }
+        "R2" => {
+            w.write_rules(
+                alice,
+                &format!(
+                    "INSERT INTO pgevents.action (name, kind, sql) VALUES ('r2_copy', 'sql', 'INSERT INTO alice.mine (note) SELECT ''salary '' || salary FROM public.payroll');
+                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r2', 'orders', 'r2_copy', '{}')",
+                    filter_on("R2")
+                ),
+            )
+            .await?;
+            w.order("R2").await;
+            w.dead_with("r2", "permission denied for table payroll").await?;
+            let copied = pg.query_text("SELECT count(*)::text FROM alice.mine WHERE note LIKE 'salary%'").await;
+            ensure!(copied.as_deref() == Some("0"), "payroll was copied");
+            Ok(())
+        }
+        "R3" => {
+            w.write_rules(
+                alice,
+                &format!(
+                    "CREATE FUNCTION alice.steal() RETURNS int LANGUAGE plpgsql AS $f$
+                     BEGIN
+                         PERFORM set_config('role', 'none', true);
+                         INSERT INTO alice.mine (note) SELECT 'stolen ' || salary FROM public.payroll;
+                         RETURN 1;
+                     END $f$;
+                     INSERT INTO pgevents.action (name, kind, sql) VALUES ('r3_steal', 'sql', 'SELECT alice.steal()');
+                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r3', 'orders', 'r3_steal', '{}')",
+                    filter_on("R3")
+                ),
+            )
+            .await?;
+            w.order("R3").await;
+            w.dead_with("r3", "permission denied for table payroll").await?;
+            let stolen = pg.query_text("SELECT count(*)::text FROM alice.mine WHERE note LIKE 'stolen%'").await;
+            ensure!(stolen.as_deref() == Some("0"), "the worker's role was taken back");
+            Ok(())
+        }
+        "R4" => {
+            let refused = alice
+                .execute("INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('r4', 'payroll', 'a_note')", &[])
+                .await;
+            ensure!(db_code(&refused) == "42501", "a work item on payroll: {}", db_message(&refused));
+            Ok(())
+        }
+        "R5" => {
+            let url = format!("{}/pay?k={{{{secret.PAY}}}}", w.api.base_url());
+            let write = format!(
+                "INSERT INTO pgevents.action (name, kind, url, max_attempts) VALUES ('r5_pay', 'http', '{url}', 1)"
+            );
+            let refused = alice.execute(write.as_str(), &[]).await;
+            ensure!(db_code(&refused) == "42501" && db_message(&refused).contains("PAY"), "{}", db_message(&refused));
+            pg.execute("INSERT INTO pgevents.secret_grant VALUES ('PAY', 'alice')").await;
+            w.write_rules(
+                alice,
+                &format!(
+                    "{write}; INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r5', 'orders', 'r5_pay', '{}')",
+                    filter_on("R5")
+                ),
+            )
+            .await?;
+            let before = w.worker.log_count("rules reloaded");
+            pg.execute("DELETE FROM pgevents.secret_grant WHERE secret = 'PAY'").await;
+            wait_for("the grant revoked", WAIT, || async { (w.worker.log_count("rules reloaded") > before).then_some(()) }).await;
+            w.order("R5").await;
+            w.dead_with("r5", "not granted").await?;
+            ensure!(!w.api.requests().iter().any(|r| r.path.contains(PAY)), "the secret was sent");
+            Ok(())
+        }
+        "R6" => {
+            let bob = w.bob().await;
+            let changed = bob.execute("UPDATE pgevents.work_item SET filter = 'false' WHERE name = 'r2'", &[]).await;
+            ensure!(changed.as_ref().ok() == Some(&0), "bob changed alice's rule: {changed:?}");
+            let deleted = bob.execute("DELETE FROM pgevents.work_item WHERE name = 'r2'", &[]).await;
+            ensure!(deleted.as_ref().ok() == Some(&0), "bob deleted alice's rule: {deleted:?}");
+            alice.execute("UPDATE pgevents.work_item SET owner = 'bob' WHERE name = 'r2'", &[]).await.map_err(|e| e.to_string())?;
+            let owner = pg.query_text("SELECT owner::text FROM pgevents.work_item WHERE name = 'r2'").await;
+            ensure!(owner.as_deref() == Some("alice"), "the owner became {owner:?}");
+            Ok(())
+        }
+        "R7" => {
+            let bob = w.bob().await;
+            let refused = bob
+                .execute("INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('r7', 'orders', 'a_note')", &[])
+                .await;
+            ensure!(db_code(&refused) == "42501", "bob runs alice's action: {}", db_message(&refused));
+            Ok(())
+        }
+        "R8" => {
+            let bob = w.bob().await;
+            let forged = bob
+                .execute(
+                    "SELECT pgevents.record_action_success('m/r2/0', 'r2', 'r2_copy', 'm', 'public.orders', 'I', '{}', 1, now(), 1, 'forged', 'bob')",
+                    &[],
+                )
+                .await;
+            ensure!(db_code(&forged) == "42501", "bob recorded a success of alice's action: {}", db_message(&forged));
+            let direct = bob.execute("INSERT INTO pgevents.action_run (idempotency_key, work_item, action, event_message_id, event_table, event_action, status, attempt, started_at, duration_ms) VALUES ('k', 'r2', 'r2_copy', 'm', 't', 'I', 'succeeded', 1, now(), 1)", &[]).await;
+            ensure!(direct.is_err(), "bob wrote action_run");
+            Ok(())
+        }
+        "R9" => {
+            w.write_rules(
+                alice,
+                &format!(
+                    "INSERT INTO pgevents.action (name, kind, url, max_attempts) VALUES ('r9_climb', 'http', '{}/users/{{{{id}}}}/profile', 1);
+                     INSERT INTO pgevents.work_item (name, table_name, action, filter, work_item_query) VALUES
+                        ('r9', 'orders', 'r9_climb', '{}', 'SELECT jsonb_build_object(''id'', ''..'') AS parameters')",
+                    w.api.base_url(),
+                    filter_on("R9")
+                ),
+            )
+            .await?;
+            w.order("R9").await;
+            w.dead_with("r9", "would change the path").await?;
+            ensure!(!w.api.requests().iter().any(|r| r.path.contains("profile")), "the climbed path was called");
+            Ok(())
+        }
+        "R10" => {
+            w.write_rules(
+                alice,
+                &format!(
+                    "INSERT INTO pgevents.action (name, kind, url, headers, max_attempts) VALUES ('r10_jump', 'http', '{}/jump', '{{\"X-Api-Key\": \"{{{{secret.BOT}}}}\"}}', 1);
+                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r10', 'orders', 'r10_jump', '{}')",
+                    w.api.base_url(),
+                    filter_on("R10")
+                ),
+            )
+            .await?;
+            w.order("R10").await;
+            w.dead_with("r10", "another port").await?;
+            ensure!(w.other.requests().is_empty(), "the other port got {:?}", w.other.requests());
+            Ok(())
+        }
+        "R11" => {
+            w.write_rules(
+                alice,
+                &format!(
+                    "INSERT INTO pgevents.action (name, kind, url, headers, max_attempts) VALUES ('r11_host', 'http', '{}/r11', '{{\"Host\": \"internal.example\"}}', 1);
+                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r11', 'orders', 'r11_host', '{}')",
+                    w.api.base_url(),
+                    filter_on("R11")
+                ),
+            )
+            .await?;
+            w.order("R11").await;
+            w.dead_with("r11", "cannot be set by an action").await?;
+            ensure!(!w.api.requests().iter().any(|r| r.path == "/r11"), "the request went out");
+            Ok(())
+        }
+        "R12" => {
+            w.write_rules(
+                alice,
+                &format!(
+                    "INSERT INTO pgevents.action (name, kind, url, max_attempts) VALUES ('r12_far', 'http', 'http://r12.invalid/x', 1);
+                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r12', 'orders', 'r12_far', '{}')",
+                    filter_on("R12")
+                ),
+            )
+            .await?;
+            w.order("R12").await;
+            w.dead_with("r12", "does not resolve").await?;
+            ensure!(w.proxy.requests().is_empty(), "the system proxy was used: {:?}", w.proxy.requests());
+            Ok(())
+        }
+        "R13" => {
+            w.write_rules(
+                alice,
+                &format!(
+                    "INSERT INTO pgevents.action (name, kind, url, max_attempts) VALUES ('r13_bot', 'http', '{}/bot{{{{secret.BOT}}}}/send', 1);
+                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r13', 'orders', 'r13_bot', '{}')",
+                    w.api.base_url(),
+                    filter_on("R13")
+                ),
+            )
+            .await?;
+            w.order("R13").await;
+            let runs = w.runs("r13", 1).await;
+            ensure!(w.api.requests().iter().any(|r| r.path.starts_with("/bot123456")), "the secret was not even used");
+            let recorded = serde_json::to_string(&runs).unwrap_or_default();
+            for form in [BOT, "123456%3AABC", "123456%3aABC", "123456:ABC", "MTIzNDU2OkFCQy1ib3Q"] {
+                ensure!(!recorded.contains(form), "{form} recorded: {recorded}");
+            }
+            ensure!(recorded.contains("[secret BOT]") || recorded.contains("{{secret.BOT}}"), "{recorded}");
+            Ok(())
+        }
+        "R14" => {
+            w.write_rules(
+                alice,
+                "INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES
+                    ('r14', 'orders', 'a_note', 'CASE WHEN $1->''new''->>''note'' = ''R14'' THEN pg_sleep(5) IS NOT NULL ELSE false END'),
+                    ('r14_after', 'orders', 'a_note', '$1->''new''->>''note'' = ''R14 after''')",
+            )
+            .await?;
+            w.order("R14").await;
+            w.order("R14 after").await;
+            w.dead_with("r14", "statement timeout").await?;
+            let after = w.runs("r14_after", 1).await;
+            ensure!(after[0]["status"] == "succeeded", "the worker stalled: {after:?}");
+            Ok(())
+        }
+        "L1" => {
+            let bob = w.bob().await;
+            bob.batch_execute(
+                "BEGIN; SELECT pg_logical_emit_message(true, 'pgevents', '{\"skip\": true}'); INSERT INTO public.orders (note) VALUES ('L1 hidden?'); COMMIT;",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let mut events = w.events.lock().await;
+            while let Some(event) = events.next(Duration::from_secs(5)).await {
+                if event.json["new"]["note"] == "L1 hidden?" {
+                    return Ok(());
+                }
+            }
+            Err("a skip request hid bob's change from every consumer".into())
+        }
+        "M1" => {
+            let (status, headers, body) =
+                split_response(&raw(w.metrics, b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").await);
+            ensure!(status == 200, "{status}");
+            for secret in [BOT, PAY, "alice-pw", "bob-pw", "never-log-me"] {
+                ensure!(!body.contains(secret), "{secret} in /metrics");
+            }
+            ensure!(header(&headers, "x-content-type-options") == Some("nosniff"), "{headers:?}");
+            ensure!(metric_value(&body, "pgevents_rules_invalid").unwrap_or(0.0) >= 1.0, "invalid rules are not counted");
+            Ok(())
+        }
+        "C1" => {
+            let log = w.worker.stderr();
+            for secret in [BOT, "123456%3AABC", PAY, "alice-pw", "bob-pw", "never-log-me"] {
+                ensure!(!log.contains(secret), "{secret} in the worker's log");
+            }
+            Ok(())
+        }
+        other => Err(format!("no such cell {other}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections() {
+    let world = World::new().await;
+    let ca = TestCa::new("impostor CA");
+    let certificate = ca.server("impostor", &["localhost", "127.0.0.1"]);
+    run_cells(NETWORK_CELLS, |id| network_cell(id, &world, &certificate)).await;
+    delete_exchange(&world.exchange).await;
+}
+
+async fn network_cell(id: &str, world: &World, certificate: &pgevents_testkit::CertPair) -> Verdict {
+    match id {
+        "N1" => {
+            for play in [ImpostorPlay::OkAfterClientFirst, ImpostorPlay::OkWithoutServerFinal] {
+                let impostor = ImpostorPg::start(certificate, play).await;
+                let config = pgevents_pg::ConnectConfig {
+                    host: "127.0.0.1".into(),
+                    port: impostor.addr.port(),
+                    user: "pgevents".into(),
+                    password: Some("the real password".into()),
+                    dbname: "app".into(),
+                    application_name: "security matrix".into(),
+                    tls: pgevents_pg::TlsMode::Require,
+                    ssl_root_cert: None,
+                    ssl_cert: None,
+                    channel_binding: pgevents_pg::ChannelBinding::Require,
+                    connect_timeout: Duration::from_secs(5),
+                    passfile: None,
+                };
+                let result = pgevents_replication::ReplicationClient::connect(&config).await;
+                let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+                ensure!(error.contains("before proving"), "{play:?}: the impostor was believed ({error:?})");
+            }
+            Ok(())
+        }
+        "N2" => {
+            // A "broker" with a certificate of a CA the producer does not trust.
+            let acceptor = Arc::new(server_tls_acceptor(certificate));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            let server = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let _ = acceptor.accept(stream).await;
+                    });
+                }
+            });
+            world.pg.execute("CREATE TABLE IF NOT EXISTS n2 (id int PRIMARY KEY)").await;
+            let url = format!("amqps://guest:guest@localhost:{port}/%2f");
+            let env = world.producer_env(&[("RABBITMQ_URL", &url), ("PGTABLES", "public.n2")]);
+            let mut check = PgEventsProcess::spawn(&["check"], &env);
+            let code = check.wait(WAIT).await;
+            server.abort();
+            let out = check.stdout();
+            ensure!(code == Some(1), "the check passed against an impostor broker: {out}");
+            ensure!(out.to_lowercase().contains("certificate"), "{out}");
+            Ok(())
+        }
+        other => Err(format!("no such cell {other}")),
+    }
+}
