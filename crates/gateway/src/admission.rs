@@ -24,6 +24,9 @@ use crate::subscription::{Selector, Subscription};
 /// Seconds a client refused for lack of room is told to wait.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
+/// Longest wait for a session not in memory to be read from the database.
+const SESSION_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Limits on what a request may ask.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLimits {
@@ -157,7 +160,7 @@ pub async fn admit(
         return Err(refusal);
     };
     tracing::info!(subscriber = %label, ?resume, "subscriber connected");
-    let subscription = Subscription { consumer_id, selector, grant, addressing: gateway.addressing.clone() };
+    let subscription = Subscription { consumer_id, label, selector, grant, addressing: gateway.addressing.clone() };
     Ok(Feed::new(gateway.feeds.clone(), subscription, admission, resume))
 }
 
@@ -252,14 +255,23 @@ async fn session_selector(
     let not_found =
         || Refusal::new(404, "not_found", "no such session: create one with SELECT pgevents.session_create()");
     let Ok(id) = uuid::Uuid::try_parse(id) else { return Err(not_found()) };
-    let session = match sessions.get(id).await {
-        Ok(Some(session)) => session,
-        Ok(None) => return Err(not_found()),
-        Err(e) => {
+    let unavailable = || {
+        let mut refusal = Refusal::new(503, "unavailable", "cannot read the session from the database; try again");
+        refusal.headers.push(("Retry-After", RETRY_AFTER_SECS.to_string()));
+        refusal
+    };
+    // A session not known yet costs one query by key, through a pool of two connections; a
+    // lookup that waits longer than this (the database slow, or flooded with lookups) is refused.
+    let session = match tokio::time::timeout(SESSION_LOOKUP_TIMEOUT, sessions.get(id)).await {
+        Ok(Ok(Some(session))) => session,
+        Ok(Ok(None)) => return Err(not_found()),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot read a session");
-            let mut refusal = Refusal::new(503, "unavailable", "cannot read the session from the database; try again");
-            refusal.headers.push(("Retry-After", RETRY_AFTER_SECS.to_string()));
-            return Err(refusal);
+            return Err(unavailable());
+        }
+        Err(_) => {
+            ::metrics::counter!(metrics::SESSION_LOOKUPS_TIMED_OUT).increment(1);
+            return Err(unavailable());
         }
     };
     if let Some(subject) = subject {

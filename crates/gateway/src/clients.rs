@@ -26,7 +26,8 @@ pub struct Clients {
 /// Since when a write to a subscriber has been pending (milliseconds since the registry
 /// started, 0 when none is); and how to drop its connection.
 pub struct Activity {
-    consumer_id: String,
+    /// How logs name the subscriber.
+    label: String,
     kill: CancellationToken,
     writing_since_ms: AtomicU64,
     epoch: Instant,
@@ -89,11 +90,11 @@ impl Clients {
 
     /// A place for a new subscriber, or `None` when `--max-clients` are connected. `kill`
     /// drops the subscriber's connection.
-    pub fn admit(self: &Arc<Self>, consumer_id: &str, kill: CancellationToken) -> Option<Admission> {
+    pub fn admit(self: &Arc<Self>, label: &str, kill: CancellationToken) -> Option<Admission> {
         let slot = self.slots.clone().try_acquire_owned().ok()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity {
-            consumer_id: consumer_id.to_owned(),
+            label: label.to_owned(),
             kill,
             writing_since_ms: AtomicU64::new(0),
             epoch: self.epoch,
@@ -127,7 +128,7 @@ impl Clients {
                 .cloned()
                 .collect();
             for activity in stalled {
-                tracing::info!(consumer_id = %activity.consumer_id, timeout_s = self.stall_timeout.as_secs(), "subscriber disconnected: it has not read what was sent to it for longer than --stall-timeout");
+                tracing::info!(subscriber = %activity.label, timeout_s = self.stall_timeout.as_secs(), "subscriber disconnected: it has not read what was sent to it for longer than --stall-timeout");
                 ::metrics::counter!(metrics::STALLED).increment(1);
                 activity.kill.cancel();
             }

@@ -361,7 +361,7 @@ impl Feed {
             match item {
                 Some(ReplayItem::Gap { first_available }) => {
                     ::metrics::counter!(metrics::REPLAY_GAPS).increment(1);
-                    tracing::info!(consumer_id = %self.subscription.consumer_id, last_event_id = r.last, first_available, "the requested events are past the stream's retention; sent a gap event");
+                    tracing::info!(subscriber = %self.subscription.label, last_event_id = r.last, first_available, "the requested events are past the stream's retention; sent a gap event");
                     let data = format!(r#"{{"last_event_id":{},"first_available":{first_available}}}"#, r.last);
                     r.last = first_available - 1;
                     chunk.extend_from_slice(&sse::event(Some(r.last), "gap", data.as_bytes()));
@@ -470,7 +470,7 @@ impl Drop for Feed {
             _ => {}
         }
         let reason = self.ended.as_ref().map(End::reason).unwrap_or_else(|| "the client left".into());
-        tracing::info!(consumer_id = %self.subscription.consumer_id, reason = %reason, "subscriber disconnected");
+        tracing::info!(subscriber = %self.subscription.label, reason = %reason, "subscriber disconnected");
     }
 }
 

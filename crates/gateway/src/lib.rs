@@ -71,12 +71,18 @@ pub mod fuzzing {
     /// reason must be printable ASCII, and the response head must hold only the lines the
     /// gateway writes, whatever the token holds (a reason used to quote the token's header).
     pub fn token(token: &[u8]) {
-        let config = crate::auth::AuthConfig { secret: Some(b"fuzz secret of 32 bytes or more!".to_vec()), ..Default::default() };
+        let config = crate::auth::AuthConfig {
+            secret: Some(b"fuzz secret of 32 bytes or more!".to_vec()),
+            ..Default::default()
+        };
         let Ok(verifier) = crate::auth::Verifier::new(&config) else { return };
         let text = String::from_utf8_lossy(token);
         if let Err(e) = verifier.verify(Some(&text)) {
             let reason = e.to_string();
-            assert!(reason.bytes().all(|b| (b' '..=b'~').contains(&b)), "a reason that is not printable ASCII: {reason:?}");
+            assert!(
+                reason.bytes().all(|b| (b' '..=b'~').contains(&b)),
+                "a reason that is not printable ASCII: {reason:?}"
+            );
             let refusal = crate::admission::Refusal::unauthorized_for_fuzzing(e);
             assert_single_lines(&refusal.headers);
         }

@@ -34,3 +34,7 @@ pub const SUBSCRIPTIONS_REFUSED: &str = "pgevents_gateway_subscriptions_refused_
 /// Counter: `pgevents_subscriptions` notifications whose payload is not a session's key (any
 /// role can notify; they are ignored).
 pub const NOTIFICATIONS_IGNORED: &str = "pgevents_gateway_notifications_ignored_total";
+/// Gauge: roles holding `max_sessions_per_role` sessions (the database refuses them more).
+pub const SESSION_OWNERS_AT_LIMIT: &str = "pgevents_gateway_session_owners_at_limit";
+/// Counter: session lookups that did not answer within the time allowed (503).
+pub const SESSION_LOOKUPS_TIMED_OUT: &str = "pgevents_gateway_session_lookups_timed_out_total";

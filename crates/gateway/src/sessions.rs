@@ -355,12 +355,28 @@ fn retire(session: &Session) {
     session.set(Vec::new());
 }
 
+/// Roles holding as many sessions as `max_sessions_per_role` allows (the database refuses them
+/// more).
+const AT_LIMIT: &str = "
+    SELECT count(*) FROM (
+        SELECT s.owner FROM pgevents.session s GROUP BY s.owner
+        HAVING count(*) >= coalesce((SELECT value::integer FROM pgevents.setting WHERE name = 'max_sessions_per_role'), 100)
+    ) full_up";
+
 impl Watched for Sessions {
     type Error = PgError;
 
     async fn apply(&self, client: &mut Client, change: Change) -> Result<(), PgError> {
         match change {
-            Change::Everything => self.replace_all(read(client, Which::All).await?),
+            Change::Everything => {
+                self.replace_all(read(client, Which::All).await?);
+                let at_limit: i64 = client
+                    .query_one(AT_LIMIT, &[])
+                    .await
+                    .and_then(|row| row.try_get(0))
+                    .map_err(|e| PgError::new("cannot count the sessions per role", e))?;
+                ::metrics::gauge!(metrics::SESSION_OWNERS_AT_LIMIT).set(at_limit as f64);
+            }
             Change::Notified(payloads) => self.reload_notified(client, &payloads).await?,
         }
         Ok(())

@@ -26,6 +26,8 @@ pub enum Selector {
 pub struct Subscription {
     /// The token's `sub`, `?consumer_id=` or `X-Consumer-Id`; the session id for a session.
     pub consumer_id: String,
+    /// How logs name the subscriber: escaped, and never a session's id (the key to read it).
+    pub label: String,
     pub selector: Selector,
     /// `None` when the gateway runs without authentication.
     pub grant: Option<Grant>,

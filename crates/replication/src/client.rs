@@ -72,10 +72,15 @@ pub struct ReplicationClient {
 enum Sasl {
     NotStarted,
     /// The client has sent its first message; `bound`: with channel binding.
-    Started { state: Box<ScramSha256>, bound: bool },
+    Started {
+        state: Box<ScramSha256>,
+        bound: bool,
+    },
     /// The server's final message was verified: it knows the password (and, bound, sits at the
     /// end of this very TLS session).
-    Verified { bound: bool },
+    Verified {
+        bound: bool,
+    },
 }
 
 /// An open connection, and the channel binding data of its TLS session (the server

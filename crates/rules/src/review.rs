@@ -40,8 +40,7 @@ pub async fn review(client: &Client) -> Result<Vec<Concern>, RulesError> {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    let ownerless: Vec<String> =
-        client.query(OWNERLESS, &[]).await.map_err(read)?.iter().map(|r| r.get(0)).collect();
+    let ownerless: Vec<String> = client.query(OWNERLESS, &[]).await.map_err(read)?.iter().map(|r| r.get(0)).collect();
     if !ownerless.is_empty() {
         out.push(Concern {
             what: "rules without an owner",
@@ -72,8 +71,7 @@ pub async fn review(client: &Client) -> Result<Vec<Concern>, RulesError> {
             });
         }
     }
-    let public: Vec<String> =
-        client.query(PUBLIC_SECRETS, &[]).await.map_err(read)?.iter().map(|r| r.get(0)).collect();
+    let public: Vec<String> = client.query(PUBLIC_SECRETS, &[]).await.map_err(read)?.iter().map(|r| r.get(0)).collect();
     if !public.is_empty() {
         out.push(Concern {
             what: "secrets",
