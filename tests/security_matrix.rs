@@ -37,7 +37,8 @@ type Verdict = Result<(), String>;
 
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => {
-        if !$cond {
+        let holds: bool = $cond;
+        if !holds {
             return Err(format!($($arg)*));
         }
     };
