@@ -24,8 +24,6 @@ use crate::subscription::{Selector, Subscription};
 /// Seconds a client refused for lack of room is told to wait.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
-/// Longest wait for a session not in memory to be read from the database.
-const SESSION_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Limits on what a request may ask.
 #[derive(Debug, Clone, Copy)]
@@ -261,8 +259,8 @@ async fn session_selector(
         refusal
     };
     // A session not known yet costs one query by key, through a pool of two connections; a
-    // lookup that waits longer than this (the database slow, or flooded with lookups) is refused.
-    let session = match tokio::time::timeout(SESSION_LOOKUP_TIMEOUT, sessions.get(id)).await {
+    // lookup that waits longer (the database slow, or flooded with lookups) is refused.
+    let session = match tokio::time::timeout(sessions.lookup_timeout, sessions.get(id)).await {
         Ok(Ok(Some(session))) => session,
         Ok(Ok(None)) => return Err(not_found()),
         Ok(Err(e)) => {

@@ -35,6 +35,8 @@ pub struct SessionsConfig {
     pub refresh: Duration,
     /// Sessions not seen (read by a connection) for this long are removed.
     pub ttl: Duration,
+    /// Longest wait for a session not in memory to be read (`--session-lookup-timeout`).
+    pub lookup_timeout: Duration,
 }
 
 /// One session: its owner, its subscriptions now, and how many connections read it.
@@ -88,6 +90,7 @@ pub struct Sessions {
     known: RwLock<Known>,
     pool: Pool,
     ttl: Duration,
+    pub lookup_timeout: Duration,
 }
 
 /// Every session with its subscriptions (sessions without any have one row of nulls), and what
@@ -172,7 +175,8 @@ impl Sessions {
     pub async fn start(config: &SessionsConfig, shutdown: CancellationToken) -> Result<Arc<Sessions>, PgError> {
         let (client, notified) = listen(&config.postgres, "sessions", CHANNEL).await?;
         let pool = pgevents_pg::pool(&config.postgres, "sessions", 2)?;
-        let sessions = Arc::new(Sessions { known: RwLock::default(), pool, ttl: config.ttl });
+        let sessions =
+            Arc::new(Sessions { known: RwLock::default(), pool, ttl: config.ttl, lookup_timeout: config.lookup_timeout });
         sessions.replace_all(read(&client, Which::All).await?);
         tracing::info!(sessions = sessions.count(), "sessions loaded");
         let listener = (client, notified);

@@ -432,6 +432,9 @@ pub struct ServeArgs {
     /// Seconds between full reloads of the sessions (changes apply at once through NOTIFY; this covers notifications lost while reconnecting)
     #[arg(long = "sessions-refresh", env = "PGEVENTS_SESSIONS_REFRESH", default_value_t = 60)]
     pub sessions_refresh_secs: u64,
+    /// Seconds a request may wait for a session not yet in memory to be read from the database (503 beyond)
+    #[arg(long = "session-lookup-timeout", env = "PGEVENTS_SESSION_LOOKUP_TIMEOUT", default_value_t = 5)]
+    pub session_lookup_timeout_secs: u64,
     /// Rows of tables with this column go only to the subscriber (consumer id, or session id) equal to its value: `column` for every table, or `table-glob=column`, comma-separated
     #[arg(long = "subscriber-column", env = "PGEVENTS_SUBSCRIBER_COLUMN", value_delimiter = ',')]
     pub subscriber_columns: Vec<String>,

@@ -41,6 +41,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
                 postgres: args.pg.connect_config("pgevents serve")?,
                 refresh: Duration::from_secs(args.sessions_refresh_secs.max(1)),
                 ttl: Duration::from_secs(args.session_ttl_secs.max(1)),
+                lookup_timeout: Duration::from_secs(args.session_lookup_timeout_secs.max(1)),
             }),
             false => None,
         },
