@@ -805,6 +805,38 @@ impl RulesWorld {
         Ok(())
     }
 
+    /// As alice: an HTTP action `{cell}_action` (one attempt) to `url` with `headers`, and a work
+    /// item `{cell}` (lower case) on orders noted `cell`, with `query` if given; then triggers it.
+    async fn http_rule(
+        &self,
+        alice: &tokio_postgres::Client,
+        cell: &str,
+        url: &str,
+        headers: Value,
+        query: Option<&str>,
+    ) -> Result<(), String> {
+        let name = cell.to_lowercase();
+        alice
+            .execute(
+                "INSERT INTO pgevents.action (name, kind, url, headers, max_attempts) VALUES ($1 || '_action', 'http', $2, $3::text::jsonb, 1)",
+                &[&name, &url, &headers.to_string()],
+            )
+            .await
+            .map_err(|e| db_message::<()>(&Err(e)))?;
+        let filter = format!("$1->'new'->>'note' = '{cell}'");
+        self.write_rules(
+            alice,
+            &format!(
+                "INSERT INTO pgevents.work_item (name, table_name, action, filter, work_item_query) VALUES ('{name}', 'orders', '{name}_action', '{}', {})",
+                filter.replace('\'', "''"),
+                query.map(|q| format!("'{}'", q.replace('\'', "''"))).unwrap_or_else(|| "NULL".into())
+            ),
+        )
+        .await?;
+        self.order(cell).await;
+        Ok(())
+    }
+
     /// An order whose note names the cell (each cell's work items filter on it).
     async fn order(&self, note: &str) {
         self.world.pg.execute(&format!("INSERT INTO orders (note) VALUES ('{note}')")).await;
@@ -994,81 +1026,34 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
             Ok(())
         }
         "R9" => {
-            w.write_rules(
-                alice,
-                &format!(
-                    "INSERT INTO pgevents.action (name, kind, url, max_attempts) VALUES ('r9_climb', 'http', '{}/users/{{{{id}}}}/profile', 1);
-                     INSERT INTO pgevents.work_item (name, table_name, action, filter, work_item_query) VALUES
-                        ('r9', 'orders', 'r9_climb', '{}', 'SELECT jsonb_build_object(''id'', ''..'') AS parameters')",
-                    w.api.base_url(),
-                    filter_on("R9")
-                ),
-            )
-            .await?;
-            w.order("R9").await;
+            let url = format!("{}/users/{{{{id}}}}/profile", w.api.base_url());
+            w.http_rule(alice, "R9", &url, json!({}), Some("SELECT jsonb_build_object('id', '..') AS parameters")).await?;
             w.dead_with("r9", "would change the path").await?;
             ensure!(!w.api.requests().iter().any(|r| r.path.contains("profile")), "the climbed path was called");
             Ok(())
         }
         "R10" => {
-            w.write_rules(
-                alice,
-                &format!(
-                    "INSERT INTO pgevents.action (name, kind, url, headers, max_attempts) VALUES ('r10_jump', 'http', '{}/jump', '{{\"X-Api-Key\": \"{{{{secret.BOT}}}}\"}}', 1);
-                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r10', 'orders', 'r10_jump', '{}')",
-                    w.api.base_url(),
-                    filter_on("R10")
-                ),
-            )
-            .await?;
-            w.order("R10").await;
+            let headers = json!({"X-Api-Key": "{{secret.BOT}}"});
+            w.http_rule(alice, "R10", &format!("{}/jump", w.api.base_url()), headers, None).await?;
             w.dead_with("r10", "another port").await?;
             ensure!(w.other.requests().is_empty(), "the other port got {:?}", w.other.requests());
             Ok(())
         }
         "R11" => {
-            w.write_rules(
-                alice,
-                &format!(
-                    "INSERT INTO pgevents.action (name, kind, url, headers, max_attempts) VALUES ('r11_host', 'http', '{}/r11', '{{\"Host\": \"internal.example\"}}', 1);
-                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r11', 'orders', 'r11_host', '{}')",
-                    w.api.base_url(),
-                    filter_on("R11")
-                ),
-            )
-            .await?;
-            w.order("R11").await;
+            let headers = json!({"Host": "internal.example"});
+            w.http_rule(alice, "R11", &format!("{}/r11", w.api.base_url()), headers, None).await?;
             w.dead_with("r11", "cannot be set by an action").await?;
             ensure!(!w.api.requests().iter().any(|r| r.path == "/r11"), "the request went out");
             Ok(())
         }
         "R12" => {
-            w.write_rules(
-                alice,
-                &format!(
-                    "INSERT INTO pgevents.action (name, kind, url, max_attempts) VALUES ('r12_far', 'http', 'http://r12.invalid/x', 1);
-                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r12', 'orders', 'r12_far', '{}')",
-                    filter_on("R12")
-                ),
-            )
-            .await?;
-            w.order("R12").await;
+            w.http_rule(alice, "R12", "http://r12.invalid/x", json!({}), None).await?;
             w.dead_with("r12", "does not resolve").await?;
             ensure!(w.proxy.requests().is_empty(), "the system proxy was used: {:?}", w.proxy.requests());
             Ok(())
         }
         "R13" => {
-            w.write_rules(
-                alice,
-                &format!(
-                    "INSERT INTO pgevents.action (name, kind, url, max_attempts) VALUES ('r13_bot', 'http', '{}/bot{{{{secret.BOT}}}}/send', 1);
-                     INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ('r13', 'orders', 'r13_bot', '{}')",
-                    w.api.base_url(),
-                    filter_on("R13")
-                ),
-            )
-            .await?;
-            w.order("R13").await;
+            w.http_rule(alice, "R13", &format!("{}/bot{{{{secret.BOT}}}}/send", w.api.base_url()), json!({}), None).await?;
             let runs = w.runs("r13", 1).await;
             ensure!(w.api.requests().iter().any(|r| r.path.starts_with("/bot123456")), "the secret was not even used");
             let recorded = serde_json::to_string(&runs).unwrap_or_default();
