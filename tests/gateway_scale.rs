@@ -120,7 +120,7 @@ async fn clients_that_never_finish_their_request_are_disconnected() {
     let gw = Gateway::start(&world, &stream, None, &[("PGEVENTS_HEADER_READ_TIMEOUT", "2")]).await;
     // Slow-loris: the request line and headers trickle in a byte at a time, never finished.
     let mut loris = TcpStream::connect(gw.addr).await.unwrap();
-    loris.write_all(b"GET /events?consumer_id=slow HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
+    loris.write_all(b"GET /events?consumer_id=slow HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
     let trickle = async {
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -153,7 +153,7 @@ async fn a_subscriber_that_stops_reading_is_disconnected() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(8192).unwrap();
     let mut stuck = socket.connect(gw.addr).await.unwrap();
-    stuck.write_all(b"GET /events?consumer_id=stuck HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
+    stuck.write_all(b"GET /events?consumer_id=stuck HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
     wait_for("the subscriber is connected", WAIT, || async {
         (gw.metric("pgevents_gateway_clients").await == 1.0).then_some(())
     })

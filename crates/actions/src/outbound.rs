@@ -76,6 +76,10 @@ impl AllowList {
             })
     }
 
+    fn has_networks(&self) -> bool {
+        self.rules().iter().any(|rule| matches!(rule, Rule::Net(_)))
+    }
+
     fn address_allowed(&self, ip: IpAddr) -> bool {
         !self.is_restricted() || self.rules().iter().any(|rule| matches!(rule, Rule::Net(net) if net.contains(&ip)))
     }
@@ -87,6 +91,11 @@ impl AllowList {
         }
         match url.host() {
             Some(url::Host::Domain(name)) if self.name_allowed(name) => Ok(()),
+            // Without networks in the list only names can be allowed: a name that is not is
+            // refused without asking DNS about it.
+            Some(url::Host::Domain(name)) if !self.has_networks() => {
+                Err(format!("{name} is not allowed by --http-allow"))
+            }
             Some(url::Host::Domain(name)) => {
                 let port = url.port_or_known_default().unwrap_or(0);
                 // A name that does not resolve here is refused: only what resolves can be checked.
@@ -218,6 +227,12 @@ mod tests {
         assert_eq!(AllowList::any().check(&Url::parse("http://10.0.0.1/").unwrap()).await, Ok(()));
         let bad = AllowList::parse(&["http://x/".to_owned()]).unwrap_err();
         assert!(bad.contains("invalid --http-allow item"), "{bad}");
+    }
+
+    #[tokio::test]
+    async fn names_outside_a_list_of_names_are_refused_without_resolving() {
+        let err = list(&["api.example.com"]).check(&Url::parse("http://localhost:8080/").unwrap()).await.unwrap_err();
+        assert_eq!(err, "localhost is not allowed by --http-allow");
     }
 
     #[tokio::test]

@@ -115,7 +115,7 @@ impl JobRunner {
         self.write(&RunRecord { status: Status::Dead, ..record }).await?;
         metrics::counter!(metric::ACTION_RUNS, "action" => record.job.action.clone(), "status" => "dead").increment(1);
         tracing::warn!(
-            key = %record.job.idempotency_key, action = %record.job.action, attempt = record.attempt, error,
+            key = ?record.job.idempotency_key, action = ?record.job.action, attempt = record.attempt, error = ?error,
             "action failed for good; the job is in the dead-letter queue"
         );
         Ok(JobOutcome::Dead)
@@ -127,7 +127,7 @@ impl JobRunner {
         let prior = self.prior(job).await?;
         if prior.succeeded || (prior.dead && !job.revive) {
             metrics::counter!(metric::ACTION_SKIPPED, "action" => job.action.clone()).increment(1);
-            tracing::debug!(key = %job.idempotency_key, "job already finished; not running it again");
+            tracing::debug!(key = ?job.idempotency_key, "job already finished; not running it again");
             return Ok(JobOutcome::AlreadyDone);
         }
         let mut attempt = prior.failed + 1;
@@ -241,7 +241,7 @@ impl JobRunner {
             metrics::counter!(metric::ACTION_RUNS, "action" => job.action.clone(), "status" => "failed").increment(1);
             let wait = action.backoff_after(attempt);
             tracing::info!(
-                key = %job.idempotency_key, action = %job.action, attempt, error = record.error.unwrap_or(""),
+                key = ?job.idempotency_key, action = ?job.action, attempt, error = ?record.error.unwrap_or(""),
                 retry_in_ms = wait.as_millis() as u64, "action failed; retrying"
             );
             tokio::select! {

@@ -43,7 +43,8 @@ pub struct Secrets {
 fn forms(value: &str) -> Vec<String> {
     use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
     use base64::Engine as _;
-    let mut out = vec![value.to_owned()];
+    // As is, and lower-cased as a URL's host would be.
+    let mut out = vec![value.to_owned(), value.to_ascii_lowercase()];
     let percent = crate::template::percent_encode(value);
     out.push(percent.to_ascii_lowercase());
     out.push(percent);

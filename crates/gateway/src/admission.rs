@@ -24,7 +24,6 @@ use crate::subscription::{Selector, Subscription};
 /// Seconds a client refused for lack of room is told to wait.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
-
 /// Limits on what a request may ask.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLimits {
@@ -44,6 +43,28 @@ pub struct Gateway {
     pub sessions: Option<Arc<Sessions>>,
     /// `--subscriber-column`.
     pub addressing: Arc<Addressing>,
+    /// `--allowed-hosts`: besides IP addresses and `localhost`, the host names a request may
+    /// name when the gateway runs without JWT.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// Whether `host` (a `Host` header: a name or an address, with or without a port) may be served
+/// without authentication. A browser lets any site it loads talk to a host name that site's DNS
+/// answers with 127.0.0.1 (DNS rebinding): without a token, the page then reads the gateway. An
+/// address, `localhost`, or a name the operator listed cannot be rebound that way.
+pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name == "localhost"
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
 }
 
 /// A refused request.
@@ -133,6 +154,13 @@ pub async fn admit(
     let query =
         Query(form_urlencoded::parse(head.query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect());
     let grant = match &gateway.verifier {
+        None if !host_allowed(head.header("host").unwrap_or("localhost"), &gateway.allowed_hosts) => {
+            return Err(Refusal::new(
+                421,
+                "misdirected",
+                "this gateway serves without authentication only requests for its address, localhost, or --allowed-hosts",
+            ))
+        }
         None => None,
         Some(verifier) => {
             let bearer = head.header("authorization").and_then(bearer_token);
@@ -301,6 +329,25 @@ pub(crate) fn last_event_id(value: Option<&str>) -> Result<Resume, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_token_only_addresses_localhost_and_listed_names_are_served() {
+        let allowed = vec!["events.internal".to_owned()];
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:80",
+            "10.1.2.3",
+            "events.internal:443",
+            "events.internal.",
+        ] {
+            assert!(host_allowed(host, &allowed), "{host}");
+        }
+        for host in ["rebind.attacker.example:8080", "attacker.example", "events.internal.attacker.example", ""] {
+            assert!(!host_allowed(host, &allowed), "{host}");
+        }
+    }
 
     #[test]
     fn bearer_tokens_in_any_case() {

@@ -36,6 +36,9 @@ pub struct GatewayConfig {
     pub sessions: Option<SessionsConfig>,
     /// `--subscriber-column` items (`column` or `table-glob=column`).
     pub subscriber_columns: Vec<String>,
+    /// `--allowed-hosts`: host names requests may name without JWT (besides addresses and
+    /// `localhost`).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Which web origins may read `/events` (`Access-Control-Allow-Origin`).

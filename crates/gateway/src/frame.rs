@@ -51,7 +51,7 @@ impl Frame {
         let content = match decode_event(delivery, offset, max_body_bytes) {
             Ok(frame) => Content::Event(Box::new(frame)),
             Err(why) => {
-                tracing::warn!(offset, routing_key = %delivery.routing_key, error = %why, "skipping a history message that is not a readable pgevents event");
+                tracing::warn!(offset, routing_key = ?delivery.routing_key, error = ?why, "skipping a history message that is not a readable pgevents event");
                 ::metrics::counter!(metrics::UNREADABLE).increment(1);
                 Content::Unreadable
             }

@@ -193,6 +193,12 @@ pub async fn serve(
         cors: config.cors.clone(),
         sessions,
         addressing,
+        allowed_hosts: config
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect(),
     });
     let app = routes::router(gateway.clone());
     tracing::info!(addr = %listener.local_addr().unwrap_or(addr), stream = %config.stream.stream, exchange = %config.stream.exchange, "serving /events");

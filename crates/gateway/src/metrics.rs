@@ -10,7 +10,8 @@ pub const BYTES_SENT: &str = "pgevents_gateway_bytes_sent_total";
 pub const SLOW_CLIENTS: &str = "pgevents_gateway_slow_clients_total";
 /// Counter: subscribers disconnected for reading nothing for `--stall-timeout`.
 pub const STALLED: &str = "pgevents_gateway_stalled_clients_total";
-/// Counter by `reason` (`max_clients`, `unauthorized`, `forbidden`, `bad_request`): requests refused.
+/// Counter by `reason` (`max_clients`, `unauthorized`, `forbidden`, `bad_request`, `not_found`,
+/// `unavailable`, `misdirected`): requests refused.
 pub const REJECTED: &str = "pgevents_gateway_rejected_total";
 /// Counter: replays started from the stream.
 pub const REPLAYS: &str = "pgevents_gateway_replays_total";

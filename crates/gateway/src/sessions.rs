@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use pgevents_pg::listen::{listen, watch, Change, Watched};
+use pgevents_pg::listen::{listen, watch, Change, Pace, Watched, BATCH_INTERVAL};
 use pgevents_pg::{ConnectConfig, PgError, Pool};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -147,7 +147,7 @@ async fn read(client: &Client, which: Which<'_>) -> Result<Loaded, PgError> {
             (refused, _, _) => {
                 // Fail closed: no verdict, or a refusal, is no subscription.
                 let reason = refused.unwrap_or_else(|| "no verdict on its privileges".to_owned());
-                tracing::warn!(session = %entry.notify_key, owner = ?entry.owner, table = ?table, reason = %reason, "a subscription is not streamed: its owner may not read it");
+                tracing::warn!(session = %entry.notify_key, owner = ?entry.owner, table = ?table, reason = ?reason, "a subscription is not streamed: its owner may not read it");
                 ::metrics::counter!(metrics::SUBSCRIPTIONS_REFUSED).increment(1);
                 continue;
             }
@@ -175,8 +175,12 @@ impl Sessions {
     pub async fn start(config: &SessionsConfig, shutdown: CancellationToken) -> Result<Arc<Sessions>, PgError> {
         let (client, notified) = listen(&config.postgres, "sessions", CHANNEL).await?;
         let pool = pgevents_pg::pool(&config.postgres, "sessions", 2)?;
-        let sessions =
-            Arc::new(Sessions { known: RwLock::default(), pool, ttl: config.ttl, lookup_timeout: config.lookup_timeout });
+        let sessions = Arc::new(Sessions {
+            known: RwLock::default(),
+            pool,
+            ttl: config.ttl,
+            lookup_timeout: config.lookup_timeout,
+        });
         sessions.replace_all(read(&client, Which::All).await?);
         tracing::info!(sessions = sessions.count(), "sessions loaded");
         let listener = (client, notified);
@@ -186,7 +190,7 @@ impl Sessions {
             "sessions",
             CHANNEL,
             listener,
-            config.refresh,
+            Pace { refresh: config.refresh, batches: BATCH_INTERVAL },
             shutdown.clone(),
         ));
         tokio::spawn(sessions.clone().keep_alive(shutdown));

@@ -1,11 +1,12 @@
 //! SQL connections (tokio-postgres) with the settings of [`ConnectConfig`]: its TLS, a name per
-//! role in `pg_stat_activity`, and the session settings every pgevents connection uses.
+//! role in `pg_stat_activity`, and the session settings every pgevents connection uses (UTC,
+//! ISO dates, and for pgevents' own sessions a search path of `pg_catalog, pg_temp`).
 
 use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode};
 use tokio_postgres::{Client, Connection, Socket};
 
 use crate::tls::client_config;
-use crate::{ChannelBinding, ConnectConfig, PgError, TlsConfigError, TlsMode};
+use crate::{ChannelBinding, ConnectConfig, PgError, SearchPath, TlsConfigError, TlsMode};
 
 /// The tokio-postgres configuration for `settings`; `role` is appended to the application name
 /// (`pgevents (catalog)`) so each connection is recognisable in `pg_stat_activity`.
@@ -18,7 +19,10 @@ pub(crate) fn sql_config(settings: &ConnectConfig, role: &str) -> tokio_postgres
         .dbname(&settings.dbname)
         .application_name(format!("{} ({role})", settings.application_name))
         .connect_timeout(settings.connect_timeout)
-        .options("-c TimeZone=UTC -c DateStyle=ISO,MDY");
+        .options(match settings.search_path {
+            SearchPath::Pinned => "-c TimeZone=UTC -c DateStyle=ISO,MDY -c search_path=pg_catalog,pg_temp",
+            SearchPath::RoleDefault => "-c TimeZone=UTC -c DateStyle=ISO,MDY",
+        });
     if let Some(password) = &settings.password {
         config.password(password);
     }
@@ -106,5 +110,19 @@ pub async fn drive_connection(mut driver: Box<dyn ConnectionDriver>, mut on_noti
     .await;
     if let Some(e) = ended {
         tracing::debug!(error = %crate::describe(&e), "SQL connection ended");
+    }
+}
+
+/// Asks the server to cancel what `client`'s session is running (best effort: a session that is
+/// gone needs no cancelling).
+pub async fn cancel(client: &Client, settings: &ConnectConfig) {
+    let token = client.cancel_token();
+    let result = match sql_tls(settings) {
+        Ok(None) => token.cancel_query(tokio_postgres::NoTls).await,
+        Ok(Some(tls)) => token.cancel_query(tls).await,
+        Err(_) => return,
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %crate::describe(&e), "cannot cancel a query");
     }
 }

@@ -22,10 +22,10 @@ pub mod schema;
 mod settings;
 pub mod tls;
 
-pub use connect::{connect, connect_driven, drive_connection, ConnectionDriver};
+pub use connect::{cancel, connect, connect_driven, drive_connection, ConnectionDriver};
 pub use error::{describe, PgError};
 pub use jsonb::JsonbText;
 pub use pgevents_retry::ErrorKind;
 pub use pool::{pool, GenericClient, Pool, Pooled};
-pub use settings::ConnectConfig;
+pub use settings::{ConnectConfig, SearchPath};
 pub use tls::{ChannelBinding, ClientCert, TlsConfigError, TlsMode};

@@ -5,7 +5,8 @@
 //! database is unreachable the last state stays in use and the watcher reconnects with backoff.
 //!
 //! Any role can `NOTIFY` any channel, so notifications are treated as hints that cost a bounded
-//! amount: batches are at least [`BATCH_INTERVAL`] apart and hold at most [`PENDING`] payloads;
+//! amount: batches are at least the watcher's pace apart (a cheap reload can follow every
+//! [`BATCH_INTERVAL`], an expensive one less often) and hold at most [`PENDING`] payloads;
 //! when more arrive than that, they are dropped and one full reload covers them, at most once
 //! per [`OVERFLOW_RELOAD_INTERVAL`]; and a steady stream of notifications never delays the
 //! periodic full reload.
@@ -28,7 +29,7 @@ use crate::{connect, drive_connection, ConnectConfig, PgError};
 /// reload).
 pub const PENDING: usize = 1024;
 
-/// Least time between two batches of notifications.
+/// The least time between two batches of notifications for a cheap reload.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Least time between two full reloads caused by dropped notifications.
@@ -134,6 +135,15 @@ impl Reloads {
     }
 }
 
+/// How often a watcher reloads.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Everything is read again this often.
+    pub refresh: Duration,
+    /// Batches of notifications are at least this far apart.
+    pub batches: Duration,
+}
+
 /// Applies notifications and periodic reloads to `watched` until `shutdown`, reconnecting
 /// with backoff. `client` and `notified` come from [`listen`] (the caller has loaded the
 /// initial state with them).
@@ -143,11 +153,11 @@ pub async fn watch<W: Watched>(
     role: &'static str,
     channel: &'static str,
     (mut client, mut notified): (Client, Notifications),
-    refresh: Duration,
+    pace: Pace,
     shutdown: CancellationToken,
 ) {
     let mut reconnect = Reconnect::new(role, Duration::from_millis(500), Duration::from_secs(30));
-    let mut reloads = Reloads::new(refresh);
+    let mut reloads = Reloads::new(pace.refresh);
     let mut next_batch = Instant::now();
     loop {
         if notified.take_overflow() {
@@ -164,7 +174,7 @@ pub async fn watch<W: Watched>(
         };
         match &change {
             Some(Change::Everything) => reloads.done_full(),
-            Some(Change::Notified(_)) => next_batch = Instant::now() + BATCH_INTERVAL,
+            Some(Change::Notified(_)) => next_batch = Instant::now() + pace.batches,
             None => {}
         }
         if let Some(change) = change {

@@ -28,6 +28,21 @@ pub struct ConnectConfig {
     /// The password file other roles' passwords are looked up in (`PGPASSFILE`, `~/.pgpass`),
     /// see [`ConnectConfig::as_role`].
     pub passfile: Option<PathBuf>,
+    /// Where unqualified names are looked up in the session.
+    pub search_path: SearchPath,
+}
+
+/// Where a session looks up unqualified names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchPath {
+    /// `pg_catalog, pg_temp`: pgevents' own sessions, whose SQL names its objects in full; a
+    /// function another role creates in a schema it may write can never stand in for a built-in
+    /// there.
+    #[default]
+    Pinned,
+    /// The role's own (`search_path` as configured for it): the sessions rules run in, whose
+    /// text was written for it.
+    RoleDefault,
 }
 
 impl std::fmt::Debug for ConnectConfig {
@@ -45,14 +60,16 @@ impl std::fmt::Debug for ConnectConfig {
             .field("channel_binding", &self.channel_binding)
             .field("connect_timeout", &self.connect_timeout)
             .field("passfile", &self.passfile)
+            .field("search_path", &self.search_path)
             .finish()
     }
 }
 
 impl ConnectConfig {
-    /// The same server and database as the role `user`: its password from the password file
-    /// (never this role's password), no client certificate (one names its own role). Reads a
-    /// small file: call it off the async runtime's threads.
+    /// The same server and database as the role `user`, in a session with that role's own
+    /// search path: its password from the password file (never this role's password), no
+    /// client certificate (one names its own role). Reads a small file: call it off the async
+    /// runtime's threads.
     pub fn as_role(&self, user: &str) -> Result<ConnectConfig, PassFileError> {
         let password = match &self.passfile {
             Some(file) => {
@@ -60,7 +77,13 @@ impl ConnectConfig {
             }
             None => None,
         };
-        Ok(ConnectConfig { user: user.to_owned(), password, ssl_cert: None, ..self.clone() })
+        Ok(ConnectConfig {
+            user: user.to_owned(),
+            password,
+            ssl_cert: None,
+            search_path: SearchPath::RoleDefault,
+            ..self.clone()
+        })
     }
 
     /// `host:port` (or the socket path) for messages.
@@ -91,6 +114,7 @@ mod tests {
             channel_binding: ChannelBinding::Prefer,
             connect_timeout: Duration::from_secs(1),
             passfile,
+            search_path: SearchPath::Pinned,
         }
     }
 
@@ -112,6 +136,7 @@ mod tests {
         }
         let alice = config(Some(file.clone())).as_role("alice").unwrap();
         assert_eq!((alice.user.as_str(), alice.password.as_deref()), ("alice", Some("alice-secret")));
+        assert_eq!(alice.search_path, SearchPath::RoleDefault, "rule text was written for the role's own path");
         let bob = config(Some(file)).as_role("bob").unwrap();
         assert_eq!(bob.password, None, "not the worker's password");
         assert_eq!(config(None).as_role("alice").unwrap().password, None);

@@ -126,6 +126,12 @@ pub struct ActionArgs {
     /// Longest time a work item's filter or work_item_query may run, in milliseconds (statement_timeout); longer is a failed run, recorded
     #[arg(long = "rule-timeout-ms", env = "PGEVENTS_RULE_TIMEOUT_MS", default_value_t = 10_000)]
     pub rule_timeout_ms: u64,
+    /// Parameters rows a work item's query may return for one event (more is a failed run, recorded)
+    #[arg(long = "max-parameter-rows", env = "PGEVENTS_MAX_PARAMETER_ROWS", default_value_t = 10_000)]
+    pub max_parameter_rows: usize,
+    /// Bytes of parameters (as JSON) a work item's query may return for one event
+    #[arg(long = "max-parameter-bytes", env = "PGEVENTS_MAX_PARAMETER_BYTES", default_value_t = 16 << 20)]
+    pub max_parameter_bytes: usize,
     /// Deliveries of a message that keeps failing (an outage excepted: that is waited out) before it goes to the dead-letter exchange
     #[arg(long = "max-deliveries", env = "PGEVENTS_MAX_DELIVERIES", default_value_t = 10)]
     pub max_deliveries: u32,
@@ -438,6 +444,9 @@ pub struct ServeArgs {
     /// Rows of tables with this column go only to the subscriber (consumer id, or session id) equal to its value: `column` for every table, or `table-glob=column`, comma-separated
     #[arg(long = "subscriber-column", env = "PGEVENTS_SUBSCRIBER_COLUMN", value_delimiter = ',')]
     pub subscriber_columns: Vec<String>,
+    /// Without JWT, the host names (Host header) requests may use besides IP addresses and localhost, comma-separated: any other gets 421, so that a web page cannot reach the gateway through a name its DNS points here (DNS rebinding)
+    #[arg(long = "allowed-hosts", env = "PGEVENTS_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Longest delay in seconds between reconnection attempts to RabbitMQ
     #[arg(long, env = "PGEVENTS_BACKOFF_MAX", default_value_t = 30)]
     pub backoff_max: u64,

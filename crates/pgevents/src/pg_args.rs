@@ -157,6 +157,7 @@ impl PgArgs {
             channel_binding,
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
             passfile,
+            search_path: Default::default(),
         })
     }
 }

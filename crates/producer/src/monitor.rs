@@ -1,11 +1,15 @@
 //! The session's monitor: asks the server for its WAL position (for the lag metrics and the
 //! progress line) and runs the optional heartbeat statement, so that a slot on a database whose
-//! subscribed tables are quiet still sees WAL of its own and advances.
+//! subscribed tables are quiet still sees WAL of its own and advances. The heartbeat is the
+//! operator's SQL: it runs on a connection of its own with the role's own search path (the
+//! producer's connections look names up in `pg_catalog, pg_temp` only).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use pgevents_pg::{ConnectConfig, SearchPath};
 
 use crate::config::ProducerConfig;
 use crate::database::Database;
@@ -20,6 +24,7 @@ const POLL: Duration = Duration::from_secs(2);
 /// connection is what decides whether the session is healthy.
 pub async fn run_monitor(db: Arc<Database>, config: Arc<ProducerConfig>, stats: Arc<Stats>) {
     let heartbeat = config.heartbeat_sql.as_deref().filter(|sql| !sql.trim().is_empty());
+    let mut heartbeat_client: Option<tokio_postgres::Client> = None;
     let mut next_heartbeat = Instant::now() + config.heartbeat_interval;
     let mut tick = tokio::time::interval(POLL.min(config.heartbeat_interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -28,7 +33,7 @@ pub async fn run_monitor(db: Arc<Database>, config: Arc<ProducerConfig>, stats: 
         if let Some(sql) = heartbeat {
             if Instant::now() >= next_heartbeat {
                 next_heartbeat = Instant::now() + config.heartbeat_interval;
-                match db.execute(sql).await {
+                match run_heartbeat(&mut heartbeat_client, &config.postgres, sql).await {
                     Ok(()) => metrics::counter!(HEARTBEATS).increment(1),
                     Err(e) => tracing::warn!(error = %e, "heartbeat statement failed (--heartbeat-sql)"),
                 }
@@ -42,6 +47,20 @@ pub async fn run_monitor(db: Arc<Database>, config: Arc<ProducerConfig>, stats: 
             Err(e) => tracing::debug!(error = %e, "cannot read the server's WAL position"),
         }
     }
+}
+
+/// Runs the heartbeat statement on its own connection (made again after a failure).
+async fn run_heartbeat(
+    client: &mut Option<tokio_postgres::Client>,
+    postgres: &ConnectConfig,
+    sql: &str,
+) -> Result<(), pgevents_pg::PgError> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        let settings = ConnectConfig { search_path: SearchPath::RoleDefault, ..postgres.clone() };
+        *client = Some(pgevents_pg::connect_driven(&settings, "heartbeat").await?);
+    }
+    let Some(connected) = client.as_ref() else { return Ok(()) };
+    connected.batch_execute(sql).await.map_err(|e| pgevents_pg::PgError::new(format!("run {sql:?}"), e))
 }
 
 /// Lag in bytes is the server's WAL position minus the confirmed LSN; lag in seconds is the age

@@ -22,9 +22,10 @@ use pgevents_pg::{ChannelBinding as BindingMode, ConnectConfig, TlsMode};
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-/// Session settings that make the plugins' text output predictable: ISO dates in UTC, exact
-/// floats, hex bytea.
-const SESSION_SETTINGS: [(&str, &str); 6] = [
+/// Session settings that make the plugins' text output predictable (ISO dates in UTC, exact
+/// floats, hex bytea), and names looked up in pg_catalog first, never in a schema others write.
+const SESSION_SETTINGS: [(&str, &str); 7] = [
+    ("search_path", "pg_catalog, pg_temp"),
     ("client_encoding", "UTF8"),
     ("DateStyle", "ISO, MDY"),
     ("TimeZone", "UTC"),

@@ -9,7 +9,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use pgevents_pg::listen::{listen, watch, Change, Watched};
+use pgevents_pg::listen::{listen, watch, Change, Pace, Watched};
 use pgevents_pg::ConnectConfig;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,10 @@ impl RulesCache {
         let rules = cache.load_checked(&mut client).await?;
         tracing::info!(work_items = rules.work_item_count(), "rules loaded");
         cache.set(rules);
-        tokio::spawn(watch(cache.clone(), settings, "rules", RULES_CHANNEL, (client, notified), refresh, shutdown));
+        // A reload parses every rule that failed before, in its owner's session: at most one a
+        // second for notifications (any role can send them).
+        let pace = Pace { refresh, batches: std::time::Duration::from_secs(1) };
+        tokio::spawn(watch(cache.clone(), settings, "rules", RULES_CHANNEL, (client, notified), pace, shutdown));
         Ok(cache)
     }
 }

@@ -41,7 +41,7 @@ const SECRET_GRANTS: &str = "
 /// Why a rule without an owner does not run, and how to fix it.
 pub fn ownerless(table: &str, name: &str) -> String {
     format!(
-        "it has no owner (written before rules ran with their author's rights), so it does not run: its author takes it with UPDATE pgevents.{table} SET owner = current_user WHERE name = '{}'",
+        "it has no owner (written before rules ran with their author's rights), so it does not run: the schema's owner reads it and gives it to the role whose rights it should run with: UPDATE pgevents.{table} SET owner = '<role>' WHERE name = '{}'",
         name.replace('\'', "''")
     )
 }

@@ -5,14 +5,16 @@
 //! it every other author's rights, since the worker must be a member of each author's role to
 //! switch to it. In a session of its owner, the most a rule's text can reach is its owner. The
 //! worker logs in as each owner with the password its password file holds for that role (never
-//! the worker's own), or as pg_hba.conf admits that role; rules of the worker's own role run on
-//! the worker's pool. Connections of one owner are never lent to another.
+//! the worker's own), or as pg_hba.conf admits that role. Connections of one owner are never
+//! lent to another, nor to the worker's own statements (rule text could leave things behind in
+//! a session: prepared statements, settings, temporary objects); those of the worker's own
+//! role's rules are a pool of their own too. Rule sessions keep their role's search path.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use pgevents_pg::pgpass::PassFileError;
-use pgevents_pg::{ConnectConfig, ErrorKind, PgError, Pool, Pooled};
+use pgevents_pg::{ConnectConfig, ErrorKind, PgError, Pool, Pooled, SearchPath};
 
 /// Why no session of a rule's owner could be had.
 #[derive(Debug, thiserror::Error)]
@@ -35,16 +37,15 @@ impl OwnerError {
 /// Pools of connections, one per rule owner.
 pub struct OwnerSessions {
     base: ConnectConfig,
-    worker: Pool,
     size: usize,
-    pools: tokio::sync::Mutex<HashMap<String, Pool>>,
+    pools: tokio::sync::Mutex<HashMap<String, (Pool, ConnectConfig)>>,
 }
 
 impl OwnerSessions {
-    /// `base` is how the worker connects (its role, and the password file); `worker` its own
-    /// pool; each owner gets a pool of up to `size` connections.
-    pub fn new(base: ConnectConfig, worker: Pool, size: usize) -> Arc<OwnerSessions> {
-        Arc::new(OwnerSessions { base, worker, size: size.max(1), pools: tokio::sync::Mutex::default() })
+    /// `base` is how the worker connects (its role, and the password file); each owner gets a
+    /// pool of up to `size` connections.
+    pub fn new(base: ConnectConfig, size: usize) -> Arc<OwnerSessions> {
+        Arc::new(OwnerSessions { base, size: size.max(1), pools: tokio::sync::Mutex::default() })
     }
 
     /// The role the worker logs in as.
@@ -55,27 +56,39 @@ impl OwnerSessions {
     /// A session of `owner`.
     pub async fn get(&self, owner: &str) -> Result<Pooled, OwnerError> {
         let connect = |source: PgError| OwnerError::Connect { owner: owner.to_owned(), source };
-        if owner == self.base.user {
-            return self.worker.get().await.map_err(|e| connect(e.into()));
-        }
         let pool = self.pool(owner).await?;
         pool.get().await.map_err(|e| connect(e.into()))
     }
 
+    /// Stops what a session of `owner` runs, and closes the session (after a timeout: whatever
+    /// rule text left in it stays out of the pool).
+    pub async fn abandon(&self, owner: &str, session: Pooled) {
+        let config = self.pools.lock().await.get(owner).map(|(_, config)| config.clone());
+        if let Some(config) = config {
+            pgevents_pg::cancel(&session, &config).await;
+        }
+        drop(Pooled::take(session));
+    }
+
     async fn pool(&self, owner: &str) -> Result<Pool, OwnerError> {
         let mut pools = self.pools.lock().await;
-        if let Some(pool) = pools.get(owner) {
+        if let Some((pool, _)) = pools.get(owner) {
             return Ok(pool.clone());
         }
-        let base = self.base.clone();
-        let role = owner.to_owned();
-        let config = tokio::task::spawn_blocking(move || base.as_role(&role))
-            .await
-            .map_err(|e| OwnerError::Connect { owner: owner.to_owned(), source: PgError::Pool(e.to_string()) })?
-            .map_err(|source| OwnerError::PassFile { owner: owner.to_owned(), source })?;
+        let config = if owner == self.base.user {
+            // The worker's own role: its own password, in sessions of their own.
+            ConnectConfig { search_path: SearchPath::RoleDefault, ..self.base.clone() }
+        } else {
+            let base = self.base.clone();
+            let role = owner.to_owned();
+            tokio::task::spawn_blocking(move || base.as_role(&role))
+                .await
+                .map_err(|e| OwnerError::Connect { owner: owner.to_owned(), source: PgError::Pool(e.to_string()) })?
+                .map_err(|source| OwnerError::PassFile { owner: owner.to_owned(), source })?
+        };
         let pool = pgevents_pg::pool(&config, "rules", self.size)
             .map_err(|source| OwnerError::Connect { owner: owner.to_owned(), source })?;
-        pools.insert(owner.to_owned(), pool.clone());
+        pools.insert(owner.to_owned(), (pool.clone(), config));
         Ok(pool)
     }
 }

@@ -45,7 +45,7 @@ pub async fn review(client: &Client) -> Result<Vec<Concern>, RulesError> {
         out.push(Concern {
             what: "rules without an owner",
             detail: format!(
-                "{} do not run: they were written before rules ran with their author's rights; each author takes theirs with UPDATE pgevents.work_item SET owner = current_user WHERE name = '...' (pgevents.action likewise), after reading it",
+                "{} do not run: they were written before rules ran with their author's rights; the schema's owner reads each and gives it to the role whose rights it should run with: UPDATE pgevents.work_item SET owner = '<role>' WHERE name = '...' (pgevents.action likewise)",
                 ownerless.join(", ")
             ),
         });

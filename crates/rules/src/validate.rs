@@ -85,13 +85,13 @@ pub async fn validate(rules: RuleSet, sessions: &OwnerSessions, checked: &mut Ch
                 Ok(Err(invalid)) => Some(format!("{}: {invalid}", text.what)),
                 // The connection failed: no verdict; the rule runs and its run says.
                 Err(unchecked) => {
-                    tracing::warn!(rule = %text.what, error = %unchecked, "cannot check a rule now");
+                    tracing::warn!(rule = ?text.what, error = ?unchecked.to_string(), "cannot check a rule now");
                     None
                 }
             },
             Err(e) if e.kind() != ErrorKind::Transient => Some(e.to_string()),
             Err(e) => {
-                tracing::warn!(rule = %text.what, error = %e, "cannot check a rule now");
+                tracing::warn!(rule = ?text.what, error = ?e.to_string(), "cannot check a rule now");
                 None
             }
         };
@@ -103,7 +103,7 @@ pub async fn validate(rules: RuleSet, sessions: &OwnerSessions, checked: &mut Ch
     let rules = rules.with_problems(&work_item_problems, &action_problems);
     let problems: HashSet<(String, String)> = rules.problems().into_iter().collect();
     for (what, problem) in problems.difference(&checked.reported) {
-        tracing::error!(rule = %what, %problem, "a rule cannot run; its events are recorded as failed until it is fixed");
+        tracing::error!(rule = ?what, problem = ?problem, "a rule cannot run; its events are recorded as failed until it is fixed");
     }
     metrics::gauge!(crate::INVALID_RULES).set(problems.len() as f64);
     checked.reported = problems;

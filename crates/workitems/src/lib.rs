@@ -11,6 +11,7 @@ mod document;
 mod evaluate;
 mod worker;
 
+pub use evaluate::RowLimits;
 pub use worker::{run_worker, WorkerConfig};
 
 /// Metric names of the work-item stage.
@@ -19,4 +20,6 @@ pub mod metric {
     pub const EVENTS: &str = "pgevents_worker_events_total";
     /// Jobs made, by work item and mode.
     pub const JOBS: &str = "pgevents_worker_jobs_total";
+    /// Rule runs stopped at a limit, by `limit` (`timeout`, `rows`, `bytes`).
+    pub const RULE_LIMITS: &str = crate::evaluate::RULE_LIMITS;
 }

@@ -25,8 +25,10 @@ pub struct WorkerConfig {
     /// `concurrency` 1 a worker keeps the events' order).
     pub queue: String,
     pub binding_keys: Vec<String>,
-    /// `statement_timeout` of filters and queries (`--rule-timeout`).
+    /// `statement_timeout` of filters and queries (`--rule-timeout-ms`).
     pub rule_timeout: Duration,
+    /// What a work item's query may return for one event.
+    pub row_limits: crate::evaluate::RowLimits,
 }
 
 struct Stage {
@@ -83,7 +85,7 @@ impl Stage {
             Ok(rows) => rows,
             Err(EvaluateError::Unavailable(e)) => return Err(Outcome::Unavailable(e)),
             Err(EvaluateError::Rule(error)) => {
-                tracing::error!(work_item = %item.name, message_id = %incoming.message_id, %error, "work item failed for this event");
+                tracing::error!(work_item = ?item.name, message_id = ?incoming.message_id, error = ?error, "work item failed for this event");
                 let mut failed = job(0, Default::default());
                 failed.idempotency_key = format!("{}/{}/rule", incoming.message_id, item.name);
                 return match self.runner.fail_job(&failed, &error).await {
@@ -129,7 +131,8 @@ pub async fn run_worker(
         "pgevents worker (work messages)",
         256,
     );
-    let evaluator = Evaluator { pool, sessions: rules.sessions().clone(), timeout: config.rule_timeout };
+    let evaluator =
+        Evaluator { pool, sessions: rules.sessions().clone(), timeout: config.rule_timeout, limits: config.row_limits };
     let stage = Arc::new(Stage { evaluator, rules, runner, work, shutdown: shutdown.clone() });
     let consumer =
         config.stage.consumer_config(&config.exchange, &config.queue, config.binding_keys, "pgevents worker");

@@ -161,6 +161,7 @@ mod tests {
             channel_binding: Default::default(),
             connect_timeout: std::time::Duration::from_secs(1),
             passfile: None,
+            search_path: Default::default(),
         };
         let rabbitmq: AmqpUrl = "amqp://u:p@mq.example/%2f".parse().unwrap();
         let open = Deployment {

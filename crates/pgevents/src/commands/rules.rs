@@ -26,8 +26,7 @@ pub async fn check(args: RulesInstallArgs) -> anyhow::Result<bool> {
     let settings = args.pg.connect_config("pgevents rules")?;
     let mut client = connect_driven(&settings, "rules check").await?;
     let rules = pgevents_rules::load(&mut client).await.context("cannot read the rules")?;
-    let pool = pgevents_pg::pool(&settings, "rules check", 1)?;
-    let sessions = pgevents_rules::OwnerSessions::new(settings.clone(), pool, 1);
+    let sessions = pgevents_rules::OwnerSessions::new(settings.clone(), 1);
     let rules = pgevents_rules::validate(rules, &sessions, &mut pgevents_rules::Checked::default()).await;
     let problems = rules.problems();
     let total = rules.work_item_count() + rules.actions().count();

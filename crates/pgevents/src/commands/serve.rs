@@ -46,6 +46,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
             false => None,
         },
         subscriber_columns: args.subscriber_columns.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
     };
     let readiness =
         super::telemetry::start(args.telemetry.metrics_addr, &[], "connecting to RabbitMQ", &shutdown).await?;

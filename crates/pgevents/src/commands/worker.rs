@@ -66,7 +66,7 @@ async fn setup(
     let settings = pg.connect_config(&format!("pgevents {role}"))?;
     let pool = pgevents_pg::pool(&settings, role, actions.concurrency.max(1) + 1)?;
     let owner_connections = actions.owner_connections.unwrap_or(actions.concurrency).max(1);
-    let sessions = OwnerSessions::new(settings.clone(), pool.clone(), owner_connections);
+    let sessions = OwnerSessions::new(settings.clone(), owner_connections);
     let refresh = Duration::from_secs(actions.rules_refresh_secs.max(1));
     let rules = RulesCache::start(settings.clone(), sessions, refresh, shutdown.clone())
         .await
@@ -127,6 +127,10 @@ pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow
         queue: args.queue_name.clone(),
         binding_keys: args.binding_keys.iter().filter(|k| !k.is_empty()).cloned().collect(),
         rule_timeout: Duration::from_millis(args.actions.rule_timeout_ms.max(1)),
+        row_limits: pgevents_workitems::RowLimits {
+            rows: args.actions.max_parameter_rows.max(1),
+            bytes: args.actions.max_parameter_bytes.max(1),
+        },
     };
     tracing::info!(queue = %config.queue, exchange = %config.exchange, concurrency = config.stage.concurrency, "worker starting");
     pgevents_workitems::run_worker(config, s.pool, s.rules, s.runner, shutdown).await?;
