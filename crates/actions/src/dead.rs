@@ -3,10 +3,11 @@
 
 use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, ConfirmedSender, FieldValue, OutgoingMessage, QueueSpec};
 
-use crate::Job;
+use crate::{Job, WorkKey, SIGNATURE_HEADER};
 
-/// Names of the exchanges and queues of the action stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Names of the exchanges and queues of the action stage, and the key work messages are signed
+/// with.
+#[derive(Debug, Clone)]
 pub struct WorkTopology {
     /// Topic exchange work messages are published to (routing key: the action's name).
     pub work_exchange: String,
@@ -16,6 +17,8 @@ pub struct WorkTopology {
     pub dead_exchange: String,
     /// Durable queue that keeps them for inspection (bound with `#`).
     pub dead_queue: String,
+    /// `--work-key-file`: work messages are signed and checked with it (see [`crate::WorkKey`]).
+    pub key: Option<WorkKey>,
 }
 
 impl Default for WorkTopology {
@@ -25,6 +28,7 @@ impl Default for WorkTopology {
             work_queue: "pgevents.actions".into(),
             dead_exchange: "pgevents.dead".into(),
             dead_queue: "pgevents.dead".into(),
+            key: None,
         }
     }
 }
@@ -63,11 +67,15 @@ pub async fn declare_work_topology(url: &AmqpUrl, topology: &WorkTopology) -> Re
     result
 }
 
-/// A work message for `job` to `exchange` (routing key: the action's name).
-pub fn work_message(job: &Job, exchange: Option<&str>, error: Option<&str>) -> OutgoingMessage {
+/// A work message for `job` to `exchange` (routing key: the action's name), signed with `key`.
+pub fn work_message(job: &Job, exchange: Option<&str>, error: Option<&str>, key: Option<&WorkKey>) -> OutgoingMessage {
+    let body = serde_json::to_vec(job).unwrap_or_default();
     let mut headers = vec![("work_item".into(), job.work_item.clone()), ("action".into(), job.action.clone())];
     if let Some(error) = error {
         headers.push(("error".into(), error.to_owned()));
+    }
+    if let Some(key) = key {
+        headers.push((SIGNATURE_HEADER.into(), key.sign(&body)));
     }
     OutgoingMessage {
         exchange: exchange.map(std::sync::Arc::from),
@@ -78,7 +86,7 @@ pub fn work_message(job: &Job, exchange: Option<&str>, error: Option<&str>) -> O
         content_type: pgevents_event::CONTENT_TYPE.into(),
         content_encoding: None,
         app_id: pgevents_event::APP_ID.into(),
-        body: serde_json::to_vec(job).unwrap_or_default(),
+        body,
     }
 }
 
@@ -86,15 +94,19 @@ pub fn work_message(job: &Job, exchange: Option<&str>, error: Option<&str>) -> O
 #[derive(Clone)]
 pub struct DeadLetters {
     sender: ConfirmedSender,
+    key: Option<WorkKey>,
 }
 
 impl DeadLetters {
     pub fn start(url: AmqpUrl, topology: &WorkTopology) -> DeadLetters {
-        DeadLetters { sender: ConfirmedSender::to_exchange(url, &topology.dead_exchange, "pgevents dead letters", 64) }
+        DeadLetters {
+            sender: ConfirmedSender::to_exchange(url, &topology.dead_exchange, "pgevents dead letters", 64),
+            key: topology.key.clone(),
+        }
     }
 
-    /// Puts the job in the dead-letter queue, with the error in the `error` header.
+    /// Puts the job in the dead-letter queue (signed), with the error in the `error` header.
     pub async fn publish(&self, job: &Job, error: &str) -> Result<(), AmqpError> {
-        self.sender.send(work_message(job, None, Some(error))).await
+        self.sender.send(work_message(job, None, Some(error), self.key.as_ref())).await
     }
 }

@@ -80,8 +80,10 @@ fn shown(template: &str, url: &reqwest::Url) -> String {
 /// Whether the template's scheme, host or port come from a placeholder (a value there, a
 /// secret say, would leave in a DNS query before any check).
 fn placeholder_in_origin(template: &str) -> bool {
-    if template.starts_with("{base_url}") {
-        return false;
+    if let Some(rest) = template.strip_prefix("{base_url}") {
+        // What follows the base URL must start its path, query or fragment: anything else would
+        // continue its host or port.
+        return !(rest.is_empty() || rest.starts_with(['/', '?', '#']));
     }
     let origin_end = match template.find("://") {
         Some(at) => template[at + 3..].find(['/', '?', '#']).map_or(template.len(), |end| at + 3 + end),

@@ -25,6 +25,7 @@ mod requeue;
 mod runner;
 mod runner_service;
 mod secrets;
+mod signing;
 mod sql;
 mod template;
 
@@ -37,6 +38,7 @@ pub use requeue::{requeue_dead, RequeueReport};
 pub use runner::{JobOutcome, JobRunner};
 pub use runner_service::{run_action_runner, StageConsumer};
 pub use secrets::{redact_url, Secrets, SecretsError, ENV_PREFIX as SECRET_ENV_PREFIX};
+pub use signing::{ShortKey, WorkKey, SIGNATURE_HEADER};
 
 /// Entry points for the fuzz targets (`fuzz/`): templates and redaction on arbitrary input.
 #[cfg(feature = "fuzzing")]
@@ -77,4 +79,6 @@ pub mod metric {
     pub const ACTION_DURATION: &str = "pgevents_action_duration_seconds";
     /// Jobs skipped because their key already succeeded (redeliveries).
     pub const ACTION_SKIPPED: &str = "pgevents_action_skipped_total";
+    /// Work messages refused for a missing or wrong signature (`--work-key-file`).
+    pub const WORK_MESSAGES_REFUSED: &str = "pgevents_work_messages_refused_total";
 }

@@ -3,12 +3,14 @@
 //!
 //! Each job is republished (with confirms) marked `revive`, so the action runner runs it again
 //! with a fresh attempt budget although its last row says `dead`, then it is removed from the
-//! dead-letter queue. Messages that are not jobs (unreadable events) stay where they are.
+//! dead-letter queue. Messages that are not jobs (unreadable events) stay where they are, and so
+//! do jobs whose signature does not hold when work messages are signed (`--work-key-file`):
+//! anyone who may publish to the dead-letter exchange could otherwise have any action run.
 
 use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, ConfirmedSender, FieldTable};
 
 use crate::dead::work_message;
-use crate::{Job, WorkTopology};
+use crate::{Job, WorkTopology, SIGNATURE_HEADER};
 
 /// What a requeue did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -17,6 +19,8 @@ pub struct RequeueReport {
     pub requeued: u64,
     /// Messages left in the dead-letter queue because they are not jobs.
     pub kept: u64,
+    /// Of those, jobs left because their signature does not hold (or is missing).
+    pub unsigned: u64,
 }
 
 /// Moves up to `limit` jobs (and at most what the queue held at the start) from the
@@ -44,15 +48,20 @@ pub async fn requeue_dead(
         let quiet = std::time::Duration::from_secs(2);
         while report.requeued + report.kept < budget {
             let Ok(Some(delivery)) = tokio::time::timeout(quiet, deliveries.next()).await else { break };
+            let signed = match &topology.key {
+                None => true,
+                Some(key) => delivery.header(SIGNATURE_HEADER).is_some_and(|s| key.verify(&delivery.body, &s)),
+            };
             let job = serde_json::from_slice::<Job>(&delivery.body)
                 .ok()
                 .filter(|job| work_item.is_none_or(|name| job.work_item == name));
-            let Some(mut job) = job else {
+            let (Some(mut job), true) = (job, signed) else {
                 report.kept += 1;
+                report.unsigned += u64::from(!signed);
                 continue;
             };
             job.revive = true;
-            work.send(work_message(&job, None, None)).await?;
+            work.send(work_message(&job, None, None, topology.key.as_ref())).await?;
             amqp::ack(&channel, delivery.delivery_tag).await?;
             report.requeued += 1;
         }

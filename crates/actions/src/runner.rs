@@ -148,6 +148,25 @@ impl JobRunner {
             let error = format!("unknown action {:?}: it is not in pgevents.action (deleted or renamed?)", job.action);
             return self.bury(RunRecord { error: Some(&error), ..base }).await;
         };
+        // A job is what one of the rules made: its work item runs this action on this table
+        // (a job from elsewhere, or made before the rules changed, does not run).
+        let made_by = match rules.work_item(&job.work_item) {
+            None => Err(format!(
+                "work item {:?} is not among the rules (deleted, renamed or disabled since the job was made?)",
+                job.work_item
+            )),
+            Some(item) if item.action != job.action => {
+                Err(format!("work item {:?} runs action {:?}, not {:?}", job.work_item, item.action, job.action))
+            }
+            Some(item) if item.table != job.event.table_name => Err(format!(
+                "work item {:?} is about table {}, not {}",
+                job.work_item, item.table, job.event.table_name
+            )),
+            Some(_) => Ok(()),
+        };
+        if let Err(error) = made_by {
+            return self.bury(RunRecord { error: Some(&error), ..base }).await;
+        }
         let owner = match (&action.problem, &action.owner) {
             (None, Some(owner)) => owner.clone(),
             (problem, _) => {
@@ -192,7 +211,7 @@ impl JobRunner {
                             return self.bury(RunRecord { error: Some(&error), ..record }).await;
                         }
                     };
-                    crate::sql::run(
+                    let run = crate::sql::run(
                         &mut client,
                         statement,
                         &parameters_json,
@@ -200,8 +219,19 @@ impl JobRunner {
                         action.timeout.as_millis(),
                         success,
                         clock,
-                    )
-                    .await?
+                    );
+                    // The worker's own clock too: rule text can change its session's settings
+                    // (and deferred triggers run at commit).
+                    match tokio::time::timeout(action.timeout + crate::sql::GRACE, run).await {
+                        Ok(attempt) => attempt?,
+                        Err(_) => {
+                            self.rules.sessions().abandon(&owner, client).await;
+                            Attempt::failed(
+                                format!("ran longer than timeout_ms ({} ms): stopped", action.timeout.as_millis()),
+                                ErrorKind::Transient,
+                            )
+                        }
+                    }
                 }
                 ActionKind::Http { method, url, headers, body_template } => {
                     let http = HttpAction { method, url, headers, body_template: body_template.as_ref() };

@@ -6,7 +6,7 @@ use pgevents_amqp::AmqpUrl;
 use pgevents_consumer::{ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, Outcome, QueueMode};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Job, JobError, JobOutcome, JobRunner, WorkTopology};
+use crate::{Job, JobError, JobOutcome, JobRunner, WorkTopology, SIGNATURE_HEADER};
 
 /// How the worker and the action runner consume: the same settings, each on its own queue.
 #[derive(Debug, Clone)]
@@ -67,10 +67,23 @@ pub async fn run_action_runner(
         "pgevents action-runner",
     );
     let stop = shutdown.clone();
+    let key = topology.key.clone();
+    if key.is_none() {
+        tracing::warn!("work messages are not signed (no --work-key-file): whoever may publish to the work exchange can make any action run on parameters of their choosing; give the workers, the action runners and requeue-dead one key");
+    }
     let handler = move |delivery: pgevents_amqp::Delivery| {
         let runner = runner.clone();
         let stop = stop.clone();
+        let key = key.clone();
         async move {
+            if let Some(key) = &key {
+                let signed = delivery.header(SIGNATURE_HEADER).is_some_and(|s| key.verify(&delivery.body, &s));
+                if !signed {
+                    metrics::counter!(crate::metric::WORK_MESSAGES_REFUSED).increment(1);
+                    tracing::warn!(message_id = ?delivery.message_id(), "refused a work message without a valid signature");
+                    return Outcome::Fail("a work message without a valid signature (--work-key-file): refused".into());
+                }
+            }
             let job: Job = match serde_json::from_slice(&delivery.body) {
                 Ok(job) => job,
                 Err(e) => return Outcome::Fail(format!("not a pgevents work message: {e}")),

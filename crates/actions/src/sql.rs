@@ -9,6 +9,9 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::record::{is_duplicate_success, record_success_as_owner, RunRecord};
 use crate::runner::{Attempt, Record};
 
+/// Time allowed past `timeout_ms` before the worker stops waiting itself.
+pub(crate) const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs `statement` with `$1` = parameters and `$2` = event in `client`, a session of the
 /// action's owner. `success` is the row to write when it works (its duration is filled in
 /// here).
@@ -52,6 +55,11 @@ pub(crate) async fn run(
     };
     let result = format!("{rows} rows");
     let record = RunRecord { duration: clock.elapsed(), result: Some(&result), ..success };
+    // Again: the statement may have lifted it, and the record and the commit (deferred triggers)
+    // are statements too.
+    if let Err(e) = tx.batch_execute(&timeout).await {
+        return Ok(failure(e));
+    }
     if let Err(e) = record_success_as_owner(&tx, &record).await {
         if is_duplicate_success(&e) {
             return Ok(Attempt::AlreadyDone);

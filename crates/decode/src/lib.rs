@@ -23,7 +23,9 @@ pub use catalog::{Catalog, CatalogNeed, PrimaryKey, TableRef};
 pub use change::{Decoded, LogicalMessage, RowChange, TxBegin};
 pub use error::DecodeError;
 pub use pgoutput::PgOutputDecoder;
-pub use transaction::{BadContext, BeginWhileOpen, TransactionBuilder, TxOutcome, CONTEXT_PREFIX};
+pub use transaction::{
+    BadContext, BeginWhileOpen, TransactionBuilder, TxOutcome, CONTEXT_PREFIX, DEFAULT_MAX_CONTEXT_BYTES,
+};
 pub use tuple::Tuple;
 pub use types::{ScalarKind, TypeInfo, ValueKind};
 pub use value::ValueOptions;

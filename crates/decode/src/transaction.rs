@@ -31,10 +31,22 @@ pub struct TxOutcome {
     pub events: u64,
 }
 
+/// Default of the largest context a transaction may attach, in bytes of its messages.
+pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 8 << 10;
+
 /// Builds the events of the transaction being read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TransactionBuilder {
     current: Option<Current>,
+    /// Context is copied into every event of its transaction, and any role that can write may
+    /// send it: more than this (all messages of a transaction together) is ignored.
+    max_context_bytes: usize,
+}
+
+impl Default for TransactionBuilder {
+    fn default() -> TransactionBuilder {
+        TransactionBuilder::new(DEFAULT_MAX_CONTEXT_BYTES)
+    }
 }
 
 #[derive(Debug)]
@@ -43,6 +55,8 @@ struct Current {
     fields: TxFields,
     seq: u64,
     context: Option<Map<String, Value>>,
+    /// Bytes of the context messages taken so far.
+    context_bytes: usize,
     skip: bool,
 }
 
@@ -57,6 +71,11 @@ pub struct BeginWhileOpen {
 }
 
 impl TransactionBuilder {
+    /// A builder that ignores context beyond `max_context_bytes` per transaction.
+    pub fn new(max_context_bytes: usize) -> TransactionBuilder {
+        TransactionBuilder { current: None, max_context_bytes }
+    }
+
     /// Starts a transaction; one may not be open already.
     pub fn begin(&mut self, begin: TxBegin) -> Result<(), BeginWhileOpen> {
         if let Some(open) = &self.current {
@@ -67,6 +86,7 @@ impl TransactionBuilder {
             fields: TxFields::new(begin.commit_lsn, begin.xid, begin.commit_time_micros),
             seq: 0,
             context: None,
+            context_bytes: 0,
             skip: false,
         });
         Ok(())
@@ -113,6 +133,13 @@ impl TransactionBuilder {
             return Ok(());
         }
         let bad = |reason: String| BadContext { xid: current.begin.xid, reason };
+        if current.context_bytes + message.content.len() > self.max_context_bytes {
+            return Err(bad(format!(
+                "the transaction's context would be over {} bytes (--max-context-bytes): it is copied into every event",
+                self.max_context_bytes
+            )));
+        }
+        current.context_bytes += message.content.len();
         let value: Value = serde_json::from_slice(&message.content).map_err(|e| bad(format!("not JSON ({e})")))?;
         let Value::Object(object) = value else {
             return Err(bad("not a JSON object".to_owned()));
@@ -139,6 +166,24 @@ impl TransactionBuilder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn context_is_bounded_per_transaction() {
+        use super::*;
+        let mut builder = TransactionBuilder::new(40);
+        let begin = TxBegin { xid: 7, commit_lsn: pgevents_event::Lsn(1), commit_time_micros: 0 };
+        builder.begin(begin).unwrap();
+        let message = |content: &str| LogicalMessage {
+            transactional: true,
+            prefix: CONTEXT_PREFIX.to_owned(),
+            content: content.as_bytes().to_vec(),
+        };
+        builder.message(&message(r#"{"uid": 42}"#)).unwrap();
+        let err = builder.message(&message(&format!(r#"{{"x": "{}"}}"#, "A".repeat(40)))).unwrap_err();
+        assert!(err.reason.contains("--max-context-bytes"), "{err}");
+        let outcome = builder.commit().unwrap();
+        assert_eq!(outcome.context.as_deref(), Some(br#"{"uid":42}"#.as_slice()), "the first one stays");
+    }
+
     use pgevents_event::Lsn;
 
     use super::*;

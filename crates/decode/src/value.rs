@@ -54,8 +54,12 @@ pub fn write_scalar(out: &mut Vec<u8>, kind: ScalarKind, text: &str, options: Va
         ScalarKind::Json => {
             if text.trim().is_empty() {
                 out.extend_from_slice(b"null");
-            } else {
+            } else if json_is_plain(text) {
                 out.extend_from_slice(text.as_bytes());
+            } else {
+                // A value ordinary JSON parsers refuse would make the whole event unreadable
+                // to them (and so hide the change): sent as its text.
+                write_str(out, text);
             }
         }
         ScalarKind::Bytea => write_bytea(out, text),
@@ -77,8 +81,65 @@ pub fn write_scalar(out: &mut Vec<u8>, kind: ScalarKind, text: &str, options: Va
     }
 }
 
+/// Digits before the decimal point beyond which a number overflows a double (about 1.8e308):
+/// common JSON parsers refuse such numbers.
+const MAX_INTEGER_DIGITS: usize = 308;
+
+/// Nesting beyond which common JSON parsers refuse a document (serde_json stops at 128).
+const MAX_JSON_DEPTH: usize = 100;
+
+/// Whether a number (JSON syntax) fits a double.
+fn fits_a_double(text: &str) -> bool {
+    if text.contains(['e', 'E']) {
+        return text.parse::<f64>().is_ok_and(f64::is_finite);
+    }
+    let digits = text.trim_start_matches('-').trim_start_matches('0');
+    digits.find('.').unwrap_or(digits.len()) <= MAX_INTEGER_DIGITS
+}
+
+/// Whether common JSON parsers read `json` (PostgreSQL's, so well-formed): nesting at most
+/// [`MAX_JSON_DEPTH`], no number beyond a double.
+fn json_is_plain(json: &str) -> bool {
+    let (mut depth, mut in_string, mut escaped, mut run) = (0usize, false, false, 0usize);
+    for byte in json.bytes() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'0'..=b'9' => {
+                run += 1;
+                if run > MAX_INTEGER_DIGITS {
+                    return false;
+                }
+                continue;
+            }
+            b'e' | b'E' if run > 0 => {
+                // An exponent: 1e400 overflows as surely as 400 digits.
+                return json.parse::<serde_json::Value>().is_ok();
+            }
+            _ => {}
+        }
+        run = 0;
+    }
+    true
+}
+
 fn write_number_or_string(out: &mut Vec<u8>, text: &str) {
-    if is_json_number(text) {
+    if is_json_number(text) && fits_a_double(text) {
         out.extend_from_slice(text.as_bytes());
     } else {
         write_str(out, text);
@@ -225,6 +286,26 @@ fn parse_array(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn values_common_parsers_refuse_are_sent_as_text() {
+        use super::*;
+        let json = |kind, text: &str| {
+            let mut out = Vec::new();
+            write_scalar(&mut out, kind, text, ValueOptions::default());
+            String::from_utf8(out).unwrap()
+        };
+        let huge = format!("1{}", "0".repeat(400));
+        assert_eq!(json(ScalarKind::Numeric, &huge), format!("\"{huge}\""));
+        assert_eq!(json(ScalarKind::Numeric, "123.4500"), "123.4500", "ordinary numbers keep their digits");
+        let nested = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(json(ScalarKind::Json, &nested).starts_with("\"[[["));
+        assert_eq!(json(ScalarKind::Json, "1e400"), "\"1e400\"");
+        assert_eq!(json(ScalarKind::Json, r#"{"a": [1, 2.5e3, "x[["]}"#), r#"{"a": [1, 2.5e3, "x[["]}"#);
+        for text in [&json(ScalarKind::Numeric, &huge), &json(ScalarKind::Json, &nested)] {
+            assert!(serde_json::from_str::<serde_json::Value>(text).is_ok(), "{text}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
     use ScalarKind::*;

@@ -55,7 +55,15 @@ pub struct Gateway {
 pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let host = host.trim();
     let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
+        // An IPv6 address: nothing but a port may follow it.
+        Some(rest) => match rest.split_once(']') {
+            Some((address, port))
+                if port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.chars().all(|c| c.is_ascii_digit())) =>
+            {
+                address
+            }
+            _ => return false,
+        },
         None => host
             .rsplit_once(':')
             .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
@@ -344,7 +352,13 @@ mod tests {
         ] {
             assert!(host_allowed(host, &allowed), "{host}");
         }
-        for host in ["rebind.attacker.example:8080", "attacker.example", "events.internal.attacker.example", ""] {
+        for host in [
+            "rebind.attacker.example:8080",
+            "attacker.example",
+            "events.internal.attacker.example",
+            "",
+            "[::1]x.attacker.example",
+        ] {
             assert!(!host_allowed(host, &allowed), "{host}");
         }
     }

@@ -314,14 +314,22 @@ impl Sessions {
         let client = self.pool.get().await?;
         if !read.is_empty() {
             client
-                .execute("UPDATE pgevents.session SET last_seen = now() WHERE id = ANY($1::text[]::uuid[])", &[&read])
+                // Rows a writer holds locked (adding subscriptions) are skipped: touched next time.
+                .execute(
+                    "UPDATE pgevents.session SET last_seen = now() WHERE id IN (
+                         SELECT id FROM pgevents.session WHERE id = ANY($1::text[]::uuid[]) FOR UPDATE SKIP LOCKED)",
+                    &[&read],
+                )
                 .await
                 .map_err(|e| PgError::new("cannot update pgevents.session.last_seen", e))?;
         }
         let ttl = self.ttl.as_secs_f64();
         let expired = client
             .execute(
-                "DELETE FROM pgevents.session WHERE last_seen < now() - make_interval(secs => $1) AND NOT (id = ANY($2::text[]::uuid[]))",
+                "DELETE FROM pgevents.session WHERE id IN (
+                     SELECT id FROM pgevents.session
+                     WHERE last_seen < now() - make_interval(secs => $1) AND NOT (id = ANY($2::text[]::uuid[]))
+                     FOR UPDATE SKIP LOCKED)",
                 &[&ttl, &read],
             )
             .await

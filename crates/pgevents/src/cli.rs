@@ -95,6 +95,9 @@ pub struct WorkTopologyArgs {
     /// Durable queue keeping what reaches the dead-letter exchange
     #[arg(long, env = "PGEVENTS_DEAD_LETTER_QUEUE", default_value = "pgevents.dead")]
     pub dead_letter_queue: String,
+    /// File holding the key (32 bytes or more) work messages are signed with: workers sign, action runners and requeue-dead refuse what it did not sign [default: unsigned, with a warning]
+    #[arg(long = "work-key-file", env = "PGEVENTS_WORK_KEY_FILE")]
+    pub work_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -294,6 +297,9 @@ pub struct ProducerArgs {
     /// Honour {"skip": true} context messages (suppress the transaction's events); any database user can send one, so it is off unless asked for
     #[arg(long, env = "PGEVENTS_ALLOW_SKIP", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub allow_skip: bool,
+    /// Largest transaction context (pg_logical_emit_message(true, 'pgevents', ...)), in bytes: it is copied into every event of its transaction, and any role that can write may send it; more is ignored, logged and counted
+    #[arg(long, env = "PGEVENTS_MAX_CONTEXT_BYTES", default_value_t = 8 << 10)]
+    pub max_context_bytes: usize,
     /// Messages published but not yet confirmed, at most
     #[arg(long, env = "PGEVENTS_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: u64,
@@ -469,6 +475,9 @@ pub struct CheckArgs {
     /// The gateway's --sessions, to review (the same variable as `pgevents serve`)
     #[arg(long, env = "PGEVENTS_SESSIONS", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub sessions: bool,
+    /// The workers' --work-key-file, to review (the same variable as the workers')
+    #[arg(long = "work-key-file", env = "PGEVENTS_WORK_KEY_FILE")]
+    pub work_key_file: Option<std::path::PathBuf>,
     /// The gateway's --subscriber-column, to review: tables it addresses need REPLICA IDENTITY FULL (the same variable as `pgevents serve`)
     #[arg(long = "subscriber-column", env = "PGEVENTS_SUBSCRIBER_COLUMN", value_delimiter = ',')]
     pub subscriber_columns: Vec<String>,

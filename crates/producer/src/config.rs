@@ -102,6 +102,8 @@ pub struct ProducerConfig {
     /// Honour `{"skip": true}` context messages (any database user can send one, so that
     /// their changes reach no consumer): off unless asked for.
     pub allow_skip: bool,
+    /// Largest context of a transaction, in bytes of its messages (more is ignored).
+    pub max_context_bytes: usize,
 }
 
 impl ProducerConfig {
@@ -138,6 +140,7 @@ impl ProducerConfig {
             history_stream: None,
             snapshot_batch_rows: 1000,
             allow_skip: false,
+            max_context_bytes: pgevents_decode::DEFAULT_MAX_CONTEXT_BYTES,
         }
     }
 

@@ -115,6 +115,19 @@ impl Database {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// The tables of a publication, as (schema, table).
+    pub async fn publication_table_pairs(&self, name: &str) -> Result<Vec<(String, String)>, ProducerError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2",
+                &[&name],
+            )
+            .await
+            .map_err(|e| pg_error("list publication tables", e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// The server's WAL position (its replay position on a standby).
     pub async fn current_wal_lsn(&self) -> Result<Lsn, ProducerError> {
         let text = self

@@ -11,6 +11,7 @@ pub const EVENTS_CONFIRMED: &str = "pgevents_events_confirmed_total";
 pub const TRANSACTIONS: &str = "pgevents_transactions_total";
 pub const TRANSACTIONS_SKIPPED: &str = "pgevents_transactions_skipped_total";
 pub const SKIPS_REFUSED: &str = "pgevents_skip_requests_ignored_total";
+pub const CONTEXT_IGNORED: &str = "pgevents_context_messages_ignored_total";
 pub const CONFIRMS_PENDING: &str = "pgevents_confirms_pending";
 pub const CONFIRMED_LSN: &str = "pgevents_confirmed_lsn";
 pub const SERVER_WAL_LSN: &str = "pgevents_server_wal_lsn";
@@ -45,6 +46,10 @@ pub fn describe() {
     describe_counter!(
         SKIPS_REFUSED,
         "Transactions that asked to be skipped and were published, --allow-skip being off"
+    );
+    describe_counter!(
+        CONTEXT_IGNORED,
+        "Context messages ignored: not a JSON object, or over --max-context-bytes for their transaction"
     );
     describe_gauge!(CONFIRMS_PENDING, "Messages published and not yet confirmed");
     describe_gauge!(CONFIRMED_LSN, "Last LSN reported to PostgreSQL as flushed (as a number)");

@@ -110,6 +110,7 @@ impl Reader {
         let silence_timeout = config.status_interval * 3 + Duration::from_secs(5);
         let router = config.router();
         let buffer = TxBuffer::new(config.tx_memory_budget, config.spill_dir.clone());
+        let max_context_bytes = config.max_context_bytes;
         Reader {
             stream,
             decoder,
@@ -120,7 +121,7 @@ impl Reader {
             stats,
             reply_requested,
             silence_timeout,
-            tx: TransactionBuilder::default(),
+            tx: TransactionBuilder::new(max_context_bytes),
             buffer,
             last_mark: Lsn::ZERO,
             event_counters: EventCounters::default(),
@@ -237,7 +238,8 @@ impl Reader {
             }
             Decoded::Message(message) => {
                 if let Err(bad) = self.tx.message(&message) {
-                    tracing::warn!("{bad}");
+                    metrics::counter!(crate::metrics::CONTEXT_IGNORED).increment(1);
+                    tracing::warn!(error = ?bad.to_string(), "a context message was ignored");
                 }
             }
             Decoded::Relation(table) => self.catalog.forget_primary_key(&table),

@@ -108,10 +108,14 @@ pub async fn unfinished(db: &Database, slot: &str) -> Result<Option<Lsn>, Produc
 /// Records a new snapshot of every streamed table at `lsn`, replacing any earlier one.
 pub async fn plan(db: &Database, config: &ProducerConfig, lsn: Lsn) -> Result<(), ProducerError> {
     let router = config.router();
+    // The tables listed, or those the publication streams (all of them only for FOR ALL TABLES).
     let candidates: Vec<(String, String)> = if !config.tables.is_empty() {
         config.tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect()
     } else {
-        db.ordinary_tables().await?
+        match db.publication(&config.publication).await? {
+            Some(false) => db.publication_table_pairs(&config.publication).await?,
+            Some(true) | None => db.ordinary_tables().await?,
+        }
     };
     let tables: Vec<(String, String)> = candidates.into_iter().filter(|(s, t)| router.streams(s, t)).collect();
     let client = db.client();
@@ -149,6 +153,8 @@ struct Columns {
     names: Vec<String>,
     /// The types as SQL spells them (to cast the bound key values).
     types: Vec<String>,
+    /// Whether every key column is of a type PostgreSQL itself defines (see [`Paging`]).
+    builtin_keys: bool,
     kinds: Vec<ValueKind>,
     /// Positions of the primary key columns in `names`, in key order.
     key_positions: Vec<usize>,
@@ -179,6 +185,9 @@ pub async fn run(
         }
         reader.execute(&format!("SET TRANSACTION SNAPSHOT '{name}'")).await?;
     }
+    // Row-level security policies are the tables' owners' code: a table they would filter is an
+    // error for the snapshot, never a silently partial read run through their functions.
+    reader.execute("SET LOCAL row_security = off").await?;
     let mut publisher =
         ConfirmingPublisher::connect(&config.amqp_url, &config.publisher_settings("producer snapshot")).await?;
     let mut snapshot = Snapshot {
@@ -263,11 +272,13 @@ impl Snapshot<'_> {
         for info in &infos {
             kinds.push(self.kind(info.type_oid).await?);
         }
+        let oids: Vec<u32> = infos.iter().map(|c| c.type_oid).collect();
         let (names, types): (Vec<String>, Vec<String>) = infos.into_iter().map(|c| (c.name, c.type_sql)).unzip();
         let primary_key = self.db.primary_key(table).await?;
         let key_positions =
             primary_key.columns().iter().filter_map(|k| names.iter().position(|n| n == k)).collect::<Vec<_>>();
-        Ok(Columns { names, types, kinds, key_positions, primary_key: Arc::new(primary_key) })
+        let builtin_keys = key_positions.iter().all(|&i| oids[i] < FIRST_NORMAL_OID);
+        Ok(Columns { names, types, builtin_keys, kinds, key_positions, primary_key: Arc::new(primary_key) })
     }
 
     /// Reads one table batch by batch, recording its progress after each.
@@ -400,8 +411,13 @@ impl Snapshot<'_> {
     }
 }
 
+/// OIDs below this are PostgreSQL's own objects, made by initdb (`FirstNormalObjectId`).
+const FIRST_NORMAL_OID: u32 = 16384;
+
 /// How a table is read: in key order, a batch at a time, or (without a usable primary key) in
-/// one pass.
+/// one pass. Paging binds the last key's values as text and casts them to the key's types:
+/// only for types PostgreSQL defines, since the owner of a type may attach any function to a
+/// cast from text (`CREATE CAST`), which would then run with the producer's rights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Paging {
     Keyed,
@@ -410,8 +426,9 @@ enum Paging {
 
 impl Paging {
     fn of(columns: &Columns) -> Paging {
-        let keyed =
-            !columns.key_positions.is_empty() && columns.key_positions.len() == columns.primary_key.columns().len();
+        let keyed = !columns.key_positions.is_empty()
+            && columns.key_positions.len() == columns.primary_key.columns().len()
+            && columns.builtin_keys;
         if keyed {
             Paging::Keyed
         } else {
@@ -434,7 +451,9 @@ struct BatchQuery {
 }
 
 /// One batch: the rows after `last_key` in key order (its values bound as text and cast to the
-/// key columns' types), or the whole table; every column as PostgreSQL's text output.
+/// key columns' types), or the whole table; every column as PostgreSQL's text output, read
+/// through `concat()`, which calls the type's output function, never a cast (the owner of a type
+/// may make its cast to text run any function).
 fn batch_query(
     table: &TableRef,
     columns: &Columns,
@@ -444,7 +463,14 @@ fn batch_query(
 ) -> BatchQuery {
     // The table is aliased `t` and its columns qualified, so that ORDER BY sorts the columns,
     // not the text outputs of the same names.
-    let select: Vec<String> = columns.names.iter().map(|n| format!("t.{}::text", quote_ident(n))).collect();
+    let select: Vec<String> = columns
+        .names
+        .iter()
+        .map(|n| {
+            let column = format!("t.{}", quote_ident(n));
+            format!("CASE WHEN pg_catalog.num_nulls({column}) = 1 THEN NULL ELSE pg_catalog.concat({column}) END")
+        })
+        .collect();
     let from = format!("{}.{} AS t", quote_ident(&table.schema), quote_ident(&table.name));
     if paging == Paging::Whole {
         return BatchQuery { sql: format!("SELECT {} FROM {from}", select.join(", ")), keys: Vec::new() };

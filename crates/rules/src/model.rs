@@ -115,6 +115,11 @@ impl RuleSet {
         self.secrets.get(owner)
     }
 
+    /// The work item `name` (enabled, on an enabled table).
+    pub fn work_item(&self, name: &str) -> Option<&Arc<WorkItem>> {
+        self.work_items().find(|item| item.name == name)
+    }
+
     /// Every work item.
     pub fn work_items(&self) -> impl Iterator<Item = &Arc<WorkItem>> {
         self.work_items.values().flatten()

@@ -36,6 +36,8 @@ struct Stage {
     rules: Arc<RulesCache>,
     runner: Arc<JobRunner>,
     work: ConfirmedSender,
+    /// Signs work messages.
+    key: Option<pgevents_actions::WorkKey>,
     shutdown: CancellationToken,
 }
 
@@ -107,7 +109,7 @@ impl Stage {
                 }
                 Mode::Async => {
                     self.work
-                        .send(work_message(&job, None, None))
+                        .send(work_message(&job, None, None, self.key.as_ref()))
                         .await
                         .map_err(|e| Outcome::Unavailable(format!("cannot queue the job: {e}")))?;
                 }
@@ -133,7 +135,8 @@ pub async fn run_worker(
     );
     let evaluator =
         Evaluator { pool, sessions: rules.sessions().clone(), timeout: config.rule_timeout, limits: config.row_limits };
-    let stage = Arc::new(Stage { evaluator, rules, runner, work, shutdown: shutdown.clone() });
+    let key = config.stage.topology.key.clone();
+    let stage = Arc::new(Stage { evaluator, rules, runner, work, key, shutdown: shutdown.clone() });
     let consumer =
         config.stage.consumer_config(&config.exchange, &config.queue, config.binding_keys, "pgevents worker");
     let registry = Registry::new().on_all("*", move |incoming: IncomingEvent| {

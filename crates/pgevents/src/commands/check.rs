@@ -26,6 +26,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         gateway_listen: args.gateway_listen,
         gateway_auth: args.jwt.jwt_secret_file.is_some() || args.jwt.jwt_public_key_file.is_some(),
         sessions: args.sessions,
+        work_key: args.work_key_file.is_some(),
     }));
     findings.extend(database_review(&config.postgres, &args.subscriber_columns).await);
     let mut stdout = std::io::stdout().lock();
@@ -55,6 +56,7 @@ struct Deployment<'a> {
     gateway_listen: Option<SocketAddr>,
     gateway_auth: bool,
     sessions: bool,
+    work_key: bool,
 }
 
 /// What the database holds that weakens the deployment: the rules' owners and secrets, and the
@@ -105,6 +107,11 @@ fn risky_settings(d: &Deployment<'_>) -> Vec<Finding> {
         warn("skip requests", "--allow-skip is on: any role that can connect can hide its changes from every consumer with pg_logical_emit_message(true, 'pgevents', '{\"skip\": true}'); turn it off unless every writer is trusted")
     } else {
         pass("skip requests", "refused ({\"skip\": true} is published anyway)")
+    });
+    out.push(if d.work_key {
+        pass("work messages", "signed (--work-key-file)")
+    } else {
+        warn("work messages", "not signed (no --work-key-file): whoever may publish to the work exchange, or to the dead-letter exchange that requeue-dead reads, can make any action run on parameters of their choosing; give the workers, the action runners and requeue-dead one key (head -c 32 /dev/urandom > work.key)")
     });
     out.push(if d.http_allow.iter().all(|a| a.trim().is_empty()) {
         warn("HTTP actions", "no --http-allow: whoever writes rules can make the workers call any address, internal services included; set PGEVENTS_HTTP_ALLOW to the hosts and networks your actions call")
@@ -172,10 +179,11 @@ mod tests {
             gateway_listen: Some("0.0.0.0:8080".parse().unwrap()),
             gateway_auth: false,
             sessions: true,
+            work_key: false,
         };
         assert_eq!(
             warnings(&open),
-            ["skip requests", "HTTP actions", "PostgreSQL TLS", "RabbitMQ TLS", "gateway", "sessions"]
+            ["skip requests", "work messages", "HTTP actions", "PostgreSQL TLS", "RabbitMQ TLS", "gateway", "sessions"]
         );
 
         postgres.tls = TlsMode::VerifyFull;
@@ -189,6 +197,7 @@ mod tests {
             gateway_listen: Some("0.0.0.0:8080".parse().unwrap()),
             gateway_auth: true,
             sessions: true,
+            work_key: true,
         };
         assert!(warnings(&safe).is_empty(), "{:?}", risky_settings(&safe));
 

@@ -67,6 +67,7 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     };
     config.snapshot_batch_rows = args.snapshot_batch_rows.max(1);
     config.allow_skip = args.allow_skip;
+    config.max_context_bytes = args.max_context_bytes;
     config.history_stream =
         args.history_stream.clone().filter(|s| !s.trim().is_empty()).map(|s| (s, args.retention.retention()));
     Ok(config)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pgevents_actions::{
     declare_work_topology, AllowList, DeadLetters, HttpCaller, HttpSettings, JobRunner, Secrets, StageConsumer,
-    WorkTopology,
+    WorkKey, WorkTopology,
 };
 use pgevents_consumer::ConnectionWatch;
 use pgevents_rules::{OwnerSessions, RulesCache};
@@ -20,13 +20,22 @@ use crate::pg_args::PgArgs;
 
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-fn topology(args: &WorkTopologyArgs) -> WorkTopology {
-    WorkTopology {
+fn topology(args: &WorkTopologyArgs) -> anyhow::Result<WorkTopology> {
+    let key = match &args.work_key_file {
+        Some(file) => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read --work-key-file {}", file.display()))?;
+            Some(WorkKey::new(bytes)?)
+        }
+        None => None,
+    };
+    Ok(WorkTopology {
         work_exchange: args.work_exchange.clone(),
         work_queue: args.work_queue.clone(),
         dead_exchange: args.dead_letter_exchange.clone(),
         dead_queue: args.dead_letter_queue.clone(),
-    }
+        key,
+    })
 }
 
 /// `host:pid`, recorded in `action_run.worker`.
@@ -71,7 +80,7 @@ async fn setup(
     let rules = RulesCache::start(settings.clone(), sessions, refresh, shutdown.clone())
         .await
         .context("cannot load the rules")?;
-    let topology = topology(topology_args);
+    let topology = topology(topology_args)?;
     declare_work_topology(&url, &topology).await.context("cannot declare the work and dead-letter queues")?;
     let http = HttpCaller::new(http_settings(actions)?).map_err(anyhow::Error::msg)?;
     let dead = DeadLetters::start(url.clone(), &topology);
@@ -147,7 +156,7 @@ pub async fn run_action_runner(args: ActionRunnerArgs, shutdown: CancellationTok
 
 pub async fn requeue_dead(args: RequeueDeadArgs) -> anyhow::Result<()> {
     let url = args.rabbit.parse()?;
-    let topology = topology(&args.topology);
+    let topology = topology(&args.topology)?;
     let report = pgevents_actions::requeue_dead(&url, &topology, args.work_item.as_deref(), args.limit)
         .await
         .context("cannot requeue the dead jobs")?;
@@ -155,5 +164,8 @@ pub async fn requeue_dead(args: RequeueDeadArgs) -> anyhow::Result<()> {
         "requeued {} dead jobs to {}; left {} other messages in {}",
         report.requeued, topology.work_exchange, report.kept, topology.dead_queue
     );
+    if report.unsigned > 0 {
+        println!("{} of them are jobs whose signature does not hold (--work-key-file): left alone", report.unsigned);
+    }
     Ok(())
 }

@@ -127,21 +127,24 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- (The schema owner's rights: it locks the session's row, so that concurrent inserts count one
+-- after the other; the subscription's own row-level security policy still makes sure the writer
+-- owns the session.)
 CREATE OR REPLACE FUNCTION pgevents.check_subscription() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     owner_name name;
     verdict record;
     most integer;
     held bigint;
 BEGIN
-    -- Row-level security shows the writer its own sessions only (all of them to the schema's
-    -- owner and superusers).
     SELECT s.owner INTO owner_name FROM pgevents.session s WHERE s.id = NEW.session_id;
-    IF owner_name IS NULL THEN
+    -- Only the owner's sessions are the writer's to know of (and to lock).
+    IF owner_name IS NULL OR NOT pg_has_role(session_user, owner_name, 'MEMBER') THEN
         RAISE EXCEPTION 'no session %', NEW.session_id
             USING ERRCODE = 'no_data_found', HINT = 'a role can subscribe only the sessions it created';
     END IF;
+    PERFORM 1 FROM pgevents.session s WHERE s.id = NEW.session_id FOR UPDATE;
     IF cardinality(NEW.pk) > 32 OR octet_length(array_to_string(NEW.pk, '')) > 8192 THEN
         RAISE EXCEPTION 'a subscription key holds at most 32 values and 8 KiB' USING ERRCODE = 'program_limit_exceeded';
     END IF;
@@ -166,11 +169,19 @@ RETURNS integer LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_ca
 DECLARE
     text_value text;
 BEGIN
+    -- Only the limits every role is subject to: the other settings are the schema owner's.
+    IF setting_name NOT IN ('max_sessions_per_role', 'max_subscriptions_per_session') THEN
+        RETURN fallback;
+    END IF;
     SELECT s.value INTO text_value FROM pgevents.setting s WHERE s.name = setting_name;
     RETURN coalesce(text_value::integer, fallback);
-EXCEPTION WHEN invalid_text_representation THEN
+EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
     RETURN fallback;
 END $$;
+
+-- One row per role that made sessions: what serialises the count of its sessions.
+CREATE TABLE pgevents.session_owner (owner name PRIMARY KEY);
+REVOKE ALL ON pgevents.session_owner FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION pgevents.prepare_session() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -182,8 +193,10 @@ BEGIN
     NEW.last_seen := now();
     NEW.notify_key := gen_random_uuid();
     most := pgevents.setting_value('max_sessions_per_role', 100);
-    -- Concurrent inserts of one role may pass the count together: it can overshoot by its own
-    -- concurrent transactions, never block another role.
+    -- Inserts of one role count one after the other: they lock the role's row (a table only this
+    -- function writes, so no other role can hold that lock).
+    INSERT INTO pgevents.session_owner (owner) VALUES (NEW.owner) ON CONFLICT (owner) DO NOTHING;
+    PERFORM 1 FROM pgevents.session_owner o WHERE o.owner = NEW.owner FOR UPDATE;
     SELECT count(*) INTO held FROM pgevents.session s WHERE s.owner = NEW.owner;
     IF held >= most THEN
         RAISE EXCEPTION 'role % already has % sessions, the most allowed', NEW.owner, held
@@ -193,6 +206,7 @@ BEGIN
     RETURN NEW;
 END $$;
 
+REVOKE ALL ON FUNCTION pgevents.check_subscription() FROM PUBLIC;
 REVOKE DELETE ON pgevents.session, pgevents.subscription FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION pgevents.session_drop(session uuid) RETURNS void
@@ -286,6 +300,10 @@ BEGIN
     END IF;
     IF NEW.owner IS NOT NULL AND NEW.kind = 'http' THEN
         missing := pgevents.ungranted_secrets(NEW.owner, concat_ws(' ', NEW.url, NEW.headers::text, NEW.body_template::text));
+        IF missing IS NULL THEN
+            RAISE EXCEPTION 'cannot check the secrets of action % for owner %: the writer''s login is not a member of that role', quote_literal(NEW.name), NEW.owner
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
         IF cardinality(missing) > 0 THEN
             RAISE EXCEPTION 'action % uses secrets not granted to its owner %: %', quote_literal(NEW.name), NEW.owner,
                 array_to_string(missing, ', ')
@@ -296,11 +314,15 @@ BEGIN
     RETURN NEW;
 END $$;
 
--- The secrets a role may not use, answered only about a role the caller's login has the rights
--- of (it said which secrets were granted to whom, to anyone).
+-- The secrets a role may not use, answered only about a role the caller's login is a member of
+-- (it said which secrets were granted to whom, to anyone); NULL otherwise, which the trigger
+-- takes for a refusal.
 CREATE OR REPLACE FUNCTION pgevents.ungranted_secrets(role_name name, templates text)
 RETURNS text[] LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN NOT pgevents.has_rights_of(session_user, role_name) THEN NULL ELSE (
+    SELECT CASE
+        WHEN NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = role_name) THEN NULL
+        WHEN NOT pg_has_role(session_user, role_name, 'MEMBER') THEN NULL
+        ELSE (
         SELECT coalesce(array_agg(DISTINCT m[1] ORDER BY m[1]), '{}')
         FROM regexp_matches(coalesce(templates, ''), '\{\{\s*secret\.([^}]*?)\s*\}\}', 'g') AS m
         WHERE NOT EXISTS (
@@ -309,10 +331,11 @@ RETURNS text[] LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog
     END
 $$;
 
--- No placeholder in the scheme, host or port (checked again when the request is made; rows
--- written before are not re-checked here, and are refused when they run).
+-- No placeholder in the scheme, host or port, and after {base_url} only a path, a query or a
+-- fragment (checked again when the request is made; rows written before are not re-checked
+-- here, and are refused when they run).
 ALTER TABLE pgevents.action ADD CONSTRAINT action_url_host_fixed
-    CHECK (url IS NULL OR url !~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*\{\{') NOT VALID;
+    CHECK (url IS NULL OR (url !~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*\{\{' AND url !~ '^\{base_url\}[^/?#]')) NOT VALID;
 
 -- A success row: waits for a lock at most 5 s (an author may hold a table lock on the rule
 -- tables), and keeps at most 8 KiB of result.
