@@ -203,7 +203,12 @@ impl RabbitNode {
 impl Drop for RabbitNode {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        // runuser's child (the Erlang VM) may outlive it: stop the node by name too.
-        let _ = std::process::Command::new("pkill").arg("-f").arg(&self.node).status();
+        // runuser's child, the Erlang VM, outlives it, and its command line does not name the
+        // node: stop it by the pid it wrote (the directory is still there until after this).
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).unwrap_or_default();
+        let pid = pid.trim();
+        if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+            let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+        }
     }
 }
