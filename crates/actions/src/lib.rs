@@ -35,7 +35,7 @@ pub use http::{HttpCaller, HttpSettings};
 pub use job::{EventInfo, Job};
 pub use outbound::AllowList;
 pub use requeue::{requeue_dead, RequeueReport};
-pub use runner::{JobOutcome, JobRunner};
+pub use runner::{EventReaders, JobOutcome, JobRunner};
 pub use runner_service::{run_action_runner, StageConsumer};
 pub use secrets::{redact_url, Secrets, SecretsError, ENV_PREFIX as SECRET_ENV_PREFIX};
 pub use signing::{ShortKey, WorkKey, SIGNATURE_HEADER};

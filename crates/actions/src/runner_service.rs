@@ -6,7 +6,7 @@ use pgevents_amqp::AmqpUrl;
 use pgevents_consumer::{ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, Outcome, QueueMode};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Job, JobError, JobOutcome, JobRunner, WorkTopology, SIGNATURE_HEADER};
+use crate::{EventReaders, Job, JobError, JobOutcome, JobRunner, WorkTopology, SIGNATURE_HEADER};
 
 /// How the worker and the action runner consume: the same settings, each on its own queue.
 #[derive(Debug, Clone)]
@@ -88,7 +88,7 @@ pub async fn run_action_runner(
                 Ok(job) => job,
                 Err(e) => return Outcome::Fail(format!("not a pgevents work message: {e}")),
             };
-            settle(runner.run(&job, &stop).await)
+            settle(runner.run(&job, EventReaders::Unknown, &stop).await)
         }
     };
     Consumer::messages(consumer, handler).run(shutdown).await

@@ -55,12 +55,13 @@ pub(crate) async fn run(
     };
     let result = format!("{rows} rows");
     let record = RunRecord { duration: clock.elapsed(), result: Some(&result), ..success };
-    // Again: the statement may have lifted it, and the record and the commit (deferred triggers)
-    // are statements too.
-    if let Err(e) = tx.batch_execute(&timeout).await {
+    // Again, with the record (one round trip): the statement may have lifted it, and the record
+    // and the commit (deferred triggers) are statements too.
+    let (set, recorded) = tokio::join!(tx.batch_execute(&timeout), record_success_as_owner(&tx, &record));
+    if let Err(e) = set {
         return Ok(failure(e));
     }
-    if let Err(e) = record_success_as_owner(&tx, &record).await {
+    if let Err(e) = recorded {
         if is_duplicate_success(&e) {
             return Ok(Attempt::AlreadyDone);
         }

@@ -5,6 +5,7 @@
 
 use pgevents_pg::PgError;
 use serde_json::Value;
+use tokio_postgres::types::Type;
 
 /// The columns an event carries (of its new and old rows), sorted, from its JSON.
 pub fn carried_columns(event: &Value) -> Vec<String> {
@@ -26,11 +27,18 @@ pub async fn event_refusal(
     columns: &[String],
 ) -> Result<Option<String>, PgError> {
     let read = |e| PgError::new("cannot check the rule owner's privileges", e);
-    let row = client
-        .query_one("SELECT pgevents.event_access($1, $2, $3)", &[&owner, &table, &columns])
+    // Typed and unnamed: one round trip, nothing prepared first (this runs for every event).
+    let rows = client
+        .query_typed(
+            "SELECT pgevents.event_access($1, $2, $3)",
+            &[(&owner, Type::TEXT), (&table, Type::TEXT), (&columns, Type::TEXT_ARRAY)],
+        )
         .await
         .map_err(read)?;
-    row.try_get(0).map_err(read)
+    match rows.first() {
+        Some(row) => row.try_get(0).map_err(read),
+        None => Ok(Some("pgevents.event_access returned no row".to_owned())),
+    }
 }
 
 #[cfg(test)]

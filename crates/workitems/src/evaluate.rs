@@ -145,12 +145,13 @@ impl Evaluator {
         let parameters = [(&parameter as &(dyn tokio_postgres::types::ToSql + Sync), Type::JSONB)];
         let typed = || parameters.iter().map(|(v, t)| (*v, t.clone()));
         if let Some(filter) = &item.filter {
-            tx.batch_execute(&timeout).await.map_err(|e| failure("the timeout", item, e))?;
             // The unnamed statement, parsed afresh: nothing prepared earlier in the session runs.
-            let rows = tx
-                .query_typed_raw(&Shape::Filter.statement(filter), typed())
-                .await
-                .map_err(|e| failure("filter", item, e))?;
+            // It goes out with the timeout (one round trip); if setting the timeout fails, the
+            // transaction is aborted and the statement fails too.
+            let statement = Shape::Filter.statement(filter);
+            let (set, rows) = tokio::join!(tx.batch_execute(&timeout), tx.query_typed_raw(&statement, typed()));
+            set.map_err(|e| failure("the timeout", item, e))?;
+            let rows = rows.map_err(|e| failure("filter", item, e))?;
             futures_util::pin_mut!(rows);
             let first = rows.try_next().await.map_err(|e| failure("filter", item, e))?;
             let matched: Option<bool> =
@@ -163,11 +164,10 @@ impl Evaluator {
             let row = if event.new.is_empty() { &event.old } else { &event.new };
             return Ok(vec![row.clone()]);
         };
-        tx.batch_execute(&timeout).await.map_err(|e| failure("the timeout", item, e))?;
-        let rows = tx
-            .query_typed_raw(&Shape::Query.statement(query), typed())
-            .await
-            .map_err(|e| failure("work_item_query", item, e))?;
+        let statement = Shape::Query.statement(query);
+        let (set, rows) = tokio::join!(tx.batch_execute(&timeout), tx.query_typed_raw(&statement, typed()));
+        set.map_err(|e| failure("the timeout", item, e))?;
+        let rows = rows.map_err(|e| failure("work_item_query", item, e))?;
         futures_util::pin_mut!(rows);
         let mut out = Vec::new();
         let mut bytes = 0usize;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use pgevents_actions::{work_message, Job, JobRunner, StageConsumer};
+use pgevents_actions::{work_message, EventReaders, Job, JobRunner, StageConsumer};
 use pgevents_amqp::ConfirmedSender;
 use pgevents_consumer::{Consumer, ConsumerError, IncomingEvent, Outcome, Registry};
 use pgevents_pg::Pool;
@@ -100,12 +100,14 @@ impl Stage {
             Mode::Sync => "sync",
             Mode::Async => "async",
         };
+        // The evaluator has just asked whether the work item's owner may read this event.
+        let readers = item.owner.as_deref().map_or(EventReaders::Unknown, EventReaders::Checked);
         for (row, parameters) in rows.into_iter().enumerate() {
             let job = job(row, parameters);
             metrics::counter!(metric::JOBS, "work_item" => item.name.clone(), "mode" => mode).increment(1);
             match item.mode {
                 Mode::Sync => {
-                    self.runner.run(&job, &self.shutdown).await.map_err(|e| e.outcome())?;
+                    self.runner.run(&job, readers, &self.shutdown).await.map_err(|e| e.outcome())?;
                 }
                 Mode::Async => {
                     self.work
