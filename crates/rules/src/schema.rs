@@ -22,11 +22,6 @@ pub const RULES: Component = Component {
             name: "rules run with their owner's rights",
             sql: include_str!("migrations/0004_rule_owners.sql"),
         },
-        Migration {
-            version: 5,
-            name: "doors closed after review",
-            sql: include_str!("migrations/0005_closed_doors.sql"),
-        },
     ],
 };
 

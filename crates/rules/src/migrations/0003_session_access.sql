@@ -10,14 +10,42 @@
 --   - tables with row-level security that applies to the owner are refused: each change would
 --     have to be checked against the policies as that role, row by row, and a policy can depend
 --     on anything (other tables, settings, the time); refusing is the answer that cannot leak.
+--   - the owner needs USAGE on the table's schema too, and a dot inside a schema or table name
+--     is refused (events name a table schema.table, so such a name is ambiguous);
+--   - a session has at most max_subscriptions_per_session subscriptions (setting, default 1000),
+--     and a row key at most 32 values and 8 KiB.
 --
 -- pgevents serve asks the same question (pgevents.subscription_access) each time it reads the
 -- sessions, so a privilege revoked later stops the stream at its next reload.
 --
 -- Sessions: created_at and last_seen are set by the database (a session created with last_seen
 -- 'infinity' never expired), each role has at most max_sessions_per_role sessions (setting,
--- default 100), and notifications carry a session's notify_key, not its id: any role can LISTEN,
--- and without JWT the id is what lets a client read the session.
+-- default 100, counted under a row lock only pgevents takes), and notifications carry a
+-- session's notify_key, not its id: any role can LISTEN, and without JWT the id is what lets a
+-- client read the session. PUBLIC may not DELETE from the session tables (that right comes with
+-- LOCK TABLE): session_drop and unsubscribe delete what the caller's login owns.
+
+-- Every function of the schema resolves names in pg_catalog first and never in a schema any
+-- role can write (a function overloading a built-in with a closer match, public.pg_notify(text,
+-- name), would run with the rights of whoever fired a trigger); those of versions 1 and 2 too.
+ALTER FUNCTION pgevents.notify_rules_changed() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION pgevents.session_create() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION pgevents.subscribe_table(uuid, regclass) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION pgevents.subscribe_row(uuid, regclass, jsonb) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION pgevents.subscribe_column(uuid, regclass, text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION pgevents.subscribe_field(uuid, regclass, jsonb, text) SET search_path = pg_catalog, pg_temp;
+
+-- Whether `member` has the privileges of `target` (false when either role does not exist, where
+-- pg_has_role would raise an error).
+CREATE FUNCTION pgevents.has_rights_of(member name, target name)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN member IS NULL OR target IS NULL THEN false
+        WHEN NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = member)
+          OR NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = target) THEN false
+        ELSE pg_has_role(member, target, 'USAGE')
+    END
+$$;
 
 CREATE FUNCTION pgevents.subscription_access(
     role_name name, schema_name text, relation_name text, column_name text,
@@ -25,6 +53,7 @@ CREATE FUNCTION pgevents.subscription_access(
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rel oid;
+    nsp oid;
     rel_owner oid;
     rls boolean;
     forced boolean;
@@ -36,16 +65,24 @@ BEGIN
         refused := 'incomplete subscription';
         RETURN;
     END IF;
+    IF strpos(schema_name, '.') > 0 OR strpos(relation_name, '.') > 0 THEN
+        refused := format('%I.%I: events name a table schema.table, so a dot in either name is ambiguous; rename it', schema_name, relation_name);
+        RETURN;
+    END IF;
     SELECT r.rolsuper OR r.rolbypassrls INTO privileged FROM pg_roles r WHERE r.rolname = role_name;
     IF NOT FOUND THEN
         refused := format('the role %I does not exist (any more)', role_name);
         RETURN;
     END IF;
-    SELECT c.oid, c.relowner, c.relrowsecurity, c.relforcerowsecurity INTO rel, rel_owner, rls, forced
+    SELECT c.oid, n.oid, c.relowner, c.relrowsecurity, c.relforcerowsecurity INTO rel, nsp, rel_owner, rls, forced
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = schema_name AND c.relname = relation_name AND c.relkind IN ('r', 'p');
     IF rel IS NULL THEN
         refused := format('there is no table %I.%I', schema_name, relation_name);
+        RETURN;
+    END IF;
+    IF NOT has_schema_privilege(role_name, nsp, 'USAGE') THEN
+        refused := format('role %I has no USAGE on schema %I, so it cannot read table %I.%I', role_name, schema_name, schema_name, relation_name);
         RETURN;
     END IF;
     IF rls AND NOT privileged AND (forced OR NOT pg_has_role(role_name, rel_owner, 'USAGE')) THEN
@@ -78,32 +115,68 @@ BEGIN
     every_column := cardinality(readable) = column_count;
 END $$;
 
--- Every new subscription, however it is written, within the privileges of its session's owner.
+-- A numeric setting of the schema, for functions whose callers may not read pgevents.setting.
+CREATE FUNCTION pgevents.setting_value(setting_name text, fallback integer)
+RETURNS integer LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    text_value text;
+BEGIN
+    -- Only the limits every role is subject to: the other settings are the schema owner's.
+    IF setting_name NOT IN ('max_sessions_per_role', 'max_subscriptions_per_session') THEN
+        RETURN fallback;
+    END IF;
+    SELECT s.value INTO text_value FROM pgevents.setting s WHERE s.name = setting_name;
+    RETURN coalesce(text_value::integer, fallback);
+EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+    RETURN fallback;
+END $$;
+
+-- Every new subscription, however it is written, within the privileges of its session's owner
+-- (with the schema owner's rights: it locks the session's row, so that concurrent inserts count
+-- one after the other; the subscription's own row-level security policy still makes sure the
+-- writer owns the session).
 CREATE FUNCTION pgevents.check_subscription() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     owner_name name;
     verdict record;
+    most integer;
+    held bigint;
 BEGIN
-    -- Row-level security shows the writer its own sessions only (all of them to the schema's
-    -- owner and superusers).
     SELECT s.owner INTO owner_name FROM pgevents.session s WHERE s.id = NEW.session_id;
-    IF owner_name IS NULL THEN
+    -- Only the owner's sessions are the writer's to know of (and to lock).
+    IF owner_name IS NULL OR NOT pg_has_role(session_user, owner_name, 'MEMBER') THEN
         RAISE EXCEPTION 'no session %', NEW.session_id
             USING ERRCODE = 'no_data_found', HINT = 'a role can subscribe only the sessions it created';
+    END IF;
+    PERFORM 1 FROM pgevents.session s WHERE s.id = NEW.session_id FOR UPDATE;
+    IF cardinality(NEW.pk) > 32 OR octet_length(array_to_string(NEW.pk, '')) > 8192 THEN
+        RAISE EXCEPTION 'a subscription key holds at most 32 values and 8 KiB' USING ERRCODE = 'program_limit_exceeded';
     END IF;
     SELECT * INTO verdict FROM pgevents.subscription_access(owner_name, NEW.table_schema, NEW.table_name, NEW.column_name);
     IF verdict.refused IS NOT NULL THEN
         RAISE EXCEPTION 'permission denied to subscribe to %.%: %', NEW.table_schema, NEW.table_name, verdict.refused
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    SELECT pgevents.setting_value('max_subscriptions_per_session', 1000) INTO most;
+    SELECT count(*) INTO held FROM pgevents.subscription s WHERE s.session_id = NEW.session_id;
+    IF held >= most THEN
+        RAISE EXCEPTION 'session % already has % subscriptions, the most allowed', NEW.session_id, held
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'subscribe to the table or a column instead of many rows, or raise max_subscriptions_per_session in pgevents.setting';
+    END IF;
     RETURN NEW;
 END $$;
+REVOKE ALL ON FUNCTION pgevents.check_subscription() FROM PUBLIC;
 CREATE TRIGGER subscription_check BEFORE INSERT OR UPDATE ON pgevents.subscription
     FOR EACH ROW EXECUTE FUNCTION pgevents.check_subscription();
 
 ALTER TABLE pgevents.session ADD COLUMN notify_key uuid NOT NULL DEFAULT gen_random_uuid();
 CREATE UNIQUE INDEX session_notify_key ON pgevents.session (notify_key);
+
+-- One row per role that made sessions: what serialises the count of its sessions.
+CREATE TABLE pgevents.session_owner (owner name PRIMARY KEY);
+REVOKE ALL ON pgevents.session_owner FROM PUBLIC;
 
 -- Set by the database, not by whoever inserts: the times, the notification key, and the limit
 -- on sessions per role (the schema owner's rights: the writer sees only its own sessions and
@@ -117,9 +190,11 @@ BEGIN
     NEW.created_at := now();
     NEW.last_seen := now();
     NEW.notify_key := gen_random_uuid();
-    SELECT s.value::integer INTO most FROM pgevents.setting s WHERE s.name = 'max_sessions_per_role';
-    most := coalesce(most, 100);
-    PERFORM pg_advisory_xact_lock(hashtext('pgevents sessions of ' || NEW.owner));
+    most := pgevents.setting_value('max_sessions_per_role', 100);
+    -- Inserts of one role count one after the other: they lock the role's row (a table only this
+    -- function writes, so no other role can hold that lock).
+    INSERT INTO pgevents.session_owner (owner) VALUES (NEW.owner) ON CONFLICT (owner) DO NOTHING;
+    PERFORM 1 FROM pgevents.session_owner o WHERE o.owner = NEW.owner FOR UPDATE;
     SELECT count(*) INTO held FROM pgevents.session s WHERE s.owner = NEW.owner;
     IF held >= most THEN
         RAISE EXCEPTION 'role % already has % sessions, the most allowed', NEW.owner, held
@@ -156,7 +231,7 @@ END $$;
 
 -- The subscribe functions leave the privilege check to the trigger.
 CREATE OR REPLACE FUNCTION pgevents.subscribe(session uuid, kind text, tbl regclass, pk jsonb, col text)
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     schema_name text;
     relation_name text;
@@ -211,4 +286,30 @@ BEGIN
     VALUES (subscribe.session, subscribe.kind, schema_name, relation_name, key_values, col)
     RETURNING subscription.id INTO new_id;
     RETURN new_id;
+END $$;
+
+-- No table locks from PUBLIC: DELETE on the session tables is not granted (it allowed LOCK TABLE
+-- ... ACCESS EXCLUSIVE); session_drop and unsubscribe delete for the sessions the caller's login
+-- has the rights of.
+REVOKE DELETE ON pgevents.session, pgevents.subscription FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgevents.session_drop(session uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM pgevents.session s WHERE s.id = session_drop.session AND pgevents.has_rights_of(session_user, s.owner);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no session %', session
+            USING ERRCODE = 'no_data_found', HINT = 'a role can drop only the sessions it created';
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION pgevents.unsubscribe(subscription uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM pgevents.subscription sub
+    USING pgevents.session s
+    WHERE sub.id = unsubscribe.subscription AND s.id = sub.session_id AND pgevents.has_rights_of(session_user, s.owner);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no subscription %', subscription USING ERRCODE = 'no_data_found';
+    END IF;
 END $$;
