@@ -1,7 +1,7 @@
 //! The work exchange and queue (async jobs) and the dead-letter exchange and queue (jobs that
 //! failed for good, and messages no handler could read).
 
-use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, ConfirmedSender, FieldValue, OutgoingMessage, QueueSpec};
+use pgevents_amqp::{self as amqp, AmqpError, Brokers, ConfirmedSender, FieldValue, OutgoingMessage, QueueSpec};
 
 use crate::{Job, WorkKey, SIGNATURE_HEADER};
 
@@ -42,7 +42,7 @@ impl WorkTopology {
 
 /// Declares both exchanges and both queues (durable; a no-op when they exist), so work
 /// messages wait for a runner and dead jobs are kept even before anyone reads them.
-pub async fn declare_work_topology(url: &AmqpUrl, topology: &WorkTopology) -> Result<(), AmqpError> {
+pub async fn declare_work_topology(url: &Brokers, topology: &WorkTopology) -> Result<(), AmqpError> {
     let connection = amqp::connect(url, "pgevents setup").await?;
     let result = async {
         let channel = amqp::open_channel(&connection).await?;
@@ -98,7 +98,7 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn start(url: AmqpUrl, topology: &WorkTopology) -> DeadLetters {
+    pub fn start(url: Brokers, topology: &WorkTopology) -> DeadLetters {
         DeadLetters {
             sender: ConfirmedSender::to_exchange(url, &topology.dead_exchange, "pgevents dead letters", 64),
             key: topology.key.clone(),

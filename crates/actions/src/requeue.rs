@@ -7,7 +7,7 @@
 //! do jobs whose signature does not hold when work messages are signed (`--work-key-file`):
 //! anyone who may publish to the dead-letter exchange could otherwise have any action run.
 
-use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, ConfirmedSender, FieldTable};
+use pgevents_amqp::{self as amqp, AmqpError, Brokers, ConfirmedSender, FieldTable};
 
 use crate::dead::work_message;
 use crate::{Job, WorkTopology, SIGNATURE_HEADER};
@@ -26,7 +26,7 @@ pub struct RequeueReport {
 /// Moves up to `limit` jobs (and at most what the queue held at the start) from the
 /// dead-letter queue to the work exchange; `work_item` keeps only that work item's jobs.
 pub async fn requeue_dead(
-    url: &AmqpUrl,
+    url: &Brokers,
     topology: &WorkTopology,
     work_item: Option<&str>,
     limit: u64,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use pgevents_amqp::AmqpUrl;
+use pgevents_amqp::Brokers;
 use pgevents_consumer::{ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, Outcome, QueueMode};
 use tokio_util::sync::CancellationToken;
 
@@ -11,7 +11,7 @@ use crate::{EventReaders, Job, JobError, JobOutcome, JobRunner, WorkTopology, SI
 /// How the worker and the action runner consume: the same settings, each on its own queue.
 #[derive(Debug, Clone)]
 pub struct StageConsumer {
-    pub url: AmqpUrl,
+    pub url: Brokers,
     pub topology: WorkTopology,
     /// Messages the broker sends ahead.
     pub prefetch: u16,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Cause, ServerReply};
-use crate::{AmqpError, AmqpUrl, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
+use crate::{AmqpError, Brokers, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
 
 type Reply = oneshot::Sender<Result<(), AmqpError>>;
 
@@ -24,7 +24,7 @@ pub struct ConfirmedSender {
 impl ConfirmedSender {
     /// Starts the publishing task; it connects on the first message. At most `in_flight`
     /// messages wait for confirms at once.
-    pub fn start(url: AmqpUrl, mut settings: PublisherSettings, in_flight: usize) -> ConfirmedSender {
+    pub fn start(url: Brokers, mut settings: PublisherSettings, in_flight: usize) -> ConfirmedSender {
         settings.mandatory = true;
         let (requests, rx) = mpsc::channel(in_flight.max(1));
         tokio::spawn(run(url, Arc::new(settings), rx, in_flight.max(1)));
@@ -32,7 +32,7 @@ impl ConfirmedSender {
     }
 
     /// [`ConfirmedSender::start`] for one durable topic exchange (declared if missing).
-    pub fn to_exchange(url: AmqpUrl, exchange: &str, connection_name: &str, in_flight: usize) -> ConfirmedSender {
+    pub fn to_exchange(url: Brokers, exchange: &str, connection_name: &str, in_flight: usize) -> ConfirmedSender {
         let settings = PublisherSettings {
             exchange: exchange.to_owned(),
             mandatory: true,
@@ -60,7 +60,7 @@ struct InFlight {
 }
 
 async fn run(
-    url: AmqpUrl,
+    url: Brokers,
     settings: Arc<PublisherSettings>,
     mut requests: mpsc::Receiver<(OutgoingMessage, Reply)>,
     limit: usize,

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::channel::open_publishing;
 use crate::error::Cause;
-use crate::{check_short_string, connect_with_flow, declare_topic_exchange, AmqpError, AmqpUrl, Channel, Flow};
+use crate::{check_short_string, connect_with_flow, declare_topic_exchange, AmqpError, Brokers, Channel, Flow};
 use crate::{AckWindow, UnknownTag};
 
 /// One message to publish.
@@ -120,7 +120,7 @@ pub struct ConfirmingPublisher {
 
 impl ConfirmingPublisher {
     /// Connects, enables confirms and declares the exchange.
-    pub async fn connect(url: &AmqpUrl, settings: &PublisherSettings) -> Result<ConfirmingPublisher, AmqpError> {
+    pub async fn connect(url: &Brokers, settings: &PublisherSettings) -> Result<ConfirmingPublisher, AmqpError> {
         check_short_string("exchange name", &settings.exchange)?;
         let (connection, flow) = connect_with_flow(url, &settings.connection_name).await?;
         let (tx, events) = mpsc::unbounded_channel();

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::error::ServerReply;
 use crate::url::AuthMechanism;
-use crate::{AmqpError, AmqpUrl};
+use crate::{AmqpError, AmqpUrl, Brokers};
 use pgevents_tls::{ClientCert, ClientTls, Verify};
 
 /// Whether the broker lets a connection publish.
@@ -28,17 +28,25 @@ pub enum Flow {
     Blocked(String),
 }
 
-/// Opens a connection named `name` (shown in the RabbitMQ management UI).
-pub async fn connect(url: &AmqpUrl, name: &str) -> Result<Connection, AmqpError> {
-    Ok(connect_with_flow(url, name).await?.0)
+/// Opens a connection named `name` (shown in the RabbitMQ management UI) to the first of
+/// `brokers` that answers, from the node in use on.
+pub async fn connect(brokers: &Brokers, name: &str) -> Result<Connection, AmqpError> {
+    Ok(connect_with_flow(brokers, name).await?.0)
 }
 
 /// [`connect`], with the connection's [`Flow`] as the broker reports it.
-pub async fn connect_with_flow(url: &AmqpUrl, name: &str) -> Result<(Connection, watch::Receiver<Flow>), AmqpError> {
-    let connection = open(url, name).await?;
-    let (flow, watching) = watch::channel(Flow::Running);
-    connection.register_callback(FlowCallback { flow }).await.map_err(|e| open_failed(url, &e))?;
-    Ok((connection, watching))
+pub async fn connect_with_flow(
+    brokers: &Brokers,
+    name: &str,
+) -> Result<(Connection, watch::Receiver<Flow>), AmqpError> {
+    brokers
+        .first_answering(|url| async move {
+            let connection = open(&url, name).await?;
+            let (flow, watching) = watch::channel(Flow::Running);
+            connection.register_callback(FlowCallback { flow }).await.map_err(|e| open_failed(&url, &e))?;
+            Ok((connection, watching))
+        })
+        .await
 }
 
 /// Waits until `connection` has ended (the broker closed it or shut down, the network failed, or

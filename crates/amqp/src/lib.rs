@@ -5,11 +5,13 @@
 //! confirm events as they come; the producer tracks them against LSNs) and [`ConfirmedSender`]
 //! (one message at a time, awaited, from many tasks).
 //!
-//! Every error has an [`ErrorKind`], decided where it is made. Reconnection is the caller's
-//! job: an error here means "this connection is done".
+//! Every error has an [`ErrorKind`], decided where it is made. [`Brokers`] is the list of nodes
+//! (one, or a cluster's): a connection goes to the first that answers. Reconnecting is the
+//! caller's job (`pgevents_retry::supervise`): an error here means "this connection is done".
 
 mod ack_window;
 mod body;
+mod brokers;
 mod channel;
 mod confirmed_sender;
 mod confirming_publisher;
@@ -25,6 +27,7 @@ pub use amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
 pub use amqprs::connection::Connection;
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
 pub use body::BodyError;
+pub use brokers::{describe_metrics, Brokers, FAILOVERS};
 pub use channel::{open_channel, Channel};
 pub use confirmed_sender::ConfirmedSender;
 pub use confirming_publisher::{

@@ -8,7 +8,7 @@ use amqprs::channel::{
     QueuePurgeArguments,
 };
 use anyhow::{anyhow, Context};
-use pgevents_amqp::{self as amqp, AmqpUrl, Channel, Connection, QueueSpec};
+use pgevents_amqp::{self as amqp, Brokers, Channel, Connection, QueueSpec};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A durable queue bound with `#` to a topic exchange.
@@ -32,7 +32,7 @@ impl BenchQueue {
 
     /// A queue someone else declared (e.g. a worker's, with its own arguments), or about to be.
     pub async fn existing(url: &str, exchange: &str, name: &str) -> anyhow::Result<BenchQueue> {
-        let parsed: AmqpUrl = url.parse()?;
+        let parsed: Brokers = url.parse()?;
         let connection = amqp::connect(&parsed, "pgevents bench").await?;
         let channel = amqp::open_channel(&connection).await?;
         Ok(BenchQueue {

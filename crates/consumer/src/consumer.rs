@@ -5,9 +5,9 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::{self as amqp, AmqpError, AmqpUrl, Channel, Delivery, ErrorKind, QueueSpec};
+use pgevents_amqp::{self as amqp, AmqpError, Brokers, Channel, Delivery, ErrorKind, QueueSpec};
 use pgevents_event::Event;
-use pgevents_retry::{Reconnect, Waited};
+use pgevents_retry::{Policy, SessionEnd, Step, Supervisor};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,7 @@ pub enum QueueMode {
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    pub url: AmqpUrl,
+    pub url: Brokers,
     pub exchange: String,
     pub queue: QueueMode,
     /// Topic binding keys (`public.*`, `#`).
@@ -73,7 +73,7 @@ pub const DEFAULT_MAX_DELIVERIES: u32 = 10;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
 impl ConsumerConfig {
-    pub fn new(url: AmqpUrl, exchange: &str) -> Self {
+    pub fn new(url: Brokers, exchange: &str) -> Self {
         ConsumerConfig {
             url,
             exchange: exchange.to_owned(),
@@ -175,17 +175,17 @@ impl Consumer {
     /// reconnecting cannot fix. Errors before the first successful start are returned at once.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let mut started = false;
-        let mut reconnect = Reconnect::new("RabbitMQ consumer", Duration::from_millis(500), Duration::from_secs(30));
+        let mut supervisor = Supervisor::new("RabbitMQ consumer", Policy::default());
         loop {
-            reconnect.attempt();
-            match self.session(&shutdown, &mut started).await {
-                Ok(()) => return Ok(()),
-                Err(e) if !started || !e.kind().is_transient() => return Err(e),
-                Err(e) => {
-                    if reconnect.wait(&e, &shutdown).await == Waited::Cancelled {
-                        return Ok(());
-                    }
-                }
+            let end = match self.session(&shutdown, &mut started).await {
+                Ok(()) => SessionEnd::Stop(Ok(())),
+                Err(e) if !started || !e.kind().is_transient() => SessionEnd::Stop(Err(e)),
+                Err(e) => SessionEnd::retry(e),
+            };
+            match supervisor.next(end, &shutdown).await {
+                Step::Again => {}
+                Step::Stop(result) => return result,
+                Step::Cancelled => return Ok(()),
             }
         }
     }

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use pgevents_amqp::{AmqpUrl, ConfirmedSender, Delivery};
+use pgevents_amqp::{Brokers, ConfirmedSender, Delivery};
 
 /// Longest `error` header kept (a reason can quote a whole response body).
 const MAX_REASON_BYTES: usize = 4096;
@@ -29,7 +29,7 @@ pub struct DeadLetters {
 impl DeadLetters {
     /// Copies go to `exchange` over a connection of their own; `None`: given-up messages are
     /// rejected (and dropped, as the queue has no dead-letter exchange).
-    pub fn new(url: &AmqpUrl, exchange: Option<&str>, connection_name: &str) -> DeadLetters {
+    pub fn new(url: &Brokers, exchange: Option<&str>, connection_name: &str) -> DeadLetters {
         let target = exchange.map(|exchange| {
             let name = format!("{connection_name} (dead letters)");
             (exchange.to_owned(), ConfirmedSender::to_exchange(url.clone(), exchange, &name, 16))

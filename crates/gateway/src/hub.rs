@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::{self as amqp, ensure_stream, AmqpError, AmqpUrl, Connection, FieldValue, Retention};
-use pgevents_retry::{Reconnect, Waited};
+use pgevents_amqp::{self as amqp, ensure_stream, AmqpError, Brokers, Connection, FieldValue, Retention};
+use pgevents_retry::{Policy, Step, Supervisor, SessionEnd};
 use pgevents_telemetry::Readiness;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ const BATCH: usize = 256;
 /// Where the stream is read from.
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
-    pub url: AmqpUrl,
+    pub url: Brokers,
     pub exchange: String,
     pub stream: String,
     pub retention: Retention,
@@ -94,19 +94,21 @@ async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
-    let mut reconnect = Reconnect::new("history stream", Duration::from_millis(500), config.backoff_max);
+    let policy = Policy { max: config.backoff_max, ..Policy::default() };
     let batch = (ring.max_events() / 4).clamp(1, BATCH);
     let mut reader = Reader { config: &config, ring, link: &link, position: Position::Next, generation: 0, batch };
+    let mut supervisor = Supervisor::new("history stream", policy);
     loop {
-        reconnect.attempt();
-        let error = match reader.session(&readiness, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => e,
+        let end = match reader.session(&readiness, &shutdown).await {
+            Ok(()) => SessionEnd::Stop(()),
+            Err(error) => {
+                ::metrics::counter!(metrics::HUB_RECONNECTS).increment(1);
+                readiness.set_not_ready(format!("RabbitMQ connection lost: {error}"));
+                link.send_replace(Link::Down);
+                SessionEnd::retry(error)
+            }
         };
-        ::metrics::counter!(metrics::HUB_RECONNECTS).increment(1);
-        readiness.set_not_ready(format!("RabbitMQ connection lost: {error}"));
-        link.send_replace(Link::Down);
-        if reconnect.wait(&error, &shutdown).await == Waited::Cancelled {
+        if supervisor.next(end, &shutdown).await != Step::Again {
             break;
         }
     }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_retry::{Reconnect, Waited};
+use pgevents_retry::{Policy, Step, Supervisor, SessionEnd};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_postgres::Client;
@@ -152,19 +152,69 @@ pub async fn watch<W: Watched>(
     settings: ConnectConfig,
     role: &'static str,
     channel: &'static str,
-    (mut client, mut notified): (Client, Notifications),
+    listening: (Client, Notifications),
     pace: Pace,
     shutdown: CancellationToken,
 ) {
-    let mut reconnect = Reconnect::new(role, Duration::from_millis(500), Duration::from_secs(30));
     let mut reloads = Reloads::new(pace.refresh);
+    let mut connected = Some(listening);
+    let mut supervisor = Supervisor::new(role, Policy::default());
+    loop {
+        let (mut client, mut notified) = match connected.take() {
+            Some(listening) => listening,
+            // After a lost connection: listen again, then reload everything.
+            None => match listen(&settings, role, channel).await {
+                Ok((mut client, notified)) => {
+                    match watched.apply(&mut client, Change::Everything).await {
+                        Ok(()) => tracing::info!("{role} reloaded after reconnecting"),
+                        Err(e) => {
+                            tracing::error!(error = %e, what = role, "cannot reload after reconnecting; keeping the previous state")
+                        }
+                    }
+                    reloads.done_full();
+                    (client, notified)
+                }
+                Err(e) => {
+                    match supervisor.next(SessionEnd::<()>::retry(e), &shutdown).await {
+                        Step::Again => continue,
+                        _ => return,
+                    }
+                }
+            },
+        };
+        let end = match follow(&*watched, &mut client, &mut notified, &mut reloads, pace, role, &shutdown).await {
+            Followed::Shutdown => SessionEnd::Stop(()),
+            Followed::Lost => SessionEnd::retry(format!("lost the {role} connection")),
+        };
+        if supervisor.next(end, &shutdown).await != Step::Again {
+            return;
+        }
+    }
+}
+
+/// How following one connection ended.
+enum Followed {
+    Shutdown,
+    Lost,
+}
+
+/// Applies notifications and periodic reloads from one connection until it is lost.
+async fn follow<W: Watched>(
+    watched: &W,
+    client: &mut Client,
+    notified: &mut Notifications,
+    reloads: &mut Reloads,
+    pace: Pace,
+    role: &'static str,
+    shutdown: &CancellationToken,
+) -> Followed {
     let mut next_batch = Instant::now();
     loop {
         if notified.take_overflow() {
             reloads.overflowed();
         }
         let change = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Followed::Shutdown,
             _ = tokio::time::sleep_until(reloads.next_full) => Some(Change::Everything),
             // Batches are paced: what arrives in between waits in the channel and joins the next.
             batch = async {
@@ -177,37 +227,13 @@ pub async fn watch<W: Watched>(
             Some(Change::Notified(_)) => next_batch = Instant::now() + pace.batches,
             None => {}
         }
-        if let Some(change) = change {
-            match watched.apply(&mut client, change).await {
-                Ok(()) => continue,
-                Err(e) if !client.is_closed() => {
-                    tracing::error!(error = %e, what = role, "cannot apply a change; keeping the previous state");
-                    continue;
-                }
-                Err(_) => {}
+        let Some(change) = change else { return Followed::Lost };
+        match watched.apply(client, change).await {
+            Ok(()) => {}
+            Err(e) if !client.is_closed() => {
+                tracing::error!(error = %e, what = role, "cannot apply a change; keeping the previous state");
             }
-        }
-        // The connection is gone: reconnect (with backoff), then reload everything.
-        let mut error: Box<dyn std::fmt::Display + Send + Sync> = Box::new(format!("lost the {role} connection"));
-        loop {
-            if reconnect.wait(&*error, &shutdown).await == Waited::Cancelled {
-                return;
-            }
-            reconnect.attempt();
-            match listen(&settings, role, channel).await {
-                Ok((new_client, new_notified)) => {
-                    (client, notified) = (new_client, new_notified);
-                    match watched.apply(&mut client, Change::Everything).await {
-                        Ok(()) => tracing::info!("{role} reloaded after reconnecting"),
-                        Err(e) => {
-                            tracing::error!(error = %e, what = role, "cannot reload after reconnecting; keeping the previous state")
-                        }
-                    }
-                    reloads.done_full();
-                    break;
-                }
-                Err(e) => error = Box::new(e),
-            }
+            Err(_) => return Followed::Lost,
         }
     }
 }

@@ -179,15 +179,17 @@ pub struct ActionRunnerArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RabbitUrlArgs {
-    /// RabbitMQ URL
+    /// RabbitMQ URL; for a cluster, one per node (repeat the option, or separate them with commas):
+    /// the list is shuffled at start, and a client whose node fails connects to the next
     #[arg(
         long = "rabbitmq-url",
         env = "RABBITMQ_URL",
         alias = "rabbitmq_url",
         default_value = "amqp://guest:guest@localhost:5672/%2f",
-        hide_env_values = true
+        hide_env_values = true,
+        action = clap::ArgAction::Append
     )]
-    pub url: SecretArg,
+    pub url: Vec<SecretArg>,
     /// File holding the RabbitMQ password (replaces the URL's), so that none sits in a command line or compose file
     #[arg(long = "rabbitmq-password-file", env = "RABBITMQ_PASSWORD_FILE")]
     pub password_file: Option<std::path::PathBuf>,
@@ -203,28 +205,39 @@ pub struct RabbitUrlArgs {
 }
 
 impl RabbitUrlArgs {
-    /// The URL with the password file and the TLS files applied (they win over the URL's).
-    pub fn parse(&self) -> anyhow::Result<pgevents_amqp::AmqpUrl> {
+    /// The nodes, with the password file and the TLS files applied to each (they win over the
+    /// URLs'), in a random order.
+    pub fn parse(&self) -> anyhow::Result<pgevents_amqp::Brokers> {
         use anyhow::Context;
-        let mut url: pgevents_amqp::AmqpUrl = self.url.expose().parse().context("RABBITMQ_URL / --rabbitmq-url")?;
-        if let Some(file) = &self.password_file {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read --rabbitmq-password-file {}", file.display()))?;
-            url.password =
-                text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned();
-        }
-        let tls = &mut url.tls_options;
-        for (option, value) in [
-            (&mut tls.ca_file, &self.ca_file),
-            (&mut tls.cert_file, &self.cert_file),
-            (&mut tls.key_file, &self.key_file),
-        ] {
-            if value.is_some() {
-                option.clone_from(value);
+        let password = match &self.password_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read --rabbitmq-password-file {}", file.display()))?;
+                Some(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
             }
+            None => None,
+        };
+        let mut nodes = Vec::new();
+        for text in &self.url {
+            nodes.extend(pgevents_amqp::Brokers::parse_list(text.expose()).context("RABBITMQ_URL / --rabbitmq-url")?);
         }
-        url.check().context("RABBITMQ_URL / --rabbitmq-url with the --rabbitmq-*-file options")?;
-        Ok(url)
+        for url in &mut nodes {
+            if let Some(password) = &password {
+                url.password.clone_from(password);
+            }
+            let tls = &mut url.tls_options;
+            for (option, value) in [
+                (&mut tls.ca_file, &self.ca_file),
+                (&mut tls.cert_file, &self.cert_file),
+                (&mut tls.key_file, &self.key_file),
+            ] {
+                if value.is_some() {
+                    option.clone_from(value);
+                }
+            }
+            url.check().context("RABBITMQ_URL / --rabbitmq-url with the --rabbitmq-*-file options")?;
+        }
+        pgevents_amqp::Brokers::new(nodes).context("RABBITMQ_URL / --rabbitmq-url")
     }
 }
 

@@ -1,7 +1,7 @@
 //! `pgevents check`: validates the settings against the real servers without changing
 //! anything, and says for each problem what is wrong and how to fix it.
 
-use pgevents_amqp::{ConfirmingPublisher, PublisherSettings};
+use pgevents_amqp::{Brokers, ConfirmingPublisher, PublisherSettings};
 use pgevents_decode::Plugin;
 use pgevents_replication::ReplicationClient;
 
@@ -220,11 +220,25 @@ async fn broker_check(config: &ProducerConfig) -> Finding {
         other_exchanges: Vec::new(),
         connection_name: "pgevents check".into(),
     };
-    match ConfirmingPublisher::connect(&config.amqp_url, &settings).await {
-        Ok(publisher) => {
-            publisher.close().await;
-            finding(Verdict::Pass, "RabbitMQ", format!("connected to {}", config.amqp_url))
+    // Each node on its own: a cluster with a node down still runs, but the operator should know.
+    let mut answered = Vec::new();
+    let mut failed = Vec::new();
+    for node in config.amqp_url.nodes() {
+        match ConfirmingPublisher::connect(&Brokers::from(node.clone()), &settings).await {
+            Ok(publisher) => {
+                publisher.close().await;
+                answered.push(node.to_string());
+            }
+            Err(e) => failed.push(format!("{node}: {e}")),
         }
-        Err(e) => finding(Verdict::Fail, "RabbitMQ", e.to_string()),
+    }
+    match (answered.is_empty(), failed.is_empty()) {
+        (false, true) => finding(Verdict::Pass, "RabbitMQ", format!("connected to {}", answered.join(", "))),
+        (false, false) => finding(
+            Verdict::Warn,
+            "RabbitMQ",
+            format!("connected to {}, but not to {} (the clients fail over to the nodes that answer)", answered.join(", "), failed.join("; ")),
+        ),
+        (true, _) => finding(Verdict::Fail, "RabbitMQ", failed.join("; ")),
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use pgevents_amqp::AmqpUrl;
+use pgevents_amqp::Brokers;
 use pgevents_decode::{Plugin, ValueOptions};
 use pgevents_pg::ConnectConfig;
 
@@ -54,7 +54,7 @@ pub struct ProducerConfig {
     /// Tables to stream; empty for every table.
     pub tables: Vec<TableName>,
     pub plugin: Plugin,
-    pub amqp_url: AmqpUrl,
+    pub amqp_url: Brokers,
     pub exchange: String,
     /// Have RabbitMQ return (not drop) events that no queue is bound for; the producer then
     /// stops confirming and retries until a queue is bound.
@@ -108,7 +108,7 @@ pub struct ProducerConfig {
 
 impl ProducerConfig {
     /// Settings with the documented defaults.
-    pub fn new(postgres: ConnectConfig, amqp_url: AmqpUrl) -> Self {
+    pub fn new(postgres: ConnectConfig, amqp_url: Brokers) -> Self {
         ProducerConfig {
             postgres,
             slot: "pgevents".into(),

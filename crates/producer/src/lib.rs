@@ -41,7 +41,7 @@ pub use routing::RoutingConfig;
 pub use snapshot::SnapshotMode;
 pub use stats::{Phase, Stats};
 
-use pgevents_retry::{ErrorKind, Reconnect, Waited};
+use pgevents_retry::{ErrorKind, Policy, Step, Supervisor, SessionEnd};
 use session::{run_session, SessionState};
 
 /// A session that ran this long resets the backoff.
@@ -53,33 +53,29 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: CancellationToken) -> Result<(), ProducerError> {
     let config = Arc::new(config);
     let mut state = SessionState::default();
-    let mut reconnect =
-        Reconnect::new("producer session", config.backoff_min, config.backoff_max).healthy_after(HEALTHY_SESSION);
+    let policy = Policy { min: config.backoff_min, max: config.backoff_max, healthy_after: HEALTHY_SESSION };
     let progress = tokio::spawn(log_progress(stats.clone(), shutdown.clone()));
     // Since when the slot has been found busy (held by a connection that is not a producer
     // holding the slot's lock, e.g. a crashed producer's walsender that has not exited yet).
     let mut busy_since: Option<Instant> = None;
+    let mut supervisor = Supervisor::new("producer session", policy);
     let result = loop {
-        reconnect.attempt();
         let outcome = run_session(&config, &mut state, &stats, &shutdown).await;
         if let Err(e) = &outcome {
             ::metrics::counter!(metrics::ERRORS, "kind" => e.label()).increment(1);
         }
-        match outcome {
-            Ok(()) => break Ok(()),
+        let end = match outcome {
+            Ok(()) => SessionEnd::Stop(Ok(())),
             Err(e) if shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, "error while stopping");
-                break Ok(());
+                SessionEnd::Stop(Ok(()))
             }
             Err(ProducerError::SlotBusy { slot, pid })
                 if busy_since.get_or_insert_with(Instant::now).elapsed() < config.slot_busy_timeout =>
             {
                 tracing::info!(%slot, pid = pid.map(|p| p.to_string()).unwrap_or_default(), "replication slot in use by another connection; waiting for it to be released");
                 stats.set_phase(Phase::Reconnecting);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => break Ok(()),
-                }
+                SessionEnd::Pause(Duration::from_secs(1))
             }
             // After streaming began, a setting or an event only the operator can fix: stay up,
             // not ready, saying why (restarting would stop at the same place again).
@@ -87,19 +83,21 @@ pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: Cancellati
                 if e.kind() == ErrorKind::Config && (state.streamed || matches!(e, ProducerError::Oversize { .. })) =>
             {
                 halt(&e, &stats, &shutdown).await;
-                break Ok(());
+                SessionEnd::Stop(Ok(()))
             }
-            Err(e) if !state.streamed || !e.kind().is_transient() => break Err(e),
+            Err(e) if !state.streamed || !e.kind().is_transient() => SessionEnd::Stop(Err(e)),
             Err(e) => {
                 busy_since = None;
                 Stats::add(&stats.reconnects, 1);
                 ::metrics::counter!(metrics::RECONNECTS).increment(1);
                 stats.set_phase(Phase::Reconnecting);
-                let error = format!("{e} (resuming after {})", state.confirmed);
-                if reconnect.wait(&error, &shutdown).await == Waited::Cancelled {
-                    break Ok(());
-                }
+                SessionEnd::retry(format!("{e} (resuming after {})", state.confirmed))
             }
+        };
+        match supervisor.next(end, &shutdown).await {
+            Step::Again => {}
+            Step::Stop(result) => break result,
+            Step::Cancelled => break Ok(()),
         }
     };
     if stats.phase() != Phase::Halted {

@@ -6,11 +6,15 @@
 //! - [`Reconnect`]: the loop step every long-running pgevents service takes after losing a
 //!   connection: log the error with the delay, wait (unless shutting down), and start from the
 //!   shortest delay again once a connection has stayed healthy for a while.
+//! - [`Supervisor`]: the whole reconnect loop around a session, with its [`Policy`]; the one
+//!   every service uses.
 
 mod backoff;
 mod kind;
 mod reconnect;
+mod supervise;
 
 pub use backoff::Backoff;
 pub use kind::ErrorKind;
 pub use reconnect::{Reconnect, Waited};
+pub use supervise::{Policy, Step, Supervisor, SessionEnd};

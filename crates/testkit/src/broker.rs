@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pgevents_amqp::{self as amqp, AmqpUrl, Channel, Connection, Delivery, DeliveryStream, QueueSpec};
+use pgevents_amqp::{self as amqp, Brokers, Channel, Connection, Delivery, DeliveryStream, QueueSpec};
 use pgevents_event::Event;
 use rand::RngExt;
 
@@ -58,7 +58,7 @@ impl EventQueue {
     }
 
     async fn open(url: &str, exchange: &str, keys: &[&str], durable: bool) -> EventQueue {
-        let url: AmqpUrl = url.parse().expect("test AMQP URL");
+        let url: Brokers = url.parse().expect("test AMQP URL");
         let connection =
             amqp::connect(&url, "pgevents test collector").await.expect("connect to RabbitMQ for the test");
         let channel = amqp::open_channel(&connection).await.expect("channel");
@@ -80,7 +80,7 @@ impl EventQueue {
 
     /// As [`EventQueue::reattach`], `None` while the broker cannot be reached.
     pub async fn try_reattach(url: &str, name: &str) -> Option<EventQueue> {
-        let parsed: AmqpUrl = url.parse().ok()?;
+        let parsed: Brokers = url.parse().ok()?;
         let connection = amqp::connect(&parsed, "pgevents test collector").await.ok()?;
         let channel = amqp::open_channel(&connection).await.ok()?;
         let deliveries = amqp::consume(&channel, name, 1000, amqp::FieldTable::new()).await.ok()?;
@@ -159,7 +159,7 @@ fn amqprs_queue_delete(name: &str) -> pgevents_amqp::QueueDeleteArguments {
 
 /// Deletes an exchange (test cleanup).
 pub async fn delete_exchange(exchange: &str) {
-    let Ok(url) = amqp_url().parse::<AmqpUrl>() else {
+    let Ok(url) = amqp_url().parse::<Brokers>() else {
         return;
     };
     let Ok(connection) = amqp::connect(&url, "pgevents test cleanup").await else {
@@ -174,7 +174,7 @@ pub async fn delete_exchange(exchange: &str) {
 
 /// Deletes a queue (test cleanup, e.g. a history stream).
 pub async fn delete_queue(queue: &str) {
-    let Ok(url) = amqp_url().parse::<AmqpUrl>() else {
+    let Ok(url) = amqp_url().parse::<Brokers>() else {
         return;
     };
     let Ok(connection) = amqp::connect(&url, "pgevents test cleanup").await else {
@@ -216,7 +216,7 @@ pub async fn publish_message(exchange: &str, message: amqp::OutgoingMessage) {
 
 /// [`publish_message`] on the broker at `url` (a private node).
 pub async fn publish_message_to(url: &str, exchange: &str, message: amqp::OutgoingMessage) {
-    let url: AmqpUrl = url.parse().expect("test broker URL");
+    let url: Brokers = url.parse().expect("test broker URL");
     let sender = amqp::ConfirmedSender::to_exchange(url, exchange, "pgevents test publisher", 1);
     sender.send(message).await.expect("publish a test message");
 }

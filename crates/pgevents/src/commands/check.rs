@@ -9,7 +9,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 
-use pgevents_amqp::AmqpUrl;
+use pgevents_amqp::Brokers;
 use pgevents_pg::{ConnectConfig, TlsMode};
 use pgevents_producer::check::{run_checks, Finding, Verdict};
 
@@ -51,7 +51,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
 struct Deployment<'a> {
     allow_skip: bool,
     postgres: &'a ConnectConfig,
-    rabbitmq: &'a AmqpUrl,
+    rabbitmq: &'a Brokers,
     http_allow: &'a [String],
     gateway_listen: Option<SocketAddr>,
     gateway_auth: bool,
@@ -125,13 +125,14 @@ fn risky_settings(d: &Deployment<'_>) -> Vec<Finding> {
         TlsMode::VerifyCa => warn("PostgreSQL TLS", "verify-ca checks the certificate's chain, not the host name: any server with a certificate of that CA is accepted; use verify-full where the certificate names the host"),
         mode => warn("PostgreSQL TLS", format!("sslmode={} does not verify the server at {}: anyone in the middle can read the changes and the password; use --pgsslmode verify-full (with --pgsslrootcert for a private CA)", mode.as_str(), pg.host)),
     });
-    let mq = d.rabbitmq;
-    out.push(match (mq.tls, mq.tls_options.verify) {
-        (true, true) => pass("RabbitMQ TLS", "amqps://, broker certificate verified"),
-        (true, false) => warn("RabbitMQ TLS", "verify=verify_none: the broker's certificate is not checked; remove it (and give --rabbitmq-ca-file for a private CA)"),
-        (false, _) if is_local(&mq.host) => pass("RabbitMQ TLS", format!("amqp:// to {} (this machine)", mq.host)),
-        (false, _) => warn("RabbitMQ TLS", format!("amqp:// to {} is not encrypted: events and the password cross the network in the clear; use amqps://", mq.host)),
-    });
+    for mq in d.rabbitmq.nodes() {
+        out.push(match (mq.tls, mq.tls_options.verify) {
+            (true, true) => pass("RabbitMQ TLS", format!("amqps:// to {}, broker certificate verified", mq.host)),
+            (true, false) => warn("RabbitMQ TLS", format!("verify=verify_none for {}: the broker's certificate is not checked; remove it (and give --rabbitmq-ca-file for a private CA)", mq.host)),
+            (false, _) if is_local(&mq.host) => pass("RabbitMQ TLS", format!("amqp:// to {} (this machine)", mq.host)),
+            (false, _) => warn("RabbitMQ TLS", format!("amqp:// to {} is not encrypted: events and the password cross the network in the clear; use amqps://", mq.host)),
+        });
+    }
     if let Some(listen) = d.gateway_listen {
         out.push(match (listen.ip().is_loopback(), d.gateway_auth) {
             (_, true) => pass("gateway", format!("{listen}, JWT required")),
@@ -170,7 +171,7 @@ mod tests {
             passfile: None,
             search_path: Default::default(),
         };
-        let rabbitmq: AmqpUrl = "amqp://u:p@mq.example/%2f".parse().unwrap();
+        let rabbitmq: Brokers = "amqp://u:p@mq.example/%2f".parse().unwrap();
         let open = Deployment {
             allow_skip: true,
             postgres: &postgres,
@@ -187,7 +188,7 @@ mod tests {
         );
 
         postgres.tls = TlsMode::VerifyFull;
-        let verified: AmqpUrl = "amqps://u:p@mq.example/%2f".parse().unwrap();
+        let verified: Brokers = "amqps://u:p@mq.example/%2f".parse().unwrap();
         let allow = ["api.example.com".to_owned()];
         let safe = Deployment {
             allow_skip: false,
@@ -201,7 +202,7 @@ mod tests {
         };
         assert!(warnings(&safe).is_empty(), "{:?}", risky_settings(&safe));
 
-        let unverified: AmqpUrl = "amqps://u:p@localhost/%2f?verify=verify_none".parse().unwrap();
+        let unverified: Brokers = "amqps://u:p@localhost/%2f?verify=verify_none".parse().unwrap();
         let local = Deployment {
             rabbitmq: &unverified,
             gateway_listen: Some("127.0.0.1:8080".parse().unwrap()),

@@ -17,6 +17,7 @@ pub async fn start(
     let readiness = Readiness::new(starting);
     if let Some(addr) = addr {
         let handle = install_recorder(histograms)?;
+        pgevents_amqp::describe_metrics();
         serve(addr, router(handle, readiness.clone()), shutdown.clone()).await?;
     }
     Ok(readiness)

@@ -1,0 +1,231 @@
+//! The RabbitMQ nodes a client may connect to: one URL, or several for a cluster.
+//!
+//! The list is shuffled once, when it is made, so that many clients given the same list spread
+//! over the nodes (as the Java client and Spring do). Connecting tries the node in use first,
+//! then each other node in turn; the first that answers becomes the node in use, and a change
+//! of node is logged and counted (`pgevents_rabbitmq_failovers_total`). Clones share the node in
+//! use, so every connection of one component follows a failover together.
+//!
+//! Waiting between rounds (backoff) is the caller's reconnect supervisor's job
+//! (`pgevents_retry::supervise`): one call here is one round over the nodes.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+
+use crate::{AmqpError, AmqpUrl};
+
+/// Counts changes of the node in use.
+pub const FAILOVERS: &str = "pgevents_rabbitmq_failovers_total";
+
+/// Registers the help text of this crate's metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        FAILOVERS,
+        "Connections made to another RabbitMQ node than the one in use, because it did not answer"
+    );
+}
+
+/// A non-empty list of broker URLs and the node in use.
+#[derive(Clone)]
+pub struct Brokers {
+    nodes: Arc<[AmqpUrl]>,
+    in_use: Arc<AtomicUsize>,
+}
+
+impl Brokers {
+    /// The nodes in a random order. Fails on an empty list.
+    pub fn new(mut nodes: Vec<AmqpUrl>) -> Result<Brokers, AmqpError> {
+        if nodes.is_empty() {
+            return Err(AmqpError::InvalidUrl("no RabbitMQ URL was given".to_owned()));
+        }
+        nodes.shuffle(&mut rand::rng());
+        Ok(Brokers::in_order(nodes))
+    }
+
+    /// The nodes in the order given (tests that must know which node comes first).
+    pub fn in_order(nodes: Vec<AmqpUrl>) -> Brokers {
+        Brokers { nodes: nodes.into(), in_use: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Splits a list of URLs (`amqp://a,amqp://b`; a comma counts as a separator only before
+    /// `amqp://` or `amqps://`, so passwords may hold commas) and parses each.
+    pub fn parse_list(text: &str) -> Result<Vec<AmqpUrl>, AmqpError> {
+        split_urls(text).map(str::parse).collect()
+    }
+
+    /// The nodes, in the order they are tried from the node in use.
+    pub fn nodes(&self) -> impl Iterator<Item = &AmqpUrl> {
+        let first = self.in_use();
+        (0..self.nodes.len()).map(move |i| &self.nodes[(first + i) % self.nodes.len()])
+    }
+
+    /// The node tried first.
+    pub fn current(&self) -> &AmqpUrl {
+        &self.nodes[self.in_use()]
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Never true (the list is not empty); for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Applies `change` to every node (password file, TLS files given as options).
+    pub fn map(&self, mut change: impl FnMut(&mut AmqpUrl)) -> Brokers {
+        let nodes: Vec<AmqpUrl> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let mut node = node.clone();
+                change(&mut node);
+                node
+            })
+            .collect();
+        Brokers { nodes: nodes.into(), in_use: Arc::new(AtomicUsize::new(self.in_use())) }
+    }
+
+    fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed) % self.nodes.len()
+    }
+
+    /// Tries `open` on each node, from the node in use on; the first success becomes the node in
+    /// use. With every node failing, the error of the node in use is returned (the others are
+    /// logged), so a single-node list behaves as before.
+    pub(crate) async fn first_answering<T, F>(&self, mut open: impl FnMut(AmqpUrl) -> F) -> Result<T, AmqpError>
+    where
+        F: std::future::Future<Output = Result<T, AmqpError>>,
+    {
+        let first = self.in_use();
+        let mut first_error = None;
+        for step in 0..self.nodes.len() {
+            let index = (first + step) % self.nodes.len();
+            let node = &self.nodes[index];
+            match open(node.clone()).await {
+                Ok(opened) => {
+                    if index != first {
+                        self.in_use.store(index, Ordering::Relaxed);
+                        metrics::counter!(FAILOVERS).increment(1);
+                        tracing::warn!(node = %node, previous = %self.nodes[first], "failed over to another RabbitMQ node");
+                    } else if self.nodes.len() > 1 {
+                        tracing::info!(node = %node, "connected to RabbitMQ node");
+                    }
+                    return Ok(opened);
+                }
+                Err(e) => {
+                    if self.nodes.len() > 1 {
+                        tracing::warn!(node = %node, error = %e, "RabbitMQ node did not answer; trying the next");
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| AmqpError::InvalidUrl("no RabbitMQ URL was given".to_owned())))
+    }
+}
+
+impl From<AmqpUrl> for Brokers {
+    fn from(url: AmqpUrl) -> Brokers {
+        Brokers::in_order(vec![url])
+    }
+}
+
+impl FromStr for Brokers {
+    type Err = AmqpError;
+
+    fn from_str(text: &str) -> Result<Brokers, AmqpError> {
+        Brokers::new(Brokers::parse_list(text)?)
+    }
+}
+
+/// The list with passwords hidden.
+impl fmt::Display for Brokers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{node}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Brokers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Brokers [{self}], in use: {}", self.current())
+    }
+}
+
+/// The URLs of a comma-separated list: a comma separates only where the next URL's scheme
+/// starts.
+fn split_urls(text: &str) -> impl Iterator<Item = &str> {
+    let mut starts = vec![0];
+    for (at, _) in text.match_indices(',') {
+        let rest = text[at + 1..].trim_start();
+        if rest.starts_with("amqp://") || rest.starts_with("amqps://") {
+            starts.push(at + 1);
+        }
+    }
+    let ends: Vec<usize> = starts.iter().skip(1).map(|s| s - 1).chain([text.len()]).collect();
+    starts.into_iter().zip(ends).map(move |(s, e)| text[s..e].trim()).filter(|url| !url.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_splits_only_before_a_scheme() {
+        let urls = Brokers::parse_list("amqp://u:p,w@a:5672/%2f, amqps://u:p@b/v,amqp://c").unwrap();
+        let shown: Vec<String> = urls.iter().map(|u| format!("{}:{} {}", u.host, u.port, u.password)).collect();
+        assert_eq!(shown, ["a:5672 p,w", "b:5671 p", "c:5672 guest"]);
+        assert!(Brokers::parse_list("").unwrap().is_empty());
+        assert!("".parse::<Brokers>().is_err(), "an empty list is an error");
+        assert!(Brokers::parse_list("amqp://a,http://b").is_err(), "a comma not before a scheme stays in the URL");
+    }
+
+    #[test]
+    fn shuffles_spread_the_first_node() {
+        let urls = Brokers::parse_list("amqp://a,amqp://b,amqp://c").unwrap();
+        let firsts: std::collections::HashSet<String> =
+            (0..200).map(|_| Brokers::new(urls.clone()).unwrap().current().host.clone()).collect();
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+    }
+
+    #[tokio::test]
+    async fn the_first_node_that_answers_becomes_the_node_in_use() {
+        let brokers = Brokers::in_order(Brokers::parse_list("amqp://a,amqp://b,amqp://c").unwrap());
+        let tried = std::sync::Mutex::new(Vec::new());
+        let opened = brokers
+            .first_answering(|node| {
+                tried.lock().unwrap().push(node.host.clone());
+                async move {
+                    if node.host == "c" {
+                        Ok(node.host)
+                    } else {
+                        Err(AmqpError::InvalidUrl(format!("{} down", node.host)))
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(opened, "c");
+        assert_eq!(*tried.lock().unwrap(), ["a", "b", "c"]);
+        assert_eq!(brokers.clone().current().host, "c", "clones share the node in use");
+        let hosts: Vec<&str> = brokers.nodes().map(|n| n.host.as_str()).collect();
+        assert_eq!(hosts, ["c", "a", "b"]);
+
+        let failed = brokers
+            .first_answering(|node| async move { Err::<(), _>(AmqpError::InvalidUrl(format!("{} down", node.host))) });
+        let error = failed.await.unwrap_err().to_string();
+        assert!(error.contains("c down"), "the node in use's error: {error}");
+    }
+}
