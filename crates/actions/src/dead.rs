@@ -1,7 +1,7 @@
 //! The work exchange and queue (async jobs) and the dead-letter exchange and queue (jobs that
 //! failed for good, and messages no handler could read).
 
-use pgevents_amqp::{self as amqp, AmqpError, Brokers, ConfirmedSender, FieldValue, OutgoingMessage, QueueSpec};
+use pgevents_amqp::{self as amqp, AmqpError, Brokers, ConfirmedSender, FieldValue, OutgoingMessage, QueueSpec, QueueType};
 
 use crate::{Job, WorkKey, SIGNATURE_HEADER};
 
@@ -19,6 +19,8 @@ pub struct WorkTopology {
     pub dead_queue: String,
     /// `--work-key-file`: work messages are signed and checked with it (see [`crate::WorkKey`]).
     pub key: Option<WorkKey>,
+    /// `--queue-type` of the work and dead-letter queues (and of the worker's queue).
+    pub queue_type: QueueType,
 }
 
 impl Default for WorkTopology {
@@ -29,6 +31,7 @@ impl Default for WorkTopology {
             dead_exchange: "pgevents.dead".into(),
             dead_queue: "pgevents.dead".into(),
             key: None,
+            queue_type: QueueType::Classic,
         }
     }
 }
@@ -48,12 +51,18 @@ pub async fn declare_work_topology(url: &Brokers, topology: &WorkTopology) -> Re
         let channel = amqp::open_channel(&connection).await?;
         amqp::declare_topic_exchange(&channel, &topology.dead_exchange).await?;
         amqp::declare_topic_exchange(&channel, &topology.work_exchange).await?;
-        let dead = QueueSpec { name: topology.dead_queue.clone(), durable: true, ..Default::default() };
+        let dead = QueueSpec {
+            name: topology.dead_queue.clone(),
+            durable: true,
+            queue_type: topology.queue_type,
+            ..Default::default()
+        };
         let dead = amqp::declare_queue(&channel, &dead).await?;
         amqp::bind_queue(&channel, &dead, &topology.dead_exchange, &["#".to_owned()]).await?;
         let work = QueueSpec {
             name: topology.work_queue.clone(),
             durable: true,
+            queue_type: topology.queue_type,
             arguments: topology.dead_letter_arguments(),
             ..Default::default()
         };

@@ -30,6 +30,7 @@ impl StageConsumer {
     pub fn consumer_config(&self, exchange: &str, queue: &str, keys: Vec<String>, name: &str) -> ConsumerConfig {
         let mut consumer = ConsumerConfig::new(self.url.clone(), exchange);
         consumer.queue = QueueMode::Durable(queue.to_owned());
+        consumer.queue_type = self.topology.queue_type;
         consumer.binding_keys = keys;
         consumer.prefetch = self.prefetch.max(1);
         consumer.concurrency = self.concurrency.max(1);

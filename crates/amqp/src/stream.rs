@@ -16,11 +16,15 @@ pub struct Retention {
     /// `x-stream-max-segment-size-bytes` (RabbitMQ's default, 500 MB, when `None`). Retention
     /// removes whole segments, so it only applies at this granularity.
     pub segment_bytes: Option<u64>,
+    /// `x-initial-cluster-size`: on how many nodes of a cluster the stream is replicated when
+    /// it is created (`None`: the broker decides, all nodes up to its limit). Only read at
+    /// creation: an existing stream keeps its replicas.
+    pub replicas: Option<u16>,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { max_age: "7D".into(), max_bytes: 10 << 30, segment_bytes: None }
+        Retention { max_age: "7D".into(), max_bytes: 10 << 30, segment_bytes: None, replicas: None }
     }
 }
 
@@ -45,8 +49,11 @@ pub async fn ensure_stream(
     if let Some(bytes) = retention.segment_bytes {
         put("x-stream-max-segment-size-bytes", FieldValue::l(i64::try_from(bytes).unwrap_or(i64::MAX)));
     }
+    if let Some(replicas) = retention.replicas {
+        put("x-initial-cluster-size", FieldValue::l(i64::from(replicas)));
+    }
     declare_topic_exchange(channel, exchange).await?;
-    let spec = QueueSpec { name: stream.to_owned(), durable: true, exclusive: false, auto_delete: false, arguments };
+    let spec = QueueSpec { name: stream.to_owned(), durable: true, arguments, ..QueueSpec::default() };
     declare_queue(channel, &spec).await?;
     bind_queue(channel, stream, exchange, &["#".to_owned()]).await
 }

@@ -28,6 +28,42 @@ pub async fn declare_topic_exchange(channel: &Channel, exchange: &str) -> Result
     )
 }
 
+/// The kind of a durable queue the project declares (`--queue-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// One node holds the queue (RabbitMQ's default): for a single broker.
+    #[default]
+    Classic,
+    /// Replicated over a cluster by Raft (`x-queue-type: quorum`): survives the loss of a
+    /// minority of nodes, and counts deliveries (`x-delivery-count`). For clusters.
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = AmqpError;
+
+    fn from_str(text: &str) -> Result<QueueType, AmqpError> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            _ => Err(AmqpError::InvalidName {
+                what: "queue type",
+                name: text.to_owned(),
+                reason: "must be classic or quorum",
+            }),
+        }
+    }
+}
+
 /// How a queue is declared.
 #[derive(Debug, Clone, Default)]
 pub struct QueueSpec {
@@ -36,21 +72,43 @@ pub struct QueueSpec {
     pub durable: bool,
     pub exclusive: bool,
     pub auto_delete: bool,
+    /// `Quorum` adds `x-queue-type: quorum` (the queue must be durable, shared and kept);
+    /// `Classic` adds nothing, so queues declared before this option still match.
+    pub queue_type: QueueType,
     pub arguments: FieldTable,
 }
 
 /// Declares a queue and returns its name (the server's choice for an empty name).
 pub async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<String, AmqpError> {
     check_short_string("queue name", &spec.name)?;
+    let mut arguments = spec.arguments.clone();
+    if spec.queue_type == QueueType::Quorum {
+        if !spec.durable || spec.exclusive || spec.auto_delete || spec.name.is_empty() {
+            return Err(AmqpError::InvalidName {
+                what: "queue",
+                name: spec.name.clone(),
+                reason: "a quorum queue must be named, durable, not exclusive and not auto-delete",
+            });
+        }
+        if let Ok(key) = "x-queue-type".try_into() {
+            arguments.insert(key, amqprs::FieldValue::from("quorum"));
+        }
+    }
     let mut args = QueueDeclareArguments::new(&spec.name);
-    args.durable(spec.durable)
-        .exclusive(spec.exclusive)
-        .auto_delete(spec.auto_delete)
-        .arguments(spec.arguments.clone());
-    let declared = channel
-        .queue_declare(args.finish())
-        .await
-        .map_err(|e| channel.error(format!("declare queue {:?}", spec.name), &e))?;
+    args.durable(spec.durable).exclusive(spec.exclusive).auto_delete(spec.auto_delete).arguments(arguments);
+    let declared = channel.queue_declare(args.finish()).await.map_err(|e| {
+        let operation = format!("declare queue {:?}", spec.name);
+        match channel.cause(&e) {
+            Cause::Refused(reply) if reply.code == ServerReply::PRECONDITION_FAILED => AmqpError::op(
+                format!(
+                    "{operation} as a {} queue (it exists with other arguments, e.g. another queue type: a queue's type cannot change; drain and delete it, or choose another name)",
+                    spec.queue_type.as_str()
+                ),
+                Cause::Refused(reply),
+            ),
+            cause => AmqpError::op(operation, cause),
+        }
+    })?;
     Ok(declared.map(|(name, _, _)| name).unwrap_or_else(|| spec.name.clone()))
 }
 

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::{self as amqp, AmqpError, Brokers, Channel, Delivery, ErrorKind, QueueSpec};
+use pgevents_amqp::{self as amqp, AmqpError, Brokers, Channel, Delivery, ErrorKind, QueueSpec, QueueType};
 use pgevents_event::Event;
 use pgevents_retry::{Policy, SessionEnd, Step, Supervisor};
 use tokio::task::JoinSet;
@@ -30,6 +30,8 @@ pub struct ConsumerConfig {
     pub url: Brokers,
     pub exchange: String,
     pub queue: QueueMode,
+    /// The type of a durable queue (`Quorum` for a cluster); a temporary queue is classic.
+    pub queue_type: QueueType,
     /// Topic binding keys (`public.*`, `#`).
     pub binding_keys: Vec<String>,
     /// Unacknowledged deliveries the broker may send ahead.
@@ -78,6 +80,7 @@ impl ConsumerConfig {
             url,
             exchange: exchange.to_owned(),
             queue: QueueMode::Temporary,
+            queue_type: QueueType::Classic,
             binding_keys: vec!["#".to_owned()],
             prefetch: 64,
             concurrency: 1,
@@ -194,7 +197,12 @@ impl Consumer {
         amqp::declare_topic_exchange(channel, &self.config.exchange).await?;
         let spec = match &self.config.queue {
             QueueMode::Temporary => QueueSpec { exclusive: true, auto_delete: true, ..Default::default() },
-            QueueMode::Durable(name) => QueueSpec { name: name.clone(), durable: true, ..Default::default() },
+            QueueMode::Durable(name) => QueueSpec {
+                name: name.clone(),
+                durable: true,
+                queue_type: self.config.queue_type,
+                ..Default::default()
+            },
         };
         let mut spec = spec;
         if let Some(dlx) = &self.config.dead_letter_exchange {

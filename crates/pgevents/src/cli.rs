@@ -98,6 +98,25 @@ pub struct WorkTopologyArgs {
     /// File holding the key (32 bytes or more) work messages are signed with: workers sign, action runners and requeue-dead refuse what it did not sign [default: unsigned, with a warning]
     #[arg(long = "work-key-file", env = "PGEVENTS_WORK_KEY_FILE")]
     pub work_key_file: Option<std::path::PathBuf>,
+    /// Type of the queues declared here (the worker's, the work and the dead-letter queue): quorum for a RabbitMQ cluster (replicated; a queue's type cannot change once it exists)
+    #[arg(long = "queue-type", env = "PGEVENTS_QUEUE_TYPE", value_enum, default_value_t = QueueTypeArg::Classic)]
+    pub queue_type: QueueTypeArg,
+}
+
+/// `--queue-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueTypeArg {
+    Classic,
+    Quorum,
+}
+
+impl From<QueueTypeArg> for pgevents_amqp::QueueType {
+    fn from(arg: QueueTypeArg) -> pgevents_amqp::QueueType {
+        match arg {
+            QueueTypeArg::Classic => pgevents_amqp::QueueType::Classic,
+            QueueTypeArg::Quorum => pgevents_amqp::QueueType::Quorum,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -384,6 +403,9 @@ pub struct RetentionArgs {
     /// Segment size of the history stream in bytes; retention removes whole segments [default: RabbitMQ's, 500 MB]
     #[arg(long, env = "PGEVENTS_HISTORY_SEGMENT_BYTES")]
     pub history_segment_bytes: Option<u64>,
+    /// On how many RabbitMQ nodes the history stream is replicated when it is created [default: the broker decides]
+    #[arg(long, env = "PGEVENTS_HISTORY_REPLICAS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub history_replicas: Option<u16>,
 }
 
 impl RetentionArgs {
@@ -392,6 +414,7 @@ impl RetentionArgs {
             max_age: self.history_max_age.clone(),
             max_bytes: self.history_max_bytes,
             segment_bytes: self.history_segment_bytes,
+            replicas: self.history_replicas,
         }
     }
 }
@@ -564,6 +587,9 @@ pub struct ConsumerDebugArgs {
     /// A durable queue to read (kept while away); without it a temporary queue is used
     #[arg(long = "queue-name", env = "RABBITMQ_QUEUE_NAME", alias = "queue_name")]
     pub queue_name: Option<String>,
+    /// Type of the durable queue (--queue-name): quorum for a RabbitMQ cluster
+    #[arg(long = "queue-type", env = "PGEVENTS_QUEUE_TYPE", value_enum, default_value_t = QueueTypeArg::Classic)]
+    pub queue_type: QueueTypeArg,
     /// Output format
     #[arg(long, env = "PGEVENTS_OUTPUT_FORMAT", value_enum, default_value_t = OutputFormat::Line)]
     pub format: OutputFormat,

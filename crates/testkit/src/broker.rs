@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pgevents_amqp::{self as amqp, Brokers, Channel, Connection, Delivery, DeliveryStream, QueueSpec};
+use pgevents_amqp::{self as amqp, Brokers, Channel, Connection, Delivery, DeliveryStream, QueueSpec, QueueType};
 use pgevents_event::Event;
 use rand::RngExt;
 
@@ -48,16 +48,21 @@ impl EventQueue {
     }
 
     pub async fn bind_to(url: &str, exchange: &str, keys: &[&str]) -> EventQueue {
-        Self::open(url, exchange, keys, false).await
+        Self::open(url, exchange, keys, false, QueueType::Classic).await
     }
 
     /// A durable queue (it survives a broker restart and keeps what arrives while nobody
     /// consumes), bound to `exchange` and consumed.
     pub async fn durable(url: &str, exchange: &str, keys: &[&str]) -> EventQueue {
-        Self::open(url, exchange, keys, true).await
+        Self::open(url, exchange, keys, true, QueueType::Classic).await
     }
 
-    async fn open(url: &str, exchange: &str, keys: &[&str], durable: bool) -> EventQueue {
+    /// A quorum queue (replicated over a cluster's nodes), bound to `exchange` and consumed.
+    pub async fn quorum(url: &str, exchange: &str, keys: &[&str]) -> EventQueue {
+        Self::open(url, exchange, keys, true, QueueType::Quorum).await
+    }
+
+    async fn open(url: &str, exchange: &str, keys: &[&str], durable: bool, queue_type: QueueType) -> EventQueue {
         let url: Brokers = url.parse().expect("test AMQP URL");
         let connection =
             amqp::connect(&url, "pgevents test collector").await.expect("connect to RabbitMQ for the test");
@@ -65,7 +70,7 @@ impl EventQueue {
         amqp::declare_topic_exchange(&channel, exchange).await.expect("declare exchange");
         let name = unique_name("q");
         // A temporary queue is deleted when the test's connection ends, even if the test panics.
-        let spec = QueueSpec { name: name.clone(), durable, auto_delete: !durable, ..Default::default() };
+        let spec = QueueSpec { name: name.clone(), durable, auto_delete: !durable, queue_type, ..Default::default() };
         amqp::declare_queue(&channel, &spec).await.expect("declare queue");
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         amqp::bind_queue(&channel, &name, exchange, &keys).await.expect("bind");
@@ -74,17 +79,30 @@ impl EventQueue {
     }
 
     /// Consumes an existing durable queue again (after a broker restart ended the connection).
+    /// (A quorum queue whose leader was on a stopped node answers once a new leader is
+    /// elected: this tries for 30 seconds.)
     pub async fn reattach(url: &str, name: &str) -> EventQueue {
-        Self::try_reattach(url, name).await.expect("consume the durable queue again")
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match Self::attach(url, name).await {
+                Ok(queue) => return queue,
+                Err(e) if tokio::time::Instant::now() > deadline => panic!("consume the durable queue again: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
     }
 
     /// As [`EventQueue::reattach`], `None` while the broker cannot be reached.
     pub async fn try_reattach(url: &str, name: &str) -> Option<EventQueue> {
-        let parsed: Brokers = url.parse().ok()?;
-        let connection = amqp::connect(&parsed, "pgevents test collector").await.ok()?;
-        let channel = amqp::open_channel(&connection).await.ok()?;
-        let deliveries = amqp::consume(&channel, name, 1000, amqp::FieldTable::new()).await.ok()?;
-        Some(EventQueue { name: name.to_owned(), connection, channel, deliveries })
+        Self::attach(url, name).await.ok()
+    }
+
+    async fn attach(url: &str, name: &str) -> Result<EventQueue, amqp::AmqpError> {
+        let parsed: Brokers = url.parse()?;
+        let connection = amqp::connect(&parsed, "pgevents test collector").await?;
+        let channel = amqp::open_channel(&connection).await?;
+        let deliveries = amqp::consume(&channel, name, 1000, amqp::FieldTable::new()).await?;
+        Ok(EventQueue { name: name.to_owned(), connection, channel, deliveries })
     }
 
     /// The next message as delivered (body not decoded), acknowledged.

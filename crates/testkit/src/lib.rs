@@ -28,7 +28,7 @@ pub use impostor::{ImpostorPg, ImpostorPlay};
 pub use pg::{pg_bin_dir, PgCluster, PgOptions};
 pub use process::{pgevents_binary, PgEventsProcess};
 pub use proxy::FaultProxy;
-pub use rabbit_node::RabbitNode;
+pub use rabbit_node::{RabbitCluster, RabbitNode};
 pub use sse::{SseClient, SseMessage};
 pub use tls::{server_tls_acceptor, CertPair, TestCa};
 pub use writer::{write_ab_rows, write_ab_sequence, AB_TABLES};

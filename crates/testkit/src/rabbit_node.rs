@@ -93,6 +93,11 @@ impl RabbitNode {
         Self::start_node(&config, "rabbitmq_auth_mechanism_ssl", Some(tls_port)).await
     }
 
+    /// Starts a node with these plugins enabled (comma-separated Erlang atoms).
+    pub async fn start_with_plugins(plugins: &str) -> RabbitNode {
+        Self::start_node("", plugins, None).await
+    }
+
     async fn start_node(config: &str, plugins: &str, tls_port: Option<u16>) -> RabbitNode {
         let dir = tempfile::Builder::new().prefix("pgevents-rabbit-").tempdir().expect("temp dir");
         let port = free_port();
@@ -197,6 +202,73 @@ impl RabbitNode {
 
     pub fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+}
+
+/// A RabbitMQ cluster of private nodes on this machine (each with its own name, ports and data
+/// directory), joined with `rabbitmqctl join_cluster`; every node is killed when dropped.
+pub struct RabbitCluster {
+    pub nodes: Vec<RabbitNode>,
+}
+
+impl RabbitCluster {
+    /// Starts `size` nodes (with the consistent-hash exchange plugin) and joins them to the
+    /// first.
+    pub async fn start(size: usize) -> RabbitCluster {
+        let mut starting = tokio::task::JoinSet::new();
+        for _ in 0..size {
+            starting.spawn(RabbitNode::start_with_plugins("rabbitmq_consistent_hash_exchange"));
+        }
+        let mut nodes = Vec::new();
+        while let Some(node) = starting.join_next().await {
+            nodes.push(node.expect("a node started"));
+        }
+        let seed = nodes[0].node.clone();
+        for node in &nodes[1..] {
+            node.ctl(&["stop_app"]).await;
+            node.ctl(&["reset"]).await;
+            node.ctl(&["join_cluster", &seed]).await;
+            node.start_app().await;
+        }
+        let cluster = RabbitCluster { nodes };
+        let running = cluster.nodes[0].ctl_output(&["eval", "length(rabbit_nodes:all_running())."]).await;
+        assert_eq!(running.trim(), size.to_string(), "every node joined the cluster");
+        cluster
+    }
+
+    /// Every node's URL, comma-separated (the form `--rabbitmq-url` takes).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(RabbitNode::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node whose AMQP port is `port`.
+    pub fn by_port(&self, port: u16) -> Option<&RabbitNode> {
+        self.nodes.iter().find(|n| n.port == port)
+    }
+
+    /// The node holding the connection named `name` (as the client named it), asked of `via`.
+    pub async fn node_of_connection(&self, via: &RabbitNode, name: &str) -> Option<&RabbitNode> {
+        let listed = via.ctl_output(&["list_connections", "port", "client_properties"]).await;
+        listed
+            .lines()
+            .filter(|line| line.contains(&format!("\"{name}\"")))
+            .find_map(|line| line.split_whitespace().next()?.parse::<u16>().ok())
+            .and_then(|port| self.by_port(port))
+    }
+
+    /// The node that leads quorum queue or stream `queue`, asked of `via`.
+    pub async fn leader_of(&self, via: &RabbitNode, queue: &str) -> Option<&RabbitNode> {
+        let listed = via.ctl_output(&["list_queues", "name", "leader"]).await;
+        let leader = listed.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next()? == queue).then(|| fields.next().map(str::to_owned))?
+        })?;
+        self.nodes.iter().find(|n| n.node == leader)
+    }
+
+    /// A node other than `node`, to ask while `node` is stopped.
+    pub fn other_than(&self, node: &RabbitNode) -> &RabbitNode {
+        self.nodes.iter().find(|n| n.node != node.node).expect("a cluster has two nodes or more")
     }
 }
 

@@ -31,6 +31,7 @@ pub async fn run(args: ConsumerDebugArgs, shutdown: CancellationToken) -> anyhow
         Some(name) => QueueMode::Durable(name),
         None => QueueMode::Temporary,
     };
+    config.queue_type = args.queue_type.into();
     config.prefetch = args.prefetch.max(1);
     config.concurrency = 1;
     config.name = "pgevents consumer_debug".to_owned();

@@ -35,6 +35,7 @@ fn topology(args: &WorkTopologyArgs) -> anyhow::Result<WorkTopology> {
         dead_exchange: args.dead_letter_exchange.clone(),
         dead_queue: args.dead_letter_queue.clone(),
         key,
+        queue_type: args.queue_type.into(),
     })
 }
 
