@@ -8,8 +8,12 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{check_at_least_once_in_order, stop, World, WAIT};
-use pgevents_testkit::{EventQueue, RabbitCluster, ReceivedEvent, AB_TABLES};
+use common::gateway::Gateway;
+use common::{check_at_least_once_in_order, run_to_end, stop, World, WAIT};
+use pgevents_testkit::{
+    unique_name, wait_for, EventQueue, PgEventsProcess, RabbitCluster, ReceivedEvent, SseClient, SseMessage,
+    AB_TABLES,
+};
 
 const ROWS: i32 = 2000;
 
@@ -60,4 +64,132 @@ async fn the_producer_fails_over_when_its_node_stops() {
     eprintln!("producer failover: {} deliveries for {ROWS} changes ({duplicates} duplicates)", events.len());
     assert!(log.contains("failed over to another RabbitMQ node"), "the failover is logged:\n{log}");
     queue.close().await;
+}
+
+/// A worker and an action runner on quorum queues (`--queue-type quorum`), given every node; the
+/// node the worker consumes from is stopped while events arrive. Each event's SQL action runs
+/// exactly once: redelivered events and jobs are recognised by their idempotency keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_action_runs_once_when_the_workers_node_stops() {
+    const ROWS: i32 = 300;
+    let cluster = RabbitCluster::start(3).await;
+    let urls = cluster.urls();
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE numbers (id serial PRIMARY KEY, n int NOT NULL); CREATE TABLE audit (id serial PRIMARY KEY, note text);").await;
+    run_to_end(&["rules", "install"], &world.pg.env()).await;
+    world
+        .pg
+        .execute(
+            "INSERT INTO pgevents.event_table (table_name) VALUES ('numbers');
+             INSERT INTO pgevents.action (name, kind, sql, backoff_ms, max_attempts)
+             VALUES ('record', 'sql', 'INSERT INTO public.audit (note) VALUES ($1->>''n'')', 200, 50);
+             INSERT INTO pgevents.work_item (name, table_name, action, mode) VALUES ('record', 'numbers', 'record', 'async');",
+        )
+        .await;
+    let producer = world.producer(&[("RABBITMQ_URL", &urls), ("PGTABLES", "numbers")]).await;
+    let mut env = world.producer_env(&[("RABBITMQ_URL", &urls), ("PGEVENTS_QUEUE_TYPE", "quorum")]);
+    for (name, value) in [
+        ("PGEVENTS_WORK_EXCHANGE", unique_name("work")),
+        ("PGEVENTS_WORK_QUEUE", unique_name("actions")),
+        ("PGEVENTS_DEAD_LETTER_EXCHANGE", unique_name("dead")),
+        ("PGEVENTS_DEAD_LETTER_QUEUE", unique_name("deadq")),
+        ("RABBITMQ_QUEUE_NAME", unique_name("worker")),
+    ] {
+        env.push((name.into(), value));
+    }
+    let mut worker = PgEventsProcess::spawn(&["worker"], &env);
+    worker.wait_for_log("consuming", WAIT).await;
+    let mut runner = PgEventsProcess::spawn(&["action-runner"], &env);
+    runner.wait_for_log("consuming", WAIT).await;
+    let node = cluster.node_of_connection(&cluster.nodes[0], "pgevents worker").await.expect("the worker's connection");
+    let writer = async {
+        let client = world.pg.client().await;
+        for n in 1..=ROWS {
+            client.execute("INSERT INTO numbers (n) VALUES ($1)", &[&n]).await.expect("insert");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let fault = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        node.stop_app().await;
+    };
+    tokio::join!(writer, fault);
+    let counts = wait_for("every action", Duration::from_secs(90), || async {
+        let counts = world.pg.query_text("SELECT count(DISTINCT note) || '/' || count(*) FROM audit").await;
+        counts.filter(|c| c.starts_with(&format!("{ROWS}/")))
+    })
+    .await;
+    assert_eq!(counts, format!("{ROWS}/{ROWS}"), "each event's action ran exactly once");
+    assert!(worker.stderr().contains("failed over to another RabbitMQ node"), "{}", worker.stderr());
+    for process in [worker, runner, producer] {
+        stop(process).await;
+    }
+}
+
+/// Reads `/events` until `rows` inserts arrived, coming back with `Last-Event-ID` whenever the
+/// gateway closes the stream (as it does when its broker connection is lost).
+async fn follow(gw: &Gateway, rows: usize) -> (Vec<SseMessage>, usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut seen: Vec<SseMessage> = Vec::new();
+    let mut reconnects = 0;
+    while tokio::time::Instant::now() < deadline {
+        let last = seen.last().and_then(|m| m.id.clone());
+        let mut headers = vec![("X-Consumer-Id", "follower")];
+        if let Some(last) = &last {
+            headers.push(("Last-Event-ID", last));
+        }
+        let mut client = SseClient::connect(gw.addr, "/events", &headers).await;
+        if client.status != 200 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        while let Some(message) = client.next(WAIT).await {
+            seen.push(message);
+            if seen.len() >= rows {
+                return (seen, reconnects);
+            }
+        }
+        reconnects += 1;
+    }
+    (seen, reconnects)
+}
+
+/// `serve` reads the history stream, replicated on every node, while inserts arrive; the node
+/// leading the stream is stopped (and started again), then the node the gateway reads through.
+/// Subscribers cut off come back with `Last-Event-ID` and miss nothing, in order, once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribers_miss_nothing_when_the_streams_leader_stops() {
+    const ROWS: i32 = 600;
+    let cluster = RabbitCluster::start(3).await;
+    let urls = cluster.urls();
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE seam (id int PRIMARY KEY)").await;
+    let stream = unique_name("history");
+    let producer = world.producer(&[("RABBITMQ_URL", &urls), ("PGEVENTS_HISTORY_STREAM", &stream)]).await;
+    let gw = Gateway::start(&world, &stream, Some(&urls), &[]).await;
+    let leader = cluster.leader_of(&cluster.nodes[0], &stream).await.expect("the stream has a leader");
+    let gateway_node = cluster.node_of_connection(&cluster.nodes[0], &format!("pgevents serve ({stream})")).await;
+    let writer = async {
+        let client = world.pg.client().await;
+        for id in 1..=ROWS {
+            client.execute("INSERT INTO seam VALUES ($1)", &[&id]).await.expect("insert");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let faults = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        leader.stop_app().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        leader.start_app().await;
+        if let Some(node) = gateway_node.filter(|n| n.node != leader.node) {
+            node.stop_app().await;
+        }
+    };
+    let ((), (seen, reconnects), ()) = tokio::join!(writer, follow(&gw, ROWS as usize), faults);
+    let ids: Vec<i64> = seen.iter().filter_map(|m| m.json()["new"]["id"].as_i64()).collect();
+    let expected: Vec<i64> = (1..=i64::from(ROWS)).collect();
+    assert_eq!(ids, expected, "every insert once, in order ({reconnects} reconnects):\n{}", gw.process.stderr());
+    eprintln!("stream leader stopped: {ROWS} events, {reconnects} reconnects");
+    stop(producer).await;
+    gw.stop().await;
 }

@@ -4,14 +4,7 @@
 
 mod common;
 
-use common::{stop, World, WAIT};
-use pgevents_testkit::PgEventsProcess;
-
-async fn run_to_end(args: &[&str], env: &[(String, String)]) -> String {
-    let mut process = PgEventsProcess::spawn(args, env);
-    assert_eq!(process.wait(WAIT).await, Some(0), "pgevents {args:?} failed: {}", process.stderr());
-    process.stdout()
-}
+use common::{run_to_end, stop, World};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rule_and_snapshot_tables_share_one_record_of_migrations() {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{World, WAIT};
+use common::{run_to_end, World, WAIT};
 use pgevents_testkit::{
     amqp_url, delete_exchange, delete_queue, http_get, metric_value, publish_raw, unique_name, wait_for, EventQueue,
     HttpRecorder, PgEventsProcess, RabbitNode, RecordedRequest, Reply, TestCa,
@@ -115,14 +115,6 @@ impl Stage {
             delete_exchange(exchange).await;
         }
     }
-}
-
-/// Runs a short pgevents command and returns its stdout, checking it exits 0.
-async fn run_to_end(args: &[&str], env: &[(String, String)]) -> String {
-    let mut process = PgEventsProcess::spawn(args, env);
-    let code = process.wait(WAIT).await;
-    assert_eq!(code, Some(0), "pgevents {args:?} failed: {}", process.stderr());
-    process.stdout()
 }
 
 fn statuses(runs: &[Value]) -> Vec<&str> {

@@ -66,6 +66,14 @@ pub fn bodies(events: &[ReceivedEvent]) -> Vec<serde_json::Value> {
 }
 
 /// Stops a producer with SIGTERM and checks it exits 0.
+/// Runs a short pgevents command and returns its stdout, checking it exits 0.
+pub async fn run_to_end(args: &[&str], env: &[(String, String)]) -> String {
+    let mut process = PgEventsProcess::spawn(args, env);
+    let code = process.wait(WAIT).await;
+    assert_eq!(code, Some(0), "pgevents {args:?} failed: {}", process.stderr());
+    process.stdout()
+}
+
 pub async fn stop(mut producer: PgEventsProcess) -> String {
     producer.terminate();
     let code = producer.wait(WAIT).await;

@@ -405,3 +405,41 @@ async fn a_lost_connection_is_reported_at_once_even_while_a_retry_waits() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// On a quorum queue the broker counts deliveries (`x-delivery-count`), even those no handler
+/// result settled (the consumer stopped, crashed or lost its connection each time): a message
+/// the broker already delivered `max_deliveries` times is given up before its handler runs
+/// again, where a classic queue would hand it out forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_counts_unsettled_deliveries_toward_max_deliveries() {
+    let mut setup = setup().await;
+    let mut dead = DeadLetters::for_setup(&mut setup).await;
+    setup.config.queue_type = pgevents_amqp::QueueType::Quorum;
+    setup.config.max_deliveries = std::num::NonZeroU32::new(3);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let registry = || {
+        let counted = runs.clone();
+        Registry::new().on_all("*", move |_e: IncomingEvent| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // Never settled by a result: the message goes back when the consumer stops.
+            async { Outcome::Unavailable("stuck".into()) }
+        })
+    };
+    for run in 1..=3 {
+        let (shutdown, task) = started(&setup, registry()).await;
+        if run == 1 {
+            publish_raw(&setup.exchange, "public.t", "poison", &event("public.t", "I", 0)).await;
+        }
+        wait_for("the handler to run", WAIT, || async { (runs.load(Ordering::SeqCst) >= run).then_some(()) }).await;
+        stop(shutdown, task).await;
+    }
+    let (shutdown, task) = started(&setup, registry()).await;
+    let given_up = dead.next().await;
+    assert_eq!(given_up.message_id(), Some("poison"));
+    let error = given_up.header("error").unwrap_or_default();
+    assert!(error.starts_with("gave up after ") && error.contains("deliveries the broker counted"), "{error}");
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "the handler did not run a fourth time");
+    stop(shutdown, task).await;
+    dead.close().await;
+    cleanup(setup).await;
+}
