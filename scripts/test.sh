@@ -19,12 +19,15 @@ if [ -f docker-compose.yml ]; then
   if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
     apt_install docker-compose
   fi
-  if docker compose version >/dev/null 2>&1; then
-    docker compose -f docker-compose.yml config -q
-  else
-    docker-compose -f docker-compose.yml config -q
-  fi
-  echo "docker-compose.yml is valid" >&2
+  # Both the default services and the cluster profile (three RabbitMQ nodes).
+  for profile in "" "--profile cluster"; do
+    if docker compose version >/dev/null 2>&1; then
+      docker compose -f docker-compose.yml $profile config -q
+    else
+      docker-compose -f docker-compose.yml $profile config -q
+    fi
+  done
+  echo "docker-compose.yml is valid, with and without --profile cluster" >&2
 fi
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
