@@ -11,8 +11,7 @@ use std::time::Duration;
 use common::gateway::Gateway;
 use common::{check_at_least_once_in_order, run_to_end, stop, World, WAIT};
 use pgevents_testkit::{
-    unique_name, wait_for, EventQueue, PgEventsProcess, RabbitCluster, ReceivedEvent, SseClient, SseMessage,
-    AB_TABLES,
+    unique_name, wait_for, EventQueue, PgEventsProcess, RabbitCluster, ReceivedEvent, SseClient, SseMessage, AB_TABLES,
 };
 
 const ROWS: i32 = 2000;

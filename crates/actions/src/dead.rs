@@ -1,7 +1,9 @@
 //! The work exchange and queue (async jobs) and the dead-letter exchange and queue (jobs that
 //! failed for good, and messages no handler could read).
 
-use pgevents_amqp::{self as amqp, AmqpError, Brokers, ConfirmedSender, FieldValue, OutgoingMessage, QueueSpec, QueueType};
+use pgevents_amqp::{
+    self as amqp, AmqpError, Brokers, ConfirmedSender, FieldValue, OutgoingMessage, QueueSpec, QueueType,
+};
 
 use crate::{Job, WorkKey, SIGNATURE_HEADER};
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgevents_amqp::{self as amqp, ensure_stream, AmqpError, Brokers, Connection, FieldValue, Retention};
-use pgevents_retry::{Policy, Step, Supervisor, SessionEnd};
+use pgevents_retry::{Policy, SessionEnd, Step, Supervisor};
 use pgevents_telemetry::Readiness;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

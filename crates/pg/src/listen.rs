@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_retry::{Policy, Step, Supervisor, SessionEnd};
+use pgevents_retry::{Policy, SessionEnd, Step, Supervisor};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_postgres::Client;
@@ -174,12 +174,10 @@ pub async fn watch<W: Watched>(
                     reloads.done_full();
                     (client, notified)
                 }
-                Err(e) => {
-                    match supervisor.next(SessionEnd::<()>::retry(e), &shutdown).await {
-                        Step::Again => continue,
-                        _ => return,
-                    }
-                }
+                Err(e) => match supervisor.next(SessionEnd::<()>::retry(e), &shutdown).await {
+                    Step::Again => continue,
+                    _ => return,
+                },
             },
         };
         let end = match follow(&*watched, &mut client, &mut notified, &mut reloads, pace, role, &shutdown).await {

@@ -238,7 +238,11 @@ async fn broker_check(config: &ProducerConfig) -> Finding {
         (false, false) => finding(
             Verdict::Warn,
             "RabbitMQ",
-            format!("connected to {}, but not to {} (the clients fail over to the nodes that answer)", answered.join(", "), failed.join("; ")),
+            format!(
+                "connected to {}, but not to {} (the clients fail over to the nodes that answer)",
+                answered.join(", "),
+                failed.join("; ")
+            ),
         ),
         (true, _) => finding(Verdict::Fail, "RabbitMQ", failed.join("; ")),
     }

@@ -41,7 +41,7 @@ pub use routing::RoutingConfig;
 pub use snapshot::SnapshotMode;
 pub use stats::{Phase, Stats};
 
-use pgevents_retry::{ErrorKind, Policy, Step, Supervisor, SessionEnd};
+use pgevents_retry::{ErrorKind, Policy, SessionEnd, Step, Supervisor};
 use session::{run_session, SessionState};
 
 /// A session that ran this long resets the backoff.

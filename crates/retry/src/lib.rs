@@ -17,4 +17,4 @@ mod supervise;
 pub use backoff::Backoff;
 pub use kind::ErrorKind;
 pub use reconnect::{Reconnect, Waited};
-pub use supervise::{Policy, Step, Supervisor, SessionEnd};
+pub use supervise::{Policy, SessionEnd, Step, Supervisor};
