@@ -39,7 +39,9 @@ pub(crate) use error::check_short_string;
 pub use error::{AmqpError, Cause, ServerReply};
 pub use pgevents_retry::ErrorKind;
 pub use stream::{ensure_stream, Retention};
-pub use topology::{bind_queue, declare_queue, declare_topic_exchange, queue_depth, QueueSpec, QueueType};
+pub use topology::{
+    bind_queue, declare_queue, declare_topic_exchange, queue_depth, use_or_declare_topic_exchange, QueueSpec, QueueType,
+};
 pub use url::{AmqpTls, AmqpUrl, AuthMechanism};
 
 /// A field table from string pairs (queue and consumer arguments).

@@ -50,6 +50,15 @@ pub enum Work {
 }
 
 impl Work {
+    /// The keyed lane of an event (its table and primary key); messages that are not events
+    /// run in parallel.
+    pub fn lane(&self) -> Option<u64> {
+        match self {
+            Work::Event(incoming, _) => Some(crate::lanes::event_lane(&incoming.event)),
+            Work::Message(..) => None,
+        }
+    }
+
     pub fn delivery(&self) -> &Delivery {
         match self {
             Work::Event(incoming, _) => &incoming.delivery,

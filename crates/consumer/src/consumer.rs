@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::attempts::{self, RetryPolicy, Verdict, Work};
 use crate::dead_letter::{DeadLetters, Settle};
 use crate::handler::{IncomingEvent, MessageHandler, Registry};
+use crate::lanes::Lanes;
 
 /// Which queue the consumer reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,8 +194,10 @@ impl Consumer {
         }
     }
 
-    async fn declare(&self, channel: &Channel) -> Result<String, ConsumerError> {
-        amqp::declare_topic_exchange(channel, &self.config.exchange).await?;
+    async fn declare(&self, connection: &amqp::Connection, channel: &Channel) -> Result<String, ConsumerError> {
+        // An existing exchange is taken as it is: it may be a consistent-hash exchange in front
+        // of several workers' queues.
+        amqp::use_or_declare_topic_exchange(connection, channel, &self.config.exchange).await?;
         let spec = match &self.config.queue {
             QueueMode::Temporary => QueueSpec { exclusive: true, auto_delete: true, ..Default::default() },
             QueueMode::Durable(name) => QueueSpec {
@@ -217,7 +220,7 @@ impl Consumer {
     async fn session(&self, shutdown: &CancellationToken, started: &mut bool) -> Result<(), ConsumerError> {
         let connection = amqp::connect(&self.config.url, &self.config.name).await?;
         let channel = amqp::open_channel(&connection).await?;
-        let queue = self.declare(&channel).await?;
+        let queue = self.declare(&connection, &channel).await?;
         let mut deliveries = amqp::consume(&channel, &queue, self.config.prefetch, amqp::FieldTable::new()).await?;
         *started = true;
         self.config.on_connected.tell(true);
@@ -225,7 +228,10 @@ impl Consumer {
 
         let concurrency = self.config.concurrency.max(1);
         let mut running: JoinSet<Settle> = JoinSet::new();
-        let mut tags: HashMap<tokio::task::Id, u64> = HashMap::new();
+        // Each running task's delivery tag and lane.
+        let mut tags: HashMap<tokio::task::Id, (u64, Option<u64>)> = HashMap::new();
+        // Events of one row wait for the one before them (keyed lanes), whatever the concurrency.
+        let mut lanes: Lanes<(u64, Work)> = Lanes::default();
         // Stops the retries waiting for their next run: at shutdown, or when the connection is
         // gone (the broker then gives their deliveries back to the queue by itself).
         let abandon = shutdown.child_token();
@@ -239,38 +245,37 @@ impl Consumer {
                 why = &mut ended => break Err(ConsumerError::ConnectionEnded(why)),
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                     let (id, how) = finished(done);
-                    if let Some(tag) = tags.remove(&id) {
-                        if let Err(e) = settle(&channel, tag, how).await {
-                            break Err(e);
-                        }
+                    let Some((tag, lane)) = tags.remove(&id) else { continue };
+                    if let Err(e) = settle(&channel, tag, how).await {
+                        break Err(e);
+                    }
+                    if let Some((tag, work)) = lane.and_then(|lane| lanes.finished(lane)) {
+                        let handle = self.spawn_work(&mut running, work, &abandon);
+                        tags.insert(handle, (tag, lane));
                     }
                 }
                 delivery = deliveries.next(), if running.len() < concurrency => {
                     let Some(delivery) = delivery else { break Err(ConsumerError::StreamEnded) };
                     let tag = delivery.delivery_tag;
-                    let handle = match self.dispatch(delivery) {
+                    match self.dispatch(delivery) {
                         Dispatch::Ignore => {
                             if let Err(e) = settle(&channel, tag, Settle::Ack).await {
                                 break Err(e);
                             }
-                            continue;
                         }
                         Dispatch::Run(work) => {
-                            let (policy, stop, dead) = (self.retry_policy(), abandon.clone(), self.dead_letters.clone());
-                            running.spawn(async move {
-                                match attempts::run(&work, policy, &stop).await {
-                                    Verdict::Ack => Settle::Ack,
-                                    Verdict::Requeue => Settle::Requeue,
-                                    Verdict::GiveUp { reason, deliveries } => dead.give_up(work.delivery(), &reason, deliveries).await,
-                                }
-                            })
+                            let lane = work.lane();
+                            if let Some((tag, work)) = lanes.admit(lane, (tag, work)) {
+                                let handle = self.spawn_work(&mut running, work, &abandon);
+                                tags.insert(handle, (tag, lane));
+                            }
                         }
                         Dispatch::Unreadable(delivery, reason) => {
                             let dead = self.dead_letters.clone();
-                            running.spawn(async move { dead.give_up(&delivery, &reason, 1).await })
+                            let handle = running.spawn(async move { dead.give_up(&delivery, &reason, 1).await });
+                            tags.insert(handle.id(), (tag, None));
                         }
-                    };
-                    tags.insert(handle.id(), tag);
+                    }
                 }
             }
         };
@@ -281,16 +286,31 @@ impl Consumer {
         }
         abandon.cancel();
         // Let running handlers finish (a retry waiting for its next run is requeued) and settle
-        // them, then close.
+        // them, then close. Deliveries still waiting in a lane go back to the queue with the
+        // channel.
         while let Some(done) = running.join_next_with_id().await {
             let (id, how) = finished(done);
-            if let Some(tag) = tags.remove(&id) {
+            if let Some((tag, _)) = tags.remove(&id) {
                 let _ = settle(&channel, tag, how).await;
             }
         }
         let _ = channel.close().await;
         let _ = connection.close().await;
         result
+    }
+
+    /// Runs `work` until it is settled, in a task of `running`.
+    fn spawn_work(&self, running: &mut JoinSet<Settle>, work: Work, abandon: &CancellationToken) -> tokio::task::Id {
+        let (policy, stop, dead) = (self.retry_policy(), abandon.clone(), self.dead_letters.clone());
+        running
+            .spawn(async move {
+                match attempts::run(&work, policy, &stop).await {
+                    Verdict::Ack => Settle::Ack,
+                    Verdict::Requeue => Settle::Requeue,
+                    Verdict::GiveUp { reason, deliveries } => dead.give_up(work.delivery(), &reason, deliveries).await,
+                }
+            })
+            .id()
     }
 
     fn retry_policy(&self) -> RetryPolicy {

@@ -25,6 +25,7 @@ mod attempts;
 mod consumer;
 mod dead_letter;
 mod handler;
+mod lanes;
 
 pub use consumer::{
     ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, QueueMode, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DELIVERIES,

@@ -60,6 +60,10 @@ pub struct ProducerConfig {
     /// stops confirming and retries until a queue is bound.
     pub mandatory: bool,
     pub compression: Compression,
+    /// `--pk-hash-header`: a header of this name holds `schema.table:<primary key as JSON>`,
+    /// for RabbitMQ's consistent-hash exchange (`hash-header`), so that every event of a row
+    /// goes to the same queue.
+    pub pk_hash_header: Option<String>,
     pub values: ValueOptions,
     /// Soft limit of messages published but not yet confirmed.
     pub max_in_flight: u64,
@@ -119,6 +123,7 @@ impl ProducerConfig {
             exchange: "table_exchange".into(),
             mandatory: false,
             compression: Compression::None,
+            pk_hash_header: None,
             values: ValueOptions::default(),
             max_in_flight: 4096,
             max_in_flight_bytes: 64 << 20,

@@ -26,25 +26,31 @@ pub struct Envelope<'a> {
     pub commit_time_micros: i64,
 }
 
+/// A header of the message besides the standard ones (`--pk-hash-header`).
+pub type ExtraHeader = Option<(String, String)>;
+
 pub fn build(
     envelope: Envelope<'_>,
     route: &Route,
     body: Vec<u8>,
     compression: Compression,
+    extra: &ExtraHeader,
 ) -> std::io::Result<OutgoingMessage> {
     let (body, content_encoding) = match compression {
         Compression::None => (body, None),
         Compression::Gzip => (gzip(&body)?, Some("gzip")),
     };
+    let mut headers = vec![
+        (HEADER_ACTION.into(), envelope.action.code().to_owned()),
+        (HEADER_TABLE.into(), envelope.table.qualified.clone()),
+        (HEADER_LSN.into(), envelope.lsn_text.to_owned()),
+    ];
+    headers.extend(extra.iter().map(|(name, value)| (name.clone().into(), value.clone())));
     Ok(OutgoingMessage {
         exchange: route.exchange.clone(),
         routing_key: route.routing_key.clone(),
         message_id: envelope.message_id,
-        headers: vec![
-            (HEADER_ACTION.into(), envelope.action.code().to_owned()),
-            (HEADER_TABLE.into(), envelope.table.qualified.clone()),
-            (HEADER_LSN.into(), envelope.lsn_text.to_owned()),
-        ],
+        headers,
         timestamp: u64::try_from(envelope.commit_time_micros / 1_000_000).unwrap_or(0),
         content_type: CONTENT_TYPE.into(),
         content_encoding: content_encoding.map(Into::into),
@@ -67,7 +73,8 @@ pub fn build_within_limit(
     body: Vec<u8>,
     config: &ProducerConfig,
 ) -> Result<OutgoingMessage, ProducerError> {
-    let message = build(envelope.clone(), route, body, config.compression)?;
+    let extra = config.pk_hash_header.as_ref().map(|name| (name.clone(), row_key(&envelope.table.qualified, &body)));
+    let message = build(envelope.clone(), route, body, config.compression, &extra)?;
     let limit = config.max_message_bytes;
     if message.body.len() <= limit {
         return Ok(message);
@@ -83,7 +90,7 @@ pub fn build_within_limit(
         return Err(oversize(None));
     }
     let stubbed = oversize::stub(&plain_body(&message)?, limit).map_err(|e| oversize(Some(e.to_string())))?;
-    let mut smaller = build(envelope.clone(), route, stubbed.body, config.compression)?;
+    let mut smaller = build(envelope.clone(), route, stubbed.body, config.compression, &extra)?;
     if smaller.body.len() > limit {
         return Err(oversize(Some(format!("still {} bytes with its values left out", smaller.body.len()))));
     }
@@ -92,6 +99,21 @@ pub fn build_within_limit(
     metrics::counter!(EVENTS_STUBBED, "table" => table.clone()).increment(1);
     smaller.headers.push((HEADER_OMITTED.into(), stubbed.omitted.join(",")));
     Ok(smaller)
+}
+
+/// `schema.table:<the event's id as JSON>`: the same for every event of one row. (The body is
+/// the producer's own JSON; should its `id` be unreadable, the table alone keeps the events of
+/// the table together.)
+fn row_key(table: &str, body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        id: Option<&'a serde_json::value::RawValue>,
+    }
+    match serde_json::from_slice::<Key<'_>>(body) {
+        Ok(Key { id: Some(id) }) => format!("{table}:{}", id.get()),
+        _ => table.to_owned(),
+    }
 }
 
 /// The body of `message` as the event was written (decompressed when gzipped).

@@ -254,3 +254,22 @@ pub fn connection_channels(name: &str) -> Option<u32> {
         .collect();
     (!counts.is_empty()).then(|| counts.iter().sum())
 }
+
+/// Declares `name`, a consistent-hash exchange (plugin `rabbitmq_consistent_hash_exchange`)
+/// that hashes the header `header`, and feeds it every message of the topic exchange `source`
+/// (an exchange-to-exchange binding with `#`). Queues bound to it with a weight (`"1"`) share
+/// the messages by the header's value.
+pub async fn consistent_hash_exchange(url: &str, name: &str, header: &str, source: &str) {
+    use amqprs::channel::{ExchangeBindArguments, ExchangeDeclareArguments};
+    let brokers: Brokers = url.parse().expect("test broker URL");
+    let connection = amqp::connect(&brokers, "pgevents test setup").await.expect("connect");
+    let channel = amqp::open_channel(&connection).await.expect("channel");
+    amqp::declare_topic_exchange(&channel, source).await.expect("declare the source exchange");
+    let mut args = ExchangeDeclareArguments::new(name, "x-consistent-hash");
+    args.durable = true;
+    args.arguments = amqp::field_table(&[("hash-header", amqp::FieldValue::from(header))]);
+    channel.exchange_declare(args).await.expect("declare the consistent-hash exchange (is the plugin enabled?)");
+    channel.exchange_bind(ExchangeBindArguments::new(name, source, "#")).await.expect("bind it to the source");
+    let _ = channel.close().await;
+    let _ = connection.close().await;
+}

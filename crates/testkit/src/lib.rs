@@ -19,8 +19,8 @@ mod tls;
 mod writer;
 
 pub use broker::{
-    amqp_url, connection_channels, delete_exchange, delete_queue, publish_message, publish_raw, publish_raw_to,
-    unique_name, EventQueue, ReceivedEvent,
+    amqp_url, connection_channels, consistent_hash_exchange, delete_exchange, delete_queue, publish_message,
+    publish_raw, publish_raw_to, unique_name, EventQueue, ReceivedEvent,
 };
 pub use http::{free_local_addr, http_get, metric_value};
 pub use http_recorder::{HttpRecorder, RecordedRequest, Reply};

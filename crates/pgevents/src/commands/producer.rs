@@ -41,6 +41,16 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
         CompressionArg::None => Compression::None,
         CompressionArg::Gzip => Compression::Gzip,
     };
+    config.pk_hash_header = match args.pk_hash_header.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
+        Some(name) if name.len() > 255 => anyhow::bail!("--pk-hash-header: a header name has at most 255 bytes"),
+        Some(name) if ["action", "table", "lsn", "omitted"].contains(&name) => {
+            anyhow::bail!(
+                "--pk-hash-header: {name:?} is a header pgevents already writes; choose another name (e.g. pk)"
+            )
+        }
+        Some(name) => Some(name.to_owned()),
+        None => None,
+    };
     config.values = ValueOptions { numeric_as_string: args.numeric_as_string };
     config.max_in_flight = args.max_in_flight.max(1);
     config.max_in_flight_bytes = args.max_in_flight_bytes.max(1);
