@@ -9,28 +9,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::gateway::Gateway;
-use common::{check_at_least_once_in_order, run_to_end, stop, World, WAIT};
+use common::{check_at_least_once_in_order, collect_all, run_to_end, stop, World, WAIT};
 use pgevents_testkit::{
     unique_name, wait_for, EventQueue, PgEventsProcess, RabbitCluster, ReceivedEvent, SseClient, SseMessage, AB_TABLES,
 };
 
 const ROWS: i32 = 2000;
-
-/// Everything in the queue until every row arrived (or nothing new for `WAIT`).
-async fn collect_all(queue: &mut EventQueue, rows: i32) -> Vec<ReceivedEvent> {
-    let mut events = Vec::new();
-    loop {
-        let distinct = events.iter().map(ReceivedEvent::message_id).collect::<HashSet<_>>().len();
-        if distinct >= rows as usize {
-            events.extend(queue.drain(Duration::from_millis(500)).await);
-            return events;
-        }
-        match queue.next(WAIT).await {
-            Some(e) => events.push(e),
-            None => return events,
-        }
-    }
-}
 
 /// The producer is given every node; the node it publishes to is stopped mid-stream. It fails
 /// over to another node, and the quorum queue, replicated on the two nodes left, has every change.
@@ -55,7 +39,7 @@ async fn the_producer_fails_over_when_its_node_stops() {
     tokio::join!(writer, fault);
     let survivor = cluster.other_than(node);
     let mut queue = EventQueue::reattach(&survivor.url(), &queue_name).await;
-    let events = collect_all(&mut queue, ROWS).await;
+    let events = collect_all(&mut queue, Vec::new(), ROWS).await;
     let log = stop(producer).await;
     let distinct = events.iter().map(ReceivedEvent::message_id).collect::<HashSet<_>>().len();
     assert_eq!(distinct, ROWS as usize, "every change arrived; producer log:\n{log}");

@@ -10,27 +10,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{check_at_least_once_in_order, stop, World, WAIT};
+use common::{check_at_least_once_in_order, collect_all, stop, World};
 use pgevents_testkit::{
     amqp_url, delete_exchange, EventQueue, FaultProxy, PgEventsProcess, RabbitNode, ReceivedEvent, AB_TABLES,
 };
 
 const ROWS: i32 = 2000;
-
-/// Collects events until every row arrived (or `WAIT` passes with nothing new), then a little more.
-async fn collect_all(queue: &mut EventQueue, mut events: Vec<ReceivedEvent>, rows: i32) -> Vec<ReceivedEvent> {
-    loop {
-        let distinct = events.iter().map(|e| e.message_id()).collect::<std::collections::HashSet<_>>().len();
-        if distinct >= rows as usize {
-            events.extend(queue.drain(Duration::from_millis(500)).await);
-            return events;
-        }
-        match queue.next(WAIT).await {
-            Some(e) => events.push(e),
-            None => return events,
-        }
-    }
-}
 
 /// Prints the producer's log when changes are missing, so a failure shows why.
 fn show_log_if_incomplete(events: &[ReceivedEvent], rows: i32, producer: &PgEventsProcess) {

@@ -35,7 +35,7 @@ const RULE_CELLS: &[&str] = &[
     "R18", "R19", "R20", "R21", "R22", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
-const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4"];
+const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5"];
 
 type Verdict = Result<(), String>;
 
@@ -1545,7 +1545,8 @@ async fn producer_surfaces() {
              CREATE TABLE public.listed (id int PRIMARY KEY, n numeric, j json);
              CREATE TABLE public.unlisted (id int PRIMARY KEY, ssn text);
              INSERT INTO public.listed VALUES (1, 1, '{}'); INSERT INTO public.unlisted VALUES (1, '078-05-1120');
-             GRANT INSERT, SELECT ON public.listed TO bob;",
+             CREATE TABLE public.keyed (k text PRIMARY KEY);
+             GRANT INSERT, SELECT ON public.listed, public.keyed TO bob;",
         )
         .await;
     let bob = connect_as(&world.pg, "bob", "bob").await;
@@ -1573,7 +1574,7 @@ async fn producer_surfaces() {
     )
     .await
     .expect("bob's tables");
-    world.pg.execute("CREATE PUBLICATION limited FOR TABLE public.listed, bobs.t, bobs.k").await;
+    world.pg.execute("CREATE PUBLICATION limited FOR TABLE public.listed, public.keyed, bobs.t, bobs.k").await;
     let queue = tokio::sync::Mutex::new(world.queue(&["#"]).await);
     let producer = world
         .producer(&[
@@ -1581,6 +1582,7 @@ async fn producer_surfaces() {
             ("PGEVENTS_SNAPSHOT", "initial"),
             ("PGEVENTS_SNAPSHOT_BATCH_ROWS", "1"),
             ("PGEVENTS_MAX_CONTEXT_BYTES", "8192"),
+            ("PGEVENTS_PK_HASH_HEADER", "pk"),
         ])
         .await;
     let state = ProducerWorld { world: &world, bob, queue };
@@ -1690,6 +1692,30 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
             );
             ensure!(five.is_some_and(|e| e["new"]["n"].is_string() && e["new"]["j"].is_string()), "{five:?}");
             ensure!(six.is_some_and(|e| e["new"]["j"] == "1e400"), "{six:?}");
+            Ok(())
+        }
+        "P5" => {
+            // A 150 kB key (compressible, so it can be indexed): as a header it would not fit in
+            // an AMQP frame, and the producer would fail to publish it again and again.
+            p.bob
+                .batch_execute("INSERT INTO public.keyed VALUES (repeat('k', 150000)); INSERT INTO public.listed VALUES (7, 7, '{}');")
+                .await
+                .map_err(|e| format!("{e}: {:?}", e.as_db_error().map(|d| d.message())))?;
+            let mut queue = p.queue.lock().await;
+            let mut headers = Vec::new();
+            while let Some(delivery) = queue.next_raw(Duration::from_secs(10)).await {
+                let body: Value = serde_json::from_slice(&delivery.body).unwrap_or(Value::Null);
+                headers.push((body["table_name"].as_str().unwrap_or("?").to_owned(), delivery.header("pk")));
+                if body["table_name"] == "public.listed" && body["new"]["id"] == 7 {
+                    break;
+                }
+            }
+            let keyed = headers.iter().find(|(table, _)| table == "public.keyed");
+            ensure!(keyed.is_some(), "the event with the huge key did not arrive (or the next one): {headers:?}");
+            ensure!(
+                headers.iter().all(|(_, pk)| pk.as_ref().is_some_and(|pk| pk.len() == 32)),
+                "every event carries a 32-character row key: {headers:?}"
+            );
             Ok(())
         }
         other => Err(format!("no such cell {other}")),

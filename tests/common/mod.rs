@@ -66,6 +66,21 @@ pub fn bodies(events: &[ReceivedEvent]) -> Vec<serde_json::Value> {
 }
 
 /// Stops a producer with SIGTERM and checks it exits 0.
+/// Collects events until every row arrived (or `WAIT` passes with nothing new), then a little more.
+pub async fn collect_all(queue: &mut EventQueue, mut events: Vec<ReceivedEvent>, rows: i32) -> Vec<ReceivedEvent> {
+    loop {
+        let distinct = events.iter().map(|e| e.message_id()).collect::<std::collections::HashSet<_>>().len();
+        if distinct >= rows as usize {
+            events.extend(queue.drain(Duration::from_millis(500)).await);
+            return events;
+        }
+        match queue.next(WAIT).await {
+            Some(e) => events.push(e),
+            None => return events,
+        }
+    }
+}
+
 /// Runs a short pgevents command and returns its stdout, checking it exits 0.
 pub async fn run_to_end(args: &[&str], env: &[(String, String)]) -> String {
     let mut process = PgEventsProcess::spawn(args, env);

@@ -323,7 +323,7 @@ pub struct ProducerArgs {
     /// Compress event bodies (announced in content_encoding)
     #[arg(long, env = "PGEVENTS_COMPRESSION", value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,
-    /// Add a header of this name holding `schema.table:<primary key>` to every event, for RabbitMQ's consistent-hash exchange (its `hash-header`): every event of a row then goes to the same worker queue [default: none]
+    /// Add a header of this name holding a digest of `schema.table:<primary key>` to every event, for RabbitMQ's consistent-hash exchange (its `hash-header`): every event of a row then goes to the same worker queue [default: none]
     #[arg(long, env = "PGEVENTS_PK_HASH_HEADER")]
     pub pk_hash_header: Option<String>,
     /// Write numeric values as JSON strings instead of exact JSON numbers

@@ -60,7 +60,7 @@ pub struct ProducerConfig {
     /// stops confirming and retries until a queue is bound.
     pub mandatory: bool,
     pub compression: Compression,
-    /// `--pk-hash-header`: a header of this name holds `schema.table:<primary key as JSON>`,
+    /// `--pk-hash-header`: a header of this name holds a digest of `schema.table:<primary key>`,
     /// for RabbitMQ's consistent-hash exchange (`hash-header`), so that every event of a row
     /// goes to the same queue.
     pub pk_hash_header: Option<String>,

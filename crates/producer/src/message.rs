@@ -101,19 +101,24 @@ pub fn build_within_limit(
     Ok(smaller)
 }
 
-/// `schema.table:<the event's id as JSON>`: the same for every event of one row. (The body is
-/// the producer's own JSON; should its `id` be unreadable, the table alone keeps the events of
-/// the table together.)
+/// The digest of `schema.table:<the event's id as JSON>`: the same for every event of one row,
+/// and 32 hex characters whatever the key (a key of any size fits in a header frame). (The body
+/// is the producer's own JSON; should its `id` be unreadable, the table alone keeps the events
+/// of the table together.)
 fn row_key(table: &str, body: &[u8]) -> String {
+    use sha2::Digest as _;
     #[derive(serde::Deserialize)]
     struct Key<'a> {
         #[serde(borrow)]
         id: Option<&'a serde_json::value::RawValue>,
     }
-    match serde_json::from_slice::<Key<'_>>(body) {
-        Ok(Key { id: Some(id) }) => format!("{table}:{}", id.get()),
-        _ => table.to_owned(),
+    let mut digest = sha2::Sha256::new();
+    digest.update(table.as_bytes());
+    if let Ok(Key { id: Some(id) }) = serde_json::from_slice::<Key<'_>>(body) {
+        digest.update(b":");
+        digest.update(id.get().as_bytes());
     }
+    digest.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The body of `message` as the event was written (decompressed when gzipped).
@@ -124,4 +129,22 @@ pub fn plain_body(message: &OutgoingMessage) -> std::io::Result<Vec<u8>> {
     let mut plain = Vec::with_capacity(message.body.len() * 4);
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&message.body[..]), &mut plain)?;
     Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_key;
+
+    #[test]
+    fn the_row_key_is_a_digest_of_the_table_and_the_id() {
+        let body = br#"{"table_name":"public.t","action":"U","new":{"id":7,"a":"x"},"id":{"id":7},"lsn":"0/1"}"#;
+        let other = br#"{"table_name":"public.t","action":"D","old":{"id":7},"id":{"id":7},"lsn":"0/2"}"#;
+        let key = row_key("public.t", body);
+        assert_eq!(key.len(), 32);
+        assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(key, row_key("public.t", other), "every event of the row");
+        assert_ne!(key, row_key("public.u", body), "another table");
+        assert_ne!(key, row_key("public.t", br#"{"id":{"id":8}}"#), "another row");
+        assert_eq!(row_key("public.t", b"not json"), row_key("public.t", br#"{"table_name":"public.t"}"#));
+    }
 }
