@@ -46,8 +46,9 @@ impl Brokers {
         Ok(Brokers::in_order(nodes))
     }
 
-    /// The nodes in the order given (tests that must know which node comes first).
-    pub fn in_order(nodes: Vec<AmqpUrl>) -> Brokers {
+    /// The nodes in the order given (a single node; tests that must know which node comes
+    /// first). `nodes` is not empty.
+    fn in_order(nodes: Vec<AmqpUrl>) -> Brokers {
         Brokers { nodes: nodes.into(), in_use: Arc::new(AtomicUsize::new(0)) }
     }
 
@@ -97,14 +98,15 @@ impl Brokers {
     }
 
     /// Tries `open` on each node, from the node in use on; the first success becomes the node in
-    /// use. With every node failing, the error of the node in use is returned (the others are
-    /// logged), so a single-node list behaves as before.
+    /// use. With every node failing: a single node's error as it is; for several, one error
+    /// naming each node's, transient when any of them is (a node that refuses for good during a
+    /// rolling restart must not stop the retries while others may come back).
     pub(crate) async fn first_answering<T, F>(&self, mut open: impl FnMut(AmqpUrl) -> F) -> Result<T, AmqpError>
     where
         F: std::future::Future<Output = Result<T, AmqpError>>,
     {
         let first = self.in_use();
-        let mut first_error = None;
+        let mut errors: Vec<AmqpError> = Vec::new();
         for step in 0..self.nodes.len() {
             let index = (first + step) % self.nodes.len();
             let node = &self.nodes[index];
@@ -123,11 +125,17 @@ impl Brokers {
                     if self.nodes.len() > 1 {
                         tracing::warn!(node = %node, error = %e, "RabbitMQ node did not answer; trying the next");
                     }
-                    first_error.get_or_insert(e);
+                    errors.push(e);
                 }
             }
         }
-        Err(first_error.unwrap_or_else(|| AmqpError::InvalidUrl("no RabbitMQ URL was given".to_owned())))
+        if errors.len() <= 1 {
+            return Err(errors.pop().unwrap_or_else(|| AmqpError::InvalidUrl("no RabbitMQ URL was given".to_owned())));
+        }
+        let transient = errors.iter().any(|e| e.kind().is_transient());
+        let kind = if transient { pgevents_retry::ErrorKind::Transient } else { errors[0].kind() };
+        let reason = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        Err(AmqpError::Connect { url: self.to_string(), reason: format!("no node answered: {reason}"), kind })
     }
 }
 
@@ -223,9 +231,18 @@ mod tests {
         let hosts: Vec<&str> = brokers.nodes().map(|n| n.host.as_str()).collect();
         assert_eq!(hosts, ["c", "a", "b"]);
 
-        let failed = brokers
-            .first_answering(|node| async move { Err::<(), _>(AmqpError::InvalidUrl(format!("{} down", node.host))) });
-        let error = failed.await.unwrap_err().to_string();
-        assert!(error.contains("c down"), "the node in use's error: {error}");
+        // Every node fails: one error naming each, transient as soon as one node's error is.
+        let failed = brokers.first_answering(|node| async move {
+            Err::<(), _>(if node.host == "b" {
+                AmqpError::Closed("b restarting".into())
+            } else {
+                AmqpError::InvalidUrl(format!("{} refuses", node.host))
+            })
+        });
+        let error = failed.await.unwrap_err();
+        assert!(error.kind().is_transient(), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("c refuses") && text.contains("b restarting") && text.contains("a refuses"), "{text}");
+        assert!(!text.contains(":guest@"), "no password: {text}");
     }
 }

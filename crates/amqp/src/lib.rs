@@ -40,7 +40,7 @@ pub use error::{AmqpError, Cause, ServerReply};
 pub use pgevents_retry::ErrorKind;
 pub use stream::{ensure_stream, Retention};
 pub use topology::{
-    bind_queue, declare_queue, declare_topic_exchange, queue_depth, use_or_declare_topic_exchange, QueueSpec, QueueType,
+    bind_queue, declare_queue, declare_topic_exchange, exchange_exists, queue_depth, QueueSpec, QueueType,
 };
 pub use url::{AmqpTls, AmqpUrl, AuthMechanism};
 

@@ -28,15 +28,9 @@ pub async fn declare_topic_exchange(channel: &Channel, exchange: &str) -> Result
     )
 }
 
-/// Uses the exchange `exchange` as it is when it exists, whatever its type (e.g. the
-/// consistent-hash exchange a worker's queue is bound to), and declares it a durable topic
-/// exchange when it does not. The look-up is a passive declare on a channel of its own, since
-/// the broker closes the channel it refuses one on.
-pub async fn use_or_declare_topic_exchange(
-    connection: &amqprs::connection::Connection,
-    channel: &Channel,
-    exchange: &str,
-) -> Result<(), AmqpError> {
+/// Whether the exchange exists (of any type). The look-up is a passive declare on a channel of
+/// its own, since the broker closes the channel it refuses one on.
+pub async fn exchange_exists(connection: &amqprs::connection::Connection, exchange: &str) -> Result<bool, AmqpError> {
     check_short_string("exchange name", exchange)?;
     let probe = crate::open_channel(connection).await?;
     let mut args = ExchangeDeclareArguments::new(exchange, "topic");
@@ -44,12 +38,10 @@ pub async fn use_or_declare_topic_exchange(
     match probe.exchange_declare(args).await {
         Ok(()) => {
             let _ = probe.close().await;
-            Ok(())
+            Ok(true)
         }
         Err(e) => match probe.cause(&e) {
-            Cause::Refused(reply) if reply.code == ServerReply::NOT_FOUND => {
-                declare_topic_exchange(channel, exchange).await
-            }
+            Cause::Refused(reply) if reply.code == ServerReply::NOT_FOUND => Ok(false),
             cause => Err(AmqpError::op(format!("look up exchange {exchange:?}"), cause)),
         },
     }

@@ -2,6 +2,10 @@
 //! with a checker keyed on each change's message id (commit LSN and position in its
 //! transaction). It prints, per round and in total, how many changes were lost, delivered more
 //! than once, or delivered out of order. Not part of CI (it runs for minutes).
+//!
+//! `--cluster` runs it against a 3-node RabbitMQ cluster (a quorum queue, the producer given
+//! every node), where the broker faults stop one node (the producer's, or another) and start it
+//! again.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -11,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use pgevents_testkit::{write_ab_rows, EventQueue, FaultProxy, PgCluster, PgEventsProcess, RabbitNode, AB_TABLES};
+use pgevents_testkit::{
+    write_ab_rows, EventQueue, FaultProxy, PgCluster, PgEventsProcess, RabbitCluster, RabbitNode, AB_TABLES,
+};
 use rand::RngExt;
 use tokio::sync::Mutex;
 
@@ -33,6 +39,9 @@ pub struct SoakArgs {
     /// Seed of the fault choice and timing [default: random]
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run against a 3-node RabbitMQ cluster, with node stops among the faults
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,10 +51,27 @@ enum Fault {
     RestartPostgres,
     CutBroker,
     CutDatabase,
+    /// Cluster mode: stop the node the producer publishes to, then start it again.
+    StopProducersNode,
+    /// Cluster mode: stop another node, then start it again.
+    StopOtherNode,
 }
 
 const FAULTS: [Fault; 5] =
     [Fault::KillProducer, Fault::RestartBroker, Fault::RestartPostgres, Fault::CutBroker, Fault::CutDatabase];
+
+const CLUSTER_FAULTS: [Fault; 5] =
+    [Fault::KillProducer, Fault::StopProducersNode, Fault::StopOtherNode, Fault::RestartPostgres, Fault::CutDatabase];
+
+/// The broker the soak runs against.
+enum Broker {
+    /// One node, reached through a proxy that can cut the connection.
+    Single {
+        node: Box<RabbitNode>,
+        proxy: Box<FaultProxy>,
+    },
+    Cluster(RabbitCluster),
+}
 
 /// What the collector saw: per message id, the body; per table, ids in first-delivery order.
 #[derive(Default)]
@@ -71,8 +97,7 @@ struct Totals {
 
 struct Rig {
     pg: PgCluster,
-    broker: RabbitNode,
-    to_broker: FaultProxy,
+    broker: Broker,
     to_database: FaultProxy,
     env: Vec<(String, String)>,
     binary: PathBuf,
@@ -128,17 +153,10 @@ async fn inject(rig: &Rig, fault: Fault, producer: &mut PgEventsProcess, pause: 
             producer.wait(Duration::from_secs(30)).await;
             *producer = rig.spawn_producer();
         }
-        Fault::RestartBroker => {
-            rig.broker.stop_app().await;
-            tokio::time::sleep(pause).await;
-            rig.broker.start_app().await;
+        Fault::RestartBroker | Fault::CutBroker | Fault::StopProducersNode | Fault::StopOtherNode => {
+            broker_fault(rig, fault, pause).await
         }
         Fault::RestartPostgres => tokio::task::block_in_place(|| rig.pg.restart()),
-        Fault::CutBroker => {
-            rig.to_broker.cut();
-            tokio::time::sleep(pause).await;
-            rig.to_broker.restore().await;
-        }
         Fault::CutDatabase => {
             rig.to_database.cut();
             tokio::time::sleep(pause).await;
@@ -148,38 +166,81 @@ async fn inject(rig: &Rig, fault: Fault, producer: &mut PgEventsProcess, pause: 
     Ok(())
 }
 
+async fn broker_fault(rig: &Rig, fault: Fault, pause: Duration) {
+    match (&rig.broker, fault) {
+        (Broker::Single { node, .. }, Fault::RestartBroker) => {
+            node.stop_app().await;
+            tokio::time::sleep(pause).await;
+            node.start_app().await;
+        }
+        (Broker::Single { proxy, .. }, Fault::CutBroker) => {
+            proxy.cut();
+            tokio::time::sleep(pause).await;
+            proxy.restore().await;
+        }
+        (Broker::Cluster(cluster), Fault::StopProducersNode | Fault::StopOtherNode) => {
+            let asked = &cluster.nodes[0];
+            let producers = cluster.node_of_connection(asked, "pgevents producer (soak)").await;
+            let node = match (fault, producers) {
+                (Fault::StopProducersNode, Some(node)) => node,
+                (_, Some(node)) => cluster.other_than(node),
+                (_, None) => asked,
+            };
+            node.stop_app().await;
+            tokio::time::sleep(pause).await;
+            node.start_app().await;
+        }
+        _ => {}
+    }
+}
+
 pub async fn run(args: SoakArgs, binary: PathBuf) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| rand::rng().random());
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     eprintln!("soak: {} rounds, seed {seed}", args.rounds);
     let pg = PgCluster::start().await;
     pg.execute(AB_TABLES).await;
-    let broker = RabbitNode::start().await;
-    let to_broker = FaultProxy::start(broker.addr()).await;
+    let (broker, url, producer_url) = if args.cluster {
+        let cluster = RabbitCluster::start(3).await;
+        let urls = cluster.urls();
+        (Broker::Cluster(cluster), urls.clone(), urls)
+    } else {
+        let node = RabbitNode::start().await;
+        let proxy = FaultProxy::start(node.addr()).await;
+        let (url, proxied) = (node.url(), format!("amqp://guest:guest@{}/%2f", proxy.addr));
+        (Broker::Single { node: Box::new(node), proxy: Box::new(proxy) }, url, proxied)
+    };
     let to_database = FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], pg_port(&pg)))).await;
     let exchange = "soak_events";
-    let queue = EventQueue::durable(&broker.url(), exchange, &["#"]).await;
+    let first_node = url.split(',').next().unwrap_or_default().to_owned();
+    let queue = if args.cluster {
+        EventQueue::quorum(&first_node, exchange, &["#"]).await
+    } else {
+        EventQueue::durable(&first_node, exchange, &["#"]).await
+    };
     let queue_name = queue.name.clone();
     drop(queue);
     let mut env = pg.env();
     env.retain(|(k, _)| k != "PGPORT");
     env.push(("PGPORT".into(), to_database.addr.port().to_string()));
-    env.push(("RABBITMQ_URL".into(), format!("amqp://guest:guest@{}/%2f", to_broker.addr)));
+    env.push(("RABBITMQ_URL".into(), producer_url));
     env.push(("RABBITMQ_EXCHANGE".into(), exchange.into()));
     env.push(("PGSLOT".into(), "soak".into()));
     env.push(("PGEVENTS_STATUS_INTERVAL".into(), "1".into()));
     env.push(("PGEVENTS_BACKOFF_MAX".into(), "2".into()));
-    let rig = Rig { env, binary, pg, broker, to_broker, to_database };
+    let rig = Rig { env, binary, pg, broker, to_database };
 
     let seen = Arc::new(Mutex::new(Seen::default()));
-    tokio::spawn(collector(rig.broker.url(), queue_name, seen.clone()));
+    // In cluster mode the collector is given every node too, and follows the one that answers.
+    tokio::spawn(collector(url, queue_name, seen.clone()));
     let mut producer = rig.spawn_producer();
     producer.wait_for_log("streaming", Duration::from_secs(60)).await;
     let written = Arc::new(AtomicI64::new(0));
     let mut totals = Totals::default();
     let started = Instant::now();
     for round in 1..=args.rounds {
-        let fault = FAULTS[rng.random_range(0..FAULTS.len())];
+        let faults: &[Fault] = if args.cluster { &CLUSTER_FAULTS } else { &FAULTS };
+        let fault = faults[rng.random_range(0..faults.len())];
         let before = rng.random_range(0.1..0.6) * args.round_seconds;
         let pause = Duration::from_millis(rng.random_range(300..2000));
         let running = Arc::new(AtomicBool::new(true));

@@ -54,7 +54,7 @@ impl Work {
     /// run in parallel.
     pub fn lane(&self) -> Option<u64> {
         match self {
-            Work::Event(incoming, _) => Some(crate::lanes::event_lane(&incoming.event)),
+            Work::Event(incoming, _) => crate::lanes::event_lane(&incoming.event),
             Work::Message(..) => None,
         }
     }
@@ -106,12 +106,6 @@ fn earlier_deliveries(delivery: &Delivery) -> u32 {
 /// Runs `work` until it is acknowledged, given up, or `shutdown` interrupts a wait.
 pub async fn run(work: &Work, policy: RetryPolicy, shutdown: &CancellationToken) -> Verdict {
     let mut deliveries = earlier_deliveries(work.delivery());
-    // The broker counted this many deliveries that were never settled (the consumer's
-    // connection was lost each time, e.g. a handler that crashes the process): poison.
-    if policy.max_deliveries.is_some_and(|max| deliveries >= max.get()) {
-        let reason = format!("gave up after {deliveries} deliveries the broker counted (x-delivery-count) without a result: the message may crash its consumer");
-        return Verdict::GiveUp { reason, deliveries };
-    }
     let mut held = Duration::ZERO;
     // Runs so far, counted or not (the backoff grows with both).
     let mut runs: u32 = 0;

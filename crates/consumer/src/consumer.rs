@@ -196,8 +196,22 @@ impl Consumer {
 
     async fn declare(&self, connection: &amqp::Connection, channel: &Channel) -> Result<String, ConsumerError> {
         // An existing exchange is taken as it is: it may be a consistent-hash exchange in front
-        // of several workers' queues.
-        amqp::use_or_declare_topic_exchange(connection, channel, &self.config.exchange).await?;
+        // of several workers' queues. A missing one is declared as a topic exchange, unless the
+        // binding keys are weights (a consistent-hash binding): a topic exchange would match
+        // none of them and drop every event.
+        let exchange = &self.config.exchange;
+        if !amqp::exchange_exists(connection, exchange).await? {
+            let weights =
+                self.config.binding_keys.iter().all(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
+            if weights {
+                return Err(ConsumerError::Amqp(AmqpError::InvalidName {
+                    what: "exchange",
+                    name: exchange.clone(),
+                    reason: "does not exist, and the binding keys are weights: declare the consistent-hash exchange first (see Running at scale)",
+                }));
+            }
+            amqp::declare_topic_exchange(channel, exchange).await?;
+        }
         let spec = match &self.config.queue {
             QueueMode::Temporary => QueueSpec { exclusive: true, auto_delete: true, ..Default::default() },
             QueueMode::Durable(name) => QueueSpec {
@@ -246,12 +260,26 @@ impl Consumer {
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                     let (id, how) = finished(done);
                     let Some((tag, lane)) = tags.remove(&id) else { continue };
+                    let requeued = matches!(how, Settle::Requeue);
                     if let Err(e) = settle(&channel, tag, how).await {
                         break Err(e);
                     }
-                    if let Some((tag, work)) = lane.and_then(|lane| lanes.finished(lane)) {
+                    let Some(lane) = lane else { continue };
+                    if requeued {
+                        // The row's later events go back behind it, in order, not ahead of it.
+                        let mut failed = None;
+                        for (tag, _) in lanes.requeued(lane) {
+                            if let Err(e) = settle(&channel, tag, Settle::Requeue).await {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                        if let Some(e) = failed {
+                            break Err(e);
+                        }
+                    } else if let Some((tag, work)) = lanes.finished(lane) {
                         let handle = self.spawn_work(&mut running, work, &abandon);
-                        tags.insert(handle, (tag, lane));
+                        tags.insert(handle, (tag, Some(lane)));
                     }
                 }
                 delivery = deliveries.next(), if running.len() < concurrency => {

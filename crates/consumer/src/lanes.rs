@@ -11,14 +11,18 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use pgevents_event::Event;
 
 /// The lane of an event: its table and primary key (`id`), hashed. An update that changes the
-/// primary key is in the lane of its new key.
-pub fn event_lane(event: &Event) -> u64 {
+/// primary key is in the lane of its new key. An event without a key (a table without a
+/// primary key) has no lane: such events run in parallel, in no particular order.
+pub fn event_lane(event: &Event) -> Option<u64> {
+    if event.id.is_null() {
+        return None;
+    }
     let mut hasher = DefaultHasher::new();
     event.table_name.hash(&mut hasher);
     // `Value` does not implement `Hash`; its JSON text is canonical for equal keys (object keys
     // keep the order the producer wrote them in, which is the key's column order).
     event.id.to_string().hash(&mut hasher);
-    hasher.finish()
+    Some(hasher.finish())
 }
 
 /// Lanes in use, each with what waits behind the run in progress.
@@ -60,6 +64,12 @@ impl<T> Lanes<T> {
         next
     }
 
+    /// The run of `lane` went back to the queue: what waits behind it must not run before it,
+    /// so it goes back too (returned, in order) and the lane is free.
+    pub fn requeued(&mut self, lane: u64) -> Vec<T> {
+        self.busy.remove(&lane).map(Vec::from).unwrap_or_default()
+    }
+
     /// Items waiting behind a run of their lane.
     #[cfg(test)]
     pub fn waiting(&self) -> usize {
@@ -88,6 +98,11 @@ mod tests {
         assert_eq!(lanes.admit(Some(1), "1e"), Some("1e"), "the lane was freed");
         assert_eq!(lanes.finished(2), None);
         assert_eq!(lanes.waiting(), 0);
+        assert_eq!(lanes.admit(Some(3), "3a"), Some("3a"));
+        assert_eq!(lanes.admit(Some(3), "3b"), None);
+        assert_eq!(lanes.admit(Some(3), "3c"), None);
+        assert_eq!(lanes.requeued(3), vec!["3b", "3c"], "a requeued run takes its lane's waiting items along");
+        assert_eq!(lanes.admit(Some(3), "3a again"), Some("3a again"));
     }
 
     #[test]
@@ -98,6 +113,7 @@ mod tests {
             );
             Event::from_slice(json.as_bytes()).unwrap()
         };
+        assert_eq!(event_lane(&event("public.nokey", "null")), None, "no key: no lane");
         let a = event_lane(&event("public.t", r#"{"id": 1}"#));
         assert_eq!(a, event_lane(&event("public.t", r#"{"id": 1}"#)));
         assert_ne!(a, event_lane(&event("public.t", r#"{"id": 2}"#)));

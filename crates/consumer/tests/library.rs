@@ -406,49 +406,45 @@ async fn a_lost_connection_is_reported_at_once_even_while_a_retry_waits() {
     task.await.unwrap();
 }
 
-/// On a quorum queue the broker counts deliveries (`x-delivery-count`), even those no handler
-/// result settled (the consumer stopped, crashed or lost its connection each time): a message
-/// the broker already delivered `max_deliveries` times is given up before its handler runs
-/// again, where a classic queue would hand it out forever.
+/// On a quorum queue the broker counts deliveries (`x-delivery-count`): a message that keeps
+/// failing and goes back to the queue each time (held longer than `max_hold`) is still given up
+/// after `max_deliveries` runs, where on a classic queue its count would start again each time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quorum_queue_counts_unsettled_deliveries_toward_max_deliveries() {
+async fn a_quorum_queue_counts_deliveries_across_requeues() {
     let mut setup = setup().await;
     let mut dead = DeadLetters::for_setup(&mut setup).await;
     setup.config.queue_type = pgevents_amqp::QueueType::Quorum;
     setup.config.max_deliveries = std::num::NonZeroU32::new(3);
+    setup.config.retry_delay = Duration::from_millis(50);
+    // Shorter than the first retry delay: every retry goes back to the queue.
+    setup.config.max_hold = Duration::from_millis(10);
     let runs = Arc::new(AtomicUsize::new(0));
-    let registry = || {
-        let counted = runs.clone();
-        Registry::new().on_all("*", move |_e: IncomingEvent| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            // Never settled by a result: the message goes back when the consumer stops.
-            async { Outcome::Unavailable("stuck".into()) }
-        })
-    };
-    // Each consumer takes the message, cannot settle it, and stops: the broker counts one more
-    // delivery each time (sometimes more: a message sent ahead while stopping counts too).
-    let mut given_up = None;
-    for cycle in 0..10 {
-        let before = runs.load(Ordering::SeqCst);
-        let (shutdown, task) = started(&setup, registry()).await;
-        if cycle == 0 {
-            publish_raw(&setup.exchange, "public.t", "poison", &event("public.t", "I", 0)).await;
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while runs.load(Ordering::SeqCst) == before && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        stop(shutdown, task).await;
-        given_up = dead.queue.next_raw(Duration::from_millis(300)).await;
-        if given_up.is_some() {
-            break;
-        }
-    }
-    let given_up = given_up.expect("the message was dead-lettered");
+    let counted = runs.clone();
+    let registry = Registry::new().on_all("*", move |_e: IncomingEvent| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Outcome::Retry("always fails".into()) }
+    });
+    let (shutdown, task) = started(&setup, registry).await;
+    publish_raw(&setup.exchange, "public.t", "poison", &event("public.t", "I", 0)).await;
+    let given_up = dead.next().await;
     assert_eq!(given_up.message_id(), Some("poison"));
     let error = given_up.header("error").unwrap_or_default();
-    assert!(error.starts_with("gave up after ") && error.contains("deliveries the broker counted"), "{error}");
-    assert!(runs.load(Ordering::SeqCst) <= 3, "the handler ran at most max-deliveries times");
+    assert!(error.starts_with("gave up after 3 deliveries"), "{error}");
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "one run per delivery");
+    stop(shutdown, task).await;
     dead.close().await;
+    cleanup(setup).await;
+}
+
+/// A consumer bound with weights (a consistent-hash binding) to an exchange that does not exist
+/// refuses to start, saying why, rather than declaring a topic exchange that would match none of
+/// its keys and drop every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_on_a_missing_exchange_are_refused_not_declared_as_topic() {
+    let mut setup = setup().await;
+    setup.config.binding_keys = vec!["1".to_owned()];
+    let consumer = Consumer::new(setup.config.clone(), Registry::new());
+    let error = consumer.run(CancellationToken::new()).await.expect_err("refused");
+    assert!(error.to_string().contains("declare the consistent-hash exchange first"), "{error}");
     cleanup(setup).await;
 }
