@@ -104,9 +104,11 @@ fn earlier_deliveries(delivery: &Delivery) -> u32 {
 }
 
 /// Runs `work` until it is acknowledged, given up, or `shutdown` interrupts a wait.
-pub async fn run(work: &Work, policy: RetryPolicy, shutdown: &CancellationToken) -> Verdict {
+/// `waited` is how long the delivery has been held already (behind an earlier event of its row):
+/// it counts toward `max_hold`, since the broker's `consumer_timeout` counts from the delivery.
+pub async fn run(work: &Work, policy: RetryPolicy, shutdown: &CancellationToken, waited: Duration) -> Verdict {
     let mut deliveries = earlier_deliveries(work.delivery());
-    let mut held = Duration::ZERO;
+    let mut held = waited;
     // Runs so far, counted or not (the backoff grows with both).
     let mut runs: u32 = 0;
     loop {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgevents_amqp::{self as amqp, AmqpError, Brokers, Channel, Delivery, ErrorKind, QueueSpec, QueueType};
 use pgevents_event::Event;
@@ -245,7 +245,7 @@ impl Consumer {
         // Each running task's delivery tag and lane.
         let mut tags: HashMap<tokio::task::Id, (u64, Option<u64>)> = HashMap::new();
         // Events of one row wait for the one before them (keyed lanes), whatever the concurrency.
-        let mut lanes: Lanes<(u64, Work)> = Lanes::default();
+        let mut lanes: Lanes<(u64, Work, Instant)> = Lanes::default();
         // Stops the retries waiting for their next run: at shutdown, or when the connection is
         // gone (the broker then gives their deliveries back to the queue by itself).
         let abandon = shutdown.child_token();
@@ -268,7 +268,7 @@ impl Consumer {
                     if requeued {
                         // The row's later events go back behind it, in order, not ahead of it.
                         let mut failed = None;
-                        for (tag, _) in lanes.requeued(lane) {
+                        for (tag, _, _) in lanes.requeued(lane) {
                             if let Err(e) = settle(&channel, tag, Settle::Requeue).await {
                                 failed = Some(e);
                                 break;
@@ -277,8 +277,8 @@ impl Consumer {
                         if let Some(e) = failed {
                             break Err(e);
                         }
-                    } else if let Some((tag, work)) = lanes.finished(lane) {
-                        let handle = self.spawn_work(&mut running, work, &abandon);
+                    } else if let Some((tag, work, arrived)) = lanes.finished(lane) {
+                        let handle = self.spawn_work(&mut running, work, &abandon, arrived.elapsed());
                         tags.insert(handle, (tag, Some(lane)));
                     }
                 }
@@ -293,8 +293,8 @@ impl Consumer {
                         }
                         Dispatch::Run(work) => {
                             let lane = work.lane();
-                            if let Some((tag, work)) = lanes.admit(lane, (tag, work)) {
-                                let handle = self.spawn_work(&mut running, work, &abandon);
+                            if let Some((tag, work, _)) = lanes.admit(lane, (tag, work, Instant::now())) {
+                                let handle = self.spawn_work(&mut running, work, &abandon, Duration::ZERO);
                                 tags.insert(handle, (tag, lane));
                             }
                         }
@@ -328,11 +328,17 @@ impl Consumer {
     }
 
     /// Runs `work` until it is settled, in a task of `running`.
-    fn spawn_work(&self, running: &mut JoinSet<Settle>, work: Work, abandon: &CancellationToken) -> tokio::task::Id {
+    fn spawn_work(
+        &self,
+        running: &mut JoinSet<Settle>,
+        work: Work,
+        abandon: &CancellationToken,
+        waited: Duration,
+    ) -> tokio::task::Id {
         let (policy, stop, dead) = (self.retry_policy(), abandon.clone(), self.dead_letters.clone());
         running
             .spawn(async move {
-                match attempts::run(&work, policy, &stop).await {
+                match attempts::run(&work, policy, &stop, waited).await {
                     Verdict::Ack => Settle::Ack,
                     Verdict::Requeue => Settle::Requeue,
                     Verdict::GiveUp { reason, deliveries } => dead.give_up(work.delivery(), &reason, deliveries).await,
