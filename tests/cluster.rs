@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::gateway::Gateway;
-use common::{check_at_least_once_in_order, collect_all, run_to_end, stop, World, WAIT};
+use common::{check_at_least_once_in_order, collect_all, stop, World, WAIT};
 use pgevents_testkit::{
     unique_name, wait_for, EventQueue, PgEventsProcess, RabbitCluster, ReceivedEvent, SseClient, SseMessage, AB_TABLES,
 };
@@ -59,16 +59,7 @@ async fn each_action_runs_once_when_the_workers_node_stops() {
     let urls = cluster.urls();
     let world = World::new().await;
     world.pg.execute("CREATE TABLE numbers (id serial PRIMARY KEY, n int NOT NULL); CREATE TABLE audit (id serial PRIMARY KEY, note text);").await;
-    run_to_end(&["rules", "install"], &world.pg.env()).await;
-    world
-        .pg
-        .execute(
-            "INSERT INTO pgevents.event_table (table_name) VALUES ('numbers');
-             INSERT INTO pgevents.action (name, kind, sql, backoff_ms, max_attempts)
-             VALUES ('record', 'sql', 'INSERT INTO public.audit (note) VALUES ($1->>''n'')', 200, 50);
-             INSERT INTO pgevents.work_item (name, table_name, action, mode) VALUES ('record', 'numbers', 'record', 'async');",
-        )
-        .await;
+    common::install_audit_rule(&world.pg).await;
     let producer = world.producer(&[("RABBITMQ_URL", &urls), ("PGTABLES", "numbers")]).await;
     let mut env = world.producer_env(&[("RABBITMQ_URL", &urls), ("PGEVENTS_QUEUE_TYPE", "quorum")]);
     for (name, value) in [

@@ -578,16 +578,7 @@ async fn workers_ride_out_a_broker_restart() {
     let url = node.url();
     let world = World::new().await;
     world.pg.execute(TABLES).await;
-    run_to_end(&["rules", "install"], &world.pg.env()).await;
-    world
-        .pg
-        .execute(
-            "INSERT INTO pgevents.event_table (table_name) VALUES ('numbers');
-             INSERT INTO pgevents.action (name, kind, sql, backoff_ms, max_attempts)
-             VALUES ('record', 'sql', 'INSERT INTO public.audit (note) VALUES ($1->>''n'')', 200, 50);
-             INSERT INTO pgevents.work_item (name, table_name, action, mode) VALUES ('record', 'numbers', 'record', 'async');",
-        )
-        .await;
+    common::install_audit_rule(&world.pg).await;
     let stage = Stage::with_world(world, &[("RABBITMQ_URL", &url)]).await;
     let runner = stage.start("action-runner", &[("RABBITMQ_URL", &url)]).await;
     let metrics_addr = pgevents_testkit::free_local_addr();

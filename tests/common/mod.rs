@@ -81,6 +81,19 @@ pub async fn collect_all(queue: &mut EventQueue, mut events: Vec<ReceivedEvent>,
     }
 }
 
+/// `pgevents rules install`, then an async rule writing each `numbers` insert's `n` to
+/// `audit.note` (tables `numbers (n)` and `audit (note)` must exist).
+pub async fn install_audit_rule(pg: &PgCluster) {
+    run_to_end(&["rules", "install"], &pg.env()).await;
+    pg.execute(
+        "INSERT INTO pgevents.event_table (table_name) VALUES ('numbers');
+         INSERT INTO pgevents.action (name, kind, sql, backoff_ms, max_attempts)
+         VALUES ('record', 'sql', 'INSERT INTO public.audit (note) VALUES ($1->>''n'')', 200, 50);
+         INSERT INTO pgevents.work_item (name, table_name, action, mode) VALUES ('record', 'numbers', 'record', 'async');",
+    )
+    .await;
+}
+
 /// Runs a short pgevents command and returns its stdout, checking it exits 0.
 pub async fn run_to_end(args: &[&str], env: &[(String, String)]) -> String {
     let mut process = PgEventsProcess::spawn(args, env);
