@@ -7,7 +7,7 @@
 //! use, so every connection of one component follows a failover together.
 //!
 //! Waiting between rounds (backoff) is the caller's reconnect supervisor's job
-//! (`pgevents_retry::supervise`): one call here is one round over the nodes.
+//! (`pgevents_retry::Supervisor`): one call here is one round over the nodes.
 
 use std::fmt;
 use std::str::FromStr;
@@ -67,30 +67,6 @@ impl Brokers {
     /// The node tried first.
     pub fn current(&self) -> &AmqpUrl {
         &self.nodes[self.in_use()]
-    }
-
-    /// How many nodes there are.
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Never true (the list is not empty); for clippy's sake.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
-    /// Applies `change` to every node (password file, TLS files given as options).
-    pub fn map(&self, mut change: impl FnMut(&mut AmqpUrl)) -> Brokers {
-        let nodes: Vec<AmqpUrl> = self
-            .nodes
-            .iter()
-            .map(|node| {
-                let mut node = node.clone();
-                change(&mut node);
-                node
-            })
-            .collect();
-        Brokers { nodes: nodes.into(), in_use: Arc::new(AtomicUsize::new(self.in_use())) }
     }
 
     fn in_use(&self) -> usize {

@@ -7,7 +7,7 @@
 //!
 //! Every error has an [`ErrorKind`], decided where it is made. [`Brokers`] is the list of nodes
 //! (one, or a cluster's): a connection goes to the first that answers. Reconnecting is the
-//! caller's job (`pgevents_retry::supervise`): an error here means "this connection is done".
+//! caller's job (`pgevents_retry::Supervisor`): an error here means "this connection is done".
 
 mod ack_window;
 mod body;

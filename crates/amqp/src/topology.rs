@@ -67,22 +67,6 @@ impl QueueType {
     }
 }
 
-impl std::str::FromStr for QueueType {
-    type Err = AmqpError;
-
-    fn from_str(text: &str) -> Result<QueueType, AmqpError> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "classic" => Ok(QueueType::Classic),
-            "quorum" => Ok(QueueType::Quorum),
-            _ => Err(AmqpError::InvalidName {
-                what: "queue type",
-                name: text.to_owned(),
-                reason: "must be classic or quorum",
-            }),
-        }
-    }
-}
-
 /// How a queue is declared.
 #[derive(Debug, Clone, Default)]
 pub struct QueueSpec {
