@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Compression, ProducerConfig, TableName};
 pub use error::ProducerError;
+pub use message::WRITTEN_HEADERS;
 pub use oversize::{stub, Oversize, StubError, Stubbed};
 pub use routing::RoutingConfig;
 pub use snapshot::SnapshotMode;

@@ -26,6 +26,10 @@ pub struct Envelope<'a> {
     pub commit_time_micros: i64,
 }
 
+/// The headers every event carries (`omitted` only when stubbed): `--pk-hash-header` may not
+/// take one of their names.
+pub const WRITTEN_HEADERS: [&str; 4] = [HEADER_ACTION, HEADER_TABLE, HEADER_LSN, HEADER_OMITTED];
+
 /// A header of the message besides the standard ones (`--pk-hash-header`).
 pub type ExtraHeader = Option<(String, String)>;
 

@@ -43,7 +43,7 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     };
     config.pk_hash_header = match args.pk_hash_header.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
         Some(name) if name.len() > 255 => anyhow::bail!("--pk-hash-header: a header name has at most 255 bytes"),
-        Some(name) if ["action", "table", "lsn", "omitted"].contains(&name) => {
+        Some(name) if pgevents_producer::WRITTEN_HEADERS.contains(&name) => {
             anyhow::bail!(
                 "--pk-hash-header: {name:?} is a header pgevents already writes; choose another name (e.g. pk)"
             )
