@@ -160,34 +160,44 @@ pub async fn watch<W: Watched>(
     let mut connected = Some(listening);
     let mut supervisor = Supervisor::new(role, Policy::default());
     loop {
-        let (mut client, mut notified) = match connected.take() {
-            Some(listening) => listening,
+        let listening = match connected.take() {
+            Some(listening) => Ok(listening),
             // After a lost connection: listen again, then reload everything.
-            None => match listen(&settings, role, channel).await {
-                Ok((mut client, notified)) => {
-                    match watched.apply(&mut client, Change::Everything).await {
-                        Ok(()) => tracing::info!("{role} reloaded after reconnecting"),
-                        Err(e) => {
-                            tracing::error!(error = %e, what = role, "cannot reload after reconnecting; keeping the previous state")
-                        }
-                    }
-                    reloads.done_full();
-                    (client, notified)
-                }
-                Err(e) => match supervisor.next(SessionEnd::<()>::retry(e), &shutdown).await {
-                    Step::Again => continue,
-                    _ => return,
-                },
-            },
+            None => relisten(&*watched, &settings, role, channel, &mut reloads).await,
         };
-        let end = match follow(&*watched, &mut client, &mut notified, &mut reloads, pace, role, &shutdown).await {
-            Followed::Shutdown => SessionEnd::Stop(()),
-            Followed::Lost => SessionEnd::retry(format!("lost the {role} connection")),
+        let end = match listening {
+            Ok((mut client, mut notified)) => {
+                match follow(&*watched, &mut client, &mut notified, &mut reloads, pace, role, &shutdown).await {
+                    Followed::Shutdown => SessionEnd::Stop(()),
+                    Followed::Lost => SessionEnd::retry(format!("lost the {role} connection")),
+                }
+            }
+            Err(e) => SessionEnd::retry(e),
         };
         if supervisor.next(end, &shutdown).await != Step::Again {
             return;
         }
     }
+}
+
+/// A new LISTEN connection, with everything reloaded through it (a failed reload keeps the
+/// previous state, logged).
+async fn relisten<W: Watched>(
+    watched: &W,
+    settings: &ConnectConfig,
+    role: &'static str,
+    channel: &'static str,
+    reloads: &mut Reloads,
+) -> Result<(Client, Notifications), PgError> {
+    let (mut client, notified) = listen(settings, role, channel).await?;
+    match watched.apply(&mut client, Change::Everything).await {
+        Ok(()) => tracing::info!("{role} reloaded after reconnecting"),
+        Err(e) => {
+            tracing::error!(error = %e, what = role, "cannot reload after reconnecting; keeping the previous state")
+        }
+    }
+    reloads.done_full();
+    Ok((client, notified))
 }
 
 /// How following one connection ended.
