@@ -19,8 +19,8 @@ pub fn event_lane(event: &Event) -> Option<u64> {
     }
     let mut hasher = DefaultHasher::new();
     event.table_name.hash(&mut hasher);
-    // `Value` does not implement `Hash`; its JSON text is canonical for equal keys (object keys
-    // keep the order the producer wrote them in, which is the key's column order).
+    // `Value` does not implement `Hash`; its JSON text is canonical for equal keys (serde_json's
+    // maps keep their keys sorted here: the workspace does not enable `preserve_order`).
     event.id.to_string().hash(&mut hasher);
     Some(hasher.finish())
 }
