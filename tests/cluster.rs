@@ -76,13 +76,7 @@ async fn each_action_runs_once_when_the_workers_node_stops() {
     let mut runner = PgEventsProcess::spawn(&["action-runner"], &env);
     runner.wait_for_log("consuming", WAIT).await;
     let node = cluster.node_of_connection(&cluster.nodes[0], "pgevents worker").await.expect("the worker's connection");
-    let writer = async {
-        let client = world.pg.client().await;
-        for n in 1..=ROWS {
-            client.execute("INSERT INTO numbers (n) VALUES ($1)", &[&n]).await.expect("insert");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
+    let writer = common::insert_paced(&world.pg, "INSERT INTO numbers (n) VALUES ($1)", ROWS);
     let fault = async {
         tokio::time::sleep(Duration::from_millis(800)).await;
         node.stop_app().await;
@@ -148,13 +142,7 @@ async fn subscribers_miss_nothing_when_the_streams_leader_stops() {
     let gw = Gateway::start(&world, &stream, Some(&urls), &[]).await;
     let leader = cluster.leader_of(&cluster.nodes[0], &stream).await.expect("the stream has a leader");
     let gateway_node = cluster.node_of_connection(&cluster.nodes[0], &format!("pgevents serve ({stream})")).await;
-    let writer = async {
-        let client = world.pg.client().await;
-        for id in 1..=ROWS {
-            client.execute("INSERT INTO seam VALUES ($1)", &[&id]).await.expect("insert");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
+    let writer = common::insert_paced(&world.pg, "INSERT INTO seam VALUES ($1)", ROWS);
     let faults = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         leader.stop_app().await;

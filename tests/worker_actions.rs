@@ -586,13 +586,7 @@ async fn workers_ride_out_a_broker_restart() {
     let worker = stage.start("worker", &[("RABBITMQ_URL", &url), ("PGEVENTS_METRICS_ADDR", &metrics)]).await;
     let ready = move || http_get(metrics_addr, "/readyz");
     assert_eq!(ready().await.map(|r| r.0), Some(200));
-    let writer = async {
-        let client = stage.world.pg.client().await;
-        for n in 1..=ROWS as i32 {
-            client.execute("INSERT INTO numbers (n) VALUES ($1)", &[&n]).await.expect("insert");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
+    let writer = common::insert_paced(&stage.world.pg, "INSERT INTO numbers (n) VALUES ($1)", ROWS as i32);
     let fault = async {
         tokio::time::sleep(Duration::from_millis(800)).await;
         node.stop_app().await;

@@ -94,6 +94,16 @@ pub async fn install_audit_rule(pg: &PgCluster) {
     .await;
 }
 
+/// Runs `insert` (one `$1` of type int) for 1..=`rows`, one transaction each, 10 ms apart: a
+/// steady write load for a fault to fall into.
+pub async fn insert_paced(pg: &PgCluster, insert: &str, rows: i32) {
+    let client = pg.client().await;
+    for n in 1..=rows {
+        client.execute(insert, &[&n]).await.expect("insert");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs a short pgevents command and returns its stdout, checking it exits 0.
 pub async fn run_to_end(args: &[&str], env: &[(String, String)]) -> String {
     let mut process = PgEventsProcess::spawn(args, env);
