@@ -32,7 +32,7 @@ const SESSION_CELLS: &[&str] =
     &["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S12", "S13", "S14", "S15", "S16", "S11"];
 const RULE_CELLS: &[&str] = &[
     "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15", "R16", "R17",
-    "R18", "R19", "R20", "R21", "R22", "B1", "B2", "L1", "M1", "C1",
+    "R18", "R19", "R20", "R21", "R22", "R23", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
 const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5"];
@@ -927,6 +927,7 @@ impl RulesWorld {
             ("PGEVENTS_RULE_TIMEOUT_MS", "300"),
             ("PGEVENTS_MAX_PARAMETER_ROWS", "100"),
             ("PGEVENTS_RULES_REFRESH", "1"),
+            ("PGEVENTS_ACCESS_RECHECK_MS", "500"),
             ("PGEVENTS_METRICS_ADDR", &metrics.to_string()),
             ("PGEVENTS_WORK_KEY_FILE", key_path.to_str().unwrap()),
         ]);
@@ -1372,6 +1373,25 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
                     .await;
                 ensure!(db_message(&refused).contains("action_url_host_fixed"), "{url}: {}", db_message(&refused));
             }
+            Ok(())
+        }
+        "R23" => {
+            pg.execute("GRANT SELECT ON public.payroll TO alice").await;
+            w.write_rules(
+                alice,
+                "INSERT INTO pgevents.work_item (name, table_name, action) VALUES ('r23', 'payroll', 'a_note')",
+            )
+            .await?;
+            pg.execute("INSERT INTO payroll (salary) VALUES (1)").await;
+            let runs = w.runs("r23", 1).await;
+            ensure!(runs[0]["status"] == "succeeded", "before the revoke: {runs:?}");
+            pg.execute("REVOKE SELECT ON public.payroll FROM alice").await;
+            // --access-recheck-ms is 500 ms here: the yes is not reused past it.
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            pg.execute("INSERT INTO payroll (salary) VALUES (2)").await;
+            let runs = w.runs("r23", 2).await;
+            let error = runs[1]["error"].as_str().unwrap_or_default();
+            ensure!(runs[1]["status"] == "dead" && error.contains("may not see"), "after the revoke: {runs:?}");
             Ok(())
         }
         "R22" => {

@@ -891,3 +891,52 @@ async fn parallel_workers_keep_each_rows_order() {
     assert_eq!(busy.as_deref(), Some("4"), "the rows were shared by the four workers");
     stage.cleanup(workers).await;
 }
+
+/// A rule owner's session dropped inside a transaction (a job cut short between the statement
+/// and its commit) is closed, not lent again: the next job in that session would otherwise
+/// commit what the first one left. One that ended its transaction goes back to the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_session_dropped_inside_a_transaction_is_not_lent_again() {
+    let pg = pgevents_testkit::PgCluster::start().await;
+    pg.execute("CREATE TABLE left_behind (id int)").await;
+    let config = pgevents_pg::ConnectConfig {
+        host: "127.0.0.1".into(),
+        port: common::pg_port(&pg),
+        user: "postgres".into(),
+        password: None,
+        dbname: "postgres".into(),
+        application_name: "owner sessions test".into(),
+        tls: pgevents_pg::TlsMode::Disable,
+        ssl_root_cert: None,
+        ssl_cert: None,
+        channel_binding: Default::default(),
+        connect_timeout: Duration::from_secs(5),
+        passfile: None,
+        search_path: Default::default(),
+    };
+    // One connection: whatever the second job gets is what the first one gave back.
+    let sessions = pgevents_rules::OwnerSessions::new(config, 1);
+    async fn pid(client: &tokio_postgres::Client) -> i32 {
+        client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+    }
+
+    let mut first = sessions.get("postgres").await.unwrap();
+    let first_pid = pid(&first).await;
+    first.begin();
+    first.batch_execute("BEGIN; INSERT INTO left_behind VALUES (1)").await.unwrap();
+    drop(first);
+
+    let mut second = sessions.get("postgres").await.unwrap();
+    assert_ne!(pid(&second).await, first_pid, "the session left inside a transaction was lent again");
+    second.begin();
+    second.batch_execute("BEGIN; INSERT INTO left_behind VALUES (2); COMMIT").await.unwrap();
+    second.ended();
+    let second_pid = pid(&second).await;
+    drop(second);
+    let third = sessions.get("postgres").await.unwrap();
+    assert_eq!(pid(&third).await, second_pid, "a session whose transaction ended was not lent again");
+    wait_for("the left transaction rolled back", WAIT, || async {
+        (pg.query_text("SELECT string_agg(id::text, ',') FROM left_behind").await.as_deref() == Some("2")).then_some(())
+    })
+    .await;
+}

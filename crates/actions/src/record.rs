@@ -131,7 +131,7 @@ pub async fn insert(client: &impl GenericClient, record: &RunRecord<'_>) -> Resu
 /// action's owner (which may write only its own actions' successes, through the function). The
 /// unnamed statement: nothing the owner's text prepared in the session can stand in for it.
 pub async fn record_success_as_owner(
-    tx: &tokio_postgres::Transaction<'_>,
+    client: &tokio_postgres::Client,
     record: &RunRecord<'_>,
 ) -> Result<(), tokio_postgres::Error> {
     let job = record.job;
@@ -154,7 +154,11 @@ pub async fn record_success_as_owner(
         (&result, Type::TEXT),
         (&record.worker, Type::TEXT),
     ];
-    tx.query_typed("SELECT pgevents.record_action_success($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)", &values)
+    client
+        .query_typed(
+            "SELECT pgevents.record_action_success($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &values,
+        )
         .await?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pgevents_pg::{ErrorKind, PgError, Pool};
-use pgevents_rules::access::{carried_columns, event_refusal};
+use pgevents_rules::access::carried_columns;
 use pgevents_rules::{ActionKind, RulesCache};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -114,9 +114,8 @@ impl JobRunner {
 
     /// Why the action's owner may not see the job's event, if it may not.
     async fn refusal(&self, owner: &str, job: &Job, event: &Value) -> Result<Option<String>, JobError> {
-        let client = self.pool.get().await.map_err(PgError::from)?;
         let columns = carried_columns(event);
-        Ok(event_refusal(&client, owner, &job.event.table_name, &columns).await?)
+        Ok(self.rules.access().refusal(&self.pool, owner, &job.event.table_name, columns).await?)
     }
 
     /// Dead-letters the job, then records its last attempt as `dead`.
@@ -218,8 +217,8 @@ impl JobRunner {
             let outcome = match &action.kind {
                 ActionKind::Sql { statement } => {
                     let success = RunRecord { status: Status::Succeeded, ..record.clone() };
-                    let mut client = match self.rules.sessions().get(&owner).await {
-                        Ok(client) => client,
+                    let mut session = match self.rules.sessions().get(&owner).await {
+                        Ok(session) => session,
                         Err(e) if e.kind().is_transient() => {
                             return Err(JobError::Database(PgError::Pool(e.to_string())))
                         }
@@ -229,7 +228,7 @@ impl JobRunner {
                         }
                     };
                     let run = crate::sql::run(
-                        &mut client,
+                        &mut session,
                         statement,
                         &parameters_json,
                         job.event_json.get(),
@@ -242,7 +241,7 @@ impl JobRunner {
                     match tokio::time::timeout(action.timeout + crate::sql::GRACE, run).await {
                         Ok(attempt) => attempt?,
                         Err(_) => {
-                            self.rules.sessions().abandon(&owner, client).await;
+                            self.rules.sessions().abandon(&owner, session).await;
                             Attempt::failed(
                                 format!("ran longer than timeout_ms ({} ms): stopped", action.timeout.as_millis()),
                                 ErrorKind::Transient,

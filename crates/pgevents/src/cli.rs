@@ -133,6 +133,9 @@ pub struct ActionArgs {
     /// Seconds between rule reloads when no change notification arrives
     #[arg(long = "rules-refresh", env = "PGEVENTS_RULES_REFRESH", default_value_t = 60)]
     pub rules_refresh_secs: u64,
+    /// Milliseconds the database's yes to "may this rule's owner read the columns this event carries" is reused for events of the same table and columns before it is asked again (0: asked for every event); a no is never reused
+    #[arg(long = "access-recheck-ms", env = "PGEVENTS_ACCESS_RECHECK_MS", default_value_t = 1000)]
+    pub access_recheck_ms: u64,
     /// Hosts (api.example.com, *.example.com) and networks (10.0.0.0/8, 203.0.113.7) HTTP actions may call, comma-separated [default: anywhere, with a warning]
     #[arg(long = "http-allow", env = "PGEVENTS_HTTP_ALLOW", value_delimiter = ',')]
     pub http_allow: Vec<String>,

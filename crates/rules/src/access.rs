@@ -2,10 +2,88 @@
 //! may not read the columns the event carries (or on whose table row-level security applies to
 //! it) never gets it. Asked of the database (`pgevents.event_access`) with the worker's own
 //! connection, before any of the owner's text sees the event.
+//!
+//! A yes is kept for a while ([`AccessVerdicts`], `--access-recheck-ms`): asking costs more
+//! database time than the rule itself, and most events of a table carry the same columns. A no
+//! is never kept (the next event asks again), nor is a yes older than the recheck interval, so
+//! a privilege revoked is honoured from the next event after that interval, as `pgevents serve`
+//! honours one at its next reload of the sessions.
 
-use pgevents_pg::PgError;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use pgevents_pg::{PgError, Pool};
 use serde_json::Value;
 use tokio_postgres::types::Type;
+
+/// Counter by `source` (`database`, `kept`): answers to "may this owner see this event".
+pub const ACCESS_CHECKS: &str = "pgevents_worker_access_checks_total";
+
+/// Yeses kept at most; past it, the expired go, then (all still fresh) all of them.
+const KEPT_MOST: usize = 4096;
+
+/// Who, which table, which columns.
+type Question = (String, String, Vec<String>);
+
+/// The database's recent yeses to "may `owner` see an event of `table` carrying `columns`".
+pub struct AccessVerdicts {
+    recheck: Duration,
+    granted: Mutex<HashMap<Question, Instant>>,
+}
+
+impl AccessVerdicts {
+    /// Keeps a yes for `recheck` (zero: asks for every event).
+    pub fn new(recheck: Duration) -> AccessVerdicts {
+        AccessVerdicts { recheck, granted: Mutex::default() }
+    }
+
+    /// Why `owner` may not receive an event of `table` carrying `columns` (sorted); `None`
+    /// when it may. Asks the database with a connection of `pool` unless a yes younger than
+    /// the recheck interval is kept.
+    pub async fn refusal(
+        &self,
+        pool: &Pool,
+        owner: &str,
+        table: &str,
+        columns: Vec<String>,
+    ) -> Result<Option<String>, PgError> {
+        let question = (owner.to_owned(), table.to_owned(), columns);
+        if self.fresh(&question) {
+            metrics::counter!(ACCESS_CHECKS, "source" => "kept").increment(1);
+            return Ok(None);
+        }
+        metrics::counter!(ACCESS_CHECKS, "source" => "database").increment(1);
+        let client = pool.get().await?;
+        let asked_at = Instant::now();
+        let refusal = event_refusal(&client, owner, table, &question.2).await?;
+        if refusal.is_none() && !self.recheck.is_zero() {
+            self.keep(question, asked_at);
+        }
+        Ok(refusal)
+    }
+
+    /// Forgets every yes (the rules changed: their owners may have too).
+    pub fn forget(&self) {
+        self.granted.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    fn fresh(&self, question: &Question) -> bool {
+        let granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
+        granted.get(question).is_some_and(|at| at.elapsed() < self.recheck)
+    }
+
+    fn keep(&self, question: Question, asked_at: Instant) {
+        let mut granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
+        if granted.len() >= KEPT_MOST {
+            granted.retain(|_, at| at.elapsed() < self.recheck);
+            if granted.len() >= KEPT_MOST {
+                granted.clear();
+            }
+        }
+        granted.insert(question, asked_at);
+    }
+}
 
 /// The columns an event carries (of its new and old rows), sorted, from its JSON.
 pub fn carried_columns(event: &Value) -> Vec<String> {

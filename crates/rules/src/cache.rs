@@ -4,7 +4,8 @@
 //! every change, and the cache reloads. It also reloads every refresh interval (a notification
 //! sent while the connection was down is lost). When the database is unreachable the last rules
 //! stay in use and the watcher reconnects with backoff. Each load checks the rules' text in
-//! their owners' sessions (see [`crate::validate`]).
+//! their owners' sessions (see [`crate::validate`]), and forgets what the owners were allowed
+//! to see ([`AccessVerdicts`]).
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use pgevents_pg::ConnectConfig;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::AccessVerdicts;
 use crate::{load, validate, Checked, OwnerSessions, RuleSet, RulesError, RULES_CHANNEL};
 
 /// The current rules, shared by every task of a worker.
@@ -21,6 +23,7 @@ pub struct RulesCache {
     current: RwLock<Arc<RuleSet>>,
     sessions: Arc<OwnerSessions>,
     checked: tokio::sync::Mutex<Checked>,
+    access: AccessVerdicts,
 }
 
 impl RulesCache {
@@ -35,6 +38,11 @@ impl RulesCache {
         &self.sessions
     }
 
+    /// What the rules' owners may see.
+    pub fn access(&self) -> &AccessVerdicts {
+        &self.access
+    }
+
     /// The rules now.
     pub fn get(&self) -> Arc<RuleSet> {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
@@ -44,14 +52,17 @@ impl RulesCache {
         metrics::gauge!("pgevents_rules_work_items").set(rules.work_item_count() as f64);
         metrics::counter!("pgevents_rules_reloads_total").increment(1);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
+        self.access.forget();
     }
 
     /// Loads the rules (failing if that is impossible now, e.g. not installed) and starts the
-    /// watcher that keeps them current until `shutdown`.
+    /// watcher that keeps them current until `shutdown`. What the owners may see is asked again
+    /// after `access_recheck` (see [`AccessVerdicts`]).
     pub async fn start(
         settings: ConnectConfig,
         sessions: Arc<OwnerSessions>,
         refresh: Duration,
+        access_recheck: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<RulesCache>, RulesError> {
         let (mut client, notified) = listen(&settings, "rules", RULES_CHANNEL).await?;
@@ -59,6 +70,7 @@ impl RulesCache {
             current: RwLock::new(Arc::new(RuleSet::default())),
             sessions,
             checked: tokio::sync::Mutex::default(),
+            access: AccessVerdicts::new(access_recheck),
         });
         let rules = cache.load_checked(&mut client).await?;
         tracing::info!(work_items = rules.work_item_count(), "rules loaded");

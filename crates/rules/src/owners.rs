@@ -34,6 +34,59 @@ impl OwnerError {
     }
 }
 
+/// Whether a session may go back to its pool as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionState {
+    Idle,
+    /// A transaction was begun (or may have been: its BEGIN was sent) and its end has not been
+    /// seen: the session is closed rather than lent again, so that the next job cannot commit
+    /// what this one left.
+    InTransaction,
+}
+
+/// A session of a rule's owner, lent by [`OwnerSessions::get`]. Statements that begin a
+/// transaction say so ([`OwnerSession::begin`]) and those that end it too
+/// ([`OwnerSession::ended`]); dropped in between (a job cut short: shutdown, a timeout), the
+/// session is closed, which rolls the transaction back, instead of going back to the pool.
+pub struct OwnerSession {
+    client: Option<Pooled>,
+    state: SessionState,
+}
+
+impl OwnerSession {
+    /// A transaction is about to be begun in the session.
+    pub fn begin(&mut self) {
+        self.state = SessionState::InTransaction;
+    }
+
+    /// The transaction has ended (its COMMIT or ROLLBACK has been answered).
+    pub fn ended(&mut self) {
+        self.state = SessionState::Idle;
+    }
+}
+
+impl std::ops::Deref for OwnerSession {
+    type Target = tokio_postgres::Client;
+
+    fn deref(&self) -> &tokio_postgres::Client {
+        // `client` is taken only in `drop`.
+        self.client
+            .as_deref()
+            .map(|wrapper| &**wrapper)
+            .unwrap_or_else(|| unreachable!("a lent session has its client"))
+    }
+}
+
+impl Drop for OwnerSession {
+    fn drop(&mut self) {
+        if self.state == SessionState::InTransaction {
+            if let Some(client) = self.client.take() {
+                drop(Pooled::take(client));
+            }
+        }
+    }
+}
+
 /// Pools of connections, one per rule owner.
 pub struct OwnerSessions {
     base: ConnectConfig,
@@ -54,20 +107,21 @@ impl OwnerSessions {
     }
 
     /// A session of `owner`.
-    pub async fn get(&self, owner: &str) -> Result<Pooled, OwnerError> {
+    pub async fn get(&self, owner: &str) -> Result<OwnerSession, OwnerError> {
         let connect = |source: PgError| OwnerError::Connect { owner: owner.to_owned(), source };
         let pool = self.pool(owner).await?;
-        pool.get().await.map_err(|e| connect(e.into()))
+        let client = pool.get().await.map_err(|e| connect(e.into()))?;
+        Ok(OwnerSession { client: Some(client), state: SessionState::Idle })
     }
 
     /// Stops what a session of `owner` runs, and closes the session (after a timeout: whatever
     /// rule text left in it stays out of the pool).
-    pub async fn abandon(&self, owner: &str, session: Pooled) {
+    pub async fn abandon(&self, owner: &str, mut session: OwnerSession) {
         let config = self.pools.lock().await.get(owner).map(|(_, config)| config.clone());
-        if let Some(config) = config {
-            pgevents_pg::cancel(&session, &config).await;
+        if let (Some(config), Some(client)) = (config, &session.client) {
+            pgevents_pg::cancel(client, &config).await;
         }
-        drop(Pooled::take(session));
+        session.state = SessionState::InTransaction;
     }
 
     async fn pool(&self, owner: &str) -> Result<Pool, OwnerError> {

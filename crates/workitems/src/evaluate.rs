@@ -15,9 +15,8 @@ use futures_util::TryStreamExt as _;
 use pgevents_event::Event;
 use pgevents_pg::{JsonbText, PgError, Pool};
 use pgevents_retry::ErrorKind;
-use pgevents_rules::access::event_refusal;
 use pgevents_rules::statements::Shape;
-use pgevents_rules::{OwnerSessions, WorkItem};
+use pgevents_rules::{OwnerSession, RulesCache, WorkItem};
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 
@@ -33,11 +32,11 @@ pub enum EvaluateError {
     Rule(String),
 }
 
-/// What evaluating needs: the worker's own pool (for the access checks) and its owners'
-/// sessions (for the rules' text).
+/// What evaluating needs: the worker's own pool (for the access checks), what the owners may
+/// see, and its owners' sessions (for the rules' text).
 pub struct Evaluator {
     pub pool: Pool,
-    pub sessions: std::sync::Arc<OwnerSessions>,
+    pub rules: std::sync::Arc<RulesCache>,
     /// `statement_timeout` of filters and queries.
     pub timeout: Duration,
     pub limits: RowLimits,
@@ -92,11 +91,7 @@ impl Evaluator {
             (None, Some(owner)) => owner,
         };
         let unavailable = |e: PgError| EvaluateError::Unavailable(e.to_string());
-        let refusal = async {
-            let client = self.pool.get().await?;
-            let columns = carried_columns(event);
-            event_refusal(&client, owner, &event.table_name, &columns).await
-        };
+        let refusal = self.rules.access().refusal(&self.pool, owner, &event.table_name, carried_columns(event));
         if let Some(refused) = refusal.await.map_err(unavailable)? {
             return Err(EvaluateError::Rule(format!("work item {:?} may not see this event: {refused}", item.name)));
         }
@@ -104,18 +99,18 @@ impl Evaluator {
             let row = if event.new.is_empty() { &event.old } else { &event.new };
             return Ok(vec![row.clone()]);
         }
-        let mut client = match self.sessions.get(owner).await {
-            Ok(client) => client,
+        let mut session = match self.rules.sessions().get(owner).await {
+            Ok(session) => session,
             Err(e) if e.kind() == ErrorKind::Transient => return Err(EvaluateError::Unavailable(e.to_string())),
             Err(e) => return Err(EvaluateError::Rule(format!("work item {:?} cannot run: {e}", item.name))),
         };
         let evaluated =
-            tokio::time::timeout(self.timeout + GRACE, self.run_text(&mut client, item, event, document)).await;
+            tokio::time::timeout(self.timeout + GRACE, self.run_text(&mut session, item, event, document)).await;
         match evaluated {
             Ok(result) => result,
             Err(_) => {
                 metrics::counter!(RULE_LIMITS, "limit" => "timeout").increment(1);
-                self.sessions.abandon(owner, client).await;
+                self.rules.sessions().abandon(owner, session).await;
                 Err(EvaluateError::Rule(format!(
                     "work item {:?} ran longer than --rule-timeout-ms ({} ms): stopped",
                     item.name,
@@ -125,37 +120,26 @@ impl Evaluator {
         }
     }
 
-    /// The filter, then the query, in a read-only transaction of the owner's session.
+    /// The filter, then (if it matched) the query, each in a read-only transaction of the
+    /// owner's session.
     async fn run_text(
         &self,
-        client: &mut tokio_postgres::Client,
+        session: &mut OwnerSession,
         item: &WorkItem,
         event: &Event,
         document: &str,
     ) -> Result<Vec<Map<String, Value>>, EvaluateError> {
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| failure("the transaction", item, e))?;
-        // Before each statement: the one before may have changed it.
-        let timeout = format!("SET LOCAL statement_timeout = {}", self.timeout.as_millis().max(1));
-        let parameter = JsonbText(document);
-        let parameters = [(&parameter as &(dyn tokio_postgres::types::ToSql + Sync), Type::JSONB)];
-        let typed = || parameters.iter().map(|(v, t)| (*v, t.clone()));
         if let Some(filter) = &item.filter {
-            // The unnamed statement, parsed afresh: nothing prepared earlier in the session runs.
-            // It goes out with the timeout (one round trip); if setting the timeout fails, the
-            // transaction is aborted and the statement fails too.
             let statement = Shape::Filter.statement(filter);
-            let (set, rows) = tokio::join!(tx.batch_execute(&timeout), tx.query_typed_raw(&statement, typed()));
-            set.map_err(|e| failure("the timeout", item, e))?;
-            let rows = rows.map_err(|e| failure("filter", item, e))?;
-            futures_util::pin_mut!(rows);
-            let first = rows.try_next().await.map_err(|e| failure("filter", item, e))?;
-            let matched: Option<bool> =
-                first.map(|row| row.try_get(0)).transpose().map_err(|e| failure("filter", item, e))?.flatten();
+            let matched = self
+                .read_only(session, &statement, document, |rows| async move {
+                    futures_util::pin_mut!(rows);
+                    // A filter is read to its first row.
+                    let first = rows.try_next().await?;
+                    Ok(first.map(|row| row.try_get::<_, Option<bool>>(0)).transpose()?.flatten())
+                })
+                .await
+                .map_err(|e| e.context("filter", item))?;
             if matched != Some(true) {
                 return Ok(Vec::new());
             }
@@ -165,42 +149,110 @@ impl Evaluator {
             return Ok(vec![row.clone()]);
         };
         let statement = Shape::Query.statement(query);
-        let (set, rows) = tokio::join!(tx.batch_execute(&timeout), tx.query_typed_raw(&statement, typed()));
-        set.map_err(|e| failure("the timeout", item, e))?;
-        let rows = rows.map_err(|e| failure("work_item_query", item, e))?;
-        futures_util::pin_mut!(rows);
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        // Dropping the transaction rolls it back: a query only reads.
-        while let Some(row) = rows.try_next().await.map_err(|e| failure("work_item_query", item, e))? {
-            let parameters = match row.try_get::<_, Option<Value>>(0) {
-                Ok(Some(Value::Object(map))) => map,
-                Ok(None | Some(Value::Null)) => Map::new(),
-                Ok(Some(other)) => {
-                    return Err(EvaluateError::Rule(format!(
-                        "work_item_query of work item {:?} returned parameters that are not a JSON object: {other}",
-                        item.name
-                    )))
-                }
-                Err(e) => return Err(failure("work_item_query", item, e)),
-            };
-            bytes += Value::Object(parameters.clone()).to_string().len();
-            out.push(parameters);
-            let over = if out.len() > self.limits.rows {
-                Some(("rows", format!("more than {} rows (--max-parameter-rows)", self.limits.rows)))
-            } else if bytes > self.limits.bytes {
-                Some(("bytes", format!("more than {} bytes of parameters (--max-parameter-bytes)", self.limits.bytes)))
-            } else {
-                None
-            };
-            if let Some((limit, what)) = over {
-                metrics::counter!(RULE_LIMITS, "limit" => limit).increment(1);
-                return Err(EvaluateError::Rule(format!(
-                    "work_item_query of work item {:?} returned {what}",
-                    item.name
-                )));
+        let limits = self.limits;
+        self.read_only(session, &statement, document, |rows| async move { parameters_rows(rows, limits).await })
+            .await
+            .map_err(|e| e.context("work_item_query", item))
+    }
+
+    /// Runs `statement` (over `$1`, the event) in a read-only transaction of its own, rolled
+    /// back, and gives its rows to `read`. One flight: the transaction with its
+    /// `statement_timeout`, the statement (unnamed, parsed afresh: nothing prepared earlier in
+    /// the session runs) and the rollback are sent together, in that order (each is sent when
+    /// first polled, and `join!` polls them in order). If the transaction cannot begin, the
+    /// statement fails too ("current transaction is aborted"), so it never runs outside it.
+    async fn read_only<T, F, Fut>(
+        &self,
+        session: &mut OwnerSession,
+        statement: &str,
+        document: &str,
+        read: F,
+    ) -> Result<T, TextError>
+    where
+        F: FnOnce(tokio_postgres::RowStream) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ReadError>>,
+    {
+        let begin =
+            format!("START TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}", self.timeout.as_millis().max(1));
+        let parameter = JsonbText(document);
+        let parameters = [(&parameter as &(dyn tokio_postgres::types::ToSql + Sync), Type::JSONB)];
+        session.begin();
+        let client: &tokio_postgres::Client = session;
+        let rows = async {
+            let rows = client.query_typed_raw(statement, parameters.iter().map(|(v, t)| (*v, t.clone()))).await?;
+            read(rows).await
+        };
+        let (begun, result, ended) = tokio::join!(client.batch_execute(&begin), rows, client.batch_execute("ROLLBACK"));
+        begun.map_err(TextError::Transaction)?;
+        ended.map_err(TextError::Transaction)?;
+        session.ended();
+        result.map_err(|e| match e {
+            ReadError::Statement(e) => TextError::Statement(e),
+            ReadError::Rule(rule) => TextError::Rule(rule),
+        })
+    }
+}
+
+/// Why reading a statement's rows stopped.
+enum ReadError {
+    Statement(tokio_postgres::Error),
+    /// The rows are not what the rule must give (named by the statement's kind later).
+    Rule(String),
+}
+
+impl From<tokio_postgres::Error> for ReadError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ReadError::Statement(e)
+    }
+}
+
+/// Why a statement of a rule's text failed.
+enum TextError {
+    /// Beginning or ending its transaction.
+    Transaction(tokio_postgres::Error),
+    Statement(tokio_postgres::Error),
+    Rule(String),
+}
+
+impl TextError {
+    fn context(self, what: &str, item: &WorkItem) -> EvaluateError {
+        match self {
+            TextError::Transaction(e) => failure("the transaction", item, e),
+            TextError::Statement(e) => failure(what, item, e),
+            TextError::Rule(problem) => {
+                EvaluateError::Rule(format!("{what} of work item {:?} returned {problem}", item.name))
             }
         }
-        Ok(out)
     }
+}
+
+/// A query's parameters rows, within `limits`.
+async fn parameters_rows(
+    rows: tokio_postgres::RowStream,
+    limits: RowLimits,
+) -> Result<Vec<Map<String, Value>>, ReadError> {
+    futures_util::pin_mut!(rows);
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.try_next().await? {
+        let parameters = match row.try_get::<_, Option<Value>>(0)? {
+            Some(Value::Object(map)) => map,
+            None | Some(Value::Null) => Map::new(),
+            Some(other) => return Err(ReadError::Rule(format!("parameters that are not a JSON object: {other}"))),
+        };
+        bytes += Value::Object(parameters.clone()).to_string().len();
+        out.push(parameters);
+        let over = if out.len() > limits.rows {
+            Some(("rows", format!("more than {} rows (--max-parameter-rows)", limits.rows)))
+        } else if bytes > limits.bytes {
+            Some(("bytes", format!("more than {} bytes of parameters (--max-parameter-bytes)", limits.bytes)))
+        } else {
+            None
+        };
+        if let Some((limit, what)) = over {
+            metrics::counter!(RULE_LIMITS, "limit" => limit).increment(1);
+            return Err(ReadError::Rule(what));
+        }
+    }
+    Ok(out)
 }

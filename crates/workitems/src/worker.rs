@@ -135,8 +135,7 @@ pub async fn run_worker(
         "pgevents worker (work messages)",
         256,
     );
-    let evaluator =
-        Evaluator { pool, sessions: rules.sessions().clone(), timeout: config.rule_timeout, limits: config.row_limits };
+    let evaluator = Evaluator { pool, rules: rules.clone(), timeout: config.rule_timeout, limits: config.row_limits };
     let key = config.stage.topology.key.clone();
     let stage = Arc::new(Stage { evaluator, rules, runner, work, key, shutdown: shutdown.clone() });
     let consumer =

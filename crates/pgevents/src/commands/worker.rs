@@ -78,7 +78,8 @@ async fn setup(
     let owner_connections = actions.owner_connections.unwrap_or(actions.concurrency).max(1);
     let sessions = OwnerSessions::new(settings.clone(), owner_connections);
     let refresh = Duration::from_secs(actions.rules_refresh_secs.max(1));
-    let rules = RulesCache::start(settings.clone(), sessions, refresh, shutdown.clone())
+    let access_recheck = Duration::from_millis(actions.access_recheck_ms);
+    let rules = RulesCache::start(settings.clone(), sessions, refresh, access_recheck, shutdown.clone())
         .await
         .context("cannot load the rules")?;
     let topology = topology(topology_args)?;
