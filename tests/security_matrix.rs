@@ -32,7 +32,7 @@ const SESSION_CELLS: &[&str] =
     &["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S12", "S13", "S14", "S15", "S16", "S11"];
 const RULE_CELLS: &[&str] = &[
     "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15", "R16", "R17",
-    "R18", "R19", "R20", "R21", "R22", "R23", "B1", "B2", "L1", "M1", "C1",
+    "R18", "R19", "R20", "R21", "R22", "R23", "R24", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
 const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5"];
@@ -1392,6 +1392,26 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
             let runs = w.runs("r23", 2).await;
             let error = runs[1]["error"].as_str().unwrap_or_default();
             ensure!(runs[1]["status"] == "dead" && error.contains("may not see"), "after the revoke: {runs:?}");
+            Ok(())
+        }
+        "R24" => {
+            w.write_rules(
+                alice,
+                "CREATE TABLE alice.r24 (n int);
+                 CREATE FUNCTION alice.r24_write() RETURNS boolean LANGUAGE sql AS $f$ INSERT INTO alice.r24 VALUES (1) RETURNING true $f$;
+                 INSERT INTO pgevents.work_item (name, table_name, action, filter) VALUES
+                     ('r24', 'orders', 'a_note', $$CASE WHEN $1->'new'->>'note' = 'R24' THEN alice.r24_write() ELSE false END$$);
+                 INSERT INTO pgevents.work_item (name, table_name, action, filter, work_item_query) VALUES
+                     ('r24q', 'orders', 'a_note', $$$1->'new'->>'note' = 'R24'$$,
+                      $$SELECT jsonb_build_object('wrote', alice.r24_write()) AS parameters$$);",
+            )
+            .await?;
+            w.order("R24").await;
+            for item in ["r24", "r24q"] {
+                w.dead_with(item, "read-only transaction").await?;
+            }
+            let written = pg.query_text("SELECT count(*)::text FROM alice.r24").await;
+            ensure!(written.as_deref() == Some("0"), "rule text wrote {written:?} rows");
             Ok(())
         }
         "R22" => {

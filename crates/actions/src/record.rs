@@ -163,10 +163,16 @@ pub async fn record_success_as_owner(
     Ok(())
 }
 
-/// Whether an error is the unique index saying the job already succeeded.
+/// Whether an error is the unique index saying the job already succeeded (not another unique
+/// violation, such as one of an SQL action's own tables).
 pub fn is_duplicate_success(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| db.code().code() == "23505")
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.constraint() == Some(ONE_SUCCESS_INDEX)
+    })
 }
+
+/// The unique index on the successes of a job (migration 4).
+const ONE_SUCCESS_INDEX: &str = "action_run_one_success";
 
 /// The parameters as JSON text for the record and for SQL actions.
 pub fn parameters_text(parameters: &serde_json::Map<String, serde_json::Value>) -> String {

@@ -49,27 +49,37 @@ pub(crate) async fn run(
         while futures_util::StreamExt::next(&mut rows).await.transpose()?.is_some() {}
         Ok::<_, tokio_postgres::Error>(rows.rows_affected().unwrap_or(0))
     };
-    // Sent in this order: each message goes out when first polled, and `join!` polls in order.
-    let (begun, executed) = tokio::join!(client.batch_execute(&begin), executed);
+    // Sent in this order: each message goes out when first polled, and a biased `join!` polls
+    // in the order written.
+    let (begun, executed) = tokio::join!(biased; client.batch_execute(&begin), executed);
     let outcome = match begun.and(executed) {
         Ok(rows) => {
             let result = format!("{rows} rows");
             let record = RunRecord { duration: clock.elapsed(), result: Some(&result), ..success };
             let (set, recorded, committed) = tokio::join!(
+                biased;
                 client.batch_execute(&timeout),
                 record_success_as_owner(client, &record),
                 client.batch_execute("COMMIT")
             );
-            match set.and(recorded).and(committed) {
-                Ok(()) => Attempt::Succeeded { response_code: None, result: Some(result), record: Record::Written },
-                Err(e) if is_duplicate_success(&e) => Attempt::AlreadyDone,
-                Err(e) => failure(e),
+            match (set, recorded, committed) {
+                (Err(e), _, _) => failure(e),
+                // Only the record can say the job is done: a 23505 at the commit is the
+                // statement's own deferred constraint, a failure like any other.
+                (Ok(()), Err(e), _) if is_duplicate_success(&e) => Attempt::AlreadyDone,
+                (Ok(()), Err(e), _) | (Ok(()), Ok(()), Err(e)) => failure(e),
+                (Ok(()), Ok(()), Ok(())) => {
+                    Attempt::Succeeded { response_code: None, result: Some(result), record: Record::Written }
+                }
             }
         }
         Err(e) => {
-            // The statement or its timeout failed: the transaction is aborted, end it.
+            // The statement or its timeout failed: the transaction is aborted, end it. If that
+            // fails too the session is closed (it stays marked as in a transaction), and the
+            // statement's error is the one to report.
             if let Err(rollback) = client.batch_execute("ROLLBACK").await {
-                return Ok(failure(rollback));
+                tracing::debug!(error = %pgevents_pg::describe(&rollback), "cannot roll back a failed SQL action");
+                return Ok(failure(e));
             }
             failure(e)
         }

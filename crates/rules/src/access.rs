@@ -29,7 +29,15 @@ type Question = (String, String, Vec<String>);
 /// The database's recent yeses to "may `owner` see an event of `table` carrying `columns`".
 pub struct AccessVerdicts {
     recheck: Duration,
-    granted: Mutex<HashMap<Question, Instant>>,
+    granted: Mutex<Granted>,
+}
+
+/// The yeses, and how many times they were all forgotten (a yes asked for before the last
+/// time is not kept).
+#[derive(Default)]
+struct Granted {
+    at: HashMap<Question, Instant>,
+    forgotten: u64,
 }
 
 impl AccessVerdicts {
@@ -55,33 +63,43 @@ impl AccessVerdicts {
         }
         metrics::counter!(ACCESS_CHECKS, "source" => "database").increment(1);
         let client = pool.get().await?;
-        let asked_at = Instant::now();
+        let (asked_at, forgotten) = (Instant::now(), self.lock().forgotten);
         let refusal = event_refusal(&client, owner, table, &question.2).await?;
         if refusal.is_none() && !self.recheck.is_zero() {
-            self.keep(question, asked_at);
+            self.keep(question, asked_at, forgotten);
         }
         Ok(refusal)
     }
 
     /// Forgets every yes (the rules changed: their owners may have too).
     pub fn forget(&self) {
-        self.granted.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let mut granted = self.lock();
+        granted.at.clear();
+        granted.forgotten += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Granted> {
+        self.granted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn fresh(&self, question: &Question) -> bool {
-        let granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
-        granted.get(question).is_some_and(|at| at.elapsed() < self.recheck)
+        self.lock().at.get(question).is_some_and(|at| at.elapsed() < self.recheck)
     }
 
-    fn keep(&self, question: Question, asked_at: Instant) {
-        let mut granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
-        if granted.len() >= KEPT_MOST {
-            granted.retain(|_, at| at.elapsed() < self.recheck);
-            if granted.len() >= KEPT_MOST {
-                granted.clear();
+    /// Keeps a yes asked for at `asked_at`, unless everything was forgotten since.
+    fn keep(&self, question: Question, asked_at: Instant, forgotten: u64) {
+        let mut granted = self.lock();
+        if granted.forgotten != forgotten {
+            return;
+        }
+        if granted.at.len() >= KEPT_MOST {
+            let recheck = self.recheck;
+            granted.at.retain(|_, at| at.elapsed() < recheck);
+            if granted.at.len() >= KEPT_MOST {
+                granted.at.clear();
             }
         }
-        granted.insert(question, asked_at);
+        granted.at.insert(question, asked_at);
     }
 }
 

@@ -47,7 +47,9 @@ enum SessionState {
 /// A session of a rule's owner, lent by [`OwnerSessions::get`]. Statements that begin a
 /// transaction say so ([`OwnerSession::begin`]) and those that end it too
 /// ([`OwnerSession::ended`]); dropped in between (a job cut short: shutdown, a timeout), the
-/// session is closed, which rolls the transaction back, instead of going back to the pool.
+/// session is closed instead of going back to the pool. Closing it rolls back a transaction
+/// whose end was not sent yet; one whose COMMIT was already sent may still commit (a job's
+/// success row commits with its statement, so its retry then finds it done).
 pub struct OwnerSession {
     client: Option<Pooled>,
     state: SessionState,

@@ -159,7 +159,7 @@ impl Evaluator {
     /// back, and gives its rows to `read`. One flight: the transaction with its
     /// `statement_timeout`, the statement (unnamed, parsed afresh: nothing prepared earlier in
     /// the session runs) and the rollback are sent together, in that order (each is sent when
-    /// first polled, and `join!` polls them in order). If the transaction cannot begin, the
+    /// first polled, and a biased `join!` polls them in the order written). If the transaction cannot begin, the
     /// statement fails too ("current transaction is aborted"), so it never runs outside it.
     async fn read_only<T, F, Fut>(
         &self,
@@ -182,14 +182,19 @@ impl Evaluator {
             let rows = client.query_typed_raw(statement, parameters.iter().map(|(v, t)| (*v, t.clone()))).await?;
             read(rows).await
         };
-        let (begun, result, ended) = tokio::join!(client.batch_execute(&begin), rows, client.batch_execute("ROLLBACK"));
+        let (begun, result, ended) =
+            tokio::join!(biased; client.batch_execute(&begin), rows, client.batch_execute("ROLLBACK"));
         begun.map_err(TextError::Transaction)?;
-        ended.map_err(TextError::Transaction)?;
-        session.ended();
-        result.map_err(|e| match e {
+        // Back to the pool only once the rollback is answered; the statement's error comes first.
+        if ended.is_ok() {
+            session.ended();
+        }
+        let value = result.map_err(|e| match e {
             ReadError::Statement(e) => TextError::Statement(e),
             ReadError::Rule(rule) => TextError::Rule(rule),
-        })
+        })?;
+        ended.map_err(TextError::Transaction)?;
+        Ok(value)
     }
 }
 
