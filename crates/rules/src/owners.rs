@@ -42,6 +42,9 @@ enum SessionState {
     /// seen: the session is closed rather than lent again, so that the next job cannot commit
     /// what this one left.
     InTransaction,
+    /// Stopped after a timeout ([`OwnerSessions::abandon`]): whatever rule text left in it
+    /// stays out of the pool.
+    Abandoned,
 }
 
 /// A session of a rule's owner, lent by [`OwnerSessions::get`]. Statements that begin a
@@ -81,7 +84,7 @@ impl std::ops::Deref for OwnerSession {
 
 impl Drop for OwnerSession {
     fn drop(&mut self) {
-        if self.state == SessionState::InTransaction {
+        if self.state != SessionState::Idle {
             if let Some(client) = self.client.take() {
                 drop(Pooled::take(client));
             }
@@ -123,7 +126,7 @@ impl OwnerSessions {
         if let (Some(config), Some(client)) = (config, &session.client) {
             pgevents_pg::cancel(client, &config).await;
         }
-        session.state = SessionState::InTransaction;
+        session.state = SessionState::Abandoned;
     }
 
     async fn pool(&self, owner: &str) -> Result<Pool, OwnerError> {
