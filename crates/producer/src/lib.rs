@@ -45,16 +45,13 @@ pub use stats::{Phase, Stats};
 use pgevents_retry::{ErrorKind, Policy, SessionEnd, Step, Supervisor};
 use session::{run_session, SessionState};
 
-/// A session that ran this long resets the backoff.
-const HEALTHY_SESSION: Duration = Duration::from_secs(60);
-
 /// Runs the producer until `shutdown` is cancelled (then returns `Ok` after a clean stop) or an
 /// error that retrying cannot fix. Errors before streaming first started are returned at once,
 /// so that bad settings fail fast.
 pub async fn run(config: ProducerConfig, stats: Arc<Stats>, shutdown: CancellationToken) -> Result<(), ProducerError> {
     let config = Arc::new(config);
     let mut state = SessionState::default();
-    let policy = Policy { min: config.backoff_min, max: config.backoff_max, healthy_after: HEALTHY_SESSION };
+    let policy = Policy { min: config.backoff_min, max: config.backoff_max, ..Policy::default() };
     let progress = tokio::spawn(log_progress(stats.clone(), shutdown.clone()));
     // Since when the slot has been found busy (held by a connection that is not a producer
     // holding the slot's lock, e.g. a crashed producer's walsender that has not exited yet).

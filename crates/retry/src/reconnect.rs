@@ -52,6 +52,7 @@ impl Reconnect {
     }
 
     /// Failed attempts since the last healthy connection.
+    #[cfg(test)]
     pub fn failures(&self) -> u64 {
         self.attempts
     }
