@@ -105,11 +105,14 @@ impl AccessVerdicts {
 
 /// The columns an event carries (of its new and old rows), sorted, from its JSON.
 pub fn carried_columns(event: &Value) -> Vec<String> {
-    let mut columns: Vec<String> = ["new", "old"]
-        .iter()
-        .filter_map(|row| event.get(*row)?.as_object())
-        .flat_map(|row| row.keys().cloned())
-        .collect();
+    let rows = ["new", "old"].iter().filter_map(|row| event.get(*row)?.as_object());
+    columns_of(rows)
+}
+
+/// The columns of `rows` (an event's new and old rows), sorted, each once: the column list
+/// [`AccessVerdicts::refusal`] asks about.
+pub fn columns_of<'a>(rows: impl IntoIterator<Item = &'a serde_json::Map<String, Value>>) -> Vec<String> {
+    let mut columns: Vec<String> = rows.into_iter().flat_map(|row| row.keys().cloned()).collect();
     columns.sort();
     columns.dedup();
     columns

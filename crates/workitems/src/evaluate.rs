@@ -15,6 +15,7 @@ use futures_util::TryStreamExt as _;
 use pgevents_event::Event;
 use pgevents_pg::{JsonbText, PgError, Pool};
 use pgevents_retry::ErrorKind;
+use pgevents_rules::access::columns_of;
 use pgevents_rules::statements::Shape;
 use pgevents_rules::{OwnerSession, RulesCache, WorkItem};
 use serde_json::{Map, Value};
@@ -57,14 +58,6 @@ pub const RULE_LIMITS: &str = "pgevents_worker_rule_limits_total";
 /// Time allowed past `statement_timeout` before the worker stops waiting itself.
 const GRACE: Duration = Duration::from_secs(1);
 
-/// The columns the event carries, sorted.
-fn carried_columns(event: &Event) -> Vec<String> {
-    let mut columns: Vec<String> = event.new.keys().chain(event.old.keys()).cloned().collect();
-    columns.sort();
-    columns.dedup();
-    columns
-}
-
 fn failure(what: &str, item: &WorkItem, e: tokio_postgres::Error) -> EvaluateError {
     let error = PgError::new(format!("{what} of work item {:?}", item.name), e);
     if error.server_gone() {
@@ -91,7 +84,8 @@ impl Evaluator {
             (None, Some(owner)) => owner,
         };
         let unavailable = |e: PgError| EvaluateError::Unavailable(e.to_string());
-        let refusal = self.rules.access().refusal(&self.pool, owner, &event.table_name, carried_columns(event));
+        let refusal =
+            self.rules.access().refusal(&self.pool, owner, &event.table_name, columns_of([&event.new, &event.old]));
         if let Some(refused) = refusal.await.map_err(unavailable)? {
             return Err(EvaluateError::Rule(format!("work item {:?} may not see this event: {refused}", item.name)));
         }
