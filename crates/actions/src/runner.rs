@@ -239,7 +239,7 @@ impl JobRunner {
                     // The worker's own clock too: rule text can change its session's settings
                     // (and deferred triggers run at commit).
                     match tokio::time::timeout(action.timeout + crate::sql::GRACE, run).await {
-                        Ok(attempt) => attempt?,
+                        Ok(attempt) => attempt,
                         Err(_) => {
                             self.rules.sessions().abandon(&owner, session).await;
                             Attempt::failed(

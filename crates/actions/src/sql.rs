@@ -22,7 +22,8 @@ pub(crate) const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// commit, deferred triggers included, are statements too), the record and the commit. If a
 /// message of a flight fails, the ones after it fail too ("current transaction is aborted"),
 /// and a commit of an aborted transaction rolls it back, so the first error is the one to
-/// report. Every statement is unnamed, parsed afresh.
+/// report. Every statement is unnamed, parsed afresh. Every error is the attempt's: how it
+/// failed, and whether trying again can help.
 pub(crate) async fn run(
     session: &mut OwnerSession,
     statement: &str,
@@ -31,7 +32,7 @@ pub(crate) async fn run(
     timeout_ms: u128,
     success: RunRecord<'_>,
     clock: std::time::Instant,
-) -> Result<Attempt, PgError> {
+) -> Attempt {
     let failure = |e: tokio_postgres::Error| {
         let error = PgError::new("SQL action", e);
         let kind = if error.kind().is_transient() { ErrorKind::Transient } else { ErrorKind::Permanent };
@@ -79,11 +80,11 @@ pub(crate) async fn run(
             // statement's error is the one to report.
             if let Err(rollback) = client.batch_execute("ROLLBACK").await {
                 tracing::debug!(error = %pgevents_pg::describe(&rollback), "cannot roll back a failed SQL action");
-                return Ok(failure(e));
+                return failure(e);
             }
             failure(e)
         }
     };
     session.ended();
-    Ok(outcome)
+    outcome
 }
