@@ -90,8 +90,7 @@ impl Evaluator {
             return Err(EvaluateError::Rule(format!("work item {:?} may not see this event: {refused}", item.name)));
         }
         if item.filter.is_none() && item.query.is_none() {
-            let row = if event.new.is_empty() { &event.old } else { &event.new };
-            return Ok(vec![row.clone()]);
+            return Ok(the_row(event));
         }
         let mut session = match self.rules.sessions().get(owner).await {
             Ok(session) => session,
@@ -139,8 +138,7 @@ impl Evaluator {
             }
         }
         let Some(query) = &item.query else {
-            let row = if event.new.is_empty() { &event.old } else { &event.new };
-            return Ok(vec![row.clone()]);
+            return Ok(the_row(event));
         };
         let statement = Shape::Query.statement(query);
         let limits = self.limits;
@@ -153,8 +151,9 @@ impl Evaluator {
     /// back, and gives its rows to `read`. One flight: the transaction with its
     /// `statement_timeout`, the statement (unnamed, parsed afresh: nothing prepared earlier in
     /// the session runs) and the rollback are sent together, in that order (each is sent when
-    /// first polled, and a biased `join!` polls them in the order written). If the transaction cannot begin, the
-    /// statement fails too ("current transaction is aborted"), so it never runs outside it.
+    /// first polled, and a biased `join!` polls them in the order written). If the transaction
+    /// cannot begin, the statement fails too ("current transaction is aborted"), so it never
+    /// runs outside it.
     async fn read_only<T, F, Fut>(
         &self,
         session: &mut OwnerSession,
@@ -164,7 +163,7 @@ impl Evaluator {
     ) -> Result<T, TextError>
     where
         F: FnOnce(tokio_postgres::RowStream) -> Fut,
-        Fut: std::future::Future<Output = Result<T, ReadError>>,
+        Fut: std::future::Future<Output = Result<T, TextError>>,
     {
         let begin =
             format!("START TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}", self.timeout.as_millis().max(1));
@@ -183,26 +182,16 @@ impl Evaluator {
         if ended.is_ok() {
             session.ended();
         }
-        let value = result.map_err(|e| match e {
-            ReadError::Statement(e) => TextError::Statement(e),
-            ReadError::Rule(rule) => TextError::Rule(rule),
-        })?;
+        let value = result?;
         ended.map_err(TextError::Transaction)?;
         Ok(value)
     }
 }
 
-/// Why reading a statement's rows stopped.
-enum ReadError {
-    Statement(tokio_postgres::Error),
-    /// The rows are not what the rule must give (named by the statement's kind later).
-    Rule(String),
-}
-
-impl From<tokio_postgres::Error> for ReadError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        ReadError::Statement(e)
-    }
+/// Without a query, the parameters are the event's row (its new row; the old one for a delete).
+fn the_row(event: &Event) -> Vec<Map<String, Value>> {
+    let row = if event.new.is_empty() { &event.old } else { &event.new };
+    vec![row.clone()]
 }
 
 /// Why a statement of a rule's text failed.
@@ -210,7 +199,15 @@ enum TextError {
     /// Beginning or ending its transaction.
     Transaction(tokio_postgres::Error),
     Statement(tokio_postgres::Error),
+    /// The rows are not what the rule must give (named by the statement's kind later).
     Rule(String),
+}
+
+/// An error while the statement runs or its rows are read.
+impl From<tokio_postgres::Error> for TextError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        TextError::Statement(e)
+    }
 }
 
 impl TextError {
@@ -229,7 +226,7 @@ impl TextError {
 async fn parameters_rows(
     rows: tokio_postgres::RowStream,
     limits: RowLimits,
-) -> Result<Vec<Map<String, Value>>, ReadError> {
+) -> Result<Vec<Map<String, Value>>, TextError> {
     futures_util::pin_mut!(rows);
     let mut out = Vec::new();
     let mut bytes = 0usize;
@@ -237,7 +234,7 @@ async fn parameters_rows(
         let parameters = match row.try_get::<_, Option<Value>>(0)? {
             Some(Value::Object(map)) => map,
             None | Some(Value::Null) => Map::new(),
-            Some(other) => return Err(ReadError::Rule(format!("parameters that are not a JSON object: {other}"))),
+            Some(other) => return Err(TextError::Rule(format!("parameters that are not a JSON object: {other}"))),
         };
         bytes += Value::Object(parameters.clone()).to_string().len();
         out.push(parameters);
@@ -250,7 +247,7 @@ async fn parameters_rows(
         };
         if let Some((limit, what)) = over {
             metrics::counter!(RULE_LIMITS, "limit" => limit).increment(1);
-            return Err(ReadError::Rule(what));
+            return Err(TextError::Rule(what));
         }
     }
     Ok(out)
