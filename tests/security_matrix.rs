@@ -32,7 +32,7 @@ const SESSION_CELLS: &[&str] =
     &["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S12", "S13", "S14", "S15", "S16", "S11"];
 const RULE_CELLS: &[&str] = &[
     "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15", "R16", "R17",
-    "R18", "R19", "R20", "R21", "R22", "R23", "R24", "B1", "B2", "L1", "M1", "C1",
+    "R18", "R19", "R20", "R21", "R22", "R23", "R24", "R25", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
 const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5"];
@@ -1392,6 +1392,42 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
             let runs = w.runs("r23", 2).await;
             let error = runs[1]["error"].as_str().unwrap_or_default();
             ensure!(runs[1]["status"] == "dead" && error.contains("may not see"), "after the revoke: {runs:?}");
+            Ok(())
+        }
+        "R25" => {
+            // The functions that run rule text of several events at once run it as their
+            // caller: called directly, they give an author nothing it could not do in psql.
+            let read = alice
+                .query(
+                    "SELECT * FROM pgevents.evaluate_work_items(ARRAY[NULL], ARRAY['SELECT q.parameters::jsonb FROM (SELECT to_jsonb(p) AS parameters FROM public.payroll p) AS q'], ARRAY['{}'::jsonb], 10)",
+                    &[],
+                )
+                .await;
+            ensure!(db_code(&read) == "42501", "evaluate_work_items read payroll: {read:?}");
+            let write = alice
+                .query(
+                    "SELECT pgevents.run_sql_actions(ARRAY['DELETE FROM public.payroll'], ARRAY['{}'::jsonb], ARRAY['{}'::jsonb],
+                         ARRAY['r25'], ARRAY['w'], ARRAY['a_note'], ARRAY['m'], ARRAY['public.payroll'], ARRAY['D'], ARRAY['{}'::jsonb], 'me')",
+                    &[],
+                )
+                .await;
+            ensure!(db_code(&write) == "42501", "run_sql_actions deleted from payroll: {write:?}");
+            // Another role's action (or one that does not exist): no success row for it.
+            pg.execute("INSERT INTO pgevents.action (name, kind, sql) VALUES ('r25_admin', 'sql', 'SELECT 1')").await;
+            for action in ["r25_admin", "r25_nobody"] {
+                let recorded = alice
+                    .query(
+                        "SELECT pgevents.record_action_successes(ARRAY['r25'], ARRAY['w'], ARRAY[$1], ARRAY['m'], ARRAY['t'], ARRAY['I'],
+                             ARRAY['{}'::jsonb], ARRAY[now()], ARRAY[1.0::float8], ARRAY['1 rows'], 'me')",
+                        &[&action],
+                    )
+                    .await;
+                ensure!(db_message(&recorded).contains("does not own action"), "{action}: {recorded:?}");
+            }
+            pg.execute("DELETE FROM pgevents.action WHERE name = 'r25_admin'").await;
+            let rows =
+                pg.query_text("SELECT count(*)::text FROM pgevents.action_run WHERE idempotency_key = 'r25'").await;
+            ensure!(rows.as_deref() == Some("0"), "{rows:?} success rows written");
             Ok(())
         }
         "R24" => {

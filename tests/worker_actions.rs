@@ -38,7 +38,7 @@ impl Stage {
         let world = World::new().await;
         world.pg.execute(TABLES).await;
         let install = run_to_end(&["rules", "install"], &world.pg.env()).await;
-        assert!(install.contains("now at version 4"), "{install}");
+        assert!(install.contains("now at version 5"), "{install}");
         world.pg.execute(rules_sql).await;
         Self::with_world(world, &[]).await
     }
@@ -400,7 +400,7 @@ async fn bad_rules_are_refused_or_reported() {
     let first = run_to_end(&["rules", "install"], &world.pg.env()).await;
     assert!(first.contains("applied migration 1"), "{first}");
     let again = run_to_end(&["rules", "install"], &world.pg.env()).await;
-    assert!(again.contains("already at version 4"), "{again}");
+    assert!(again.contains("already at version 5"), "{again}");
 
     let client = world.pg.client().await;
     client.batch_execute("INSERT INTO pgevents.event_table (table_name) VALUES ('users'), ('numbers');
@@ -890,6 +890,76 @@ async fn parallel_workers_keep_each_rows_order() {
     let busy = stage.world.pg.query_text("SELECT count(DISTINCT worker)::text FROM pgevents.action_run").await;
     assert_eq!(busy.as_deref(), Some("4"), "the rows were shared by the four workers");
     stage.cleanup(workers).await;
+}
+
+/// With a backlog the worker hands its events to PostgreSQL several at a time (`--batch-size`):
+/// one call for the filters and queries of an owner's work items, one transaction for their SQL
+/// actions and success rows. All or nothing: an event whose statement fails runs alone (and dies
+/// alone: the other events of its batch run once), and after a crash in the middle of the backlog
+/// the redelivered events whose jobs had committed are found done. Every action runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_runs_together_and_what_fails_runs_alone() {
+    const ROWS: usize = 600;
+    // n = id % 50: 12 rows with n = 7 are filtered out, 12 with n = 0 divide by zero.
+    const SUCCEEDED: usize = ROWS - 12 - 12;
+    let rules = "
+        INSERT INTO pgevents.event_table (table_name) VALUES ('numbers');
+        INSERT INTO pgevents.action (name, kind, sql, max_attempts) VALUES ('tally', 'sql',
+            'INSERT INTO audit (note, amount) VALUES ($1->>''id'', 100 / ($1->>''n'')::int)', 1);
+        INSERT INTO pgevents.work_item (name, table_name, action, filter, work_item_query)
+        VALUES ('tally', 'numbers', 'tally', $$($1->'new'->>'n')::int <> 7$$,
+                $$SELECT jsonb_build_object('id', $1->'new'->'id', 'n', $1->'new'->'n') AS parameters$$);";
+    let stage = Stage::new(rules).await;
+    let mut events = stage.world.queue(&["public.numbers"]).await;
+    // The worker declares its queue, then the events pile up while it is away.
+    common::stop(stage.worker().await).await;
+    stage.world.pg.execute(&format!("INSERT INTO numbers (n) SELECT id % 50 FROM generate_series(1, {ROWS}) id")).await;
+    assert_eq!(events.take(ROWS, WAIT).await.len(), ROWS);
+    let count = |status: &'static str| {
+        let pg = &stage.world.pg;
+        async move {
+            let sql = format!("SELECT count(*)::text FROM pgevents.action_run WHERE status = '{status}'");
+            pg.query_text(&sql).await.and_then(|n| n.parse::<usize>().ok()).unwrap_or(0)
+        }
+    };
+    let addr = pgevents_testkit::free_local_addr().to_string();
+    let extra = [("PGEVENTS_CONCURRENCY", "2"), ("PGEVENTS_METRICS_ADDR", addr.as_str())];
+    let worker = stage.start("worker", &extra).await;
+    wait_for("a third of the actions", WAIT, || async { (count("succeeded").await >= ROWS / 3).then_some(()) }).await;
+    worker.kill();
+    let mut killed = worker;
+    killed.wait(WAIT).await;
+    let worker = stage.start("worker", &extra).await;
+    wait_for("every job ended", Duration::from_secs(120), || async {
+        (count("succeeded").await + count("dead").await >= SUCCEEDED + 12).then_some(())
+    })
+    .await;
+    let pg = &stage.world.pg;
+    let audit = pg.query_text("SELECT count(*) || ' ' || count(DISTINCT note) FROM audit").await;
+    assert_eq!(audit, Some(format!("{SUCCEEDED} {SUCCEEDED}")), "each action ran once");
+    assert_eq!(count("succeeded").await, SUCCEEDED);
+    assert_eq!(count("failed").await, 0);
+    let dead = pg
+        .query_text(
+            "SELECT string_agg(DISTINCT (parameters->>'n') || ': ' || error, '; ') FROM pgevents.action_run WHERE status = 'dead'",
+        )
+        .await;
+    assert_eq!(
+        dead.as_deref(),
+        Some("0: division by zero (SQLSTATE 22012)"),
+        "the failing jobs died alone, with their error"
+    );
+    assert_eq!(count("dead").await, 12);
+    let keys = pg.query_text("SELECT count(DISTINCT idempotency_key)::text FROM pgevents.action_run").await;
+    assert_eq!(keys, Some((SUCCEEDED + 12).to_string()));
+    let metrics =
+        http_get(addr.parse().expect("an address"), "/metrics").await.map(|(_, text)| text).unwrap_or_default();
+    let together = metric_value(&metrics, "pgevents_worker_batch_events_sum").unwrap_or(0.0);
+    let alone = metric_value(&metrics, "pgevents_worker_events_alone_total").unwrap_or(0.0);
+    assert!(together >= 100.0, "events handed over in batches: {together}");
+    assert!(alone >= 1.0 && alone < together, "events of a batch that ran alone: {alone} of {together}");
+    events.close().await;
+    stage.cleanup(vec![worker]).await;
 }
 
 /// A rule owner's session dropped inside a transaction (a job cut short between the statement

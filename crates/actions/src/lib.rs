@@ -28,6 +28,7 @@ mod secrets;
 mod signing;
 mod sql;
 mod template;
+mod together;
 
 pub use dead::{declare_work_topology, work_message, DeadLetters, WorkTopology};
 pub use error::JobError;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pgevents_pg::{ErrorKind, PgError, Pool};
 use pgevents_rules::access::carried_columns;
-use pgevents_rules::{ActionKind, RulesCache};
+use pgevents_rules::{ActionDef, ActionKind, RuleSet, RulesCache};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -72,14 +72,50 @@ pub enum EventReaders<'a> {
     Checked(&'a str),
 }
 
+/// The action `job` runs and its owner, or why it cannot run at all: a job is what one of the
+/// rules made (its work item runs this action on this table: a job from elsewhere, or made
+/// before the rules changed, does not run), and its action has an owner and no problem.
+pub(crate) fn runnable(rules: &RuleSet, job: &Job) -> Result<(Arc<ActionDef>, String), String> {
+    let Some(action) = rules.action(&job.action) else {
+        return Err(format!("unknown action {:?}: it is not in pgevents.action (deleted or renamed?)", job.action));
+    };
+    match rules.work_item(&job.work_item) {
+        None => {
+            return Err(format!(
+                "work item {:?} is not among the rules (deleted, renamed or disabled since the job was made?)",
+                job.work_item
+            ))
+        }
+        Some(item) if item.action != job.action => {
+            return Err(format!("work item {:?} runs action {:?}, not {:?}", job.work_item, item.action, job.action))
+        }
+        Some(item) if item.table != job.event.table_name => {
+            return Err(format!(
+                "work item {:?} is about table {}, not {}",
+                job.work_item, item.table, job.event.table_name
+            ))
+        }
+        Some(_) => {}
+    }
+    match (&action.problem, &action.owner) {
+        (None, Some(owner)) => {
+            let owner = owner.clone();
+            Ok((action, owner))
+        }
+        (problem, _) => {
+            Err(format!("action {:?} cannot run: {}", job.action, problem.as_deref().unwrap_or("it has no owner")))
+        }
+    }
+}
+
 /// Runs jobs; shared by every task of a worker or action runner.
 pub struct JobRunner {
-    pool: Pool,
-    rules: Arc<RulesCache>,
-    http: HttpCaller,
+    pub(crate) pool: Pool,
+    pub(crate) rules: Arc<RulesCache>,
+    pub(crate) http: HttpCaller,
     dead: DeadLetters,
     /// Recorded in `action_run.worker`.
-    worker: String,
+    pub(crate) worker: String,
     /// Overrides the `base_url` setting.
     base_url: Option<String>,
 }
@@ -113,7 +149,7 @@ impl JobRunner {
     }
 
     /// Why the action's owner may not see the job's event, if it may not.
-    async fn refusal(&self, owner: &str, job: &Job, event: &Value) -> Result<Option<String>, JobError> {
+    pub(crate) async fn refusal(&self, owner: &str, job: &Job, event: &Value) -> Result<Option<String>, JobError> {
         let columns = carried_columns(event);
         Ok(self.rules.access().refusal(&self.pool, owner, &job.event.table_name, columns).await?)
     }
@@ -159,36 +195,9 @@ impl JobRunner {
             worker: &self.worker,
         };
         let rules = self.rules.get();
-        let Some(action) = rules.action(&job.action) else {
-            let error = format!("unknown action {:?}: it is not in pgevents.action (deleted or renamed?)", job.action);
-            return self.bury(RunRecord { error: Some(&error), ..base }).await;
-        };
-        // A job is what one of the rules made: its work item runs this action on this table
-        // (a job from elsewhere, or made before the rules changed, does not run).
-        let made_by = match rules.work_item(&job.work_item) {
-            None => Err(format!(
-                "work item {:?} is not among the rules (deleted, renamed or disabled since the job was made?)",
-                job.work_item
-            )),
-            Some(item) if item.action != job.action => {
-                Err(format!("work item {:?} runs action {:?}, not {:?}", job.work_item, item.action, job.action))
-            }
-            Some(item) if item.table != job.event.table_name => Err(format!(
-                "work item {:?} is about table {}, not {}",
-                job.work_item, item.table, job.event.table_name
-            )),
-            Some(_) => Ok(()),
-        };
-        if let Err(error) = made_by {
-            return self.bury(RunRecord { error: Some(&error), ..base }).await;
-        }
-        let owner = match (&action.problem, &action.owner) {
-            (None, Some(owner)) => owner.clone(),
-            (problem, _) => {
-                let error =
-                    format!("action {:?} cannot run: {}", job.action, problem.as_deref().unwrap_or("it has no owner"));
-                return self.bury(RunRecord { error: Some(&error), ..base }).await;
-            }
+        let (action, owner) = match runnable(&rules, job) {
+            Ok(runnable) => runnable,
+            Err(error) => return self.bury(RunRecord { error: Some(&error), ..base }).await,
         };
         // The event is data of its table: only for an owner who may read what it carries.
         let event: Value = serde_json::from_str(job.event_json.get()).unwrap_or(Value::Null);

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attempts::{self, RetryPolicy, Verdict, Work};
 use crate::dead_letter::{DeadLetters, Settle};
-use crate::handler::{IncomingEvent, MessageHandler, Registry};
+use crate::handler::{BatchHandler, Handler, IncomingEvent, MessageHandler, Registry, Together};
 use crate::lanes::Lanes;
 
 /// Which queue the consumer reads.
@@ -148,9 +148,23 @@ pub struct Consumer {
 enum Handlers {
     /// pgevents events, routed by table and action.
     Events(Registry),
+    /// pgevents events, up to `size` at once when several are waiting; `one` is the same
+    /// handler, for an event run alone.
+    Batches { one: Arc<dyn Handler>, batch: Arc<dyn BatchHandler>, size: usize },
     /// Any message, as delivered.
     Messages(Arc<dyn MessageHandler>),
 }
+
+/// What a task of the consumer gives back.
+enum Finished {
+    /// How to settle its one delivery.
+    One(Settle),
+    /// A batch's events, in order, with what became of each.
+    Batch(Vec<(Work, Together)>),
+}
+
+/// Each running task's deliveries: tag and lane.
+type Tags = HashMap<tokio::task::Id, Vec<(u64, Option<u64>)>>;
 
 /// Decodes the body (gunzipping when the producer compressed it) into an event.
 fn parse(delivery: &Delivery, max_body_bytes: usize) -> Result<(Event, Vec<u8>), String> {
@@ -163,6 +177,15 @@ impl Consumer {
     /// Consumes pgevents events and hands them to the registry's handlers.
     pub fn new(config: ConsumerConfig, registry: Registry) -> Self {
         Consumer::with(config, Handlers::Events(registry))
+    }
+
+    /// Consumes pgevents events, handing `handler` up to `size` of them at once when several
+    /// are waiting (one at a time otherwise); an event it does not handle in a batch runs
+    /// alone, as with [`Consumer::new`].
+    pub fn batched<H: BatchHandler>(config: ConsumerConfig, handler: H, size: usize) -> Self {
+        let handler = Arc::new(handler);
+        let (one, batch): (Arc<dyn Handler>, Arc<dyn BatchHandler>) = (handler.clone(), handler);
+        Consumer::with(config, Handlers::Batches { one, batch, size: size.max(1) })
     }
 
     /// Consumes messages of any kind (e.g. work messages) and hands each to `handler`.
@@ -241,9 +264,8 @@ impl Consumer {
         tracing::info!(queue = %queue, exchange = %self.config.exchange, keys = ?self.config.binding_keys, "consuming");
 
         let concurrency = self.config.concurrency.max(1);
-        let mut running: JoinSet<Settle> = JoinSet::new();
-        // Each running task's delivery tag and lane.
-        let mut tags: HashMap<tokio::task::Id, (u64, Option<u64>)> = HashMap::new();
+        let mut running: JoinSet<Finished> = JoinSet::new();
+        let mut tags: Tags = HashMap::new();
         // Events of one row wait for the one before them (keyed lanes), whatever the concurrency.
         let mut lanes: Lanes<(u64, Work, Instant)> = Lanes::default();
         // Stops the retries waiting for their next run: at shutdown, or when the connection is
@@ -258,52 +280,59 @@ impl Consumer {
                 _ = shutdown.cancelled() => break Ok(()),
                 why = &mut ended => break Err(ConsumerError::ConnectionEnded(why)),
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
-                    let (id, how) = finished(done);
-                    let Some((tag, lane)) = tags.remove(&id) else { continue };
-                    let requeued = matches!(how, Settle::Requeue);
-                    if let Err(e) = settle(&channel, tag, how).await {
-                        break Err(e);
-                    }
-                    let Some(lane) = lane else { continue };
-                    if requeued {
-                        // The row's later events go back behind it, in order, not ahead of it.
-                        let mut failed = None;
-                        for (tag, _, _) in lanes.requeued(lane) {
-                            if let Err(e) = settle(&channel, tag, Settle::Requeue).await {
-                                failed = Some(e);
-                                break;
+                    let (id, finished) = finished(done);
+                    let Some(deliveries) = tags.remove(&id) else { continue };
+                    let outcome = match finished {
+                        Finished::One(how) => {
+                            let mut result = Ok(());
+                            for (tag, lane) in deliveries {
+                                result = result.and(self.settled(&channel, &mut lanes, &mut running, &mut tags, &abandon, (tag, lane), how).await);
                             }
+                            result
                         }
-                        if let Some(e) = failed {
-                            break Err(e);
+                        Finished::Batch(results) => {
+                            self.batch_finished(&channel, &mut lanes, &mut running, &mut tags, &abandon, deliveries, results).await
                         }
-                    } else if let Some((tag, work, arrived)) = lanes.finished(lane) {
-                        let handle = self.spawn_work(&mut running, work, &abandon, arrived.elapsed());
-                        tags.insert(handle, (tag, Some(lane)));
+                    };
+                    if let Err(e) = outcome {
+                        break Err(e);
                     }
                 }
                 delivery = deliveries.next(), if running.len() < concurrency => {
                     let Some(delivery) = delivery else { break Err(ConsumerError::StreamEnded) };
-                    let tag = delivery.delivery_tag;
-                    match self.dispatch(delivery) {
-                        Dispatch::Ignore => {
-                            if let Err(e) = settle(&channel, tag, Settle::Ack).await {
-                                break Err(e);
+                    let mut batch = Vec::new();
+                    let mut next = Some(delivery);
+                    let mut failed = None;
+                    while let Some(delivery) = next.take() {
+                        let tag = delivery.delivery_tag;
+                        match self.dispatch(delivery) {
+                            Dispatch::Ignore => {
+                                if let Err(e) = settle(&channel, tag, Settle::Ack).await {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                            Dispatch::Run(work) => {
+                                let lane = work.lane();
+                                if let Some((tag, work, _)) = lanes.admit(lane, (tag, work, Instant::now())) {
+                                    batch.push((tag, lane, work));
+                                }
+                            }
+                            Dispatch::Unreadable(delivery, reason) => {
+                                let dead = self.dead_letters.clone();
+                                let handle = running.spawn(async move { Finished::One(dead.give_up(&delivery, &reason, 1).await) });
+                                tags.insert(handle.id(), vec![(tag, None)]);
                             }
                         }
-                        Dispatch::Run(work) => {
-                            let lane = work.lane();
-                            if let Some((tag, work, _)) = lanes.admit(lane, (tag, work, Instant::now())) {
-                                let handle = self.spawn_work(&mut running, work, &abandon, Duration::ZERO);
-                                tags.insert(handle, (tag, lane));
-                            }
-                        }
-                        Dispatch::Unreadable(delivery, reason) => {
-                            let dead = self.dead_letters.clone();
-                            let handle = running.spawn(async move { dead.give_up(&delivery, &reason, 1).await });
-                            tags.insert(handle.id(), (tag, None));
+                        // With a batch handler, what is already waiting joins the batch.
+                        if matches!(&self.handlers, Handlers::Batches { size, .. } if batch.len() < *size) {
+                            next = deliveries.try_next();
                         }
                     }
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
+                    self.start(&mut running, &mut tags, batch, &abandon);
                 }
             }
         };
@@ -314,11 +343,22 @@ impl Consumer {
         }
         abandon.cancel();
         // Let running handlers finish (a retry waiting for its next run is requeued) and settle
-        // them, then close. Deliveries still waiting in a lane go back to the queue with the
-        // channel.
+        // them, then close. Deliveries still waiting in a lane, and events a batch left to run
+        // alone, go back to the queue.
         while let Some(done) = running.join_next_with_id().await {
-            let (id, how) = finished(done);
-            if let Some((tag, _)) = tags.remove(&id) {
+            let (id, finished) = finished(done);
+            let Some(deliveries) = tags.remove(&id) else { continue };
+            let settles: Vec<Settle> = match finished {
+                Finished::One(how) => vec![how; deliveries.len()],
+                Finished::Batch(results) => results
+                    .iter()
+                    .map(|(_, together)| match together {
+                        Together::Done => Settle::Ack,
+                        Together::Alone => Settle::Requeue,
+                    })
+                    .collect(),
+            };
+            for ((tag, _), how) in deliveries.into_iter().zip(settles) {
                 let _ = settle(&channel, tag, how).await;
             }
         }
@@ -327,10 +367,90 @@ impl Consumer {
         result
     }
 
+    /// Starts the admitted deliveries: as one batch when there are several and the handler
+    /// takes batches, each in a task of its own otherwise.
+    fn start(
+        &self,
+        running: &mut JoinSet<Finished>,
+        tags: &mut Tags,
+        mut admitted: Vec<(u64, Option<u64>, Work)>,
+        abandon: &CancellationToken,
+    ) {
+        match &self.handlers {
+            Handlers::Batches { batch, .. } if admitted.len() > 1 => {
+                let deliveries = admitted.iter().map(|(tag, lane, _)| (*tag, *lane)).collect();
+                let works: Vec<Work> = admitted.drain(..).map(|(_, _, work)| work).collect();
+                let handler = batch.clone();
+                let handle = running.spawn(async move { Finished::Batch(run_batch(handler, works).await) });
+                tags.insert(handle.id(), deliveries);
+            }
+            _ => {
+                for (tag, lane, work) in admitted {
+                    let handle = self.spawn_work(running, work, abandon, Duration::ZERO);
+                    tags.insert(handle, vec![(tag, lane)]);
+                }
+            }
+        }
+    }
+
+    /// Settles what a batch did, and starts alone each event it left.
+    #[allow(clippy::too_many_arguments)]
+    async fn batch_finished(
+        &self,
+        channel: &Channel,
+        lanes: &mut Lanes<(u64, Work, Instant)>,
+        running: &mut JoinSet<Finished>,
+        tags: &mut Tags,
+        abandon: &CancellationToken,
+        deliveries: Vec<(u64, Option<u64>)>,
+        results: Vec<(Work, Together)>,
+    ) -> Result<(), ConsumerError> {
+        for ((tag, lane), (work, together)) in deliveries.into_iter().zip(results) {
+            match together {
+                Together::Done => {
+                    self.settled(channel, lanes, running, tags, abandon, (tag, lane), Settle::Ack).await?
+                }
+                Together::Alone => {
+                    // Its lane stays busy: the row's next event still waits for it.
+                    let handle = self.spawn_work(running, work, abandon, Duration::ZERO);
+                    tags.insert(handle, vec![(tag, lane)]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles one delivery, then lets the next event of its row run (or, when it went back to
+    /// the queue, sends the row's later events back behind it, in order).
+    #[allow(clippy::too_many_arguments)]
+    async fn settled(
+        &self,
+        channel: &Channel,
+        lanes: &mut Lanes<(u64, Work, Instant)>,
+        running: &mut JoinSet<Finished>,
+        tags: &mut Tags,
+        abandon: &CancellationToken,
+        (tag, lane): (u64, Option<u64>),
+        how: Settle,
+    ) -> Result<(), ConsumerError> {
+        let requeued = matches!(how, Settle::Requeue);
+        settle(channel, tag, how).await?;
+        let Some(lane) = lane else { return Ok(()) };
+        if requeued {
+            for (tag, _, _) in lanes.requeued(lane) {
+                settle(channel, tag, Settle::Requeue).await?;
+            }
+        } else if let Some((tag, work, arrived)) = lanes.finished(lane) {
+            let handle = self.spawn_work(running, work, abandon, arrived.elapsed());
+            tags.insert(handle, vec![(tag, Some(lane))]);
+        }
+        Ok(())
+    }
+
     /// Runs `work` until it is settled, in a task of `running`.
     fn spawn_work(
         &self,
-        running: &mut JoinSet<Settle>,
+        running: &mut JoinSet<Finished>,
         work: Work,
         abandon: &CancellationToken,
         waited: Duration,
@@ -338,11 +458,11 @@ impl Consumer {
         let (policy, stop, dead) = (self.retry_policy(), abandon.clone(), self.dead_letters.clone());
         running
             .spawn(async move {
-                match attempts::run(&work, policy, &stop, waited).await {
+                Finished::One(match attempts::run(&work, policy, &stop, waited).await {
                     Verdict::Ack => Settle::Ack,
                     Verdict::Requeue => Settle::Requeue,
                     Verdict::GiveUp { reason, deliveries } => dead.give_up(work.delivery(), &reason, deliveries).await,
-                }
+                })
             })
             .id()
     }
@@ -358,7 +478,8 @@ impl Consumer {
 
     fn dispatch(&self, delivery: Delivery) -> Dispatch {
         let registry = match &self.handlers {
-            Handlers::Events(registry) => registry,
+            Handlers::Events(registry) => Some(registry),
+            Handlers::Batches { .. } => None,
             Handlers::Messages(handler) => return Dispatch::Run(Work::Message(Arc::new(delivery), handler.clone())),
         };
         let (event, body) = match parse(&delivery, self.config.max_body_bytes) {
@@ -368,7 +489,12 @@ impl Consumer {
                 return Dispatch::Unreadable(Box::new(delivery), format!("not a pgevents event: {why}"));
             }
         };
-        let Some(handler) = registry.find(&event.table_name, event.action) else {
+        let handler = match (registry, &self.handlers) {
+            (Some(registry), _) => registry.find(&event.table_name, event.action),
+            (None, Handlers::Batches { one, .. }) => Some(one.clone()),
+            (None, _) => None,
+        };
+        let Some(handler) = handler else {
             return Dispatch::Ignore;
         };
         let message_id = delivery
@@ -379,13 +505,32 @@ impl Consumer {
     }
 }
 
-/// The task id and settlement of a finished task (a task cannot panic: handlers run in tasks
-/// of their own, but should one be cancelled its delivery goes back to the queue).
-fn finished(done: Result<(tokio::task::Id, Settle), tokio::task::JoinError>) -> (tokio::task::Id, Settle) {
+/// The task id and result of a finished task (a task cannot panic: handlers run in tasks of
+/// their own, but should one be cancelled its deliveries go back to the queue).
+fn finished(done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) -> (tokio::task::Id, Finished) {
     match done {
-        Ok((id, how)) => (id, how),
-        Err(e) => (e.id(), Settle::Requeue),
+        Ok((id, finished)) => (id, finished),
+        Err(e) => (e.id(), Finished::One(Settle::Requeue)),
     }
+}
+
+/// Hands a batch's events to `handler`, in a task of its own so that a panic is caught: then
+/// each event runs alone.
+async fn run_batch(handler: Arc<dyn BatchHandler>, works: Vec<Work>) -> Vec<(Work, Together)> {
+    let events: Vec<Arc<IncomingEvent>> = works
+        .iter()
+        .filter_map(|work| match work {
+            Work::Event(incoming, _) => Some(incoming.clone()),
+            Work::Message(..) => None,
+        })
+        .collect();
+    let answers = if events.len() == works.len() {
+        tokio::spawn(async move { handler.handle_batch(&events).await }).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut answers = answers.into_iter();
+    works.into_iter().map(|work| (work, answers.next().unwrap_or(Together::Alone))).collect()
 }
 
 enum Dispatch {

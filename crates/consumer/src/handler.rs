@@ -54,6 +54,27 @@ where
     }
 }
 
+/// What became of an event handed over in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Together {
+    /// Handled: acknowledge.
+    Done,
+    /// Not handled: run it alone with [`Handler::handle`] (its runs, retries and limits as
+    /// always).
+    Alone,
+}
+
+pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = Vec<Together>> + Send + 'a>>;
+
+/// A handler that can also take several events at once (with a backlog, a round trip per
+/// batch instead of per event). The events of a batch are of different rows (keyed lanes):
+/// none has to wait for another.
+pub trait BatchHandler: Handler {
+    /// One answer per event, in order (a missing answer is [`Together::Alone`]). Nothing it
+    /// leaves undone may be half done: an event answered `Alone` runs again from its start.
+    fn handle_batch<'a>(&'a self, events: &'a [Arc<IncomingEvent>]) -> BatchFuture<'a>;
+}
+
 /// Something that handles raw messages (not necessarily pgevents events).
 pub trait MessageHandler: Send + Sync + 'static {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> HandlerFuture<'a>;

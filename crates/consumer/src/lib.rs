@@ -30,5 +30,7 @@ mod lanes;
 pub use consumer::{
     ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, QueueMode, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DELIVERIES,
 };
-pub use handler::{Handler, HandlerFuture, IncomingEvent, MessageHandler, Outcome, Registry};
+pub use handler::{
+    BatchFuture, BatchHandler, Handler, HandlerFuture, IncomingEvent, MessageHandler, Outcome, Registry, Together,
+};
 pub use pgevents_event::Glob;

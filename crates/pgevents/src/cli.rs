@@ -127,7 +127,7 @@ pub struct ActionArgs {
     /// Jobs (worker: events) handled at once; with 1 the worker keeps the events' order
     #[arg(long, env = "PGEVENTS_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
-    /// Messages RabbitMQ sends ahead of acknowledgements [default: twice --concurrency]
+    /// Messages RabbitMQ sends ahead of acknowledgements [default: twice --concurrency; for the worker at least --concurrency times --batch-size]
     #[arg(long, env = "RABBITMQ_PREFETCH")]
     pub prefetch: Option<u16>,
     /// Seconds between rule reloads when no change notification arrives
@@ -177,6 +177,9 @@ pub struct WorkerArgs {
     /// Binding keys of the queue, comma-separated
     #[arg(long = "binding-keys", env = "RABBITMQ_BINDING_KEYS", value_delimiter = ',', default_value = "#")]
     pub binding_keys: Vec<String>,
+    /// Events already waiting that are handled together, at most (sync SQL work: one round trip to PostgreSQL per owner for their filters and queries, one transaction per owner for their actions; anything else, or anything that fails, runs alone); 1: one event at a time. The prefetch then defaults to --concurrency times this
+    #[arg(long = "batch-size", env = "PGEVENTS_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub batch_size: u16,
     #[command(flatten)]
     pub actions: ActionArgs,
     #[command(flatten)]

@@ -22,6 +22,11 @@ pub const RULES: Component = Component {
             name: "rules run with their owner's rights",
             sql: include_str!("migrations/0004_rule_owners.sql"),
         },
+        Migration {
+            version: 5,
+            name: "rule text of several events in one call",
+            sql: include_str!("migrations/0005_batched_runs.sql"),
+        },
     ],
 };
 

@@ -56,7 +56,7 @@ pub struct RowLimits {
 pub const RULE_LIMITS: &str = "pgevents_worker_rule_limits_total";
 
 /// Time allowed past `statement_timeout` before the worker stops waiting itself.
-const GRACE: Duration = Duration::from_secs(1);
+pub(crate) const GRACE: Duration = Duration::from_secs(1);
 
 fn failure(what: &str, item: &WorkItem, e: tokio_postgres::Error) -> EvaluateError {
     let error = PgError::new(format!("{what} of work item {:?}", item.name), e);
@@ -189,7 +189,7 @@ impl Evaluator {
 }
 
 /// Without a query, the parameters are the event's row (its new row; the old one for a delete).
-fn the_row(event: &Event) -> Vec<Map<String, Value>> {
+pub(crate) fn the_row(event: &Event) -> Vec<Map<String, Value>> {
     let row = if event.new.is_empty() { &event.old } else { &event.new };
     vec![row.clone()]
 }
@@ -222,6 +222,33 @@ impl TextError {
     }
 }
 
+impl RowLimits {
+    /// Which limit `rows` parameters rows of `bytes` in all are past, and how to say it.
+    pub(crate) fn exceeded(&self, rows: usize, bytes: usize) -> Option<(&'static str, String)> {
+        if rows > self.rows {
+            Some(("rows", format!("more than {} rows (--max-parameter-rows)", self.rows)))
+        } else if bytes > self.bytes {
+            Some(("bytes", format!("more than {} bytes of parameters (--max-parameter-bytes)", self.bytes)))
+        } else {
+            None
+        }
+    }
+}
+
+/// A query's `parameters` value as a job's parameters (NULL is none).
+pub(crate) fn as_parameters(value: Option<Value>) -> Result<Map<String, Value>, String> {
+    match value {
+        Some(Value::Object(map)) => Ok(map),
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(other) => Err(format!("parameters that are not a JSON object: {other}")),
+    }
+}
+
+/// The size of parameters as JSON, counted against `--max-parameter-bytes`.
+pub(crate) fn object_bytes(parameters: &Map<String, Value>) -> usize {
+    serde_json::to_string(parameters).map_or(0, |text| text.len())
+}
+
 /// A query's parameters rows, within `limits`.
 async fn parameters_rows(
     rows: tokio_postgres::RowStream,
@@ -231,21 +258,10 @@ async fn parameters_rows(
     let mut out = Vec::new();
     let mut bytes = 0usize;
     while let Some(row) = rows.try_next().await? {
-        let parameters = match row.try_get::<_, Option<Value>>(0)? {
-            Some(Value::Object(map)) => map,
-            None | Some(Value::Null) => Map::new(),
-            Some(other) => return Err(TextError::Rule(format!("parameters that are not a JSON object: {other}"))),
-        };
-        bytes += Value::Object(parameters.clone()).to_string().len();
+        let parameters = as_parameters(row.try_get::<_, Option<Value>>(0)?).map_err(TextError::Rule)?;
+        bytes += object_bytes(&parameters);
         out.push(parameters);
-        let over = if out.len() > limits.rows {
-            Some(("rows", format!("more than {} rows (--max-parameter-rows)", limits.rows)))
-        } else if bytes > limits.bytes {
-            Some(("bytes", format!("more than {} bytes of parameters (--max-parameter-bytes)", limits.bytes)))
-        } else {
-            None
-        };
-        if let Some((limit, what)) = over {
+        if let Some((limit, what)) = limits.exceeded(out.len(), bytes) {
             metrics::counter!(RULE_LIMITS, "limit" => limit).increment(1);
             return Err(TextError::Rule(what));
         }

@@ -7,8 +7,10 @@
 //! `sync` mode, published to the work exchange in `async` mode. The event is acknowledged only
 //! after every job is finished, dead-lettered or safely queued.
 
+mod batch;
 mod document;
 mod evaluate;
+mod together;
 mod worker;
 
 pub use evaluate::RowLimits;
@@ -22,4 +24,8 @@ pub mod metric {
     pub const JOBS: &str = "pgevents_worker_jobs_total";
     /// Rule runs stopped at a limit, by `limit` (`timeout`, `rows`, `bytes`).
     pub const RULE_LIMITS: &str = crate::evaluate::RULE_LIMITS;
+    /// Events of a batch that ran alone instead (some of their work could not run together).
+    pub const EVENTS_ALONE: &str = crate::batch::EVENTS_ALONE;
+    /// Events per batch handed to the worker (histogram).
+    pub const BATCH_EVENTS: &str = crate::batch::BATCH_EVENTS;
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use pgevents_actions::{work_message, EventReaders, Job, JobRunner, StageConsumer};
 use pgevents_amqp::ConfirmedSender;
-use pgevents_consumer::{Consumer, ConsumerError, IncomingEvent, Outcome, Registry};
+use pgevents_consumer::{
+    BatchFuture, BatchHandler, Consumer, ConsumerError, Handler, HandlerFuture, IncomingEvent, Outcome,
+};
 use pgevents_pg::Pool;
 use pgevents_rules::{Mode, RulesCache, WorkItem};
 use serde_json::value::RawValue;
@@ -29,19 +31,38 @@ pub struct WorkerConfig {
     pub rule_timeout: Duration,
     /// What a work item's query may return for one event.
     pub row_limits: crate::evaluate::RowLimits,
+    /// Events handed over at once when several are waiting (`--batch-size`; 1: one at a time).
+    pub batch_size: usize,
 }
 
-struct Stage {
-    evaluator: Evaluator,
-    rules: Arc<RulesCache>,
-    runner: Arc<JobRunner>,
+pub(crate) struct Stage {
+    pub(crate) evaluator: Evaluator,
+    pub(crate) rules: Arc<RulesCache>,
+    pub(crate) runner: Arc<JobRunner>,
     work: ConfirmedSender,
     /// Signs work messages.
     key: Option<pgevents_actions::WorkKey>,
     shutdown: CancellationToken,
+    /// Jobs run together in one transaction, at most.
+    pub(crate) batch_size: usize,
 }
 
-fn info(incoming: &IncomingEvent) -> pgevents_actions::EventInfo {
+/// The stage as the consumer's handler: one event, or several at once.
+struct StageHandler(Arc<Stage>);
+
+impl Handler for StageHandler {
+    fn handle<'a>(&'a self, incoming: &'a IncomingEvent) -> HandlerFuture<'a> {
+        Box::pin(self.0.handle(incoming))
+    }
+}
+
+impl BatchHandler for StageHandler {
+    fn handle_batch<'a>(&'a self, events: &'a [Arc<IncomingEvent>]) -> BatchFuture<'a> {
+        Box::pin(self.0.handle_batch(events))
+    }
+}
+
+pub(crate) fn info(incoming: &IncomingEvent) -> pgevents_actions::EventInfo {
     let event = &incoming.event;
     pgevents_actions::EventInfo {
         table_name: event.table_name.clone(),
@@ -53,14 +74,13 @@ fn info(incoming: &IncomingEvent) -> pgevents_actions::EventInfo {
 }
 
 impl Stage {
-    async fn handle(&self, incoming: IncomingEvent) -> Outcome {
+    async fn handle(&self, incoming: &IncomingEvent) -> Outcome {
         let rules = self.rules.get();
         let items: Vec<Arc<WorkItem>> =
             rules.work_items_for(&incoming.event.table_name, incoming.event.action).cloned().collect();
-        let matched = if items.is_empty() { "unmatched" } else { "matched" };
-        metrics::counter!(metric::EVENTS, "result" => matched).increment(1);
+        count_event(!items.is_empty());
         for item in items {
-            if let Err(outcome) = self.work_item(&incoming, &item).await {
+            if let Err(outcome) = self.work_item(incoming, &item).await {
                 return outcome;
             }
         }
@@ -73,16 +93,7 @@ impl Stage {
             .map_err(Outcome::Fail)?;
         let event_json = RawValue::from_string(document).map_err(|e| Outcome::Fail(format!("event body: {e}")))?;
         let event = info(incoming);
-        let job = |row: usize, parameters| Job {
-            idempotency_key: Job::key(&incoming.message_id, &item.name, row),
-            work_item: item.name.clone(),
-            action: item.action.clone(),
-            row,
-            parameters,
-            event: event.clone(),
-            event_json: event_json.clone(),
-            revive: false,
-        };
+        let job = |row: usize, parameters| job(incoming, item, &event, &event_json, row, parameters);
         let rows = match self.evaluator.evaluate(item, &incoming.event, event_json.get()).await {
             Ok(rows) => rows,
             Err(EvaluateError::Unavailable(e)) => return Err(Outcome::Unavailable(e)),
@@ -96,15 +107,11 @@ impl Stage {
                 };
             }
         };
-        let mode = match item.mode {
-            Mode::Sync => "sync",
-            Mode::Async => "async",
-        };
         // The evaluator has just asked whether the work item's owner may read this event.
         let readers = item.owner.as_deref().map_or(EventReaders::Unknown, EventReaders::Checked);
         for (row, parameters) in rows.into_iter().enumerate() {
             let job = job(row, parameters);
-            metrics::counter!(metric::JOBS, "work_item" => item.name.clone(), "mode" => mode).increment(1);
+            count_job(&item.name, item.mode);
             match item.mode {
                 Mode::Sync => {
                     self.runner.run(&job, readers, &self.shutdown).await.map_err(|e| e.outcome())?;
@@ -119,6 +126,39 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// Job `row` of `item` for the event.
+pub(crate) fn job(
+    incoming: &IncomingEvent,
+    item: &WorkItem,
+    event: &pgevents_actions::EventInfo,
+    event_json: &RawValue,
+    row: usize,
+    parameters: serde_json::Map<String, serde_json::Value>,
+) -> Job {
+    Job {
+        idempotency_key: Job::key(&incoming.message_id, &item.name, row),
+        work_item: item.name.clone(),
+        action: item.action.clone(),
+        row,
+        parameters,
+        event: event.clone(),
+        event_json: event_json.to_owned(),
+        revive: false,
+    }
+}
+
+pub(crate) fn count_event(matched: bool) {
+    metrics::counter!(metric::EVENTS, "result" => if matched { "matched" } else { "unmatched" }).increment(1);
+}
+
+pub(crate) fn count_job(work_item: &str, mode: Mode) {
+    let mode = match mode {
+        Mode::Sync => "sync",
+        Mode::Async => "async",
+    };
+    metrics::counter!(metric::JOBS, "work_item" => work_item.to_owned(), "mode" => mode).increment(1);
 }
 
 /// Consumes events until `shutdown`.
@@ -137,12 +177,9 @@ pub async fn run_worker(
     );
     let evaluator = Evaluator { pool, rules: rules.clone(), timeout: config.rule_timeout, limits: config.row_limits };
     let key = config.stage.topology.key.clone();
-    let stage = Arc::new(Stage { evaluator, rules, runner, work, key, shutdown: shutdown.clone() });
+    let batch_size = config.batch_size.max(1);
+    let stage = Arc::new(Stage { evaluator, rules, runner, work, key, shutdown: shutdown.clone(), batch_size });
     let consumer =
         config.stage.consumer_config(&config.exchange, &config.queue, config.binding_keys, "pgevents worker");
-    let registry = Registry::new().on_all("*", move |incoming: IncomingEvent| {
-        let stage = stage.clone();
-        async move { stage.handle(incoming).await }
-    });
-    Consumer::new(consumer, registry).run(shutdown).await
+    Consumer::batched(consumer, StageHandler(stage), batch_size).run(shutdown).await
 }

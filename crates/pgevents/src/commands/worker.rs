@@ -130,8 +130,14 @@ fn prefetch(actions: &ActionArgs) -> u16 {
 }
 
 pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let s = setup("worker", &args.pg, &args.rabbit.server, &args.actions, &args.topology, &args.telemetry, &shutdown)
-        .await?;
+    let mut s =
+        setup("worker", &args.pg, &args.rabbit.server, &args.actions, &args.topology, &args.telemetry, &shutdown)
+            .await?;
+    if args.actions.prefetch.is_none() {
+        // Room for a batch per handler slot.
+        let wanted = args.actions.concurrency.max(1).saturating_mul(usize::from(args.batch_size));
+        s.stage.prefetch = s.stage.prefetch.max(u16::try_from(wanted).unwrap_or(u16::MAX));
+    }
     let config = pgevents_workitems::WorkerConfig {
         stage: s.stage,
         exchange: args.rabbit.exchange.clone(),
@@ -142,8 +148,9 @@ pub async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow
             rows: args.actions.max_parameter_rows.max(1),
             bytes: args.actions.max_parameter_bytes.max(1),
         },
+        batch_size: usize::from(args.batch_size),
     };
-    tracing::info!(queue = %config.queue, exchange = %config.exchange, concurrency = config.stage.concurrency, "worker starting");
+    tracing::info!(queue = %config.queue, exchange = %config.exchange, concurrency = config.stage.concurrency, batch_size = config.batch_size, "worker starting");
     pgevents_workitems::run_worker(config, s.pool, s.rules, s.runner, shutdown).await?;
     Ok(())
 }

@@ -1,0 +1,163 @@
+//! SQL jobs run together: with a backlog, the worker hands over many fresh sync SQL jobs at
+//! once, and those of one owner run in one transaction of the owner's session, in one round
+//! trip (`pgevents.run_sql_actions`: each statement, then its `succeeded` row). It is all or
+//! nothing: if anything fails (a statement, a record, the commit, the time), the transaction is
+//! rolled back and each of those jobs runs alone ([`JobRunner::run`]), which reports, retries
+//! and dead-letters it as always. A statement and its success row still commit together, so a
+//! job that committed here is found done by a later run, and exactly-once holds.
+//!
+//! Only jobs that have never run take this way: if any job of the transaction has an
+//! `action_run` row already (a redelivery), the database refuses the whole call
+//! (`pgevents.require_fresh_jobs`) and they run alone; so do retries, revived jobs, HTTP
+//! actions and jobs whose action cannot run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgevents_pg::JsonbText;
+use pgevents_rules::{ActionDef, ActionKind};
+use serde_json::Value;
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::record::parameters_text;
+use crate::runner::{runnable, EventReaders, JobRunner};
+use crate::{metric, Job};
+
+const RUN: &str = "SELECT pgevents.run_sql_actions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+impl JobRunner {
+    /// Runs fresh sync SQL `jobs` together, at most `chunk` per transaction, and says for each
+    /// whether it is done (its statement and success row committed). The others must run alone
+    /// with [`JobRunner::run`]. `readers[i]` is what the caller knows about who may read job
+    /// `i`'s event.
+    pub async fn run_together(&self, jobs: &[Job], readers: &[EventReaders<'_>], chunk: usize) -> Vec<bool> {
+        let mut done = vec![false; jobs.len()];
+        let rules = self.rules.get();
+        let mut candidates = Vec::new();
+        for (index, job) in jobs.iter().enumerate() {
+            let Ok((action, owner)) = runnable(&rules, job) else { continue };
+            let ActionKind::Sql { statement } = &action.kind else { continue };
+            if job.revive || action.max_attempts == 0 {
+                continue;
+            }
+            let reader = readers.get(index).copied().unwrap_or(EventReaders::Unknown);
+            if reader != EventReaders::Checked(&owner) {
+                let event: Value = serde_json::from_str(job.event_json.get()).unwrap_or(Value::Null);
+                match self.refusal(&owner, job, &event).await {
+                    Ok(None) => {}
+                    _ => continue,
+                }
+            }
+            let statement = statement.clone();
+            candidates.push((owner, index, action, statement));
+        }
+        if candidates.is_empty() {
+            return done;
+        }
+        let mut by_owner: BTreeMap<String, Vec<(usize, Arc<ActionDef>, String)>> = BTreeMap::new();
+        for (owner, index, action, statement) in candidates {
+            by_owner.entry(owner).or_default().push((index, action, statement));
+        }
+        let secrets = self.http.secrets();
+        for (owner, ready) in by_owner {
+            for part in ready.chunks(chunk.max(1)) {
+                let clock = Instant::now();
+                if self.commit_together(&owner, jobs, part, secrets).await {
+                    let share = clock.elapsed() / u32::try_from(part.len()).unwrap_or(u32::MAX);
+                    for (index, action, _) in part {
+                        done[*index] = true;
+                        metrics::histogram!(metric::ACTION_DURATION, "action" => action.name.clone())
+                            .record(share.as_secs_f64());
+                        metrics::counter!(metric::ACTION_RUNS, "action" => action.name.clone(), "status" => "succeeded")
+                            .increment(1);
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    /// One transaction of `owner`'s session with the statements and success rows of `part`, in
+    /// one flight: the transaction with its `statement_timeout` (the longest of the actions':
+    /// the call is one statement), the call, the commit. A failed call makes the commit a
+    /// rollback. `true` when it committed.
+    async fn commit_together(
+        &self,
+        owner: &str,
+        jobs: &[Job],
+        part: &[(usize, Arc<ActionDef>, String)],
+        secrets: &crate::Secrets,
+    ) -> bool {
+        let Ok(mut session) = self.rules.sessions().get(owner).await else { return false };
+        let timeout = part.iter().map(|(_, action, _)| action.timeout).max().unwrap_or(Duration::from_secs(1));
+        let jobs: Vec<&Job> = part.iter().map(|(index, _, _)| &jobs[*index]).collect();
+        let parameters: Vec<String> = part
+            .iter()
+            .zip(&jobs)
+            .map(|((_, action, _), job)| parameters_text(&job.merged_parameters(&action.static_parameters)))
+            .collect();
+        let recorded: Vec<String> = parameters.iter().map(|text| secrets.redact(text)).collect();
+        let statements: Vec<&str> = part.iter().map(|(_, _, statement)| statement.as_str()).collect();
+        let text = |field: fn(&Job) -> &str| jobs.iter().map(|job| field(job)).collect::<Vec<&str>>();
+        let keys = text(|job| &job.idempotency_key);
+        let work_items = text(|job| &job.work_item);
+        let actions = text(|job| &job.action);
+        let message_ids = text(|job| &job.event.message_id);
+        let tables = text(|job| &job.event.table_name);
+        let event_actions = text(|job| job.event.action.code());
+        let (parameters, recorded) = (jsonb(&parameters), jsonb(&recorded));
+        let events: Vec<JsonbText> = jobs.iter().map(|job| JsonbText(job.event_json.get())).collect();
+        let worker = self.worker.as_str();
+        let values: [(&(dyn ToSql + Sync), Type); 11] = [
+            (&statements, Type::TEXT_ARRAY),
+            (&parameters, Type::JSONB_ARRAY),
+            (&events, Type::JSONB_ARRAY),
+            (&keys, Type::TEXT_ARRAY),
+            (&work_items, Type::TEXT_ARRAY),
+            (&actions, Type::TEXT_ARRAY),
+            (&message_ids, Type::TEXT_ARRAY),
+            (&tables, Type::TEXT_ARRAY),
+            (&event_actions, Type::TEXT_ARRAY),
+            (&recorded, Type::JSONB_ARRAY),
+            (&worker, Type::TEXT),
+        ];
+        let begin = format!("BEGIN; SET LOCAL statement_timeout = {}", timeout.as_millis().max(1));
+        session.begin();
+        let client: &tokio_postgres::Client = &session;
+        let flight = async {
+            // Sent in this order: each message goes out when first polled, and a biased `join!`
+            // polls in the order written.
+            tokio::join!(
+                biased;
+                client.batch_execute(&begin),
+                client.query_typed(RUN, &values),
+                client.batch_execute("COMMIT")
+            )
+        };
+        // The worker's own clock too: rule text can change its session's settings.
+        let Ok((begun, called, committed)) = tokio::time::timeout(timeout + crate::sql::GRACE, flight).await else {
+            self.rules.sessions().abandon(owner, session).await;
+            return false;
+        };
+        if committed.is_ok() {
+            session.ended();
+        }
+        match (begun, called, committed) {
+            (Ok(()), Ok(_), Ok(())) => true,
+            (begun, called, committed) => {
+                let error = begun.err().or(called.err()).or(committed.err());
+                if let Some(e) = error {
+                    tracing::debug!(owner, jobs = part.len(), error = %pgevents_pg::describe(&e),
+                        "SQL jobs run together failed; each runs alone");
+                }
+                false
+            }
+        }
+    }
+}
+
+/// JSON texts as a `jsonb[]` parameter.
+fn jsonb(texts: &[String]) -> Vec<JsonbText<'_>> {
+    texts.iter().map(|text| JsonbText(text)).collect()
+}

@@ -1,0 +1,172 @@
+//! Several events at once (`--batch-size`): with a backlog the consumer hands the worker the
+//! events already waiting (each of a different row), and their sync SQL work goes to
+//! PostgreSQL in a few round trips instead of several per event: the work items of one owner
+//! evaluated in one call, the jobs checked as fresh in one query, the jobs of one owner run and
+//! recorded in one transaction.
+//!
+//! An event takes this way only when all its work is of that kind (sync work items with SQL
+//! actions, their owners known to may read it) and every step succeeds for it; otherwise it
+//! runs alone, from its start, the way it always has: nothing before the jobs' commit writes
+//! anything, and a job that committed is found done when its event runs again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pgevents_actions::{EventReaders, Job};
+use pgevents_consumer::{IncomingEvent, Together};
+use pgevents_rules::access::columns_of;
+use pgevents_rules::{Mode, WorkItem};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::document::event_document;
+use crate::together::Evaluation;
+use crate::worker::{count_event, count_job, info, job, Stage};
+
+/// Counter: events of a batch that ran alone instead.
+pub const EVENTS_ALONE: &str = "pgevents_worker_events_alone_total";
+/// Histogram: events per batch.
+pub const BATCH_EVENTS: &str = "pgevents_worker_batch_events";
+
+/// One work item of one event, and its document.
+struct Planned {
+    event: usize,
+    item: Arc<WorkItem>,
+    owner: String,
+    document: Box<RawValue>,
+}
+
+impl Stage {
+    pub(crate) async fn handle_batch(&self, events: &[Arc<IncomingEvent>]) -> Vec<Together> {
+        metrics::histogram!(BATCH_EVENTS).record(events.len() as f64);
+        let mut answers = vec![Together::Done; events.len()];
+        let planned = self.plan(events, &mut answers).await;
+        let rows = self.evaluate(events, &planned, &mut answers).await;
+        let Jobs { events: of_event, jobs, owners } = self.jobs(events, &planned, rows, &answers);
+        let readers: Vec<EventReaders> = owners.iter().map(|owner| EventReaders::Checked(owner)).collect();
+        let done = self.runner.run_together(&jobs, &readers, self.batch_size).await;
+        for (&event, done) in of_event.iter().zip(done) {
+            if !done {
+                answers[event] = Together::Alone;
+            }
+        }
+        // Counted as when each runs alone: an event that does is counted there.
+        for (index, answer) in answers.iter().enumerate() {
+            match answer {
+                Together::Alone => metrics::counter!(EVENTS_ALONE).increment(1),
+                Together::Done => count_event(planned.iter().any(|p| p.event == index)),
+            }
+        }
+        for (&event, job) in of_event.iter().zip(&jobs) {
+            if answers[event] == Together::Done {
+                count_job(&job.work_item, Mode::Sync);
+            }
+        }
+        answers
+    }
+
+    /// The work items of each event that can be run together; an event with any other work
+    /// is answered `Alone`.
+    async fn plan(&self, events: &[Arc<IncomingEvent>], answers: &mut [Together]) -> Vec<Planned> {
+        let rules = self.rules.get();
+        let mut planned = Vec::new();
+        for (index, incoming) in events.iter().enumerate() {
+            let event = &incoming.event;
+            let mut mine = Vec::new();
+            for item in rules.work_items_for(&event.table_name, event.action) {
+                let owner = match (&item.problem, &item.owner, item.mode) {
+                    (None, Some(owner), Mode::Sync) => owner.clone(),
+                    _ => {
+                        answers[index] = Together::Alone;
+                        break;
+                    }
+                };
+                let columns = columns_of([&event.new, &event.old]);
+                let refusal = self.rules.access().refusal(&self.evaluator.pool, &owner, &event.table_name, columns);
+                let document = event_document(&incoming.body, &incoming.message_id, item.transaction_label.as_deref())
+                    .ok()
+                    .and_then(|document| RawValue::from_string(document).ok());
+                match (refusal.await, document) {
+                    (Ok(None), Some(document)) => {
+                        mine.push(Planned { event: index, item: item.clone(), owner, document })
+                    }
+                    _ => {
+                        answers[index] = Together::Alone;
+                        break;
+                    }
+                }
+            }
+            if answers[index] == Together::Done {
+                planned.append(&mut mine);
+            }
+        }
+        planned
+    }
+
+    /// The parameters rows of each planned work item (`None` where its event runs alone).
+    async fn evaluate(
+        &self,
+        events: &[Arc<IncomingEvent>],
+        planned: &[Planned],
+        answers: &mut [Together],
+    ) -> Vec<Option<Vec<Map<String, Value>>>> {
+        let mut rows: Vec<Option<Vec<Map<String, Value>>>> = vec![None; planned.len()];
+        let mut by_owner: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (index, p) in planned.iter().enumerate() {
+            by_owner.entry(p.owner.as_str()).or_default().push(index);
+        }
+        for (owner, indexes) in by_owner {
+            let evaluations: Vec<Evaluation> = indexes
+                .iter()
+                .map(|&i| Evaluation {
+                    item: &planned[i].item,
+                    event: &events[planned[i].event].event,
+                    document: planned[i].document.get(),
+                })
+                .collect();
+            match self.evaluator.evaluate_together(owner, &evaluations).await {
+                Some(found) => {
+                    for (&i, found) in indexes.iter().zip(found) {
+                        rows[i] = Some(found);
+                    }
+                }
+                None => {
+                    for &i in &indexes {
+                        answers[planned[i].event] = Together::Alone;
+                    }
+                }
+            }
+        }
+        rows
+    }
+
+    /// The jobs of the events still to be done together.
+    fn jobs(
+        &self,
+        events: &[Arc<IncomingEvent>],
+        planned: &[Planned],
+        rows: Vec<Option<Vec<Map<String, Value>>>>,
+        answers: &[Together],
+    ) -> Jobs {
+        let mut jobs = Jobs::default();
+        for (p, found) in planned.iter().zip(rows) {
+            let (Together::Done, Some(found)) = (answers[p.event], found) else { continue };
+            let incoming = &events[p.event];
+            let event = info(incoming);
+            for (row, parameters) in found.into_iter().enumerate() {
+                jobs.events.push(p.event);
+                jobs.jobs.push(job(incoming, &p.item, &event, &p.document, row, parameters));
+                jobs.owners.push(p.owner.clone());
+            }
+        }
+        jobs
+    }
+}
+
+/// Jobs with, for each, the index of its event and the owner of its work item.
+#[derive(Default)]
+struct Jobs {
+    events: Vec<usize>,
+    jobs: Vec<Job>,
+    owners: Vec<String>,
+}

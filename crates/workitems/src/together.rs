@@ -1,0 +1,103 @@
+//! Work items of one owner evaluated for several events in one round trip: every filter and
+//! query in one call (`pgevents.evaluate_work_items`), in a read-only transaction of the
+//! owner's session that is rolled back. All or nothing, like the jobs run together: an error,
+//! the time running out, a query past `--max-parameter-rows` or `--max-parameter-bytes`, or
+//! parameters that are not an object, and each event is evaluated alone
+//! ([`Evaluator::evaluate`]), which reports it as always. The filter still gates the query (an
+//! event the filter refuses never runs it), and `$1` is each event's own document.
+
+use pgevents_event::Event;
+use pgevents_pg::JsonbText;
+use pgevents_rules::statements::Shape;
+use pgevents_rules::WorkItem;
+use serde_json::{Map, Value};
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::evaluate::{as_parameters, object_bytes, the_row, Evaluator, GRACE};
+
+/// One work item against one event.
+pub struct Evaluation<'a> {
+    pub item: &'a WorkItem,
+    pub event: &'a Event,
+    /// The event as the work item's text sees it (jsonb text).
+    pub document: &'a str,
+}
+
+impl Evaluator {
+    /// The parameters rows of each evaluation (empty when its filter does not match), all of
+    /// work items of `owner` whose access to their events was checked; `None`: evaluate each
+    /// alone.
+    pub async fn evaluate_together(
+        &self,
+        owner: &str,
+        evaluations: &[Evaluation<'_>],
+    ) -> Option<Vec<Vec<Map<String, Value>>>> {
+        let mut session = self.rules.sessions().get(owner).await.ok()?;
+        let filters: Vec<Option<String>> =
+            evaluations.iter().map(|e| e.item.filter.as_deref().map(|f| Shape::Filter.statement(f))).collect();
+        let queries: Vec<Option<String>> =
+            evaluations.iter().map(|e| e.item.query.as_deref().map(|q| Shape::Query.statement(q))).collect();
+        let documents: Vec<JsonbText> = evaluations.iter().map(|e| JsonbText(e.document)).collect();
+        let max_rows = i32::try_from(self.limits.rows).unwrap_or(i32::MAX);
+        let values: [(&(dyn ToSql + Sync), Type); 4] = [
+            (&filters, Type::TEXT_ARRAY),
+            (&queries, Type::TEXT_ARRAY),
+            (&documents, Type::JSONB_ARRAY),
+            (&max_rows, Type::INT4),
+        ];
+        let begin =
+            format!("START TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}", self.timeout.as_millis().max(1));
+        session.begin();
+        let client: &tokio_postgres::Client = &session;
+        let flight = async {
+            // Sent in this order (each message goes out when first polled; a biased `join!`
+            // polls in the order written); if the transaction cannot begin, the call fails too.
+            tokio::join!(
+                biased;
+                client.batch_execute(&begin),
+                client.query_typed("SELECT matched, parameters FROM pgevents.evaluate_work_items($1, $2, $3, $4)", &values),
+                client.batch_execute("ROLLBACK")
+            )
+        };
+        // The call is one statement: `statement_timeout` bounds all of it, and past it each
+        // event is evaluated alone, with the timeout its own.
+        let Ok((begun, rows, ended)) = tokio::time::timeout(self.timeout + GRACE, flight).await else {
+            self.rules.sessions().abandon(owner, session).await;
+            return None;
+        };
+        if ended.is_ok() {
+            session.ended();
+        }
+        let (Ok(()), Ok(rows), Ok(())) = (begun, rows, ended) else { return None };
+        if rows.len() != evaluations.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, evaluation) in rows.iter().zip(evaluations) {
+            let matched: bool = row.try_get(0).ok()?;
+            let found: Option<Vec<Option<Value>>> = row.try_get(1).ok()?;
+            out.push(match (matched, found) {
+                (false, _) => Vec::new(),
+                (true, None) => the_row(evaluation.event),
+                (true, Some(found)) => self.parameters(found)?,
+            });
+        }
+        Some(out)
+    }
+
+    /// A query's rows as parameters, or `None` where the query alone would fail (a limit, a
+    /// row that is not an object).
+    fn parameters(&self, found: Vec<Option<Value>>) -> Option<Vec<Map<String, Value>>> {
+        let mut bytes = 0usize;
+        let mut out = Vec::with_capacity(found.len());
+        for value in found {
+            let parameters = as_parameters(value).ok()?;
+            bytes += object_bytes(&parameters);
+            out.push(parameters);
+            if self.limits.exceeded(out.len(), bytes).is_some() {
+                return None;
+            }
+        }
+        Some(out)
+    }
+}
