@@ -23,7 +23,7 @@ async fn rule_and_snapshot_tables_share_one_record_of_migrations() {
         )
         .await;
     let client = world.pg.client().await;
-    assert_eq!(pgevents_rules::installed_version(&client).await.unwrap(), 4, "still seen as installed");
+    assert_eq!(pgevents_rules::installed_version(&client).await.unwrap(), 5, "still seen as installed");
     let again = run_to_end(&["rules", "install"], &world.pg.env()).await;
     assert!(again.contains("already at version 5"), "{again}");
     let key_columns = world
@@ -46,8 +46,8 @@ async fn rule_and_snapshot_tables_share_one_record_of_migrations() {
         .await;
     assert_eq!(
         record.as_deref(),
-        Some("rules 1 rule tables; rules 2 sessions and subscriptions; rules 3 subscriptions within the owner's privileges; rules 4 rules run with their owner's rights; snapshot 1 snapshot progress")
+        Some("rules 1 rule tables; rules 2 sessions and subscriptions; rules 3 subscriptions within the owner's privileges; rules 4 rules run with their owner's rights; rules 5 rule text of several events in one call; snapshot 1 snapshot progress")
     );
-    assert_eq!(pgevents_rules::installed_version(&client).await.unwrap(), 4);
+    assert_eq!(pgevents_rules::installed_version(&client).await.unwrap(), 5);
     pgevents_testkit::delete_exchange(&world.exchange).await;
 }

@@ -448,3 +448,143 @@ async fn weights_on_a_missing_exchange_are_refused_not_declared_as_topic() {
     assert!(error.to_string().contains("declare the consistent-hash exchange first"), "{error}");
     cleanup(setup).await;
 }
+
+/// What a batch handler saw: each batch's events as (id, n), the events run alone, and when
+/// each event started and ended.
+#[derive(Default)]
+struct Seen {
+    batches: Vec<Vec<(i64, i64)>>,
+    alone: Vec<(i64, i64)>,
+    timeline: Vec<(Step, (i64, i64))>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Started,
+    Ended,
+}
+
+struct Batches(Arc<Mutex<Seen>>);
+
+fn id_and_n(incoming: &IncomingEvent) -> (i64, i64) {
+    let number = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_i64()).unwrap_or(-1);
+    (number(incoming.event.new.get("id")), number(incoming.event.new.get("n")))
+}
+
+impl pgevents_consumer::Handler for Batches {
+    fn handle<'a>(&'a self, incoming: &'a IncomingEvent) -> pgevents_consumer::HandlerFuture<'a> {
+        let mut seen = self.0.lock().unwrap();
+        let event = id_and_n(incoming);
+        seen.alone.push(event);
+        seen.timeline.extend([(Step::Started, event), (Step::Ended, event)]);
+        Box::pin(async { Outcome::Ok })
+    }
+}
+
+impl pgevents_consumer::BatchHandler for Batches {
+    fn handle_batch<'a>(&'a self, events: &'a [Arc<IncomingEvent>]) -> pgevents_consumer::BatchFuture<'a> {
+        let batch: Vec<(i64, i64)> = events.iter().map(|e| id_and_n(e)).collect();
+        {
+            let mut seen = self.0.lock().unwrap();
+            seen.batches.push(batch.clone());
+            seen.timeline.extend(batch.iter().map(|event| (Step::Started, *event)));
+        }
+        Box::pin(async move {
+            // A batch with n = 30 panics: each of its events then runs alone.
+            assert!(!batch.iter().any(|(_, n)| *n == 30), "the batch handler fails");
+            // Even n are done together; odd ones are left to run alone.
+            let done = |n: i64| n % 2 == 0;
+            let mut seen = self.0.lock().unwrap();
+            seen.timeline.extend(batch.iter().filter(|(_, n)| done(*n)).map(|event| (Step::Ended, *event)));
+            batch
+                .iter()
+                .map(
+                    |(_, n)| {
+                        if done(*n) {
+                            pgevents_consumer::Together::Done
+                        } else {
+                            pgevents_consumer::Together::Alone
+                        }
+                    },
+                )
+                .collect()
+        })
+    }
+}
+
+/// A batch handler gets the events already waiting, at most `size` at once and never two of one
+/// row; what it leaves, or all of a batch whose handler panicked, runs alone; a row's second
+/// event runs after its first has ended. Every event ends exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_handler_takes_what_waits_and_leaves_the_rest_to_run_alone() {
+    const SIZE: usize = 16;
+    let setup = setup().await;
+    // The queue exists (and fills) before the consumer starts.
+    let (shutdown, task) = started(&setup, Registry::new()).await;
+    stop(shutdown, task).await;
+    let body = |id: i64, n: i64| {
+        format!(
+            r#"{{"table_name":"public.t","action":"U","old":{{}},"new":{{"id":{id},"n":{n}}},"diff":{{}},"id":{id},"lsn":"0/10","xid":1,"commit_time":"2026-11-23T00:00:00Z","seq":{n}}}"#
+        )
+    };
+    let mut published = Vec::new();
+    for n in 1..=60 {
+        published.push((n, n));
+    }
+    // A second event of rows 1 to 5.
+    for id in 1..=5 {
+        published.push((id, 1000 + id));
+    }
+    for (id, n) in &published {
+        publish_raw(&setup.exchange, "public.t", &format!("m{n}"), body(*id, *n).as_bytes()).await;
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut config = setup.config.clone();
+    config.concurrency = 2;
+    config.prefetch = 64;
+    let consumer = Consumer::batched(config, Batches(seen.clone()), SIZE);
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { consumer.run(token).await.expect("consumer run") });
+    // Ended: done in a batch (even n, in a batch that did not panic) or run alone.
+    let ended = |seen: &Seen| -> Vec<(i64, i64)> {
+        let together = seen.batches.iter().filter(|b| !b.iter().any(|(_, n)| *n == 30)).flatten();
+        let mut ended: Vec<(i64, i64)> = together.filter(|(_, n)| n % 2 == 0).copied().collect();
+        ended.extend(seen.alone.iter().copied());
+        ended
+    };
+    wait_for("every event ended", WAIT, || async {
+        (ended(&seen.lock().unwrap()).len() >= published.len()).then_some(())
+    })
+    .await;
+    stop(shutdown, task).await;
+    let seen = seen.lock().unwrap();
+    let mut all = ended(&seen);
+    all.sort();
+    let mut expected = published.clone();
+    expected.sort();
+    assert_eq!(all, expected, "each event ended once");
+    assert!(seen.batches.iter().any(|b| b.len() > 1), "events were handed over together: {:?}", seen.batches);
+    for batch in &seen.batches {
+        assert!(batch.len() <= SIZE, "a batch larger than {SIZE}: {batch:?}");
+        let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), batch.len(), "two events of one row in a batch: {batch:?}");
+    }
+    // A row's later event started only after its first one ended.
+    let at = |step: Step, event: (i64, i64)| seen.timeline.iter().rposition(|e| *e == (step, event));
+    for id in 1..=5 {
+        let (first_ended, second_started) = (at(Step::Ended, (id, id)), at(Step::Started, (id, 1000 + id)));
+        assert!(
+            first_ended.is_some() && first_ended < second_started,
+            "row {id}: the first event ended at {first_ended:?}, the second started at {second_started:?}: {:?}",
+            seen.timeline.iter().filter(|(_, (i, _))| *i == id).collect::<Vec<_>>()
+        );
+    }
+    assert!(seen.alone.contains(&(30, 30)) && seen.alone.contains(&(1, 1)), "left and panicked events ran alone");
+    drop(seen);
+    let mut queue = EventQueue::reattach(&amqp_url(), &setup.queue).await;
+    assert!(queue.next_raw(Duration::from_millis(300)).await.is_none(), "everything was acknowledged");
+    cleanup(setup).await;
+}
