@@ -1399,14 +1399,14 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
             // caller: called directly, they give an author nothing it could not do in psql.
             let read = alice
                 .query(
-                    "SELECT * FROM pgevents.evaluate_work_items(ARRAY[NULL], ARRAY['SELECT q.parameters::jsonb FROM (SELECT to_jsonb(p) AS parameters FROM public.payroll p) AS q'], ARRAY['{}'::jsonb], 10)",
+                    "SELECT * FROM pgevents.evaluate_work_items(ARRAY[NULL], ARRAY['SELECT q.parameters::jsonb FROM (SELECT to_jsonb(p) AS parameters FROM public.payroll p) AS q'], ARRAY['{}'::jsonb], 10, 100000, 1000)",
                     &[],
                 )
                 .await;
             ensure!(db_code(&read) == "42501", "evaluate_work_items read payroll: {read:?}");
             let write = alice
                 .query(
-                    "SELECT pgevents.run_sql_actions(ARRAY['DELETE FROM public.payroll'], ARRAY['{}'::jsonb], ARRAY['{}'::jsonb],
+                    "SELECT pgevents.run_sql_actions(ARRAY['DELETE FROM public.payroll'], ARRAY[1000], ARRAY['{}'::jsonb], ARRAY['{}'::jsonb],
                          ARRAY['r25'], ARRAY['w'], ARRAY['a_note'], ARRAY['m'], ARRAY['public.payroll'], ARRAY['D'], ARRAY['{}'::jsonb], 'me')",
                     &[],
                 )
@@ -1423,6 +1423,12 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
                     )
                     .await;
                 ensure!(db_message(&recorded).contains("does not own action"), "{action}: {recorded:?}");
+            }
+            // Nor does it learn whether another role's jobs ran.
+            for action in ["r25_admin", "r25_nobody"] {
+                let probed =
+                    alice.query("SELECT pgevents.require_fresh_jobs(ARRAY['r25'], ARRAY[$1])", &[&action]).await;
+                ensure!(db_message(&probed).contains("does not own action"), "{action}: {probed:?}");
             }
             pg.execute("DELETE FROM pgevents.action WHERE name = 'r25_admin'").await;
             let rows =

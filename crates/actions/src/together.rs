@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgevents_pg::JsonbText;
-use pgevents_rules::{ActionDef, ActionKind};
+use pgevents_rules::{ActionDef, ActionKind, RuleSet};
 use serde_json::Value;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -24,71 +24,73 @@ use crate::record::parameters_text;
 use crate::runner::{runnable, EventReaders, JobRunner};
 use crate::{metric, Job};
 
-const RUN: &str = "SELECT pgevents.run_sql_actions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+const RUN: &str = "SELECT pgevents.run_sql_actions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// Whether the jobs of `action` may run together with others: a checked SQL statement, an owner,
+/// no problem, at least one attempt.
+pub fn can_run_together(rules: &RuleSet, action: &ActionDef) -> bool {
+    matches!(action.kind, ActionKind::Sql { .. })
+        && action.problem.is_none()
+        && action.owner.is_some()
+        && action.max_attempts > 0
+        && rules.action_checked(&action.name)
+}
+
+/// A job ready to run together: its index, its action and its statement.
+type Ready = (usize, Arc<ActionDef>, String);
 
 impl JobRunner {
-    /// Runs fresh sync SQL `jobs` together, at most `chunk` per transaction, and says for each
-    /// whether it is done (its statement and success row committed). The others must run alone
-    /// with [`JobRunner::run`]. `readers[i]` is what the caller knows about who may read job
-    /// `i`'s event.
+    /// Runs fresh sync SQL `jobs` together, at most `chunk` per transaction (the owners' at the
+    /// same time), and says for each whether it is done (its statement and success row
+    /// committed). The others must run alone with [`JobRunner::run`]. `readers[i]` is what the
+    /// caller knows about who may read job `i`'s event.
     pub async fn run_together(&self, jobs: &[Job], readers: &[EventReaders<'_>], chunk: usize) -> Vec<bool> {
         let mut done = vec![false; jobs.len()];
         let rules = self.rules.get();
-        let mut candidates = Vec::new();
+        let mut by_owner: BTreeMap<String, Vec<Ready>> = BTreeMap::new();
         for (index, job) in jobs.iter().enumerate() {
             let Ok((action, owner)) = runnable(&rules, job) else { continue };
             let ActionKind::Sql { statement } = &action.kind else { continue };
-            if job.revive || action.max_attempts == 0 {
+            if job.revive || !can_run_together(&rules, &action) {
                 continue;
             }
             let reader = readers.get(index).copied().unwrap_or(EventReaders::Unknown);
             if reader != EventReaders::Checked(&owner) {
                 let event: Value = serde_json::from_str(job.event_json.get()).unwrap_or(Value::Null);
-                match self.refusal(&owner, job, &event).await {
-                    Ok(None) => {}
-                    _ => continue,
+                if !matches!(self.refusal(&owner, job, &event).await, Ok(None)) {
+                    continue;
                 }
             }
             let statement = statement.clone();
-            candidates.push((owner, index, action, statement));
-        }
-        if candidates.is_empty() {
-            return done;
-        }
-        let mut by_owner: BTreeMap<String, Vec<(usize, Arc<ActionDef>, String)>> = BTreeMap::new();
-        for (owner, index, action, statement) in candidates {
             by_owner.entry(owner).or_default().push((index, action, statement));
         }
-        let secrets = self.http.secrets();
-        for (owner, ready) in by_owner {
+        let owners = by_owner.iter().map(|(owner, ready)| async move {
+            let mut committed = Vec::new();
             for part in ready.chunks(chunk.max(1)) {
                 let clock = Instant::now();
-                if self.commit_together(&owner, jobs, part, secrets).await {
+                if self.commit_together(owner, jobs, part).await {
                     let share = clock.elapsed() / u32::try_from(part.len()).unwrap_or(u32::MAX);
-                    for (index, action, _) in part {
-                        done[*index] = true;
-                        metrics::histogram!(metric::ACTION_DURATION, "action" => action.name.clone())
-                            .record(share.as_secs_f64());
-                        metrics::counter!(metric::ACTION_RUNS, "action" => action.name.clone(), "status" => "succeeded")
-                            .increment(1);
-                    }
+                    committed.extend(part.iter().map(|(index, action, _)| (*index, action.name.clone(), share)));
                 }
             }
+            committed
+        });
+        for (index, action, share) in futures_util::future::join_all(owners).await.into_iter().flatten() {
+            done[index] = true;
+            metrics::histogram!(metric::ACTION_DURATION, "action" => action.clone()).record(share.as_secs_f64());
+            metrics::counter!(metric::ACTION_RUNS, "action" => action, "status" => "succeeded").increment(1);
         }
         done
     }
 
     /// One transaction of `owner`'s session with the statements and success rows of `part`, in
     /// one flight: the transaction with its `statement_timeout` (the longest of the actions':
-    /// the call is one statement), the call, the commit. A failed call makes the commit a
-    /// rollback. `true` when it committed.
-    async fn commit_together(
-        &self,
-        owner: &str,
-        jobs: &[Job],
-        part: &[(usize, Arc<ActionDef>, String)],
-        secrets: &crate::Secrets,
-    ) -> bool {
+    /// the call is one statement; inside it each statement is held to its own `timeout_ms`),
+    /// the call, the timeout again (rule text may have lifted it, and deferred triggers run at
+    /// the commit), the commit. A failed call makes the commit a rollback. `true` when it
+    /// committed.
+    async fn commit_together(&self, owner: &str, jobs: &[Job], part: &[Ready]) -> bool {
+        let secrets = self.http.secrets();
         let Ok(mut session) = self.rules.sessions().get(owner).await else { return false };
         let timeout = part.iter().map(|(_, action, _)| action.timeout).max().unwrap_or(Duration::from_secs(1));
         let jobs: Vec<&Job> = part.iter().map(|(index, _, _)| &jobs[*index]).collect();
@@ -99,6 +101,10 @@ impl JobRunner {
             .collect();
         let recorded: Vec<String> = parameters.iter().map(|text| secrets.redact(text)).collect();
         let statements: Vec<&str> = part.iter().map(|(_, _, statement)| statement.as_str()).collect();
+        let timeouts: Vec<i32> = part
+            .iter()
+            .map(|(_, action, _)| i32::try_from(action.timeout.as_millis()).unwrap_or(i32::MAX).max(1))
+            .collect();
         let text = |field: fn(&Job) -> &str| jobs.iter().map(|job| field(job)).collect::<Vec<&str>>();
         let keys = text(|job| &job.idempotency_key);
         let work_items = text(|job| &job.work_item);
@@ -109,8 +115,9 @@ impl JobRunner {
         let (parameters, recorded) = (jsonb(&parameters), jsonb(&recorded));
         let events: Vec<JsonbText> = jobs.iter().map(|job| JsonbText(job.event_json.get())).collect();
         let worker = self.worker.as_str();
-        let values: [(&(dyn ToSql + Sync), Type); 11] = [
+        let values: [(&(dyn ToSql + Sync), Type); 12] = [
             (&statements, Type::TEXT_ARRAY),
+            (&timeouts, Type::INT4_ARRAY),
             (&parameters, Type::JSONB_ARRAY),
             (&events, Type::JSONB_ARRAY),
             (&keys, Type::TEXT_ARRAY),
@@ -122,7 +129,8 @@ impl JobRunner {
             (&recorded, Type::JSONB_ARRAY),
             (&worker, Type::TEXT),
         ];
-        let begin = format!("BEGIN; SET LOCAL statement_timeout = {}", timeout.as_millis().max(1));
+        let limit = format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1));
+        let begin = format!("BEGIN; {limit}");
         session.begin();
         let client: &tokio_postgres::Client = &session;
         let flight = async {
@@ -132,24 +140,26 @@ impl JobRunner {
                 biased;
                 client.batch_execute(&begin),
                 client.query_typed(RUN, &values),
+                client.batch_execute(&limit),
                 client.batch_execute("COMMIT")
             )
         };
         // The worker's own clock too: rule text can change its session's settings.
-        let Ok((begun, called, committed)) = tokio::time::timeout(timeout + crate::sql::GRACE, flight).await else {
+        let Ok((begun, called, limited, committed)) = tokio::time::timeout(timeout + crate::sql::GRACE, flight).await
+        else {
             self.rules.sessions().abandon(owner, session).await;
             return false;
         };
         if committed.is_ok() {
             session.ended();
         }
-        match (begun, called, committed) {
-            (Ok(()), Ok(_), Ok(())) => true,
-            (begun, called, committed) => {
-                let error = begun.err().or(called.err()).or(committed.err());
+        match (begun, called, limited, committed) {
+            (Ok(()), Ok(_), Ok(()), Ok(())) => true,
+            (begun, called, limited, committed) => {
+                let error = begun.err().or(called.err()).or(limited.err()).or(committed.err());
                 if let Some(e) = error {
-                    tracing::debug!(owner, jobs = part.len(), error = %pgevents_pg::describe(&e),
-                        "SQL jobs run together failed; each runs alone");
+                    let error = secrets.redact(&pgevents_pg::describe(&e));
+                    tracing::debug!(owner, jobs = part.len(), error = %error, "SQL jobs run together failed; each runs alone");
                 }
                 false
             }

@@ -159,9 +159,13 @@ enum Handlers {
 enum Finished {
     /// How to settle its one delivery.
     One(Settle),
-    /// A batch's events, in order, with what became of each.
-    Batch(Vec<(Work, Together)>),
+    /// A batch's events, in order, with what became of each, and when the batch began.
+    Batch(Vec<(Work, Together)>, Instant),
 }
+
+/// Events a batch left to run alone, waiting for a free handler slot: tag, lane, the work, and
+/// when it began to be held.
+type Waiting = std::collections::VecDeque<(u64, Option<u64>, Work, Instant)>;
 
 /// Each running task's deliveries: tag and lane.
 type Tags = HashMap<tokio::task::Id, Vec<(u64, Option<u64>)>>;
@@ -268,6 +272,10 @@ impl Consumer {
         let mut tags: Tags = HashMap::new();
         // Events of one row wait for the one before them (keyed lanes), whatever the concurrency.
         let mut lanes: Lanes<(u64, Work, Instant)> = Lanes::default();
+        // What batches left to run alone; they start before new deliveries, as slots free up
+        // (their lanes stay busy meanwhile). Unacknowledged, they go back to the queue with the
+        // channel if the consumer stops first.
+        let mut waiting: Waiting = Waiting::new();
         // Stops the retries waiting for their next run: at shutdown, or when the connection is
         // gone (the broker then gives their deliveries back to the queue by itself).
         let abandon = shutdown.child_token();
@@ -290,15 +298,21 @@ impl Consumer {
                             }
                             result
                         }
-                        Finished::Batch(results) => {
+                        Finished::Batch(results, began) => {
                             self.batch_finished(&channel, &mut lanes, &mut running, &mut tags, &abandon, deliveries, results).await
+                                .map(|alone| waiting.extend(alone.into_iter().map(|(tag, lane, work)| (tag, lane, work, began))))
                         }
                     };
                     if let Err(e) = outcome {
                         break Err(e);
                     }
+                    while running.len() < concurrency {
+                        let Some((tag, lane, work, held)) = waiting.pop_front() else { break };
+                        let handle = self.spawn_work(&mut running, work, &abandon, held.elapsed());
+                        tags.insert(handle, vec![(tag, lane)]);
+                    }
                 }
-                delivery = deliveries.next(), if running.len() < concurrency => {
+                delivery = deliveries.next(), if running.len() < concurrency && waiting.is_empty() => {
                     let Some(delivery) = delivery else { break Err(ConsumerError::StreamEnded) };
                     let mut batch = Vec::new();
                     let mut next = Some(delivery);
@@ -350,7 +364,7 @@ impl Consumer {
             let Some(deliveries) = tags.remove(&id) else { continue };
             let settles: Vec<Settle> = match finished {
                 Finished::One(how) => vec![how; deliveries.len()],
-                Finished::Batch(results) => results
+                Finished::Batch(results, _) => results
                     .iter()
                     .map(|(_, together)| match together {
                         Together::Done => Settle::Ack,
@@ -381,7 +395,8 @@ impl Consumer {
                 let deliveries = admitted.iter().map(|(tag, lane, _)| (*tag, *lane)).collect();
                 let works: Vec<Work> = admitted.drain(..).map(|(_, _, work)| work).collect();
                 let handler = batch.clone();
-                let handle = running.spawn(async move { Finished::Batch(run_batch(handler, works).await) });
+                let began = Instant::now();
+                let handle = running.spawn(async move { Finished::Batch(run_batch(handler, works).await, began) });
                 tags.insert(handle.id(), deliveries);
             }
             _ => {
@@ -393,7 +408,7 @@ impl Consumer {
         }
     }
 
-    /// Settles what a batch did, and starts alone each event it left.
+    /// Settles what a batch did; gives back the events it left, to run alone.
     #[allow(clippy::too_many_arguments)]
     async fn batch_finished(
         &self,
@@ -404,20 +419,18 @@ impl Consumer {
         abandon: &CancellationToken,
         deliveries: Vec<(u64, Option<u64>)>,
         results: Vec<(Work, Together)>,
-    ) -> Result<(), ConsumerError> {
+    ) -> Result<Vec<(u64, Option<u64>, Work)>, ConsumerError> {
+        let mut alone = Vec::new();
         for ((tag, lane), (work, together)) in deliveries.into_iter().zip(results) {
             match together {
                 Together::Done => {
                     self.settled(channel, lanes, running, tags, abandon, (tag, lane), Settle::Ack).await?
                 }
-                Together::Alone => {
-                    // Its lane stays busy: the row's next event still waits for it.
-                    let handle = self.spawn_work(running, work, abandon, Duration::ZERO);
-                    tags.insert(handle, vec![(tag, lane)]);
-                }
+                // Its lane stays busy: the row's next event still waits for it.
+                Together::Alone => alone.push((tag, lane, work)),
             }
         }
-        Ok(())
+        Ok(alone)
     }
 
     /// Settles one delivery, then lets the next event of its row run (or, when it went back to

@@ -3,7 +3,7 @@
 //! one statement in its owner's session, an owner that cannot log in) carries the problem, and
 //! its events are recorded as failed with it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +86,9 @@ pub struct RuleSet {
     settings: HashMap<String, String>,
     /// The secrets each action owner may use (`pgevents.secret_grant`).
     secrets: HashMap<String, BTreeSet<String>>,
+    /// Rules (`work item NAME`, `action NAME`) whose text could not be checked at the last load
+    /// (the owner's session failed): they run, alone, and their run says what is wrong.
+    unchecked: HashSet<String>,
 }
 
 impl RuleSet {
@@ -99,7 +102,24 @@ impl RuleSet {
             actions: actions.into_iter().map(|a| (a.name.clone(), Arc::new(a))).collect(),
             settings,
             secrets: HashMap::new(),
+            unchecked: HashSet::new(),
         }
+    }
+
+    /// With `unchecked` (`work item NAME`, `action NAME`) marked as not checked.
+    pub fn with_unchecked(mut self, unchecked: HashSet<String>) -> RuleSet {
+        self.unchecked = unchecked;
+        self
+    }
+
+    /// Whether the text of work item `name` was found to be one statement of the right shape.
+    pub fn work_item_checked(&self, name: &str) -> bool {
+        !self.unchecked.contains(&format!("work item {name}"))
+    }
+
+    /// Whether the text of action `name` was found to be one statement.
+    pub fn action_checked(&self, name: &str) -> bool {
+        !self.unchecked.contains(&format!("action {name}"))
     }
 
     /// With the secrets granted to each owner.

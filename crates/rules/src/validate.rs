@@ -71,6 +71,7 @@ pub async fn validate(rules: RuleSet, sessions: &OwnerSessions, checked: &mut Ch
     }
     let mut work_item_problems: HashMap<String, String> = HashMap::new();
     let mut action_problems: HashMap<String, String> = HashMap::new();
+    let mut unchecked: HashSet<String> = HashSet::new();
     for (text, name, is_work_item) in &texts {
         let entry = (text.owner.to_owned(), key(text.shape), text.text.to_owned());
         if checked.fine.contains(&entry) {
@@ -83,15 +84,17 @@ pub async fn validate(rules: RuleSet, sessions: &OwnerSessions, checked: &mut Ch
                     None
                 }
                 Ok(Err(invalid)) => Some(format!("{}: {invalid}", text.what)),
-                // The connection failed: no verdict; the rule runs and its run says.
-                Err(unchecked) => {
-                    tracing::warn!(rule = ?text.what, error = ?unchecked.to_string(), "cannot check a rule now");
+                // The connection failed: no verdict; the rule runs (alone) and its run says.
+                Err(failed) => {
+                    tracing::warn!(rule = ?text.what, error = ?failed.to_string(), "cannot check a rule now");
+                    unchecked.insert(rule_name(*is_work_item, name));
                     None
                 }
             },
             Err(e) if e.kind() != ErrorKind::Transient => Some(e.to_string()),
             Err(e) => {
                 tracing::warn!(rule = ?text.what, error = ?e.to_string(), "cannot check a rule now");
+                unchecked.insert(rule_name(*is_work_item, name));
                 None
             }
         };
@@ -100,7 +103,7 @@ pub async fn validate(rules: RuleSet, sessions: &OwnerSessions, checked: &mut Ch
             problems.entry(name.clone()).or_insert(problem);
         }
     }
-    let rules = rules.with_problems(&work_item_problems, &action_problems);
+    let rules = rules.with_problems(&work_item_problems, &action_problems).with_unchecked(unchecked);
     let problems: HashSet<(String, String)> = rules.problems().into_iter().collect();
     for (what, problem) in problems.difference(&checked.reported) {
         tracing::error!(rule = ?what, problem = ?problem, "a rule cannot run; its events are recorded as failed until it is fixed");
@@ -108,4 +111,13 @@ pub async fn validate(rules: RuleSet, sessions: &OwnerSessions, checked: &mut Ch
     metrics::gauge!(crate::INVALID_RULES).set(problems.len() as f64);
     checked.reported = problems;
     rules
+}
+
+/// How [`RuleSet::with_unchecked`] names a rule.
+fn rule_name(is_work_item: bool, name: &str) -> String {
+    if is_work_item {
+        format!("work item {name}")
+    } else {
+        format!("action {name}")
+    }
 }

@@ -4,15 +4,17 @@
 //! evaluated in one call, the jobs checked as fresh in one query, the jobs of one owner run and
 //! recorded in one transaction.
 //!
-//! An event takes this way only when all its work is of that kind (sync work items with SQL
-//! actions, their owners known to may read it) and every step succeeds for it; otherwise it
-//! runs alone, from its start, the way it always has: nothing before the jobs' commit writes
-//! anything, and a job that committed is found done when its event runs again.
+//! An event takes this way only when its work is of that kind (one sync work item, checked,
+//! with a checked SQL action, its owner known to may read the event) and every step succeeds
+//! for it; otherwise it runs alone, from its start, the way it always has: nothing before the
+//! jobs' commit writes anything, and a job that committed is found done when its event runs
+//! again. An event with several work items runs alone: each of its work items must see what
+//! the one before it wrote.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pgevents_actions::{EventReaders, Job};
+use pgevents_actions::{can_run_together, EventReaders, Job};
 use pgevents_consumer::{IncomingEvent, Together};
 use pgevents_rules::access::columns_of;
 use pgevents_rules::{Mode, WorkItem};
@@ -20,6 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::document::event_document;
+use crate::evaluate::the_row;
 use crate::together::Evaluation;
 use crate::worker::{count_event, count_job, info, job, Stage};
 
@@ -65,39 +68,46 @@ impl Stage {
         answers
     }
 
-    /// The work items of each event that can be run together; an event with any other work
-    /// is answered `Alone`.
+    /// The work item of each event that can run together with others; any other event is
+    /// answered `Alone`, and one that matches no work item is done.
     async fn plan(&self, events: &[Arc<IncomingEvent>], answers: &mut [Together]) -> Vec<Planned> {
         let rules = self.rules.get();
         let mut planned = Vec::new();
         for (index, incoming) in events.iter().enumerate() {
             let event = &incoming.event;
-            let mut mine = Vec::new();
-            for item in rules.work_items_for(&event.table_name, event.action) {
-                let owner = match (&item.problem, &item.owner, item.mode) {
-                    (None, Some(owner), Mode::Sync) => owner.clone(),
-                    _ => {
-                        answers[index] = Together::Alone;
-                        break;
-                    }
-                };
-                let columns = columns_of([&event.new, &event.old]);
-                let refusal = self.rules.access().refusal(&self.evaluator.pool, &owner, &event.table_name, columns);
-                let document = event_document(&incoming.body, &incoming.message_id, item.transaction_label.as_deref())
-                    .ok()
-                    .and_then(|document| RawValue::from_string(document).ok());
-                match (refusal.await, document) {
-                    (Ok(None), Some(document)) => {
-                        mine.push(Planned { event: index, item: item.clone(), owner, document })
-                    }
-                    _ => {
-                        answers[index] = Together::Alone;
-                        break;
-                    }
+            let items: Vec<&Arc<WorkItem>> = rules.work_items_for(&event.table_name, event.action).collect();
+            // Several work items of one event run one after the other (each sees what the one
+            // before it wrote): only alone.
+            let item = match items.as_slice() {
+                [] => continue,
+                [item] => *item,
+                _ => {
+                    answers[index] = Together::Alone;
+                    continue;
                 }
-            }
-            if answers[index] == Together::Done {
-                planned.append(&mut mine);
+            };
+            let action = rules.action(&item.action);
+            let owner = match (&item.problem, &item.owner, item.mode, &action) {
+                (None, Some(owner), Mode::Sync, Some(action))
+                    if rules.work_item_checked(&item.name) && can_run_together(&rules, action) =>
+                {
+                    owner.clone()
+                }
+                _ => {
+                    answers[index] = Together::Alone;
+                    continue;
+                }
+            };
+            let columns = columns_of([&event.new, &event.old]);
+            let refusal = self.rules.access().refusal(&self.evaluator.pool, &owner, &event.table_name, columns);
+            let document = event_document(&incoming.body, &incoming.message_id, item.transaction_label.as_deref())
+                .ok()
+                .and_then(|document| RawValue::from_string(document).ok());
+            match (refusal.await, document) {
+                (Ok(None), Some(document)) => {
+                    planned.push(Planned { event: index, item: item.clone(), owner, document })
+                }
+                _ => answers[index] = Together::Alone,
             }
         }
         planned
@@ -113,9 +123,15 @@ impl Stage {
         let mut rows: Vec<Option<Vec<Map<String, Value>>>> = vec![None; planned.len()];
         let mut by_owner: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (index, p) in planned.iter().enumerate() {
-            by_owner.entry(p.owner.as_str()).or_default().push(index);
+            // Without a filter and a query, the parameters are the event's row.
+            if p.item.filter.is_none() && p.item.query.is_none() {
+                rows[index] = Some(the_row(&events[p.event].event));
+            } else {
+                by_owner.entry(p.owner.as_str()).or_default().push(index);
+            }
         }
-        for (owner, indexes) in by_owner {
+        // The owners' calls at the same time: one owner's slow rules do not hold the others'.
+        let calls = by_owner.into_iter().map(|(owner, indexes)| async move {
             let evaluations: Vec<Evaluation> = indexes
                 .iter()
                 .map(|&i| Evaluation {
@@ -124,7 +140,10 @@ impl Stage {
                     document: planned[i].document.get(),
                 })
                 .collect();
-            match self.evaluator.evaluate_together(owner, &evaluations).await {
+            (self.evaluator.evaluate_together(owner, &evaluations).await, indexes)
+        });
+        for (found, indexes) in futures_util::future::join_all(calls).await {
+            match found {
                 Some(found) => {
                     for (&i, found) in indexes.iter().zip(found) {
                         rows[i] = Some(found);

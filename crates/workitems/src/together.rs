@@ -1,7 +1,8 @@
 //! Work items of one owner evaluated for several events in one round trip: every filter and
 //! query in one call (`pgevents.evaluate_work_items`), in a read-only transaction of the
-//! owner's session that is rolled back. All or nothing, like the jobs run together: an error,
-//! the time running out, a query past `--max-parameter-rows` or `--max-parameter-bytes`, or
+//! owner's session that is rolled back. All or nothing, like the jobs run together: an error, a
+//! statement past `--rule-timeout-ms` (or the call past it), a query past
+//! `--max-parameter-rows`, the parameters of the call past `--max-parameter-bytes` in all, or
 //! parameters that are not an object, and each event is evaluated alone
 //! ([`Evaluator::evaluate`]), which reports it as always. The filter still gates the query (an
 //! event the filter refuses never runs it), and `$1` is each event's own document.
@@ -14,6 +15,8 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::evaluate::{as_parameters, object_bytes, the_row, Evaluator, GRACE};
+
+const EVALUATE: &str = "SELECT matched, parameters FROM pgevents.evaluate_work_items($1, $2, $3, $4, $5, $6)";
 
 /// One work item against one event.
 pub struct Evaluation<'a> {
@@ -39,11 +42,15 @@ impl Evaluator {
             evaluations.iter().map(|e| e.item.query.as_deref().map(|q| Shape::Query.statement(q))).collect();
         let documents: Vec<JsonbText> = evaluations.iter().map(|e| JsonbText(e.document)).collect();
         let max_rows = i32::try_from(self.limits.rows).unwrap_or(i32::MAX);
-        let values: [(&(dyn ToSql + Sync), Type); 4] = [
+        let max_bytes = i64::try_from(self.limits.bytes).unwrap_or(i64::MAX);
+        let timeout_ms = i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX).max(1);
+        let values: [(&(dyn ToSql + Sync), Type); 6] = [
             (&filters, Type::TEXT_ARRAY),
             (&queries, Type::TEXT_ARRAY),
             (&documents, Type::JSONB_ARRAY),
             (&max_rows, Type::INT4),
+            (&max_bytes, Type::INT8),
+            (&timeout_ms, Type::INT4),
         ];
         let begin =
             format!("START TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}", self.timeout.as_millis().max(1));
@@ -55,12 +62,12 @@ impl Evaluator {
             tokio::join!(
                 biased;
                 client.batch_execute(&begin),
-                client.query_typed("SELECT matched, parameters FROM pgevents.evaluate_work_items($1, $2, $3, $4)", &values),
+                client.query_typed(EVALUATE, &values),
                 client.batch_execute("ROLLBACK")
             )
         };
-        // The call is one statement: `statement_timeout` bounds all of it, and past it each
-        // event is evaluated alone, with the timeout its own.
+        // The call is one statement: `statement_timeout` bounds all of it (inside, each statement
+        // is held to the same time), and past it each event is evaluated alone.
         let Ok((begun, rows, ended)) = tokio::time::timeout(self.timeout + GRACE, flight).await else {
             self.rules.sessions().abandon(owner, session).await;
             return None;
