@@ -39,6 +39,17 @@ pub fn can_run_together(rules: &RuleSet, action: &ActionDef) -> bool {
 /// A job ready to run together: its index, its action and its statement.
 type Ready = (usize, Arc<ActionDef>, String);
 
+/// How a transaction of jobs run together ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Together {
+    Committed,
+    /// Something in it failed (a statement, a record, a job that ran before): rolled back. Fewer
+    /// jobs together may commit.
+    Refused,
+    /// The session could not be had, or the time ran out: none of them runs together now.
+    Stopped,
+}
+
 impl JobRunner {
     /// Runs fresh sync SQL `jobs` together, at most `chunk` per transaction (the owners' at the
     /// same time), and says for each whether it is done (its statement and success row
@@ -64,13 +75,24 @@ impl JobRunner {
             let statement = statement.clone();
             by_owner.entry(owner).or_default().push((index, action, statement));
         }
+        // A refused transaction is split in halves, each tried again: one failing job costs a few
+        // transactions, not one per job of its chunk; the job itself ends alone.
         let owners = by_owner.iter().map(|(owner, ready)| async move {
             let mut committed = Vec::new();
-            for part in ready.chunks(chunk.max(1)) {
+            let mut parts: Vec<&[Ready]> = ready.chunks(chunk.max(1)).rev().collect();
+            while let Some(part) = parts.pop() {
                 let clock = Instant::now();
-                if self.commit_together(owner, jobs, part).await {
-                    let share = clock.elapsed() / u32::try_from(part.len()).unwrap_or(u32::MAX);
-                    committed.extend(part.iter().map(|(index, action, _)| (*index, action.name.clone(), share)));
+                match self.commit_together(owner, jobs, part).await {
+                    Together::Committed => {
+                        let share = clock.elapsed() / u32::try_from(part.len()).unwrap_or(u32::MAX);
+                        committed.extend(part.iter().map(|(index, action, _)| (*index, action.name.clone(), share)));
+                    }
+                    Together::Refused if part.len() > 1 => {
+                        let (first, second) = part.split_at(part.len() / 2);
+                        parts.extend([second, first]);
+                    }
+                    Together::Refused => {}
+                    Together::Stopped => break,
                 }
             }
             committed
@@ -89,9 +111,9 @@ impl JobRunner {
     /// the call, the timeout again (rule text may have lifted it, and deferred triggers run at
     /// the commit), the commit. A failed call makes the commit a rollback. `true` when it
     /// committed.
-    async fn commit_together(&self, owner: &str, jobs: &[Job], part: &[Ready]) -> bool {
+    async fn commit_together(&self, owner: &str, jobs: &[Job], part: &[Ready]) -> Together {
         let secrets = self.http.secrets();
-        let Ok(mut session) = self.rules.sessions().get(owner).await else { return false };
+        let Ok(mut session) = self.rules.sessions().get(owner).await else { return Together::Stopped };
         let timeout = part.iter().map(|(_, action, _)| action.timeout).max().unwrap_or(Duration::from_secs(1));
         let jobs: Vec<&Job> = part.iter().map(|(index, _, _)| &jobs[*index]).collect();
         let parameters: Vec<String> = part
@@ -148,23 +170,34 @@ impl JobRunner {
         let Ok((begun, called, limited, committed)) = tokio::time::timeout(timeout + crate::sql::GRACE, flight).await
         else {
             self.rules.sessions().abandon(owner, session).await;
-            return false;
+            return Together::Stopped;
         };
         if committed.is_ok() {
             session.ended();
         }
         match (begun, called, limited, committed) {
-            (Ok(()), Ok(_), Ok(()), Ok(())) => true,
+            (Ok(()), Ok(_), Ok(()), Ok(())) => Together::Committed,
             (begun, called, limited, committed) => {
-                let error = begun.err().or(called.err()).or(limited.err()).or(committed.err());
-                if let Some(e) = error {
-                    let error = secrets.redact(&pgevents_pg::describe(&e));
-                    tracing::debug!(owner, jobs = part.len(), error = %error, "SQL jobs run together failed; each runs alone");
+                let Some(e) = begun.err().or(called.err()).or(limited.err()).or(committed.err()) else {
+                    return Together::Refused;
+                };
+                let error = secrets.redact(&pgevents_pg::describe(&e));
+                tracing::debug!(owner, jobs = part.len(), error = %error, "SQL jobs run together failed");
+                if worth_splitting(&e) {
+                    Together::Refused
+                } else {
+                    Together::Stopped
                 }
-                false
             }
         }
     }
+}
+
+/// Whether a call of several events' rule text that failed with `e` may succeed with fewer of
+/// them: not past the time (cancelled, or a statement past its own: each half would wait again)
+/// nor with the connection lost; anything else may be one event's doing.
+pub fn worth_splitting(e: &tokio_postgres::Error) -> bool {
+    !matches!(e.as_db_error().map(|db| db.code().code()), None | Some("57014" | "PGE02"))
 }
 
 /// JSON texts as a `jsonb[]` parameter.

@@ -178,7 +178,7 @@ pub struct WorkerArgs {
     #[arg(long = "binding-keys", env = "RABBITMQ_BINDING_KEYS", value_delimiter = ',', default_value = "#")]
     pub binding_keys: Vec<String>,
     /// Events already waiting that are handled together, at most (sync SQL work: one round trip to PostgreSQL per owner for their filters and queries, one transaction per owner for their actions; anything else, or anything that fails, runs alone); 1: one event at a time. The prefetch then defaults to --concurrency times this
-    #[arg(long = "batch-size", env = "PGEVENTS_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long = "batch-size", env = "PGEVENTS_BATCH_SIZE", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub batch_size: u16,
     #[command(flatten)]
     pub actions: ActionArgs,

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::document::event_document;
 use crate::evaluate::the_row;
-use crate::together::Evaluation;
+use crate::together::{Evaluated, Evaluation};
 use crate::worker::{count_event, count_job, info, job, Stage};
 
 /// Counter: events of a batch that ran alone instead.
@@ -130,30 +130,40 @@ impl Stage {
                 by_owner.entry(p.owner.as_str()).or_default().push(index);
             }
         }
-        // The owners' calls at the same time: one owner's slow rules do not hold the others'.
+        // The owners' calls at the same time: one owner's slow rules do not hold the others'. A
+        // refused call is split in halves, each tried again: an event that fails costs a few
+        // calls, and ends alone.
         let calls = by_owner.into_iter().map(|(owner, indexes)| async move {
-            let evaluations: Vec<Evaluation> = indexes
-                .iter()
-                .map(|&i| Evaluation {
-                    item: &planned[i].item,
-                    event: &events[planned[i].event].event,
-                    document: planned[i].document.get(),
-                })
-                .collect();
-            (self.evaluator.evaluate_together(owner, &evaluations).await, indexes)
+            let mut out = Vec::new();
+            let mut parts: Vec<&[usize]> = vec![&indexes];
+            while let Some(part) = parts.pop() {
+                let evaluations: Vec<Evaluation> = part
+                    .iter()
+                    .map(|&i| Evaluation {
+                        item: &planned[i].item,
+                        event: &events[planned[i].event].event,
+                        document: planned[i].document.get(),
+                    })
+                    .collect();
+                match self.evaluator.evaluate_together(owner, &evaluations).await {
+                    Evaluated::Rows(found) => out.extend(part.iter().copied().zip(found)),
+                    Evaluated::Refused if part.len() > 1 => {
+                        let (first, second) = part.split_at(part.len() / 2);
+                        parts.extend([second, first]);
+                    }
+                    Evaluated::Refused => out.push((part[0], None)),
+                    Evaluated::Stopped => {
+                        // The rest would only wait again: all of it alone.
+                        out.extend(part.iter().chain(parts.drain(..).flatten()).map(|&i| (i, None)));
+                    }
+                }
+            }
+            out
         });
-        for (found, indexes) in futures_util::future::join_all(calls).await {
+        for (i, found) in futures_util::future::join_all(calls).await.into_iter().flatten() {
             match found {
-                Some(found) => {
-                    for (&i, found) in indexes.iter().zip(found) {
-                        rows[i] = Some(found);
-                    }
-                }
-                None => {
-                    for &i in &indexes {
-                        answers[planned[i].event] = Together::Alone;
-                    }
-                }
+                Some(found) => rows[i] = Some(found),
+                None => answers[planned[i].event] = Together::Alone,
             }
         }
         rows

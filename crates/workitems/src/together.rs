@@ -7,6 +7,7 @@
 //! ([`Evaluator::evaluate`]), which reports it as always. The filter still gates the query (an
 //! event the filter refuses never runs it), and `$1` is each event's own document.
 
+use pgevents_actions::worth_splitting;
 use pgevents_event::Event;
 use pgevents_pg::JsonbText;
 use pgevents_rules::statements::Shape;
@@ -26,16 +27,21 @@ pub struct Evaluation<'a> {
     pub document: &'a str,
 }
 
+/// What a call evaluating several events gave.
+pub enum Evaluated {
+    /// For each evaluation, its parameters rows (empty when the filter does not match), or
+    /// `None` where the evaluation alone would fail (a limit, parameters that are not an object).
+    Rows(Vec<Option<Vec<Map<String, Value>>>>),
+    /// The call failed in a way fewer events may not.
+    Refused,
+    /// The session could not be had, the connection was lost, or the time ran out.
+    Stopped,
+}
+
 impl Evaluator {
-    /// The parameters rows of each evaluation (empty when its filter does not match), all of
-    /// work items of `owner` whose access to their events was checked; `None`: evaluate each
-    /// alone.
-    pub async fn evaluate_together(
-        &self,
-        owner: &str,
-        evaluations: &[Evaluation<'_>],
-    ) -> Option<Vec<Vec<Map<String, Value>>>> {
-        let mut session = self.rules.sessions().get(owner).await.ok()?;
+    /// Evaluates work items of `owner` (whose access to their events was checked) in one call.
+    pub async fn evaluate_together(&self, owner: &str, evaluations: &[Evaluation<'_>]) -> Evaluated {
+        let Ok(mut session) = self.rules.sessions().get(owner).await else { return Evaluated::Stopped };
         let filters: Vec<Option<String>> =
             evaluations.iter().map(|e| e.item.filter.as_deref().map(|f| Shape::Filter.statement(f))).collect();
         let queries: Vec<Option<String>> =
@@ -70,26 +76,36 @@ impl Evaluator {
         // is held to the same time), and past it each event is evaluated alone.
         let Ok((begun, rows, ended)) = tokio::time::timeout(self.timeout + GRACE, flight).await else {
             self.rules.sessions().abandon(owner, session).await;
-            return None;
+            return Evaluated::Stopped;
         };
         if ended.is_ok() {
             session.ended();
         }
-        let (Ok(()), Ok(rows), Ok(())) = (begun, rows, ended) else { return None };
-        if rows.len() != evaluations.len() {
-            return None;
-        }
-        let mut out = Vec::with_capacity(rows.len());
-        for (row, evaluation) in rows.iter().zip(evaluations) {
-            let matched: bool = row.try_get(0).ok()?;
-            let found: Option<Vec<Option<Value>>> = row.try_get(1).ok()?;
-            out.push(match (matched, found) {
-                (false, _) => Vec::new(),
-                (true, None) => the_row(evaluation.event),
-                (true, Some(found)) => self.parameters(found)?,
-            });
-        }
-        Some(out)
+        let rows = match (begun, rows, ended) {
+            (Ok(()), Ok(rows), Ok(())) if rows.len() == evaluations.len() => rows,
+            (Ok(()), Ok(_), Ok(())) => return Evaluated::Stopped,
+            (begun, rows, ended) => {
+                let failed = begun.err().or(rows.err()).or(ended.err());
+                return match failed {
+                    Some(e) if worth_splitting(&e) => Evaluated::Refused,
+                    _ => Evaluated::Stopped,
+                };
+            }
+        };
+        let out = rows
+            .iter()
+            .zip(evaluations)
+            .map(|(row, evaluation)| {
+                let matched: bool = row.try_get(0).ok()?;
+                let found: Option<Vec<Option<Value>>> = row.try_get(1).ok()?;
+                match (matched, found) {
+                    (false, _) => Some(Vec::new()),
+                    (true, None) => Some(the_row(evaluation.event)),
+                    (true, Some(found)) => self.parameters(found),
+                }
+            })
+            .collect();
+        Evaluated::Rows(out)
     }
 
     /// A query's rows as parameters, or `None` where the query alone would fail (a limit, a
