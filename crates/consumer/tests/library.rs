@@ -558,32 +558,33 @@ async fn a_batch_handler_takes_what_waits_and_leaves_the_rest_to_run_alone() {
     })
     .await;
     stop(shutdown, task).await;
-    let seen = seen.lock().unwrap();
-    let mut all = ended(&seen);
-    all.sort();
-    let mut expected = published.clone();
-    expected.sort();
-    assert_eq!(all, expected, "each event ended once");
-    assert!(seen.batches.iter().any(|b| b.len() > 1), "events were handed over together: {:?}", seen.batches);
-    for batch in &seen.batches {
-        assert!(batch.len() <= SIZE, "a batch larger than {SIZE}: {batch:?}");
-        let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
-        ids.sort();
-        ids.dedup();
-        assert_eq!(ids.len(), batch.len(), "two events of one row in a batch: {batch:?}");
+    {
+        let seen = seen.lock().unwrap();
+        let mut all = ended(&seen);
+        all.sort();
+        let mut expected = published.clone();
+        expected.sort();
+        assert_eq!(all, expected, "each event ended once");
+        assert!(seen.batches.iter().any(|b| b.len() > 1), "events were handed over together: {:?}", seen.batches);
+        for batch in &seen.batches {
+            assert!(batch.len() <= SIZE, "a batch larger than {SIZE}: {batch:?}");
+            let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), batch.len(), "two events of one row in a batch: {batch:?}");
+        }
+        // A row's later event started only after its first one ended.
+        let at = |step: Step, event: (i64, i64)| seen.timeline.iter().rposition(|e| *e == (step, event));
+        for id in 1..=5 {
+            let (first_ended, second_started) = (at(Step::Ended, (id, id)), at(Step::Started, (id, 1000 + id)));
+            assert!(
+                first_ended.is_some() && first_ended < second_started,
+                "row {id}: the first event ended at {first_ended:?}, the second started at {second_started:?}: {:?}",
+                seen.timeline.iter().filter(|(_, (i, _))| *i == id).collect::<Vec<_>>()
+            );
+        }
+        assert!(seen.alone.contains(&(30, 30)) && seen.alone.contains(&(1, 1)), "left and panicked events ran alone");
     }
-    // A row's later event started only after its first one ended.
-    let at = |step: Step, event: (i64, i64)| seen.timeline.iter().rposition(|e| *e == (step, event));
-    for id in 1..=5 {
-        let (first_ended, second_started) = (at(Step::Ended, (id, id)), at(Step::Started, (id, 1000 + id)));
-        assert!(
-            first_ended.is_some() && first_ended < second_started,
-            "row {id}: the first event ended at {first_ended:?}, the second started at {second_started:?}: {:?}",
-            seen.timeline.iter().filter(|(_, (i, _))| *i == id).collect::<Vec<_>>()
-        );
-    }
-    assert!(seen.alone.contains(&(30, 30)) && seen.alone.contains(&(1, 1)), "left and panicked events ran alone");
-    drop(seen);
     let mut queue = EventQueue::reattach(&amqp_url(), &setup.queue).await;
     assert!(queue.next_raw(Duration::from_millis(300)).await.is_none(), "everything was acknowledged");
     cleanup(setup).await;
