@@ -113,7 +113,7 @@ impl JobRunner {
     /// committed.
     async fn commit_together(&self, owner: &str, jobs: &[Job], part: &[Ready]) -> Together {
         let secrets = self.http.secrets();
-        let Ok(mut session) = self.rules.sessions().get(owner).await else { return Together::Stopped };
+        let Ok(session) = self.rules.sessions().get(owner).await else { return Together::Stopped };
         let timeout = part.iter().map(|(_, action, _)| action.timeout).max().unwrap_or(Duration::from_secs(1));
         let jobs: Vec<&Job> = part.iter().map(|(index, _, _)| &jobs[*index]).collect();
         let parameters: Vec<String> = part
@@ -153,42 +153,21 @@ impl JobRunner {
         ];
         let limit = format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1));
         let begin = format!("BEGIN; {limit}");
-        session.begin();
-        let client: &tokio_postgres::Client = &session;
-        let flight = async {
-            // Sent in this order: each message goes out when first polled, and a biased `join!`
-            // polls in the order written.
-            tokio::join!(
-                biased;
-                client.batch_execute(&begin),
-                client.query_typed(RUN, &values),
-                client.batch_execute(&limit),
-                client.batch_execute("COMMIT")
-            )
-        };
-        // The worker's own clock too: rule text can change its session's settings.
-        let Ok((begun, called, limited, committed)) = tokio::time::timeout(timeout + crate::sql::GRACE, flight).await
+        // The timeout again before the commit: rule text may have lifted it, and deferred
+        // triggers run at the commit.
+        let sessions = self.rules.sessions();
+        let deadline = timeout + crate::sql::GRACE;
+        let Some(flight) = sessions.flight(owner, session, &begin, (RUN, &values), &[&limit, "COMMIT"], deadline).await
         else {
-            self.rules.sessions().abandon(owner, session).await;
             return Together::Stopped;
         };
-        if committed.is_ok() {
-            session.ended();
-        }
-        match (begun, called, limited, committed) {
-            (Ok(()), Ok(_), Ok(()), Ok(())) => Together::Committed,
-            (begun, called, limited, committed) => {
-                let Some(e) = begun.err().or(called.err()).or(limited.err()).or(committed.err()) else {
-                    return Together::Refused;
-                };
-                let error = secrets.redact(&pgevents_pg::describe(&e));
-                tracing::debug!(owner, jobs = part.len(), error = %error, "SQL jobs run together failed");
-                if worth_splitting(&e) {
-                    Together::Refused
-                } else {
-                    Together::Stopped
-                }
-            }
+        let Err(e) = flight.rows() else { return Together::Committed };
+        let error = secrets.redact(&pgevents_pg::describe(&e));
+        tracing::debug!(owner, jobs = part.len(), error = %error, "SQL jobs run together failed");
+        if worth_splitting(&e) {
+            Together::Refused
+        } else {
+            Together::Stopped
         }
     }
 }

@@ -167,6 +167,22 @@ enum Finished {
 /// when it began to be held.
 type Waiting = std::collections::VecDeque<(u64, Option<u64>, Work, Instant)>;
 
+/// What the consumer keeps while a session lasts.
+struct Running {
+    tasks: JoinSet<Finished>,
+    /// Each task's deliveries.
+    tags: Tags,
+    /// Events of one row wait for the one before them (keyed lanes), whatever the concurrency.
+    lanes: Lanes<(u64, Work, Instant)>,
+    /// What batches left to run alone; they start before new deliveries, as handler slots free
+    /// up. Unacknowledged, they go back to the queue with the channel if the consumer stops
+    /// first.
+    waiting: Waiting,
+    /// Stops the retries waiting for their next run: at shutdown, or when the connection is
+    /// gone (the broker then gives their deliveries back to the queue by itself).
+    abandon: CancellationToken,
+}
+
 /// Each running task's deliveries: tag and lane.
 type Tags = HashMap<tokio::task::Id, Vec<(u64, Option<u64>)>>;
 
@@ -268,17 +284,13 @@ impl Consumer {
         tracing::info!(queue = %queue, exchange = %self.config.exchange, keys = ?self.config.binding_keys, "consuming");
 
         let concurrency = self.config.concurrency.max(1);
-        let mut running: JoinSet<Finished> = JoinSet::new();
-        let mut tags: Tags = HashMap::new();
-        // Events of one row wait for the one before them (keyed lanes), whatever the concurrency.
-        let mut lanes: Lanes<(u64, Work, Instant)> = Lanes::default();
-        // What batches left to run alone; they start before new deliveries, as slots free up
-        // (their lanes stay busy meanwhile). Unacknowledged, they go back to the queue with the
-        // channel if the consumer stops first.
-        let mut waiting: Waiting = Waiting::new();
-        // Stops the retries waiting for their next run: at shutdown, or when the connection is
-        // gone (the broker then gives their deliveries back to the queue by itself).
-        let abandon = shutdown.child_token();
+        let mut run = Running {
+            tasks: JoinSet::new(),
+            tags: HashMap::new(),
+            lanes: Lanes::default(),
+            waiting: Waiting::new(),
+            abandon: shutdown.child_token(),
+        };
         // Watched on its own: with every handler slot busy the deliveries are not read, and
         // their end would not tell.
         let mut ended = Box::pin(amqp::ended(&connection));
@@ -287,32 +299,28 @@ impl Consumer {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 why = &mut ended => break Err(ConsumerError::ConnectionEnded(why)),
-                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                Some(done) = run.tasks.join_next_with_id(), if !run.tasks.is_empty() => {
                     let (id, finished) = finished(done);
-                    let Some(deliveries) = tags.remove(&id) else { continue };
+                    let Some(deliveries) = run.tags.remove(&id) else { continue };
                     let outcome = match finished {
                         Finished::One(how) => {
                             let mut result = Ok(());
-                            for (tag, lane) in deliveries {
-                                result = result.and(self.settled(&channel, &mut lanes, &mut running, &mut tags, &abandon, (tag, lane), how).await);
+                            for delivery in deliveries {
+                                result = result.and(self.settled(&channel, &mut run, delivery, how).await);
                             }
                             result
                         }
-                        Finished::Batch(results, began) => {
-                            self.batch_finished(&channel, &mut lanes, &mut running, &mut tags, &abandon, deliveries, results).await
-                                .map(|alone| waiting.extend(alone.into_iter().map(|(tag, lane, work)| (tag, lane, work, began))))
-                        }
+                        Finished::Batch(results, began) => self.batch_finished(&channel, &mut run, deliveries, results, began).await,
                     };
                     if let Err(e) = outcome {
                         break Err(e);
                     }
-                    while running.len() < concurrency {
-                        let Some((tag, lane, work, held)) = waiting.pop_front() else { break };
-                        let handle = self.spawn_work(&mut running, work, &abandon, held.elapsed());
-                        tags.insert(handle, vec![(tag, lane)]);
+                    while run.tasks.len() < concurrency {
+                        let Some((tag, lane, work, held)) = run.waiting.pop_front() else { break };
+                        self.spawn_work(&mut run, (tag, lane), work, held.elapsed());
                     }
                 }
-                delivery = deliveries.next(), if running.len() < concurrency && waiting.is_empty() => {
+                delivery = deliveries.next(), if run.tasks.len() < concurrency && run.waiting.is_empty() => {
                     let Some(delivery) = delivery else { break Err(ConsumerError::StreamEnded) };
                     let mut batch = Vec::new();
                     let mut next = Some(delivery);
@@ -328,14 +336,14 @@ impl Consumer {
                             }
                             Dispatch::Run(work) => {
                                 let lane = work.lane();
-                                if let Some((tag, work, _)) = lanes.admit(lane, (tag, work, Instant::now())) {
+                                if let Some((tag, work, _)) = run.lanes.admit(lane, (tag, work, Instant::now())) {
                                     batch.push((tag, lane, work));
                                 }
                             }
                             Dispatch::Unreadable(delivery, reason) => {
                                 let dead = self.dead_letters.clone();
-                                let handle = running.spawn(async move { Finished::One(dead.give_up(&delivery, &reason, 1).await) });
-                                tags.insert(handle.id(), vec![(tag, None)]);
+                                let handle = run.tasks.spawn(async move { Finished::One(dead.give_up(&delivery, &reason, 1).await) });
+                                run.tags.insert(handle.id(), vec![(tag, None)]);
                             }
                         }
                         // With a batch handler, what is already waiting joins the batch.
@@ -346,7 +354,7 @@ impl Consumer {
                     if let Some(e) = failed {
                         break Err(e);
                     }
-                    self.start(&mut running, &mut tags, batch, &abandon);
+                    self.start(&mut run, batch);
                 }
             }
         };
@@ -355,13 +363,13 @@ impl Consumer {
             // Not consuming any more: say so at once, not after the running handlers finish.
             self.config.on_connected.tell(false);
         }
-        abandon.cancel();
+        run.abandon.cancel();
         // Let running handlers finish (a retry waiting for its next run is requeued) and settle
         // them, then close. Deliveries still waiting in a lane, and events a batch left to run
         // alone, go back to the queue.
-        while let Some(done) = running.join_next_with_id().await {
+        while let Some(done) = run.tasks.join_next_with_id().await {
             let (id, finished) = finished(done);
-            let Some(deliveries) = tags.remove(&id) else { continue };
+            let Some(deliveries) = run.tags.remove(&id) else { continue };
             let settles: Vec<Settle> = match finished {
                 Finished::One(how) => vec![how; deliveries.len()],
                 Finished::Batch(results, _) => results
@@ -383,66 +391,49 @@ impl Consumer {
 
     /// Starts the admitted deliveries: as one batch when there are several and the handler
     /// takes batches, each in a task of its own otherwise.
-    fn start(
-        &self,
-        running: &mut JoinSet<Finished>,
-        tags: &mut Tags,
-        mut admitted: Vec<(u64, Option<u64>, Work)>,
-        abandon: &CancellationToken,
-    ) {
+    fn start(&self, run: &mut Running, mut admitted: Vec<(u64, Option<u64>, Work)>) {
         match &self.handlers {
             Handlers::Batches { batch, .. } if admitted.len() > 1 => {
                 let deliveries = admitted.iter().map(|(tag, lane, _)| (*tag, *lane)).collect();
                 let works: Vec<Work> = admitted.drain(..).map(|(_, _, work)| work).collect();
                 let handler = batch.clone();
                 let began = Instant::now();
-                let handle = running.spawn(async move { Finished::Batch(run_batch(handler, works).await, began) });
-                tags.insert(handle.id(), deliveries);
+                let handle = run.tasks.spawn(async move { Finished::Batch(run_batch(handler, works).await, began) });
+                run.tags.insert(handle.id(), deliveries);
             }
             _ => {
                 for (tag, lane, work) in admitted {
-                    let handle = self.spawn_work(running, work, abandon, Duration::ZERO);
-                    tags.insert(handle, vec![(tag, lane)]);
+                    self.spawn_work(run, (tag, lane), work, Duration::ZERO);
                 }
             }
         }
     }
 
-    /// Settles what a batch did; gives back the events it left, to run alone.
-    #[allow(clippy::too_many_arguments)]
+    /// Settles what a batch did; the events it left wait to run alone (their lanes stay busy:
+    /// the rows' next events still wait for them), held since the batch `began`.
     async fn batch_finished(
         &self,
         channel: &Channel,
-        lanes: &mut Lanes<(u64, Work, Instant)>,
-        running: &mut JoinSet<Finished>,
-        tags: &mut Tags,
-        abandon: &CancellationToken,
+        run: &mut Running,
         deliveries: Vec<(u64, Option<u64>)>,
         results: Vec<(Work, Together)>,
-    ) -> Result<Vec<(u64, Option<u64>, Work)>, ConsumerError> {
-        let mut alone = Vec::new();
+        began: Instant,
+    ) -> Result<(), ConsumerError> {
         for ((tag, lane), (work, together)) in deliveries.into_iter().zip(results) {
             match together {
-                Together::Done => {
-                    self.settled(channel, lanes, running, tags, abandon, (tag, lane), Settle::Ack).await?
-                }
-                // Its lane stays busy: the row's next event still waits for it.
-                Together::Alone => alone.push((tag, lane, work)),
+                Together::Done => self.settled(channel, run, (tag, lane), Settle::Ack).await?,
+                Together::Alone => run.waiting.push_back((tag, lane, work, began)),
             }
         }
-        Ok(alone)
+        Ok(())
     }
 
     /// Settles one delivery, then lets the next event of its row run (or, when it went back to
     /// the queue, sends the row's later events back behind it, in order).
-    #[allow(clippy::too_many_arguments)]
     async fn settled(
         &self,
         channel: &Channel,
-        lanes: &mut Lanes<(u64, Work, Instant)>,
-        running: &mut JoinSet<Finished>,
-        tags: &mut Tags,
-        abandon: &CancellationToken,
+        run: &mut Running,
         (tag, lane): (u64, Option<u64>),
         how: Settle,
     ) -> Result<(), ConsumerError> {
@@ -450,34 +441,26 @@ impl Consumer {
         settle(channel, tag, how).await?;
         let Some(lane) = lane else { return Ok(()) };
         if requeued {
-            for (tag, _, _) in lanes.requeued(lane) {
+            for (tag, _, _) in run.lanes.requeued(lane) {
                 settle(channel, tag, Settle::Requeue).await?;
             }
-        } else if let Some((tag, work, arrived)) = lanes.finished(lane) {
-            let handle = self.spawn_work(running, work, abandon, arrived.elapsed());
-            tags.insert(handle, vec![(tag, Some(lane))]);
+        } else if let Some((tag, work, arrived)) = run.lanes.finished(lane) {
+            self.spawn_work(run, (tag, Some(lane)), work, arrived.elapsed());
         }
         Ok(())
     }
 
-    /// Runs `work` until it is settled, in a task of `running`.
-    fn spawn_work(
-        &self,
-        running: &mut JoinSet<Finished>,
-        work: Work,
-        abandon: &CancellationToken,
-        waited: Duration,
-    ) -> tokio::task::Id {
-        let (policy, stop, dead) = (self.retry_policy(), abandon.clone(), self.dead_letters.clone());
-        running
-            .spawn(async move {
-                Finished::One(match attempts::run(&work, policy, &stop, waited).await {
-                    Verdict::Ack => Settle::Ack,
-                    Verdict::Requeue => Settle::Requeue,
-                    Verdict::GiveUp { reason, deliveries } => dead.give_up(work.delivery(), &reason, deliveries).await,
-                })
+    /// Runs `work` (delivery `tag`, in `lane`) until it is settled, in a task of its own.
+    fn spawn_work(&self, run: &mut Running, (tag, lane): (u64, Option<u64>), work: Work, waited: Duration) {
+        let (policy, stop, dead) = (self.retry_policy(), run.abandon.clone(), self.dead_letters.clone());
+        let handle = run.tasks.spawn(async move {
+            Finished::One(match attempts::run(&work, policy, &stop, waited).await {
+                Verdict::Ack => Settle::Ack,
+                Verdict::Requeue => Settle::Requeue,
+                Verdict::GiveUp { reason, deliveries } => dead.give_up(work.delivery(), &reason, deliveries).await,
             })
-            .id()
+        });
+        run.tags.insert(handle.id(), vec![(tag, lane)]);
     }
 
     fn retry_policy(&self) -> RetryPolicy {

@@ -25,7 +25,7 @@ pub use cache::RulesCache;
 pub use error::RulesError;
 pub use load::load;
 pub use model::{ActionDef, ActionKind, Mode, RuleSet, WorkItem};
-pub use owners::{OwnerError, OwnerSession, OwnerSessions};
+pub use owners::{Flight, OwnerError, OwnerSession, OwnerSessions};
 pub use review::{review, Concern};
 pub use schema::{install, installed_version, RULES};
 pub use validate::{validate, Checked};

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use pgevents_pg::pgpass::PassFileError;
 use pgevents_pg::{ConnectConfig, ErrorKind, PgError, Pool, Pooled, SearchPath};
+use tokio_postgres::types::{ToSql, Type};
 
 /// Why no session of a rule's owner could be had.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,24 @@ impl Drop for OwnerSession {
     }
 }
 
+/// What a transaction sent in one flight ([`OwnerSessions::flight`]) got back.
+pub struct Flight {
+    pub begun: Result<(), tokio_postgres::Error>,
+    pub called: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>,
+    /// The first error among the ending messages.
+    pub ended: Result<(), tokio_postgres::Error>,
+}
+
+impl Flight {
+    /// The rows of the call, or the first error of the flight.
+    pub fn rows(self) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        self.begun?;
+        let rows = self.called?;
+        self.ended?;
+        Ok(rows)
+    }
+}
+
 /// Pools of connections, one per rule owner.
 pub struct OwnerSessions {
     base: ConnectConfig,
@@ -127,6 +146,38 @@ impl OwnerSessions {
             pgevents_pg::cancel(client, &config).await;
         }
         session.state = SessionState::Abandoned;
+    }
+
+    /// Sends in one flight, in `session` of `owner`: `begin` (a simple query that begins a
+    /// transaction), a `statement` with its `values`, then each of `end`, the last of which ends the
+    /// transaction. Each message goes out when first polled, and they are polled in that order,
+    /// so they leave in that order; if the transaction could not begin, the statement fails too
+    /// and never runs outside it. Past `deadline` (rule text can change its session's settings,
+    /// its timeouts included) the session is abandoned and `None` returned. The session goes
+    /// back to the pool only once the last message was answered without error.
+    pub async fn flight(
+        &self,
+        owner: &str,
+        mut session: OwnerSession,
+        begin: &str,
+        (statement, values): (&str, &[(&(dyn ToSql + Sync), Type)]),
+        end: &[&str],
+        deadline: std::time::Duration,
+    ) -> Option<Flight> {
+        session.begin();
+        let client: &tokio_postgres::Client = &session;
+        let ends = futures_util::future::join_all(end.iter().map(|text| client.batch_execute(text)));
+        let sent =
+            async { tokio::join!(biased; client.batch_execute(begin), client.query_typed(statement, values), ends) };
+        let Ok((begun, called, ended)) = tokio::time::timeout(deadline, sent).await else {
+            self.abandon(owner, session).await;
+            return None;
+        };
+        if ended.last().is_some_and(Result::is_ok) {
+            session.ended();
+        }
+        let ended = ended.into_iter().find(Result::is_err).unwrap_or(Ok(()));
+        Some(Flight { begun, called, ended })
     }
 
     async fn pool(&self, owner: &str) -> Result<Pool, OwnerError> {

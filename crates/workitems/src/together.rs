@@ -11,7 +11,7 @@ use pgevents_actions::worth_splitting;
 use pgevents_event::Event;
 use pgevents_pg::JsonbText;
 use pgevents_rules::statements::Shape;
-use pgevents_rules::WorkItem;
+use pgevents_rules::{Flight, WorkItem};
 use serde_json::{Map, Value};
 use tokio_postgres::types::{ToSql, Type};
 
@@ -41,7 +41,7 @@ pub enum Evaluated {
 impl Evaluator {
     /// Evaluates work items of `owner` (whose access to their events was checked) in one call.
     pub async fn evaluate_together(&self, owner: &str, evaluations: &[Evaluation<'_>]) -> Evaluated {
-        let Ok(mut session) = self.rules.sessions().get(owner).await else { return Evaluated::Stopped };
+        let Ok(session) = self.rules.sessions().get(owner).await else { return Evaluated::Stopped };
         let filters: Vec<Option<String>> =
             evaluations.iter().map(|e| e.item.filter.as_deref().map(|f| Shape::Filter.statement(f))).collect();
         let queries: Vec<Option<String>> =
@@ -60,37 +60,16 @@ impl Evaluator {
         ];
         let begin =
             format!("START TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}", self.timeout.as_millis().max(1));
-        session.begin();
-        let client: &tokio_postgres::Client = &session;
-        let flight = async {
-            // Sent in this order (each message goes out when first polled; a biased `join!`
-            // polls in the order written); if the transaction cannot begin, the call fails too.
-            tokio::join!(
-                biased;
-                client.batch_execute(&begin),
-                client.query_typed(EVALUATE, &values),
-                client.batch_execute("ROLLBACK")
-            )
-        };
         // The call is one statement: `statement_timeout` bounds all of it (inside, each statement
         // is held to the same time), and past it each event is evaluated alone.
-        let Ok((begun, rows, ended)) = tokio::time::timeout(self.timeout + GRACE, flight).await else {
-            self.rules.sessions().abandon(owner, session).await;
-            return Evaluated::Stopped;
-        };
-        if ended.is_ok() {
-            session.ended();
-        }
-        let rows = match (begun, rows, ended) {
-            (Ok(()), Ok(rows), Ok(())) if rows.len() == evaluations.len() => rows,
-            (Ok(()), Ok(_), Ok(())) => return Evaluated::Stopped,
-            (begun, rows, ended) => {
-                let failed = begun.err().or(rows.err()).or(ended.err());
-                return match failed {
-                    Some(e) if worth_splitting(&e) => Evaluated::Refused,
-                    _ => Evaluated::Stopped,
-                };
-            }
+        let sessions = self.rules.sessions();
+        let flight = sessions.flight(owner, session, &begin, (EVALUATE, &values), &["ROLLBACK"], self.timeout + GRACE);
+        let rows = match flight.await.map(Flight::rows) {
+            None => return Evaluated::Stopped,
+            Some(Ok(rows)) if rows.len() == evaluations.len() => rows,
+            Some(Ok(_)) => return Evaluated::Stopped,
+            Some(Err(e)) if worth_splitting(&e) => return Evaluated::Refused,
+            Some(Err(_)) => return Evaluated::Stopped,
         };
         let out = rows
             .iter()

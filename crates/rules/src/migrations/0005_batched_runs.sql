@@ -61,12 +61,8 @@ BEGIN
 END $$;
 GRANT EXECUTE ON FUNCTION pgevents.evaluate_work_items(text[], text[], jsonb[], integer, bigint, integer) TO PUBLIC;
 
--- Fails with SQLSTATE PGE01 if any job (keys[i] of actions[i]) has a row in
--- pgevents.action_run already (an earlier attempt, a death, a success): such a job is not run
--- together with others but alone, with what its rows say. Only for actions the session's role
--- owns (it says nothing of anybody else's jobs). One job at a time, an index lookup each,
--- whatever the planner knows of the table's size.
-CREATE FUNCTION pgevents.require_fresh_jobs(keys text[], actions text[])
+-- Fails unless the session's role owns every one of the actions.
+CREATE FUNCTION pgevents.require_own_actions(actions text[])
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     foreign_action text;
@@ -78,6 +74,18 @@ BEGIN
         RAISE EXCEPTION 'the session''s role % does not own action %', session_user, quote_literal(foreign_action)
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+END $$;
+REVOKE EXECUTE ON FUNCTION pgevents.require_own_actions(text[]) FROM PUBLIC;
+
+-- Fails with SQLSTATE PGE01 if any job (keys[i] of actions[i]) has a row in
+-- pgevents.action_run already (an earlier attempt, a death, a success): such a job is not run
+-- together with others but alone, with what its rows say. Only for actions the session's role
+-- owns (it says nothing of anybody else's jobs). One job at a time, an index lookup each,
+-- whatever the planner knows of the table's size.
+CREATE FUNCTION pgevents.require_fresh_jobs(keys text[], actions text[])
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pgevents.require_own_actions(actions);
     FOR i IN 1 .. coalesce(array_length(keys, 1), 0) LOOP
         IF EXISTS (SELECT 1 FROM pgevents.action_run r WHERE r.idempotency_key = keys[i] AND r.action = actions[i]) THEN
             RAISE EXCEPTION 'a job has run before' USING ERRCODE = 'PGE01';
@@ -95,16 +103,8 @@ CREATE FUNCTION pgevents.record_action_successes(
     event_actions text[], parameters jsonb[], started_at timestamptz[], duration_ms double precision[],
     results text[], worker text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '5s' AS $$
-DECLARE
-    foreign_action text;
 BEGIN
-    SELECT a INTO foreign_action FROM unnest(actions) AS a
-    WHERE NOT EXISTS (SELECT 1 FROM pgevents.action x WHERE x.name = a AND x.owner = session_user)
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'the session''s role % does not own action %', session_user, quote_literal(foreign_action)
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    PERFORM pgevents.require_own_actions(actions);
     INSERT INTO pgevents.action_run
         (idempotency_key, work_item, action, event_message_id, event_table, event_action, parameters,
          status, attempt, started_at, duration_ms, error, response_code, result, worker)
