@@ -97,8 +97,13 @@ pub async fn install_audit_rule(pg: &PgCluster) {
 /// Runs `insert` (one `$1` of type int) for 1..=`rows`, one transaction each, 10 ms apart: a
 /// steady write load for a fault to fall into.
 pub async fn insert_paced(pg: &PgCluster, insert: &str, rows: i32) {
+    insert_paced_values(pg, insert, 1..=rows).await
+}
+
+/// [`insert_paced`] with `$1` taking the `values`.
+pub async fn insert_paced_values(pg: &PgCluster, insert: &str, values: std::ops::RangeInclusive<i32>) {
     let client = pg.client().await;
-    for n in 1..=rows {
+    for n in values {
         client.execute(insert, &[&n]).await.expect("insert");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
