@@ -1430,6 +1430,8 @@ async fn rule_cell(id: &str, w: &RulesWorld, alice: &tokio_postgres::Client) -> 
                     alice.query("SELECT pgevents.require_fresh_jobs(ARRAY['r25'], ARRAY[$1])", &[&action]).await;
                 ensure!(db_message(&probed).contains("does not own action"), "{action}: {probed:?}");
             }
+            let helper = alice.query("SELECT pgevents.require_own_actions(ARRAY['a_note'])", &[]).await;
+            ensure!(db_code(&helper) == "42501", "require_own_actions is executable: {helper:?}");
             pg.execute("DELETE FROM pgevents.action WHERE name = 'r25_admin'").await;
             let rows =
                 pg.query_text("SELECT count(*)::text FROM pgevents.action_run WHERE idempotency_key = 'r25'").await;

@@ -54,10 +54,14 @@ impl Stage {
             }
         }
         // Counted as when each runs alone: an event that does is counted there.
-        for (index, answer) in answers.iter().enumerate() {
+        let mut matched = vec![false; events.len()];
+        for p in &planned {
+            matched[p.event] = true;
+        }
+        for (answer, matched) in answers.iter().zip(matched) {
             match answer {
                 Together::Alone => metrics::counter!(EVENTS_ALONE).increment(1),
-                Together::Done => count_event(planned.iter().any(|p| p.event == index)),
+                Together::Done => count_event(matched),
             }
         }
         for (&event, job) in of_event.iter().zip(&jobs) {
