@@ -40,7 +40,7 @@ pub use runner::{EventReaders, JobOutcome, JobRunner};
 pub use runner_service::{run_action_runner, StageConsumer};
 pub use secrets::{redact_url, Secrets, SecretsError, ENV_PREFIX as SECRET_ENV_PREFIX};
 pub use signing::{ShortKey, WorkKey, SIGNATURE_HEADER};
-pub use together::{can_run_together, worth_splitting};
+pub use together::{can_run_together, in_halves, refused_or_stopped, Attempt};
 
 /// Entry points for the fuzz targets (`fuzz/`): templates and redaction on arbitrary input.
 #[cfg(feature = "fuzzing")]

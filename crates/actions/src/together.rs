@@ -39,15 +39,42 @@ pub fn can_run_together(rules: &RuleSet, action: &ActionDef) -> bool {
 /// A job ready to run together: its index, its action and its statement.
 type Ready = (usize, Arc<ActionDef>, String);
 
-/// How a transaction of jobs run together ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Together {
-    Committed,
-    /// Something in it failed (a statement, a record, a job that ran before): rolled back. Fewer
-    /// jobs together may commit.
+/// How one call with several events' (or jobs') rule text went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt<R> {
+    /// It went through, and gave this.
+    Done(R),
+    /// Something in it failed that may be one of them's doing (a statement, a limit, a job that
+    /// ran before): nothing of it was kept, and fewer of them together may go through.
     Refused,
-    /// The session could not be had, or the time ran out: none of them runs together now.
+    /// The session could not be had, the connection was lost or the time ran out: the rest would
+    /// only wait again.
     Stopped,
+}
+
+/// Tries `items` in parts of at most `chunk`, one part after the other: a refused part is split
+/// in halves, each tried again, so one item that fails costs a few calls and is the only one
+/// left out; a stopped part ends it. Gives what each part that went through gave; the items of
+/// no part given must run alone.
+pub async fn in_halves<'a, T, R, F, Fut>(items: &'a [T], chunk: usize, mut call: F) -> Vec<(&'a [T], R)>
+where
+    F: FnMut(&'a [T]) -> Fut,
+    Fut: std::future::Future<Output = Attempt<R>>,
+{
+    let mut done = Vec::new();
+    let mut parts: Vec<&[T]> = items.chunks(chunk.max(1)).rev().collect();
+    while let Some(part) = parts.pop() {
+        match call(part).await {
+            Attempt::Done(result) => done.push((part, result)),
+            Attempt::Refused if part.len() > 1 => {
+                let (first, second) = part.split_at(part.len() / 2);
+                parts.extend([second, first]);
+            }
+            Attempt::Refused => {}
+            Attempt::Stopped => break,
+        }
+    }
+    done
 }
 
 impl JobRunner {
@@ -75,27 +102,21 @@ impl JobRunner {
             let statement = statement.clone();
             by_owner.entry(owner).or_default().push((index, action, statement));
         }
-        // A refused transaction is split in halves, each tried again: one failing job costs a few
-        // transactions, not one per job of its chunk; the job itself ends alone.
         let owners = by_owner.iter().map(|(owner, ready)| async move {
-            let mut committed = Vec::new();
-            let mut parts: Vec<&[Ready]> = ready.chunks(chunk.max(1)).rev().collect();
-            while let Some(part) = parts.pop() {
+            let committed = in_halves(ready, chunk, |part| async move {
                 let clock = Instant::now();
                 match self.commit_together(owner, jobs, part).await {
-                    Together::Committed => {
-                        let share = clock.elapsed() / u32::try_from(part.len()).unwrap_or(u32::MAX);
-                        committed.extend(part.iter().map(|(index, action, _)| (*index, action.name.clone(), share)));
-                    }
-                    Together::Refused if part.len() > 1 => {
-                        let (first, second) = part.split_at(part.len() / 2);
-                        parts.extend([second, first]);
-                    }
-                    Together::Refused => {}
-                    Together::Stopped => break,
+                    Attempt::Done(()) => Attempt::Done(clock.elapsed() / u32::try_from(part.len()).unwrap_or(u32::MAX)),
+                    Attempt::Refused => Attempt::Refused,
+                    Attempt::Stopped => Attempt::Stopped,
                 }
+            })
+            .await;
+            let mut done = Vec::new();
+            for (part, share) in committed {
+                done.extend(part.iter().map(|(index, action, _)| (*index, action.name.clone(), share)));
             }
-            committed
+            done
         });
         for (index, action, share) in futures_util::future::join_all(owners).await.into_iter().flatten() {
             done[index] = true;
@@ -109,11 +130,10 @@ impl JobRunner {
     /// one flight: the transaction with its `statement_timeout` (the longest of the actions':
     /// the call is one statement; inside it each statement is held to its own `timeout_ms`),
     /// the call, the timeout again (rule text may have lifted it, and deferred triggers run at
-    /// the commit), the commit. A failed call makes the commit a rollback. `true` when it
-    /// committed.
-    async fn commit_together(&self, owner: &str, jobs: &[Job], part: &[Ready]) -> Together {
+    /// the commit), the commit. A failed call makes the commit a rollback.
+    async fn commit_together(&self, owner: &str, jobs: &[Job], part: &[Ready]) -> Attempt<()> {
         let secrets = self.http.secrets();
-        let Ok(session) = self.rules.sessions().get(owner).await else { return Together::Stopped };
+        let Ok(session) = self.rules.sessions().get(owner).await else { return Attempt::Stopped };
         let timeout = part.iter().map(|(_, action, _)| action.timeout).max().unwrap_or(Duration::from_secs(1));
         let jobs: Vec<&Job> = part.iter().map(|(index, _, _)| &jobs[*index]).collect();
         let parameters: Vec<String> = part
@@ -159,24 +179,23 @@ impl JobRunner {
         let deadline = timeout + crate::sql::GRACE;
         let Some(flight) = sessions.flight(owner, session, &begin, (RUN, &values), &[&limit, "COMMIT"], deadline).await
         else {
-            return Together::Stopped;
+            return Attempt::Stopped;
         };
-        let Err(e) = flight.rows() else { return Together::Committed };
+        let Err(e) = flight.rows() else { return Attempt::Done(()) };
         let error = secrets.redact(&pgevents_pg::describe(&e));
         tracing::debug!(owner, jobs = part.len(), error = %error, "SQL jobs run together failed");
-        if worth_splitting(&e) {
-            Together::Refused
-        } else {
-            Together::Stopped
-        }
+        refused_or_stopped(&e)
     }
 }
 
-/// Whether a call of several events' rule text that failed with `e` may succeed with fewer of
-/// them: not past the time (cancelled, or a statement past its own: each half would wait again)
-/// nor with the connection lost; anything else may be one event's doing.
-pub fn worth_splitting(e: &tokio_postgres::Error) -> bool {
-    !matches!(e.as_db_error().map(|db| db.code().code()), None | Some("57014" | "PGE02"))
+/// What a call of several events' (or jobs') rule text that failed with `e` was: stopped when
+/// past the time (cancelled, or a statement past its own: each half would wait again) or with
+/// the connection lost; refused otherwise, since it may be one of them's doing.
+pub fn refused_or_stopped<R>(e: &tokio_postgres::Error) -> Attempt<R> {
+    match e.as_db_error().map(|db| db.code().code()) {
+        None | Some("57014" | "PGE02") => Attempt::Stopped,
+        Some(_) => Attempt::Refused,
+    }
 }
 
 /// JSON texts as a `jsonb[]` parameter.

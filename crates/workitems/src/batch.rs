@@ -14,17 +14,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pgevents_actions::{can_run_together, EventReaders, Job};
+use pgevents_actions::{can_run_together, in_halves, EventReaders, Job};
 use pgevents_consumer::{IncomingEvent, Together};
 use pgevents_rules::access::columns_of;
 use pgevents_rules::{Mode, WorkItem};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::document::event_document;
 use crate::evaluate::the_row;
-use crate::together::{Evaluated, Evaluation};
-use crate::worker::{count_event, count_job, info, job, Stage};
+use crate::together::Evaluation;
+use crate::worker::{count_event, count_job, document, info, job, Stage};
 
 /// Counter: events of a batch that ran alone instead.
 pub const EVENTS_ALONE: &str = "pgevents_worker_events_alone_total";
@@ -104,10 +103,7 @@ impl Stage {
             };
             let columns = columns_of([&event.new, &event.old]);
             let refusal = self.rules.access().refusal(&self.evaluator.pool, &owner, &event.table_name, columns);
-            let document = event_document(&incoming.body, &incoming.message_id, item.transaction_label.as_deref())
-                .ok()
-                .and_then(|document| RawValue::from_string(document).ok());
-            match (refusal.await, document) {
+            match (refusal.await, document(incoming, item).ok()) {
                 (Ok(None), Some(document)) => {
                     planned.push(Planned { event: index, item: item.clone(), owner, document })
                 }
@@ -135,12 +131,9 @@ impl Stage {
             }
         }
         // The owners' calls at the same time: one owner's slow rules do not hold the others'. A
-        // refused call is split in halves, each tried again: an event that fails costs a few
-        // calls, and ends alone.
-        let calls = by_owner.into_iter().map(|(owner, indexes)| async move {
-            let mut out = Vec::new();
-            let mut parts: Vec<&[usize]> = vec![&indexes];
-            while let Some(part) = parts.pop() {
+        // refused call is split in halves (`in_halves`): an event that fails costs a few calls.
+        let calls = by_owner.iter().map(|(owner, indexes)| async move {
+            in_halves(indexes, indexes.len(), |part| async move {
                 let evaluations: Vec<Evaluation> = part
                     .iter()
                     .map(|&i| Evaluation {
@@ -149,25 +142,20 @@ impl Stage {
                         document: planned[i].document.get(),
                     })
                     .collect();
-                match self.evaluator.evaluate_together(owner, &evaluations).await {
-                    Evaluated::Rows(found) => out.extend(part.iter().copied().zip(found)),
-                    Evaluated::Refused if part.len() > 1 => {
-                        let (first, second) = part.split_at(part.len() / 2);
-                        parts.extend([second, first]);
-                    }
-                    Evaluated::Refused => out.push((part[0], None)),
-                    Evaluated::Stopped => {
-                        // The rest would only wait again: all of it alone.
-                        out.extend(part.iter().chain(parts.drain(..).flatten()).map(|&i| (i, None)));
-                    }
+                self.evaluator.evaluate_together(owner, &evaluations).await
+            })
+            .await
+        });
+        let evaluated = futures_util::future::join_all(calls).await;
+        for ((_, indexes), parts) in by_owner.iter().zip(evaluated) {
+            for (part, found) in parts {
+                for (&i, found) in part.iter().zip(found) {
+                    rows[i] = found;
                 }
             }
-            out
-        });
-        for (i, found) in futures_util::future::join_all(calls).await.into_iter().flatten() {
-            match found {
-                Some(found) => rows[i] = Some(found),
-                None => answers[planned[i].event] = Together::Alone,
+            // What no call gave runs alone.
+            for &i in indexes.iter().filter(|&&i| rows[i].is_none()) {
+                answers[planned[i].event] = Together::Alone;
             }
         }
         rows

@@ -7,7 +7,7 @@
 //! ([`Evaluator::evaluate`]), which reports it as always. The filter still gates the query (an
 //! event the filter refuses never runs it), and `$1` is each event's own document.
 
-use pgevents_actions::worth_splitting;
+use pgevents_actions::{refused_or_stopped, Attempt};
 use pgevents_event::Event;
 use pgevents_pg::JsonbText;
 use pgevents_rules::statements::Shape;
@@ -27,21 +27,14 @@ pub struct Evaluation<'a> {
     pub document: &'a str,
 }
 
-/// What a call evaluating several events gave.
-pub enum Evaluated {
-    /// For each evaluation, its parameters rows (empty when the filter does not match), or
-    /// `None` where the evaluation alone would fail (a limit, parameters that are not an object).
-    Rows(Vec<Option<Vec<Map<String, Value>>>>),
-    /// The call failed in a way fewer events may not.
-    Refused,
-    /// The session could not be had, the connection was lost, or the time ran out.
-    Stopped,
-}
+/// For each evaluation of a call, its parameters rows (empty when the filter does not match),
+/// or `None` where the evaluation alone would fail (a limit, parameters that are not an object).
+pub type Evaluated = Vec<Option<Vec<Map<String, Value>>>>;
 
 impl Evaluator {
     /// Evaluates work items of `owner` (whose access to their events was checked) in one call.
-    pub async fn evaluate_together(&self, owner: &str, evaluations: &[Evaluation<'_>]) -> Evaluated {
-        let Ok(session) = self.rules.sessions().get(owner).await else { return Evaluated::Stopped };
+    pub async fn evaluate_together(&self, owner: &str, evaluations: &[Evaluation<'_>]) -> Attempt<Evaluated> {
+        let Ok(session) = self.rules.sessions().get(owner).await else { return Attempt::Stopped };
         let filters: Vec<Option<String>> =
             evaluations.iter().map(|e| e.item.filter.as_deref().map(|f| Shape::Filter.statement(f))).collect();
         let queries: Vec<Option<String>> =
@@ -65,11 +58,10 @@ impl Evaluator {
         let sessions = self.rules.sessions();
         let flight = sessions.flight(owner, session, &begin, (EVALUATE, &values), &["ROLLBACK"], self.timeout + GRACE);
         let rows = match flight.await.map(Flight::rows) {
-            None => return Evaluated::Stopped,
+            None => return Attempt::Stopped,
             Some(Ok(rows)) if rows.len() == evaluations.len() => rows,
-            Some(Ok(_)) => return Evaluated::Stopped,
-            Some(Err(e)) if worth_splitting(&e) => return Evaluated::Refused,
-            Some(Err(_)) => return Evaluated::Stopped,
+            Some(Ok(_)) => return Attempt::Stopped,
+            Some(Err(e)) => return refused_or_stopped(&e),
         };
         let out = rows
             .iter()
@@ -84,7 +76,7 @@ impl Evaluator {
                 }
             })
             .collect();
-        Evaluated::Rows(out)
+        Attempt::Done(out)
     }
 
     /// A query's rows as parameters, or `None` where the query alone would fail (a limit, a

@@ -89,9 +89,7 @@ impl Stage {
 
     /// Runs or queues every job of one work item; `Err` is how the event must be settled now.
     async fn work_item(&self, incoming: &IncomingEvent, item: &WorkItem) -> Result<(), Outcome> {
-        let document = event_document(&incoming.body, &incoming.message_id, item.transaction_label.as_deref())
-            .map_err(Outcome::Fail)?;
-        let event_json = RawValue::from_string(document).map_err(|e| Outcome::Fail(format!("event body: {e}")))?;
+        let event_json = document(incoming, item).map_err(Outcome::Fail)?;
         let event = info(incoming);
         let job = |row: usize, parameters| job(incoming, item, &event, &event_json, row, parameters);
         let rows = match self.evaluator.evaluate(item, &incoming.event, event_json.get()).await {
@@ -126,6 +124,12 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// The event as `item`'s text sees it (see [`event_document`]).
+pub(crate) fn document(incoming: &IncomingEvent, item: &WorkItem) -> Result<Box<RawValue>, String> {
+    let document = event_document(&incoming.body, &incoming.message_id, item.transaction_label.as_deref())?;
+    RawValue::from_string(document).map_err(|e| format!("event body: {e}"))
 }
 
 /// Job `row` of `item` for the event.
