@@ -146,7 +146,7 @@ async fn check_warns_about_risky_settings() {
         .await;
     let risky = world.producer_env(&[
         ("PGTABLES", "public.t"),
-        ("PGEVENTS_ALLOW_SKIP", "true"),
+        ("PGEVENTS_ALLOW_UNSIGNED_MESSAGES", "true"),
         ("PGEVENTS_LISTEN", "0.0.0.0:8080"),
         ("PGEVENTS_SESSIONS", "true"),
         ("PGEVENTS_SUBSCRIBER_COLUMN", "recipient"),
@@ -154,7 +154,7 @@ async fn check_warns_about_risky_settings() {
     let (code, out, err) = run(&["check"], &risky).await;
     assert_eq!(code, Some(0), "warnings do not fail the check: {out}{err}");
     for line in [
-        "warn  skip requests: --allow-skip is on",
+        "warn  pgevents messages: --allow-unsigned-messages is on",
         "warn  HTTP actions: no --http-allow",
         "warn  gateway: pgevents serve listens on 0.0.0.0:8080 without authentication",
         "warn  sessions: --sessions on 0.0.0.0:8080 without JWT",
@@ -181,6 +181,12 @@ async fn check_warns_about_risky_settings() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("ok    HTTP actions: limited to api.example.com, 10.0.0.0/8"), "{out}");
     assert!(out.contains("ok    gateway: 0.0.0.0:8080, JWT required"), "{out}");
-    assert!(out.contains("ok    skip requests: refused"), "{out}");
-    assert!(!out.contains("warn  skip") && !out.contains("warn  HTTP") && !out.contains("warn  gateway"), "{out}");
+    assert!(out.contains("ok    pgevents messages: only signed ones are believed"), "{out}");
+    assert!(!out.contains("warn  pgevents") && !out.contains("warn  HTTP") && !out.contains("warn  gateway"), "{out}");
+
+    // The option signed skip requests replaced fails with the way forward, never silently.
+    let old = world.producer_env(&[("PGTABLES", "public.t"), ("PGEVENTS_ALLOW_SKIP", "true")]);
+    let (code, out, err) = run(&["check"], &old).await;
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(err.contains("--allow-skip (PGEVENTS_ALLOW_SKIP) was removed") && err.contains("pgevents.skip()"), "{err}");
 }

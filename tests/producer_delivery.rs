@@ -23,7 +23,7 @@ const CHANGES: &str = "
     UPDATE a SET id = 3 WHERE id = 2;
     INSERT INTO b VALUES (1, 'one'), (2, 'two');
     UPDATE b SET y = 'uno' WHERE x = 1;
-    BEGIN; SELECT pg_logical_emit_message(true, 'pgevents', '{\"uid\": 7}'); DELETE FROM a WHERE id = 3; COMMIT;
+    BEGIN; SELECT pgevents.context('{\"uid\": 7}'); DELETE FROM a WHERE id = 3; COMMIT;
     DELETE FROM b;
     TRUNCATE a, b;";
 

@@ -193,11 +193,13 @@ async fn pgtables_filters_and_numeric_as_string() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn transaction_context_and_skip() {
+async fn unsigned_context_and_skip_only_when_allowed() {
+    // What applications sent before messages were signed, believed only with
+    // --allow-unsigned-messages (signed messages: tests/producer_messages.rs).
     let world = World::new().await;
     world.pg.execute("CREATE TABLE orders (id int PRIMARY KEY)").await;
     let mut queue = world.queue(&["#"]).await;
-    let producer = world.producer(&[("PGEVENTS_ALLOW_SKIP", "true")]).await;
+    let producer = world.producer(&[("PGEVENTS_ALLOW_UNSIGNED_MESSAGES", "true")]).await;
     world
         .pg
         .execute(
@@ -217,7 +219,7 @@ async fn transaction_context_and_skip() {
     assert!(queue.next(std::time::Duration::from_secs(1)).await.is_none());
     stop(producer).await;
 
-    // Without --allow-skip, any user's request to be skipped is published anyway, and said so.
+    // By default an unsigned message is refused, said so, and the transaction published as is.
     let producer = world.producer(&[]).await;
     world
         .pg
@@ -227,9 +229,9 @@ async fn transaction_context_and_skip() {
         )
         .await;
     let b = bodies(&queue.take(1, WAIT).await);
-    assert_eq!((b[0]["new"]["id"].as_i64(), &b[0]["context"]), (Some(5), &json!({"skip": true})));
+    assert_eq!((b[0]["new"]["id"].as_i64(), b[0].get("context")), (Some(5), None));
     let log = stop(producer).await;
-    assert!(log.contains("start the producer with --allow-skip"), "{log}");
+    assert!(log.contains("a pgevents message was refused") && log.contains("--allow-unsigned-messages"), "{log}");
     world.cleanup(queue).await;
 }
 

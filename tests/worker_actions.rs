@@ -164,7 +164,7 @@ async fn http_and_sql_actions_follow_the_rules() {
         .pg
         .execute(
             "BEGIN;
-             SELECT pg_logical_emit_message(true, 'pgevents', '{\"uid\": \"u-42\"}');
+             SELECT pgevents.context('{\"uid\": \"u-42\"}');
              INSERT INTO users (email, full_name) VALUES ('ann@example.com', 'Ann');
              COMMIT;",
         )
@@ -226,7 +226,7 @@ async fn http_and_sql_actions_follow_the_rules() {
         .pg
         .execute(
             "BEGIN;
-             SELECT pg_logical_emit_message(true, 'pgevents', '{\"uid\": \"u-7\"}');
+             SELECT pgevents.context('{\"uid\": \"u-7\"}');
              INSERT INTO users (email, full_name) VALUES ('zoe@example.com', 'Zoe'), ('carl@other.org', 'Carl');
              COMMIT;",
         )

@@ -89,6 +89,7 @@ pub fn work_message(job: &Job, exchange: Option<&str>, error: Option<&str>, key:
         headers.push((SIGNATURE_HEADER.into(), key.sign(&body)));
     }
     OutgoingMessage {
+        message_type: None,
         exchange: exchange.map(std::sync::Arc::from),
         routing_key: job.action.clone(),
         message_id: job.idempotency_key.clone(),

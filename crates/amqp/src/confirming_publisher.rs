@@ -34,6 +34,8 @@ pub struct OutgoingMessage {
     /// `gzip` when the body is compressed.
     pub content_encoding: Option<Cow<'static, str>>,
     pub app_id: Cow<'static, str>,
+    /// The `type` property (outbox messages: their routing key); `None` for events.
+    pub message_type: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -212,6 +214,9 @@ fn properties(message: &OutgoingMessage) -> BasicProperties {
         .with_headers(headers);
     if let Some(encoding) = &message.content_encoding {
         props.with_content_encoding(encoding);
+    }
+    if let Some(message_type) = &message.message_type {
+        props.with_message_type(message_type);
     }
     props
 }

@@ -71,6 +71,7 @@ impl Delivery {
         headers.extend(extra);
         let text = |value: Option<&String>| value.cloned().map(Cow::Owned);
         OutgoingMessage {
+            message_type: self.properties.message_type().cloned(),
             exchange: Some(Arc::from(exchange)),
             routing_key: self.routing_key.clone(),
             message_id: self.message_id().unwrap_or_default().to_owned(),

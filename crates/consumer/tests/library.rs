@@ -339,6 +339,7 @@ async fn a_gzip_bomb_is_dead_lettered() {
     let bomb = gz.finish().unwrap();
     assert!(bomb.len() < 1 << 20, "{} bytes compressed", bomb.len());
     let message = pgevents_amqp::OutgoingMessage {
+        message_type: None,
         routing_key: "public.t".into(),
         message_id: "bomb".into(),
         content_type: "application/json".into(),

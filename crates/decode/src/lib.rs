@@ -11,7 +11,9 @@ mod cursor;
 pub mod encode;
 mod error;
 pub mod json;
+pub mod outbox;
 mod pgoutput;
+pub mod signal;
 pub mod time;
 mod transaction;
 mod tuple;
@@ -24,7 +26,8 @@ pub use change::{Decoded, LogicalMessage, RowChange, TxBegin};
 pub use error::DecodeError;
 pub use pgoutput::PgOutputDecoder;
 pub use transaction::{
-    BadContext, BeginWhileOpen, TransactionBuilder, TxOutcome, CONTEXT_PREFIX, DEFAULT_MAX_CONTEXT_BYTES,
+    BadContext, BeginWhileOpen, MessageIgnored, Signals, Taken, TransactionBuilder, TxOutcome, CONTEXT_PREFIX,
+    DEFAULT_MAX_CONTEXT_BYTES,
 };
 pub use tuple::Tuple;
 pub use types::{ScalarKind, TypeInfo, ValueKind};

@@ -1,5 +1,6 @@
-//! Per-transaction state: event numbering (`seq`), the context an application attached with
-//! `pg_logical_emit_message(true, 'pgevents', '{...}')`, and `{"skip": true}`.
+//! Per-transaction state: event numbering (`seq`), and the signals an application sent with
+//! its transaction (see [`crate::signal`]): context (`pgevents.context()`), a skip request
+//! (`pgevents.skip()`) and outbox messages (`pgevents.outbox()`).
 //!
 //! Context can arrive anywhere in a transaction, so events are written without their closing
 //! brace and finished at commit with [`crate::encode::close_event`] and the outcome's context.
@@ -7,6 +8,8 @@
 use serde_json::{Map, Value};
 
 use crate::encode::{write_row_event, write_truncate_event, TxFields};
+use crate::outbox::{self, MalformedOutbox, OutboxMessage};
+use crate::signal::{self, MessageKeys, Refusal, SignalKind};
 use crate::{LogicalMessage, RowChange, TableRef, TxBegin};
 
 /// The prefix of `pg_logical_emit_message` messages that carry transaction context.
@@ -18,6 +21,38 @@ pub const CONTEXT_PREFIX: &str = "pgevents";
 pub struct BadContext {
     pub xid: u32,
     pub reason: String,
+}
+
+/// Which messages are believed.
+#[derive(Debug, Clone, Default)]
+pub struct Signals {
+    /// The keys signed messages are verified with.
+    pub keys: MessageKeys,
+    /// Take unsigned JSON messages as context (and `{"skip": true}`) from anyone who can
+    /// connect, as pgevents did before messages were signed.
+    pub accept_unsigned: bool,
+}
+
+/// A `pgevents` message that was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageIgnored {
+    #[error("refused a pgevents message (transaction {xid:?}): {refusal}")]
+    Refused { xid: Option<u32>, refusal: Refusal },
+    #[error(transparent)]
+    Context(#[from] BadContext),
+}
+
+/// What a message added to the transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Context or a skip request, or a message that is not for pgevents.
+    Nothing,
+    /// An outbox message, to publish in its place among the transaction's events.
+    Outbox(OutboxMessage),
+    /// A signed outbox message that cannot be published: to the dead-letter exchange.
+    MalformedOutbox(MalformedOutbox),
+    /// The signing keys changed: read them again now (see [`SignalKind::Keys`]).
+    KeysChanged,
 }
 
 /// How a transaction ended.
@@ -38,14 +73,16 @@ pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 8 << 10;
 #[derive(Debug)]
 pub struct TransactionBuilder {
     current: Option<Current>,
-    /// Context is copied into every event of its transaction, and any role that can write may
-    /// send it: more than this (all messages of a transaction together) is ignored.
+    /// Context is copied into every event of its transaction: more than this (all messages of a
+    /// transaction together) is ignored.
     max_context_bytes: usize,
+    signals: Signals,
 }
 
 impl Default for TransactionBuilder {
+    /// Signed messages only, and no keys yet.
     fn default() -> TransactionBuilder {
-        TransactionBuilder::new(DEFAULT_MAX_CONTEXT_BYTES)
+        TransactionBuilder::new(DEFAULT_MAX_CONTEXT_BYTES, Signals::default())
     }
 }
 
@@ -72,8 +109,13 @@ pub struct BeginWhileOpen {
 
 impl TransactionBuilder {
     /// A builder that ignores context beyond `max_context_bytes` per transaction.
-    pub fn new(max_context_bytes: usize) -> TransactionBuilder {
-        TransactionBuilder { current: None, max_context_bytes }
+    pub fn new(max_context_bytes: usize, signals: Signals) -> TransactionBuilder {
+        TransactionBuilder { current: None, max_context_bytes, signals }
+    }
+
+    /// The keys, to replace them when new ones were read.
+    pub fn keys_mut(&mut self) -> &mut MessageKeys {
+        &mut self.signals.keys
     }
 
     /// Starts a transaction; one may not be open already.
@@ -123,28 +165,68 @@ impl TransactionBuilder {
         Some(seq)
     }
 
-    /// Takes a logical message into account: transactional messages with the `pgevents` prefix
-    /// are merged into the transaction's context (later keys win).
-    pub fn message(&mut self, message: &LogicalMessage) -> Result<(), BadContext> {
-        let Some(current) = self.current.as_mut() else {
-            return Ok(());
-        };
-        if !message.transactional || message.prefix != CONTEXT_PREFIX {
-            return Ok(());
+    /// Takes a logical message with the `pgevents` prefix into account (others are
+    /// [`Taken::Nothing`]). Signed messages are verified; unsigned JSON objects are context only
+    /// when [`Signals::accept_unsigned`] says so.
+    pub fn message(&mut self, message: &LogicalMessage) -> Result<Taken, MessageIgnored> {
+        if message.prefix != CONTEXT_PREFIX {
+            return Ok(Taken::Nothing);
         }
+        let xid = self.current.as_ref().map(|c| c.begin.xid);
+        let refused = |refusal| MessageIgnored::Refused { xid, refusal };
+        let Some(current) = self.current.as_ref().filter(|_| message.transactional) else {
+            return Err(refused(Refusal::NotTransactional));
+        };
+        if !signal::looks_signed(&message.content) {
+            if !self.signals.accept_unsigned {
+                return Err(refused(Refusal::Unsigned));
+            }
+            self.context(&message.content, true)?;
+            return Ok(Taken::Nothing);
+        }
+        let begin = current.begin;
+        let verified = signal::verify(&message.content, begin.xid, begin.commit_time_micros, &self.signals.keys)
+            .map_err(refused)?;
+        match verified.kind {
+            SignalKind::Context => {
+                self.context(verified.payload, false)?;
+                Ok(Taken::Nothing)
+            }
+            SignalKind::Skip => {
+                if let Some(current) = self.current.as_mut() {
+                    current.skip = true;
+                }
+                Ok(Taken::Nothing)
+            }
+            SignalKind::Keys => Ok(Taken::KeysChanged),
+            SignalKind::Outbox => {
+                let payload = verified.payload.to_vec();
+                let Some((_, seq)) = self.next() else { return Ok(Taken::Nothing) };
+                Ok(match outbox::parse(&payload) {
+                    Ok((header, body)) => Taken::Outbox(OutboxMessage { seq, header, body }),
+                    Err(reason) => Taken::MalformedOutbox(MalformedOutbox { seq, reason, content: payload }),
+                })
+            }
+        }
+    }
+
+    /// Merges a context object into the transaction's (later keys win). An unsigned
+    /// `{"skip": true}` asks to skip the transaction, as before messages were signed.
+    fn context(&mut self, content: &[u8], unsigned: bool) -> Result<(), BadContext> {
+        let Some(current) = self.current.as_mut() else { return Ok(()) };
         let bad = |reason: String| BadContext { xid: current.begin.xid, reason };
-        if current.context_bytes + message.content.len() > self.max_context_bytes {
+        if current.context_bytes + content.len() > self.max_context_bytes {
             return Err(bad(format!(
                 "the transaction's context would be over {} bytes (--max-context-bytes): it is copied into every event",
                 self.max_context_bytes
             )));
         }
-        current.context_bytes += message.content.len();
-        let value: Value = serde_json::from_slice(&message.content).map_err(|e| bad(format!("not JSON ({e})")))?;
+        current.context_bytes += content.len();
+        let value: Value = serde_json::from_slice(content).map_err(|e| bad(format!("not JSON ({e})")))?;
         let Value::Object(object) = value else {
             return Err(bad("not a JSON object".to_owned()));
         };
-        if object.get("skip") == Some(&Value::Bool(true)) {
+        if unsigned && object.get("skip") == Some(&Value::Bool(true)) {
             current.skip = true;
         }
         current.context.get_or_insert_with(Map::new).extend(object);
@@ -169,7 +251,7 @@ mod tests {
     #[test]
     fn context_is_bounded_per_transaction() {
         use super::*;
-        let mut builder = TransactionBuilder::new(40);
+        let mut builder = TransactionBuilder::new(40, Signals { accept_unsigned: true, ..Signals::default() });
         let begin = TxBegin { xid: 7, commit_lsn: pgevents_event::Lsn(1), commit_time_micros: 0 };
         builder.begin(begin).unwrap();
         let message = |content: &str| LogicalMessage {
@@ -179,7 +261,7 @@ mod tests {
         };
         builder.message(&message(r#"{"uid": 42}"#)).unwrap();
         let err = builder.message(&message(&format!(r#"{{"x": "{}"}}"#, "A".repeat(40)))).unwrap_err();
-        assert!(err.reason.contains("--max-context-bytes"), "{err}");
+        assert!(err.to_string().contains("--max-context-bytes"), "{err}");
         let outcome = builder.commit().unwrap();
         assert_eq!(outcome.context.as_deref(), Some(br#"{"uid":42}"#.as_slice()), "the first one stays");
     }
@@ -201,5 +283,76 @@ mod tests {
         assert_eq!(tx.current().map(|b| b.xid), Some(7), "the open transaction is kept, not replaced");
         tx.commit();
         tx.begin(begin(8, 200)).unwrap();
+    }
+
+    fn signed_builder() -> TransactionBuilder {
+        use crate::signal::MessageKey;
+        let keys = MessageKeys::new([(5, MessageKey { secret: vec![3; 32], retired_at_micros: None })]);
+        TransactionBuilder::new(DEFAULT_MAX_CONTEXT_BYTES, Signals { keys, accept_unsigned: false })
+    }
+
+    fn pgevents_message(transactional: bool, content: Vec<u8>) -> LogicalMessage {
+        LogicalMessage { transactional, prefix: CONTEXT_PREFIX.to_owned(), content }
+    }
+
+    #[test]
+    fn signed_context_and_skip_are_taken_unsigned_ones_refused() {
+        use crate::signal::{sign, SignalKind};
+        let mut tx = signed_builder();
+        tx.begin(begin(7, 100)).unwrap();
+        let signed = sign(5, &[3; 32], 7, SignalKind::Context, br#"{"uid": 42, "skip": true}"#);
+        assert_eq!(tx.message(&pgevents_message(true, signed)), Ok(Taken::Nothing));
+        let unsigned = pgevents_message(true, br#"{"uid": 666}"#.to_vec());
+        assert_eq!(tx.message(&unsigned), Err(MessageIgnored::Refused { xid: Some(7), refusal: Refusal::Unsigned }));
+        let foreign = LogicalMessage { transactional: true, prefix: "other".into(), content: b"x".to_vec() };
+        assert_eq!(tx.message(&foreign), Ok(Taken::Nothing), "other prefixes are not ours to judge");
+        let outcome = tx.commit().unwrap();
+        assert_eq!(outcome.context.as_deref(), Some(br#"{"skip":true,"uid":42}"#.as_slice()));
+        assert!(!outcome.skip, "a skip key in a signed context is context, not a skip request");
+
+        tx.begin(begin(8, 200)).unwrap();
+        tx.message(&pgevents_message(true, sign(5, &[3; 32], 8, SignalKind::Skip, b""))).unwrap();
+        assert!(tx.commit().unwrap().skip);
+    }
+
+    #[test]
+    fn unsigned_messages_are_context_only_when_accepted() {
+        let mut tx = TransactionBuilder::new(DEFAULT_MAX_CONTEXT_BYTES, Signals { accept_unsigned: true, ..Signals::default() });
+        tx.begin(begin(7, 100)).unwrap();
+        tx.message(&pgevents_message(true, br#"{"skip": true}"#.to_vec())).unwrap();
+        assert!(tx.commit().unwrap().skip, "the old unsigned skip request, when unsigned messages are accepted");
+    }
+
+    #[test]
+    fn messages_outside_transactions_are_refused() {
+        use crate::signal::{sign, SignalKind};
+        let mut tx = signed_builder();
+        let signed = sign(5, &[3; 32], 7, SignalKind::Skip, b"");
+        let refused = tx.message(&pgevents_message(false, signed.clone()));
+        assert_eq!(refused, Err(MessageIgnored::Refused { xid: None, refusal: Refusal::NotTransactional }));
+        tx.begin(begin(7, 100)).unwrap();
+        let refused = tx.message(&pgevents_message(false, signed));
+        assert_eq!(refused, Err(MessageIgnored::Refused { xid: Some(7), refusal: Refusal::NotTransactional }));
+    }
+
+    #[test]
+    fn outbox_messages_take_their_place_among_the_events() {
+        use crate::signal::{sign, SignalKind};
+        let mut tx = signed_builder();
+        tx.begin(begin(7, 100)).unwrap();
+        let table = TableRef::new("public", "t");
+        let mut body = Vec::new();
+        assert_eq!(tx.truncate(&table, &mut body), Some(0));
+        let payload = b"{\"routing_key\": \"orders.placed\"}\n{\"total\": 99.50}";
+        let taken = tx.message(&pgevents_message(true, sign(5, &[3; 32], 7, SignalKind::Outbox, payload))).unwrap();
+        let Taken::Outbox(outbox) = taken else { panic!("{taken:?}") };
+        assert_eq!((outbox.seq, outbox.header.routing_key.as_str()), (1, "orders.placed"));
+        assert_eq!(outbox.body, br#"{"total": 99.50}"#);
+        let bad = tx.message(&pgevents_message(true, sign(5, &[3; 32], 7, SignalKind::Outbox, b"{}\n{}"))).unwrap();
+        let Taken::MalformedOutbox(bad) = bad else { panic!("{bad:?}") };
+        assert_eq!(bad.seq, 2);
+        assert!(bad.reason.contains("no routing key"), "{}", bad.reason);
+        assert_eq!(tx.truncate(&table, &mut body), Some(3));
+        assert_eq!(tx.commit().unwrap().events, 4);
     }
 }

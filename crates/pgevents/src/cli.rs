@@ -335,9 +335,18 @@ pub struct ProducerArgs {
     /// Write numeric values as JSON strings instead of exact JSON numbers
     #[arg(long, env = "PGEVENTS_NUMERIC_AS_STRING", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub numeric_as_string: bool,
-    /// Honour {"skip": true} context messages (suppress the transaction's events); any database user can send one, so it is off unless asked for
-    #[arg(long, env = "PGEVENTS_ALLOW_SKIP", value_parser = BoolishValueParser::new(), default_value_t = false)]
-    pub allow_skip: bool,
+    /// Take unsigned pgevents messages (pg_logical_emit_message(true, 'pgevents', '{...}')) as transaction context, and {"skip": true} in them as a skip request, as before messages were signed: any role that can connect may send one. Off: only what pgevents.context(), pgevents.skip() and pgevents.outbox() signed is believed
+    #[arg(long, env = "PGEVENTS_ALLOW_UNSIGNED_MESSAGES", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub allow_unsigned_messages: bool,
+    /// Replaced by signed skip requests (pgevents.skip()) and --allow-unsigned-messages; refused with an explanation
+    #[arg(long, env = "PGEVENTS_ALLOW_SKIP", value_parser = BoolishValueParser::new(), hide = true)]
+    pub allow_skip: Option<bool>,
+    /// The exchange outbox messages (pgevents.outbox()) are published to [default: the events exchange, --exchange]
+    #[arg(long, env = "PGEVENTS_OUTBOX_EXCHANGE")]
+    pub outbox_exchange: Option<String>,
+    /// Where signed outbox messages that cannot be published as written go, with the reason in a header; a durable queue of the same name is declared and bound to it
+    #[arg(long, env = "PGEVENTS_OUTBOX_DEAD_LETTER_EXCHANGE", default_value = "pgevents.outbox.dead")]
+    pub outbox_dead_letter_exchange: String,
     /// Largest transaction context (pg_logical_emit_message(true, 'pgevents', ...)), in bytes: it is copied into every event of its transaction, and any role that can write may send it; more is ignored, logged and counted
     #[arg(long, env = "PGEVENTS_MAX_CONTEXT_BYTES", default_value_t = 8 << 10)]
     pub max_context_bytes: usize,

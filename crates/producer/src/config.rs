@@ -103,9 +103,14 @@ pub struct ProducerConfig {
     pub history_stream: Option<(String, pgevents_amqp::Retention)>,
     /// Rows per snapshot batch (one query, confirmed before its progress is recorded).
     pub snapshot_batch_rows: usize,
-    /// Honour `{"skip": true}` context messages (any database user can send one, so that
-    /// their changes reach no consumer): off unless asked for.
-    pub allow_skip: bool,
+    /// Take unsigned `pgevents` messages as context (and `{"skip": true}` as a skip request),
+    /// as pgevents did before messages were signed: any role that can connect may send one.
+    pub allow_unsigned_messages: bool,
+    /// The exchange of outbox messages (`None`: the events exchange).
+    pub outbox_exchange: Option<String>,
+    /// Where signed outbox messages that cannot be published go, with the reason (a durable
+    /// queue of the same name is bound to it).
+    pub outbox_dead_letter_exchange: String,
     /// Largest context of a transaction, in bytes of its messages (more is ignored).
     pub max_context_bytes: usize,
 }
@@ -144,7 +149,9 @@ impl ProducerConfig {
             snapshot: SnapshotMode::Never,
             history_stream: None,
             snapshot_batch_rows: 1000,
-            allow_skip: false,
+            allow_unsigned_messages: false,
+            outbox_exchange: None,
+            outbox_dead_letter_exchange: "pgevents.outbox.dead".into(),
             max_context_bytes: pgevents_decode::DEFAULT_MAX_CONTEXT_BYTES,
         }
     }
@@ -156,9 +163,26 @@ impl ProducerConfig {
             exchange: self.exchange.clone(),
             mandatory: self.mandatory,
             declare_exchange: true,
-            other_exchanges: self.routing.mapped_exchanges(),
+            other_exchanges: self.other_exchanges(),
             connection_name: format!("pgevents {role} ({})", self.slot),
         }
+    }
+
+    /// The exchanges messages may name besides the events exchange: those of `--exchange-map`,
+    /// the outbox exchange and its dead-letter exchange.
+    fn other_exchanges(&self) -> Vec<String> {
+        let mut names = self.routing.mapped_exchanges();
+        names.extend(self.outbox_exchange.iter().cloned());
+        names.push(self.outbox_dead_letter_exchange.clone());
+        names.sort();
+        names.dedup();
+        names.retain(|name| name != &self.exchange);
+        names
+    }
+
+    /// The exchange outbox messages go to.
+    pub fn outbox_exchange(&self) -> &str {
+        self.outbox_exchange.as_deref().unwrap_or(&self.exchange)
     }
 
     /// The router of this configuration (which tables, which routing key and exchange).

@@ -22,6 +22,7 @@ mod reader;
 mod routing;
 mod session;
 mod setup;
+pub mod signals;
 mod snapshot;
 mod standby;
 mod stats;

@@ -1,11 +1,13 @@
 //! Turns a finished event body into the AMQP message the publisher sends: routing key and
 //! exchange of its table, message id, headers, timestamp and optional gzip compression. Used
-//! for streamed changes and snapshot rows alike, so both look the same on the wire.
+//! for streamed changes and snapshot rows alike, so both look the same on the wire. Outbox
+//! messages are built here too ([`outbox`], [`dead_outbox`]).
 
 use std::io::Write as _;
 
 use flate2::write::GzEncoder;
 use pgevents_amqp::OutgoingMessage;
+use pgevents_decode::outbox::OutboxHeader;
 use pgevents_decode::TableRef;
 use pgevents_event::{Action, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_OMITTED, HEADER_TABLE};
 
@@ -59,8 +61,69 @@ pub fn build(
         content_type: CONTENT_TYPE.into(),
         content_encoding: content_encoding.map(Into::into),
         app_id: APP_ID.into(),
+        message_type: None,
         body,
     })
+}
+
+/// The header that marks an outbox message (its value: `true`).
+pub const HEADER_OUTBOX: &str = "outbox";
+/// Dead-lettered outbox messages carry why in this header.
+pub const HEADER_REASON: &str = "reason";
+
+/// Where a transaction's outbox message sits: its commit and default message id.
+pub struct OutboxPlace<'a> {
+    /// Derived from the commit LSN and the position, as for events; used when the application
+    /// gave none.
+    pub default_id: String,
+    pub lsn_text: &'a str,
+    pub commit_time_micros: i64,
+}
+
+/// An outbox message as the application wrote it: its routing key, message id and headers, the
+/// body untouched (never compressed), `type` its routing key; to `--outbox-exchange`.
+pub fn outbox(header: &OutboxHeader, body: Vec<u8>, place: OutboxPlace<'_>, exchange: &std::sync::Arc<str>) -> OutgoingMessage {
+    let mut headers: Vec<_> = header.headers.iter().map(|(name, value)| (name.clone().into(), value.clone())).collect();
+    headers.push((HEADER_OUTBOX.into(), "true".to_owned()));
+    headers.push((HEADER_LSN.into(), place.lsn_text.to_owned()));
+    OutgoingMessage {
+        exchange: Some(exchange.clone()),
+        routing_key: header.routing_key.clone(),
+        message_id: header.message_id.clone().unwrap_or(place.default_id),
+        headers,
+        timestamp: u64::try_from(place.commit_time_micros / 1_000_000).unwrap_or(0),
+        content_type: CONTENT_TYPE.into(),
+        content_encoding: None,
+        app_id: APP_ID.into(),
+        message_type: Some(header.routing_key.clone()),
+        body,
+    }
+}
+
+/// A signed outbox message that cannot be published as written, to `--outbox-dead-letter-exchange`
+/// with the reason; its content is cut to `max_bytes`.
+pub fn dead_outbox(reason: &str, mut content: Vec<u8>, place: OutboxPlace<'_>, exchange: &std::sync::Arc<str>, max_bytes: usize) -> OutgoingMessage {
+    let mut headers = vec![
+        (HEADER_REASON.into(), reason.to_owned()),
+        (HEADER_OUTBOX.into(), "true".to_owned()),
+        (HEADER_LSN.into(), place.lsn_text.to_owned()),
+    ];
+    if content.len() > max_bytes {
+        headers.push((HEADER_OMITTED.into(), format!("{} bytes after the first {max_bytes}", content.len() - max_bytes)));
+        content.truncate(max_bytes);
+    }
+    OutgoingMessage {
+        exchange: Some(exchange.clone()),
+        routing_key: "malformed".to_owned(),
+        message_id: place.default_id,
+        headers,
+        timestamp: u64::try_from(place.commit_time_micros / 1_000_000).unwrap_or(0),
+        content_type: "application/octet-stream".into(),
+        content_encoding: None,
+        app_id: APP_ID.into(),
+        message_type: None,
+        body: content,
+    }
 }
 
 fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {

@@ -10,7 +10,9 @@ pub const EVENTS_PUBLISHED: &str = "pgevents_events_published_total";
 pub const EVENTS_CONFIRMED: &str = "pgevents_events_confirmed_total";
 pub const TRANSACTIONS: &str = "pgevents_transactions_total";
 pub const TRANSACTIONS_SKIPPED: &str = "pgevents_transactions_skipped_total";
-pub const SKIPS_REFUSED: &str = "pgevents_skip_requests_ignored_total";
+pub const MESSAGES_REFUSED: &str = "pgevents_messages_refused_total";
+pub const OUTBOX_PUBLISHED: &str = "pgevents_outbox_messages_total";
+pub const OUTBOX_DEAD: &str = "pgevents_outbox_dead_lettered_total";
 pub const CONTEXT_IGNORED: &str = "pgevents_context_messages_ignored_total";
 pub const CONFIRMS_PENDING: &str = "pgevents_confirms_pending";
 pub const CONFIRMED_LSN: &str = "pgevents_confirmed_lsn";
@@ -42,10 +44,15 @@ pub fn describe() {
     describe_counter!(EVENTS_PUBLISHED, "Events handed to the broker, by table and action");
     describe_counter!(EVENTS_CONFIRMED, "Events confirmed by the broker");
     describe_counter!(TRANSACTIONS, "Transactions read from the slot");
-    describe_counter!(TRANSACTIONS_SKIPPED, "Transactions suppressed by a {\"skip\": true} context message");
+    describe_counter!(TRANSACTIONS_SKIPPED, "Transactions whose row events were suppressed by pgevents.skip()");
     describe_counter!(
-        SKIPS_REFUSED,
-        "Transactions that asked to be skipped and were published, --allow-skip being off"
+        MESSAGES_REFUSED,
+        "pgevents messages refused, by reason: unsigned, forged, other_transaction, unknown_key, retired_key, not_transactional, unreadable"
+    );
+    describe_counter!(OUTBOX_PUBLISHED, "Outbox messages published (pgevents.outbox())");
+    describe_counter!(
+        OUTBOX_DEAD,
+        "Signed outbox messages that could not be published as written, sent to --outbox-dead-letter-exchange"
     );
     describe_counter!(
         CONTEXT_IGNORED,

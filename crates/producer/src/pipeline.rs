@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgevents_amqp::ConfirmingPublisher;
+use pgevents_decode::signal::MessageKeys;
 use pgevents_decode::{Catalog, Decoder};
 use pgevents_event::Lsn;
 use pgevents_replication::{ReplicationReader, StatusSender, WalMessage};
@@ -76,6 +77,7 @@ impl Pipeline {
         sender: StatusSender,
         publisher: ConfirmingPublisher,
         catalog: Catalog,
+        keys: MessageKeys,
         db: Arc<Database>,
         config: &Arc<ProducerConfig>,
         stats: &Arc<Stats>,
@@ -88,7 +90,7 @@ impl Pipeline {
         let stop_status = CancellationToken::new();
         let decoder = Decoder::new(config.plugin, config.values);
         let reader =
-            Reader::new(stream, decoder, catalog, db.clone(), batch_tx, config.clone(), stats.clone(), reply.clone());
+            Reader::new(stream, decoder, catalog, db.clone(), batch_tx, config.clone(), stats.clone(), reply.clone(), keys);
         Pipeline {
             _monitor: AbortOnDrop(tokio::spawn(run_monitor(db, config.clone(), stats.clone()))),
             reader: tokio::spawn(reader.run(shutdown.clone())),

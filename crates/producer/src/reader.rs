@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use pgevents_amqp::{Cause, OutgoingMessage};
 use pgevents_decode::encode::close_event;
-use pgevents_decode::{Catalog, CatalogNeed, DecodeError, Decoded, Decoder, TransactionBuilder, TxBegin, TxOutcome};
+use pgevents_decode::signal::{MessageKeys, Refusal};
+use pgevents_decode::{
+    Catalog, CatalogNeed, DecodeError, Decoded, Decoder, LogicalMessage, MessageIgnored, Signals, Taken,
+    TransactionBuilder, TxBegin, TxOutcome,
+};
 use pgevents_event::{message_id, Action, Lsn};
 use pgevents_replication::{ReplicationError, ReplicationReader, WalMessage};
 use tokio::sync::{mpsc, Notify};
@@ -16,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
-use crate::message::{self, Envelope};
-use crate::metrics::{EventCounters, SKIPS_REFUSED, TRANSACTIONS, TRANSACTIONS_SKIPPED};
+use crate::message::{self, Envelope, OutboxPlace};
+use crate::metrics::{EventCounters, MESSAGES_REFUSED, OUTBOX_DEAD, OUTBOX_PUBLISHED, TRANSACTIONS, TRANSACTIONS_SKIPPED};
 use crate::routing::Router;
+use crate::signals::{self, KeyRefresh};
 use crate::stats::Stats;
-use crate::txbuffer::{PendingEvent, TxBuffer};
+use crate::txbuffer::{Item, PendingEvent, TxBuffer};
 
 /// Messages handed to the publisher together; `commit` is the end LSN of the transaction whose
 /// last message is in this batch (or of an empty transaction / idle position when there are none).
@@ -87,6 +92,9 @@ pub struct Reader {
     last_mark: Lsn,
     event_counters: EventCounters,
     router: Router,
+    key_refresh: KeyRefresh,
+    outbox_exchange: Arc<str>,
+    outbox_dead_letter_exchange: Arc<str>,
 }
 
 /// Whether the reader goes on or stops (shutdown was requested).
@@ -106,11 +114,15 @@ impl Reader {
         config: Arc<ProducerConfig>,
         stats: Arc<Stats>,
         reply_requested: Arc<Notify>,
+        keys: MessageKeys,
     ) -> Self {
         let silence_timeout = config.status_interval * 3 + Duration::from_secs(5);
         let router = config.router();
         let buffer = TxBuffer::new(config.tx_memory_budget, config.spill_dir.clone());
-        let max_context_bytes = config.max_context_bytes;
+        let signals = Signals { keys, accept_unsigned: config.allow_unsigned_messages };
+        let tx = TransactionBuilder::new(config.max_context_bytes, signals);
+        let outbox_exchange = Arc::from(config.outbox_exchange());
+        let outbox_dead_letter_exchange = Arc::from(config.outbox_dead_letter_exchange.as_str());
         Reader {
             stream,
             decoder,
@@ -121,11 +133,14 @@ impl Reader {
             stats,
             reply_requested,
             silence_timeout,
-            tx: TransactionBuilder::new(max_context_bytes),
+            tx,
             buffer,
             last_mark: Lsn::ZERO,
             event_counters: EventCounters::default(),
             router,
+            key_refresh: KeyRefresh::new(Duration::from_secs(1)),
+            outbox_exchange,
+            outbox_dead_letter_exchange,
         }
     }
 
@@ -222,8 +237,7 @@ impl Reader {
                     }
                     let mut body = Vec::with_capacity(256);
                     if let Some(seq) = self.tx.row(&change, &mut body) {
-                        let event = PendingEvent { table: change.table.clone(), action: change.action, seq, body };
-                        self.buffer.push(event).await?;
+                        self.buffer.push(PendingEvent::change(change.table.clone(), change.action, seq, body)).await?;
                     }
                 }
             }
@@ -231,22 +245,51 @@ impl Reader {
                 for table in tables.iter().filter(|t| self.router.route(t).streamed) {
                     let mut body = Vec::with_capacity(160);
                     if let Some(seq) = self.tx.truncate(table, &mut body) {
-                        let event = PendingEvent { table: table.clone(), action: Action::Truncate, seq, body };
-                        self.buffer.push(event).await?;
+                        self.buffer.push(PendingEvent::change(table.clone(), Action::Truncate, seq, body)).await?;
                     }
                 }
             }
-            Decoded::Message(message) => {
-                if let Err(bad) = self.tx.message(&message) {
-                    metrics::counter!(crate::metrics::CONTEXT_IGNORED).increment(1);
-                    tracing::warn!(error = ?bad.to_string(), "a context message was ignored");
-                }
-            }
+            Decoded::Message(message) => self.message(&message).await?,
             Decoded::Relation(table) => self.catalog.forget_primary_key(&table),
             Decoded::Commit => return self.commit(wal_start, shutdown).await,
             Decoded::Ignored => {}
         }
         Ok(Flow::Continue)
+    }
+
+    /// A logical message: signals are verified (the keys read again, at most once a second,
+    /// when one names a key the producer does not know), refusals logged and counted.
+    async fn message(&mut self, message: &LogicalMessage) -> Result<(), ProducerError> {
+        let mut taken = self.tx.message(message);
+        if let Err(MessageIgnored::Refused { refusal: Refusal::UnknownKey(_), .. }) = &taken {
+            if self.key_refresh.due() {
+                *self.tx.keys_mut() = signals::read_keys(&self.db).await?;
+                taken = self.tx.message(message);
+            }
+        }
+        match taken {
+            Ok(Taken::Nothing) => {}
+            Ok(Taken::KeysChanged) => {
+                // Authentic (signed with a key it retires): read at once, in WAL order, so no
+                // transaction that commits after the rotation is verified with the old keys.
+                *self.tx.keys_mut() = signals::read_keys(&self.db).await?;
+                tracing::info!(keys = self.tx.keys_mut().len(), "the message keys were rotated; read them again");
+            }
+            Ok(Taken::Outbox(outbox)) => self.buffer.push(PendingEvent::outbox(outbox)).await?,
+            Ok(Taken::MalformedOutbox(bad)) => {
+                tracing::warn!(xid = ?self.tx.current().map(|b| b.xid), reason = ?bad.reason, "a signed outbox message cannot be published as written; it goes to the dead-letter exchange");
+                self.buffer.push(PendingEvent::dead_outbox(bad)).await?;
+            }
+            Err(MessageIgnored::Refused { xid, refusal }) => {
+                metrics::counter!(MESSAGES_REFUSED, "reason" => refusal.reason()).increment(1);
+                tracing::warn!(?xid, reason = refusal.reason(), error = ?refusal.to_string(), "a pgevents message was refused");
+            }
+            Err(MessageIgnored::Context(bad)) => {
+                metrics::counter!(crate::metrics::CONTEXT_IGNORED).increment(1);
+                tracing::warn!(error = ?bad.to_string(), "a context message was ignored");
+            }
+        }
+        Ok(())
     }
 
     async fn commit(&mut self, end_lsn: Lsn, shutdown: &CancellationToken) -> Result<Flow, ProducerError> {
@@ -256,32 +299,33 @@ impl Reader {
         };
         Stats::add(&self.stats.transactions, 1);
         metrics::counter!(TRANSACTIONS).increment(1);
-        if outcome.skip && !self.config.allow_skip {
-            metrics::counter!(SKIPS_REFUSED).increment(1);
-            tracing::warn!(xid = begin.xid, "a transaction asked to be skipped ({{\"skip\": true}}); publishing it anyway: start the producer with --allow-skip to honour such requests");
-        }
-        if outcome.skip && self.config.allow_skip {
+        if outcome.skip {
+            // The row events only: outbox messages were asked for explicitly.
             Stats::add(&self.stats.transactions_skipped, 1);
             metrics::counter!(TRANSACTIONS_SKIPPED).increment(1);
-            self.buffer.clear();
-            return self.send(Batch::mark(end_lsn, Some(begin.commit_time_micros)), shutdown).await;
         }
         let (memory, spill) = self.buffer.take().await?;
         let lsn_text = begin.commit_lsn.to_string();
         let mut batch = BatchBuilder::default();
-        for event in memory {
+        let mut spill = spill;
+        let mut memory = memory.into_iter();
+        loop {
+            let event = match memory.next() {
+                Some(event) => event,
+                None => match spill.as_mut() {
+                    Some(spill) => match spill.next().await? {
+                        Some(event) => event,
+                        None => break,
+                    },
+                    None => break,
+                },
+            };
+            if outcome.skip && matches!(event.item, Item::Change { .. }) {
+                continue;
+            }
             if let Some(full) = batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?) {
                 if let Flow::Stop = self.send(Batch::part(full), shutdown).await? {
                     return Ok(Flow::Stop);
-                }
-            }
-        }
-        if let Some(mut spill) = spill {
-            while let Some(event) = spill.next().await? {
-                if let Some(full) = batch.push(self.outgoing(event, &outcome, &begin, &lsn_text)?) {
-                    if let Flow::Stop = self.send(Batch::part(full), shutdown).await? {
-                        return Ok(Flow::Stop);
-                    }
                 }
             }
         }
@@ -296,7 +340,30 @@ impl Reader {
         begin: &TxBegin,
         lsn_text: &str,
     ) -> Result<OutgoingMessage, ProducerError> {
-        let PendingEvent { table, action, seq, mut body } = event;
+        let PendingEvent { item, seq, mut body } = event;
+        let place = || OutboxPlace {
+            default_id: message_id(begin.commit_lsn, seq),
+            lsn_text,
+            commit_time_micros: begin.commit_time_micros,
+        };
+        let (table, action) = match item {
+            Item::Change { table, action } => (table, action),
+            Item::Outbox(header) if body.len() <= self.config.max_message_bytes => {
+                metrics::counter!(OUTBOX_PUBLISHED).increment(1);
+                return Ok(message::outbox(&header, body, place(), &self.outbox_exchange));
+            }
+            Item::Outbox(header) => {
+                let reason = format!(
+                    "the body ({} bytes) is above --max-message-bytes ({}) for routing key {:?}",
+                    body.len(),
+                    self.config.max_message_bytes,
+                    header.routing_key
+                );
+                tracing::warn!(xid = begin.xid, reason = ?reason, "an outbox message goes to the dead-letter exchange");
+                return Ok(self.dead_outbox(&reason, body, place()));
+            }
+            Item::DeadOutbox(reason) => return Ok(self.dead_outbox(&reason, body, place())),
+        };
         self.event_counters.published(&table.qualified, action);
         let route = self.router.route(&table);
         close_event(&mut body, outcome.context.as_deref());
@@ -308,5 +375,11 @@ impl Reader {
             commit_time_micros: begin.commit_time_micros,
         };
         message::build_within_limit(envelope, &route, body, &self.config)
+    }
+
+    fn dead_outbox(&self, reason: &str, content: Vec<u8>, place: OutboxPlace<'_>) -> OutgoingMessage {
+        metrics::counter!(OUTBOX_DEAD).increment(1);
+        let max_bytes = self.config.max_message_bytes.saturating_sub(64 << 10).max(1024);
+        message::dead_outbox(reason, content, place, &self.outbox_dead_letter_exchange, max_bytes)
     }
 }

@@ -16,6 +16,7 @@ use crate::database::{quote_ident, Database};
 use crate::error::ProducerError;
 use crate::pipeline::Pipeline;
 use crate::setup::{prepare, SlotState};
+use crate::signals;
 use crate::snapshot::{self, SnapshotEnd, SnapshotMode};
 use crate::standby::{take_slot_lock, Lock};
 use crate::stats::{Phase, Stats};
@@ -126,6 +127,7 @@ pub async fn run_session(
     }
     stats.set_phase(Phase::Connecting);
     let slot_state = prepare(&db, config).await?;
+    let keys = signals::prepare(&db, config, server_version).await?;
     let publisher = connect_broker(config).await?;
     let mut client = match ReplicationClient::connect(&config.postgres).await {
         Ok(client) => client,
@@ -146,7 +148,7 @@ pub async fn run_session(
     stats.set_phase(Phase::Streaming);
     tracing::info!(slot = %config.slot, plugin = config.plugin.name(), %start, exchange = %config.exchange, "streaming");
     let catalog = std::mem::take(&mut state.catalog);
-    let pipeline = Pipeline::start(stream, sender, publisher, catalog, db, config, stats, start, shutdown);
+    let pipeline = Pipeline::start(stream, sender, publisher, catalog, keys, db, config, stats, start, shutdown);
     pipeline.run(state, stats).await
 }
 
@@ -161,16 +163,21 @@ async fn check_server(db: &Database) -> Result<u32, ProducerError> {
     Ok(server_version)
 }
 
-/// The publisher (exchanges declared), and the history stream declared when one is configured.
+/// The publisher (exchanges declared), the outbox's dead-letter queue, and the history stream
+/// when one is configured.
 async fn connect_broker(config: &ProducerConfig) -> Result<ConfirmingPublisher, ProducerError> {
     let publisher = ConfirmingPublisher::connect(&config.amqp_url, &config.publisher_settings("producer")).await?;
+    let connection = pgevents_amqp::connect(&config.amqp_url, "pgevents producer (topology)").await?;
+    let channel = pgevents_amqp::open_channel(&connection).await?;
+    let dead = &config.outbox_dead_letter_exchange;
+    let spec = pgevents_amqp::QueueSpec { name: dead.clone(), durable: true, ..Default::default() };
+    pgevents_amqp::declare_queue(&channel, &spec).await?;
+    pgevents_amqp::bind_queue(&channel, dead, dead, &["#".to_owned()]).await?;
     if let Some((stream, retention)) = &config.history_stream {
-        let connection = pgevents_amqp::connect(&config.amqp_url, "pgevents producer (history stream)").await?;
-        let channel = pgevents_amqp::open_channel(&connection).await?;
         pgevents_amqp::ensure_stream(&channel, stream, &config.exchange, retention).await?;
-        let _ = channel.close().await;
-        let _ = connection.close().await;
     }
+    let _ = channel.close().await;
+    let _ = connection.close().await;
     Ok(publisher)
 }
 

@@ -1,7 +1,7 @@
 //! The events of the transaction being read, held until its commit.
 //!
-//! Events wait for the commit because a context message (or `{"skip": true}`) may arrive
-//! anywhere in the transaction. Past a memory budget they go to an anonymous temporary file, so
+//! Events (and the transaction's outbox messages, in their place among them) wait for the
+//! commit because a context message or a skip request may arrive anywhere in the transaction. Past a memory budget they go to an anonymous temporary file, so
 //! a transaction of millions of rows does not grow the producer's memory. File I/O runs on the
 //! blocking pool, in chunks.
 
@@ -11,17 +11,48 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pgevents_decode::outbox::{MalformedOutbox, OutboxHeader, OutboxMessage};
 use pgevents_decode::TableRef;
 use pgevents_event::Action;
 
-/// One event, written up to `seq` (see `pgevents_decode::encode::close_event`).
+/// One event or outbox message of the transaction, at position `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingEvent {
-    pub table: Arc<TableRef>,
-    pub action: Action,
+    pub item: Item,
     pub seq: u64,
+    /// A row event written up to `seq` (see `pgevents_decode::encode::close_event`), or an
+    /// outbox message's body as the application wrote it.
     pub body: Vec<u8>,
 }
+
+/// What a pending message is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Change { table: Arc<TableRef>, action: Action },
+    Outbox(Arc<OutboxHeader>),
+    /// A signed outbox message that cannot be published as written (the reason): the body is
+    /// its content, for the dead-letter exchange.
+    DeadOutbox(Arc<str>),
+}
+
+impl PendingEvent {
+    pub fn change(table: Arc<TableRef>, action: Action, seq: u64, body: Vec<u8>) -> PendingEvent {
+        PendingEvent { item: Item::Change { table, action }, seq, body }
+    }
+
+    pub fn outbox(message: OutboxMessage) -> PendingEvent {
+        PendingEvent { item: Item::Outbox(Arc::new(message.header)), seq: message.seq, body: message.body }
+    }
+
+    pub fn dead_outbox(message: MalformedOutbox) -> PendingEvent {
+        PendingEvent { item: Item::DeadOutbox(Arc::from(message.reason)), seq: message.seq, body: message.content }
+    }
+}
+
+/// The spill record's table index of an item that is not a row event.
+const NO_TABLE: u32 = u32::MAX;
+const OUTBOX_CODE: u8 = b'o';
+const DEAD_OUTBOX_CODE: u8 = b'x';
 
 const CHUNK: usize = 1 << 20;
 
@@ -65,20 +96,31 @@ impl Spill {
         })
     }
 
-    async fn push(&mut self, event: PendingEvent) -> io::Result<()> {
-        let index = match self.table_index.get(&event.table.qualified) {
+    fn table_index(&mut self, table: &Arc<TableRef>) -> u32 {
+        match self.table_index.get(&table.qualified) {
             Some(&i) => i,
             None => {
                 let i = self.tables.len() as u32;
-                self.table_index.insert(event.table.qualified.clone(), i);
-                self.tables.push(event.table.clone());
+                self.table_index.insert(table.qualified.clone(), i);
+                self.tables.push(table.clone());
                 i
             }
+        }
+    }
+
+    async fn push(&mut self, event: PendingEvent) -> io::Result<()> {
+        // Outbox items keep what describes them in front of the body, as a line of JSON.
+        let (index, code, head) = match &event.item {
+            Item::Change { table, action } => (self.table_index(table), action_code(*action), Vec::new()),
+            Item::Outbox(header) => (NO_TABLE, OUTBOX_CODE, line(header.as_ref())?),
+            Item::DeadOutbox(reason) => (NO_TABLE, DEAD_OUTBOX_CODE, line(&reason.as_ref())?),
         };
+        let len = u32::try_from(head.len() + event.body.len()).map_err(|_| io::Error::other("event over 4 GiB"))?;
         self.staged.extend_from_slice(&index.to_le_bytes());
-        self.staged.push(action_code(event.action));
+        self.staged.push(code);
         self.staged.extend_from_slice(&event.seq.to_le_bytes());
-        self.staged.extend_from_slice(&(event.body.len() as u32).to_le_bytes());
+        self.staged.extend_from_slice(&len.to_le_bytes());
+        self.staged.extend_from_slice(&head);
         self.staged.extend_from_slice(&event.body);
         self.events += 1;
         if self.staged.len() >= CHUNK {
@@ -101,6 +143,21 @@ impl Spill {
         self.staged = data;
         Ok(())
     }
+}
+
+/// `value` as one line of JSON (JSON text never holds a raw newline).
+fn line<T: serde::Serialize + ?Sized>(value: &T) -> io::Result<Vec<u8>> {
+    let mut out = serde_json::to_vec(value).map_err(io::Error::other)?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Reads the line [`line`] wrote off the front of `body`.
+fn take_line<T: serde::de::DeserializeOwned>(body: &mut Vec<u8>) -> io::Result<T> {
+    let end = body.iter().position(|b| *b == b'\n').ok_or_else(|| io::Error::other("bad spill record: no line"))?;
+    let value = serde_json::from_slice(&body[..end]).map_err(io::Error::other)?;
+    body.drain(..=end);
+    Ok(value)
 }
 
 /// Reads spilled events back, in order.
@@ -126,15 +183,22 @@ impl SpillReader {
         let seq = u64::from_le_bytes(b[5..13].try_into().map_err(|_| io::Error::other("bad spill record"))?);
         let len = u32::from_le_bytes([b[13], b[14], b[15], b[16]]) as usize;
         self.fill(header + len).await?;
-        let body = self.buf[self.pos + header..self.pos + header + len].to_vec();
+        let mut body = self.buf[self.pos + header..self.pos + header + len].to_vec();
         self.pos += header + len;
         self.remaining -= 1;
-        let table = self.tables.get(table).cloned().ok_or_else(|| io::Error::other("bad spill record table"))?;
-        let action = Action::ALL
-            .into_iter()
-            .find(|a| action_code(*a) == action)
-            .ok_or_else(|| io::Error::other("bad spill record action"))?;
-        Ok(Some(PendingEvent { table, action, seq, body }))
+        let item = match (table as u32, action) {
+            (NO_TABLE, OUTBOX_CODE) => Item::Outbox(Arc::new(take_line(&mut body)?)),
+            (NO_TABLE, DEAD_OUTBOX_CODE) => Item::DeadOutbox(Arc::from(take_line::<String>(&mut body)?)),
+            _ => {
+                let table = self.tables.get(table).cloned().ok_or_else(|| io::Error::other("bad spill record table"))?;
+                let action = Action::ALL
+                    .into_iter()
+                    .find(|a| action_code(*a) == action)
+                    .ok_or_else(|| io::Error::other("bad spill record action"))?;
+                Item::Change { table, action }
+            }
+        };
+        Ok(Some(PendingEvent { item, seq, body }))
     }
 
     /// Makes sure `n` bytes are buffered from `pos`.
@@ -221,13 +285,6 @@ impl TxBuffer {
             SpillReader { file: Some(file), buf: Vec::new(), pos: 0, tables: spill.tables, remaining: spill.events };
         Ok((memory, Some(reader)))
     }
-
-    /// Drops the events (the transaction is skipped or the stream broke).
-    pub fn clear(&mut self) {
-        self.memory.clear();
-        self.memory_bytes = 0;
-        self.spill = None;
-    }
 }
 
 #[cfg(test)]
@@ -235,11 +292,19 @@ mod tests {
     use super::*;
 
     fn event(i: u64, table: &Arc<TableRef>) -> PendingEvent {
-        PendingEvent {
-            table: table.clone(),
-            action: Action::Insert,
-            seq: i,
-            body: format!("{{\"n\":{i}").into_bytes().repeat((i % 5 + 1) as usize),
+        let body = format!("{{\"n\":{i}").into_bytes().repeat((i % 5 + 1) as usize);
+        match i % 101 {
+            7 => PendingEvent::outbox(OutboxMessage {
+                seq: i,
+                header: OutboxHeader {
+                    routing_key: format!("orders.{i}"),
+                    message_id: (i % 2 == 0).then(|| format!("id-{i}")),
+                    headers: vec![("tenant".into(), "t\n1".into())],
+                },
+                body,
+            }),
+            8 => PendingEvent::dead_outbox(MalformedOutbox { seq: i, reason: format!("bad\n{i}"), content: body }),
+            _ => PendingEvent::change(table.clone(), Action::Insert, i, body),
         }
     }
 

@@ -214,6 +214,7 @@ pub async fn publish_raw(exchange: &str, routing_key: &str, message_id: &str, bo
 /// [`publish_raw`] on the broker at `url` (a private node).
 pub async fn publish_raw_to(url: &str, exchange: &str, routing_key: &str, message_id: &str, body: &[u8]) {
     let message = amqp::OutgoingMessage {
+        message_type: None,
         exchange: None,
         routing_key: routing_key.to_owned(),
         message_id: message_id.to_owned(),

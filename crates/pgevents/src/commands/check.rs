@@ -1,5 +1,5 @@
 //! `pgevents check`: validates the producer's settings and connectivity, reviews the risky
-//! settings of the whole deployment (skip requests honoured, HTTP actions allowed anywhere, TLS
+//! settings of the whole deployment (unsigned messages believed, HTTP actions allowed anywhere, TLS
 //! that does not verify the server, a gateway or its sessions open to the network without
 //! authentication) and what the database holds (rules without an owner or whose owners cannot
 //! log in or are superusers, secrets granted to every rule owner, tables whose addressed rows'
@@ -19,7 +19,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let config = super::producer::config(&args.producer)?;
     let mut findings = run_checks(&config).await;
     findings.extend(risky_settings(&Deployment {
-        allow_skip: config.allow_skip,
+        allow_unsigned_messages: config.allow_unsigned_messages,
         postgres: &config.postgres,
         rabbitmq: &config.amqp_url,
         http_allow: &args.http_allow,
@@ -49,7 +49,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
 
 /// The settings of the deployment that weaken it.
 struct Deployment<'a> {
-    allow_skip: bool,
+    allow_unsigned_messages: bool,
     postgres: &'a ConnectConfig,
     rabbitmq: &'a Brokers,
     http_allow: &'a [String],
@@ -103,10 +103,10 @@ fn is_local(host: &str) -> bool {
 /// Reviews the risky settings; no I/O.
 fn risky_settings(d: &Deployment<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
-    out.push(if d.allow_skip {
-        warn("skip requests", "--allow-skip is on: any role that can connect can hide its changes from every consumer with pg_logical_emit_message(true, 'pgevents', '{\"skip\": true}'); turn it off unless every writer is trusted")
+    out.push(if d.allow_unsigned_messages {
+        warn("pgevents messages", "--allow-unsigned-messages is on: any role that can connect can attach context to its transactions and hide its changes from every consumer with pg_logical_emit_message(true, 'pgevents', '{\"skip\": true}'); move the applications to pgevents.context() and pgevents.skip() (GRANT EXECUTE) and turn it off")
     } else {
-        pass("skip requests", "refused ({\"skip\": true} is published anyway)")
+        pass("pgevents messages", "only signed ones are believed (pgevents.context(), pgevents.skip(), pgevents.outbox(): whoever has EXECUTE on them)")
     });
     out.push(if d.work_key {
         pass("work messages", "signed (--work-key-file)")
@@ -173,7 +173,7 @@ mod tests {
         };
         let rabbitmq: Brokers = "amqp://u:p@mq.example/%2f".parse().unwrap();
         let open = Deployment {
-            allow_skip: true,
+            allow_unsigned_messages: true,
             postgres: &postgres,
             rabbitmq: &rabbitmq,
             http_allow: &[],
@@ -184,14 +184,14 @@ mod tests {
         };
         assert_eq!(
             warnings(&open),
-            ["skip requests", "work messages", "HTTP actions", "PostgreSQL TLS", "RabbitMQ TLS", "gateway", "sessions"]
+            ["pgevents messages", "work messages", "HTTP actions", "PostgreSQL TLS", "RabbitMQ TLS", "gateway", "sessions"]
         );
 
         postgres.tls = TlsMode::VerifyFull;
         let verified: Brokers = "amqps://u:p@mq.example/%2f".parse().unwrap();
         let allow = ["api.example.com".to_owned()];
         let safe = Deployment {
-            allow_skip: false,
+            allow_unsigned_messages: false,
             postgres: &postgres,
             rabbitmq: &verified,
             http_allow: &allow,
