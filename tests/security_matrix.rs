@@ -35,7 +35,7 @@ const RULE_CELLS: &[&str] = &[
     "R18", "R19", "R20", "R21", "R22", "R23", "R24", "R25", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
-const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5"];
+const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5", "W1", "W2", "W3", "W4", "W5"];
 
 type Verdict = Result<(), String>;
 
@@ -1669,6 +1669,7 @@ async fn producer_surfaces() {
             ("PGEVENTS_PK_HASH_HEADER", "pk"),
         ])
         .await;
+    world.pg.execute("GRANT USAGE ON SCHEMA pgevents TO bob").await;
     let state = ProducerWorld { world: &world, bob, queue };
     run_cells(PRODUCER_CELLS, |id| producer_cell(id, &state)).await;
     stop(producer).await;
@@ -1739,13 +1740,17 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
             Ok(())
         }
         "P3" => {
+            // A role allowed to attach context (signed), with far too much of it.
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.context(jsonb) TO bob").await;
             let huge = json!({"x": "A".repeat(20_000)}).to_string();
-            p.bob
+            let sent = p
+                .bob
                 .batch_execute(&format!(
-                    "BEGIN; SELECT pg_logical_emit_message(true, 'pgevents', '{huge}'); INSERT INTO public.listed VALUES (3, 3, '{{}}'); COMMIT;"
+                    "BEGIN; SELECT pgevents.context('{huge}'); INSERT INTO public.listed VALUES (3, 3, '{{}}'); COMMIT;"
                 ))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await;
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.context(jsonb) FROM bob").await;
+            sent.map_err(|e| e.to_string())?;
             pg.execute("INSERT INTO public.listed VALUES (4, 4, '{}')").await;
             let bodies = p.bodies_until(|e| e["new"]["id"] == 4).await;
             let three = bodies.iter().find(|e| e["new"]["id"] == 3);
@@ -1800,6 +1805,126 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
                 headers.iter().all(|(_, pk)| pk.as_ref().is_some_and(|pk| pk.len() == 32)),
                 "every event carries a 32-character row key: {headers:?}"
             );
+            Ok(())
+        }
+        "W1" => {
+            // Every signing function, and the internal ones, without EXECUTE.
+            for call in [
+                "SELECT pgevents.context('{\"uid\": 1}')",
+                "SELECT pgevents.skip()",
+                "SELECT pgevents.outbox('k', '{}')",
+                "SELECT pgevents._emit_signed('skip', '')",
+                "SELECT pgevents._new_message_key()",
+                "SELECT pgevents.rotate_message_key()",
+            ] {
+                let refused = p.bob.batch_execute(call).await.err().and_then(|e| e.code().cloned());
+                ensure!(
+                    refused == Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                    "{call}: {refused:?}"
+                );
+            }
+            Ok(())
+        }
+        "W2" => {
+            // The messages anyone may write: unsigned, forged, and a genuine signature of
+            // another transaction copied into bob's; none hides bob's change or adds context.
+            let keys = pg.client().await;
+            let row = keys
+                .query_one("SELECT kid, key FROM pgevents.message_key ORDER BY kid DESC LIMIT 1", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            let (kid, secret): (i32, Vec<u8>) = (row.get(0), row.get(1));
+            let attempts: Vec<Vec<u8>> = vec![
+                br#"{"skip": true, "uid": 1}"#.to_vec(),
+                format!("v1|{kid}|1|skip|{}|", "0".repeat(64)).into_bytes(),
+                pgevents_decode::signal::sign(kid, &secret, 7, pgevents_decode::signal::SignalKind::Skip, b""),
+                pgevents_decode::signal::sign(kid, &secret, 7, pgevents_decode::signal::SignalKind::Context, br#"{"uid": 1}"#),
+            ];
+            for (i, content) in attempts.into_iter().enumerate() {
+                let id = 100 + i as i32;
+                p.bob.batch_execute("BEGIN").await.map_err(|e| e.to_string())?;
+                p.bob
+                    .execute("SELECT pg_logical_emit_message(true, 'pgevents', $1::bytea)", &[&content])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                p.bob
+                    .execute("INSERT INTO public.listed VALUES ($1, 1, '{}')", &[&id])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                p.bob.batch_execute("COMMIT").await.map_err(|e| e.to_string())?;
+                let bodies = p.bodies_until(|e| e["new"]["id"] == id).await;
+                let event = bodies.iter().find(|e| e["new"]["id"] == id);
+                ensure!(event.is_some(), "attempt {i} hid bob's change");
+                ensure!(
+                    event.is_some_and(|e| e.get("context").is_none_or(Value::is_null)),
+                    "attempt {i} attached context: {event:?}"
+                );
+            }
+            Ok(())
+        }
+        "W3" => {
+            // The signing key: not readable, not unprotectable, not even with pg_read_all_data.
+            let read = p.bob.query("SELECT key FROM pgevents.message_key", &[]).await;
+            ensure!(read.is_err(), "bob read the keys");
+            let unprotect = p.bob.batch_execute("ALTER TABLE pgevents.message_key DISABLE ROW LEVEL SECURITY").await;
+            ensure!(unprotect.is_err(), "bob lifted the keys' row-level security");
+            pg.execute("CREATE ROLE auditor LOGIN PASSWORD 'auditor'; GRANT pg_read_all_data TO auditor;").await;
+            let auditor = connect_as(pg, "auditor", "auditor").await;
+            let rows = auditor.query("SELECT key FROM pgevents.message_key", &[]).await.map_err(|e| e.to_string())?;
+            ensure!(rows.is_empty(), "pg_read_all_data read {} keys", rows.len());
+            Ok(())
+        }
+        "W4" => {
+            // A role allowed to publish outbox messages names only a routing key: not the
+            // exchange, not the headers pgevents writes, nothing longer than AMQP carries.
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.outbox(text, jsonb, text, jsonb) TO bob").await;
+            let long = "k".repeat(256);
+            let mut verdict = Ok(());
+            for call in [
+                "SELECT pgevents.outbox('k', '{}', NULL, '{\"lsn\": \"0/0\"}')".to_owned(),
+                "SELECT pgevents.outbox('k', '{}', NULL, '{\"outbox\": \"false\"}')".to_owned(),
+                "SELECT pgevents.outbox('k', '{}', NULL, '{\"n\": 1}')".to_owned(),
+                format!("SELECT pgevents.outbox('{long}', '{{}}')"),
+                format!("SELECT pgevents.outbox('k', '{{}}', '{long}')"),
+            ] {
+                let refused = p.bob.batch_execute(&call).await.err().and_then(|e| e.code().cloned());
+                if refused != Some(tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) {
+                    verdict = Err(format!("{call}: {refused:?}"));
+                    break;
+                }
+            }
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.outbox(text, jsonb, text, jsonb) FROM bob").await;
+            verdict
+        }
+        "W5" => {
+            // bob's functions named like the built-ins the signing functions call, first on his
+            // search_path: the functions pin theirs, so nothing of bob's runs as their owner.
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.context(jsonb) TO bob").await;
+            let planted = p
+                .bob
+                .batch_execute(
+                    "CREATE SCHEMA IF NOT EXISTS bobs;
+                     CREATE OR REPLACE FUNCTION bobs.plant() RETURNS void LANGUAGE plpgsql AS $f$
+                     BEGIN
+                         RAISE WARNING 'BOB-RAN-IN-A-SIGNING-FUNCTION';
+                         IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                             EXECUTE 'ALTER ROLE bob SUPERUSER';
+                         END IF;
+                     END $f$;
+                     CREATE OR REPLACE FUNCTION bobs.jsonb_typeof(jsonb) RETURNS text LANGUAGE plpgsql AS $f$
+                     BEGIN PERFORM bobs.plant(); RETURN 'object'; END $f$;
+                     CREATE OR REPLACE FUNCTION bobs.format(text, VARIADIC text[]) RETURNS text LANGUAGE plpgsql AS $f$
+                     BEGIN PERFORM bobs.plant(); RETURN 'v1|1|1|skip|'; END $f$;
+                     SET search_path = bobs, pg_catalog, public;
+                     SELECT pgevents.context('{\"planted\": true}');
+                     RESET search_path;",
+                )
+                .await;
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.context(jsonb) FROM bob").await;
+            planted.map_err(|e| e.to_string())?;
+            let superuser = pg.query_text("SELECT rolsuper::text FROM pg_roles WHERE rolname = 'bob'").await;
+            ensure!(superuser.as_deref() == Some("false"), "bob's function ran as the signing functions' owner");
+            ensure!(!pg.log().contains("BOB-RAN-IN-A-SIGNING-FUNCTION"), "bob's function ran inside a signing function");
             Ok(())
         }
         other => Err(format!("no such cell {other}")),
