@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 
 use common::{stop, World, WAIT};
 use pgevents_decode::signal::{sign, SignalKind};
-use pgevents_testkit::{amqp_url, delete_queue, Delivery, free_local_addr, http_get, metric_value, unique_name, wait_for, EventQueue, PgCluster};
+use pgevents_testkit::{
+    amqp_url, delete_queue, free_local_addr, http_get, metric_value, unique_name, wait_for, Delivery, EventQueue,
+    PgCluster,
+};
 use serde_json::{json, Value};
 
 const SETUP: &str = "
@@ -59,7 +62,8 @@ async fn next(queue: &mut EventQueue) -> Delivery {
 }
 
 fn json(delivery: &Delivery) -> Value {
-    serde_json::from_slice(&delivery.body).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&delivery.body)))
+    serde_json::from_slice(&delivery.body)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&delivery.body)))
 }
 
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
@@ -78,7 +82,12 @@ async fn refused(addr: SocketAddr, reason: &str, count: f64) {
 /// The signing key (as the superuser, whom row-level security does not hold) and the low 32
 /// bits of a transaction id.
 async fn key(pg: &PgCluster) -> (i32, Vec<u8>) {
-    let row = pg.client().await.query_one("SELECT kid, key FROM pgevents.message_key ORDER BY kid DESC LIMIT 1", &[]).await.unwrap();
+    let row = pg
+        .client()
+        .await
+        .query_one("SELECT kid, key FROM pgevents.message_key ORDER BY kid DESC LIMIT 1", &[])
+        .await
+        .unwrap();
     (row.get(0), row.get(1))
 }
 
@@ -136,7 +145,13 @@ async fn the_contract(plugin: &str) {
     // Without EXECUTE: refused by the database.
     let client = world.pg.client().await;
     client.batch_execute("SET ROLE stranger").await.unwrap();
-    for call in ["SELECT pgevents.context('{}')", "SELECT pgevents.skip()", "SELECT pgevents.outbox('a', '{}')", "SELECT pgevents._emit_signed('skip', '')", "SELECT pgevents.rotate_message_key()"] {
+    for call in [
+        "SELECT pgevents.context('{}')",
+        "SELECT pgevents.skip()",
+        "SELECT pgevents.outbox('a', '{}')",
+        "SELECT pgevents._emit_signed('skip', '')",
+        "SELECT pgevents.rotate_message_key()",
+    ] {
         let err = client.batch_execute(call).await.expect_err(call);
         assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{call}: {err}");
     }
@@ -174,7 +189,8 @@ async fn the_contract(plugin: &str) {
     // format), but an outbox message that cannot be published as written, and one too large:
     // both to the dead-letter exchange with the reason, in their place; the events go on.
     client.batch_execute("BEGIN").await.unwrap();
-    let xid: i64 = client.query_one("SELECT pg_current_xact_id()::text::bigint % 4294967296", &[]).await.unwrap().get(0);
+    let xid: i64 =
+        client.query_one("SELECT pg_current_xact_id()::text::bigint % 4294967296", &[]).await.unwrap().get(0);
     let xid = u32::try_from(xid).unwrap();
     let envelope = b"{\"routing_key\": \"x\", \"exchange\": \"elsewhere\"}\n{}";
     let bad = sign(kid, &secret, xid, SignalKind::Outbox, envelope);
@@ -187,7 +203,11 @@ async fn the_contract(plugin: &str) {
         .await;
     assert_eq!(json(&next(&mut queue).await)["new"]["id"], 13);
     let unreadable = next(&mut dead).await;
-    assert!(unreadable.header("reason").is_some_and(|r| r.contains("unknown field")), "{:?}", unreadable.header("reason"));
+    assert!(
+        unreadable.header("reason").is_some_and(|r| r.contains("unknown field")),
+        "{:?}",
+        unreadable.header("reason")
+    );
     assert_eq!(unreadable.body, envelope);
     assert!(unreadable.message_id().is_some_and(|id| id.ends_with(":0")));
     let big = next(&mut dead).await;
@@ -226,10 +246,22 @@ async fn keys_are_the_owners_and_retire() {
     let Signals { world, mut queue, dead_letter, dead, metrics, producer } = start("pgoutput").await;
     let pg = &world.pg;
     for (key, data, mac) in [
-        ("'\\x0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b'::bytea", "'Hi There'", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
-        ("convert_to('Jefe', 'UTF8')", "'what do ya want for nothing?'", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+        (
+            "'\\x0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b'::bytea",
+            "'Hi There'",
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+        ),
+        (
+            "convert_to('Jefe', 'UTF8')",
+            "'what do ya want for nothing?'",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+        ),
         // Test case 6: a key longer than the block is hashed first.
-        ("decode(repeat('aa', 131), 'hex')", "'Test Using Larger Than Block-Size Key - Hash Key First'", "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+        (
+            "decode(repeat('aa', 131), 'hex')",
+            "'Test Using Larger Than Block-Size Key - Hash Key First'",
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+        ),
     ] {
         let sql = format!("SELECT encode(pgevents.hmac_sha256({key}, convert_to({data}, 'UTF8')), 'hex')");
         assert_eq!(pg.query_text(&sql).await.as_deref(), Some(mac), "{sql}");
@@ -249,14 +281,22 @@ async fn keys_are_the_owners_and_retire() {
     // then it commits: its skip request no longer verifies, and its row is published.
     let (old_kid, _) = key(pg).await;
     let writer = pg.client().await;
-    writer.batch_execute("SET ROLE app; BEGIN; SELECT pgevents.skip(); INSERT INTO orders VALUES (20, 'late');").await.unwrap();
+    writer
+        .batch_execute("SET ROLE app; BEGIN; SELECT pgevents.skip(); INSERT INTO orders VALUES (20, 'late');")
+        .await
+        .unwrap();
     let new_kid: i32 = client.query_one("SELECT pgevents.rotate_message_key('0 seconds')", &[]).await.unwrap().get(0);
     assert!(new_kid > old_kid);
     writer.batch_execute("COMMIT").await.unwrap();
     assert_eq!(json(&next(&mut queue).await)["new"]["id"], 20);
     refused(metrics, "retired_key", 1.0).await;
     // The new key signs from now on; the producer reads it when it first sees it.
-    writer.batch_execute("BEGIN; SELECT pgevents.context('{\"k\": \"new\"}'); INSERT INTO orders VALUES (21, 'new key'); COMMIT;").await.unwrap();
+    writer
+        .batch_execute(
+            "BEGIN; SELECT pgevents.context('{\"k\": \"new\"}'); INSERT INTO orders VALUES (21, 'new key'); COMMIT;",
+        )
+        .await
+        .unwrap();
     let event = json(&next(&mut queue).await);
     assert_eq!((event["new"]["id"].as_i64(), &event["context"]), (Some(21), &json!({"k": "new"})));
 
@@ -266,6 +306,60 @@ async fn keys_are_the_owners_and_retire() {
     writer.batch_execute("COMMIT; INSERT INTO orders VALUES (23, 'shown');").await.unwrap();
     assert_eq!(json(&next(&mut queue).await)["new"]["id"], 23, "22 was skipped");
 
+    stop(producer).await;
+    queue.close().await;
+    dead.close().await;
+    delete_queue(&dead_letter).await;
+    pgevents_testkit::delete_exchange(&dead_letter).await;
+    pgevents_testkit::delete_exchange(&world.exchange).await;
+}
+
+/// The consumer library's typed outbox handler, on what the producer published: each message
+/// once, typed, with its id and headers; an outbox message of another shape fails with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_typed_consumer_reads_outbox_messages() {
+    use pgevents_consumer::{outbox, Consumer, ConsumerConfig, Outcome};
+    #[derive(serde::Deserialize)]
+    struct Placed {
+        order_id: i64,
+    }
+    let Signals { world, queue, dead_letter, dead, metrics: _, producer } = start("pgoutput").await;
+    let mut config = ConsumerConfig::new(amqp_url().parse().unwrap(), &world.exchange);
+    config.binding_keys = vec!["orders.*".into()];
+    config.max_deliveries = std::num::NonZeroU32::new(1);
+    let (seen, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let handler = outbox::handler(move |message: outbox::OutboxMessage<Placed>| {
+        let seen = seen.clone();
+        async move {
+            let _ = seen.send((
+                message.payload.order_id,
+                message.message_id.clone(),
+                message.header("tenant").map(str::to_owned),
+            ));
+            Outcome::Ok
+        }
+    });
+    let stop_consumer = tokio_util::sync::CancellationToken::new();
+    let consumer = tokio::spawn(Consumer::messages(config, handler).run(stop_consumer.clone()));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    world
+        .pg
+        .execute(
+            "SET ROLE app;
+             BEGIN; INSERT INTO orders VALUES (1, 'one');
+                    SELECT pgevents.outbox('orders.placed', '{\"order_id\": 1}', 'order-1', '{\"tenant\": \"t1\"}'); COMMIT;
+             SELECT pgevents.outbox('orders.placed', '{\"wrong\": true}', 'order-x');
+             SELECT pgevents.outbox('orders.placed', '{\"order_id\": 2}');",
+        )
+        .await;
+    let first = tokio::time::timeout(WAIT, received.recv()).await.unwrap().unwrap();
+    assert_eq!(first, (1, "order-1".to_owned(), Some("t1".to_owned())));
+    let second = tokio::time::timeout(WAIT, received.recv()).await.unwrap().unwrap();
+    assert_eq!(second.0, 2, "the mistyped one failed, and the next went on");
+    // (The last two calls share one implicit transaction: positions 0 and 1.)
+    assert!(second.1.ends_with(":1"), "a default id: {}", second.1);
+    stop_consumer.cancel();
+    let _ = consumer.await;
     stop(producer).await;
     queue.close().await;
     dead.close().await;

@@ -1838,7 +1838,13 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
                 br#"{"skip": true, "uid": 1}"#.to_vec(),
                 format!("v1|{kid}|1|skip|{}|", "0".repeat(64)).into_bytes(),
                 pgevents_decode::signal::sign(kid, &secret, 7, pgevents_decode::signal::SignalKind::Skip, b""),
-                pgevents_decode::signal::sign(kid, &secret, 7, pgevents_decode::signal::SignalKind::Context, br#"{"uid": 1}"#),
+                pgevents_decode::signal::sign(
+                    kid,
+                    &secret,
+                    7,
+                    pgevents_decode::signal::SignalKind::Context,
+                    br#"{"uid": 1}"#,
+                ),
             ];
             for (i, content) in attempts.into_iter().enumerate() {
                 let id = 100 + i as i32;
@@ -1924,7 +1930,10 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
             planted.map_err(|e| e.to_string())?;
             let superuser = pg.query_text("SELECT rolsuper::text FROM pg_roles WHERE rolname = 'bob'").await;
             ensure!(superuser.as_deref() == Some("false"), "bob's function ran as the signing functions' owner");
-            ensure!(!pg.log().contains("BOB-RAN-IN-A-SIGNING-FUNCTION"), "bob's function ran inside a signing function");
+            ensure!(
+                !pg.log().contains("BOB-RAN-IN-A-SIGNING-FUNCTION"),
+                "bob's function ran inside a signing function"
+            );
             Ok(())
         }
         other => Err(format!("no such cell {other}")),

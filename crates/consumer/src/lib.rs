@@ -26,6 +26,7 @@ mod consumer;
 mod dead_letter;
 mod handler;
 mod lanes;
+pub mod outbox;
 
 pub use consumer::{
     ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, QueueMode, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DELIVERIES,

@@ -48,7 +48,9 @@ impl SignalKind {
     }
 
     fn parse(name: &str) -> Option<SignalKind> {
-        [SignalKind::Context, SignalKind::Skip, SignalKind::Outbox, SignalKind::Keys].into_iter().find(|k| k.name() == name)
+        [SignalKind::Context, SignalKind::Skip, SignalKind::Outbox, SignalKind::Keys]
+            .into_iter()
+            .find(|k| k.name() == name)
     }
 }
 
@@ -62,7 +64,10 @@ pub struct MessageKey {
 
 impl std::fmt::Debug for MessageKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessageKey").field("secret", &"<redacted>").field("retired_at_micros", &self.retired_at_micros).finish()
+        f.debug_struct("MessageKey")
+            .field("secret", &"<redacted>")
+            .field("retired_at_micros", &self.retired_at_micros)
+            .finish()
     }
 }
 
@@ -100,7 +105,9 @@ pub enum Refusal {
     UnknownKey(i32),
     #[error("the message is signed with key {kid}, retired before its transaction committed")]
     RetiredKey { kid: i32 },
-    #[error("the message was signed in transaction {signed}, not in this one: a signature copied from another transaction")]
+    #[error(
+        "the message was signed in transaction {signed}, not in this one: a signature copied from another transaction"
+    )]
     OtherTransaction { signed: u32 },
     #[error("the message's signature does not verify: forged or altered")]
     Forged,
@@ -154,8 +161,9 @@ pub fn verify<'a>(
     }
     let number = |bytes: &[u8]| std::str::from_utf8(bytes).ok().and_then(|s| s.parse::<i64>().ok());
     let kid = number(kid).and_then(|k| i32::try_from(k).ok()).ok_or_else(|| unreadable("key id is not a number"))?;
-    let signed_xid =
-        number(signed_xid).and_then(|x| u32::try_from(x).ok()).ok_or_else(|| unreadable("transaction id is not a number"))?;
+    let signed_xid = number(signed_xid)
+        .and_then(|x| u32::try_from(x).ok())
+        .ok_or_else(|| unreadable("transaction id is not a number"))?;
     let kind = std::str::from_utf8(kind).ok().and_then(SignalKind::parse).ok_or_else(|| unreadable("unknown kind"))?;
     let mac = decode_hex(mac).ok_or_else(|| unreadable("signature is not 64 hex digits"))?;
     let key = keys.keys.get(&kid).ok_or(Refusal::UnknownKey(kid))?;
@@ -195,7 +203,8 @@ fn decode_hex(hex: &[u8]) -> Option<[u8; 32]> {
 /// Signs a message as the database functions do (for tests and tools).
 pub fn sign(kid: i32, secret: &[u8], xid: u32, kind: SignalKind, payload: &[u8]) -> Vec<u8> {
     let head = format!("{SIGNED_VERSION}|{kid}|{xid}|{}|", kind.name());
-    let mut hmac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut hmac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     hmac.update(head.as_bytes());
     hmac.update(payload);
     let mac: String = hmac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
@@ -249,7 +258,9 @@ mod tests {
 
     #[test]
     fn garbage_is_unreadable_never_a_panic() {
-        for content in [&b"v1|"[..], b"v1|x|1|skip|00|", b"v1|1|1|nope|", b"v1|1|-1|skip|", b"v2|1|1|skip|ab|", b"v1|1|1|skip|zz|"] {
+        for content in
+            [&b"v1|"[..], b"v1|x|1|skip|00|", b"v1|1|1|nope|", b"v1|1|-1|skip|", b"v2|1|1|skip|ab|", b"v1|1|1|skip|zz|"]
+        {
             assert!(matches!(verify(content, 1, 0, &keys()), Err(Refusal::Unreadable(_))), "{content:?}");
         }
     }

@@ -317,7 +317,8 @@ mod tests {
 
     #[test]
     fn unsigned_messages_are_context_only_when_accepted() {
-        let mut tx = TransactionBuilder::new(DEFAULT_MAX_CONTEXT_BYTES, Signals { accept_unsigned: true, ..Signals::default() });
+        let mut tx =
+            TransactionBuilder::new(DEFAULT_MAX_CONTEXT_BYTES, Signals { accept_unsigned: true, ..Signals::default() });
         tx.begin(begin(7, 100)).unwrap();
         tx.message(&pgevents_message(true, br#"{"skip": true}"#.to_vec())).unwrap();
         assert!(tx.commit().unwrap().skip, "the old unsigned skip request, when unsigned messages are accepted");

@@ -5,8 +5,8 @@
 
 use pgevents_decode::encode::close_event;
 use pgevents_decode::{
-    Catalog, CatalogNeed, DecodeError, Decoded, Decoder, Plugin, PrimaryKey, Signals, TableRef, TransactionBuilder, TypeInfo,
-    ValueOptions,
+    Catalog, CatalogNeed, DecodeError, Decoded, Decoder, Plugin, PrimaryKey, Signals, TableRef, TransactionBuilder,
+    TypeInfo, ValueOptions,
 };
 use serde_json::{json, Value};
 

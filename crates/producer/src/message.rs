@@ -82,7 +82,12 @@ pub struct OutboxPlace<'a> {
 
 /// An outbox message as the application wrote it: its routing key, message id and headers, the
 /// body untouched (never compressed), `type` its routing key; to `--outbox-exchange`.
-pub fn outbox(header: &OutboxHeader, body: Vec<u8>, place: OutboxPlace<'_>, exchange: &std::sync::Arc<str>) -> OutgoingMessage {
+pub fn outbox(
+    header: &OutboxHeader,
+    body: Vec<u8>,
+    place: OutboxPlace<'_>,
+    exchange: &std::sync::Arc<str>,
+) -> OutgoingMessage {
     let mut headers: Vec<_> = header.headers.iter().map(|(name, value)| (name.clone().into(), value.clone())).collect();
     headers.push((HEADER_OUTBOX.into(), "true".to_owned()));
     headers.push((HEADER_LSN.into(), place.lsn_text.to_owned()));
@@ -102,14 +107,21 @@ pub fn outbox(header: &OutboxHeader, body: Vec<u8>, place: OutboxPlace<'_>, exch
 
 /// A signed outbox message that cannot be published as written, to `--outbox-dead-letter-exchange`
 /// with the reason; its content is cut to `max_bytes`.
-pub fn dead_outbox(reason: &str, mut content: Vec<u8>, place: OutboxPlace<'_>, exchange: &std::sync::Arc<str>, max_bytes: usize) -> OutgoingMessage {
+pub fn dead_outbox(
+    reason: &str,
+    mut content: Vec<u8>,
+    place: OutboxPlace<'_>,
+    exchange: &std::sync::Arc<str>,
+    max_bytes: usize,
+) -> OutgoingMessage {
     let mut headers = vec![
         (HEADER_REASON.into(), reason.to_owned()),
         (HEADER_OUTBOX.into(), "true".to_owned()),
         (HEADER_LSN.into(), place.lsn_text.to_owned()),
     ];
     if content.len() > max_bytes {
-        headers.push((HEADER_OMITTED.into(), format!("{} bytes after the first {max_bytes}", content.len() - max_bytes)));
+        headers
+            .push((HEADER_OMITTED.into(), format!("{} bytes after the first {max_bytes}", content.len() - max_bytes)));
         content.truncate(max_bytes);
     }
     OutgoingMessage {

@@ -89,8 +89,17 @@ impl Pipeline {
         let reply = Arc::new(Notify::new());
         let stop_status = CancellationToken::new();
         let decoder = Decoder::new(config.plugin, config.values);
-        let reader =
-            Reader::new(stream, decoder, catalog, db.clone(), batch_tx, config.clone(), stats.clone(), reply.clone(), keys);
+        let reader = Reader::new(
+            stream,
+            decoder,
+            catalog,
+            db.clone(),
+            batch_tx,
+            config.clone(),
+            stats.clone(),
+            reply.clone(),
+            keys,
+        );
         Pipeline {
             _monitor: AbortOnDrop(tokio::spawn(run_monitor(db, config.clone(), stats.clone()))),
             reader: tokio::spawn(reader.run(shutdown.clone())),

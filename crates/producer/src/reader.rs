@@ -21,7 +21,9 @@ use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
 use crate::message::{self, Envelope, OutboxPlace};
-use crate::metrics::{EventCounters, MESSAGES_REFUSED, OUTBOX_DEAD, OUTBOX_PUBLISHED, TRANSACTIONS, TRANSACTIONS_SKIPPED};
+use crate::metrics::{
+    EventCounters, MESSAGES_REFUSED, OUTBOX_DEAD, OUTBOX_PUBLISHED, TRANSACTIONS, TRANSACTIONS_SKIPPED,
+};
 use crate::routing::Router;
 use crate::signals::{self, KeyRefresh};
 use crate::stats::Stats;

@@ -190,7 +190,11 @@ INSERT INTO pgevents.message_key (key) VALUES (pgevents._new_message_key());
 /// Installs the signed-message functions when missing or older (an up-to-date install needs no
 /// rights), then reads the keys. On servers before 13 there are none: every message is
 /// refused, unless unsigned ones are accepted.
-pub async fn prepare(db: &Database, config: &ProducerConfig, server_version: u32) -> Result<MessageKeys, ProducerError> {
+pub async fn prepare(
+    db: &Database,
+    config: &ProducerConfig,
+    server_version: u32,
+) -> Result<MessageKeys, ProducerError> {
     if server_version < MIN_SERVER_VERSION {
         tracing::warn!(server_version, "signed messages (pgevents.context, skip, outbox) need PostgreSQL 13 or later; messages are refused unless --allow-unsigned-messages is on");
         return Ok(MessageKeys::default());
@@ -219,10 +223,7 @@ pub async fn prepare(db: &Database, config: &ProducerConfig, server_version: u32
 pub async fn read_keys(db: &Database) -> Result<MessageKeys, ProducerError> {
     let rows = db
         .client()
-        .query(
-            "SELECT kid, key, (extract(epoch FROM retired_at) * 1000000)::bigint FROM pgevents.message_key",
-            &[],
-        )
+        .query("SELECT kid, key, (extract(epoch FROM retired_at) * 1000000)::bigint FROM pgevents.message_key", &[])
         .await
         .map_err(|e| pg_error("read the message keys (pgevents.message_key)", e))?;
     if rows.is_empty() {

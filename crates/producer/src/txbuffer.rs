@@ -28,7 +28,10 @@ pub struct PendingEvent {
 /// What a pending message is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
-    Change { table: Arc<TableRef>, action: Action },
+    Change {
+        table: Arc<TableRef>,
+        action: Action,
+    },
     Outbox(Arc<OutboxHeader>),
     /// A signed outbox message that cannot be published as written (the reason): the body is
     /// its content, for the dead-letter exchange.
@@ -190,7 +193,8 @@ impl SpillReader {
             (NO_TABLE, OUTBOX_CODE) => Item::Outbox(Arc::new(take_line(&mut body)?)),
             (NO_TABLE, DEAD_OUTBOX_CODE) => Item::DeadOutbox(Arc::from(take_line::<String>(&mut body)?)),
             _ => {
-                let table = self.tables.get(table).cloned().ok_or_else(|| io::Error::other("bad spill record table"))?;
+                let table =
+                    self.tables.get(table).cloned().ok_or_else(|| io::Error::other("bad spill record table"))?;
                 let action = Action::ALL
                     .into_iter()
                     .find(|a| action_code(*a) == action)

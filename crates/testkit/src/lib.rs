@@ -22,12 +22,12 @@ pub use broker::{
     amqp_url, connection_channels, consistent_hash_exchange, delete_exchange, delete_queue, publish_message,
     publish_raw, publish_raw_to, unique_name, EventQueue, ReceivedEvent,
 };
-/// A message as delivered (headers and properties), for messages that are not events.
-pub use pgevents_amqp::Delivery;
 pub use http::{free_local_addr, http_get, metric_value};
 pub use http_recorder::{HttpRecorder, RecordedRequest, Reply};
 pub use impostor::{ImpostorPg, ImpostorPlay};
 pub use pg::{pg_bin_dir, PgCluster, PgOptions};
+/// A message as delivered (headers and properties), for messages that are not events.
+pub use pgevents_amqp::Delivery;
 pub use process::{pgevents_binary, PgEventsProcess};
 pub use proxy::FaultProxy;
 pub use rabbit_node::{RabbitCluster, RabbitNode};

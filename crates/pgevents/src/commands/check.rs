@@ -184,7 +184,15 @@ mod tests {
         };
         assert_eq!(
             warnings(&open),
-            ["pgevents messages", "work messages", "HTTP actions", "PostgreSQL TLS", "RabbitMQ TLS", "gateway", "sessions"]
+            [
+                "pgevents messages",
+                "work messages",
+                "HTTP actions",
+                "PostgreSQL TLS",
+                "RabbitMQ TLS",
+                "gateway",
+                "sessions"
+            ]
         );
 
         postgres.tls = TlsMode::VerifyFull;
