@@ -27,6 +27,7 @@ mod snapshot;
 mod standby;
 mod stats;
 mod status;
+mod table_read;
 mod txbuffer;
 
 use std::sync::Arc;

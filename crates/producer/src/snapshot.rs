@@ -16,21 +16,21 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use pgevents_amqp::{ConfirmingPublisher, OutgoingMessage};
 use pgevents_decode::encode::{close_event, write_row_event, TxFields};
-use pgevents_decode::value::write_value;
-use pgevents_decode::{Catalog, CatalogNeed, PrimaryKey, RowChange, TableRef, Tuple, ValueKind};
+use pgevents_decode::TableRef;
 use pgevents_event::{Action, Lsn};
 use pgevents_pg::schema::{self, Component, Migration, SchemaError};
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProducerConfig;
-use crate::database::{quote_ident, Database};
+use crate::database::Database;
 use crate::error::{pg_error, ProducerError};
 use crate::message::{self, Envelope};
 use crate::metrics::SNAPSHOT_ROWS;
 use crate::publish_stage::unix_micros;
 use crate::routing::{Router, INTERNAL_SCHEMA};
 use crate::stats::{Phase, Stats};
+use crate::table_read::{self, batch_query, read_error, BatchQuery, Columns, Paging, TableCatalog};
 
 /// How a snapshot (or one table of it) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,19 +148,6 @@ struct Pending {
     rows_read: i64,
 }
 
-/// A table's columns as the snapshot reads them.
-struct Columns {
-    names: Vec<String>,
-    /// The types as SQL spells them (to cast the bound key values).
-    types: Vec<String>,
-    /// Whether every key column is of a type PostgreSQL itself defines (see [`Paging`]).
-    builtin_keys: bool,
-    kinds: Vec<ValueKind>,
-    /// Positions of the primary key columns in `names`, in key order.
-    key_positions: Vec<usize>,
-    primary_key: Arc<PrimaryKey>,
-}
-
 /// Reads and publishes every unfinished table of the slot's snapshot. `exported` names the
 /// snapshot exported when the slot was created; without it a fresh one is taken. Returns
 /// `Interrupted` when shutdown came first (progress so far is kept).
@@ -195,7 +182,7 @@ pub async fn run(
         reader: &reader,
         config,
         router: config.router(),
-        catalog: Catalog::default(),
+        catalog: TableCatalog::default(),
         tx_fields: TxFields::new(lsn, 0, unix_micros()),
         lsn_text: lsn.to_string(),
         lsn,
@@ -224,7 +211,7 @@ struct Snapshot<'a> {
     reader: &'a Database,
     config: &'a ProducerConfig,
     router: Router,
-    catalog: Catalog,
+    catalog: TableCatalog,
     tx_fields: TxFields,
     lsn_text: String,
     lsn: Lsn,
@@ -252,35 +239,6 @@ impl Snapshot<'_> {
             .collect())
     }
 
-    async fn kind(&mut self, oid: u32) -> Result<ValueKind, ProducerError> {
-        for _ in 0..16 {
-            match self.catalog.type_kind(oid) {
-                Ok(kind) => return Ok(kind),
-                Err(CatalogNeed::Type(missing)) => {
-                    let infos = self.db.types(&[missing]).await?;
-                    self.catalog.insert_types(infos);
-                }
-                Err(CatalogNeed::PrimaryKey(_)) => break,
-            }
-        }
-        Err(ProducerError::Protocol(format!("cannot resolve the type of OID {oid}")))
-    }
-
-    async fn columns(&mut self, table: &TableRef) -> Result<Columns, ProducerError> {
-        let infos = self.reader.columns(table).await?;
-        let mut kinds = Vec::with_capacity(infos.len());
-        for info in &infos {
-            kinds.push(self.kind(info.type_oid).await?);
-        }
-        let oids: Vec<u32> = infos.iter().map(|c| c.type_oid).collect();
-        let (names, types): (Vec<String>, Vec<String>) = infos.into_iter().map(|c| (c.name, c.type_sql)).unzip();
-        let primary_key = self.db.primary_key(table).await?;
-        let key_positions =
-            primary_key.columns().iter().filter_map(|k| names.iter().position(|n| n == k)).collect::<Vec<_>>();
-        let builtin_keys = key_positions.iter().all(|&i| oids[i] < FIRST_NORMAL_OID);
-        Ok(Columns { names, types, builtin_keys, kinds, key_positions, primary_key: Arc::new(primary_key) })
-    }
-
     /// Reads one table batch by batch, recording its progress after each.
     async fn read_table(
         &mut self,
@@ -289,7 +247,7 @@ impl Snapshot<'_> {
         shutdown: &CancellationToken,
     ) -> Result<SnapshotEnd, ProducerError> {
         let Pending { table, mut last_key, mut rows_read } = pending;
-        let columns = self.columns(&table).await?;
+        let columns = self.catalog.columns(self.db, self.reader, &table).await?;
         let route = self.router.route(&table);
         let paging = Paging::of(&columns);
         let batch_rows = self.config.snapshot_batch_rows.max(1);
@@ -380,23 +338,7 @@ impl Snapshot<'_> {
         values: &[Option<String>],
         seq: u64,
     ) -> Result<OutgoingMessage, ProducerError> {
-        let mut new = Tuple::with_capacity(columns.names.len(), 256);
-        for ((name, kind), value) in columns.names.iter().zip(&columns.kinds).zip(values) {
-            if !route.keeps_column(name) {
-                continue;
-            }
-            new.push_named(name, |out| match value {
-                Some(text) => write_value(out, *kind, text, self.config.values),
-                None => out.extend_from_slice(b"null"),
-            });
-        }
-        let change = RowChange {
-            table: table.clone(),
-            action: Action::Read,
-            old: Tuple::default(),
-            new,
-            primary_key: columns.primary_key.clone(),
-        };
+        let change = table_read::row_change(table, columns, route, values, self.config.values);
         let mut body = Vec::with_capacity(256);
         write_row_event(&mut body, &change, &self.tx_fields, seq);
         close_event(&mut body, None);
@@ -411,91 +353,9 @@ impl Snapshot<'_> {
     }
 }
 
-/// OIDs below this are PostgreSQL's own objects, made by initdb (`FirstNormalObjectId`).
-const FIRST_NORMAL_OID: u32 = 16384;
-
-/// How a table is read: in key order, a batch at a time, or (without a usable primary key) in
-/// one pass. Paging binds the last key's values as text and casts them to the key's types:
-/// only for types PostgreSQL defines, since the owner of a type may attach any function to a
-/// cast from text (`CREATE CAST`), which would then run with the producer's rights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Paging {
-    Keyed,
-    Whole,
-}
-
-impl Paging {
-    fn of(columns: &Columns) -> Paging {
-        let keyed = !columns.key_positions.is_empty()
-            && columns.key_positions.len() == columns.primary_key.columns().len()
-            && columns.builtin_keys;
-        if keyed {
-            Paging::Keyed
-        } else {
-            Paging::Whole
-        }
-    }
-}
-
 /// What one batch read.
 struct Batch {
     rows: usize,
     /// The key values of its last row (keyed tables).
     last_key: Option<Vec<String>>,
-}
-
-/// The statement of one batch and the key values it binds.
-struct BatchQuery {
-    sql: String,
-    keys: Vec<String>,
-}
-
-/// One batch: the rows after `last_key` in key order (its values bound as text and cast to the
-/// key columns' types), or the whole table; every column as PostgreSQL's text output, read
-/// through `concat()`, which calls the type's output function, never a cast (the owner of a type
-/// may make its cast to text run any function).
-fn batch_query(
-    table: &TableRef,
-    columns: &Columns,
-    paging: Paging,
-    last_key: Option<&[String]>,
-    batch_rows: usize,
-) -> BatchQuery {
-    // The table is aliased `t` and its columns qualified, so that ORDER BY sorts the columns,
-    // not the text outputs of the same names.
-    let select: Vec<String> = columns
-        .names
-        .iter()
-        .map(|n| {
-            let column = format!("t.{}", quote_ident(n));
-            format!("CASE WHEN pg_catalog.num_nulls({column}) = 1 THEN NULL ELSE pg_catalog.concat({column}) END")
-        })
-        .collect();
-    let from = format!("{}.{} AS t", quote_ident(&table.schema), quote_ident(&table.name));
-    if paging == Paging::Whole {
-        return BatchQuery { sql: format!("SELECT {} FROM {from}", select.join(", ")), keys: Vec::new() };
-    }
-    let key_list: Vec<String> =
-        columns.key_positions.iter().map(|&i| format!("t.{}", quote_ident(&columns.names[i]))).collect();
-    let key_list = key_list.join(", ");
-    let (after, keys) = match last_key {
-        Some(values) => {
-            let placeholders: Vec<String> = columns
-                .key_positions
-                .iter()
-                .enumerate()
-                .map(|(n, &i)| format!("${}::text::{}", n + 1, columns.types[i]))
-                .collect();
-            (format!(" WHERE ({key_list}) > ({})", placeholders.join(", ")), values.to_vec())
-        }
-        None => (String::new(), Vec::new()),
-    };
-    BatchQuery {
-        sql: format!("SELECT {} FROM {from}{after} ORDER BY {key_list} LIMIT {batch_rows}", select.join(", ")),
-        keys,
-    }
-}
-
-fn read_error(table: &TableRef, e: tokio_postgres::Error) -> ProducerError {
-    pg_error(format!("snapshot: read table {}", table.qualified), e)
 }

@@ -302,7 +302,7 @@ mod tests {
                 seq: i,
                 header: OutboxHeader {
                     routing_key: format!("orders.{i}"),
-                    message_id: (i % 2 == 0).then(|| format!("id-{i}")),
+                    message_id: i.is_multiple_of(2).then(|| format!("id-{i}")),
                     headers: vec![("tenant".into(), "t\n1".into())],
                 },
                 body,
