@@ -30,6 +30,9 @@ const GRANTS: &str = "
 struct Signals {
     world: World,
     queue: EventQueue,
+    /// Bound to the outbox exchange.
+    outbox: EventQueue,
+    outbox_exchange: String,
     dead_letter: String,
     dead: EventQueue,
     metrics: SocketAddr,
@@ -41,6 +44,8 @@ async fn start(plugin: &str) -> Signals {
     world.pg.execute(SETUP).await;
     let queue = world.queue(&["#"]).await;
     let dead_letter = unique_name("outbox_dead");
+    let outbox_exchange = unique_name("outbox");
+    let outbox = EventQueue::bind(&outbox_exchange, &["#"]).await;
     let metrics = free_local_addr();
     let metrics_text = metrics.to_string();
     let producer = world
@@ -49,12 +54,29 @@ async fn start(plugin: &str) -> Signals {
             ("PGTABLES", "public.orders"),
             ("PGEVENTS_METRICS_ADDR", &metrics_text),
             ("PGEVENTS_OUTBOX_DEAD_LETTER_EXCHANGE", &dead_letter),
+            ("PGEVENTS_OUTBOX_EXCHANGE", &outbox_exchange),
             ("PGEVENTS_MAX_MESSAGE_BYTES", "4096"),
         ])
         .await;
     world.pg.execute(GRANTS).await;
     let dead = EventQueue::reattach(&amqp_url(), &dead_letter).await;
-    Signals { world, queue, dead_letter, dead, metrics, producer }
+    Signals { world, queue, outbox, outbox_exchange, dead_letter, dead, metrics, producer }
+}
+
+impl Signals {
+    /// Stops the producer (returning its log) and removes the queues and exchanges.
+    async fn cleanup(self) -> String {
+        let log = stop(self.producer).await;
+        self.queue.close().await;
+        self.outbox.close().await;
+        self.dead.close().await;
+        delete_queue(&self.dead_letter).await;
+        for exchange in [&self.dead_letter, &self.outbox_exchange, &self.world.exchange] {
+            pgevents_testkit::delete_exchange(exchange).await;
+        }
+        assert!(!log.contains("panicked"), "{log}");
+        log
+    }
 }
 
 async fn next(queue: &mut EventQueue) -> Delivery {
@@ -92,7 +114,8 @@ async fn key(pg: &PgCluster) -> (i32, Vec<u8>) {
 }
 
 async fn the_contract(plugin: &str) {
-    let Signals { world, mut queue, dead_letter, mut dead, metrics, producer } = start(plugin).await;
+    let Signals { world, mut queue, mut outbox, outbox_exchange, dead_letter, mut dead, metrics, producer } =
+        start(plugin).await;
     let app = "SET ROLE app;";
     world
         .pg
@@ -117,11 +140,19 @@ async fn the_contract(plugin: &str) {
         ))
         .await;
 
-    // In transaction order: event, outbox message, event; a skipped transaction's outbox
-    // message; nothing of the rolled-back one.
+    // The events on the events exchange; the outbox messages on their own, in transaction
+    // order, each with its transaction's commit LSN; nothing of the rolled-back transaction.
     let first = next(&mut queue).await;
     assert_eq!((json(&first)["new"]["id"].as_i64(), &json(&first)["context"]), (Some(1), &json!({"uid": 42})));
-    let placed = next(&mut queue).await;
+    let second = next(&mut queue).await;
+    assert_eq!((json(&second)["new"]["id"].as_i64(), &json(&second)["context"]), (Some(2), &json!({"uid": 42})));
+    assert_eq!(first.message_id().map(|id| id.ends_with(":0")), Some(true));
+    assert_eq!(second.message_id().map(|id| id.ends_with(":1")), Some(true), "outbox messages take no event position");
+    let fifth = next(&mut queue).await;
+    assert_eq!(json(&fifth)["new"]["id"], 5, "the skipped transaction's row is not published");
+    assert!(json(&fifth).get("context").is_none());
+
+    let placed = next(&mut outbox).await;
     assert_eq!(placed.routing_key, "orders.placed");
     assert_eq!(placed.body, br#"{"total": 99.50, "order_id": 1}"#, "the jsonb's text, digits kept");
     assert_eq!(placed.message_id(), Some("order-1-placed"));
@@ -129,18 +160,12 @@ async fn the_contract(plugin: &str) {
     assert_eq!(placed.header("outbox").as_deref(), Some("true"));
     assert_eq!(placed.properties.message_type().map(String::as_str), Some("orders.placed"));
     assert_eq!(placed.header("lsn"), first.header("lsn"), "the commit LSN of its transaction");
-    let second = next(&mut queue).await;
-    assert_eq!((json(&second)["new"]["id"].as_i64(), &json(&second)["context"]), (Some(2), &json!({"uid": 42})));
-    assert_eq!(first.message_id().map(|id| id.ends_with(":0")), Some(true));
-    assert_eq!(second.message_id().map(|id| id.ends_with(":2")), Some(true), "the outbox message took position 1");
-    let bulk = next(&mut queue).await;
+    let bulk = next(&mut outbox).await;
     assert_eq!(bulk.routing_key, "orders.bulk", "skip hides row events, not what was sent explicitly");
     assert_eq!(bulk.body, br#"{"n": 123456789012345678901234567890}"#);
     let lsn = bulk.header("lsn").expect("lsn header");
-    assert_eq!(bulk.message_id().map(str::to_owned), Some(format!("{lsn}:1")), "a stable default id");
-    let fifth = next(&mut queue).await;
-    assert_eq!(json(&fifth)["new"]["id"], 5);
-    assert!(json(&fifth).get("context").is_none());
+    assert_eq!(bulk.message_id().map(str::to_owned), Some(format!("{lsn}:outbox:0")), "a stable default id");
+    assert!(lsn.parse::<pgevents_event::Lsn>().unwrap() < fifth.header("lsn").unwrap().parse().unwrap());
 
     // Without EXECUTE: refused by the database.
     let client = world.pg.client().await;
@@ -181,6 +206,10 @@ async fn the_contract(plugin: &str) {
     assert_eq!(json(&next(&mut queue).await)["new"]["id"], 12);
     refused(metrics, "other_transaction", 1.0).await;
 
+    // Bytes that are not UTF-8 (wal2json writes them into its JSON): refused, never a halt.
+    emit(vec![0xff, 0xfe, b'{'], 14).await;
+    assert_eq!(json(&next(&mut queue).await)["new"]["id"], 14);
+
     // Non-transactional: refused, whatever it holds.
     client.execute("SELECT pg_logical_emit_message(false, 'pgevents', '{}')", &[]).await.unwrap();
     refused(metrics, "not_transactional", 1.0).await;
@@ -209,7 +238,7 @@ async fn the_contract(plugin: &str) {
         unreadable.header("reason")
     );
     assert_eq!(unreadable.body, envelope);
-    assert!(unreadable.message_id().is_some_and(|id| id.ends_with(":0")));
+    assert!(unreadable.message_id().is_some_and(|id| id.ends_with(":outbox:0")));
     let big = next(&mut dead).await;
     assert!(big.header("reason").is_some_and(|r| r.contains("--max-message-bytes")), "{:?}", big.header("reason"));
     wait_for("the dead-letter metric", WAIT, || async {
@@ -218,14 +247,11 @@ async fn the_contract(plugin: &str) {
     .await;
     assert!(metric(metrics, "pgevents_outbox_messages_total").await >= 2.0);
     assert!(queue.next_raw(std::time::Duration::from_millis(500)).await.is_none(), "nothing else");
+    assert!(outbox.next_raw(std::time::Duration::from_millis(100)).await.is_none(), "nothing else");
 
-    let log = stop(producer).await;
-    assert!(log.contains("a pgevents message was refused") && log.contains("other_transaction"), "{log}");
-    queue.close().await;
-    dead.close().await;
-    delete_queue(&dead_letter).await;
-    pgevents_testkit::delete_exchange(&dead_letter).await;
-    pgevents_testkit::delete_exchange(&world.exchange).await;
+    let signals = Signals { world, queue, outbox, outbox_exchange, dead_letter, dead, metrics, producer };
+    let log = signals.cleanup().await;
+    assert!(log.contains("a pgevents message was refused"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,7 +269,8 @@ async fn signals_with_wal2json() {
 /// after its grace; the SQL HMAC is RFC 4231's.
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_are_the_owners_and_retire() {
-    let Signals { world, mut queue, dead_letter, dead, metrics, producer } = start("pgoutput").await;
+    let Signals { world, mut queue, outbox, outbox_exchange, dead_letter, dead, metrics, producer } =
+        start("pgoutput").await;
     let pg = &world.pg;
     for (key, data, mac) in [
         (
@@ -306,12 +333,7 @@ async fn keys_are_the_owners_and_retire() {
     writer.batch_execute("COMMIT; INSERT INTO orders VALUES (23, 'shown');").await.unwrap();
     assert_eq!(json(&next(&mut queue).await)["new"]["id"], 23, "22 was skipped");
 
-    stop(producer).await;
-    queue.close().await;
-    dead.close().await;
-    delete_queue(&dead_letter).await;
-    pgevents_testkit::delete_exchange(&dead_letter).await;
-    pgevents_testkit::delete_exchange(&world.exchange).await;
+    Signals { world, queue, outbox, outbox_exchange, dead_letter, dead, metrics, producer }.cleanup().await;
 }
 
 /// The consumer library's typed outbox handler, on what the producer published: each message
@@ -323,8 +345,9 @@ async fn a_typed_consumer_reads_outbox_messages() {
     struct Placed {
         order_id: i64,
     }
-    let Signals { world, queue, dead_letter, dead, metrics: _, producer } = start("pgoutput").await;
-    let mut config = ConsumerConfig::new(amqp_url().parse().unwrap(), &world.exchange);
+    let Signals { world, queue, outbox, outbox_exchange, dead_letter, dead, metrics, producer } =
+        start("pgoutput").await;
+    let mut config = ConsumerConfig::new(amqp_url().parse().unwrap(), &outbox_exchange);
     config.binding_keys = vec!["orders.*".into()];
     config.max_deliveries = std::num::NonZeroU32::new(1);
     let (seen, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -357,13 +380,26 @@ async fn a_typed_consumer_reads_outbox_messages() {
     let second = tokio::time::timeout(WAIT, received.recv()).await.unwrap().unwrap();
     assert_eq!(second.0, 2, "the mistyped one failed, and the next went on");
     // (The last two calls share one implicit transaction: positions 0 and 1.)
-    assert!(second.1.ends_with(":1"), "a default id: {}", second.1);
+    assert!(second.1.ends_with(":outbox:1"), "a default id: {}", second.1);
     stop_consumer.cancel();
     let _ = consumer.await;
-    stop(producer).await;
-    queue.close().await;
-    dead.close().await;
-    delete_queue(&dead_letter).await;
-    pgevents_testkit::delete_exchange(&dead_letter).await;
-    pgevents_testkit::delete_exchange(&world.exchange).await;
+    Signals { world, queue, outbox, outbox_exchange, dead_letter, dead, metrics, producer }.cleanup().await;
+}
+
+/// A schema `pgevents` that another role made first could hold that role's keys and functions:
+/// the producer streams, installs nothing there, and refuses every signed message, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_someone_else_owns_is_not_trusted() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE orders (id int PRIMARY KEY); CREATE ROLE mallory; CREATE SCHEMA pgevents AUTHORIZATION mallory;").await;
+    let mut queue = world.queue(&["#"]).await;
+    let producer = world.producer(&[("PGTABLES", "public.orders")]).await;
+    world.pg.execute("INSERT INTO orders VALUES (1)").await;
+    assert_eq!(json(&next(&mut queue).await)["new"]["id"], 1, "streaming goes on");
+    let missing = world.pg.client().await.batch_execute("SELECT pgevents.skip()").await.expect_err("nothing installed");
+    assert_eq!(missing.code().map(|c| c.code()), Some("42883"), "{missing}");
+    let log = stop(producer).await;
+    assert!(log.contains(r#"schema pgevents is owned by role \"mallory\""#) || log.contains("owned by role"), "{log}");
+    assert!(log.contains("signed messages (pgevents.context, skip, outbox) are refused"), "{log}");
+    world.cleanup(queue).await;
 }

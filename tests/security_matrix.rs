@@ -35,7 +35,7 @@ const RULE_CELLS: &[&str] = &[
     "R18", "R19", "R20", "R21", "R22", "R23", "R24", "R25", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
-const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5", "W1", "W2", "W3", "W4", "W5"];
+const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5", "W1", "W2", "W3", "W4", "W5", "W6", "W7"];
 
 type Verdict = Result<(), String>;
 
@@ -1889,6 +1889,10 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
             for call in [
                 "SELECT pgevents.outbox('k', '{}', NULL, '{\"lsn\": \"0/0\"}')".to_owned(),
                 "SELECT pgevents.outbox('k', '{}', NULL, '{\"outbox\": \"false\"}')".to_owned(),
+                "SELECT pgevents.outbox('k', '{}', NULL, '{\"table\": \"public.listed\"}')".to_owned(),
+                "SELECT pgevents.outbox('k', '{}', NULL, '{\"CC\": \"public.listed\"}')".to_owned(),
+                "SELECT pgevents.outbox('k', '{}', NULL, '{\"x-match\": \"all\"}')".to_owned(),
+                "SELECT pgevents.outbox('k', '{}', NULL, jsonb_build_object('h', repeat('v', 17000)))".to_owned(),
                 "SELECT pgevents.outbox('k', '{}', NULL, '{\"n\": 1}')".to_owned(),
                 format!("SELECT pgevents.outbox('{long}', '{{}}')"),
                 format!("SELECT pgevents.outbox('k', '{{}}', '{long}')"),
@@ -1933,6 +1937,58 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
             ensure!(
                 !pg.log().contains("BOB-RAN-IN-A-SIGNING-FUNCTION"),
                 "bob's function ran inside a signing function"
+            );
+            Ok(())
+        }
+        "W6" => {
+            // An outbox message made to look like a row event (the table's routing key, an
+            // event's body): it goes to the outbox exchange, never where events are consumed.
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.outbox(text, jsonb, text, jsonb) TO bob").await;
+            let forged = json!({"table_name": "public.listed", "action": "D", "old": {"id": 1}, "new": {}, "id": {"id": 1}, "lsn": "0/1", "seq": 0});
+            let sent =
+                p.bob.batch_execute(&format!("SELECT pgevents.outbox('public.listed', '{forged}', '0/1:0')")).await;
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.outbox(text, jsonb, text, jsonb) FROM bob").await;
+            sent.map_err(|e| e.to_string())?;
+            pg.execute("INSERT INTO public.listed VALUES (60, 60, '{}')").await;
+            let bodies = p.bodies_until(|e| e["new"]["id"] == 60).await;
+            ensure!(
+                !bodies.iter().any(|e| e["action"] == "D" && e["old"]["id"] == 1),
+                "a forged event reached the events exchange: {bodies:?}"
+            );
+            ensure!(bodies.iter().any(|e| e["new"]["id"] == 60), "the events stopped");
+            Ok(())
+        }
+        "W7" => {
+            // bob owns a table others write to, with a trigger that asks to skip (or attach
+            // context to) their transactions: refused inside a trigger, so theirs is published.
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.skip(), pgevents.context(jsonb) TO bob").await;
+            let planted = p
+                .bob
+                .batch_execute(
+                    "CREATE SCHEMA IF NOT EXISTS bobs;
+                     CREATE TABLE bobs.shared (n int);
+                     GRANT INSERT ON bobs.shared TO PUBLIC;
+                     CREATE FUNCTION bobs.hide() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $f$
+                     BEGIN
+                         BEGIN PERFORM pgevents.skip(); EXCEPTION WHEN others THEN NULL; END;
+                         BEGIN PERFORM pgevents.context('{\"uid\": \"bob\"}'); EXCEPTION WHEN others THEN NULL; END;
+                         RETURN NEW;
+                     END $f$;
+                     CREATE TRIGGER hide AFTER INSERT ON bobs.shared FOR EACH ROW EXECUTE FUNCTION bobs.hide();",
+                )
+                .await;
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.skip(), pgevents.context(jsonb) FROM bob").await;
+            planted.map_err(|e| e.to_string())?;
+            pg.execute(
+                "BEGIN; INSERT INTO bobs.shared VALUES (1); INSERT INTO public.listed VALUES (70, 70, '{}'); COMMIT;",
+            )
+            .await;
+            let bodies = p.bodies_until(|e| e["new"]["id"] == 70).await;
+            let event = bodies.iter().find(|e| e["new"]["id"] == 70);
+            ensure!(event.is_some(), "the trigger hid another role's transaction");
+            ensure!(
+                event.is_some_and(|e| e.get("context").is_none_or(Value::is_null)),
+                "the trigger attached context to another role's transaction: {event:?}"
             );
             Ok(())
         }

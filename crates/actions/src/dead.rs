@@ -90,6 +90,7 @@ pub fn work_message(job: &Job, exchange: Option<&str>, error: Option<&str>, key:
     }
     OutgoingMessage {
         message_type: None,
+        mandatory: None,
         exchange: exchange.map(std::sync::Arc::from),
         routing_key: job.action.clone(),
         message_id: job.idempotency_key.clone(),

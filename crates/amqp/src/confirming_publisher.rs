@@ -36,6 +36,8 @@ pub struct OutgoingMessage {
     pub app_id: Cow<'static, str>,
     /// The `type` property (outbox messages: their routing key); `None` for events.
     pub message_type: Option<String>,
+    /// Whether the broker returns it when no queue takes it; `None`: the publisher's setting.
+    pub mandatory: Option<bool>,
     pub body: Vec<u8>,
 }
 
@@ -226,7 +228,7 @@ impl Publisher for ConfirmingPublisher {
         check_short_string("routing key", &message.routing_key)?;
         let exchange = message.exchange.as_deref().unwrap_or(&self.exchange);
         let mut args = BasicPublishArguments::new(exchange, &message.routing_key);
-        args.mandatory(self.mandatory);
+        args.mandatory(message.mandatory.unwrap_or(self.mandatory));
         self.channel
             .basic_publish(properties(&message), message.body, args)
             .await

@@ -72,6 +72,7 @@ impl Delivery {
         let text = |value: Option<&String>| value.cloned().map(Cow::Owned);
         OutgoingMessage {
             message_type: self.properties.message_type().cloned(),
+            mandatory: None,
             exchange: Some(Arc::from(exchange)),
             routing_key: self.routing_key.clone(),
             message_id: self.message_id().unwrap_or_default().to_owned(),

@@ -18,6 +18,7 @@ const ROUTING_KEY: &str = "public.bench";
 fn message(body: &[u8], i: u64) -> OutgoingMessage {
     OutgoingMessage {
         message_type: None,
+        mandatory: None,
         exchange: None,
         routing_key: ROUTING_KEY.to_owned(),
         message_id: format!("0/{i:X}:0"),

@@ -340,6 +340,7 @@ async fn a_gzip_bomb_is_dead_lettered() {
     assert!(bomb.len() < 1 << 20, "{} bytes compressed", bomb.len());
     let message = pgevents_amqp::OutgoingMessage {
         message_type: None,
+        mandatory: None,
         routing_key: "public.t".into(),
         message_id: "bomb".into(),
         content_type: "application/json".into(),

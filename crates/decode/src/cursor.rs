@@ -70,6 +70,16 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// A NUL-terminated string, bytes that are not UTF-8 replaced (for what any role may send,
+    /// such as a logical message's prefix in a database whose encoding is not UTF-8).
+    pub(crate) fn cstr_lossy(&mut self) -> Read<String> {
+        let rest = &self.data[self.pos..];
+        let len = rest.iter().position(|&b| b == 0).ok_or_else(|| self.malformed("unterminated string"))?;
+        let s = String::from_utf8_lossy(&rest[..len]).into_owned();
+        self.pos += len + 1;
+        Ok(s)
+    }
+
     pub(crate) fn remaining(&self) -> usize {
         self.data.len() - self.pos
     }

@@ -8,22 +8,27 @@ use serde::{Deserialize, Serialize};
 pub const MAX_SHORT_STRING: usize = 255;
 /// At most this many headers per outbox message.
 pub const MAX_HEADERS: usize = 64;
-/// Header names the producer writes itself and an outbox message may not set.
-pub const RESERVED_HEADERS: [&str; 2] = ["outbox", "lsn"];
+/// Header names the producer writes itself, or RabbitMQ acts on, that an outbox message may not
+/// set (compared without case; `x-...` names too).
+pub const RESERVED_HEADERS: [&str; 7] = ["action", "table", "lsn", "omitted", "outbox", "cc", "bcc"];
+/// The headers of one outbox message hold at most this many bytes (names and values): they
+/// travel in one AMQP frame.
+pub const MAX_HEADER_BYTES: usize = 16 << 10;
 
 /// Where and how an outbox message is published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxHeader {
     pub routing_key: String,
-    /// `None`: derived from the commit LSN and the message's position, as for events.
+    /// `None`: `<commit LSN>:outbox:<n>`, the n-th outbox message of its transaction.
     #[serde(default)]
     pub message_id: Option<String>,
     #[serde(default)]
     pub headers: Vec<(String, String)>,
 }
 
-/// One outbox message of a transaction, at position `seq` among its events.
+/// One outbox message of a transaction: `seq` numbers the transaction's outbox messages (apart
+/// from its events, whose ids therefore never depend on them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
     pub seq: u64,
@@ -62,8 +67,9 @@ pub fn parse(payload: &[u8]) -> Result<(OutboxHeader, Vec<u8>), String> {
     let mut headers = Vec::new();
     for (name, value) in written.headers.unwrap_or_default() {
         short("header name", &name)?;
-        if RESERVED_HEADERS.contains(&name.as_str()) {
-            return Err(format!("header {name:?} is written by pgevents"));
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-") {
+            return Err(format!("header {name:?} is written by pgevents or acted on by RabbitMQ"));
         }
         let value = match value {
             serde_json::Value::String(s) => s,
@@ -73,6 +79,10 @@ pub fn parse(payload: &[u8]) -> Result<(OutboxHeader, Vec<u8>), String> {
     }
     if headers.len() > MAX_HEADERS {
         return Err(format!("{} headers, more than {MAX_HEADERS}", headers.len()));
+    }
+    let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(format!("the headers hold {header_bytes} bytes, more than {MAX_HEADER_BYTES}"));
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     Ok((OutboxHeader { routing_key, message_id: written.message_id, headers }, body.to_vec()))
@@ -108,6 +118,12 @@ mod tests {
             (format!("{{\"routing_key\": \"{long}\"}}\n{{}}"), "routing key must have"),
             ("{\"routing_key\": \"a\", \"headers\": {\"n\": 1}}\n{}".to_owned(), "not a string"),
             ("{\"routing_key\": \"a\", \"headers\": {\"outbox\": \"x\"}}\n{}".to_owned(), "written by pgevents"),
+            ("{\"routing_key\": \"a\", \"headers\": {\"CC\": \"x\"}}\n{}".to_owned(), "acted on by RabbitMQ"),
+            ("{\"routing_key\": \"a\", \"headers\": {\"X-Match\": \"x\"}}\n{}".to_owned(), "acted on by RabbitMQ"),
+            (
+                format!("{{\"routing_key\": \"a\", \"headers\": {{\"h\": \"{}\"}}}}\n{{}}", "v".repeat(17_000)),
+                "more than 16384",
+            ),
             ("{\"routing_key\": \"a\"}\n{".to_owned(), "not JSON"),
             ("{\"routing_key\": \"a\", \"exchange\": \"x\"}\n{}".to_owned(), "unreadable envelope"),
         ] {

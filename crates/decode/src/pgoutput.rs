@@ -117,7 +117,7 @@ impl PgOutputDecoder {
             b'M' => {
                 let flags = cur.u8()?;
                 let _lsn = cur.u64()?;
-                let prefix = cur.cstr()?.to_owned();
+                let prefix = cur.cstr_lossy()?;
                 let len = cur.u32()? as usize;
                 let content = cur.bytes(len)?.to_vec();
                 Ok(Decoded::Message(LogicalMessage { transactional: flags & 1 == 1, prefix, content }))

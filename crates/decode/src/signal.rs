@@ -32,8 +32,8 @@ pub enum SignalKind {
     Skip,
     /// Publish one message of the application's own.
     Outbox,
-    /// The keys changed (`pgevents.rotate_message_key()`, signed with the key it retires): read
-    /// them again before the next transaction, so a retired key stops verifying at once.
+    /// The keys changed (`pgevents.rotate_message_key()`, signed with the new key): read them
+    /// again before the next transaction, so a retired key stops verifying at once.
     Keys,
 }
 
@@ -88,6 +88,11 @@ impl MessageKeys {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The newest key id known.
+    pub fn newest(&self) -> Option<i32> {
+        self.keys.keys().copied().max()
     }
 }
 

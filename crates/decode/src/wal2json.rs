@@ -73,8 +73,18 @@ impl Wal2JsonDecoder {
 
     /// Decodes one message (the payload of one XLogData).
     pub fn decode(&mut self, data: &[u8], catalog: &Catalog) -> Result<Decoded, DecodeError> {
-        let record: Record<'_> =
-            serde_json::from_slice(data).map_err(|e| malformed(format!("not a wal2json v2 record: {e}")))?;
+        let lossy;
+        let record: Record<'_> = match serde_json::from_slice(data) {
+            Ok(record) => record,
+            // A logical message's content is whatever bytes its sender chose (any role may send
+            // one): not UTF-8, it is read with replacement characters (and then refused as
+            // unreadable) rather than halt the stream. Row data is never altered this way.
+            Err(_) if data.starts_with(br#"{"action":"M""#) && std::str::from_utf8(data).is_err() => {
+                lossy = String::from_utf8_lossy(data);
+                serde_json::from_str(&lossy).map_err(|e| malformed(format!("not a wal2json v2 record: {e}")))?
+            }
+            Err(e) => return Err(malformed(format!("not a wal2json v2 record: {e}"))),
+        };
         match record.action.as_ref() {
             "B" => {
                 let xid = record.xid.ok_or_else(|| malformed("BEGIN without xid (include-xids is off)"))?;
@@ -182,4 +192,21 @@ fn restore_unchanged(new: Tuple, old: &Tuple) -> Tuple {
         }
     }
     merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_that_is_not_utf8_is_read_lossily_not_a_halt() {
+        let mut data = br#"{"action":"M","transactional":true,"prefix":"pgevents","content":""#.to_vec();
+        data.extend_from_slice(b"\xff\xfe\"}");
+        match Wal2JsonDecoder::default().decode(&data, &Catalog::default()) {
+            Ok(Decoded::Message(m)) => assert_eq!(m.content, "\u{fffd}\u{fffd}".as_bytes()),
+            other => panic!("{other:?}"),
+        }
+        let row = b"{\"action\":\"I\",\"schema\":\"\xff\",\"table\":\"t\",\"columns\":[]}";
+        assert!(Wal2JsonDecoder::default().decode(row, &Catalog::default()).is_err(), "row data is never altered");
+    }
 }

@@ -338,12 +338,12 @@ pub struct ProducerArgs {
     /// Take unsigned pgevents messages (pg_logical_emit_message(true, 'pgevents', '{...}')) as transaction context, and {"skip": true} in them as a skip request, as before messages were signed: any role that can connect may send one. Off: only what pgevents.context(), pgevents.skip() and pgevents.outbox() signed is believed
     #[arg(long, env = "PGEVENTS_ALLOW_UNSIGNED_MESSAGES", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub allow_unsigned_messages: bool,
-    /// Replaced by signed skip requests (pgevents.skip()) and --allow-unsigned-messages; refused with an explanation
+    /// Replaced by signed skip requests (pgevents.skip()) and --allow-unsigned-messages: on is refused with an explanation, off is ignored with a warning
     #[arg(long, env = "PGEVENTS_ALLOW_SKIP", value_parser = BoolishValueParser::new(), hide = true)]
     pub allow_skip: Option<bool>,
-    /// The exchange outbox messages (pgevents.outbox()) are published to [default: the events exchange, --exchange]
-    #[arg(long, env = "PGEVENTS_OUTBOX_EXCHANGE")]
-    pub outbox_exchange: Option<String>,
+    /// The exchange outbox messages (pgevents.outbox()) are published to; never the events exchange, where they could pass for row events
+    #[arg(long, env = "PGEVENTS_OUTBOX_EXCHANGE", default_value = "pgevents.outbox")]
+    pub outbox_exchange: String,
     /// Where signed outbox messages that cannot be published as written go, with the reason in a header; a durable queue of the same name is declared and bound to it
     #[arg(long, env = "PGEVENTS_OUTBOX_DEAD_LETTER_EXCHANGE", default_value = "pgevents.outbox.dead")]
     pub outbox_dead_letter_exchange: String,

@@ -106,8 +106,8 @@ pub struct ProducerConfig {
     /// Take unsigned `pgevents` messages as context (and `{"skip": true}` as a skip request),
     /// as pgevents did before messages were signed: any role that can connect may send one.
     pub allow_unsigned_messages: bool,
-    /// The exchange of outbox messages (`None`: the events exchange).
-    pub outbox_exchange: Option<String>,
+    /// The exchange of outbox messages: never the events exchange (see [`Self::check_exchanges`]).
+    pub outbox_exchange: String,
     /// Where signed outbox messages that cannot be published go, with the reason (a durable
     /// queue of the same name is bound to it).
     pub outbox_dead_letter_exchange: String,
@@ -150,7 +150,7 @@ impl ProducerConfig {
             history_stream: None,
             snapshot_batch_rows: 1000,
             allow_unsigned_messages: false,
-            outbox_exchange: None,
+            outbox_exchange: "pgevents.outbox".into(),
             outbox_dead_letter_exchange: "pgevents.outbox.dead".into(),
             max_context_bytes: pgevents_decode::DEFAULT_MAX_CONTEXT_BYTES,
         }
@@ -172,7 +172,7 @@ impl ProducerConfig {
     /// the outbox exchange and its dead-letter exchange.
     fn other_exchanges(&self) -> Vec<String> {
         let mut names = self.routing.mapped_exchanges();
-        names.extend(self.outbox_exchange.iter().cloned());
+        names.push(self.outbox_exchange.clone());
         names.push(self.outbox_dead_letter_exchange.clone());
         names.sort();
         names.dedup();
@@ -180,9 +180,14 @@ impl ProducerConfig {
         names
     }
 
-    /// The exchange outbox messages go to.
-    pub fn outbox_exchange(&self) -> &str {
-        self.outbox_exchange.as_deref().unwrap_or(&self.exchange)
+    /// Outbox messages have an exchange of their own, and so do the ones dead-lettered: on the
+    /// events exchange (or one of `--exchange-map`), a role granted `pgevents.outbox()` could
+    /// publish what consumers would take for row events.
+    pub fn check_exchanges(&self) -> Result<(), String> {
+        let events: Vec<&str> = std::iter::once(self.exchange.as_str())
+            .chain(self.routing.exchange_map.iter().map(|(_, e)| e.as_str()))
+            .collect();
+        check_outbox_exchanges(&events, &self.outbox_exchange, &self.outbox_dead_letter_exchange)
     }
 
     /// The router of this configuration (which tables, which routing key and exchange).
@@ -191,9 +196,40 @@ impl ProducerConfig {
     }
 }
 
+/// See [`ProducerConfig::check_exchanges`].
+fn check_outbox_exchanges(events: &[&str], outbox: &str, dead: &str) -> Result<(), String> {
+    for (option, name) in [("--outbox-exchange", outbox), ("--outbox-dead-letter-exchange", dead)] {
+        if name.trim().is_empty() {
+            return Err(format!("{option} may not be empty"));
+        }
+        if events.contains(&name) {
+            return Err(format!(
+                "{option} {name:?} is an events exchange: outbox messages there could pass for row events; choose an exchange of their own"
+            ));
+        }
+    }
+    if outbox == dead {
+        return Err("--outbox-exchange and --outbox-dead-letter-exchange must differ".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbox_exchanges_are_their_own() {
+        let events = ["table_exchange", "orders_x"];
+        assert_eq!(check_outbox_exchanges(&events, "pgevents.outbox", "pgevents.outbox.dead"), Ok(()));
+        for outbox in ["table_exchange", "orders_x"] {
+            let err = check_outbox_exchanges(&events, outbox, "pgevents.outbox.dead").unwrap_err();
+            assert!(err.contains("could pass for row events"), "{err}");
+        }
+        assert!(check_outbox_exchanges(&events, "o", "table_exchange").is_err());
+        assert!(check_outbox_exchanges(&events, "o", "o").unwrap_err().contains("must differ"));
+        assert!(check_outbox_exchanges(&events, " ", "d").unwrap_err().contains("may not be empty"));
+    }
 
     #[test]
     fn table_names() {

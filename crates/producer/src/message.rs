@@ -62,6 +62,7 @@ pub fn build(
         content_encoding: content_encoding.map(Into::into),
         app_id: APP_ID.into(),
         message_type: None,
+        mandatory: None,
         body,
     })
 }
@@ -73,8 +74,7 @@ pub const HEADER_REASON: &str = "reason";
 
 /// Where a transaction's outbox message sits: its commit and default message id.
 pub struct OutboxPlace<'a> {
-    /// Derived from the commit LSN and the position, as for events; used when the application
-    /// gave none.
+    /// `<commit LSN>:outbox:<n>`; used when the application gave none.
     pub default_id: String,
     pub lsn_text: &'a str,
     pub commit_time_micros: i64,
@@ -101,6 +101,8 @@ pub fn outbox(
         content_encoding: None,
         app_id: APP_ID.into(),
         message_type: Some(header.routing_key.clone()),
+        // An application routing key no queue takes must not stall the events behind it.
+        mandatory: Some(false),
         body,
     }
 }
@@ -134,6 +136,7 @@ pub fn dead_outbox(
         content_encoding: None,
         app_id: APP_ID.into(),
         message_type: None,
+        mandatory: Some(false),
         body: content,
     }
 }

@@ -25,7 +25,7 @@ use crate::metrics::{
     EventCounters, MESSAGES_REFUSED, OUTBOX_DEAD, OUTBOX_PUBLISHED, TRANSACTIONS, TRANSACTIONS_SKIPPED,
 };
 use crate::routing::Router;
-use crate::signals::{self, KeyRefresh};
+use crate::signals::{self, KeyRefresh, LogLimit};
 use crate::stats::Stats;
 use crate::txbuffer::{Item, PendingEvent, TxBuffer};
 
@@ -95,6 +95,7 @@ pub struct Reader {
     event_counters: EventCounters,
     router: Router,
     key_refresh: KeyRefresh,
+    refusal_log: LogLimit,
     outbox_exchange: Arc<str>,
     outbox_dead_letter_exchange: Arc<str>,
 }
@@ -123,7 +124,7 @@ impl Reader {
         let buffer = TxBuffer::new(config.tx_memory_budget, config.spill_dir.clone());
         let signals = Signals { keys, accept_unsigned: config.allow_unsigned_messages };
         let tx = TransactionBuilder::new(config.max_context_bytes, signals);
-        let outbox_exchange = Arc::from(config.outbox_exchange());
+        let outbox_exchange = Arc::from(config.outbox_exchange.as_str());
         let outbox_dead_letter_exchange = Arc::from(config.outbox_dead_letter_exchange.as_str());
         Reader {
             stream,
@@ -141,6 +142,7 @@ impl Reader {
             event_counters: EventCounters::default(),
             router,
             key_refresh: KeyRefresh::new(Duration::from_secs(1)),
+            refusal_log: LogLimit::new(Duration::from_secs(1)),
             outbox_exchange,
             outbox_dead_letter_exchange,
         }
@@ -263,18 +265,18 @@ impl Reader {
     /// when one names a key the producer does not know), refusals logged and counted.
     async fn message(&mut self, message: &LogicalMessage) -> Result<(), ProducerError> {
         let mut taken = self.tx.message(message);
-        if let Err(MessageIgnored::Refused { refusal: Refusal::UnknownKey(_), .. }) = &taken {
-            if self.key_refresh.due() {
-                *self.tx.keys_mut() = signals::read_keys(&self.db).await?;
+        if let Err(MessageIgnored::Refused { refusal: Refusal::UnknownKey(kid), xid }) = &taken {
+            if self.key_refresh.due(*kid, self.tx.keys_mut().newest(), *xid) {
+                self.reload_keys().await?;
                 taken = self.tx.message(message);
             }
         }
         match taken {
             Ok(Taken::Nothing) => {}
             Ok(Taken::KeysChanged) => {
-                // Authentic (signed with a key it retires): read at once, in WAL order, so no
-                // transaction that commits after the rotation is verified with the old keys.
-                *self.tx.keys_mut() = signals::read_keys(&self.db).await?;
+                // Authentic: read at once, in WAL order, so that no transaction that commits after
+                // the rotation is verified with the keys it retired.
+                self.reload_keys().await?;
                 tracing::info!(keys = self.tx.keys_mut().len(), "the message keys were rotated; read them again");
             }
             Ok(Taken::Outbox(outbox)) => self.buffer.push(PendingEvent::outbox(outbox)).await?,
@@ -284,13 +286,31 @@ impl Reader {
             }
             Err(MessageIgnored::Refused { xid, refusal }) => {
                 metrics::counter!(MESSAGES_REFUSED, "reason" => refusal.reason()).increment(1);
-                tracing::warn!(?xid, reason = refusal.reason(), error = ?refusal.to_string(), "a pgevents message was refused");
+                if let Some(left_out) = self.refusal_log.admit() {
+                    tracing::warn!(?xid, reason = refusal.reason(), error = ?refusal.to_string(), left_out, "a pgevents message was refused (left_out: refusals not logged since the last line; all are counted in pgevents_messages_refused_total)");
+                }
             }
             Err(MessageIgnored::Context(bad)) => {
                 metrics::counter!(crate::metrics::CONTEXT_IGNORED).increment(1);
-                tracing::warn!(error = ?bad.to_string(), "a context message was ignored");
+                if let Some(left_out) = self.refusal_log.admit() {
+                    tracing::warn!(error = ?bad.to_string(), left_out, "a context message was ignored");
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Reads the signing keys again. Should they no longer be readable (a privilege revoked),
+    /// none is kept: every signed message is refused from then on, and said so.
+    async fn reload_keys(&mut self) -> Result<(), ProducerError> {
+        *self.tx.keys_mut() = match signals::read_keys(&self.db).await {
+            Ok(keys) => keys,
+            Err(ProducerError::Postgres(e)) if !e.kind().is_transient() => {
+                tracing::warn!(error = %e, "the message keys cannot be read; signed messages are refused");
+                MessageKeys::default()
+            }
+            Err(e) => return Err(e),
+        };
         Ok(())
     }
 
@@ -344,7 +364,7 @@ impl Reader {
     ) -> Result<OutgoingMessage, ProducerError> {
         let PendingEvent { item, seq, mut body } = event;
         let place = || OutboxPlace {
-            default_id: message_id(begin.commit_lsn, seq),
+            default_id: format!("{}:outbox:{seq}", begin.commit_lsn),
             lsn_text,
             commit_time_micros: begin.commit_time_micros,
         };

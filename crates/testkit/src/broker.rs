@@ -215,6 +215,7 @@ pub async fn publish_raw(exchange: &str, routing_key: &str, message_id: &str, bo
 pub async fn publish_raw_to(url: &str, exchange: &str, routing_key: &str, message_id: &str, body: &[u8]) {
     let message = amqp::OutgoingMessage {
         message_type: None,
+        mandatory: None,
         exchange: None,
         routing_key: routing_key.to_owned(),
         message_id: message_id.to_owned(),

@@ -76,22 +76,22 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
         SnapshotArg::Always => SnapshotMode::Always,
     };
     config.snapshot_batch_rows = args.snapshot_batch_rows.max(1);
-    if args.allow_skip.is_some() {
-        anyhow::bail!(
+    match args.allow_skip {
+        Some(true) => anyhow::bail!(
             "--allow-skip (PGEVENTS_ALLOW_SKIP) was removed: skip requests are now signed. Grant the roles that may skip \
              EXECUTE ON FUNCTION pgevents.skip() and have them call SELECT pgevents.skip() in the transaction; to keep \
              believing unsigned {{\"skip\": true}} messages from anyone who can connect, use --allow-unsigned-messages"
-        );
+        ),
+        Some(false) => tracing::warn!("--allow-skip (PGEVENTS_ALLOW_SKIP) was removed and is ignored: skip requests are signed now (pgevents.skip())"),
+        None => {}
     }
     config.allow_unsigned_messages = args.allow_unsigned_messages;
-    config.outbox_exchange = args.outbox_exchange.clone().filter(|e| !e.trim().is_empty());
+    config.outbox_exchange = args.outbox_exchange.trim().to_owned();
     config.outbox_dead_letter_exchange = args.outbox_dead_letter_exchange.trim().to_owned();
-    if config.outbox_dead_letter_exchange.is_empty() {
-        anyhow::bail!("--outbox-dead-letter-exchange may not be empty");
-    }
     config.max_context_bytes = args.max_context_bytes;
     config.history_stream =
         args.history_stream.clone().filter(|s| !s.trim().is_empty()).map(|s| (s, args.retention.retention()));
+    config.check_exchanges().map_err(anyhow::Error::msg)?;
     Ok(config)
 }
 
