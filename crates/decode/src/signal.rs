@@ -35,22 +35,26 @@ pub enum SignalKind {
     /// The keys changed (`pgevents.rotate_message_key()`, signed with the new key): read them
     /// again before the next transaction, so a retired key stops verifying at once.
     Keys,
+    /// A backfill's watermark, written by the producer itself around each chunk it reads.
+    Watermark,
 }
 
 impl SignalKind {
+    pub const ALL: [SignalKind; 5] =
+        [SignalKind::Context, SignalKind::Skip, SignalKind::Outbox, SignalKind::Keys, SignalKind::Watermark];
+
     pub fn name(self) -> &'static str {
         match self {
             SignalKind::Context => "context",
             SignalKind::Skip => "skip",
             SignalKind::Outbox => "outbox",
             SignalKind::Keys => "keys",
+            SignalKind::Watermark => "watermark",
         }
     }
 
     fn parse(name: &str) -> Option<SignalKind> {
-        [SignalKind::Context, SignalKind::Skip, SignalKind::Outbox, SignalKind::Keys]
-            .into_iter()
-            .find(|k| k.name() == name)
+        SignalKind::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -259,6 +263,14 @@ mod tests {
         let old = sign(1, &[7; 32], 77, SignalKind::Skip, b"");
         assert!(verify(&old, 77, 999, &keys()).is_ok(), "committed before the key was retired");
         assert_eq!(verify(&old, 77, 1_000, &keys()), Err(Refusal::RetiredKey { kid: 1 }));
+    }
+
+    #[test]
+    fn every_kind_reads_back() {
+        for kind in SignalKind::ALL {
+            let message = sign(2, &[9; 32], 77, kind, b"{}");
+            assert_eq!(verify(&message, 77, 0, &keys()).map(|v| v.kind), Ok(kind));
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum Taken {
     MalformedOutbox(MalformedOutbox),
     /// The signing keys changed: read them again now (see [`SignalKind::Keys`]).
     KeysChanged,
+    /// A backfill's watermark (its payload, JSON).
+    Watermark(Vec<u8>),
 }
 
 /// How a transaction ended.
@@ -203,6 +205,7 @@ impl TransactionBuilder {
                 Ok(Taken::Nothing)
             }
             SignalKind::Keys => Ok(Taken::KeysChanged),
+            SignalKind::Watermark => Ok(Taken::Watermark(verified.payload.to_vec())),
             SignalKind::Outbox => {
                 let payload = verified.payload.to_vec();
                 let Some(current) = self.current.as_mut() else { return Ok(Taken::Nothing) };

@@ -51,6 +51,27 @@ pub enum Command {
     /// Send dead jobs from the dead-letter queue back to the action runners, with a fresh attempt budget
     #[command(name = "requeue-dead")]
     RequeueDead(RequeueDeadArgs),
+    /// Backfill tables while streaming (no lock, no long transaction), show backfills, or cancel one
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["table", "status", "cancel"])))]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub pg: PgArgs,
+    /// Ask the producer to backfill this table (schema.table; repeat for several): its rows are published as R events
+    #[arg(long)]
+    pub table: Vec<String>,
+    /// Only the producer of this slot takes the request [default: whichever producer streams the table]
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// Show the latest backfills: status, rows done, estimate, rate, time left
+    #[arg(long)]
+    pub status: bool,
+    /// Cancel the queued or running backfill with this id
+    #[arg(long)]
+    pub cancel: Option<i64>,
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +365,12 @@ pub struct ProducerArgs {
     /// The exchange outbox messages (pgevents.outbox()) are published to; never the events exchange, where they could pass for row events
     #[arg(long, env = "PGEVENTS_OUTBOX_EXCHANGE", default_value = "pgevents.outbox")]
     pub outbox_exchange: String,
+    /// Rows per backfill chunk (pgevents.snapshot()): read between two watermarks and published together; a chunk is read again when more than 16 times as many rows change during its read
+    #[arg(long, env = "PGEVENTS_BACKFILL_CHUNK_ROWS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub backfill_chunk_rows: u64,
+    /// How often the producer looks for backfill requests, in milliseconds
+    #[arg(long, env = "PGEVENTS_BACKFILL_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub backfill_poll_ms: u64,
     /// Where signed outbox messages that cannot be published as written go, with the reason in a header; a durable queue of the same name is declared and bound to it
     #[arg(long, env = "PGEVENTS_OUTBOX_DEAD_LETTER_EXCHANGE", default_value = "pgevents.outbox.dead")]
     pub outbox_dead_letter_exchange: String,

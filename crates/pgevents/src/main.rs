@@ -63,6 +63,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => commands::worker::run_worker(args, shutdown).await,
         Command::ActionRunner(args) => commands::worker::run_action_runner(args, shutdown).await,
         Command::RequeueDead(args) => commands::worker::requeue_dead(args).await,
+        Command::Snapshot(args) => commands::snapshot::run(args).await,
         Command::Check(args) => match commands::check::run(args).await? {
             true => Ok(()),
             false => Err(anyhow::anyhow!("the checks above failed; fix them and run `pgevents check` again")),

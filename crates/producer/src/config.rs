@@ -113,6 +113,10 @@ pub struct ProducerConfig {
     pub outbox_dead_letter_exchange: String,
     /// Largest context of a transaction, in bytes of its messages (more is ignored).
     pub max_context_bytes: usize,
+    /// Rows per backfill chunk (read between two watermarks, published together).
+    pub backfill_chunk_rows: usize,
+    /// How often the producer looks for backfill requests.
+    pub backfill_poll: Duration,
 }
 
 impl ProducerConfig {
@@ -153,6 +157,8 @@ impl ProducerConfig {
             outbox_exchange: "pgevents.outbox".into(),
             outbox_dead_letter_exchange: "pgevents.outbox.dead".into(),
             max_context_bytes: pgevents_decode::DEFAULT_MAX_CONTEXT_BYTES,
+            backfill_chunk_rows: 1000,
+            backfill_poll: Duration::from_secs(1),
         }
     }
 

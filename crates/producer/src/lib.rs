@@ -7,6 +7,7 @@
 //! after every message before it was confirmed ([`confirm::LsnTracker`]). [`run`] restarts
 //! failed sessions with backoff, resuming from the last confirmed LSN.
 
+pub mod backfill;
 pub mod check;
 mod config;
 mod database;

@@ -13,6 +13,9 @@ pub const TRANSACTIONS_SKIPPED: &str = "pgevents_transactions_skipped_total";
 pub const MESSAGES_REFUSED: &str = "pgevents_messages_refused_total";
 pub const OUTBOX_PUBLISHED: &str = "pgevents_outbox_messages_total";
 pub const OUTBOX_DEAD: &str = "pgevents_outbox_dead_lettered_total";
+pub const BACKFILL_ROWS: &str = "pgevents_backfill_rows_total";
+pub const BACKFILL_CHUNKS_RETRIED: &str = "pgevents_backfill_chunks_retried_total";
+pub const BACKFILL_RUNNING: &str = "pgevents_backfill_running";
 pub const CONTEXT_IGNORED: &str = "pgevents_context_messages_ignored_total";
 pub const CONFIRMS_PENDING: &str = "pgevents_confirms_pending";
 pub const CONFIRMED_LSN: &str = "pgevents_confirmed_lsn";
@@ -50,6 +53,12 @@ pub fn describe() {
         "pgevents messages refused, by reason: unsigned, forged, other_transaction, unknown_key, retired_key, not_transactional, unreadable"
     );
     describe_counter!(OUTBOX_PUBLISHED, "Outbox messages published (pgevents.outbox())");
+    describe_counter!(BACKFILL_ROWS, "Rows read by backfills (pgevents.snapshot()), by table");
+    describe_counter!(
+        BACKFILL_CHUNKS_RETRIED,
+        "Backfill chunks read again (a TRUNCATE, or too many changes, during their read)"
+    );
+    describe_gauge!(BACKFILL_RUNNING, "1 while a backfill runs");
     describe_counter!(
         OUTBOX_DEAD,
         "Signed outbox messages that could not be published as written, sent to --outbox-dead-letter-exchange"

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill;
 use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
@@ -45,6 +46,8 @@ pub struct Pipeline {
     publisher: JoinHandle<Result<ConfirmingPublisher, ProducerError>>,
     status: JoinHandle<Result<StatusSender, ProducerError>>,
     _monitor: AbortOnDrop,
+    /// Backfills on demand, when signed messages (their watermarks) can be written and read.
+    _backfill: Option<AbortOnDrop>,
     confirmed: watch::Receiver<Lsn>,
     stop_status: CancellationToken,
     shutdown: CancellationToken,
@@ -78,6 +81,7 @@ impl Pipeline {
         publisher: ConfirmingPublisher,
         catalog: Catalog,
         keys: MessageKeys,
+        backfills: bool,
         db: Arc<Database>,
         config: &Arc<ProducerConfig>,
         stats: &Arc<Stats>,
@@ -89,6 +93,7 @@ impl Pipeline {
         let reply = Arc::new(Notify::new());
         let stop_status = CancellationToken::new();
         let decoder = Decoder::new(config.plugin, config.values);
+        let chunks = backfill::shared();
         let reader = Reader::new(
             stream,
             decoder,
@@ -99,9 +104,14 @@ impl Pipeline {
             stats.clone(),
             reply.clone(),
             keys,
+            chunks.clone(),
         );
+        let backfill = backfills.then(|| {
+            AbortOnDrop(tokio::spawn(backfill::run(config.clone(), chunks, confirmed.clone(), shutdown.clone())))
+        });
         Pipeline {
             _monitor: AbortOnDrop(tokio::spawn(run_monitor(db, config.clone(), stats.clone()))),
+            _backfill: backfill,
             reader: tokio::spawn(reader.run(shutdown.clone())),
             publisher: tokio::spawn(run_publisher(publisher, batch_rx, confirmed_tx, config.clone(), stats.clone())),
             status: tokio::spawn(run_status(

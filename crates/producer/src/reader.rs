@@ -17,6 +17,8 @@ use pgevents_replication::{ReplicationError, ReplicationReader, WalMessage};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::window::{self, ChunkId, Edge, Watermark, Windows};
+use crate::backfill::{ChunkOutcome, Chunks, WINDOW_KEYS_PER_ROW};
 use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
@@ -96,6 +98,13 @@ pub struct Reader {
     router: Router,
     key_refresh: KeyRefresh,
     refusal_log: LogLimit,
+    /// Backfill windows open at this point of the WAL, and what the transaction being read did
+    /// to their tables.
+    windows: Windows,
+    window_changes: window::Pending,
+    chunks: Arc<Chunks>,
+    /// Chunks published in the transaction being read, told its end LSN at its commit.
+    chunks_published: Vec<(tokio::sync::oneshot::Sender<ChunkOutcome>, u64, u64)>,
     outbox_exchange: Arc<str>,
     outbox_dead_letter_exchange: Arc<str>,
 }
@@ -118,6 +127,7 @@ impl Reader {
         stats: Arc<Stats>,
         reply_requested: Arc<Notify>,
         keys: MessageKeys,
+        chunks: Arc<Chunks>,
     ) -> Self {
         let silence_timeout = config.status_interval * 3 + Duration::from_secs(5);
         let router = config.router();
@@ -126,6 +136,7 @@ impl Reader {
         let tx = TransactionBuilder::new(config.max_context_bytes, signals);
         let outbox_exchange = Arc::from(config.outbox_exchange.as_str());
         let outbox_dead_letter_exchange = Arc::from(config.outbox_dead_letter_exchange.as_str());
+        let windows = Windows::new(config.backfill_chunk_rows.max(1) * WINDOW_KEYS_PER_ROW);
         Reader {
             stream,
             decoder,
@@ -143,6 +154,10 @@ impl Reader {
             router,
             key_refresh: KeyRefresh::new(Duration::from_secs(1)),
             refusal_log: LogLimit::new(Duration::from_secs(1)),
+            windows,
+            window_changes: window::Pending::default(),
+            chunks,
+            chunks_published: Vec::new(),
             outbox_exchange,
             outbox_dead_letter_exchange,
         }
@@ -239,6 +254,9 @@ impl Reader {
                         change.old.retain(|column| route.keeps_column(column));
                         change.new.retain(|column| route.keeps_column(column));
                     }
+                    if !self.windows.is_empty() {
+                        self.windows.note(&mut self.window_changes, &change);
+                    }
                     let mut body = Vec::with_capacity(256);
                     if let Some(seq) = self.tx.row(&change, &mut body) {
                         self.buffer.push(PendingEvent::change(change.table.clone(), change.action, seq, body)).await?;
@@ -247,6 +265,7 @@ impl Reader {
             }
             Decoded::Truncate(tables) => {
                 for table in tables.iter().filter(|t| self.router.route(t).streamed) {
+                    self.windows.note_truncate(&mut self.window_changes, &table.qualified);
                     let mut body = Vec::with_capacity(160);
                     if let Some(seq) = self.tx.truncate(table, &mut body) {
                         self.buffer.push(PendingEvent::change(table.clone(), Action::Truncate, seq, body)).await?;
@@ -280,6 +299,7 @@ impl Reader {
                 tracing::info!(keys = self.tx.keys_mut().len(), "the message keys were rotated; read them again");
             }
             Ok(Taken::Outbox(outbox)) => self.buffer.push(PendingEvent::outbox(outbox)).await?,
+            Ok(Taken::Watermark(payload)) => self.watermark(&payload).await?,
             Ok(Taken::MalformedOutbox(bad)) => {
                 tracing::warn!(xid = ?self.tx.current().map(|b| b.xid), reason = ?bad.reason, "a signed outbox message cannot be published as written; it goes to the dead-letter exchange");
                 self.buffer.push(PendingEvent::dead_outbox(bad)).await?;
@@ -297,6 +317,56 @@ impl Reader {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A backfill's watermark: a low one opens a window on its table; at a high one, the chunk's
+    /// rows not changed in the window are published in this transaction.
+    async fn watermark(&mut self, payload: &[u8]) -> Result<(), ProducerError> {
+        let watermark: Watermark = match serde_json::from_slice(payload) {
+            Ok(watermark) => watermark,
+            Err(e) => {
+                tracing::warn!(error = %e, "a backfill watermark cannot be read; ignored");
+                return Ok(());
+            }
+        };
+        let Watermark { id, edge, table } = watermark;
+        match edge {
+            Edge::Low => self.windows.open(id, table.unwrap_or_default()),
+            Edge::High => self.close_window(id).await?,
+        }
+        Ok(())
+    }
+
+    async fn close_window(&mut self, id: ChunkId) -> Result<(), ProducerError> {
+        let verdict = self.windows.close(id);
+        let Some(chunk) = self.chunks.take(&id) else {
+            return Ok(()); // written by an earlier session: its task reads the chunk again
+        };
+        let changed = match verdict {
+            window::Verdict::Publish { changed } => changed,
+            window::Verdict::Retry(why) => {
+                let _ = chunk.done.send(ChunkOutcome::Retry(why));
+                return Ok(());
+            }
+            window::Verdict::Unknown => {
+                let _ = chunk.done.send(ChunkOutcome::Retry("its low watermark was not met".into()));
+                return Ok(());
+            }
+        };
+        let (mut published, mut dropped) = (0, 0);
+        for (key, change) in chunk.rows {
+            if changed.contains(&key) {
+                dropped += 1;
+                continue;
+            }
+            let mut body = Vec::with_capacity(256);
+            if let Some(seq) = self.tx.row(&change, &mut body) {
+                self.buffer.push(PendingEvent::change(change.table.clone(), Action::Read, seq, body)).await?;
+                published += 1;
+            }
+        }
+        self.chunks_published.push((chunk.done, published, dropped));
         Ok(())
     }
 
@@ -321,6 +391,11 @@ impl Reader {
         };
         Stats::add(&self.stats.transactions, 1);
         metrics::counter!(TRANSACTIONS).increment(1);
+        // A skipped transaction's changes are not published: they change no backfill window.
+        let changes = std::mem::take(&mut self.window_changes);
+        if !outcome.skip {
+            self.windows.commit(changes);
+        }
         if outcome.skip {
             // The row events only: outbox messages were asked for explicitly.
             Stats::add(&self.stats.transactions_skipped, 1);
@@ -352,7 +427,12 @@ impl Reader {
             }
         }
         let commit_time_micros = Some(begin.commit_time_micros);
-        self.send(Batch { messages: batch.messages, commit: Some(end_lsn), commit_time_micros }, shutdown).await
+        let flow =
+            self.send(Batch { messages: batch.messages, commit: Some(end_lsn), commit_time_micros }, shutdown).await;
+        for (done, rows, dropped) in self.chunks_published.drain(..) {
+            let _ = done.send(ChunkOutcome::Published { rows, dropped, end_lsn });
+        }
+        flow
     }
 
     fn outgoing(

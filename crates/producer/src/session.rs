@@ -128,6 +128,8 @@ pub async fn run_session(
     stats.set_phase(Phase::Connecting);
     let slot_state = prepare(&db, config).await?;
     let keys = signals::prepare(&db, config, server_version).await?;
+    // Backfills write signed watermarks and keep their requests in the snapshot tables.
+    let backfills = !keys.is_empty() && snapshot::ensure_backfill_schema(&db, config).await?;
     let publisher = connect_broker(config).await?;
     let mut client = match ReplicationClient::connect(&config.postgres).await {
         Ok(client) => client,
@@ -148,7 +150,8 @@ pub async fn run_session(
     stats.set_phase(Phase::Streaming);
     tracing::info!(slot = %config.slot, plugin = config.plugin.name(), %start, exchange = %config.exchange, "streaming");
     let catalog = std::mem::take(&mut state.catalog);
-    let pipeline = Pipeline::start(stream, sender, publisher, catalog, keys, db, config, stats, start, shutdown);
+    let pipeline =
+        Pipeline::start(stream, sender, publisher, catalog, keys, backfills, db, config, stats, start, shutdown);
     pipeline.run(state, stats).await
 }
 

@@ -53,14 +53,16 @@ pub enum SnapshotMode {
     Always,
 }
 
-/// The snapshot's progress tables: the `snapshot` component of the pgevents schema.
+/// The snapshot's progress tables and the backfill requests: the `snapshot` component of the
+/// pgevents schema.
 pub const SNAPSHOT_TABLES: Component = Component {
     name: "snapshot",
-    migrations: &[Migration {
-        version: 1,
-        name: "snapshot progress",
-        // IF NOT EXISTS: pgevents before 0.2 created these tables without recording them.
-        sql: "
+    migrations: &[
+        Migration {
+            version: 1,
+            name: "snapshot progress",
+            // IF NOT EXISTS: pgevents before 0.2 created these tables without recording them.
+            sql: "
             CREATE TABLE IF NOT EXISTS pgevents.snapshot (
                 slot text PRIMARY KEY,
                 lsn pg_lsn NOT NULL,
@@ -78,7 +80,9 @@ pub const SNAPSHOT_TABLES: Component = Component {
                 updated_at timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (slot, table_name)
             );",
-    }],
+        },
+        Migration { version: 2, name: "backfills on demand", sql: crate::backfill::REQUESTS_SQL },
+    ],
 };
 
 /// Creates the progress tables (idempotent). Run before the slot is created, so a role that
@@ -93,6 +97,23 @@ pub async fn ensure_schema(config: &ProducerConfig) -> Result<(), ProducerError>
              grant the role CREATE on the database, or run the producer once as the database owner"
         ))),
     }
+}
+
+/// Installs the snapshot tables (with the backfill requests) when missing or older, as
+/// [`ensure_schema`] does; `false` (backfills off, with the reason logged) when the producer may
+/// not, or when someone it does not trust owns them.
+pub async fn ensure_backfill_schema(db: &Database, config: &ProducerConfig) -> Result<bool, ProducerError> {
+    if schema::installed_version(db.client(), &SNAPSHOT_TABLES).await? < SNAPSHOT_TABLES.latest() {
+        match ensure_schema(config).await {
+            Ok(()) => {}
+            Err(ProducerError::Postgres(e)) if e.kind().is_transient() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "backfills on demand (pgevents.snapshot()) are off");
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The LSN of an unfinished snapshot of this slot, if there is one.

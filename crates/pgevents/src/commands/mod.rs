@@ -5,5 +5,6 @@ pub mod consumer_debug;
 pub mod producer;
 pub mod rules;
 pub mod serve;
+pub mod snapshot;
 pub mod telemetry;
 pub mod worker;

@@ -89,6 +89,8 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     config.outbox_exchange = args.outbox_exchange.trim().to_owned();
     config.outbox_dead_letter_exchange = args.outbox_dead_letter_exchange.trim().to_owned();
     config.max_context_bytes = args.max_context_bytes;
+    config.backfill_chunk_rows = usize::try_from(args.backfill_chunk_rows).unwrap_or(1000);
+    config.backfill_poll = Duration::from_millis(args.backfill_poll_ms);
     config.history_stream =
         args.history_stream.clone().filter(|s| !s.trim().is_empty()).map(|s| (s, args.retention.retention()));
     config.check_exchanges().map_err(anyhow::Error::msg)?;
