@@ -35,7 +35,7 @@ const RULE_CELLS: &[&str] = &[
     "R18", "R19", "R20", "R21", "R22", "R23", "R24", "R25", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
-const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5", "W1", "W2", "W3", "W4", "W5", "W6", "W7"];
+const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"];
 
 type Verdict = Result<(), String>;
 
@@ -1990,6 +1990,36 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
                 event.is_some_and(|e| e.get("context").is_none_or(Value::is_null)),
                 "the trigger attached context to another role's transaction: {event:?}"
             );
+            Ok(())
+        }
+        "W8" => {
+            // Backfills: not without EXECUTE on pgevents.snapshot(), and with it only of tables
+            // the caller may read.
+            let refused = p.bob.batch_execute("SELECT pgevents.snapshot(ARRAY['public.listed'])").await;
+            let code = refused.err().and_then(|e| e.code().cloned());
+            ensure!(code == Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "without EXECUTE: {code:?}");
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.snapshot(text[], text) TO bob").await;
+            let unreadable = p.bob.batch_execute("SELECT pgevents.snapshot(ARRAY['public.unlisted'])").await;
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.snapshot(text[], text) FROM bob").await;
+            let code = unreadable.err().and_then(|e| e.code().cloned());
+            ensure!(code == Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "a table bob cannot read: {code:?}");
+            let asked = pg.query_text("SELECT count(*)::text FROM pgevents.backfill WHERE relname = 'unlisted'").await;
+            ensure!(asked.as_deref() == Some("0"), "a request was recorded");
+            Ok(())
+        }
+        "W9" => {
+            // Another role's backfill: not cancelled, not even seen.
+            let id = pg.query_text("SELECT pgevents.snapshot(ARRAY['public.listed'], 'elsewhere')::text").await.unwrap_or_default();
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.snapshot_cancel(bigint) TO bob").await;
+            let cancelled = p.bob.query_one(&format!("SELECT pgevents.snapshot_cancel({id})"), &[]).await;
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.snapshot_cancel(bigint) FROM bob").await;
+            let cancelled: bool = cancelled.map_err(|e| e.to_string())?.get(0);
+            ensure!(!cancelled, "bob cancelled the superuser's backfill");
+            let state = pg.query_text(&format!("SELECT status FROM pgevents.backfill WHERE id = {id}")).await;
+            ensure!(state.as_deref() == Some("queued"), "{state:?}");
+            let seen = p.bob.query("SELECT * FROM pgevents.backfill", &[]).await;
+            ensure!(seen.is_err(), "bob read the backfill requests");
+            pg.execute(&format!("SELECT pgevents.snapshot_cancel({id})")).await;
             Ok(())
         }
         other => Err(format!("no such cell {other}")),
