@@ -58,10 +58,10 @@ async fn status(pg: &PgCluster, id: i64) -> (String, i64, i32) {
     let row = pg
         .client()
         .await
-        .query_one("SELECT status, rows_done, chunks_retried FROM pgevents.backfill WHERE id = $1", &[&id])
+        .query_opt("SELECT status, rows_done, chunks_retried FROM pgevents.backfill WHERE id = $1", &[&id])
         .await
         .unwrap();
-    (row.get(0), row.get(1), row.get(2))
+    row.map(|row| (row.get(0), row.get(1), row.get(2))).unwrap_or_else(|| ("absent".into(), 0, 0))
 }
 
 async fn wait_status(pg: &PgCluster, id: i64, wanted: &str, timeout: Duration) -> (String, i64, i32) {
@@ -249,6 +249,63 @@ async fn a_killed_backfill_resumes_and_backfills_can_be_cancelled() {
     let mut missing = PgEventsProcess::spawn(&["snapshot", "--table", "public.nothing"], &world.pg.env());
     assert_eq!(missing.wait(WAIT).await, Some(1));
     assert!(missing.stderr().contains("there is no table public.nothing"), "{}", missing.stderr());
+    stop(producer).await;
+    world.cleanup(queue).await;
+}
+
+/// The streamed set follows the publication: a table added with `ALTER PUBLICATION ... ADD
+/// TABLE` streams from then on, without a restart, and with `--snapshot-new-tables` its rows are
+/// backfilled; one dropped from the publication stops; one added while the producer was stopped
+/// is backfilled at the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_added_to_the_publication_stream_and_are_backfilled() {
+    let world = World::new().await;
+    world
+        .pg
+        .execute(
+            "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); CREATE TABLE c (id int PRIMARY KEY);
+             INSERT INTO b SELECT generate_series(1, 50); INSERT INTO c SELECT generate_series(1, 5);
+             CREATE PUBLICATION pgevents FOR TABLE a;",
+        )
+        .await;
+    let mut queue = world.queue(&["#"]).await;
+    let env = [("PGEVENTS_SNAPSHOT_NEW_TABLES", "true"), ("PGEVENTS_BACKFILL_POLL_MS", "100")];
+    let producer = world.producer(&env).await;
+    world.pg.execute("INSERT INTO a VALUES (1); INSERT INTO b VALUES (100);").await;
+    let first = queue.take(1, WAIT).await;
+    assert_eq!(first[0].json["table_name"], "public.a", "b is not published yet");
+
+    world.pg.execute("ALTER PUBLICATION pgevents ADD TABLE b; INSERT INTO b VALUES (101);").await;
+    wait_status(&world.pg, 1, "done", WAIT).await;
+    world.pg.execute("INSERT INTO a VALUES (2)").await;
+    let mut fold = Fold::default();
+    loop {
+        let event = queue.next(WAIT).await.expect("b's events, then a's").json;
+        if event["table_name"] == "public.a" && event["new"]["id"] == 2 {
+            break;
+        }
+        assert_eq!(event["table_name"], "public.b", "{event}");
+        fold.apply(&event);
+    }
+    let ids: Vec<i64> = fold.rows.keys().copied().collect();
+    assert_eq!(ids, (1..=50).chain([100, 101]).collect::<Vec<_>>(), "b's rows, backfilled, and its change, live");
+    assert!(fold.reads >= 51, "{} read events", fold.reads);
+
+    world
+        .pg
+        .execute("ALTER PUBLICATION pgevents DROP TABLE b; INSERT INTO b VALUES (102); INSERT INTO a VALUES (3);")
+        .await;
+    let next = queue.next(WAIT).await.expect("a's change").json;
+    assert_eq!((next["table_name"].as_str(), next["new"]["id"].as_i64()), (Some("public.a"), Some(3)), "b stopped");
+
+    stop(producer).await;
+    world.pg.execute("ALTER PUBLICATION pgevents ADD TABLE c").await;
+    let producer = world.producer(&env).await;
+    let reads = queue.take(5, WAIT).await;
+    assert!(
+        reads.iter().all(|e| e.json["table_name"] == "public.c" && e.json["action"] == "R"),
+        "c, added while stopped, is backfilled at the start"
+    );
     stop(producer).await;
     world.cleanup(queue).await;
 }

@@ -1,4 +1,4 @@
-//! The `pgevents` schema: the rule tables and the snapshot's progress tables are installed
+//! The `pgevents` schema: the rule tables, the signed-message functions and the snapshot's progress tables are installed
 //! through one record of migrations, by component, and a record made before components existed
 //! is upgraded in place.
 
@@ -46,7 +46,7 @@ async fn rule_and_snapshot_tables_share_one_record_of_migrations() {
         .await;
     assert_eq!(
         record.as_deref(),
-        Some("rules 1 rule tables; rules 2 sessions and subscriptions; rules 3 subscriptions within the owner's privileges; rules 4 rules run with their owner's rights; rules 5 rule text of several events in one call; snapshot 1 snapshot progress")
+        Some("rules 1 rule tables; rules 2 sessions and subscriptions; rules 3 subscriptions within the owner's privileges; rules 4 rules run with their owner's rights; rules 5 rule text of several events in one call; signals 1 signed messages; snapshot 1 snapshot progress; snapshot 2 backfills on demand; snapshot 3 tables seen in the publication")
     );
     assert_eq!(pgevents_rules::installed_version(&client).await.unwrap(), 5);
     pgevents_testkit::delete_exchange(&world.exchange).await;

@@ -2002,14 +2002,20 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
             let unreadable = p.bob.batch_execute("SELECT pgevents.snapshot(ARRAY['public.unlisted'])").await;
             pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.snapshot(text[], text) FROM bob").await;
             let code = unreadable.err().and_then(|e| e.code().cloned());
-            ensure!(code == Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "a table bob cannot read: {code:?}");
+            ensure!(
+                code == Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                "a table bob cannot read: {code:?}"
+            );
             let asked = pg.query_text("SELECT count(*)::text FROM pgevents.backfill WHERE relname = 'unlisted'").await;
             ensure!(asked.as_deref() == Some("0"), "a request was recorded");
             Ok(())
         }
         "W9" => {
             // Another role's backfill: not cancelled, not even seen.
-            let id = pg.query_text("SELECT pgevents.snapshot(ARRAY['public.listed'], 'elsewhere')::text").await.unwrap_or_default();
+            let id = pg
+                .query_text("SELECT pgevents.snapshot(ARRAY['public.listed'], 'elsewhere')::text")
+                .await
+                .unwrap_or_default();
             pg.execute("GRANT EXECUTE ON FUNCTION pgevents.snapshot_cancel(bigint) TO bob").await;
             let cancelled = p.bob.query_one(&format!("SELECT pgevents.snapshot_cancel({id})"), &[]).await;
             pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.snapshot_cancel(bigint) FROM bob").await;

@@ -19,6 +19,8 @@ pub enum Scenario {
     Fanout,
     /// Sync SQL actions/s of `pgevents worker` (filter, work_item_query, statement, action_run row).
     Actions,
+    /// Rows/s of a backfill (`pgevents.snapshot()`), alone and while live changes stream.
+    Backfill,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -57,6 +59,12 @@ pub struct BenchArgs {
     /// Worker concurrencies of the actions run, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     pub action_concurrency: Vec<usize>,
+    /// Rows of the table the backfill run reads
+    #[arg(long, default_value_t = 200_000)]
+    pub backfill_rows: u64,
+    /// Live single-row transactions per second during the second backfill run (0: only the first)
+    #[arg(long, default_value_t = 2_000)]
+    pub backfill_live_rate: u64,
     /// Messages in flight for the broker-limit publishers (the producer's default too)
     #[arg(long, default_value_t = 4096)]
     pub window: usize,

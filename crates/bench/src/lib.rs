@@ -14,6 +14,7 @@
 
 pub mod actions;
 mod args;
+pub mod backfill;
 mod binary;
 pub mod broker;
 pub mod broker_limit;

@@ -43,6 +43,8 @@ pub struct ScenarioResult {
     pub fanout: Vec<crate::fanout::Fanout>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<crate::actions::ActionsRun>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backfill: Vec<crate::backfill::BackfillRun>,
 }
 
 impl ScenarioResult {
@@ -103,6 +105,13 @@ pub fn print(results: &[ScenarioResult]) {
             }
             let worst: Vec<String> = l.worst_at_ms.iter().map(|t| format!("{t:.0}")).collect();
             println!("  worst latencies at (ms into the run) {}", worst.join(", "));
+        }
+        for b in &r.backfill {
+            let p99 = b.confirm_p99_ms.map(|p| format!("{p:.1} ms")).unwrap_or_else(|| "-".into());
+            println!(
+                "  backfill of {} rows, live at {}/s   {:.0} rows/s ({:.2}s), live changes {:.0}/s meanwhile, commit-to-confirm p99 {p99}, chunks read again {}",
+                b.rows, b.live_rate_per_s, b.rows_per_s, b.seconds, b.live_changes_per_s, b.chunks_retried
+            );
         }
         for a in &r.actions {
             println!(

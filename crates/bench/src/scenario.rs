@@ -25,6 +25,7 @@ pub async fn run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow:
         Scenario::Latency => latency_run(args, binary).await,
         Scenario::Fanout => fanout_run(args, binary).await,
         Scenario::Actions => actions_run(args, binary).await,
+        Scenario::Backfill => backfill_run(args, binary).await,
         _ => throughput_run(args, binary, scenario).await,
     }
 }
@@ -151,6 +152,24 @@ async fn actions_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<Scenario
         changes: args.actions,
         transactions: args.actions.div_ceil(1000) + 1,
         actions: runs,
+        ..Default::default()
+    })
+}
+
+async fn backfill_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
+    let mut runs = Vec::new();
+    for live in [0, args.backfill_live_rate] {
+        if live == 0 && !runs.is_empty() {
+            continue;
+        }
+        eprintln!("[Backfill] {} rows, live changes at {live}/s", args.backfill_rows);
+        runs.push(crate::backfill::measure(binary, PRODUCER_SLOT, args.backfill_rows, live).await?);
+    }
+    Ok(ScenarioResult {
+        name: "backfill".into(),
+        changes: args.backfill_rows,
+        transactions: args.backfill_rows.div_ceil(1000),
+        backfill: runs,
         ..Default::default()
     })
 }

@@ -368,6 +368,9 @@ pub struct ProducerArgs {
     /// Rows per backfill chunk (pgevents.snapshot()): read between two watermarks and published together; a chunk is read again when more than 16 times as many rows change during its read
     #[arg(long, env = "PGEVENTS_BACKFILL_CHUNK_ROWS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub backfill_chunk_rows: u64,
+    /// Backfill each table added to the publication while streaming (its rows as R events; changes stream from the ALTER PUBLICATION on in any case). pgoutput without PGTABLES only: the publication then says which tables are streamed
+    #[arg(long, env = "PGEVENTS_SNAPSHOT_NEW_TABLES", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub snapshot_new_tables: bool,
     /// How often the producer looks for backfill requests, in milliseconds
     #[arg(long, env = "PGEVENTS_BACKFILL_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub backfill_poll_ms: u64,

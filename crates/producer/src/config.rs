@@ -115,8 +115,11 @@ pub struct ProducerConfig {
     pub max_context_bytes: usize,
     /// Rows per backfill chunk (read between two watermarks, published together).
     pub backfill_chunk_rows: usize,
-    /// How often the producer looks for backfill requests.
+    /// How often the producer looks for backfill requests (and, with `snapshot_new_tables`, at
+    /// the publication).
     pub backfill_poll: Duration,
+    /// Backfill the tables added to the publication while streaming (pgoutput, no `PGTABLES`).
+    pub snapshot_new_tables: bool,
 }
 
 impl ProducerConfig {
@@ -159,6 +162,7 @@ impl ProducerConfig {
             max_context_bytes: pgevents_decode::DEFAULT_MAX_CONTEXT_BYTES,
             backfill_chunk_rows: 1000,
             backfill_poll: Duration::from_secs(1),
+            snapshot_new_tables: false,
         }
     }
 

@@ -61,6 +61,20 @@ impl Database {
         Ok(Database { client: connect_driven(settings, "catalog").await? })
     }
 
+    /// A connection that renders values as the replication stream does (the same session
+    /// settings: hex bytea, ISO dates in UTC, exact floats), for reading rows that must look
+    /// like the stream's: the snapshot's and the backfills'.
+    pub async fn connect_for_rows(settings: &ConnectConfig) -> Result<Database, ProducerError> {
+        let db = Self::connect(settings).await?;
+        // The settings are constants of pgevents, never input.
+        let sets: String = pgevents_replication::SESSION_SETTINGS
+            .iter()
+            .map(|(name, value)| format!("SET {name} = '{value}';"))
+            .collect();
+        db.client.batch_execute(&sets).await.map_err(|e| pg_error("set the session up for reading rows", e))?;
+        Ok(db)
+    }
+
     async fn scalar(&self, sql: &str) -> Result<String, ProducerError> {
         let row = self.client.query_one(sql, &[]).await.map_err(|e| pg_error(format!("query {sql:?}"), e))?;
         row.try_get::<_, String>(0).map_err(|e| pg_error(format!("query {sql:?}"), e))

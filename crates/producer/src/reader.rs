@@ -330,7 +330,10 @@ impl Reader {
                 return Ok(());
             }
         };
-        let Watermark { id, edge, table } = watermark;
+        let Watermark { slot, id, edge, table } = watermark;
+        if slot != self.config.slot {
+            return Ok(()); // another producer's
+        }
         match edge {
             Edge::Low => self.windows.open(id, table.unwrap_or_default()),
             Edge::High => self.close_window(id).await?,
@@ -339,11 +342,12 @@ impl Reader {
     }
 
     async fn close_window(&mut self, id: ChunkId) -> Result<(), ProducerError> {
-        let verdict = self.windows.close(id);
         let Some(chunk) = self.chunks.take(&id) else {
-            return Ok(()); // written by an earlier session: its task reads the chunk again
+            // Written by an earlier run: its task reads the chunk again.
+            self.windows.close(id, &Default::default());
+            return Ok(());
         };
-        let changed = match verdict {
+        let changed = match self.windows.close(id, &chunk.in_progress) {
             window::Verdict::Publish { changed } => changed,
             window::Verdict::Retry(why) => {
                 let _ = chunk.done.send(ChunkOutcome::Retry(why));
@@ -394,7 +398,7 @@ impl Reader {
         // A skipped transaction's changes are not published: they change no backfill window.
         let changes = std::mem::take(&mut self.window_changes);
         if !outcome.skip {
-            self.windows.commit(changes);
+            self.windows.commit(begin.xid, changes);
         }
         if outcome.skip {
             // The row events only: outbox messages were asked for explicitly.

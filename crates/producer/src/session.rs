@@ -129,7 +129,12 @@ pub async fn run_session(
     let slot_state = prepare(&db, config).await?;
     let keys = signals::prepare(&db, config, server_version).await?;
     // Backfills write signed watermarks and keep their requests in the snapshot tables.
-    let backfills = !keys.is_empty() && snapshot::ensure_backfill_schema(&db, config).await?;
+    // (pgoutput passes logical messages on from PostgreSQL 14.)
+    let messages_read = config.plugin == Plugin::Wal2Json || server_version >= 140_000;
+    if !messages_read {
+        tracing::warn!(server_version, "with pgoutput, PostgreSQL before 14 does not pass logical messages on: signals (context, skip, outbox) and backfills are off");
+    }
+    let backfills = !keys.is_empty() && messages_read && snapshot::ensure_backfill_schema(&db, config).await?;
     let publisher = connect_broker(config).await?;
     let mut client = match ReplicationClient::connect(&config.postgres).await {
         Ok(client) => client,

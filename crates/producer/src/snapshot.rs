@@ -82,6 +82,7 @@ pub const SNAPSHOT_TABLES: Component = Component {
             );",
         },
         Migration { version: 2, name: "backfills on demand", sql: crate::backfill::REQUESTS_SQL },
+        Migration { version: 3, name: "tables seen in the publication", sql: crate::backfill::STREAMED_TABLES_SQL },
     ],
 };
 
@@ -183,7 +184,7 @@ pub async fn run(
     let Some(lsn) = unfinished(db, &config.slot).await? else {
         return Ok(SnapshotEnd::Complete);
     };
-    let reader = Database::connect(&config.postgres).await?;
+    let reader = Database::connect_for_rows(&config.postgres).await?;
     reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
     if let Some(name) = exported {
         // SET TRANSACTION SNAPSHOT takes no parameter; the name is PostgreSQL's own (hex digits

@@ -24,7 +24,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Session settings that make the plugins' text output predictable (ISO dates in UTC, exact
 /// floats, hex bytea), and names looked up in pg_catalog first, never in a schema others write.
-const SESSION_SETTINGS: [(&str, &str); 7] = [
+pub const SESSION_SETTINGS: [(&str, &str); 7] = [
     ("search_path", "pg_catalog, pg_temp"),
     ("client_encoding", "UTF8"),
     ("DateStyle", "ISO, MDY"),

@@ -15,7 +15,7 @@ mod error;
 mod stream;
 mod wire;
 
-pub use client::{check_identifier, CreatedSlot, ReplicationClient, SlotSnapshot, SystemInfo};
+pub use client::{check_identifier, CreatedSlot, ReplicationClient, SlotSnapshot, SystemInfo, SESSION_SETTINGS};
 pub use error::{ReplicationError, ServerError};
 pub use stream::{ReplicationReader, StatusSender, WalMessage};
 

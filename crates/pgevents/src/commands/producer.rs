@@ -91,6 +91,12 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     config.max_context_bytes = args.max_context_bytes;
     config.backfill_chunk_rows = usize::try_from(args.backfill_chunk_rows).unwrap_or(1000);
     config.backfill_poll = Duration::from_millis(args.backfill_poll_ms);
+    config.snapshot_new_tables = args.snapshot_new_tables;
+    if config.snapshot_new_tables && (config.plugin != Plugin::PgOutput || !config.tables.is_empty()) {
+        anyhow::bail!(
+            "--snapshot-new-tables follows the publication: it needs --plugin pgoutput and no PGTABLES (the publication then says which tables are streamed)"
+        );
+    }
     config.history_stream =
         args.history_stream.clone().filter(|s| !s.trim().is_empty()).map(|s| (s, args.retention.retention()));
     config.check_exchanges().map_err(anyhow::Error::msg)?;

@@ -15,17 +15,19 @@
 //! the changes exactly, without reasoning about which in-flight transactions a snapshot saw;
 //! writing them needs only what the signed messages need (the producer owns the signing key).
 
+mod publication;
 pub mod requests;
 mod task;
 pub mod window;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use pgevents_decode::RowChange;
 use pgevents_event::Lsn;
 use tokio::sync::oneshot;
 
+pub use publication::STREAMED_TABLES_SQL;
 pub use requests::REQUESTS_SQL;
 pub use task::run;
 use window::{ChunkId, Key};
@@ -34,6 +36,8 @@ use window::{ChunkId, Key};
 pub struct Chunk {
     /// The rows as `R` changes, each with its key.
     pub rows: Vec<(Key, RowChange)>,
+    /// The transactions in progress in the read's snapshot (low 32 bits of their ids).
+    pub in_progress: HashSet<u32>,
     /// Told what became of it.
     pub done: oneshot::Sender<ChunkOutcome>,
 }

@@ -53,6 +53,10 @@ BEGIN
     END IF;
     FOREACH given IN ARRAY tables LOOP
         parts := parse_ident(given);
+        IF parts[1] IN ('pg_catalog', 'information_schema', 'pgevents', 'pg_toast') THEN
+            RAISE EXCEPTION 'pgevents.snapshot(): % is not a table of the application''s', given
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
         IF cardinality(parts) = 1 THEN
             parts := ARRAY['public', parts[1]];
         ELSIF cardinality(parts) <> 2 THEN
@@ -70,9 +74,16 @@ BEGIN
             RAISE EXCEPTION 'pgevents.snapshot(): % may not read %', session_user, given
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
-        INSERT INTO pgevents.backfill (schema_name, relname, slot, requested_by)
-        VALUES (found_schema, found_name, slot, session_user)
-        RETURNING id INTO new_id;
+        -- The same table asked for again while its backfill waits or runs: that one.
+        SELECT b.id INTO new_id FROM pgevents.backfill b
+        WHERE b.schema_name = found_schema AND b.relname = found_name AND b.status IN ('queued', 'running')
+          AND b.slot IS NOT DISTINCT FROM snapshot.slot AND NOT b.cancel_requested
+        ORDER BY b.id LIMIT 1;
+        IF NOT FOUND THEN
+            INSERT INTO pgevents.backfill (schema_name, relname, slot, requested_by)
+            VALUES (found_schema, found_name, slot, session_user)
+            RETURNING id INTO new_id;
+        END IF;
         RETURN NEXT new_id;
     END LOOP;
 END $$;
@@ -94,6 +105,22 @@ BEGIN
     RETURN FOUND;
 END $$;
 REVOKE EXECUTE ON FUNCTION pgevents.snapshot_cancel(bigint) FROM PUBLIC;
+
+-- What pgevents snapshot --status shows: the caller's backfills (those of roles it is a member
+-- of), without the last key read (values of the table).
+CREATE FUNCTION pgevents.snapshot_status(max_rows integer DEFAULT 50)
+RETURNS TABLE (id bigint, table_name text, status text, requested_by name, requested_at timestamptz,
+               started_at timestamptz, finished_at timestamptz, rows_done bigint, rows_estimate bigint,
+               chunks integer, chunks_retried integer, error text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT b.id, b.schema_name || '.' || b.relname, b.status, b.requested_by, b.requested_at, b.started_at,
+           b.finished_at, b.rows_done, b.rows_estimate, b.chunks, b.chunks_retried, b.error
+    FROM pgevents.backfill b
+    WHERE pg_has_role(session_user, b.requested_by, 'MEMBER')
+    ORDER BY b.id DESC LIMIT max_rows
+$$;
+REVOKE EXECUTE ON FUNCTION pgevents.snapshot_status(integer) FROM PUBLIC;
 COMMENT ON FUNCTION pgevents.snapshot_cancel(bigint) IS
     'Cancels a queued or running backfill (the requester''s, or a role it is a member of).';
 "#;
@@ -107,27 +134,31 @@ pub struct Request {
     pub last_key: Option<Vec<String>>,
     pub rows_done: i64,
     pub chunks: i32,
+    /// Asked for without a slot: another producer may take it if this one cannot.
+    pub for_any_slot: bool,
 }
 
-/// Takes the oldest queued request for this slot (or any slot), or resumes the one it was
-/// running before a restart.
-pub async fn claim(db: &Database, slot: &str) -> Result<Option<Request>, ProducerError> {
+/// Takes the oldest queued request for this slot (or any slot, but those in `skip`), or resumes
+/// the one it was running before a restart.
+pub async fn claim(db: &Database, slot: &str, skip: &[i64]) -> Result<Option<Request>, ProducerError> {
     let row = db
         .client()
         .query_opt(
-            "UPDATE pgevents.backfill b
+            "WITH taken AS (
+                 SELECT id, slot IS NULL AS for_any_slot FROM pgevents.backfill
+                 WHERE ((status = 'queued' AND (slot IS NULL OR slot = $1)) OR (status = 'running' AND slot = $1))
+                   AND id <> ALL($2)
+                 ORDER BY (status = 'running') DESC, id
+                 LIMIT 1 FOR UPDATE SKIP LOCKED)
+             UPDATE pgevents.backfill b
              SET status = 'running', slot = $1, started_at = coalesce(b.started_at, now()), updated_at = now(),
                  rows_estimate = coalesce(b.rows_estimate, (
                      SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END FROM pg_catalog.pg_class c
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                      WHERE n.nspname = b.schema_name AND c.relname = b.relname))
-             WHERE b.id = (
-                 SELECT id FROM pgevents.backfill
-                 WHERE (status = 'queued' AND (slot IS NULL OR slot = $1)) OR (status = 'running' AND slot = $1)
-                 ORDER BY (status = 'running') DESC, id
-                 LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING b.id, b.schema_name, b.relname, b.last_key, b.rows_done, b.chunks",
-            &[&slot],
+             FROM taken WHERE b.id = taken.id
+             RETURNING b.id, b.schema_name, b.relname, b.last_key, b.rows_done, b.chunks, taken.for_any_slot",
+            &[&slot, &skip],
         )
         .await
         .map_err(|e| pg_error("take a backfill request (pgevents.backfill)", e))?;
@@ -138,7 +169,21 @@ pub async fn claim(db: &Database, slot: &str) -> Result<Option<Request>, Produce
         last_key: r.get(3),
         rows_done: r.get(4),
         chunks: r.get(5),
+        for_any_slot: r.get(6),
     }))
+}
+
+/// Gives a request for any slot back, for another producer.
+pub async fn release(db: &Database, id: i64) -> Result<(), ProducerError> {
+    db.client()
+        .execute(
+            "UPDATE pgevents.backfill SET status = 'queued', slot = NULL, started_at = NULL, updated_at = now()
+             WHERE id = $1 AND rows_done = 0",
+            &[&id],
+        )
+        .await
+        .map_err(|e| pg_error("give a backfill request back", e))?;
+    Ok(())
 }
 
 /// Whether the backfill was cancelled.
@@ -244,14 +289,14 @@ pub async fn cancel(client: &tokio_postgres::Client, id: i64) -> Result<bool, to
     client.query_one("SELECT pgevents.snapshot_cancel($1)", &[&id]).await.map(|r| r.get(0))
 }
 
-/// The latest backfills, newest first.
-pub async fn status(client: &tokio_postgres::Client, limit: i64) -> Result<Vec<Status>, tokio_postgres::Error> {
+/// The latest backfills of the caller (and of the roles it is a member of), newest first.
+pub async fn status(client: &tokio_postgres::Client, limit: i32) -> Result<Vec<Status>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT id, schema_name || '.' || relname, status, requested_by::text, rows_done, rows_estimate,
+            "SELECT id, table_name, status, requested_by::text, rows_done, rows_estimate,
                     rows_done / nullif(extract(epoch FROM coalesce(finished_at, now()) - started_at), 0)::float8,
                     chunks, chunks_retried, error
-             FROM pgevents.backfill ORDER BY id DESC LIMIT $1",
+             FROM pgevents.snapshot_status($1)",
             &[&limit],
         )
         .await?;

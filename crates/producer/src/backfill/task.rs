@@ -2,18 +2,19 @@
 //! watermark, reads the rows, hands them to the reader, writes the high watermark, waits for the
 //! reader's verdict and RabbitMQ's confirmation, then records the progress.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use pgevents_decode::TableRef;
+use pgevents_decode::{Plugin, RowChange, TableRef};
 use pgevents_event::Lsn;
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use super::requests::{self, End, Request};
-use super::window::{key_of, ChunkId, Edge, Watermark};
+use super::window::{key_of, ChunkId, Edge, Key, Watermark};
 use super::{Chunk, ChunkOutcome, Chunks};
 use crate::config::ProducerConfig;
 use crate::database::Database;
@@ -22,11 +23,11 @@ use crate::metrics::{BACKFILL_CHUNKS_RETRIED, BACKFILL_ROWS, BACKFILL_RUNNING};
 use crate::routing::{Route, Router};
 use crate::table_read::{self, batch_query, read_error, Columns, Paging, TableCatalog};
 
-/// How long a chunk waits for the reader to meet its high watermark (a reader far behind the
-/// WAL meets it late) before it is read again.
-const VERDICT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Wait after a failure of the task itself (a lost connection) before it starts again.
 const RESTART_WAIT: Duration = Duration::from_secs(5);
+/// A chunk read again this many times in a row fails the backfill (halving the chunk each time
+/// did not help: the table changes faster than it can be read).
+const MAX_RETRIES_IN_A_ROW: u32 = 12;
 
 /// Runs until `shutdown`: backfills the requests for this producer one after the other.
 pub async fn run(
@@ -35,9 +36,9 @@ pub async fn run(
     confirmed: watch::Receiver<Lsn>,
     shutdown: CancellationToken,
 ) {
-    let run = super::run_id();
     while !shutdown.is_cancelled() {
-        let served = serve(&config, &chunks, confirmed.clone(), run, &shutdown).await;
+        // A new run id each time: chunks and windows of a failed run are never taken for this one's.
+        let served = serve(&config, &chunks, confirmed.clone(), super::run_id(), &shutdown).await;
         metrics::gauge!(BACKFILL_RUNNING).set(0.0);
         if let Err(e) = served {
             tracing::warn!(error = %e, "the backfill task failed; it starts again in 5 s (running backfills resume from their last chunk)");
@@ -53,13 +54,15 @@ struct Backfiller<'a> {
     config: &'a ProducerConfig,
     /// Requests, progress and watermarks.
     db: Database,
-    /// Chunk reads, each in a read-only transaction of its own.
+    /// Chunk reads, each in a read-only transaction of its own, values rendered as the
+    /// replication stream renders them (so that keys compare equal).
     reader: Database,
     catalog: TableCatalog,
     router: Router,
     chunks: &'a Chunks,
     confirmed: watch::Receiver<Lsn>,
     run: u64,
+    next_chunk: i64,
     shutdown: &'a CancellationToken,
 }
 
@@ -73,23 +76,43 @@ async fn serve(
     let mut backfiller = Backfiller {
         config,
         db: Database::connect(&config.postgres).await?,
-        reader: Database::connect(&config.postgres).await?,
+        reader: Database::connect_for_rows(&config.postgres).await?,
         catalog: TableCatalog::default(),
         router: config.router(),
         chunks,
         confirmed,
         run,
+        next_chunk: 0,
         shutdown,
     };
+    let follows = super::publication::follows(config);
+    // Requests for any slot that this producer does not stream: left to the others.
+    let mut not_mine: HashSet<i64> = HashSet::new();
     while !shutdown.is_cancelled() {
-        match requests::claim(&backfiller.db, &config.slot).await? {
+        if follows {
+            for table in super::publication::follow(&backfiller.db, config, &backfiller.router).await? {
+                tracing::info!(%table, "a table was added to the publication: it streams from now on, and its rows are backfilled (--snapshot-new-tables)");
+            }
+        }
+        let skip: Vec<i64> = not_mine.iter().copied().collect();
+        match requests::claim(&backfiller.db, &config.slot, &skip).await? {
             Some(request) => {
+                let table = format!("{}.{}", request.schema, request.table);
+                if let Some(why) = backfiller.refusal(&request).await? {
+                    if request.for_any_slot {
+                        requests::release(&backfiller.db, request.id).await?;
+                        not_mine.insert(request.id);
+                        continue;
+                    }
+                    requests::finish(&backfiller.db, request.id, &End::Failed(why.clone())).await?;
+                    tracing::warn!(backfill = request.id, %table, error = %why, "backfill failed");
+                    continue;
+                }
                 metrics::gauge!(BACKFILL_RUNNING).set(1.0);
                 let end = backfiller.backfill(&request).await?;
                 metrics::gauge!(BACKFILL_RUNNING).set(0.0);
                 if let Some(end) = end {
                     requests::finish(&backfiller.db, request.id, &end).await?;
-                    let table = format!("{}.{}", request.schema, request.table);
                     match &end {
                         End::Failed(why) => {
                             tracing::warn!(backfill = request.id, %table, error = %why, "backfill failed")
@@ -109,20 +132,52 @@ async fn serve(
     Ok(())
 }
 
+/// A non-transient failure of PostgreSQL ends the backfill with its message; others end the
+/// task, which starts again.
+fn fails_backfill(e: ProducerError) -> Result<End, ProducerError> {
+    match e {
+        ProducerError::Postgres(e) if !e.kind().is_transient() => Ok(End::Failed(e.to_string())),
+        ProducerError::Protocol(why) => Ok(End::Failed(why)),
+        e => Err(e),
+    }
+}
+
 impl Backfiller<'_> {
+    /// Why this producer cannot backfill the request's table, if it cannot: the events would
+    /// not match the stream's (a table it does not stream, or streams under another name).
+    async fn refusal(&self, request: &Request) -> Result<Option<String>, ProducerError> {
+        let table = format!("{}.{}", request.schema, request.table);
+        if !self.router.streams(&request.schema, &request.table) {
+            return Ok(Some(format!(
+                "{table} is not streamed by the producer of slot {:?} (PGTABLES, --include-tables, --exclude-tables)",
+                self.config.slot
+            )));
+        }
+        if self.config.plugin != Plugin::PgOutput {
+            return Ok(None);
+        }
+        // The stream names a change by the table the publication publishes it as (a leaf
+        // partition, or the root with publish_via_partition_root): only those are backfilled.
+        let published = match self.db.publication(&self.config.publication).await? {
+            Some(true) => self.db.ordinary_tables().await?,
+            Some(false) => self.db.publication_table_pairs(&self.config.publication).await?,
+            None => Vec::new(),
+        };
+        if !published.iter().any(|(s, t)| *s == request.schema && *t == request.table) {
+            return Ok(Some(format!(
+                "{table} is not a table publication {:?} streams changes of (a partitioned table's changes are streamed as its partitions')",
+                self.config.publication
+            )));
+        }
+        Ok(None)
+    }
+
     /// Backfills one table; `None` when shutdown came first (it resumes at the next start).
     async fn backfill(&mut self, request: &Request) -> Result<Option<End>, ProducerError> {
         let table = Arc::new(TableRef::new(&request.schema, &request.table));
-        if !self.router.streams(&table.schema, &table.name) {
-            return Ok(Some(End::Failed(format!(
-                "{} is not streamed by the producer of slot {:?} (PGTABLES, --include-tables, --exclude-tables, or the publication)",
-                table.qualified, self.config.slot
-            ))));
-        }
         let columns = match self.catalog.columns(&self.db, &self.reader, &table).await {
             Ok(columns) => columns,
-            Err(ProducerError::Postgres(e)) if !e.kind().is_transient() => return Ok(Some(End::Failed(e.to_string()))),
-            Err(e) => return Err(e),
+            Err(e) => return fails_backfill(e).map(Some),
         };
         if Paging::of(&columns) != Paging::Keyed {
             return Ok(Some(End::Failed(format!(
@@ -130,11 +185,18 @@ impl Backfiller<'_> {
                 table.qualified
             ))));
         }
-        tracing::info!(backfill = request.id, table = %table.qualified, resumed_after_rows = request.rows_done, "backfill started");
-        let chunk_rows = self.config.backfill_chunk_rows.max(1);
         let route = self.router.route(&table);
+        if columns.key_positions.iter().any(|&i| !route.keeps_column(&columns.names[i])) {
+            return Ok(Some(End::Failed(format!(
+                "a primary key column of {} is left out by --exclude-columns: the backfill matches rows by key",
+                table.qualified
+            ))));
+        }
+        tracing::info!(backfill = request.id, table = %table.qualified, resumed_after_rows = request.rows_done, "backfill started");
+        let full_chunk = self.config.backfill_chunk_rows.max(1);
+        let mut chunk_rows = full_chunk;
+        let mut retries_in_a_row = 0;
         let mut last_key = request.last_key.clone();
-        let mut chunk = i64::from(request.chunks);
         loop {
             if self.shutdown.is_cancelled() {
                 return Ok(None);
@@ -142,9 +204,13 @@ impl Backfiller<'_> {
             if requests::cancel_requested(&self.db, request.id).await? {
                 return Ok(Some(End::Cancelled));
             }
-            let id = ChunkId { backfill: request.id, chunk, run: self.run };
-            chunk += 1;
-            match self.chunk(id, &table, &columns, &route, last_key.as_deref(), chunk_rows).await? {
+            let id = ChunkId { backfill: request.id, chunk: self.next_chunk, run: self.run };
+            self.next_chunk += 1;
+            let step = match self.chunk(id, &table, &columns, &route, last_key.as_deref(), chunk_rows).await {
+                Ok(step) => step,
+                Err(e) => return fails_backfill(e).map(Some),
+            };
+            match step {
                 Step::Done { rows, last } => {
                     metrics::counter!(BACKFILL_ROWS, "table" => table.qualified.clone()).increment(rows as u64);
                     if last.is_some() {
@@ -154,13 +220,21 @@ impl Backfiller<'_> {
                     if rows < chunk_rows {
                         return Ok(Some(End::Done));
                     }
+                    retries_in_a_row = 0;
+                    chunk_rows = (chunk_rows * 2).min(full_chunk);
                 }
                 Step::Retry(why) => {
                     metrics::counter!(BACKFILL_CHUNKS_RETRIED).increment(1);
-                    tracing::info!(backfill = request.id, chunk = id.chunk, reason = %why, "a backfill chunk is read again");
                     requests::retried(&self.db, request.id).await?;
+                    retries_in_a_row += 1;
+                    if retries_in_a_row >= MAX_RETRIES_IN_A_ROW {
+                        return Ok(Some(End::Failed(format!(
+                            "a chunk was read again {MAX_RETRIES_IN_A_ROW} times in a row, the last because {why}"
+                        ))));
+                    }
+                    chunk_rows = (chunk_rows / 2).max(1);
+                    tracing::info!(backfill = request.id, chunk = id.chunk, reason = %why, next_chunk_rows = chunk_rows, "a backfill chunk is read again");
                 }
-                Step::Failed(why) => return Ok(Some(End::Failed(why))),
                 Step::Interrupted => return Ok(None),
             }
         }
@@ -176,41 +250,29 @@ impl Backfiller<'_> {
         last_key: Option<&[String]>,
         chunk_rows: usize,
     ) -> Result<Step, ProducerError> {
-        let low = Watermark { id, edge: Edge::Low, table: Some(table.qualified.clone()) };
+        let slot = self.config.slot.clone();
+        let low = Watermark { slot: slot.clone(), id, edge: Edge::Low, table: Some(table.qualified.clone()) };
         self.watermark(&low).await?;
         let read = self.read(table, columns, route, last_key, chunk_rows).await;
         let (done, verdict) = oneshot::channel();
-        let read_rows = match read {
-            Ok((rows, last)) => {
-                let count = rows.len();
-                self.chunks.insert(id, Chunk { rows, done });
-                Ok((count, last))
-            }
-            Err(e) => Err(e),
-        };
-        // The high watermark closes the window even when the read failed.
-        self.watermark(&Watermark { id, edge: Edge::High, table: None }).await?;
-        let (rows, last) = match read_rows {
-            Ok(read) => read,
-            Err(ProducerError::Postgres(e)) if !e.kind().is_transient() => return Ok(Step::Failed(e.to_string())),
-            Err(e) => return Err(e),
-        };
-        let outcome = tokio::select! {
+        // Whatever happens from here on, the chunk does not stay in the shared map.
+        let handed = Handed { chunks: self.chunks, id };
+        let read = read.map(|read| {
+            let count = read.rows.len();
+            self.chunks.insert(id, Chunk { rows: read.rows, in_progress: read.in_progress, done });
+            (count, read.last)
+        });
+        // The high watermark closes the window, also when the read failed.
+        let high_lsn = self.watermark(&Watermark { slot, id, edge: Edge::High, table: None }).await?;
+        let (rows, last) = read?;
+        let end_lsn = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(Step::Interrupted),
-            outcome = tokio::time::timeout(VERDICT_TIMEOUT, verdict) => outcome,
+            outcome = self.verdict(verdict, high_lsn) => match outcome {
+                Ok(end_lsn) => end_lsn,
+                Err(why) => return Ok(Step::Retry(why)),
+            },
         };
-        let end_lsn = match outcome {
-            Ok(Ok(ChunkOutcome::Published { end_lsn, .. })) => end_lsn,
-            Ok(Ok(ChunkOutcome::Retry(why))) => return Ok(Step::Retry(why)),
-            Ok(Err(_)) => return Ok(Step::Retry("the reader dropped the chunk".into())),
-            Err(_) => {
-                let _ = self.chunks.take(&id);
-                return Ok(Step::Retry(format!(
-                    "its high watermark was not met within {}s",
-                    VERDICT_TIMEOUT.as_secs()
-                )));
-            }
-        };
+        drop(handed);
         // Done once RabbitMQ confirmed the transaction that carries the rows.
         tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(Step::Interrupted),
@@ -223,13 +285,44 @@ impl Backfiller<'_> {
         Ok(Step::Done { rows, last })
     }
 
+    /// The reader's verdict on the chunk, however far behind the WAL the reader is; an error
+    /// when it went past the high watermark (at `high_lsn`) without one.
+    async fn verdict(&self, mut verdict: oneshot::Receiver<ChunkOutcome>, high_lsn: Lsn) -> Result<Lsn, String> {
+        let read = |outcome: ChunkOutcome| match outcome {
+            ChunkOutcome::Published { end_lsn, .. } => Ok(end_lsn),
+            ChunkOutcome::Retry(why) => Err(why),
+        };
+        let mut confirmed = self.confirmed.clone();
+        loop {
+            tokio::select! {
+                biased;
+                outcome = &mut verdict => {
+                    return outcome.map_err(|_| "the reader dropped the chunk (the session ended)".to_owned()).and_then(read);
+                }
+                changed = confirmed.changed() => {
+                    if changed.is_err() {
+                        return Err("the session ended".into());
+                    }
+                    // Confirmed past the watermark without a verdict: the reader did not meet it
+                    // (a verdict is given before its transaction is even published).
+                    if *confirmed.borrow() > high_lsn {
+                        return match verdict.try_recv() {
+                            Ok(outcome) => read(outcome),
+                            Err(_) => Err("the reader went past its high watermark without meeting it".into()),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
     async fn watermark(&self, watermark: &Watermark) -> Result<Lsn, ProducerError> {
         let payload = serde_json::to_string(watermark).map_err(|e| ProducerError::Protocol(e.to_string()))?;
         requests::watermark(&self.db, &payload).await
     }
 
-    /// The rows after `last_key`, in key order, read in a read-only transaction of their own,
-    /// as `R` changes with their keys; and the key of the last.
+    /// The rows after `last_key`, in key order, as `R` changes with their keys, read in a
+    /// read-only transaction of their own; with the transactions its snapshot saw in progress.
     async fn read(
         &self,
         table: &Arc<TableRef>,
@@ -237,7 +330,7 @@ impl Backfiller<'_> {
         route: &Route,
         last_key: Option<&[String]>,
         chunk_rows: usize,
-    ) -> Result<(Vec<(super::window::Key, pgevents_decode::RowChange)>, Option<Vec<String>>), ProducerError> {
+    ) -> Result<Read, ProducerError> {
         let client = self.reader.client();
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL row_security = off")
@@ -256,9 +349,19 @@ impl Backfiller<'_> {
         route: &Route,
         last_key: Option<&[String]>,
         chunk_rows: usize,
-    ) -> Result<(Vec<(super::window::Key, pgevents_decode::RowChange)>, Option<Vec<String>>), ProducerError> {
-        let query = batch_query(table, columns, Paging::Keyed, last_key, chunk_rows);
+    ) -> Result<Read, ProducerError> {
         let client = self.reader.client();
+        // The first statement takes the snapshot the chunk is read in.
+        let in_progress: Vec<i64> = client
+            .query_one(
+                "SELECT coalesce(array_agg((x::text::bigint % 4294967296)::bigint), '{}')
+                 FROM pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) x",
+                &[],
+            )
+            .await
+            .map_err(|e| read_error(table, e))?
+            .get(0);
+        let query = batch_query(table, columns, Paging::Keyed, last_key, chunk_rows);
         let keys: Vec<&(dyn ToSql + Sync)> = query.keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
         let stream = client.query_raw(&query.sql, keys).await.map_err(|e| read_error(table, e))?;
         let mut stream = std::pin::pin!(stream);
@@ -279,7 +382,27 @@ impl Backfiller<'_> {
             );
             rows.push((key, change));
         }
-        Ok((rows, last))
+        let in_progress = in_progress.into_iter().filter_map(|x| u32::try_from(x).ok()).collect();
+        Ok(Read { rows, in_progress, last })
+    }
+}
+
+/// A chunk's read.
+struct Read {
+    rows: Vec<(Key, RowChange)>,
+    in_progress: HashSet<u32>,
+    last: Option<Vec<String>>,
+}
+
+/// Takes the chunk out of the shared map when the chunk's step ends, however it ends.
+struct Handed<'a> {
+    chunks: &'a Chunks,
+    id: ChunkId,
+}
+
+impl Drop for Handed<'_> {
+    fn drop(&mut self) {
+        let _ = self.chunks.take(&self.id);
     }
 }
 
@@ -287,6 +410,5 @@ impl Backfiller<'_> {
 enum Step {
     Done { rows: usize, last: Option<Vec<String>> },
     Retry(String),
-    Failed(String),
     Interrupted,
 }

@@ -13,12 +13,25 @@
 //! What cannot be matched by key (a TRUNCATE of the table, a change whose key is not in the
 //! event, more changed keys than the window holds) makes the window *dirty*: the whole chunk is
 //! read again in a new window.
+//!
+//! One race is not visible in the WAL's order: a transaction writes its commit record before
+//! the low watermark's, yet becomes visible to other sessions a moment later (it was still
+//! waiting for the WAL flush), after the chunk's read took its snapshot. Its change is then in
+//! the stream before the window, and the read missed it. The read therefore takes the list of
+//! transactions in progress in its snapshot; the windows remember which tables the latest
+//! transactions committed before each low watermark changed; should one of those in progress
+//! have committed before the low watermark and changed the table, the chunk is read again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use pgevents_decode::{RowChange, Tuple};
 use pgevents_event::Action;
 use serde::{Deserialize, Serialize};
+
+/// Transactions remembered (their id and the tables they changed) to check the in-progress list
+/// of a chunk's read against.
+pub const RECENT_TRANSACTIONS: usize = 65_536;
 
 /// Identifies one chunk of one backfill, read by one run of the backfill task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -40,6 +53,8 @@ pub enum Edge {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Watermark {
+    /// Every producer on the database reads every watermark: each keeps to its own slot's.
+    pub slot: String,
     #[serde(flatten)]
     pub id: ChunkId,
     pub edge: Edge,
@@ -96,22 +111,39 @@ struct Window {
     table: String,
     changed: HashSet<Key>,
     dirty: Option<String>,
+    /// How many transactions had committed when it opened.
+    opened_at: u64,
 }
 
-/// What a transaction did to tables with an open window, held until it commits (a skipped
-/// transaction publishes no change, so it changes no window).
+/// What a transaction did, held until it commits (a skipped transaction publishes no change, so
+/// it changes no window): the tables it changed, and the keys it changed in tables with an open
+/// window.
 #[derive(Debug, Default)]
 pub struct Pending {
+    tables: Vec<Arc<str>>,
     keys: HashMap<String, Vec<Key>>,
-    unknown: Option<String>,
+    /// Tables changed in a way no key can describe, and why.
+    unknown: HashMap<String, String>,
 }
 
-/// The open windows.
+impl Pending {
+    fn touched(&mut self, table: &str) {
+        if !self.tables.iter().any(|t| t.as_ref() == table) {
+            self.tables.push(Arc::from(table));
+        }
+    }
+}
+
+/// The open windows, and the latest transactions.
 #[derive(Debug)]
 pub struct Windows {
     open: HashMap<ChunkId, Window>,
     /// More changed keys than this in one window makes it dirty (memory stays bounded).
     max_keys: usize,
+    /// `(xid, tables changed)` of the latest published transactions, oldest first.
+    recent: VecDeque<(u32, Vec<Arc<str>>)>,
+    /// Transactions committed so far (the position of the next in `recent`).
+    committed: u64,
 }
 
 /// How a chunk is to be published, decided at its high watermark.
@@ -127,7 +159,7 @@ pub enum Verdict {
 
 impl Windows {
     pub fn new(max_keys: usize) -> Windows {
-        Windows { open: HashMap::new(), max_keys }
+        Windows { open: HashMap::new(), max_keys, recent: VecDeque::new(), committed: 0 }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,37 +175,45 @@ impl Windows {
     /// other runs (an earlier session's, whose high watermark may never come) are closed.
     pub fn open(&mut self, id: ChunkId, table: String) {
         self.open.retain(|other, _| other.run == id.run);
-        self.open.insert(id, Window { table, ..Window::default() });
+        self.open.insert(id, Window { table, opened_at: self.committed, ..Window::default() });
     }
 
-    /// Notes a change of the transaction being read, if a window watches its table.
+    /// Notes a change of the transaction being read (its keys if a window watches its table).
     pub fn note(&self, pending: &mut Pending, change: &RowChange) {
-        if !self.watches(&change.table.qualified) {
+        let table = &change.table.qualified;
+        pending.touched(table);
+        if !self.watches(table) {
             return;
         }
+        let keys = pending.keys.entry(table.clone()).or_default();
         match keys_touched(change) {
-            Some(keys) => pending.keys.entry(change.table.qualified.clone()).or_default().extend(keys),
+            Some(touched) => keys.extend(touched),
             None => {
-                pending.unknown =
-                    Some(format!("a {:?} of {} whose key is not in the event", change.action, change.table.qualified))
+                let why = format!(
+                    "a {:?} of {table} whose primary key is not in the event (replica identity)",
+                    change.action
+                );
+                pending.unknown.entry(table.clone()).or_insert(why);
             }
         }
     }
 
     /// Notes a TRUNCATE of the transaction being read.
     pub fn note_truncate(&self, pending: &mut Pending, table: &str) {
+        pending.touched(table);
         if self.watches(table) {
             pending.keys.entry(table.to_owned()).or_default();
-            pending.unknown = Some(format!("a TRUNCATE of {table}"));
+            pending.unknown.entry(table.to_owned()).or_insert_with(|| format!("a TRUNCATE of {table}"));
         }
     }
 
-    /// The transaction committed and was published: its changes count in every open window.
-    pub fn commit(&mut self, pending: Pending) {
+    /// The transaction `xid` committed and was published: its changes count in every open
+    /// window, and it is remembered.
+    pub fn commit(&mut self, xid: u32, pending: Pending) {
         let max_keys = self.max_keys;
         for window in self.open.values_mut() {
             let Some(keys) = pending.keys.get(&window.table) else { continue };
-            if let Some(why) = &pending.unknown {
+            if let Some(why) = pending.unknown.get(&window.table) {
                 window.dirty.get_or_insert_with(|| why.clone());
             }
             window.changed.extend(keys.iter().cloned());
@@ -184,15 +224,43 @@ impl Windows {
                 window.changed.clear();
             }
         }
+        if !pending.tables.is_empty() {
+            if self.recent.len() == RECENT_TRANSACTIONS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((xid, pending.tables));
+        }
+        self.committed += 1;
     }
 
-    /// A high watermark: the window closes.
-    pub fn close(&mut self, id: ChunkId) -> Verdict {
-        match self.open.remove(&id) {
-            None => Verdict::Unknown,
-            Some(Window { dirty: Some(why), .. }) => Verdict::Retry(why),
-            Some(Window { changed, .. }) => Verdict::Publish { changed },
+    /// A high watermark: the window closes. `in_progress` lists the transactions the chunk's
+    /// read did not see yet.
+    pub fn close(&mut self, id: ChunkId, in_progress: &HashSet<u32>) -> Verdict {
+        let Some(window) = self.open.remove(&id) else {
+            return Verdict::Unknown;
+        };
+        if let Some(why) = window.dirty {
+            return Verdict::Retry(why);
         }
+        if !in_progress.is_empty() {
+            // `recent` starts at transaction number `forgotten`; those before the low watermark
+            // are the first `opened_at - forgotten` of it.
+            let forgotten = self.committed - self.recent.len() as u64;
+            if window.opened_at > 0 && forgotten >= window.opened_at {
+                return Verdict::Retry("too many transactions committed during the chunk to check its read".into());
+            }
+            let before_low = window.opened_at.saturating_sub(forgotten) as usize;
+            let missed =
+                self.recent.iter().take(before_low).any(|(xid, tables)| {
+                    in_progress.contains(xid) && tables.iter().any(|t| t.as_ref() == window.table)
+                });
+            if missed {
+                return Verdict::Retry(
+                    "a change committed just before the low watermark was not yet visible to the read".into(),
+                );
+            }
+        }
+        Verdict::Publish { changed: window.changed }
     }
 }
 
@@ -250,14 +318,14 @@ mod tests {
         drop(skipped);
         let mut published = Pending::default();
         windows.note(&mut published, &change(Action::Delete, Some(2), None));
-        windows.commit(published);
-        assert_eq!(windows.close(id), Verdict::Publish { changed: HashSet::from([key(2)]) });
+        windows.commit(1, published);
+        assert_eq!(windows.close(id, &HashSet::new()), Verdict::Publish { changed: HashSet::from([key(2)]) });
         windows.open(id, "public.t".into());
         let mut truncated = Pending::default();
         windows.note_truncate(&mut truncated, "public.t");
-        windows.commit(truncated);
-        assert!(matches!(windows.close(id), Verdict::Retry(why) if why.contains("TRUNCATE")));
-        assert_eq!(windows.close(id), Verdict::Unknown);
+        windows.commit(2, truncated);
+        assert!(matches!(windows.close(id, &HashSet::new()), Verdict::Retry(why) if why.contains("TRUNCATE")));
+        assert_eq!(windows.close(id, &HashSet::new()), Verdict::Unknown);
     }
 
     #[test]
@@ -269,8 +337,34 @@ mod tests {
         for n in 0..3 {
             windows.note(&mut busy, &change(Action::Insert, None, Some((n, 0))));
         }
-        windows.commit(busy);
-        assert!(matches!(windows.close(id), Verdict::Retry(why) if why.contains("more than 2")));
+        windows.commit(3, busy);
+        assert!(matches!(windows.close(id, &HashSet::new()), Verdict::Retry(why) if why.contains("more than 2")));
+    }
+
+    #[test]
+    fn a_commit_before_the_low_watermark_the_read_did_not_see_makes_it_read_again() {
+        let id = ChunkId { backfill: 1, chunk: 0, run: 1 };
+        let mut windows = Windows::new(100);
+        let mut before = Pending::default();
+        windows.note(&mut before, &change(Action::Update, None, Some((4, 1))));
+        windows.commit(77, before);
+        let mut other = Pending::default();
+        let mut elsewhere = change(Action::Insert, None, Some((5, 1)));
+        elsewhere.table = Arc::new(TableRef::new("public", "u"));
+        windows.note(&mut other, &elsewhere);
+        windows.commit(78, other);
+        windows.open(id, "public.t".into());
+        let mut after = Pending::default();
+        windows.note(&mut after, &change(Action::Update, None, Some((6, 1))));
+        windows.commit(79, after);
+        assert!(
+            matches!(windows.close(id, &HashSet::from([77])), Verdict::Retry(why) if why.contains("not yet visible"))
+        );
+        windows.open(id, "public.t".into());
+        assert!(
+            matches!(windows.close(id, &HashSet::from([78, 80])), Verdict::Publish { .. }),
+            "another table, or unknown"
+        );
     }
 
     /// One step of a history: a writer's transaction, or a step of the backfill.
@@ -319,7 +413,7 @@ mod tests {
                                 None => { table.remove(&k); folded.remove(&k); }
                             }
                         }
-                        windows.commit(pending);
+                        windows.commit(0, pending);
                     }
                     Step::Backfill if done => {}
                     Step::Backfill => {
@@ -328,7 +422,7 @@ mod tests {
                             0 => windows.open(id, "public.t".into()),
                             1 => held = table.range(last_key + 1..).take(3).map(|(k, v)| (*k, *v)).collect(),
                             _ => {
-                                let Verdict::Publish { changed } = windows.close(id) else {
+                                let Verdict::Publish { changed } = windows.close(id, &HashSet::new()) else {
                                     return Err(TestCaseError::fail("the window was not clean"));
                                 };
                                 for (k, v) in &held {
