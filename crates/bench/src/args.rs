@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// Live single-row transactions per second during the second backfill run (0: only the first)
     #[arg(long, default_value_t = 2_000)]
     pub backfill_live_rate: u64,
+    /// `--backfill-max-rows-per-s` of a third backfill run, with live changes (0: no such run)
+    #[arg(long, default_value_t = 5_000)]
+    pub backfill_max_rows_per_s: u64,
     /// Messages in flight for the broker-limit publishers (the producer's default too)
     #[arg(long, default_value_t = 4096)]
     pub window: usize,

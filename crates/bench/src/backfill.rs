@@ -21,6 +21,8 @@ pub struct BackfillRun {
     pub rows: u64,
     /// Live single-row transactions per second asked for during the backfill (0: alone).
     pub live_rate_per_s: u64,
+    /// `--backfill-max-rows-per-s` (0: no limit).
+    pub max_rows_per_s: u64,
     pub seconds: f64,
     pub rows_per_s: f64,
     /// Live changes written during the backfill, per second.
@@ -33,7 +35,13 @@ pub struct BackfillRun {
 const BACKFILL_TABLE: &str = "CREATE TABLE bench_backfill (id int PRIMARY KEY, i int, t text, n numeric, j jsonb);";
 
 /// One measurement on a fresh cluster.
-pub async fn measure(binary: &Path, slot: &str, rows: u64, live_rate: u64) -> anyhow::Result<BackfillRun> {
+pub async fn measure(
+    binary: &Path,
+    slot: &str,
+    rows: u64,
+    live_rate: u64,
+    max_rows_per_s: u64,
+) -> anyhow::Result<BackfillRun> {
     let pg = workload::latency_cluster().await;
     workload::prepare(&pg, &[slot]).await?;
     let client = pg.client().await;
@@ -51,10 +59,12 @@ pub async fn measure(binary: &Path, slot: &str, rows: u64, live_rate: u64) -> an
     let queue = BenchQueue::declare(&amqp_url(), &unique_name("bench_x"), &unique_name("bench_q")).await?;
     let metrics = free_local_addr();
     let mut env: Vec<(String, String)> =
-        producer_env(&pg, &queue, slot).into_iter().filter(|(k, _)| k != "PGTABLES").collect();
+        producer_env(&pg, &queue, slot).into_iter().filter(|(k, _)| k != "PGTABLES" && k != "RUST_LOG").collect();
     env.extend([
+        ("RUST_LOG".to_owned(), "info".to_owned()),
         ("PGTABLES".to_owned(), "public.bench,public.bench_backfill".to_owned()),
         ("PGEVENTS_BACKFILL_POLL_MS".to_owned(), "20".to_owned()),
+        ("PGEVENTS_BACKFILL_MAX_ROWS_PER_S".to_owned(), max_rows_per_s.to_string()),
         ("PGEVENTS_METRICS_ADDR".to_owned(), metrics.to_string()),
     ]);
     let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
@@ -103,6 +113,7 @@ pub async fn measure(binary: &Path, slot: &str, rows: u64, live_rate: u64) -> an
     Ok(BackfillRun {
         rows,
         live_rate_per_s: live_rate,
+        max_rows_per_s,
         seconds,
         rows_per_s: rows as f64 / seconds,
         live_changes_per_s: live as f64 / seconds,

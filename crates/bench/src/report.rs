@@ -109,8 +109,8 @@ pub fn print(results: &[ScenarioResult]) {
         for b in &r.backfill {
             let p99 = b.confirm_p99_ms.map(|p| format!("{p:.1} ms")).unwrap_or_else(|| "-".into());
             println!(
-                "  backfill of {} rows, live at {}/s   {:.0} rows/s ({:.2}s), live changes {:.0}/s meanwhile, commit-to-confirm p99 {p99}, chunks read again {}",
-                b.rows, b.live_rate_per_s, b.rows_per_s, b.seconds, b.live_changes_per_s, b.chunks_retried
+                "  backfill of {} rows, live at {}/s, cap {} rows/s   {:.0} rows/s ({:.2}s), live changes {:.0}/s meanwhile, commit-to-confirm p99 {p99}, chunks read again {}",
+                b.rows, b.live_rate_per_s, b.max_rows_per_s, b.rows_per_s, b.seconds, b.live_changes_per_s, b.chunks_retried
             );
         }
         for a in &r.actions {

@@ -158,12 +158,19 @@ async fn actions_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<Scenario
 
 async fn backfill_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
     let mut runs = Vec::new();
-    for live in [0, args.backfill_live_rate] {
-        if live == 0 && !runs.is_empty() {
-            continue;
+    let mut plan = vec![(0, 0)];
+    if args.backfill_live_rate > 0 {
+        plan.push((args.backfill_live_rate, 0));
+        if args.backfill_max_rows_per_s > 0 {
+            plan.push((args.backfill_live_rate, args.backfill_max_rows_per_s));
         }
-        eprintln!("[Backfill] {} rows, live changes at {live}/s", args.backfill_rows);
-        runs.push(crate::backfill::measure(binary, PRODUCER_SLOT, args.backfill_rows, live).await?);
+    }
+    for (live, cap) in plan {
+        eprintln!(
+            "[Backfill] {} rows, live changes at {live}/s, at most {cap} rows/s (0: no limit)",
+            args.backfill_rows
+        );
+        runs.push(crate::backfill::measure(binary, PRODUCER_SLOT, args.backfill_rows, live, cap).await?);
     }
     Ok(ScenarioResult {
         name: "backfill".into(),

@@ -371,6 +371,9 @@ pub struct ProducerArgs {
     /// Backfill each table added to the publication while streaming (its rows as R events; changes stream from the ALTER PUBLICATION on in any case). pgoutput without PGTABLES only: the publication then says which tables are streamed
     #[arg(long, env = "PGEVENTS_SNAPSHOT_NEW_TABLES", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub snapshot_new_tables: bool,
+    /// Rows per second a backfill publishes at most, to leave RabbitMQ room for the live changes (their latency grows while a backfill runs near the broker's limit) [default: 0, as fast as it can]
+    #[arg(long, env = "PGEVENTS_BACKFILL_MAX_ROWS_PER_S", default_value_t = 0)]
+    pub backfill_max_rows_per_s: u64,
     /// How often the producer looks for backfill requests, in milliseconds
     #[arg(long, env = "PGEVENTS_BACKFILL_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub backfill_poll_ms: u64,

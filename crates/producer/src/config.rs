@@ -120,6 +120,9 @@ pub struct ProducerConfig {
     pub backfill_poll: Duration,
     /// Backfill the tables added to the publication while streaming (pgoutput, no `PGTABLES`).
     pub snapshot_new_tables: bool,
+    /// Rows per second a backfill reads at most (0: as fast as it can), to leave the broker room
+    /// for the live changes.
+    pub backfill_max_rows_per_s: u64,
 }
 
 impl ProducerConfig {
@@ -163,6 +166,7 @@ impl ProducerConfig {
             backfill_chunk_rows: 1000,
             backfill_poll: Duration::from_secs(1),
             snapshot_new_tables: false,
+            backfill_max_rows_per_s: 0,
         }
     }
 

@@ -19,7 +19,6 @@ use pgevents_decode::encode::{close_event, write_row_event, TxFields};
 use pgevents_decode::TableRef;
 use pgevents_event::{Action, Lsn};
 use pgevents_pg::schema::{self, Component, Migration, SchemaError};
-use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProducerConfig;
@@ -30,7 +29,7 @@ use crate::metrics::SNAPSHOT_ROWS;
 use crate::publish_stage::unix_micros;
 use crate::routing::{Router, INTERNAL_SCHEMA};
 use crate::stats::{Phase, Stats};
-use crate::table_read::{self, batch_query, read_error, BatchQuery, Columns, Paging, TableCatalog};
+use crate::table_read::{self, batch_query, BatchQuery, Columns, Paging, TableCatalog};
 
 /// How a snapshot (or one table of it) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,18 +305,13 @@ impl Snapshot<'_> {
         publisher: &mut ConfirmingPublisher,
     ) -> Result<Batch, ProducerError> {
         let batch_rows = self.config.snapshot_batch_rows.max(1);
-        let keys: Vec<&(dyn ToSql + Sync)> = query.keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
-        let stream = self.reader.client().query_raw(&query.sql, keys).await.map_err(|e| read_error(table, e))?;
+        let stream = table_read::rows(self.reader.client(), query, table).await?;
         let mut stream = std::pin::pin!(stream);
         let mut messages = Vec::with_capacity(batch_rows.min(4096));
         let mut rows = 0;
         let mut last_row: Option<Vec<Option<String>>> = None;
-        while let Some(row) = stream.next().await {
-            let row = row.map_err(|e| read_error(table, e))?;
-            let values = (0..row.len())
-                .map(|i| row.try_get::<_, Option<String>>(i))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| read_error(table, e))?;
+        while let Some(values) = stream.next().await {
+            let values = values?;
             messages.push(self.event(table, columns, route, &values, (rows_before + rows as i64) as u64)?);
             rows += 1;
             last_row = Some(values);

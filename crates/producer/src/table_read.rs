@@ -176,6 +176,25 @@ pub fn batch_query(
     }
 }
 
+/// The rows of a batch statement, each as its columns' text (`None` for NULL), in order.
+pub async fn rows<'a>(
+    client: &'a tokio_postgres::Client,
+    query: &'a BatchQuery,
+    table: &'a TableRef,
+) -> Result<impl futures_util::Stream<Item = Result<Vec<Option<String>>, ProducerError>> + 'a, ProducerError> {
+    use futures_util::StreamExt as _;
+    let keys: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        query.keys.iter().map(|k| k as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let stream = client.query_raw(&query.sql, keys).await.map_err(|e| read_error(table, e))?;
+    Ok(stream.map(move |row| {
+        let row = row.map_err(|e| read_error(table, e))?;
+        (0..row.len())
+            .map(|i| row.try_get::<_, Option<String>>(i))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| read_error(table, e))
+    }))
+}
+
 pub fn read_error(table: &TableRef, e: tokio_postgres::Error) -> ProducerError {
     pg_error(format!("snapshot: read table {}", table.qualified), e)
 }

@@ -92,6 +92,7 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     config.backfill_chunk_rows = usize::try_from(args.backfill_chunk_rows).unwrap_or(1000);
     config.backfill_poll = Duration::from_millis(args.backfill_poll_ms);
     config.snapshot_new_tables = args.snapshot_new_tables;
+    config.backfill_max_rows_per_s = args.backfill_max_rows_per_s;
     if config.snapshot_new_tables && (config.plugin != Plugin::PgOutput || !config.tables.is_empty()) {
         anyhow::bail!(
             "--snapshot-new-tables follows the publication: it needs --plugin pgoutput and no PGTABLES (the publication then says which tables are streamed)"

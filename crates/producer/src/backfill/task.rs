@@ -10,7 +10,6 @@ use futures_util::StreamExt;
 use pgevents_decode::{Plugin, RowChange, TableRef};
 use pgevents_event::Lsn;
 use tokio::sync::{oneshot, watch};
-use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use super::requests::{self, End, Request};
@@ -204,6 +203,7 @@ impl Backfiller<'_> {
             if requests::cancel_requested(&self.db, request.id).await? {
                 return Ok(Some(End::Cancelled));
             }
+            let started = std::time::Instant::now();
             let id = ChunkId { backfill: request.id, chunk: self.next_chunk, run: self.run };
             self.next_chunk += 1;
             let step = match self.chunk(id, &table, &columns, &route, last_key.as_deref(), chunk_rows).await {
@@ -219,6 +219,11 @@ impl Backfiller<'_> {
                     requests::progress(&self.db, request.id, &last_key, rows as i64).await?;
                     if rows < chunk_rows {
                         return Ok(Some(End::Done));
+                    }
+                    let pause = pause_for_rate(rows, started.elapsed(), self.config.backfill_max_rows_per_s);
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(pause) => {}
                     }
                     retries_in_a_row = 0;
                     chunk_rows = (chunk_rows * 2).min(full_chunk);
@@ -362,17 +367,12 @@ impl Backfiller<'_> {
             .map_err(|e| read_error(table, e))?
             .get(0);
         let query = batch_query(table, columns, Paging::Keyed, last_key, chunk_rows);
-        let keys: Vec<&(dyn ToSql + Sync)> = query.keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
-        let stream = client.query_raw(&query.sql, keys).await.map_err(|e| read_error(table, e))?;
+        let stream = table_read::rows(client, &query, table).await?;
         let mut stream = std::pin::pin!(stream);
         let mut rows = Vec::with_capacity(chunk_rows.min(16_384));
         let mut last = None;
-        while let Some(row) = stream.next().await {
-            let row = row.map_err(|e| read_error(table, e))?;
-            let values = (0..row.len())
-                .map(|i| row.try_get::<_, Option<String>>(i))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| read_error(table, e))?;
+        while let Some(values) = stream.next().await {
+            let values = values?;
             let change = table_read::row_change(table, columns, route, &values, self.config.values);
             let key = key_of(&change, &change.new).ok_or_else(|| {
                 ProducerError::Protocol(format!("a row of {} read without its primary key", table.qualified))
@@ -385,6 +385,15 @@ impl Backfiller<'_> {
         let in_progress = in_progress.into_iter().filter_map(|x| u32::try_from(x).ok()).collect();
         Ok(Read { rows, in_progress, last })
     }
+}
+
+/// How long to wait after a chunk of `rows` that took `took`, to stay at `max_rows_per_s` (0: no
+/// limit).
+fn pause_for_rate(rows: usize, took: Duration, max_rows_per_s: u64) -> Duration {
+    if max_rows_per_s == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(rows as f64 / max_rows_per_s as f64).saturating_sub(took)
 }
 
 /// A chunk's read.
@@ -411,4 +420,16 @@ enum Step {
     Done { rows: usize, last: Option<Vec<String>> },
     Retry(String),
     Interrupted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_paced_to_the_rate() {
+        assert_eq!(pause_for_rate(1000, Duration::from_millis(100), 0), Duration::ZERO, "no limit");
+        assert_eq!(pause_for_rate(1000, Duration::from_millis(100), 2000), Duration::from_millis(400));
+        assert_eq!(pause_for_rate(1000, Duration::from_millis(700), 2000), Duration::ZERO, "slower than the limit");
+    }
 }
