@@ -2025,6 +2025,11 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
             ensure!(state.as_deref() == Some("queued"), "{state:?}");
             let seen = p.bob.query("SELECT * FROM pgevents.backfill", &[]).await;
             ensure!(seen.is_err(), "bob read the backfill requests");
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.snapshot_status(integer) TO bob").await;
+            let listed = p.bob.query("SELECT id FROM pgevents.snapshot_status()", &[]).await;
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.snapshot_status(integer) FROM bob").await;
+            let listed = listed.map_err(|e| e.to_string())?;
+            ensure!(listed.is_empty(), "bob saw {} backfills of others", listed.len());
             pg.execute(&format!("SELECT pgevents.snapshot_cancel({id})")).await;
             Ok(())
         }
