@@ -249,6 +249,18 @@ async fn a_killed_backfill_resumes_and_backfills_can_be_cancelled() {
     let mut missing = PgEventsProcess::spawn(&["snapshot", "--table", "public.nothing"], &world.pg.env());
     assert_eq!(missing.wait(WAIT).await, Some(1));
     assert!(missing.stderr().contains("there is no table public.nothing"), "{}", missing.stderr());
+
+    // A partial backfill: only the rows the condition keeps.
+    world.pg.execute("INSERT INTO marker VALUES (2)").await;
+    fold_until_marker(&mut queue, 2).await;
+    let partial = run_to_end(&["snapshot", "--table", "public.big", "--where", "id % 1000 = 0"], &world.pg.env()).await;
+    assert!(partial.contains("backfill 5 of public.big queued"), "{partial}");
+    wait_status(&world.pg, 5, "done", WAIT).await;
+    world.pg.execute("INSERT INTO marker VALUES (3)").await;
+    let fold = fold_until_marker(&mut queue, 3).await;
+    let ids: Vec<i64> = fold.rows.keys().copied().collect();
+    assert_eq!(ids, (1..=30).map(|n| n * 1000).collect::<Vec<_>>(), "only the rows the condition keeps");
+    assert_eq!(fold.reads, 30);
     stop(producer).await;
     world.cleanup(queue).await;
 }

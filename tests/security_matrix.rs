@@ -35,7 +35,8 @@ const RULE_CELLS: &[&str] = &[
     "R18", "R19", "R20", "R21", "R22", "R23", "R24", "R25", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2"];
-const PRODUCER_CELLS: &[&str] = &["P1", "P2", "P3", "P4", "P5", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"];
+const PRODUCER_CELLS: &[&str] =
+    &["P1", "P2", "P3", "P4", "P5", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"];
 
 type Verdict = Result<(), String>;
 
@@ -1998,9 +1999,9 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
             let refused = p.bob.batch_execute("SELECT pgevents.snapshot(ARRAY['public.listed'])").await;
             let code = refused.err().and_then(|e| e.code().cloned());
             ensure!(code == Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "without EXECUTE: {code:?}");
-            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.snapshot(text[], text) TO bob").await;
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.snapshot(text[], text, text) TO bob").await;
             let unreadable = p.bob.batch_execute("SELECT pgevents.snapshot(ARRAY['public.unlisted'])").await;
-            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.snapshot(text[], text) FROM bob").await;
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.snapshot(text[], text, text) FROM bob").await;
             let code = unreadable.err().and_then(|e| e.code().cloned());
             ensure!(
                 code == Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
@@ -2031,6 +2032,47 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
             let listed = listed.map_err(|e| e.to_string())?;
             ensure!(listed.is_empty(), "bob saw {} backfills of others", listed.len());
             pg.execute(&format!("SELECT pgevents.snapshot_cancel({id})")).await;
+            Ok(())
+        }
+        "W10" => {
+            // A partial backfill's condition is bob's text: it runs as bob (his function would
+            // make him superuser if it ran as the producer), and whatever it says it cannot add
+            // rows of its own to the table's events.
+            pg.execute("GRANT EXECUTE ON FUNCTION pgevents.snapshot(text[], text, text) TO bob").await;
+            let planted = p
+                .bob
+                .batch_execute(
+                    "CREATE SCHEMA IF NOT EXISTS bobs;
+                     CREATE OR REPLACE FUNCTION bobs.spy(n int) RETURNS boolean LANGUAGE plpgsql AS $f$
+                     BEGIN
+                         IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                             RAISE WARNING 'BOB-CONDITION-RAN-AS-A-SUPERUSER';
+                         END IF;
+                         RETURN true;
+                     END $f$;
+                     GRANT USAGE ON SCHEMA bobs TO PUBLIC;
+                     SELECT pgevents.snapshot(ARRAY['public.listed'], NULL, 'bobs.spy(id)');
+                     SELECT pgevents.snapshot(ARRAY['public.listed'], NULL,
+                         'true) UNION SELECT false) FROM (SELECT (r).*) AS t), false) UNION SELECT coalesce((SELECT (true');",
+                )
+                .await;
+            pg.execute("REVOKE EXECUTE ON FUNCTION pgevents.snapshot(text[], text, text) FROM bob").await;
+            planted.map_err(|e| e.to_string())?;
+            wait_for("bob's backfills to end", WAIT, || async {
+                let open = pg
+                    .query_text("SELECT count(*)::text FROM pgevents.backfill WHERE requested_by = 'bob' AND status IN ('queued', 'running')")
+                    .await;
+                (open.as_deref() == Some("0")).then_some(())
+            })
+            .await;
+            let superuser = pg.query_text("SELECT rolsuper::text FROM pg_roles WHERE rolname = 'bob'").await;
+            ensure!(superuser.as_deref() == Some("false"), "bob became a superuser");
+            ensure!(!pg.log().contains("BOB-CONDITION-RAN-AS-A-SUPERUSER"), "bob's condition ran as the producer");
+            let injected = pg
+                .query_text("SELECT status || ': ' || coalesce(error, '') FROM pgevents.backfill WHERE requested_by = 'bob' AND condition LIKE 'true)%'")
+                .await
+                .unwrap_or_default();
+            ensure!(injected.starts_with("failed"), "the condition that tries to add rows: {injected}");
             Ok(())
         }
         other => Err(format!("no such cell {other}")),

@@ -191,8 +191,25 @@ impl TransactionBuilder {
             return Ok(Taken::Nothing);
         }
         let begin = current.begin;
-        let verified = signal::verify(&message.content, begin.xid, begin.commit_time_micros, &self.signals.keys)
-            .map_err(refused)?;
+        let verified = match signal::verify(&message.content, begin.xid, begin.commit_time_micros, &self.signals.keys) {
+            Ok(verified) => verified,
+            // An outbox message of a transaction that stayed open past its key's retirement: the
+            // application's message goes to the dead-letter exchange rather than nowhere.
+            Err(Refusal::RetiredKey { kid }) => {
+                match signal::verify_signature(&message.content, begin.xid, &self.signals.keys) {
+                    Ok(verified) if verified.kind == SignalKind::Outbox => {
+                        let content = verified.payload.to_vec();
+                        let Some(current) = self.current.as_mut() else { return Ok(Taken::Nothing) };
+                        let seq = current.outbox_seq;
+                        current.outbox_seq += 1;
+                        let reason = format!("signed with key {kid}, retired before its transaction committed (a transaction open longer than the rotation's grace)");
+                        return Ok(Taken::MalformedOutbox(MalformedOutbox { seq, reason, content }));
+                    }
+                    _ => return Err(refused(Refusal::RetiredKey { kid })),
+                }
+            }
+            Err(refusal) => return Err(refused(refusal)),
+        };
         match verified.kind {
             SignalKind::Context => {
                 self.context(verified.payload, false)?;
@@ -331,6 +348,21 @@ mod tests {
         tx.begin(begin(7, 100)).unwrap();
         tx.message(&pgevents_message(true, br#"{"skip": true}"#.to_vec())).unwrap();
         assert!(tx.commit().unwrap().skip, "the old unsigned skip request, when unsigned messages are accepted");
+    }
+
+    #[test]
+    fn an_outbox_message_signed_with_a_key_retired_since_is_dead_lettered_not_lost() {
+        use crate::signal::{sign, MessageKey, SignalKind};
+        let keys = MessageKeys::new([(5, MessageKey { secret: vec![3; 32], retired_at_micros: Some(50) })]);
+        let mut tx = TransactionBuilder::new(DEFAULT_MAX_CONTEXT_BYTES, Signals { keys, accept_unsigned: false });
+        tx.begin(TxBegin { xid: 7, commit_lsn: Lsn(100), commit_time_micros: 100 }).unwrap();
+        let payload = b"{\"routing_key\": \"k\"}\n{}";
+        let taken = tx.message(&pgevents_message(true, sign(5, &[3; 32], 7, SignalKind::Outbox, payload))).unwrap();
+        let Taken::MalformedOutbox(dead) = taken else { panic!("{taken:?}") };
+        assert!(dead.reason.contains("retired"), "{}", dead.reason);
+        assert_eq!(dead.content, payload);
+        let skip = tx.message(&pgevents_message(true, sign(5, &[3; 32], 7, SignalKind::Skip, b"")));
+        assert_eq!(skip, Err(MessageIgnored::Refused { xid: Some(7), refusal: Refusal::RetiredKey { kid: 5 } }));
     }
 
     #[test]

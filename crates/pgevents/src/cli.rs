@@ -66,6 +66,9 @@ pub struct SnapshotArgs {
     /// Only the producer of this slot takes the request [default: whichever producer streams the table]
     #[arg(long)]
     pub slot: Option<String>,
+    /// A partial backfill: only the rows for which this SQL condition on the row holds (e.g. "updated_at > now() - interval '7 days'"); it runs with the rights of the role asking
+    #[arg(long = "where", requires = "table")]
+    pub r#where: Option<String>,
     /// Show the latest backfills: status, rows done, estimate, rate, time left
     #[arg(long)]
     pub status: bool,

@@ -177,12 +177,19 @@ async fn connect_broker(config: &ProducerConfig) -> Result<ConfirmingPublisher, 
     let publisher = ConfirmingPublisher::connect(&config.amqp_url, &config.publisher_settings("producer")).await?;
     let connection = pgevents_amqp::connect(&config.amqp_url, "pgevents producer (topology)").await?;
     let channel = pgevents_amqp::open_channel(&connection).await?;
-    let dead = &config.outbox_dead_letter_exchange;
-    let spec = pgevents_amqp::QueueSpec { name: dead.clone(), durable: true, ..Default::default() };
-    pgevents_amqp::declare_queue(&channel, &spec).await?;
-    pgevents_amqp::bind_queue(&channel, dead, dead, &["#".to_owned()]).await?;
     if let Some((stream, retention)) = &config.history_stream {
         pgevents_amqp::ensure_stream(&channel, stream, &config.exchange, retention).await?;
+    }
+    // Never in the way of the events: a queue on a node that is down, or a user without the
+    // configure permission on it, is said and streaming goes on (last: a refusal closes the channel).
+    let dead = &config.outbox_dead_letter_exchange;
+    let spec = pgevents_amqp::QueueSpec { name: dead.clone(), durable: true, ..Default::default() };
+    let declared = match pgevents_amqp::declare_queue(&channel, &spec).await {
+        Ok(_) => pgevents_amqp::bind_queue(&channel, dead, dead, &["#".to_owned()]).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = declared {
+        tracing::warn!(queue = %dead, error = %e, "the outbox's dead-letter queue could not be declared; until it exists, RabbitMQ drops the outbox messages that cannot be published as written (declare it, or give the producer's RabbitMQ user the configure permission on it)");
     }
     let _ = channel.close().await;
     let _ = connection.close().await;

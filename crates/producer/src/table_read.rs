@@ -141,6 +141,19 @@ pub fn batch_query(
     last_key: Option<&[String]>,
     batch_rows: usize,
 ) -> BatchQuery {
+    batch_query_where(table, columns, paging, last_key, batch_rows, None)
+}
+
+/// [`batch_query`] keeping only the rows for which `row_filter` (an SQL function of pgevents'
+/// own, called with the row `t`) holds.
+pub fn batch_query_where(
+    table: &TableRef,
+    columns: &Columns,
+    paging: Paging,
+    last_key: Option<&[String]>,
+    batch_rows: usize,
+    row_filter: Option<&'static str>,
+) -> BatchQuery {
     // The table is aliased `t` and its columns qualified, so that ORDER BY sorts the columns,
     // not the text outputs of the same names.
     let select: Vec<String> = columns
@@ -152,8 +165,10 @@ pub fn batch_query(
         })
         .collect();
     let from = format!("{}.{} AS t", quote_ident(&table.schema), quote_ident(&table.name));
+    let filter = row_filter.map(|f| format!("{f}(t)"));
     if paging == Paging::Whole {
-        return BatchQuery { sql: format!("SELECT {} FROM {from}", select.join(", ")), keys: Vec::new() };
+        let filter = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
+        return BatchQuery { sql: format!("SELECT {} FROM {from}{filter}", select.join(", ")), keys: Vec::new() };
     }
     let key_list: Vec<String> =
         columns.key_positions.iter().map(|&i| format!("t.{}", quote_ident(&columns.names[i]))).collect();
@@ -169,6 +184,11 @@ pub fn batch_query(
             (format!(" WHERE ({key_list}) > ({})", placeholders.join(", ")), values.to_vec())
         }
         None => (String::new(), Vec::new()),
+    };
+    let after = match (after.is_empty(), filter) {
+        (_, None) => after,
+        (true, Some(f)) => format!(" WHERE {f}"),
+        (false, Some(f)) => format!("{after} AND {f}"),
     };
     BatchQuery {
         sql: format!("SELECT {} FROM {from}{after} ORDER BY {key_list} LIMIT {batch_rows}", select.join(", ")),

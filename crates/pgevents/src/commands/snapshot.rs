@@ -14,7 +14,7 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
     let client = connect_driven(&settings, "snapshot").await?;
     let mut out = std::io::stdout().lock();
     if !args.table.is_empty() {
-        let ids = requests::request(&client, &args.table, args.slot.as_deref())
+        let ids = requests::request(&client, &args.table, args.slot.as_deref(), args.r#where.as_deref())
             .await
             .context("cannot ask for the backfill (is the producer's schema installed, and may this role call pgevents.snapshot()?)")?;
         for (id, table) in ids.iter().zip(&args.table) {

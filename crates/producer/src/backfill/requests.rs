@@ -26,6 +26,8 @@ CREATE TABLE pgevents.backfill (
     chunks           integer NOT NULL DEFAULT 0,
     chunks_retried   integer NOT NULL DEFAULT 0,
     last_key         text[],
+    -- A partial backfill: an SQL condition on the table's row, run with the requester's rights.
+    condition        text,
     error            text,
     cancel_requested boolean NOT NULL DEFAULT false
 );
@@ -33,7 +35,7 @@ COMMENT ON TABLE pgevents.backfill IS
     'Backfills on demand: SELECT pgevents.snapshot(ARRAY[''public.orders'']) asks for one; pgevents snapshot --status shows them.';
 REVOKE ALL ON pgevents.backfill FROM PUBLIC;
 
-CREATE FUNCTION pgevents.snapshot(tables text[], slot text DEFAULT NULL) RETURNS SETOF bigint
+CREATE FUNCTION pgevents.snapshot(tables text[], slot text DEFAULT NULL, condition text DEFAULT NULL) RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -47,6 +49,9 @@ DECLARE
 BEGIN
     IF tables IS NULL OR cardinality(tables) = 0 THEN
         RAISE EXCEPTION 'pgevents.snapshot() needs at least one table' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF condition IS NOT NULL AND (btrim(condition) = '' OR octet_length(condition) > 4096) THEN
+        RAISE EXCEPTION 'pgevents.snapshot(): a condition has 1 to 4096 bytes' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF slot IS NOT NULL AND octet_length(slot) NOT BETWEEN 1 AND 63 THEN
         RAISE EXCEPTION 'pgevents.snapshot(): a slot name has 1 to 63 bytes' USING ERRCODE = 'invalid_parameter_value';
@@ -77,18 +82,19 @@ BEGIN
         -- The same table asked for again while its backfill waits or runs: that one.
         SELECT b.id INTO new_id FROM pgevents.backfill b
         WHERE b.schema_name = found_schema AND b.relname = found_name AND b.status IN ('queued', 'running')
-          AND b.slot IS NOT DISTINCT FROM snapshot.slot AND NOT b.cancel_requested
+          AND b.slot IS NOT DISTINCT FROM snapshot.slot AND b.condition IS NOT DISTINCT FROM snapshot.condition
+          AND NOT b.cancel_requested
         ORDER BY b.id LIMIT 1;
         IF NOT FOUND THEN
-            INSERT INTO pgevents.backfill (schema_name, relname, slot, requested_by)
-            VALUES (found_schema, found_name, slot, session_user)
+            INSERT INTO pgevents.backfill (schema_name, relname, slot, requested_by, condition)
+            VALUES (found_schema, found_name, slot, session_user, condition)
             RETURNING id INTO new_id;
         END IF;
         RETURN NEXT new_id;
     END LOOP;
 END $$;
-REVOKE EXECUTE ON FUNCTION pgevents.snapshot(text[], text) FROM PUBLIC;
-COMMENT ON FUNCTION pgevents.snapshot(text[], text) IS
+REVOKE EXECUTE ON FUNCTION pgevents.snapshot(text[], text, text) FROM PUBLIC;
+COMMENT ON FUNCTION pgevents.snapshot(text[], text, text) IS
     'Asks the producer to backfill these tables (R events, read in key order between watermarks, without locks). GRANT EXECUTE to the roles that may.';
 
 CREATE FUNCTION pgevents.snapshot_cancel(backfill bigint) RETURNS boolean
@@ -136,6 +142,9 @@ pub struct Request {
     pub chunks: i32,
     /// Asked for without a slot: another producer may take it if this one cannot.
     pub for_any_slot: bool,
+    pub requested_by: String,
+    /// A partial backfill's condition (SQL on the row, run as `requested_by`).
+    pub condition: Option<String>,
 }
 
 /// Takes the oldest queued request for this slot (or any slot, but those in `skip`), or resumes
@@ -157,7 +166,8 @@ pub async fn claim(db: &Database, slot: &str, skip: &[i64]) -> Result<Option<Req
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                      WHERE n.nspname = b.schema_name AND c.relname = b.relname))
              FROM taken WHERE b.id = taken.id
-             RETURNING b.id, b.schema_name, b.relname, b.last_key, b.rows_done, b.chunks, taken.for_any_slot",
+             RETURNING b.id, b.schema_name, b.relname, b.last_key, b.rows_done, b.chunks, taken.for_any_slot,
+                       b.requested_by::text, b.condition",
             &[&slot, &skip],
         )
         .await
@@ -170,6 +180,8 @@ pub async fn claim(db: &Database, slot: &str, skip: &[i64]) -> Result<Option<Req
         rows_done: r.get(4),
         chunks: r.get(5),
         for_any_slot: r.get(6),
+        requested_by: r.get(7),
+        condition: r.get(8),
     }))
 }
 
@@ -279,8 +291,9 @@ pub async fn request(
     client: &tokio_postgres::Client,
     tables: &[String],
     slot: Option<&str>,
+    condition: Option<&str>,
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let rows = client.query("SELECT pgevents.snapshot($1, $2)", &[&tables, &slot]).await?;
+    let rows = client.query("SELECT pgevents.snapshot($1, $2, $3)", &[&tables, &slot, &condition]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

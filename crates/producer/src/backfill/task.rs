@@ -16,11 +16,16 @@ use super::requests::{self, End, Request};
 use super::window::{key_of, ChunkId, Edge, Key, Watermark};
 use super::{Chunk, ChunkOutcome, Chunks};
 use crate::config::ProducerConfig;
+use crate::database::quote_ident;
 use crate::database::Database;
 use crate::error::ProducerError;
 use crate::metrics::{BACKFILL_CHUNKS_RETRIED, BACKFILL_ROWS, BACKFILL_RUNNING};
 use crate::routing::{Route, Router};
-use crate::table_read::{self, batch_query, read_error, Columns, Paging, TableCatalog};
+use crate::table_read::{self, batch_query_where, read_error, Columns, Paging, TableCatalog};
+
+/// The function a partial backfill's condition becomes, in the reading session's own schema.
+const CONDITION_FUNCTION: &str = "pgevents_backfill_condition";
+const CONDITION_CALL: &str = "pg_temp.pgevents_backfill_condition";
 
 /// Wait after a failure of the task itself (a lost connection) before it starts again.
 const RESTART_WAIT: Duration = Duration::from_secs(5);
@@ -191,7 +196,14 @@ impl Backfiller<'_> {
                 table.qualified
             ))));
         }
-        tracing::info!(backfill = request.id, table = %table.qualified, resumed_after_rows = request.rows_done, "backfill started");
+        let filtered = match &request.condition {
+            None => None,
+            Some(condition) => match self.prepare_condition(&request.requested_by, &table, condition).await? {
+                Ok(()) => Some(request.requested_by.as_str()),
+                Err(why) => return Ok(Some(End::Failed(why))),
+            },
+        };
+        tracing::info!(backfill = request.id, table = %table.qualified, resumed_after_rows = request.rows_done, partial = filtered.is_some(), "backfill started");
         let full_chunk = self.config.backfill_chunk_rows.max(1);
         let mut chunk_rows = full_chunk;
         let mut retries_in_a_row = 0;
@@ -206,7 +218,7 @@ impl Backfiller<'_> {
             let started = std::time::Instant::now();
             let id = ChunkId { backfill: request.id, chunk: self.next_chunk, run: self.run };
             self.next_chunk += 1;
-            let step = match self.chunk(id, &table, &columns, &route, last_key.as_deref(), chunk_rows).await {
+            let step = match self.chunk(id, &table, &columns, &route, filtered, last_key.as_deref(), chunk_rows).await {
                 Ok(step) => step,
                 Err(e) => return fails_backfill(e).map(Some),
             };
@@ -245,20 +257,72 @@ impl Backfiller<'_> {
         }
     }
 
+    /// A partial backfill's condition becomes a function of the row, created in the reading
+    /// session by the requester's role, and the chunks are read as that role: the condition
+    /// runs with its rights only, and, whatever its text, answers yes or no for a row of the
+    /// table (it cannot add rows of its own). `Err` says why it cannot be used.
+    async fn prepare_condition(
+        &self,
+        requester: &str,
+        table: &TableRef,
+        condition: &str,
+    ) -> Result<Result<(), String>, ProducerError> {
+        let client = self.reader.client();
+        let allowed: bool = client
+            .query_one("SELECT pg_catalog.pg_has_role($1, 'MEMBER')", &[&requester])
+            .await
+            .map(|row| row.get(0))
+            .unwrap_or(false);
+        if !allowed {
+            return Ok(Err(format!(
+                "a condition runs with the rights of the role that asked ({requester:?}), and the producer's role may not act as it: \
+                 GRANT {} TO the producer's role, or ask without a condition",
+                quote_ident(requester)
+            )));
+        }
+        let tag = format!("pgevents_condition_{:x}", self.run);
+        if condition.contains(&tag) {
+            return Ok(Err("the condition holds pgevents' quote tag".into()));
+        }
+        let row_type = format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name));
+        let sql = format!(
+            "DROP FUNCTION IF EXISTS pg_temp.{CONDITION_FUNCTION}({row_type});
+             SET ROLE {role};
+             CREATE FUNCTION pg_temp.{CONDITION_FUNCTION}(r {row_type}) RETURNS boolean LANGUAGE sql STABLE AS ${tag}$
+                 SELECT coalesce((SELECT ({condition}) FROM (SELECT (r).*) AS t), false)
+             ${tag}$;
+             RESET ROLE;",
+            role = quote_ident(requester)
+        );
+        match client.batch_execute(&sql).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => {
+                let _ = client.batch_execute("RESET ROLE").await;
+                let e = pgevents_pg::PgError::new("prepare the backfill's condition", e);
+                if e.kind().is_transient() {
+                    return Err(e.into());
+                }
+                Ok(Err(format!("the condition cannot be used: {}", e.server_message())))
+            }
+        }
+    }
+
     /// One chunk, from its low watermark to RabbitMQ's confirmation of its rows.
+    #[allow(clippy::too_many_arguments)]
     async fn chunk(
         &mut self,
         id: ChunkId,
         table: &Arc<TableRef>,
         columns: &Columns,
         route: &Route,
+        filtered: Option<&str>,
         last_key: Option<&[String]>,
         chunk_rows: usize,
     ) -> Result<Step, ProducerError> {
         let slot = self.config.slot.clone();
         let low = Watermark { slot: slot.clone(), id, edge: Edge::Low, table: Some(table.qualified.clone()) };
         self.watermark(&low).await?;
-        let read = self.read(table, columns, route, last_key, chunk_rows).await;
+        let read = self.read(table, columns, route, filtered, last_key, chunk_rows).await;
         let (done, verdict) = oneshot::channel();
         // Whatever happens from here on, the chunk does not stay in the shared map.
         let handed = Handed { chunks: self.chunks, id };
@@ -328,20 +392,27 @@ impl Backfiller<'_> {
 
     /// The rows after `last_key`, in key order, as `R` changes with their keys, read in a
     /// read-only transaction of their own; with the transactions its snapshot saw in progress.
+    /// With `filtered` (a partial backfill), the rows are read as that role, through the
+    /// condition's function.
     async fn read(
         &self,
         table: &Arc<TableRef>,
         columns: &Columns,
         route: &Route,
+        filtered: Option<&str>,
         last_key: Option<&[String]>,
         chunk_rows: usize,
     ) -> Result<Read, ProducerError> {
         let client = self.reader.client();
+        let role = filtered.map(|r| format!("SET LOCAL ROLE {};", quote_ident(r))).unwrap_or_default();
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL row_security = off")
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {role} SET LOCAL row_security = off"
+            ))
             .await
             .map_err(|e| read_error(table, e))?;
-        let read = self.read_in_transaction(table, columns, route, last_key, chunk_rows).await;
+        let row_filter = filtered.map(|_| CONDITION_CALL);
+        let read = self.read_in_transaction(table, columns, route, row_filter, last_key, chunk_rows).await;
         let end = if read.is_ok() { "COMMIT" } else { "ROLLBACK" };
         client.batch_execute(end).await.map_err(|e| read_error(table, e))?;
         read
@@ -352,6 +423,7 @@ impl Backfiller<'_> {
         table: &Arc<TableRef>,
         columns: &Columns,
         route: &Route,
+        row_filter: Option<&'static str>,
         last_key: Option<&[String]>,
         chunk_rows: usize,
     ) -> Result<Read, ProducerError> {
@@ -366,7 +438,7 @@ impl Backfiller<'_> {
             .await
             .map_err(|e| read_error(table, e))?
             .get(0);
-        let query = batch_query(table, columns, Paging::Keyed, last_key, chunk_rows);
+        let query = batch_query_where(table, columns, Paging::Keyed, last_key, chunk_rows, row_filter);
         let stream = table_read::rows(client, &query, table).await?;
         let mut stream = std::pin::pin!(stream);
         let mut rows = Vec::with_capacity(chunk_rows.min(16_384));
