@@ -2036,8 +2036,9 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
         }
         "W10" => {
             // A partial backfill's condition is bob's text: it runs as bob (his function would
-            // make him superuser if it ran as the producer), and whatever it says it cannot add
-            // rows of its own to the table's events.
+            // say so if it ran as the producer), it cannot drop bob's role to fall back to the
+            // producer's login role, and whatever it says it cannot add rows of its own to the
+            // table's events.
             pg.execute("GRANT EXECUTE ON FUNCTION pgevents.snapshot(text[], text, text) TO bob").await;
             let planted = p
                 .bob
@@ -2050,8 +2051,17 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
                          END IF;
                          RETURN true;
                      END $f$;
+                     CREATE OR REPLACE FUNCTION bobs.become_the_producer() RETURNS boolean LANGUAGE plpgsql AS $f$
+                     BEGIN
+                         PERFORM set_config('role', 'none', true);
+                         IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                             RAISE WARNING 'BOB-CONDITION-RAN-AS-A-SUPERUSER';
+                         END IF;
+                         RETURN true;
+                     END $f$;
                      GRANT USAGE ON SCHEMA bobs TO PUBLIC;
                      SELECT pgevents.snapshot(ARRAY['public.listed'], NULL, 'bobs.spy(id)');
+                     SELECT pgevents.snapshot(ARRAY['public.listed'], NULL, 'bobs.become_the_producer()');
                      SELECT pgevents.snapshot(ARRAY['public.listed'], NULL,
                          'true) UNION SELECT false) FROM (SELECT (r).*) AS t), false) UNION SELECT coalesce((SELECT (true');",
                 )
@@ -2073,6 +2083,11 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
                 .await
                 .unwrap_or_default();
             ensure!(injected.starts_with("failed"), "the condition that tries to add rows: {injected}");
+            let dropped_role = pg
+                .query_text("SELECT status || ': ' || coalesce(error, '') FROM pgevents.backfill WHERE requested_by = 'bob' AND condition LIKE '%become_the_producer%'")
+                .await
+                .unwrap_or_default();
+            ensure!(dropped_role.starts_with("failed"), "the condition that drops bob's role: {dropped_role}");
             Ok(())
         }
         other => Err(format!("no such cell {other}")),

@@ -260,7 +260,10 @@ impl Backfiller<'_> {
     /// A partial backfill's condition becomes a function of the row, created in the reading
     /// session by the requester's role, and the chunks are read as that role: the condition
     /// runs with its rights only, and, whatever its text, answers yes or no for a row of the
-    /// table (it cannot add rows of its own). `Err` says why it cannot be used.
+    /// table (it cannot add rows of its own). The function is `SECURITY DEFINER` (its owner is
+    /// the requester): PostgreSQL then refuses any change of role inside it, which would
+    /// otherwise fall back to the session's login role, the producer's. Every read ends in a
+    /// ROLLBACK, so no setting it changes outlives the chunk. `Err` says why it cannot be used.
     async fn prepare_condition(
         &self,
         requester: &str,
@@ -288,7 +291,8 @@ impl Backfiller<'_> {
         let sql = format!(
             "DROP FUNCTION IF EXISTS pg_temp.{CONDITION_FUNCTION}({row_type});
              SET ROLE {role};
-             CREATE FUNCTION pg_temp.{CONDITION_FUNCTION}(r {row_type}) RETURNS boolean LANGUAGE sql STABLE AS ${tag}$
+             CREATE FUNCTION pg_temp.{CONDITION_FUNCTION}(r {row_type}) RETURNS boolean LANGUAGE sql STABLE
+                 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS ${tag}$
                  SELECT coalesce((SELECT ({condition}) FROM (SELECT (r).*) AS t), false)
              ${tag}$;
              RESET ROLE;",
@@ -413,8 +417,8 @@ impl Backfiller<'_> {
             .map_err(|e| read_error(table, e))?;
         let row_filter = filtered.map(|_| CONDITION_CALL);
         let read = self.read_in_transaction(table, columns, route, row_filter, last_key, chunk_rows).await;
-        let end = if read.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        client.batch_execute(end).await.map_err(|e| read_error(table, e))?;
+        // Nothing read needs committing; a rollback also undoes whatever a condition set.
+        client.batch_execute("ROLLBACK").await.map_err(|e| read_error(table, e))?;
         read
     }
 
