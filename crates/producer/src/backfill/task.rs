@@ -218,7 +218,8 @@ impl Backfiller<'_> {
             let started = std::time::Instant::now();
             let id = ChunkId { backfill: request.id, chunk: self.next_chunk, run: self.run };
             self.next_chunk += 1;
-            let step = match self.chunk(id, &table, &columns, &route, filtered, last_key.as_deref(), chunk_rows).await {
+            let target = Target { table: &table, columns: &columns, route: &route, filtered };
+            let step = match self.chunk(id, &target, last_key.as_deref(), chunk_rows).await {
                 Ok(step) => step,
                 Err(e) => return fails_backfill(e).map(Some),
             };
@@ -312,21 +313,18 @@ impl Backfiller<'_> {
     }
 
     /// One chunk, from its low watermark to RabbitMQ's confirmation of its rows.
-    #[allow(clippy::too_many_arguments)]
     async fn chunk(
         &mut self,
         id: ChunkId,
-        table: &Arc<TableRef>,
-        columns: &Columns,
-        route: &Route,
-        filtered: Option<&str>,
+        target: &Target<'_>,
         last_key: Option<&[String]>,
         chunk_rows: usize,
     ) -> Result<Step, ProducerError> {
+        let table = target.table;
         let slot = self.config.slot.clone();
         let low = Watermark { slot: slot.clone(), id, edge: Edge::Low, table: Some(table.qualified.clone()) };
         self.watermark(&low).await?;
-        let read = self.read(table, columns, route, filtered, last_key, chunk_rows).await;
+        let read = self.read(target, last_key, chunk_rows).await;
         let (done, verdict) = oneshot::channel();
         // Whatever happens from here on, the chunk does not stay in the shared map.
         let handed = Handed { chunks: self.chunks, id };
@@ -400,23 +398,20 @@ impl Backfiller<'_> {
     /// condition's function.
     async fn read(
         &self,
-        table: &Arc<TableRef>,
-        columns: &Columns,
-        route: &Route,
-        filtered: Option<&str>,
+        target: &Target<'_>,
         last_key: Option<&[String]>,
         chunk_rows: usize,
     ) -> Result<Read, ProducerError> {
+        let table = target.table;
         let client = self.reader.client();
-        let role = filtered.map(|r| format!("SET LOCAL ROLE {};", quote_ident(r))).unwrap_or_default();
+        let role = target.filtered.map(|r| format!("SET LOCAL ROLE {};", quote_ident(r))).unwrap_or_default();
         client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {role} SET LOCAL row_security = off"
             ))
             .await
             .map_err(|e| read_error(table, e))?;
-        let row_filter = filtered.map(|_| CONDITION_CALL);
-        let read = self.read_in_transaction(table, columns, route, row_filter, last_key, chunk_rows).await;
+        let read = self.read_in_transaction(target, last_key, chunk_rows).await;
         // Nothing read needs committing; a rollback also undoes whatever a condition set.
         client.batch_execute("ROLLBACK").await.map_err(|e| read_error(table, e))?;
         read
@@ -424,13 +419,12 @@ impl Backfiller<'_> {
 
     async fn read_in_transaction(
         &self,
-        table: &Arc<TableRef>,
-        columns: &Columns,
-        route: &Route,
-        row_filter: Option<&'static str>,
+        target: &Target<'_>,
         last_key: Option<&[String]>,
         chunk_rows: usize,
     ) -> Result<Read, ProducerError> {
+        let Target { table, columns, route, filtered } = *target;
+        let row_filter = filtered.map(|_| CONDITION_CALL);
         let client = self.reader.client();
         // The first statement takes the snapshot the chunk is read in.
         let in_progress: Vec<i64> = client
@@ -470,6 +464,16 @@ fn pause_for_rate(rows: usize, took: Duration, max_rows_per_s: u64) -> Duration 
         return Duration::ZERO;
     }
     Duration::from_secs_f64(rows as f64 / max_rows_per_s as f64).saturating_sub(took)
+}
+
+/// What a backfill reads: the table, its columns, its route (columns left out), and the
+/// requester whose condition filters the rows, for a partial backfill.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    table: &'a Arc<TableRef>,
+    columns: &'a Columns,
+    route: &'a Route,
+    filtered: Option<&'a str>,
 }
 
 /// A chunk's read.
