@@ -30,8 +30,8 @@ pub struct Event {
     pub commit_time: String,
     /// Position of the event in its transaction, from 0.
     pub seq: u64,
-    /// What the application attached to its transaction with
-    /// `pg_logical_emit_message(true, 'pgevents', '{...}')`.
+    /// What the application attached to its transaction with `pgevents.context('{...}')` (a
+    /// signed message; unsigned ones only with the producer's `--allow-unsigned-messages`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Value>,
 }
