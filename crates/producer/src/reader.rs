@@ -254,9 +254,7 @@ impl Reader {
                         change.old.retain(|column| route.keeps_column(column));
                         change.new.retain(|column| route.keeps_column(column));
                     }
-                    if !self.windows.is_empty() {
-                        self.windows.note(&mut self.window_changes, &change);
-                    }
+                    self.windows.note(&mut self.window_changes, &change);
                     let mut body = Vec::with_capacity(256);
                     if let Some(seq) = self.tx.row(&change, &mut body) {
                         self.buffer.push(PendingEvent::change(change.table.clone(), change.action, seq, body)).await?;
@@ -265,7 +263,7 @@ impl Reader {
             }
             Decoded::Truncate(tables) => {
                 for table in tables.iter().filter(|t| self.router.route(t).streamed) {
-                    self.windows.note_truncate(&mut self.window_changes, &table.qualified);
+                    self.windows.note_truncate(&mut self.window_changes, table);
                     let mut body = Vec::with_capacity(160);
                     if let Some(seq) = self.tx.truncate(table, &mut body) {
                         self.buffer.push(PendingEvent::change(table.clone(), Action::Truncate, seq, body)).await?;

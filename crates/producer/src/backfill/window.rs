@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use pgevents_decode::{RowChange, Tuple};
+use pgevents_decode::{RowChange, TableRef, Tuple};
 use pgevents_event::Action;
 use serde::{Deserialize, Serialize};
 
@@ -120,16 +120,19 @@ struct Window {
 /// window.
 #[derive(Debug, Default)]
 pub struct Pending {
-    tables: Vec<Arc<str>>,
+    tables: Vec<Arc<TableRef>>,
     keys: HashMap<String, Vec<Key>>,
     /// Tables changed in a way no key can describe, and why.
     unknown: HashMap<String, String>,
 }
 
 impl Pending {
-    fn touched(&mut self, table: &str) {
-        if !self.tables.iter().any(|t| t.as_ref() == table) {
-            self.tables.push(Arc::from(table));
+    /// (Noted for every change, windows open or not: a transaction that commits just before a
+    /// low watermark is one the check in [`Windows::close`] looks for. The decoder shares one
+    /// `TableRef` per table, so this is mostly a pointer comparison.)
+    fn touched(&mut self, table: &Arc<TableRef>) {
+        if !self.tables.iter().any(|t| Arc::ptr_eq(t, table) || t.qualified == table.qualified) {
+            self.tables.push(table.clone());
         }
     }
 }
@@ -141,7 +144,7 @@ pub struct Windows {
     /// More changed keys than this in one window makes it dirty (memory stays bounded).
     max_keys: usize,
     /// `(xid, tables changed)` of the latest published transactions, oldest first.
-    recent: VecDeque<(u32, Vec<Arc<str>>)>,
+    recent: VecDeque<(u32, Vec<Arc<TableRef>>)>,
     /// Transactions committed so far (the position of the next in `recent`).
     committed: u64,
 }
@@ -162,10 +165,6 @@ impl Windows {
         Windows { open: HashMap::new(), max_keys, recent: VecDeque::new(), committed: 0 }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
-    }
-
     /// Whether a window is open on `table` (its changes must then be noted).
     pub fn watches(&self, table: &str) -> bool {
         self.open.values().any(|w| w.table == table)
@@ -180,8 +179,8 @@ impl Windows {
 
     /// Notes a change of the transaction being read (its keys if a window watches its table).
     pub fn note(&self, pending: &mut Pending, change: &RowChange) {
+        pending.touched(&change.table);
         let table = &change.table.qualified;
-        pending.touched(table);
         if !self.watches(table) {
             return;
         }
@@ -199,8 +198,9 @@ impl Windows {
     }
 
     /// Notes a TRUNCATE of the transaction being read.
-    pub fn note_truncate(&self, pending: &mut Pending, table: &str) {
+    pub fn note_truncate(&self, pending: &mut Pending, table: &Arc<TableRef>) {
         pending.touched(table);
+        let table = table.qualified.as_str();
         if self.watches(table) {
             pending.keys.entry(table.to_owned()).or_default();
             pending.unknown.entry(table.to_owned()).or_insert_with(|| format!("a TRUNCATE of {table}"));
@@ -252,7 +252,7 @@ impl Windows {
             let before_low = window.opened_at.saturating_sub(forgotten) as usize;
             let missed =
                 self.recent.iter().take(before_low).any(|(xid, tables)| {
-                    in_progress.contains(xid) && tables.iter().any(|t| t.as_ref() == window.table)
+                    in_progress.contains(xid) && tables.iter().any(|t| t.qualified == window.table)
                 });
             if missed {
                 return Verdict::Retry(
@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(windows.close(id, &HashSet::new()), Verdict::Publish { changed: HashSet::from([key(2)]) });
         windows.open(id, "public.t".into());
         let mut truncated = Pending::default();
-        windows.note_truncate(&mut truncated, "public.t");
+        windows.note_truncate(&mut truncated, &Arc::new(TableRef::new("public", "t")));
         windows.commit(2, truncated);
         assert!(matches!(windows.close(id, &HashSet::new()), Verdict::Retry(why) if why.contains("TRUNCATE")));
         assert_eq!(windows.close(id, &HashSet::new()), Verdict::Unknown);
