@@ -116,6 +116,16 @@ impl Database {
         Ok(row.map(|r| r.get::<_, bool>(0)))
     }
 
+    /// The tables whose changes the publication streams, as (schema, table): every ordinary table
+    /// for `FOR ALL TABLES`; `None` when the publication does not exist.
+    pub async fn published_tables(&self, name: &str) -> Result<Option<Vec<(String, String)>>, ProducerError> {
+        Ok(match self.publication(name).await? {
+            Some(true) => Some(self.ordinary_tables().await?),
+            Some(false) => Some(self.publication_table_pairs(name).await?),
+            None => None,
+        })
+    }
+
     /// The tables of a publication, as `schema.table`.
     pub async fn publication_tables(&self, name: &str) -> Result<Vec<String>, ProducerError> {
         let rows = self

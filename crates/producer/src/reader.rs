@@ -403,22 +403,10 @@ impl Reader {
             Stats::add(&self.stats.transactions_skipped, 1);
             metrics::counter!(TRANSACTIONS_SKIPPED).increment(1);
         }
-        let (memory, spill) = self.buffer.take().await?;
+        let mut events = self.buffer.take().await?;
         let lsn_text = begin.commit_lsn.to_string();
         let mut batch = BatchBuilder::default();
-        let mut spill = spill;
-        let mut memory = memory.into_iter();
-        loop {
-            let event = match memory.next() {
-                Some(event) => event,
-                None => match spill.as_mut() {
-                    Some(spill) => match spill.next().await? {
-                        Some(event) => event,
-                        None => break,
-                    },
-                    None => break,
-                },
-            };
+        while let Some(event) = events.next().await? {
             if outcome.skip && matches!(event.item, Item::Change { .. }) {
                 continue;
             }

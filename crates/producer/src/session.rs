@@ -31,13 +31,19 @@ pub struct SessionState {
     pub catalog: Catalog,
 }
 
+/// Whether the plugin passes logical messages on (pgoutput: its `messages` option, from
+/// PostgreSQL 14; wal2json: always), which signals and backfills need.
+pub(crate) fn passes_messages(plugin: Plugin, server_version: u32) -> bool {
+    plugin == Plugin::Wal2Json || server_version >= 140_000
+}
+
 fn plugin_options(config: &ProducerConfig, server_version: u32) -> Vec<(String, String)> {
     let pair = |k: &str, v: String| (k.to_owned(), v);
     match config.plugin {
         Plugin::PgOutput => {
             let mut options =
                 vec![pair("proto_version", "1".into()), pair("publication_names", quote_ident(&config.publication))];
-            if server_version >= 140_000 {
+            if passes_messages(config.plugin, server_version) {
                 options.push(pair("messages", "true".into()));
             }
             options
@@ -129,8 +135,7 @@ pub async fn run_session(
     let slot_state = prepare(&db, config).await?;
     let keys = signals::prepare(&db, config, server_version).await?;
     // Backfills write signed watermarks and keep their requests in the snapshot tables.
-    // (pgoutput passes logical messages on from PostgreSQL 14.)
-    let messages_read = config.plugin == Plugin::Wal2Json || server_version >= 140_000;
+    let messages_read = passes_messages(config.plugin, server_version);
     if !messages_read {
         tracing::warn!(server_version, "with pgoutput, PostgreSQL before 14 does not pass logical messages on: signals (context, skip, outbox) and backfills are off");
     }

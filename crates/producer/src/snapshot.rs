@@ -133,9 +133,9 @@ pub async fn plan(db: &Database, config: &ProducerConfig, lsn: Lsn) -> Result<()
     let candidates: Vec<(String, String)> = if !config.tables.is_empty() {
         config.tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect()
     } else {
-        match db.publication(&config.publication).await? {
-            Some(false) => db.publication_table_pairs(&config.publication).await?,
-            Some(true) | None => db.ordinary_tables().await?,
+        match db.published_tables(&config.publication).await? {
+            Some(tables) => tables,
+            None => db.ordinary_tables().await?,
         }
     };
     let tables: Vec<(String, String)> = candidates.into_iter().filter(|(s, t)| router.streams(s, t)).collect();

@@ -164,7 +164,7 @@ fn take_line<T: serde::de::DeserializeOwned>(body: &mut Vec<u8>) -> io::Result<T
 }
 
 /// Reads spilled events back, in order.
-pub struct SpillReader {
+struct SpillReader {
     file: Option<File>,
     buf: Vec<u8>,
     pos: usize,
@@ -174,7 +174,7 @@ pub struct SpillReader {
 
 impl SpillReader {
     /// The next spilled event, or `None` at the end.
-    pub async fn next(&mut self) -> io::Result<Option<PendingEvent>> {
+    async fn next(&mut self) -> io::Result<Option<PendingEvent>> {
         if self.remaining == 0 {
             return Ok(None);
         }
@@ -274,11 +274,11 @@ impl TxBuffer {
     }
 
     /// Hands the events over in order (memory first, then the spill file) and empties the buffer.
-    pub async fn take(&mut self) -> io::Result<(Vec<PendingEvent>, Option<SpillReader>)> {
+    pub async fn take(&mut self) -> io::Result<TxEvents> {
         self.memory_bytes = 0;
-        let memory = std::mem::take(&mut self.memory);
+        let memory = std::mem::take(&mut self.memory).into_iter();
         let Some(mut spill) = self.spill.take() else {
-            return Ok((memory, None));
+            return Ok(TxEvents { memory, spill: None });
         };
         spill.write_staged().await?;
         let mut file = spill.file.take().ok_or_else(|| io::Error::other("spill file lost"))?;
@@ -287,7 +287,26 @@ impl TxBuffer {
             .map_err(io_err)??;
         let reader =
             SpillReader { file: Some(file), buf: Vec::new(), pos: 0, tables: spill.tables, remaining: spill.events };
-        Ok((memory, Some(reader)))
+        Ok(TxEvents { memory, spill: Some(reader) })
+    }
+}
+
+/// A transaction's events, taken from the buffer: those held in memory, then those spilled.
+pub struct TxEvents {
+    memory: std::vec::IntoIter<PendingEvent>,
+    spill: Option<SpillReader>,
+}
+
+impl TxEvents {
+    /// The next event in order, or `None` at the end.
+    pub async fn next(&mut self) -> io::Result<Option<PendingEvent>> {
+        if let Some(event) = self.memory.next() {
+            return Ok(Some(event));
+        }
+        match self.spill.as_mut() {
+            Some(spill) => spill.next().await,
+            None => Ok(None),
+        }
     }
 }
 
@@ -322,10 +341,10 @@ mod tests {
             buffer.push(e.clone()).await.unwrap();
         }
         assert!(buffer.spilled());
-        let (memory, spill) = buffer.take().await.unwrap();
-        let mut got = memory;
-        let mut spill = spill.unwrap();
-        while let Some(e) = spill.next().await.unwrap() {
+        let mut events = buffer.take().await.unwrap();
+        assert!(events.spill.is_some());
+        let mut got = Vec::new();
+        while let Some(e) = events.next().await.unwrap() {
             got.push(e);
         }
         assert_eq!(got.len(), expected.len());
@@ -339,8 +358,8 @@ mod tests {
         let mut buffer = TxBuffer::new(1 << 20, None);
         buffer.push(event(0, &a)).await.unwrap();
         assert!(!buffer.spilled());
-        let (memory, spill) = buffer.take().await.unwrap();
-        assert_eq!(memory.len(), 1);
-        assert!(spill.is_none());
+        let events = buffer.take().await.unwrap();
+        assert_eq!(events.memory.len(), 1);
+        assert!(events.spill.is_none());
     }
 }

@@ -34,10 +34,8 @@ pub fn follows(config: &ProducerConfig) -> bool {
 /// is asked for each (by the producer's role, for its slot); removed ones are forgotten. The
 /// first look records what is there without backfilling it. Returns the tables added.
 pub async fn follow(db: &Database, config: &ProducerConfig, router: &Router) -> Result<Vec<String>, ProducerError> {
-    let current: Vec<(String, String)> = match db.publication(&config.publication).await? {
-        Some(false) => db.publication_table_pairs(&config.publication).await?,
-        Some(true) => db.ordinary_tables().await?,
-        None => return Ok(Vec::new()),
+    let Some(current) = db.published_tables(&config.publication).await? else {
+        return Ok(Vec::new());
     };
     let current: Vec<(String, String)> = current.into_iter().filter(|(s, t)| router.streams(s, t)).collect();
     let client = db.client();

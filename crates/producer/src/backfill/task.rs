@@ -91,32 +91,32 @@ async fn serve(
     };
     let follows = super::publication::follows(config);
     // Requests for any slot that this producer does not stream: left to the others.
-    let mut not_mine: HashSet<i64> = HashSet::new();
+    let mut not_mine: Vec<i64> = Vec::new();
     while !shutdown.is_cancelled() {
         if follows {
             for table in super::publication::follow(&backfiller.db, config, &backfiller.router).await? {
                 tracing::info!(%table, "a table was added to the publication: it streams from now on, and its rows are backfilled (--snapshot-new-tables)");
             }
         }
-        let skip: Vec<i64> = not_mine.iter().copied().collect();
-        match requests::claim(&backfiller.db, &config.slot, &skip).await? {
+        match requests::claim(&backfiller.db, &config.slot, &not_mine).await? {
             Some(request) => {
-                let table = format!("{}.{}", request.schema, request.table);
-                if let Some(why) = backfiller.refusal(&request).await? {
-                    if request.for_any_slot {
+                let end = match backfiller.refusal(&request).await? {
+                    Some(_) if request.for_any_slot => {
                         requests::release(&backfiller.db, request.id).await?;
-                        not_mine.insert(request.id);
+                        not_mine.push(request.id);
                         continue;
                     }
-                    requests::finish(&backfiller.db, request.id, &End::Failed(why.clone())).await?;
-                    tracing::warn!(backfill = request.id, %table, error = %why, "backfill failed");
-                    continue;
-                }
-                metrics::gauge!(BACKFILL_RUNNING).set(1.0);
-                let end = backfiller.backfill(&request).await?;
-                metrics::gauge!(BACKFILL_RUNNING).set(0.0);
+                    Some(why) => Some(End::Failed(why)),
+                    None => {
+                        metrics::gauge!(BACKFILL_RUNNING).set(1.0);
+                        let end = backfiller.backfill(&request).await?;
+                        metrics::gauge!(BACKFILL_RUNNING).set(0.0);
+                        end
+                    }
+                };
                 if let Some(end) = end {
                     requests::finish(&backfiller.db, request.id, &end).await?;
+                    let table = format!("{}.{}", request.schema, request.table);
                     match &end {
                         End::Failed(why) => {
                             tracing::warn!(backfill = request.id, %table, error = %why, "backfill failed")
@@ -162,11 +162,7 @@ impl Backfiller<'_> {
         }
         // The stream names a change by the table the publication publishes it as (a leaf
         // partition, or the root with publish_via_partition_root): only those are backfilled.
-        let published = match self.db.publication(&self.config.publication).await? {
-            Some(true) => self.db.ordinary_tables().await?,
-            Some(false) => self.db.publication_table_pairs(&self.config.publication).await?,
-            None => Vec::new(),
-        };
+        let published = self.db.published_tables(&self.config.publication).await?.unwrap_or_default();
         if !published.iter().any(|(s, t)| *s == request.schema && *t == request.table) {
             return Ok(Some(format!(
                 "{table} is not a table publication {:?} streams changes of (a partitioned table's changes are streamed as its partitions')",
