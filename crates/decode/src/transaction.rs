@@ -199,9 +199,7 @@ impl TransactionBuilder {
                 match signal::verify_signature(&message.content, begin.xid, &self.signals.keys) {
                     Ok(verified) if verified.kind == SignalKind::Outbox => {
                         let content = verified.payload.to_vec();
-                        let Some(current) = self.current.as_mut() else { return Ok(Taken::Nothing) };
-                        let seq = current.outbox_seq;
-                        current.outbox_seq += 1;
+                        let Some(seq) = self.next_outbox_seq() else { return Ok(Taken::Nothing) };
                         let reason = format!("signed with key {kid}, retired before its transaction committed (a transaction open longer than the rotation's grace)");
                         return Ok(Taken::MalformedOutbox(MalformedOutbox { seq, reason, content }));
                     }
@@ -225,15 +223,21 @@ impl TransactionBuilder {
             SignalKind::Watermark => Ok(Taken::Watermark(verified.payload.to_vec())),
             SignalKind::Outbox => {
                 let payload = verified.payload.to_vec();
-                let Some(current) = self.current.as_mut() else { return Ok(Taken::Nothing) };
-                let seq = current.outbox_seq;
-                current.outbox_seq += 1;
+                let Some(seq) = self.next_outbox_seq() else { return Ok(Taken::Nothing) };
                 Ok(match outbox::parse(&payload) {
                     Ok((header, body)) => Taken::Outbox(OutboxMessage { seq, header, body }),
                     Err(reason) => Taken::MalformedOutbox(MalformedOutbox { seq, reason, content: payload }),
                 })
             }
         }
+    }
+
+    /// The position of the transaction's next outbox message (`None` outside a transaction).
+    fn next_outbox_seq(&mut self) -> Option<u64> {
+        let current = self.current.as_mut()?;
+        let seq = current.outbox_seq;
+        current.outbox_seq += 1;
+        Some(seq)
     }
 
     /// Merges a context object into the transaction's (later keys win). An unsigned
