@@ -121,6 +121,21 @@ pub async fn install(client: &mut Client, component: &Component) -> Result<Insta
     Ok(InstallReport { from, to: latest, applied })
 }
 
+/// Installs or upgrades a component only when it is missing or older than this pgevents,
+/// checked on `current`: an install needs `CREATE` on the database, an up-to-date component no
+/// right at all. `None` when it was up to date.
+pub async fn install_if_older(
+    current: &Client,
+    settings: &crate::ConnectConfig,
+    component: &Component,
+) -> Result<Option<InstallReport>, SchemaError> {
+    if installed_version(current, component).await? >= component.latest() {
+        return Ok(None);
+    }
+    let mut client = crate::connect_driven(settings, "schema").await?;
+    install(&mut client, component).await.map(Some)
+}
+
 /// The installed version of a component (0 when its tables do not exist).
 pub async fn installed_version(client: &Client, component: &Component) -> Result<i32, PgError> {
     let read = |e| PgError::new(format!("cannot read the version of the pgevents {} tables", component.name), e);

@@ -235,22 +235,16 @@ async fn keys_of_trusted_install(
     // the producer's role could have made it (it is, or is a member of, the owner; or a
     // superuser owns it).
     untrusted_owners(db).await?.map_or(Ok(()), |why| Err(ProducerError::Setup(why)))?;
-    let installed = schema::installed_version(db.client(), &SIGNALS).await?;
-    if installed < SIGNALS.latest() {
-        let mut client = pgevents_pg::connect_driven(&config.postgres, "schema").await?;
-        match schema::install(&mut client, &SIGNALS).await {
-            Ok(report) if !report.applied.is_empty() => {
-                tracing::info!(applied = ?report.applied, "installed the signed-message functions (GRANT EXECUTE ON FUNCTION pgevents.context(jsonb), pgevents.skip(), pgevents.outbox(text, jsonb, text, jsonb) to the roles that may use them)");
-            }
-            Ok(_) => {}
-            Err(SchemaError::Pg(e)) if e.kind().is_transient() => return Err(e.into()),
-            Err(e) => {
-                return Err(ProducerError::Setup(format!(
-                    "the signed-message functions could not be installed in schema pgevents: {e}; grant the producer's role \
-                     CREATE on the database (or run it once as the database owner)"
-                )))
-            }
+    match schema::install_if_older(db.client(), &config.postgres, &SIGNALS).await {
+        Ok(Some(report)) if !report.applied.is_empty() => {
+            tracing::info!(applied = ?report.applied, "installed the signed-message functions (GRANT EXECUTE ON FUNCTION pgevents.context(jsonb), pgevents.skip(), pgevents.outbox(text, jsonb, text, jsonb) to the roles that may use them)");
         }
+        Ok(_) => {}
+        Err(SchemaError::Pg(e)) if e.kind().is_transient() => return Err(e.into()),
+        Err(e) => return Err(ProducerError::Setup(format!(
+            "the signed-message functions could not be installed in schema pgevents: {e}; grant the producer's role \
+                 CREATE on the database (or run it once as the database owner)"
+        ))),
     }
     untrusted_owners(db).await?.map_or(Ok(()), |why| Err(ProducerError::Setup(why)))?;
     read_keys(db).await

@@ -103,17 +103,14 @@ pub async fn ensure_schema(config: &ProducerConfig) -> Result<(), ProducerError>
 /// [`ensure_schema`] does; `false` (backfills off, with the reason logged) when the producer may
 /// not, or when someone it does not trust owns them.
 pub async fn ensure_backfill_schema(db: &Database, config: &ProducerConfig) -> Result<bool, ProducerError> {
-    if schema::installed_version(db.client(), &SNAPSHOT_TABLES).await? < SNAPSHOT_TABLES.latest() {
-        match ensure_schema(config).await {
-            Ok(()) => {}
-            Err(ProducerError::Postgres(e)) if e.kind().is_transient() => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "backfills on demand (pgevents.snapshot()) are off");
-                return Ok(false);
-            }
+    match schema::install_if_older(db.client(), &config.postgres, &SNAPSHOT_TABLES).await {
+        Ok(_) => Ok(true),
+        Err(SchemaError::Pg(e)) if e.kind().is_transient() => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "backfills on demand (pgevents.snapshot()) are off: the snapshot tables in schema {INTERNAL_SCHEMA} could not be created or upgraded; grant the role CREATE on the database, or run the producer once as the database owner");
+            Ok(false)
         }
     }
-    Ok(true)
 }
 
 /// The LSN of an unfinished snapshot of this slot, if there is one.
