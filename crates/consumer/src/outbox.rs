@@ -24,8 +24,9 @@ use serde::de::DeserializeOwned;
 
 use crate::handler::{HandlerFuture, MessageHandler, Outcome};
 
+use pgevents_event::HEADER_LSN;
 /// The header every outbox message carries (`true`).
-pub const HEADER_OUTBOX: &str = "outbox";
+pub use pgevents_event::HEADER_OUTBOX;
 
 /// One outbox message, its payload read as a `T`.
 #[derive(Debug, Clone)]
@@ -68,14 +69,14 @@ impl<T: DeserializeOwned> OutboxMessage<T> {
             .map(|table| table.as_ref().keys().map(|name| name.as_ref().to_owned()).collect::<Vec<String>>())
             .unwrap_or_default()
             .into_iter()
-            .filter(|name| name != HEADER_OUTBOX && name != "lsn")
+            .filter(|name| name != HEADER_OUTBOX && name != HEADER_LSN)
             .filter_map(|name| delivery.header(&name).map(|value| (name, value)))
             .collect();
         headers.sort();
         Ok(OutboxMessage {
             routing_key: delivery.routing_key.clone(),
             message_id,
-            lsn: delivery.header("lsn").unwrap_or_default(),
+            lsn: delivery.header(HEADER_LSN).unwrap_or_default(),
             headers,
             payload,
             body: delivery.body.clone(),

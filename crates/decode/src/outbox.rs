@@ -10,7 +10,15 @@ pub const MAX_SHORT_STRING: usize = 255;
 pub const MAX_HEADERS: usize = 64;
 /// Header names the producer writes itself, or RabbitMQ acts on, that an outbox message may not
 /// set (compared without case; `x-...` names too).
-pub const RESERVED_HEADERS: [&str; 7] = ["action", "table", "lsn", "omitted", "outbox", "cc", "bcc"];
+pub const RESERVED_HEADERS: [&str; 7] = [
+    pgevents_event::HEADER_ACTION,
+    pgevents_event::HEADER_TABLE,
+    pgevents_event::HEADER_LSN,
+    pgevents_event::HEADER_OMITTED,
+    pgevents_event::HEADER_OUTBOX,
+    "cc",
+    "bcc",
+];
 /// The headers of one outbox message hold at most this many bytes (names and values): they
 /// travel in one AMQP frame.
 pub const MAX_HEADER_BYTES: usize = 16 << 10;

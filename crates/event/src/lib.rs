@@ -25,6 +25,8 @@ pub const HEADER_LSN: &str = "lsn";
 /// AMQP header naming the values left out of an event too large to publish whole
 /// (`--oversize stub`): `new.payload,old.payload`.
 pub const HEADER_OMITTED: &str = "omitted";
+/// AMQP header (`true`) marking an outbox message (`pgevents.outbox()`), not an event.
+pub const HEADER_OUTBOX: &str = "outbox";
 /// Content type of every event body.
 pub const CONTENT_TYPE: &str = "application/json";
 /// `app_id` property set on every message the producer publishes.

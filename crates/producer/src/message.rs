@@ -9,7 +9,9 @@ use flate2::write::GzEncoder;
 use pgevents_amqp::OutgoingMessage;
 use pgevents_decode::outbox::OutboxHeader;
 use pgevents_decode::TableRef;
-use pgevents_event::{Action, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_OMITTED, HEADER_TABLE};
+use pgevents_event::{
+    Action, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_OMITTED, HEADER_OUTBOX, HEADER_TABLE,
+};
 
 use crate::config::{Compression, ProducerConfig};
 use crate::error::ProducerError;
@@ -67,8 +69,6 @@ pub fn build(
     })
 }
 
-/// The header that marks an outbox message (its value: `true`).
-pub const HEADER_OUTBOX: &str = "outbox";
 /// Dead-lettered outbox messages carry why in this header.
 pub const HEADER_REASON: &str = "reason";
 

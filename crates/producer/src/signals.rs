@@ -241,10 +241,12 @@ async fn keys_of_trusted_install(
         }
         Ok(_) => {}
         Err(SchemaError::Pg(e)) if e.kind().is_transient() => return Err(e.into()),
-        Err(e) => return Err(ProducerError::Setup(format!(
+        Err(e) => {
+            return Err(ProducerError::Setup(format!(
             "the signed-message functions could not be installed in schema pgevents: {e}; grant the producer's role \
                  CREATE on the database (or run it once as the database owner)"
-        ))),
+        )))
+        }
     }
     untrusted_owners(db).await?.map_or(Ok(()), |why| Err(ProducerError::Setup(why)))?;
     read_keys(db).await
