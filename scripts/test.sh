@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing (PostgreSQL server binaries, wal2json, RabbitMQ,
 # openssl, a C compiler, Chromium and chromedriver, nightly Rust and cargo-fuzz), starts RabbitMQ
-# if needed, checks that the claimed minimum Rust (rust-version) builds the workspace, builds,
-# runs every fuzz target for 10 seconds, and runs every test: unit, property, and the end-to-end
+# and its stream protocol (plugin rabbitmq_stream) if needed, checks that the claimed minimum
+# Rust (rust-version) builds the workspace, builds, runs every fuzz target for 10 seconds, and
+# runs every test: unit, property, and the end-to-end
 # tests against real servers (each test starts its own throwaway PostgreSQL cluster and uses the
 # local RabbitMQ with its own names). Extra arguments go to the test runner.
 set -euo pipefail
@@ -13,6 +14,7 @@ check_disk_space
 ensure_packages
 ensure_browser
 ensure_rabbitmq
+ensure_rabbitmq_stream
 
 # docker-compose.yml must stay valid (no Docker engine is needed for this check).
 if [ -f docker-compose.yml ]; then

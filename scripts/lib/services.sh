@@ -98,3 +98,20 @@ ensure_rabbitmq() {
   echo "RabbitMQ did not start on 127.0.0.1:5672" >&2
   return 1
 }
+
+rabbitmq_stream_up() {
+  (exec 3<>/dev/tcp/127.0.0.1/5552) 2>/dev/null
+}
+
+# The stream protocol (plugin rabbitmq_stream, port 5552), for --publish-to stream.
+ensure_rabbitmq_stream() {
+  if rabbitmq_stream_up; then return 0; fi
+  echo "enabling RabbitMQ's stream protocol (rabbitmq_stream)" >&2
+  as_root rabbitmq-plugins enable rabbitmq_stream >/dev/null
+  for _ in $(seq 1 60); do
+    if rabbitmq_stream_up; then return 0; fi
+    sleep 1
+  done
+  echo "RabbitMQ's stream protocol did not start on 127.0.0.1:5552" >&2
+  return 1
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Cause, ServerReply};
-use crate::{AmqpError, Brokers, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
+use crate::{AmqpError, Brokers, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, PublisherSettings};
 
 type Reply = oneshot::Sender<Result<(), AmqpError>>;
 

@@ -1,12 +1,11 @@
 //! Publishing with publisher confirms.
 //!
-//! [`Publisher`] is the small interface the producer pipelines against: `publish` sends one
-//! message and returns its sequence number (delivery tag); `next_event` yields what the broker
-//! said about earlier messages, in arrival order. Acknowledgements may cover several messages
+//! [`ConfirmingPublisher`]: `publish` sends one message and returns its sequence number
+//! (delivery tag); `next_event` yields what the broker said about earlier messages, in arrival
+//! order. Acknowledgements may cover several messages
 //! (`multiple`) and may come out of order; the caller tracks them by tag.
 
 use std::borrow::Cow;
-use std::future::Future;
 use std::time::Duration;
 
 use amqprs::channel::{BasicPublishArguments, ConfirmSelectArguments};
@@ -86,16 +85,6 @@ impl ConfirmEvent {
             ConfirmEvent::Closed(cause) => Err(Unconfirmed::Closed(cause)),
         }
     }
-}
-
-/// Publishes messages with confirms.
-pub trait Publisher: Send {
-    /// Publishes one message; returns its sequence number (1, 2, ... per channel).
-    fn publish(&mut self, message: OutgoingMessage) -> impl Future<Output = Result<u64, AmqpError>> + Send;
-    /// The next confirm event. Cancel-safe.
-    fn next_event(&mut self) -> impl Future<Output = ConfirmEvent> + Send;
-    /// Whether the broker lets this publisher publish (see [`Flow`]).
-    fn flow(&self) -> watch::Receiver<Flow>;
 }
 
 /// Settings of a [`ConfirmingPublisher`].
@@ -223,8 +212,9 @@ fn properties(message: &OutgoingMessage) -> BasicProperties {
     props
 }
 
-impl Publisher for ConfirmingPublisher {
-    async fn publish(&mut self, message: OutgoingMessage) -> Result<u64, AmqpError> {
+impl ConfirmingPublisher {
+    /// Publishes one message; returns its sequence number (1, 2, ... per channel).
+    pub async fn publish(&mut self, message: OutgoingMessage) -> Result<u64, AmqpError> {
         check_short_string("routing key", &message.routing_key)?;
         let exchange = message.exchange.as_deref().unwrap_or(&self.exchange);
         let mut args = BasicPublishArguments::new(exchange, &message.routing_key);
@@ -238,11 +228,13 @@ impl Publisher for ConfirmingPublisher {
         Ok(tag)
     }
 
-    async fn next_event(&mut self) -> ConfirmEvent {
+    /// The next confirm event. Cancel-safe.
+    pub async fn next_event(&mut self) -> ConfirmEvent {
         self.events.recv().await.unwrap_or_else(|| ConfirmEvent::Closed(Cause::Lost("confirm stream ended".into())))
     }
 
-    fn flow(&self) -> watch::Receiver<Flow> {
+    /// Whether the broker lets this publisher publish (see [`Flow`]).
+    pub fn flow(&self) -> watch::Receiver<Flow> {
         self.flow.clone()
     }
 }

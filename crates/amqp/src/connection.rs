@@ -17,7 +17,6 @@ use tokio::sync::watch;
 use crate::error::ServerReply;
 use crate::url::AuthMechanism;
 use crate::{AmqpError, AmqpUrl, Brokers};
-use pgevents_tls::{ClientCert, ClientTls, Verify};
 
 /// Whether the broker lets a connection publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,18 +124,7 @@ async fn open(url: &AmqpUrl, name: &str) -> Result<Connection, AmqpError> {
 
 fn tls_adaptor(url: &AmqpUrl) -> Result<TlsAdaptor, AmqpError> {
     let options = &url.tls_options;
-    let client_cert = match (&options.cert_file, &options.key_file) {
-        (Some(cert_file), Some(key_file)) => {
-            Some(ClientCert { cert_file: cert_file.clone(), key_file: key_file.clone() })
-        }
-        _ => None,
-    };
-    let tls = ClientTls {
-        verify: if options.verify { Verify::Full } else { Verify::None },
-        ca_file: options.ca_file.clone(),
-        client_cert,
-    };
-    let config = tls.config().map_err(|e| AmqpError::Connect {
+    let config = url.client_tls().config().map_err(|e| AmqpError::Connect {
         url: url.to_string(),
         reason: e.to_string(),
         kind: ErrorKind::Config,

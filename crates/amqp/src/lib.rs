@@ -30,9 +30,7 @@ pub use body::BodyError;
 pub use brokers::{describe_metrics, Brokers, FAILOVERS};
 pub use channel::{open_channel, Channel};
 pub use confirmed_sender::ConfirmedSender;
-pub use confirming_publisher::{
-    ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings, Unconfirmed,
-};
+pub use confirming_publisher::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, PublisherSettings, Unconfirmed};
 pub use connection::{connect, connect_with_flow, ended, Flow};
 pub use consume::{ack, ack_up_to, consume, nack, Delivery, DeliveryStream};
 pub(crate) use error::check_short_string;
@@ -42,7 +40,7 @@ pub use stream::{ensure_stream, Retention};
 pub use topology::{
     bind_queue, declare_queue, declare_topic_exchange, exchange_exists, queue_depth, QueueSpec, QueueType,
 };
-pub use url::{AmqpTls, AmqpUrl, AuthMechanism};
+pub use url::{AmqpTls, AmqpUrl, AuthMechanism, Schemes, AMQP_SCHEMES};
 
 /// A field table from string pairs (queue and consumer arguments).
 pub fn field_table(pairs: &[(&str, FieldValue)]) -> FieldTable {

@@ -86,9 +86,7 @@ impl fmt::Display for AmqpUrl {
 }
 
 fn bad(why: impl fmt::Display) -> AmqpError {
-    AmqpError::InvalidUrl(format!(
-        "{why}; expected amqp://user:password@host:5672/vhost (the URL itself is not shown: it holds a password)"
-    ))
+    AmqpError::InvalidUrl(why.to_string())
 }
 
 fn decoded(part: &str, what: &str) -> Result<String, AmqpError> {
@@ -102,15 +100,45 @@ fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, AmqpError>
     value.parse().map_err(|_| bad(format!("{name} must be a number")))
 }
 
+/// The schemes and default ports of a kind of RabbitMQ URL: AMQP's, or the stream protocol's.
+#[derive(Debug, Clone, Copy)]
+pub struct Schemes {
+    pub plain: &'static str,
+    pub tls: &'static str,
+    pub plain_port: u16,
+    pub tls_port: u16,
+}
+
+/// `amqp://` (port 5672) and `amqps://` (5671).
+pub const AMQP_SCHEMES: Schemes = Schemes { plain: "amqp", tls: "amqps", plain_port: 5672, tls_port: 5671 };
+
 impl std::str::FromStr for AmqpUrl {
     type Err = AmqpError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AmqpUrl::parse_with(s, AMQP_SCHEMES)
+    }
+}
+
+impl AmqpUrl {
+    /// Parses a RabbitMQ URL of `schemes` (user, password, host, port, vhost and the query
+    /// parameters above).
+    pub fn parse_with(s: &str, schemes: Schemes) -> Result<AmqpUrl, AmqpError> {
+        AmqpUrl::parse_url(s, schemes).map_err(|e| match e {
+            AmqpError::InvalidUrl(why) => AmqpError::InvalidUrl(format!(
+                "{why}; expected {}://user:password@host:{}/vhost (the URL itself is not shown: it holds a password)",
+                schemes.plain, schemes.plain_port
+            )),
+            other => other,
+        })
+    }
+
+    fn parse_url(s: &str, schemes: Schemes) -> Result<AmqpUrl, AmqpError> {
         let parsed = url::Url::parse(s.trim()).map_err(|e| bad(format!("not a URL ({e})")))?;
         let tls = match parsed.scheme() {
-            "amqp" => false,
-            "amqps" => true,
-            _ => return Err(bad("the scheme must be amqp:// or amqps://")),
+            scheme if scheme == schemes.plain => false,
+            scheme if scheme == schemes.tls => true,
+            _ => return Err(bad(format!("the scheme must be {}:// or {}://", schemes.plain, schemes.tls))),
         };
         let host = match parsed.host() {
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
@@ -132,7 +160,7 @@ impl std::str::FromStr for AmqpUrl {
         let mut url = AmqpUrl {
             tls,
             host,
-            port: parsed.port().unwrap_or(if tls { 5671 } else { 5672 }),
+            port: parsed.port().unwrap_or(if tls { schemes.tls_port } else { schemes.plain_port }),
             user,
             password,
             vhost,
@@ -148,9 +176,7 @@ impl std::str::FromStr for AmqpUrl {
         }
         Ok(url)
     }
-}
 
-impl AmqpUrl {
     /// Applies one query parameter.
     fn set(&mut self, name: &str, value: &str) -> Result<(), AmqpError> {
         let path = || Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty());
@@ -190,13 +216,29 @@ impl AmqpUrl {
         Ok(())
     }
 
+    /// The TLS client settings of the URL (`amqps://`).
+    pub fn client_tls(&self) -> pgevents_tls::ClientTls {
+        let options = &self.tls_options;
+        let client_cert = match (&options.cert_file, &options.key_file) {
+            (Some(cert_file), Some(key_file)) => {
+                Some(pgevents_tls::ClientCert { cert_file: cert_file.clone(), key_file: key_file.clone() })
+            }
+            _ => None,
+        };
+        pgevents_tls::ClientTls {
+            verify: if options.verify { pgevents_tls::Verify::Full } else { pgevents_tls::Verify::None },
+            ca_file: options.ca_file.clone(),
+            client_cert,
+        }
+    }
+
     /// Checks that the settings fit together, once options (`--rabbitmq-cert-file`, ...) were
     /// applied; connecting checks it too.
     pub fn check(&self) -> Result<(), AmqpError> {
         let options = &self.tls_options;
         let tls_files = options.ca_file.is_some() || options.cert_file.is_some() || options.key_file.is_some();
         if tls_files && !self.tls {
-            return Err(bad("TLS files were given for an amqp:// URL: use amqps://"));
+            return Err(bad("TLS files were given for a URL without TLS: use amqps:// (rabbitmq-stream+tls:// for the stream protocol)"));
         }
         if options.cert_file.is_some() != options.key_file.is_some() {
             return Err(bad("a client certificate needs both a certificate file and a key file"));
@@ -269,8 +311,12 @@ mod tests {
             "amqps://u:s3cret@h/v?certfile=/c.pem",
             "amqp://u:s3cret@h/v?frame_max=100",
         ] {
-            let err = bad.parse::<AmqpUrl>().and_then(|u| u.check().map(|()| u)).unwrap_err().to_string();
-            assert!(err.contains("expected amqp://"), "{bad}: {err}");
+            let (err, parsed) = match bad.parse::<AmqpUrl>() {
+                Ok(url) => (url.check().unwrap_err().to_string(), true),
+                Err(e) => (e.to_string(), false),
+            };
+            // Settings that do not fit together say so; a URL that does not parse shows the form.
+            assert!(parsed || err.contains("expected amqp://"), "{bad}: {err}");
             assert!(!err.contains("s3cr"), "{bad}: {err}");
         }
         let err = "amqp://u:p@h/v?nope=1".parse::<AmqpUrl>().unwrap_err().to_string();

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use pgevents_amqp::{AckWindow, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, Publisher, PublisherSettings};
+use pgevents_amqp::{AckWindow, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, PublisherSettings};
 use pgevents_event::{APP_ID, CONTENT_TYPE};
 
 use crate::broker::BenchQueue;

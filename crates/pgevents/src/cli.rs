@@ -259,11 +259,7 @@ impl RabbitUrlArgs {
     pub fn parse(&self) -> anyhow::Result<pgevents_amqp::Brokers> {
         use anyhow::Context;
         let password = match &self.password_file {
-            Some(file) => {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read --rabbitmq-password-file {}", file.display()))?;
-                Some(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
-            }
+            Some(file) => Some(read_password_file(file, "--rabbitmq-password-file")?),
             None => None,
         };
         let mut nodes = Vec::new();
@@ -287,6 +283,69 @@ impl RabbitUrlArgs {
             url.check().context("RABBITMQ_URL / --rabbitmq-url with the --rabbitmq-*-file options")?;
         }
         pgevents_amqp::Brokers::new(nodes).context("RABBITMQ_URL / --rabbitmq-url")
+    }
+}
+
+/// Reads a password file (one line; the final newline is not part of the password).
+pub fn read_password_file(file: &std::path::Path, option: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {option} {}", file.display()))?;
+    Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
+}
+
+/// The stream output of the producer (RabbitMQ's stream protocol, plugin `rabbitmq_stream`).
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Where row events go: the AMQP exchange (routing, work queues), a RabbitMQ stream over the stream protocol (a replayable log, each change exactly once), or both (each event confirmed by both before its LSN moves); outbox messages always go to their exchange
+    #[arg(long, env = "PGEVENTS_PUBLISH_TO", value_enum, default_value_t = PublishToArg::Exchange)]
+    pub publish_to: PublishToArg,
+    /// The stream row events are written to with --publish-to stream or both (declared if missing); it must be written by this producer only [default: none]
+    #[arg(long = "stream", env = "PGEVENTS_STREAM")]
+    pub stream: Option<String>,
+    /// RabbitMQ's stream protocol URL: rabbitmq-stream://user:password@host:5552/vhost, or rabbitmq-stream+tls://... (port 5551)
+    #[arg(
+        long = "stream-url",
+        env = "PGEVENTS_STREAM_URL",
+        default_value = "rabbitmq-stream://guest:guest@localhost:5552/%2f",
+        hide_env_values = true
+    )]
+    pub stream_url: SecretArg,
+    /// File holding the stream protocol password (replaces the URL's)
+    #[arg(long = "stream-password-file", env = "PGEVENTS_STREAM_PASSWORD_FILE")]
+    pub stream_password_file: Option<std::path::PathBuf>,
+    /// CA certificate(s) to verify the broker with, for rabbitmq-stream+tls:// (PEM) [default: the Mozilla roots]
+    #[arg(long = "stream-ca-file", env = "PGEVENTS_STREAM_CA_FILE")]
+    pub stream_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate for rabbitmq-stream+tls:// (PEM)
+    #[arg(long = "stream-cert-file", env = "PGEVENTS_STREAM_CERT_FILE")]
+    pub stream_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long = "stream-key-file", env = "PGEVENTS_STREAM_KEY_FILE")]
+    pub stream_key_file: Option<std::path::PathBuf>,
+    /// How long the stream keeps events, set when it is declared (RabbitMQ units: Y, M, D, h, m, s)
+    #[arg(long, env = "PGEVENTS_STREAM_MAX_AGE", default_value = "7D")]
+    pub stream_max_age: String,
+    /// How many bytes the stream keeps at most, set when it is declared
+    #[arg(long, env = "PGEVENTS_STREAM_MAX_BYTES", default_value_t = 20 << 30)]
+    pub stream_max_bytes: u64,
+}
+
+impl StreamArgs {
+    /// The stream protocol URL with the password file and the TLS files applied.
+    pub fn url(&self) -> anyhow::Result<pgevents_stream::StreamUrl> {
+        use anyhow::Context;
+        let mut url: pgevents_stream::StreamUrl =
+            self.stream_url.expose().parse().context("PGEVENTS_STREAM_URL / --stream-url")?;
+        if let Some(file) = &self.stream_password_file {
+            url.set_password(&read_password_file(file, "--stream-password-file")?);
+        }
+        url.set_tls_files(
+            self.stream_ca_file.as_deref(),
+            self.stream_cert_file.as_deref(),
+            self.stream_key_file.as_deref(),
+        );
+        url.check().context("PGEVENTS_STREAM_URL / --stream-url with the --stream-*-file options")?;
+        Ok(url)
     }
 }
 
@@ -318,6 +377,13 @@ pub enum SnapshotArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PublishToArg {
+    Exchange,
+    Stream,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OversizeArg {
     Fail,
     Stub,
@@ -335,6 +401,8 @@ pub struct ProducerArgs {
     pub pg: PgArgs,
     #[command(flatten)]
     pub rabbit: RabbitArgs,
+    #[command(flatten)]
+    pub stream: StreamArgs,
     /// Replication slot, created if missing and never dropped [env: PGSLOT or PGREPLICATIONSLOT] [default: pgevents]
     #[arg(long = "pgslot", alias = "pg_replication_slot")]
     pub slot: Option<String>,
@@ -650,4 +718,16 @@ pub struct ConsumerDebugArgs {
     /// Deliveries the broker may send ahead of acknowledgements
     #[arg(long, env = "RABBITMQ_PREFETCH", default_value_t = 100)]
     pub prefetch: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Clap's own checks of every subcommand (unique argument names, ...), which otherwise run
+    /// only when a subcommand is parsed.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,12 +1,14 @@
 //! `pgevents check`: validates the settings against the real servers without changing
 //! anything, and says for each problem what is wrong and how to fix it.
 
-use pgevents_amqp::{Brokers, ConfirmingPublisher, PublisherSettings};
+use pgevents_amqp::{Brokers, PublisherSettings};
 use pgevents_decode::Plugin;
 use pgevents_replication::ReplicationClient;
 
 use crate::config::ProducerConfig;
 use crate::database::{quote_ident, Database};
+use crate::publish::exchange::ExchangeOutput;
+use crate::publish::Transport as _;
 use crate::session::explain;
 use crate::setup::{check_slot, check_tables, check_wal_level, SlotState};
 
@@ -37,7 +39,28 @@ pub async fn run_checks(config: &ProducerConfig) -> Vec<Finding> {
     let mut out = Vec::new();
     postgres_checks(config, &mut out).await;
     out.push(broker_check(config).await);
+    out.push(stream_check(config).await);
     out
+}
+
+/// Whether the stream protocol answers (the `rabbitmq_stream` plugin) where `--stream-url`
+/// says, when events go to a stream.
+async fn stream_check(config: &ProducerConfig) -> Finding {
+    let Some(stream) = &config.stream else {
+        return finding(Verdict::Pass, "RabbitMQ stream", "not used (--publish-to exchange)");
+    };
+    match pgevents_stream::client(&stream.url, "pgevents check").await {
+        Ok(client) => {
+            let version = client.server_properties().await.get("version").cloned().unwrap_or_else(|| "unknown".into());
+            let _ = client.close().await;
+            finding(
+                Verdict::Pass,
+                "RabbitMQ stream",
+                format!("the stream protocol (plugin rabbitmq_stream) answers at {}, RabbitMQ {version}", stream.url),
+            )
+        }
+        Err(e) => finding(Verdict::Fail, "RabbitMQ stream", e.to_string()),
+    }
 }
 
 async fn postgres_checks(config: &ProducerConfig, out: &mut Vec<Finding>) {
@@ -224,7 +247,7 @@ async fn broker_check(config: &ProducerConfig) -> Finding {
     let mut answered = Vec::new();
     let mut failed = Vec::new();
     for node in config.amqp_url.nodes() {
-        match ConfirmingPublisher::connect(&Brokers::from(node.clone()), &settings).await {
+        match ExchangeOutput::connect(&Brokers::from(node.clone()), &settings).await {
             Ok(publisher) => {
                 publisher.close().await;
                 answered.push(node.to_string());

@@ -10,7 +10,6 @@ use pgevents_pg::ConnectConfig;
 
 use crate::oversize::Oversize;
 use crate::routing::{Router, RoutingConfig};
-use crate::snapshot::SnapshotMode;
 
 /// A table named in PGTABLES: `schema.table`, or `table` for `public.table`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,6 +35,40 @@ impl FromStr for TableName {
         }
         Ok(TableName { schema: schema.to_owned(), name: name.to_owned() })
     }
+}
+
+/// When to take a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotMode {
+    /// Only stream changes.
+    #[default]
+    Never,
+    /// When the slot is created (and to finish an interrupted snapshot).
+    Initial,
+    /// At every start; with an existing slot, rows are read as of the start and changes from the
+    /// slot's position follow (some may be seen twice, none is missed).
+    Always,
+}
+
+/// Where row events go (`--publish-to`). Outbox messages always go to their AMQP exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PublishTo {
+    /// The AMQP topic exchange (routing, work queues).
+    #[default]
+    Exchange,
+    /// The RabbitMQ stream over the stream protocol (a replayable log, exactly once).
+    Stream,
+    /// Both, each event confirmed by both before its LSN moves.
+    Both,
+}
+
+/// The stream output (`--stream`, `--stream-url`).
+#[derive(Debug, Clone)]
+pub struct StreamOutputConfig {
+    pub url: pgevents_stream::StreamUrl,
+    pub stream: String,
+    /// Applied when the stream is declared (an existing one keeps its settings).
+    pub retention: pgevents_stream::StreamRetention,
 }
 
 /// Body compression.
@@ -101,6 +134,10 @@ pub struct ProducerConfig {
     /// A stream queue to keep the event history in (for `pgevents serve`), declared and bound
     /// to the exchange at start.
     pub history_stream: Option<(String, pgevents_amqp::Retention)>,
+    /// Where row events go.
+    pub publish_to: PublishTo,
+    /// The stream output, when `publish_to` names it.
+    pub stream: Option<StreamOutputConfig>,
     /// Rows per snapshot batch (one query, confirmed before its progress is recorded).
     pub snapshot_batch_rows: usize,
     /// Take unsigned `pgevents` messages as context (and `{"skip": true}` as a skip request),
@@ -158,6 +195,8 @@ impl ProducerConfig {
             routing: RoutingConfig::default(),
             snapshot: SnapshotMode::Never,
             history_stream: None,
+            publish_to: PublishTo::Exchange,
+            stream: None,
             snapshot_batch_rows: 1000,
             allow_unsigned_messages: false,
             outbox_exchange: "pgevents.outbox".into(),

@@ -2,10 +2,12 @@
 //! whether reconnecting can help (taken from the error it wraps, which classified itself where it
 //! was made).
 
-use pgevents_amqp::{AmqpError, Cause, Unconfirmed};
+use pgevents_amqp::AmqpError;
 use pgevents_decode::DecodeError;
 use pgevents_pg::{ErrorKind, PgError};
 use pgevents_replication::ReplicationError;
+
+use crate::publish::PublishError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
@@ -22,15 +24,9 @@ pub enum ProducerError {
     #[error(transparent)]
     Replication(#[from] ReplicationError),
     #[error(transparent)]
-    Amqp(#[from] AmqpError),
-    #[error("RabbitMQ refused (nacked) a message; it will be published again after reconnecting")]
-    Nacked,
-    #[error("RabbitMQ returned a message for routing key {routing_key:?} ({reply_code} {reply_text}): no queue is bound for it and --mandatory is on; bind a queue, or turn --mandatory off to let RabbitMQ drop unroutable events")]
-    Returned { routing_key: String, reply_code: u16, reply_text: String },
+    Publish(#[from] PublishError),
     #[error("RabbitMQ has not confirmed {in_flight} published messages for {seconds}s")]
     ConfirmTimeout { in_flight: u64, seconds: u64 },
-    #[error("RabbitMQ connection lost: {0}")]
-    BrokerClosed(Cause),
     #[error("{0}")]
     Protocol(String),
     #[error("cannot decode a change: {0}")]
@@ -57,13 +53,9 @@ impl ProducerError {
             ProducerError::Decode(_) | ProducerError::Protocol(_) => ErrorKind::Permanent,
             ProducerError::Postgres(e) => e.kind(),
             ProducerError::Replication(e) => e.kind(),
-            ProducerError::Amqp(e) => e.kind(),
-            ProducerError::BrokerClosed(Cause::Refused(reply)) => reply.kind(),
+            ProducerError::Publish(e) => e.kind(),
             ProducerError::SlotBusy { .. }
-            | ProducerError::Nacked
-            | ProducerError::Returned { .. }
             | ProducerError::ConfirmTimeout { .. }
-            | ProducerError::BrokerClosed(_)
             | ProducerError::Spill(_)
             | ProducerError::StreamEnded
             | ProducerError::Inconsistent(_) => ErrorKind::Transient,
@@ -76,9 +68,8 @@ impl ProducerError {
             ProducerError::Config(_) | ProducerError::Setup(_) => "setup",
             ProducerError::SlotBusy { .. } => "slot_busy",
             ProducerError::Postgres(_) | ProducerError::Replication(_) | ProducerError::StreamEnded => "postgres",
-            ProducerError::Amqp(_) | ProducerError::BrokerClosed(_) | ProducerError::ConfirmTimeout { .. } => "broker",
-            ProducerError::Nacked => "nacked",
-            ProducerError::Returned { .. } => "returned",
+            ProducerError::Publish(e) => e.label(),
+            ProducerError::ConfirmTimeout { .. } => "broker",
             ProducerError::Protocol(_) | ProducerError::Inconsistent(_) => "protocol",
             ProducerError::Decode(_) => "decode",
             ProducerError::Spill(_) => "spill",
@@ -87,18 +78,9 @@ impl ProducerError {
     }
 }
 
-impl From<Unconfirmed> for ProducerError {
-    fn from(failure: Unconfirmed) -> Self {
-        match failure {
-            Unconfirmed::Nacked => ProducerError::Nacked,
-            Unconfirmed::Returned { routing_key, reply_code, reply_text } => {
-                ProducerError::Returned { routing_key, reply_code, reply_text }
-            }
-            Unconfirmed::Closed(cause) => ProducerError::BrokerClosed(cause),
-            Unconfirmed::Timeout { in_flight, seconds } => ProducerError::ConfirmTimeout { in_flight, seconds },
-            Unconfirmed::UnknownTag(e) => ProducerError::Protocol(e.to_string()),
-            Unconfirmed::Publish(e) => ProducerError::Amqp(e),
-        }
+impl From<AmqpError> for ProducerError {
+    fn from(e: AmqpError) -> Self {
+        ProducerError::Publish(e.into())
     }
 }
 

@@ -4,21 +4,21 @@
 //! A session (see [`session`]) runs three tasks: the reader (replication stream, decoding,
 //! per-transaction assembly), the publisher (many messages in flight, publisher confirms) and
 //! the status sender (standby status updates). An LSN is reported to PostgreSQL as flushed only
-//! after every message before it was confirmed ([`confirm::LsnTracker`]). [`run`] restarts
+//! after every message before it was confirmed ([`publish::lsn_tracker::LsnTracker`]). [`run`] restarts
 //! failed sessions with backoff, resuming from the last confirmed LSN.
 
 pub mod backfill;
 pub mod check;
+mod clock;
 mod config;
 mod database;
 mod error;
-mod lsn_tracker;
 mod message;
 pub mod metrics;
 mod monitor;
 mod oversize;
 mod pipeline;
-mod publish_stage;
+mod publish;
 mod reader;
 mod routing;
 mod session;
@@ -26,6 +26,7 @@ mod setup;
 pub mod signals;
 mod snapshot;
 mod standby;
+mod state;
 mod stats;
 mod status;
 mod table_read;
@@ -37,16 +38,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Compression, ProducerConfig, TableName};
+pub use config::{Compression, ProducerConfig, PublishTo, SnapshotMode, StreamOutputConfig, TableName};
 pub use error::ProducerError;
 pub use message::WRITTEN_HEADERS;
 pub use oversize::{stub, Oversize, StubError, Stubbed};
 pub use routing::RoutingConfig;
-pub use snapshot::SnapshotMode;
 pub use stats::{Phase, Stats};
 
 use pgevents_retry::{ErrorKind, Policy, SessionEnd, Step, Supervisor};
-use session::{run_session, SessionState};
+use session::run_session;
+use state::SessionState;
 
 /// Runs the producer until `shutdown` is cancelled (then returns `Ok` after a clean stop) or an
 /// error that retrying cannot fix. Errors before streaming first started are returned at once,

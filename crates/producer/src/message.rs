@@ -1,4 +1,4 @@
-//! Turns a finished event body into the AMQP message the publisher sends: routing key and
+//! Turns a finished event body into the message the publisher sends: routing key and
 //! exchange of its table, message id, headers, timestamp and optional gzip compression. Used
 //! for streamed changes and snapshot rows alike, so both look the same on the wire. Outbox
 //! messages are built here too ([`outbox`], [`dead_outbox`]).
@@ -6,7 +6,6 @@
 use std::io::Write as _;
 
 use flate2::write::GzEncoder;
-use pgevents_amqp::OutgoingMessage;
 use pgevents_decode::outbox::OutboxHeader;
 use pgevents_decode::TableRef;
 use pgevents_event::{
@@ -17,6 +16,7 @@ use crate::config::{Compression, ProducerConfig};
 use crate::error::ProducerError;
 use crate::metrics::EVENTS_STUBBED;
 use crate::oversize::{self, Oversize};
+use crate::publish::{Kind, Message, Position};
 use crate::routing::Route;
 
 /// What identifies one event on the wire besides its body.
@@ -28,6 +28,8 @@ pub struct Envelope<'a> {
     pub lsn_text: &'a str,
     /// Unix microseconds.
     pub commit_time_micros: i64,
+    /// Its place in the WAL (`None` for snapshot rows).
+    pub position: Option<Position>,
 }
 
 /// The headers every event carries (`omitted` only when stubbed): `--pk-hash-header` may not
@@ -43,7 +45,7 @@ pub fn build(
     body: Vec<u8>,
     compression: Compression,
     extra: &ExtraHeader,
-) -> std::io::Result<OutgoingMessage> {
+) -> std::io::Result<Message> {
     let (body, content_encoding) = match compression {
         Compression::None => (body, None),
         Compression::Gzip => (gzip(&body)?, Some("gzip")),
@@ -54,7 +56,8 @@ pub fn build(
         (HEADER_LSN.into(), envelope.lsn_text.to_owned()),
     ];
     headers.extend(extra.iter().map(|(name, value)| (name.clone().into(), value.clone())));
-    Ok(OutgoingMessage {
+    Ok(Message {
+        kind: Kind::Event(envelope.position),
         exchange: route.exchange.clone(),
         routing_key: route.routing_key.clone(),
         message_id: envelope.message_id,
@@ -82,16 +85,12 @@ pub struct OutboxPlace<'a> {
 
 /// An outbox message as the application wrote it: its routing key, message id and headers, the
 /// body untouched (never compressed), `type` its routing key; to `--outbox-exchange`.
-pub fn outbox(
-    header: &OutboxHeader,
-    body: Vec<u8>,
-    place: OutboxPlace<'_>,
-    exchange: &std::sync::Arc<str>,
-) -> OutgoingMessage {
+pub fn outbox(header: &OutboxHeader, body: Vec<u8>, place: OutboxPlace<'_>, exchange: &std::sync::Arc<str>) -> Message {
     let mut headers: Vec<_> = header.headers.iter().map(|(name, value)| (name.clone().into(), value.clone())).collect();
     headers.push((HEADER_OUTBOX.into(), "true".to_owned()));
     headers.push((HEADER_LSN.into(), place.lsn_text.to_owned()));
-    OutgoingMessage {
+    Message {
+        kind: Kind::Outbox,
         exchange: Some(exchange.clone()),
         routing_key: header.routing_key.clone(),
         message_id: header.message_id.clone().unwrap_or(place.default_id),
@@ -115,7 +114,7 @@ pub fn dead_outbox(
     place: OutboxPlace<'_>,
     exchange: &std::sync::Arc<str>,
     max_bytes: usize,
-) -> OutgoingMessage {
+) -> Message {
     let mut headers = vec![
         (HEADER_REASON.into(), reason.to_owned()),
         (HEADER_OUTBOX.into(), "true".to_owned()),
@@ -126,7 +125,8 @@ pub fn dead_outbox(
             .push((HEADER_OMITTED.into(), format!("{} bytes after the first {max_bytes}", content.len() - max_bytes)));
         content.truncate(max_bytes);
     }
-    OutgoingMessage {
+    Message {
+        kind: Kind::Outbox,
         exchange: Some(exchange.clone()),
         routing_key: "malformed".to_owned(),
         message_id: place.default_id,
@@ -154,7 +154,7 @@ pub fn build_within_limit(
     route: &Route,
     body: Vec<u8>,
     config: &ProducerConfig,
-) -> Result<OutgoingMessage, ProducerError> {
+) -> Result<Message, ProducerError> {
     let extra = config.pk_hash_header.as_ref().map(|name| (name.clone(), row_key(&envelope.table.qualified, &body)));
     let message = build(envelope.clone(), route, body, config.compression, &extra)?;
     let limit = config.max_message_bytes;
@@ -204,7 +204,7 @@ fn row_key(table: &str, body: &[u8]) -> String {
 }
 
 /// The body of `message` as the event was written (decompressed when gzipped).
-pub fn plain_body(message: &OutgoingMessage) -> std::io::Result<Vec<u8>> {
+pub fn plain_body(message: &Message) -> std::io::Result<Vec<u8>> {
     if message.content_encoding.is_none() {
         return Ok(message.body.clone());
     }

@@ -11,10 +11,10 @@ use tokio::time::Instant;
 
 use pgevents_pg::{ConnectConfig, SearchPath};
 
+use crate::clock::unix_micros;
 use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::metrics::{HEARTBEATS, LAG_BYTES, LAG_SECONDS, SERVER_WAL_LSN};
-use crate::publish_stage::unix_micros;
 use crate::stats::Stats;
 
 /// How often the server's WAL position is read.

@@ -2,7 +2,7 @@
 //!
 //! - the reader: replication stream, decoding, per-transaction assembly, batches out;
 //! - the publisher: batches published with many messages in flight, the confirmed LSN out as
-//!   RabbitMQ acknowledges (see [`crate::confirm`]);
+//!   the broker confirms (see [`crate::publish`]);
 //! - the status sender: standby status updates with that confirmed LSN;
 //!
 //! plus the monitor (server WAL position, heartbeat statement), which ends with the session.
@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::ConfirmingPublisher;
 use pgevents_decode::signal::MessageKeys;
 use pgevents_decode::{Catalog, Decoder};
 use pgevents_event::Lsn;
@@ -26,9 +25,10 @@ use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
 use crate::monitor::run_monitor;
-use crate::publish_stage::run_publisher;
+use crate::publish::stage::{run_publisher, Marks};
+use crate::publish::{Outputs, Transport};
 use crate::reader::Reader;
-use crate::session::SessionState;
+use crate::state::SessionState;
 use crate::stats::Stats;
 use crate::status::run_status;
 
@@ -43,7 +43,7 @@ type ReaderDone = (ReplicationReader, Catalog);
 /// The running tasks of a streaming session.
 pub struct Pipeline {
     reader: JoinHandle<Result<ReaderDone, ProducerError>>,
-    publisher: JoinHandle<Result<ConfirmingPublisher, ProducerError>>,
+    publisher: JoinHandle<Result<Outputs, ProducerError>>,
     status: JoinHandle<Result<StatusSender, ProducerError>>,
     _monitor: AbortOnDrop,
     /// Backfills on demand, when signed messages (their watermarks) can be written and read.
@@ -58,7 +58,7 @@ enum First {
     /// Shutdown: the reader returned (or the publisher drained) and the rest follows.
     Stopping {
         reader: Option<ReaderDone>,
-        publisher: Option<ConfirmingPublisher>,
+        publisher: Option<Outputs>,
     },
     Failed(ProducerError),
 }
@@ -78,7 +78,7 @@ impl Pipeline {
     pub fn start(
         stream: ReplicationReader,
         sender: StatusSender,
-        publisher: ConfirmingPublisher,
+        publisher: Outputs,
         catalog: Catalog,
         keys: MessageKeys,
         backfills: bool,
@@ -113,7 +113,14 @@ impl Pipeline {
             _monitor: AbortOnDrop(tokio::spawn(run_monitor(db, config.clone(), stats.clone()))),
             _backfill: backfill,
             reader: tokio::spawn(reader.run(shutdown.clone())),
-            publisher: tokio::spawn(run_publisher(publisher, batch_rx, confirmed_tx, config.clone(), stats.clone())),
+            publisher: tokio::spawn(run_publisher(
+                publisher,
+                batch_rx,
+                confirmed_tx,
+                config.clone(),
+                stats.clone(),
+                Marks::Wal,
+            )),
             status: tokio::spawn(run_status(
                 sender,
                 confirmed.clone(),
@@ -174,7 +181,7 @@ impl Pipeline {
     async fn stop(
         &mut self,
         reader: Option<ReaderDone>,
-        publisher: Option<ConfirmingPublisher>,
+        publisher: Option<Outputs>,
         state: &mut SessionState,
         stats: &Stats,
     ) -> Result<(), ProducerError> {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::{Cause, OutgoingMessage};
+use pgevents_amqp::Cause;
 use pgevents_decode::encode::close_event;
 use pgevents_decode::signal::{MessageKeys, Refusal};
 use pgevents_decode::{
@@ -26,32 +26,11 @@ use crate::message::{self, Envelope, OutboxPlace};
 use crate::metrics::{
     EventCounters, MESSAGES_REFUSED, OUTBOX_DEAD, OUTBOX_PUBLISHED, TRANSACTIONS, TRANSACTIONS_SKIPPED,
 };
+use crate::publish::{Batch, Message, Position, PublishError};
 use crate::routing::Router;
 use crate::signals::{self, KeyRefresh, LogLimit};
 use crate::stats::Stats;
 use crate::txbuffer::{Item, PendingEvent, TxBuffer};
-
-/// Messages handed to the publisher together; `commit` is the end LSN of the transaction whose
-/// last message is in this batch (or of an empty transaction / idle position when there are none).
-#[derive(Debug)]
-pub struct Batch {
-    pub messages: Vec<OutgoingMessage>,
-    pub commit: Option<Lsn>,
-    /// The commit time (Unix microseconds) of that transaction; `None` for an idle position.
-    pub commit_time_micros: Option<i64>,
-}
-
-impl Batch {
-    /// A batch in the middle of a transaction.
-    fn part(messages: Vec<OutgoingMessage>) -> Batch {
-        Batch { messages, commit: None, commit_time_micros: None }
-    }
-
-    /// Nothing to publish, but everything up to `lsn` has been read.
-    fn mark(lsn: Lsn, commit_time_micros: Option<i64>) -> Batch {
-        Batch { messages: Vec::new(), commit: Some(lsn), commit_time_micros }
-    }
-}
 
 /// A batch is handed over at this many messages or bytes, whichever comes first, so that the
 /// channel to the publisher holds at most `CHANNEL_BATCHES` × (`BATCH_BYTES` + one message).
@@ -61,13 +40,13 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Collects the messages of one batch.
 #[derive(Default)]
 struct BatchBuilder {
-    messages: Vec<OutgoingMessage>,
+    messages: Vec<Message>,
     bytes: usize,
 }
 
 impl BatchBuilder {
     /// Adds a message; returns the batch when it is full.
-    fn push(&mut self, message: OutgoingMessage) -> Option<Vec<OutgoingMessage>> {
+    fn push(&mut self, message: Message) -> Option<Vec<Message>> {
         self.bytes += message.body.len();
         self.messages.push(message);
         if self.messages.len() < BATCH_SIZE && self.bytes < BATCH_BYTES {
@@ -211,7 +190,7 @@ impl Reader {
             biased;
             sent = self.out.send(batch) => sent
                 .map(|_| Flow::Continue)
-                .map_err(|_| ProducerError::BrokerClosed(Cause::Lost("the publisher stopped".into()))),
+                .map_err(|_| ProducerError::Publish(PublishError::Closed(Cause::Lost("the publisher stopped".into())))),
             _ = shutdown.cancelled() => Ok(Flow::Stop),
         }
     }
@@ -431,7 +410,7 @@ impl Reader {
         outcome: &TxOutcome,
         begin: &TxBegin,
         lsn_text: &str,
-    ) -> Result<OutgoingMessage, ProducerError> {
+    ) -> Result<Message, ProducerError> {
         let PendingEvent { item, seq, mut body } = event;
         let place = || OutboxPlace {
             default_id: format!("{}:outbox:{seq}", begin.commit_lsn),
@@ -465,11 +444,12 @@ impl Reader {
             message_id: message_id(begin.commit_lsn, seq),
             lsn_text,
             commit_time_micros: begin.commit_time_micros,
+            position: Some(Position { commit: begin.commit_lsn, seq }),
         };
         message::build_within_limit(envelope, &route, body, &self.config)
     }
 
-    fn dead_outbox(&self, reason: &str, content: Vec<u8>, place: OutboxPlace<'_>) -> OutgoingMessage {
+    fn dead_outbox(&self, reason: &str, content: Vec<u8>, place: OutboxPlace<'_>) -> Message {
         metrics::counter!(OUTBOX_DEAD).increment(1);
         let max_bytes = self.config.max_message_bytes.saturating_sub(64 << 10).max(1024);
         message::dead_outbox(reason, content, place, &self.outbox_dead_letter_exchange, max_bytes)

@@ -5,31 +5,24 @@
 
 use std::sync::Arc;
 
-use pgevents_amqp::ConfirmingPublisher;
-use pgevents_decode::{Catalog, Plugin};
+use pgevents_decode::Plugin;
 use pgevents_event::Lsn;
 use pgevents_replication::{ReplicationClient, ReplicationError, SlotSnapshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProducerConfig;
+use crate::config::SnapshotMode;
 use crate::database::{quote_ident, Database};
 use crate::error::ProducerError;
 use crate::pipeline::Pipeline;
+use crate::publish::outputs::Role;
+use crate::publish::Outputs;
 use crate::setup::{prepare, SlotState};
 use crate::signals;
-use crate::snapshot::{self, SnapshotEnd, SnapshotMode};
+use crate::snapshot::{self, SnapshotEnd};
 use crate::standby::{take_slot_lock, Lock};
+use crate::state::SessionState;
 use crate::stats::{Phase, Stats};
-
-/// What survives from one session to the next.
-#[derive(Debug, Default)]
-pub struct SessionState {
-    /// The highest LSN confirmed so far; the next session resumes after it.
-    pub confirmed: Lsn,
-    /// Whether any session reached streaming (until then every error is fatal).
-    pub streamed: bool,
-    pub catalog: Catalog,
-}
 
 /// Whether the plugin passes logical messages on (pgoutput: its `messages` option, from
 /// PostgreSQL 14; wal2json: always), which signals and backfills need.
@@ -140,7 +133,7 @@ pub async fn run_session(
         tracing::warn!(server_version, "with pgoutput, PostgreSQL before 14 does not pass logical messages on: signals (context, skip, outbox) and backfills are off");
     }
     let backfills = !keys.is_empty() && messages_read && snapshot::ensure_backfill_schema(&db, config).await?;
-    let publisher = connect_broker(config).await?;
+    declare_topology(config).await?;
     let mut client = match ReplicationClient::connect(&config.postgres).await {
         Ok(client) => client,
         Err(e) => return Err(explain(e, config, &db).await),
@@ -154,6 +147,7 @@ pub async fn run_session(
         Ok(started) => started,
         Err(e) => return Err(explain(e, config, &db).await),
     };
+    let publisher = Outputs::connect(config, Role::Changes, start).await?;
     state.streamed = true;
     state.confirmed = start;
     Stats::set(&stats.confirmed_lsn, start.0);
@@ -176,12 +170,15 @@ async fn check_server(db: &Database) -> Result<u32, ProducerError> {
     Ok(server_version)
 }
 
-/// The publisher (exchanges declared), the outbox's dead-letter queue, and the history stream
-/// when one is configured.
-async fn connect_broker(config: &ProducerConfig) -> Result<ConfirmingPublisher, ProducerError> {
-    let publisher = ConfirmingPublisher::connect(&config.amqp_url, &config.publisher_settings("producer")).await?;
+/// The exchanges, the outbox's dead-letter queue, and the history stream when one is
+/// configured, before anything else: a broker that refuses them fails the start at once.
+async fn declare_topology(config: &ProducerConfig) -> Result<(), ProducerError> {
     let connection = pgevents_amqp::connect(&config.amqp_url, "pgevents producer (topology)").await?;
     let channel = pgevents_amqp::open_channel(&connection).await?;
+    let settings = config.publisher_settings("producer");
+    for exchange in std::iter::once(&settings.exchange).chain(&settings.other_exchanges) {
+        pgevents_amqp::declare_topic_exchange(&channel, exchange).await?;
+    }
     if let Some((stream, retention)) = &config.history_stream {
         pgevents_amqp::ensure_stream(&channel, stream, &config.exchange, retention).await?;
     }
@@ -198,7 +195,7 @@ async fn connect_broker(config: &ProducerConfig) -> Result<ConfirmingPublisher, 
     }
     let _ = channel.close().await;
     let _ = connection.close().await;
-    Ok(publisher)
+    Ok(())
 }
 
 /// Where to stream from: a new slot's consistent point (after its snapshot, if one is wanted)
@@ -211,7 +208,7 @@ async fn position(
     config: &Arc<ProducerConfig>,
     state: &SessionState,
     slot_state: SlotState,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     shutdown: &CancellationToken,
 ) -> Result<Begin, ProducerError> {
     let snapshot_wanted = config.snapshot != SnapshotMode::Never && !state.streamed;

@@ -14,19 +14,21 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use pgevents_amqp::{ConfirmingPublisher, OutgoingMessage};
 use pgevents_decode::encode::{close_event, write_row_event, TxFields};
 use pgevents_decode::TableRef;
 use pgevents_event::{Action, Lsn};
 use pgevents_pg::schema::{self, Component, Migration, SchemaError};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::unix_micros;
 use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::{pg_error, ProducerError};
 use crate::message::{self, Envelope};
 use crate::metrics::SNAPSHOT_ROWS;
-use crate::publish_stage::unix_micros;
+use crate::publish::outputs::Role;
+use crate::publish::stage::StageHandle;
+use crate::publish::{Message, Outputs};
 use crate::routing::{Router, INTERNAL_SCHEMA};
 use crate::stats::{Phase, Stats};
 use crate::table_read::{self, batch_query, BatchQuery, Columns, Paging, TableCatalog};
@@ -37,19 +39,6 @@ pub enum SnapshotEnd {
     Complete,
     /// Shutdown came first; the progress so far is recorded.
     Interrupted,
-}
-
-/// When to take a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SnapshotMode {
-    /// Only stream changes.
-    #[default]
-    Never,
-    /// When the slot is created (and to finish an interrupted snapshot).
-    Initial,
-    /// At every start; with an existing slot, rows are read as of the start and changes from the
-    /// slot's position follow (some may be seen twice, none is missed).
-    Always,
 }
 
 /// The snapshot's progress tables and the backfill requests: the `snapshot` component of the
@@ -173,7 +162,7 @@ pub async fn run(
     db: &Database,
     config: &Arc<ProducerConfig>,
     exported: Option<&str>,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     shutdown: &CancellationToken,
 ) -> Result<SnapshotEnd, ProducerError> {
     stats.set_phase(Phase::Snapshot);
@@ -193,8 +182,8 @@ pub async fn run(
     // Row-level security policies are the tables' owners' code: a table they would filter is an
     // error for the snapshot, never a silently partial read run through their functions.
     reader.execute("SET LOCAL row_security = off").await?;
-    let mut publisher =
-        ConfirmingPublisher::connect(&config.amqp_url, &config.publisher_settings("producer snapshot")).await?;
+    let outputs = Outputs::connect(config, Role::Snapshot, lsn).await?;
+    let mut publisher = StageHandle::start(outputs, config.clone(), stats.clone());
     let mut snapshot = Snapshot {
         db,
         reader: &reader,
@@ -212,7 +201,7 @@ pub async fn run(
             break;
         }
     }
-    publisher.close().await;
+    publisher.finish().await?;
     let _ = reader.execute("COMMIT").await;
     if end == SnapshotEnd::Complete {
         db.client()
@@ -261,7 +250,7 @@ impl Snapshot<'_> {
     async fn read_table(
         &mut self,
         pending: Pending,
-        publisher: &mut ConfirmingPublisher,
+        publisher: &mut StageHandle<Outputs>,
         shutdown: &CancellationToken,
     ) -> Result<SnapshotEnd, ProducerError> {
         let Pending { table, mut last_key, mut rows_read } = pending;
@@ -299,7 +288,7 @@ impl Snapshot<'_> {
         route: &crate::routing::Route,
         query: &BatchQuery,
         rows_before: i64,
-        publisher: &mut ConfirmingPublisher,
+        publisher: &mut StageHandle<Outputs>,
     ) -> Result<Batch, ProducerError> {
         let batch_rows = self.config.snapshot_batch_rows.max(1);
         let stream = table_read::rows(self.reader.client(), query, table).await?;
@@ -313,10 +302,10 @@ impl Snapshot<'_> {
             rows += 1;
             last_row = Some(values);
             if messages.len() >= batch_rows {
-                publisher.publish_all(std::mem::take(&mut messages), self.config.confirm_timeout).await?;
+                publisher.publish_confirmed(std::mem::take(&mut messages)).await?;
             }
         }
-        publisher.publish_all(messages, self.config.confirm_timeout).await?;
+        publisher.publish_confirmed(messages).await?;
         metrics::counter!(SNAPSHOT_ROWS, "table" => table.qualified.clone()).increment(rows as u64);
         let last_key = last_row.map(|last| {
             columns.key_positions.iter().map(|&i| last.get(i).cloned().flatten().unwrap_or_default()).collect()
@@ -350,7 +339,7 @@ impl Snapshot<'_> {
         route: &crate::routing::Route,
         values: &[Option<String>],
         seq: u64,
-    ) -> Result<OutgoingMessage, ProducerError> {
+    ) -> Result<Message, ProducerError> {
         let change = table_read::row_change(table, columns, route, values, self.config.values);
         let mut body = Vec::with_capacity(256);
         write_row_event(&mut body, &change, &self.tx_fields, seq);
@@ -361,6 +350,7 @@ impl Snapshot<'_> {
             message_id: format!("snapshot:{}:{}:{seq}", self.lsn, table.qualified),
             lsn_text: &self.lsn_text,
             commit_time_micros: unix_micros(),
+            position: None,
         };
         message::build_within_limit(envelope, route, body, self.config)
     }

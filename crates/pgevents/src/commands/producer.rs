@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use pgevents_decode::{Plugin, ValueOptions};
 use pgevents_producer::{
-    metrics, Compression, Oversize, Phase, ProducerConfig, RoutingConfig, SnapshotMode, Stats, TableName,
+    metrics, Compression, Oversize, Phase, ProducerConfig, PublishTo, RoutingConfig, SnapshotMode, Stats,
+    StreamOutputConfig, TableName,
 };
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CompressionArg, OversizeArg, PluginArg, ProducerArgs, RoutingArgs, SnapshotArg};
+use crate::cli::{
+    CompressionArg, OversizeArg, PluginArg, ProducerArgs, PublishToArg, RoutingArgs, SnapshotArg, StreamArgs,
+};
 
 pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     let postgres = args.pg.connect_config("pgevents producer")?;
@@ -101,7 +104,43 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
     config.history_stream =
         args.history_stream.clone().filter(|s| !s.trim().is_empty()).map(|s| (s, args.retention.retention()));
     config.check_exchanges().map_err(anyhow::Error::msg)?;
+    (config.publish_to, config.stream) = stream_output(&args.stream, config.history_stream.as_ref())?;
     Ok(config)
+}
+
+/// `--publish-to` and the stream it writes to.
+fn stream_output(
+    args: &StreamArgs,
+    history: Option<&(String, pgevents_amqp::Retention)>,
+) -> anyhow::Result<(PublishTo, Option<StreamOutputConfig>)> {
+    let publish_to = match args.publish_to {
+        PublishToArg::Exchange => PublishTo::Exchange,
+        PublishToArg::Stream => PublishTo::Stream,
+        PublishToArg::Both => PublishTo::Both,
+    };
+    let stream = args.stream.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    match (publish_to, stream) {
+        (PublishTo::Exchange, None) => Ok((publish_to, None)),
+        (PublishTo::Exchange, Some(_)) => {
+            anyhow::bail!(
+                "--stream is set but --publish-to is exchange: use --publish-to stream (or both) to write events to it"
+            )
+        }
+        (_, None) => anyhow::bail!("--publish-to stream and both need --stream, the name of the stream to write to"),
+        (_, Some(name)) => {
+            if history.is_some_and(|(history, _)| history == name) {
+                anyhow::bail!(
+                    "--stream {name:?} is also --history-stream, which RabbitMQ fills from the exchange: a stream written twice is not exactly once; choose another name"
+                );
+            }
+            let retention = pgevents_amqp::Retention {
+                max_age: args.stream_max_age.clone(),
+                max_bytes: args.stream_max_bytes,
+                ..pgevents_amqp::Retention::default()
+            };
+            Ok((publish_to, Some(StreamOutputConfig { url: args.url()?, stream: name.to_owned(), retention })))
+        }
+    }
 }
 
 fn routing(args: &RoutingArgs) -> anyhow::Result<RoutingConfig> {

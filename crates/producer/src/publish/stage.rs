@@ -1,9 +1,10 @@
-//! The publishing stage of a session: batches in, published with many messages in flight, and
-//! the confirmed LSN out (through a watch channel) as the broker acknowledges. The AMQP side
-//! (tags, confirm events) is [`pgevents_amqp::Publisher`]'s; the LSNs are [`LsnTracker`]'s.
+//! The publishing stage: batches in, published with many messages in flight through a
+//! [`Transport`], and the confirmed position out (through a watch channel) as the transport
+//! confirms. The numbering and confirms are the transport's; the LSNs are [`LsnTracker`]'s. It
+//! runs the streamed changes ([`Marks::Wal`]) and the snapshot rows ([`Marks::Batches`]) alike.
 //!
 //! It takes a batch only while fewer than `max_in_flight` messages and `max_in_flight_bytes`
-//! bytes wait for confirms, and publishes nothing while RabbitMQ blocks the connection (a
+//! bytes wait for confirms, and publishes nothing while RabbitMQ blocks the publishing (a
 //! resource alarm): it then waits for `unblocked` without counting the wait against
 //! `confirm_timeout`, and reports `RabbitMQ blocked: <reason>` to `/readyz`.
 
@@ -11,70 +12,36 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::{Flow, OutgoingMessage, Publisher};
 use pgevents_event::Lsn;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::in_flight::InFlightBytes;
+use super::lsn_tracker::LsnTracker;
+use super::{Batch, Confirm, Flow, Message, Transport};
+use crate::clock::unix_micros;
 use crate::config::ProducerConfig;
 use crate::error::ProducerError;
-use crate::lsn_tracker::LsnTracker;
 use crate::metrics::{
     BLOCKED, BLOCKS, COMMIT_TO_CONFIRM, CONFIRMED_LSN, CONFIRMS_PENDING, EVENTS_CONFIRMED, IN_FLIGHT_BYTES,
     IN_FLIGHT_LIMIT,
 };
-use crate::reader::Batch;
 use crate::stats::{Phase, Stats};
 
 /// What the stage has taken from the reader and not yet published: messages, and the commit
-/// marks that follow them.
+/// marks that follow them. Nearly every entry is a message: boxing them would cost an
+/// allocation each to save space on the few marks.
+#[allow(clippy::large_enum_variant)]
 enum Pending {
-    Message(OutgoingMessage),
+    Message(Message),
     Commit(Lsn, Option<i64>),
-}
-
-/// Body bytes of the messages in flight. Tags are consecutive on a channel, so the sizes are
-/// kept in tag order from the oldest unacknowledged one: O(1) per publish and per ack.
-#[derive(Default)]
-struct InFlightBytes {
-    /// The tag of `sizes[0]`.
-    first: u64,
-    /// Sizes by tag; an acknowledged message in the middle counts 0 until the ones before it
-    /// are acknowledged too.
-    sizes: VecDeque<usize>,
-    total: usize,
-}
-
-impl InFlightBytes {
-    fn published(&mut self, tag: u64, bytes: usize) {
-        if self.sizes.is_empty() {
-            self.first = tag;
-        }
-        self.sizes.push_back(bytes);
-        self.total += bytes;
-    }
-
-    fn acked(&mut self, tag: u64, multiple: bool) {
-        let Some(index) = tag.checked_sub(self.first).and_then(|i| usize::try_from(i).ok()) else { return };
-        if multiple {
-            let through = (index + 1).min(self.sizes.len());
-            self.total -= self.sizes.drain(..through).sum::<usize>();
-            self.first += through as u64;
-        } else if let Some(size) = self.sizes.get_mut(index) {
-            self.total -= std::mem::take(size);
-        }
-        while self.sizes.front() == Some(&0) {
-            self.sizes.pop_front();
-            self.first += 1;
-        }
-    }
 }
 
 /// Which in-flight limit keeps the stage from taking the next batch.
 fn limit_reached(tracker: &LsnTracker, bytes: &InFlightBytes, config: &ProducerConfig) -> Option<&'static str> {
     if tracker.in_flight() >= config.max_in_flight {
         Some("messages")
-    } else if bytes.total as u64 >= config.max_in_flight_bytes {
+    } else if bytes.total() as u64 >= config.max_in_flight_bytes {
         Some("bytes")
     } else {
         None
@@ -83,12 +50,13 @@ fn limit_reached(tracker: &LsnTracker, bytes: &InFlightBytes, config: &ProducerC
 
 /// Publishes until the reader closes the channel and outstanding confirms are in (or the
 /// shutdown timeout passes), or until the broker fails.
-pub async fn run_publisher<P: Publisher>(
+pub async fn run_publisher<P: Transport>(
     mut publisher: P,
     mut batches: mpsc::Receiver<Batch>,
     confirmed: watch::Sender<Lsn>,
     config: Arc<ProducerConfig>,
     stats: Arc<Stats>,
+    marks: Marks,
 ) -> Result<P, ProducerError> {
     let mut tracker = LsnTracker::new(*confirmed.borrow());
     let mut bytes = InFlightBytes::default();
@@ -107,16 +75,17 @@ pub async fn run_publisher<P: Publisher>(
     loop {
         let running = *flow.borrow() == Flow::Running;
         if running {
-            publish_pending(&mut publisher, &mut pending, &mut tracker, &mut bytes, &flow, &confirmed, &stats).await?;
+            let mut out = Confirmed { watch: &confirmed, stats: &stats, marks };
+            publish_pending(&mut publisher, &mut pending, &mut tracker, &mut bytes, &flow, &mut out).await?;
         }
         let empty = pending.is_empty();
         if drain_deadline.is_some() && tracker.in_flight() == 0 && empty {
             return Ok(publisher);
         }
         Stats::set(&stats.in_flight, tracker.in_flight());
-        Stats::set(&stats.in_flight_bytes, bytes.total as u64);
+        Stats::set(&stats.in_flight_bytes, bytes.total() as u64);
         confirms_pending.set(tracker.in_flight() as f64);
-        in_flight_bytes.set(bytes.total as f64);
+        in_flight_bytes.set(bytes.total() as f64);
         let limit = limit_reached(&tracker, &bytes, &config);
         if limit.is_some() && limit != limited {
             metrics::counter!(IN_FLIGHT_LIMIT, "limit" => limit.unwrap_or_default()).increment(1);
@@ -125,17 +94,19 @@ pub async fn run_publisher<P: Publisher>(
         let confirm_deadline = last_progress + config.confirm_timeout;
         tokio::select! {
             biased;
-            event = publisher.next_event() => {
-                let (tag, multiple) = event.into_ack()?;
+            confirm = publisher.next_confirm() => {
+                let Confirm { seq, multiple } = confirm?;
                 let before = tracker.in_flight();
-                let advanced = tracker.ack(tag, multiple).map_err(|e| ProducerError::Protocol(e.to_string()))?;
-                bytes.acked(tag, multiple);
+                let advanced = tracker.ack(seq, multiple).map_err(|e| ProducerError::Protocol(e.to_string()))?;
+                bytes.confirmed(seq, multiple);
                 let newly = before - tracker.in_flight();
-                Stats::add(&stats.events_confirmed, newly);
-                events_confirmed.increment(newly);
+                if marks == Marks::Wal {
+                    Stats::add(&stats.events_confirmed, newly);
+                    events_confirmed.increment(newly);
+                }
                 last_progress = Instant::now();
                 if let Some(lsn) = advanced {
-                    publish_confirmed(&confirmed, &stats, &mut tracker, lsn);
+                    Confirmed { watch: &confirmed, stats: &stats, marks }.advanced(&mut tracker, lsn);
                 }
             }
             changed = flow.changed(), if flow_open => {
@@ -189,84 +160,118 @@ pub async fn run_publisher<P: Publisher>(
 
 /// Publishes what is pending, in order, until it is all out or the broker blocks the
 /// connection (checked before each message: publishing into a blocked connection stalls).
-async fn publish_pending<P: Publisher>(
+async fn publish_pending<P: Transport>(
     publisher: &mut P,
     pending: &mut VecDeque<Pending>,
     tracker: &mut LsnTracker,
     bytes: &mut InFlightBytes,
     flow: &watch::Receiver<Flow>,
-    confirmed: &watch::Sender<Lsn>,
-    stats: &Stats,
+    out: &mut Confirmed<'_>,
 ) -> Result<(), ProducerError> {
     let mut published = 0;
     while *flow.borrow() == Flow::Running {
         match pending.pop_front() {
             Some(Pending::Message(message)) => {
                 let size = message.body.len();
-                let tag = publisher.publish(message).await?;
-                tracker.published(tag);
-                bytes.published(tag, size);
+                let seq = publisher.publish(message).await?;
+                tracker.published(seq);
+                bytes.published(seq, size);
                 published += 1;
             }
             Some(Pending::Commit(lsn, commit_time_micros)) => {
                 if let Some(lsn) = tracker.commit(lsn, commit_time_micros) {
-                    publish_confirmed(confirmed, stats, tracker, lsn);
+                    out.advanced(tracker, lsn);
                 }
             }
             None => break,
         }
     }
-    Stats::add(&stats.events_published, published);
+    if out.marks == Marks::Wal {
+        Stats::add(&out.stats.events_published, published);
+    }
     Ok(())
 }
 
-/// Hands a newly confirmed LSN to the status sender and records how long its transactions took
-/// from commit to confirm.
-fn publish_confirmed(confirmed: &watch::Sender<Lsn>, stats: &Stats, tracker: &mut LsnTracker, lsn: Lsn) {
-    confirmed.send_replace(lsn);
-    Stats::set(&stats.confirmed_lsn, lsn.0);
-    metrics::gauge!(CONFIRMED_LSN).set(lsn.0 as f64);
-    let now = unix_micros();
-    let histogram = metrics::histogram!(COMMIT_TO_CONFIRM);
-    for commit_micros in tracker.take_confirmed_commit_times() {
-        histogram.record((now - commit_micros).max(0) as f64 / 1e6);
-        Stats::set(&stats.last_commit_micros, commit_micros.max(0) as u64);
+/// What the marks between batches are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marks {
+    /// Commit LSNs and idle positions of the WAL: the confirmed one goes to PostgreSQL.
+    Wal,
+    /// The snapshot's batch numbers: the confirmed one tells the snapshot which batch is stored.
+    Batches,
+}
+
+/// Where a newly confirmed mark goes.
+struct Confirmed<'a> {
+    watch: &'a watch::Sender<Lsn>,
+    stats: &'a Stats,
+    marks: Marks,
+}
+
+impl Confirmed<'_> {
+    /// Hands a newly confirmed mark on; for the WAL, to the status sender, with how long its
+    /// transactions took from commit to confirm.
+    fn advanced(&mut self, tracker: &mut LsnTracker, lsn: Lsn) {
+        self.watch.send_replace(lsn);
+        if self.marks == Marks::Batches {
+            return;
+        }
+        Stats::set(&self.stats.confirmed_lsn, lsn.0);
+        metrics::gauge!(CONFIRMED_LSN).set(lsn.0 as f64);
+        let now = unix_micros();
+        let histogram = metrics::histogram!(COMMIT_TO_CONFIRM);
+        for commit_micros in tracker.take_confirmed_commit_times() {
+            histogram.record((now - commit_micros).max(0) as f64 / 1e6);
+            Stats::set(&self.stats.last_commit_micros, commit_micros.max(0) as u64);
+        }
     }
 }
 
-/// Now, in Unix microseconds.
-pub fn unix_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+/// The stage as a task that a caller hands batches to and waits on, one at a time: the
+/// snapshot's rows are published with the same limits, flow control and confirm timeout as the
+/// streamed changes.
+pub struct StageHandle<P> {
+    batches: mpsc::Sender<Batch>,
+    confirmed: watch::Receiver<Lsn>,
+    task: tokio::task::JoinHandle<Result<P, ProducerError>>,
+    last_mark: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl<P: Transport + 'static> StageHandle<P> {
+    pub fn start(publisher: P, config: Arc<ProducerConfig>, stats: Arc<Stats>) -> StageHandle<P> {
+        let (batches, rx) = mpsc::channel(1);
+        let (confirmed_tx, confirmed) = watch::channel(Lsn::ZERO);
+        let task = tokio::spawn(run_publisher(publisher, rx, confirmed_tx, config, stats, Marks::Batches));
+        StageHandle { batches, confirmed, task, last_mark: 0 }
+    }
 
-    #[test]
-    fn in_flight_bytes_follow_single_and_multiple_acks() {
-        let mut bytes = InFlightBytes::default();
-        for (tag, size) in [(1, 100), (2, 200), (3, 300), (4, 400)] {
-            bytes.published(tag, size);
+    /// Publishes `messages` and returns once every one is confirmed.
+    pub async fn publish_confirmed(&mut self, messages: Vec<Message>) -> Result<(), ProducerError> {
+        self.last_mark += 1;
+        let mark = Lsn(self.last_mark);
+        let sent = self.batches.send(Batch { messages, commit: Some(mark), commit_time_micros: None }).await;
+        if sent.is_err() || self.confirmed.wait_for(|confirmed| *confirmed >= mark).await.is_err() {
+            return Err(self.failure().await);
         }
-        assert_eq!(bytes.total, 1000);
-        bytes.acked(3, false);
-        assert_eq!(bytes.total, 700);
-        bytes.acked(2, true);
-        assert_eq!(bytes.total, 400);
-        bytes.acked(9, true);
-        assert_eq!((bytes.total, bytes.sizes.len()), (0, 0));
-        bytes.acked(4, false);
-        assert_eq!(bytes.total, 0, "an ack for a tag already gone changes nothing");
-        // Out of order: the middle one first, then the rest at once.
-        for (tag, size) in [(10, 10), (11, 20), (12, 30)] {
-            bytes.published(tag, size);
+        Ok(())
+    }
+
+    /// Why the stage ended before its work was done.
+    async fn failure(&mut self) -> ProducerError {
+        match (&mut self.task).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => ProducerError::Protocol("the publish stage stopped unexpectedly".into()),
+            Err(e) => ProducerError::Protocol(format!("internal task failed: {e}")),
         }
-        bytes.acked(11, false);
-        assert_eq!((bytes.total, bytes.sizes.len()), (40, 3));
-        bytes.acked(10, false);
-        assert_eq!((bytes.total, bytes.sizes.len(), bytes.first), (30, 1, 12), "the acknowledged front is dropped");
-        bytes.acked(12, true);
-        assert_eq!((bytes.total, bytes.sizes.len()), (0, 0));
+    }
+
+    /// Lets the stage drain (everything handed over was confirmed already) and closes the
+    /// transport.
+    pub async fn finish(self) -> Result<(), ProducerError> {
+        drop(self.batches);
+        let publisher =
+            self.task.await.map_err(|e| ProducerError::Protocol(format!("internal task failed: {e}")))??;
+        publisher.close().await;
+        Ok(())
     }
 }

@@ -1,0 +1,188 @@
+//! The transports the producer publishes through, made by one factory ([`Outputs::connect`])
+//! from the settings: the AMQP exchange alone, the stream alone, or both (`--publish-to`).
+//!
+//! With a stream, a message may go to one transport or to two: row events to every configured
+//! output, outbox messages to their exchange only. [`Split`] numbers messages itself and confirms
+//! one when every transport it went to has confirmed it, so the LSN moves only once both hold it.
+
+use pgevents_event::Lsn;
+use std::collections::VecDeque;
+use tokio::sync::watch;
+
+use super::exchange::ExchangeOutput;
+use super::numbers::Numbers;
+use super::stream::StreamOutput;
+use super::{Confirm, Flow, Kind, Message, PublishError, Transport};
+use crate::config::{ProducerConfig, PublishTo};
+
+/// What the outputs publish for: the session's streamed changes (deduplicated in the stream) or
+/// the snapshot's rows (which have no place in the WAL to deduplicate by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Changes,
+    Snapshot,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Changes => "producer",
+            Role::Snapshot => "producer snapshot",
+        }
+    }
+}
+
+/// The producer's transports.
+pub enum Outputs {
+    /// The AMQP exchange only: its numbers are the outputs' numbers.
+    Exchange(ExchangeOutput),
+    /// The stream, with the exchange for the events too or for outbox messages only.
+    Split(Box<Split>),
+}
+
+impl Outputs {
+    /// Connects what `--publish-to` asks for; the changes' outputs resume from `start`.
+    pub async fn connect(config: &ProducerConfig, role: Role, start: Lsn) -> Result<Outputs, PublishError> {
+        let exchange = ExchangeOutput::connect(&config.amqp_url, &config.publisher_settings(role.name())).await?;
+        let Some(stream) = &config.stream else {
+            return Ok(Outputs::Exchange(exchange));
+        };
+        let stream = StreamOutput::connect(stream, &config.slot, role == Role::Changes, start).await?;
+        Ok(Outputs::Split(Box::new(Split::new(exchange, stream, config.publish_to == PublishTo::Both))))
+    }
+}
+
+impl Transport for Outputs {
+    async fn publish(&mut self, message: Message) -> Result<u64, PublishError> {
+        match self {
+            Outputs::Exchange(exchange) => exchange.publish(message).await,
+            Outputs::Split(split) => split.publish(message).await,
+        }
+    }
+
+    async fn next_confirm(&mut self) -> Result<Confirm, PublishError> {
+        match self {
+            Outputs::Exchange(exchange) => exchange.next_confirm().await,
+            Outputs::Split(split) => split.next_confirm().await,
+        }
+    }
+
+    fn flow(&self) -> watch::Receiver<Flow> {
+        match self {
+            Outputs::Exchange(exchange) => exchange.flow(),
+            // One broker: a resource alarm blocks the stream's writers as it blocks the
+            // exchange's, but only AMQP says so.
+            Outputs::Split(split) => split.exchange.flow(),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Outputs::Exchange(exchange) => exchange.close().await,
+            Outputs::Split(split) => {
+                let Split { exchange, stream, .. } = *split;
+                exchange.close().await;
+                stream.close().await;
+            }
+        }
+    }
+}
+
+const TO_EXCHANGE: u8 = 1;
+const TO_STREAM: u8 = 2;
+
+/// The stream and the exchange, each message confirmed once every transport it went to has.
+pub struct Split {
+    exchange: ExchangeOutput,
+    stream: StreamOutput,
+    /// Whether row events go to the exchange as well as to the stream.
+    events_to_exchange: bool,
+    /// The number of `waiting[0]`; the next message gets `first + waiting.len()`.
+    first: u64,
+    /// Per message from `first` on, the transports that have not confirmed it yet.
+    waiting: VecDeque<u8>,
+    exchange_numbers: Numbers,
+    stream_numbers: Numbers,
+    /// Confirms worked out and not yet handed out.
+    ready: VecDeque<Confirm>,
+}
+
+impl Split {
+    fn new(exchange: ExchangeOutput, stream: StreamOutput, events_to_exchange: bool) -> Split {
+        Split {
+            exchange,
+            stream,
+            events_to_exchange,
+            first: 1,
+            waiting: VecDeque::new(),
+            exchange_numbers: Numbers::default(),
+            stream_numbers: Numbers::default(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    async fn publish(&mut self, message: Message) -> Result<u64, PublishError> {
+        let seq = self.first + self.waiting.len() as u64;
+        let targets = match message.kind {
+            Kind::Outbox => TO_EXCHANGE,
+            Kind::Event(_) if self.events_to_exchange => TO_EXCHANGE | TO_STREAM,
+            Kind::Event(_) => TO_STREAM,
+        };
+        if targets == TO_EXCHANGE {
+            let tag = self.exchange.publish(message).await?;
+            self.exchange_numbers.push(tag, seq);
+        } else {
+            if targets & TO_EXCHANGE != 0 {
+                let tag = self.exchange.publish(message.clone()).await?;
+                self.exchange_numbers.push(tag, seq);
+            }
+            let number = self.stream.publish(message).await?;
+            self.stream_numbers.push(number, seq);
+        }
+        self.waiting.push_back(targets);
+        Ok(seq)
+    }
+
+    async fn next_confirm(&mut self) -> Result<Confirm, PublishError> {
+        loop {
+            if let Some(confirm) = self.ready.pop_front() {
+                return Ok(confirm);
+            }
+            let (confirm, transport) = tokio::select! {
+                confirm = self.exchange.next_confirm() => (confirm?, TO_EXCHANGE),
+                confirm = self.stream.next_confirm() => (confirm?, TO_STREAM),
+            };
+            let numbers = if transport == TO_EXCHANGE { &mut self.exchange_numbers } else { &mut self.stream_numbers };
+            for seq in numbers.confirmed(confirm)? {
+                self.settle(seq, transport);
+            }
+            self.pop_settled();
+        }
+    }
+
+    /// `transport` confirmed message `seq`.
+    fn settle(&mut self, seq: u64, transport: u8) {
+        let Some(index) = seq.checked_sub(self.first).and_then(|i| usize::try_from(i).ok()) else { return };
+        if let Some(waiting) = self.waiting.get_mut(index) {
+            if *waiting & transport != 0 {
+                *waiting &= !transport;
+                if *waiting == 0 && index > 0 {
+                    self.ready.push_back(Confirm { seq, multiple: false });
+                }
+            }
+        }
+    }
+
+    /// Confirms, at once, the run of settled messages at the front.
+    fn pop_settled(&mut self) {
+        let mut last = None;
+        while self.waiting.front() == Some(&0) {
+            self.waiting.pop_front();
+            last = Some(self.first);
+            self.first += 1;
+        }
+        if let Some(seq) = last {
+            self.ready.push_back(Confirm { seq, multiple: true });
+        }
+    }
+}

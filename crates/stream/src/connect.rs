@@ -1,0 +1,106 @@
+//! Connecting over the stream protocol (TLS with pgevents' own settings: roots, verification,
+//! client certificate), and declaring a stream with its retention.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgevents_retry::ErrorKind;
+use rabbitmq_stream_client::types::ResponseCode;
+use rabbitmq_stream_client::{Client, ClientOptions, Environment, TlsConfiguration};
+
+use crate::error::client_kind;
+use crate::{StreamError, StreamUrl};
+
+/// Retention of a stream, as for the AMQP history stream.
+pub use pgevents_amqp::Retention as StreamRetention;
+
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn tls(url: &StreamUrl) -> Result<TlsConfiguration, StreamError> {
+    if !url.0.tls {
+        return Ok(TlsConfiguration::Disabled);
+    }
+    let config_error = |reason: String| StreamError::Connect { url: url.to_string(), reason, kind: ErrorKind::Config };
+    pgevents_tls::server_name(url.host()).map_err(|e| config_error(e.to_string()))?;
+    let config = url.0.client_tls().config().map_err(|e| config_error(e.to_string()))?;
+    Ok(TlsConfiguration::Custom(config))
+}
+
+fn options(url: &StreamUrl, name: &str) -> Result<ClientOptions, StreamError> {
+    url.check()?;
+    Ok(ClientOptions::builder()
+        .host(url.host())
+        .port(url.port())
+        .user(&url.0.user)
+        .password(&url.0.password)
+        .v_host(&url.0.vhost)
+        .heartbeat(u32::from(url.0.heartbeat))
+        .tls(tls(url)?)
+        .client_provided_name(name.to_owned())
+        .build())
+}
+
+fn connect_failed(url: &StreamUrl, reason: String, kind: ErrorKind) -> StreamError {
+    StreamError::Connect { url: url.to_string(), reason, kind }
+}
+
+/// One connection to the node of `url` (named `name` in the management UI).
+pub async fn client(url: &StreamUrl, name: &str) -> Result<Client, StreamError> {
+    let options = options(url, name)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(options)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(connect_failed(url, e.to_string(), client_kind(&e))),
+        Err(_) => Err(connect_failed(
+            url,
+            format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+            ErrorKind::Transient,
+        )),
+    }
+}
+
+/// The client library's environment (producers and consumers connect to a stream's leader or a
+/// replica from it), checked by one connection.
+pub async fn environment(url: &StreamUrl, name: &str) -> Result<Environment, StreamError> {
+    let built = Environment::builder()
+        .host(url.host())
+        .port(url.port())
+        .username(&url.0.user)
+        .password(&url.0.password)
+        .virtual_host(&url.0.vhost)
+        .heartbeat(u32::from(url.0.heartbeat))
+        .tls(tls(url)?)
+        .client_provided_name(name);
+    url.check()?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, built.build()).await {
+        Ok(Ok(environment)) => Ok(environment),
+        Ok(Err(e)) => Err(connect_failed(url, e.to_string(), client_kind(&e))),
+        Err(_) => Err(connect_failed(
+            url,
+            format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+            ErrorKind::Transient,
+        )),
+    }
+}
+
+/// Declares `stream` with `retention` if it is missing; an existing stream keeps its settings.
+pub async fn ensure_stream(client: &Client, stream: &str, retention: &StreamRetention) -> Result<(), StreamError> {
+    let mut arguments = HashMap::from([
+        ("max-age".to_owned(), retention.max_age.clone()),
+        ("max-length-bytes".to_owned(), retention.max_bytes.to_string()),
+    ]);
+    if let Some(bytes) = retention.segment_bytes {
+        arguments.insert("stream-max-segment-size-bytes".to_owned(), bytes.to_string());
+    }
+    if let Some(replicas) = retention.replicas {
+        arguments.insert("initial-cluster-size".to_owned(), replicas.to_string());
+    }
+    let response = client
+        .create_stream(stream, arguments)
+        .await
+        .map_err(|e| StreamError::operation(stream, "declare the stream", &e))?;
+    match response.code() {
+        ResponseCode::Ok | ResponseCode::StreamAlreadyExists => Ok(()),
+        code => Err(StreamError::refused(stream, "declare the stream", code)),
+    }
+}

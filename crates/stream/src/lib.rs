@@ -1,0 +1,22 @@
+//! Thin helpers over `rabbitmq-stream-client` (RabbitMQ's stream protocol, port 5552), shared by
+//! the producer, the gateway and the consumer library: URLs ([`StreamUrl`]), connecting (TLS
+//! included), declaring a stream with its retention, publishing with deduplication and confirms
+//! ([`StreamPublisher`]), and reading back the last messages of a stream ([`tail`]).
+//!
+//! Every error has an [`ErrorKind`], decided where it is made. Reconnecting is the caller's job:
+//! an error here means "this connection is done".
+
+mod connect;
+mod error;
+mod message;
+mod publisher;
+pub mod tail;
+mod url;
+
+pub use connect::{client, ensure_stream, environment, StreamRetention};
+pub use error::StreamError;
+pub use message::{property, OutgoingStreamMessage};
+pub use pgevents_retry::ErrorKind;
+pub use publisher::{Dedup, StreamConfirm, StreamPublisher};
+pub use rabbitmq_stream_client::types::Message;
+pub use url::StreamUrl;

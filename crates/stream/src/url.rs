@@ -1,0 +1,128 @@
+//! Stream protocol URLs: `rabbitmq-stream://user:password@host:5552/vhost` and
+//! `rabbitmq-stream+tls://...` (port 5551), with the TLS query parameters of AMQP URLs
+//! (`cacertfile`, `certfile`, `keyfile`, `verify`) and `heartbeat`. Parsed by the AMQP URL
+//! parser with the stream protocol's schemes and ports. Errors and `Display` never show the
+//! password.
+
+use std::fmt;
+
+use pgevents_amqp::{AmqpUrl, AuthMechanism, Schemes};
+
+use crate::StreamError;
+
+const STREAM_SCHEMES: Schemes =
+    Schemes { plain: "rabbitmq-stream", tls: "rabbitmq-stream+tls", plain_port: 5552, tls_port: 5551 };
+
+/// A parsed stream protocol URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StreamUrl(pub(crate) AmqpUrl);
+
+impl std::str::FromStr for StreamUrl {
+    type Err = StreamError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let url = AmqpUrl::parse_with(s, STREAM_SCHEMES).map_err(|e| StreamError::InvalidUrl(e.to_string()))?;
+        let unsupported = if url.auth != AuthMechanism::Plain {
+            Some("auth_mechanism")
+        } else if url.channel_max != 0 || url.frame_max != 0 {
+            Some("channel_max and frame_max")
+        } else if url.tls_options.server_name.is_some() {
+            Some("server_name_indication")
+        } else {
+            None
+        };
+        if let Some(parameter) = unsupported {
+            return Err(StreamError::InvalidUrl(format!(
+                "{parameter} is an AMQP parameter the stream protocol client does not take \
+                 (rabbitmq-stream:// URLs take heartbeat, cacertfile, certfile, keyfile and verify)"
+            )));
+        }
+        Ok(StreamUrl(url))
+    }
+}
+
+impl StreamUrl {
+    pub fn host(&self) -> &str {
+        &self.0.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port
+    }
+
+    /// Replaces the password (`--stream-password-file`).
+    pub fn set_password(&mut self, password: &str) {
+        self.0.password = password.to_owned();
+    }
+
+    /// The TLS files (`--stream-ca-file`, ...), where given.
+    pub fn set_tls_files(
+        &mut self,
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) {
+        let options = &mut self.0.tls_options;
+        for (option, value) in
+            [(&mut options.ca_file, ca), (&mut options.cert_file, cert), (&mut options.key_file, key)]
+        {
+            if let Some(path) = value {
+                *option = Some(path.to_owned());
+            }
+        }
+    }
+
+    /// Checks that the settings fit together (TLS files need `rabbitmq-stream+tls://`).
+    pub fn check(&self) -> Result<(), StreamError> {
+        self.0.check().map_err(|e| StreamError::InvalidUrl(e.to_string()))
+    }
+}
+
+impl fmt::Debug for StreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// The URL with the password hidden, for logs and errors.
+impl fmt::Display for StreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = &self.0;
+        let scheme = if url.tls { STREAM_SCHEMES.tls } else { STREAM_SCHEMES.plain };
+        let host = if url.host.contains(':') { format!("[{}]", url.host) } else { url.host.clone() };
+        let vhost = url::form_urlencoded::byte_serialize(url.vhost.as_bytes()).collect::<String>();
+        write!(f, "{scheme}://{}:***@{host}:{}/{vhost}", url.user, url.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stream_urls_with_their_ports() {
+        let url: StreamUrl = "rabbitmq-stream://app:s%40cret@mq:5552/prod".parse().unwrap();
+        assert_eq!(
+            (url.0.host.as_str(), url.0.port, url.0.password.as_str(), url.0.vhost.as_str()),
+            ("mq", 5552, "s@cret", "prod")
+        );
+        assert_eq!(url.to_string(), "rabbitmq-stream://app:***@mq:5552/prod");
+        let url: StreamUrl = "rabbitmq-stream+tls://mq/%2f".parse().unwrap();
+        assert_eq!((url.0.tls, url.0.port, url.0.vhost.as_str()), (true, 5551, "/"));
+        assert_eq!(url.to_string(), "rabbitmq-stream+tls://guest:***@mq:5551/%2F");
+        let url: StreamUrl = "rabbitmq-stream://localhost".parse().unwrap();
+        assert_eq!((url.0.port, url.0.vhost.as_str()), (5552, "/"));
+        for bad in [
+            "amqp://localhost",
+            "rabbitmq-stream://h/?auth_mechanism=external",
+            "rabbitmq-stream://u:hunter2@h/?nope=1",
+        ] {
+            let err = bad.parse::<StreamUrl>().unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("rabbitmq-stream"), "{bad}: {err}");
+        }
+        let mut url: StreamUrl = "rabbitmq-stream://h".parse().unwrap();
+        url.set_tls_files(Some(std::path::Path::new("/ca.pem")), None, None);
+        assert!(url.check().unwrap_err().to_string().contains("rabbitmq-stream+tls://"));
+    }
+}

@@ -1,0 +1,170 @@
+//! Publishing to a RabbitMQ stream over the stream protocol (`--publish-to stream|both`):
+//! exactly once across SIGKILLs, both outputs confirmed together, the message's properties,
+//! and the settings refused or reported.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{pg_port, run_to_end, stop, World, WAIT};
+use pgevents_testkit::{
+    delete_stream, free_local_addr, read_stream, stream_url, unique_name, PgEventsProcess, StreamRecord,
+};
+
+const ROWS: i32 = 10_000;
+const ROWS_PER_TRANSACTION: i32 = 10;
+
+/// Reads the stream until it holds `count` messages (or `WAIT` passes), then what may follow.
+async fn read_until(stream: &str, count: usize) -> Vec<StreamRecord> {
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        let records = read_stream(stream, Duration::from_secs(2), usize::MAX).await;
+        if records.len() >= count || tokio::time::Instant::now() > deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn stream_env<'a>(stream: &'a str, url: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("PGEVENTS_PUBLISH_TO", "stream"),
+        ("PGEVENTS_STREAM", stream),
+        ("PGEVENTS_STREAM_URL", url),
+        ("PGTABLES", "public.numbers"),
+        // Confirmed positions reach PostgreSQL late: every kill leaves events in the stream that
+        // the slot replays.
+        ("PGEVENTS_STATUS_INTERVAL", "5"),
+    ]
+}
+
+/// The `n` of every message, checking each message's properties on the way.
+fn numbers(records: &[StreamRecord]) -> Vec<i64> {
+    let mut last_id = 0;
+    records
+        .iter()
+        .map(|record| {
+            let id: u64 = record.properties["publishing_id"].parse().expect("publishing_id");
+            assert!(id > last_id, "publishing ids strictly increase: {id} after {last_id}");
+            last_id = id;
+            let event = record.json();
+            assert_eq!(record.properties["table"], "public.numbers");
+            assert_eq!(record.properties["action"], "I");
+            assert_eq!(record.properties["lsn"], event["lsn"].as_str().expect("lsn"));
+            event["new"]["n"].as_i64().expect("n")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_change_is_in_the_stream_exactly_once_in_commit_order_through_five_sigkills() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE numbers (n int PRIMARY KEY)").await;
+    let stream = unique_name("events");
+    let url = stream_url();
+    let env = world.producer_env(&stream_env(&stream, &url));
+    let spawn = || PgEventsProcess::spawn(&["producer"], &env);
+    let mut producer = spawn();
+    producer.wait_for_log("streaming", WAIT).await;
+
+    let port = pg_port(&world.pg);
+    let writer = tokio::spawn(async move {
+        let (client, connection) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect");
+        tokio::spawn(connection);
+        for first in (1..=ROWS).step_by(ROWS_PER_TRANSACTION as usize) {
+            let last = first + ROWS_PER_TRANSACTION - 1;
+            client
+                .execute("INSERT INTO numbers SELECT generate_series($1::int, $2::int)", &[&first, &last])
+                .await
+                .expect("insert");
+            tokio::time::sleep(Duration::from_millis(8)).await;
+        }
+    });
+    let mut resumed = 0;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        producer.kill();
+        let _ = producer.wait(WAIT).await;
+        producer = spawn();
+        producer.wait_for_log("streaming", WAIT).await;
+        resumed += producer.log_count("those replayed up to it are not sent again");
+    }
+    writer.await.expect("writer");
+
+    let records = read_until(&stream, ROWS as usize).await;
+    let log = stop(producer).await;
+    let numbers = numbers(&records);
+    let distinct: HashSet<i64> = numbers.iter().copied().collect();
+    assert_eq!(distinct.len(), ROWS as usize, "every change is in the stream");
+    assert_eq!(numbers.len(), ROWS as usize, "no change is in it twice");
+    assert_eq!(numbers, (1..=i64::from(ROWS)).collect::<Vec<_>>(), "in commit order");
+    assert!(resumed >= 1, "a restart found events of the slot's replay already stored (and sent none of them again)");
+    assert!(!log.contains("panicked"), "{log}");
+    delete_stream(&stream).await;
+    pgevents_testkit::delete_exchange(&world.exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_outputs_carry_every_event_and_the_outbox_stays_on_its_exchange() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE numbers (n int PRIMARY KEY)").await;
+    let stream = unique_name("events");
+    let url = stream_url();
+    let mut env = stream_env(&stream, &url);
+    env[0] = ("PGEVENTS_PUBLISH_TO", "both");
+    let mut queue = world.queue(&["#"]).await;
+    let producer = world.producer(&env).await;
+    world.pg.execute("INSERT INTO numbers SELECT generate_series(1, 50)").await;
+    world.pg.execute("UPDATE numbers SET n = n + 1000 WHERE n <= 5").await;
+
+    let from_exchange = common::collect_all(&mut queue, Vec::new(), 55).await;
+    let records = read_until(&stream, 55).await;
+    let log = stop(producer).await;
+    assert_eq!(from_exchange.len(), 55, "{log}");
+    assert_eq!(records.len(), 55, "{log}");
+    for (event, record) in from_exchange.iter().zip(&records) {
+        assert_eq!(event.body, record.body, "the same event, in the same order, on both outputs");
+        assert_eq!(record.properties["lsn"], event.json["lsn"].as_str().expect("lsn"));
+    }
+    assert_eq!(records[50].properties["action"], "U");
+    world.cleanup(queue).await;
+    delete_stream(&stream).await;
+}
+
+#[tokio::test]
+async fn stream_settings_that_cannot_work_are_refused_before_anything_starts() {
+    let world = World::new().await;
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("PGEVENTS_STREAM", "s")], "use --publish-to stream"),
+        (&[("PGEVENTS_PUBLISH_TO", "stream")], "need --stream"),
+        (
+            &[("PGEVENTS_PUBLISH_TO", "both"), ("PGEVENTS_STREAM", "h"), ("PGEVENTS_HISTORY_STREAM", "h")],
+            "is also --history-stream",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut producer = PgEventsProcess::spawn(&["producer"], &world.producer_env(extra));
+        assert_ne!(producer.wait(WAIT).await, Some(0), "{extra:?}");
+        assert!(producer.stderr().contains(expected), "{extra:?}: {}", producer.stderr());
+    }
+    // Nothing listens there: the error names the plugin, and `pgevents check` fails on it.
+    let nowhere = format!("rabbitmq-stream://guest:guest@{}/%2f", free_local_addr());
+    let extra =
+        [("PGEVENTS_PUBLISH_TO", "stream"), ("PGEVENTS_STREAM", "s"), ("PGEVENTS_STREAM_URL", nowhere.as_str())];
+    let mut producer = PgEventsProcess::spawn(&["producer"], &world.producer_env(&extra));
+    assert_ne!(producer.wait(WAIT).await, Some(0));
+    assert!(producer.stderr().contains("rabbitmq-plugins enable rabbitmq_stream"), "{}", producer.stderr());
+    let mut check = PgEventsProcess::spawn(&["check"], &world.producer_env(&extra));
+    assert_ne!(check.wait(WAIT).await, Some(0));
+    assert!(check.stdout().contains("rabbitmq_stream"), "{}", check.stdout());
+    let url = stream_url();
+    let extra = [("PGEVENTS_PUBLISH_TO", "stream"), ("PGEVENTS_STREAM", "s"), ("PGEVENTS_STREAM_URL", url.as_str())];
+    let out = run_to_end(&["check"], &world.producer_env(&extra)).await;
+    assert!(out.contains("the stream protocol (plugin rabbitmq_stream) answers"), "{out}");
+}
