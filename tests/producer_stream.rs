@@ -116,14 +116,25 @@ async fn both_outputs_carry_every_event_and_the_outbox_stays_on_its_exchange() {
     world.pg.execute("CREATE TABLE numbers (n int PRIMARY KEY)").await;
     let stream = unique_name("events");
     let url = stream_url();
+    let outbox_exchange = unique_name("outbox");
     let mut env = stream_env(&stream, &url);
     env[0] = ("PGEVENTS_PUBLISH_TO", "both");
+    env.push(("PGEVENTS_OUTBOX_EXCHANGE", &outbox_exchange));
     let mut queue = world.queue(&["#"]).await;
+    let mut outbox = pgevents_testkit::EventQueue::bind(&outbox_exchange, &["#"]).await;
     let producer = world.producer(&env).await;
-    world.pg.execute("INSERT INTO numbers SELECT generate_series(1, 50)").await;
+    world
+        .pg
+        .execute(
+            "BEGIN; INSERT INTO numbers SELECT generate_series(1, 50);
+             SELECT pgevents.outbox('orders.placed', '{\"total\": 5}'::jsonb, NULL, NULL); COMMIT;",
+        )
+        .await;
     world.pg.execute("UPDATE numbers SET n = n + 1000 WHERE n <= 5").await;
 
     let from_exchange = common::collect_all(&mut queue, Vec::new(), 55).await;
+    let outbox_message = outbox.next_raw(WAIT).await.expect("the outbox message on its exchange");
+    assert_eq!(outbox_message.routing_key, "orders.placed");
     let records = read_until(&stream, 55).await;
     let log = stop(producer).await;
     assert_eq!(from_exchange.len(), 55, "{log}");
@@ -133,6 +144,9 @@ async fn both_outputs_carry_every_event_and_the_outbox_stays_on_its_exchange() {
         assert_eq!(record.properties["lsn"], event.json["lsn"].as_str().expect("lsn"));
     }
     assert_eq!(records[50].properties["action"], "U");
+    assert!(records.iter().all(|r| r.json()["table_name"] == "public.numbers"), "no outbox message in the stream");
+    outbox.close().await;
+    pgevents_testkit::delete_exchange(&outbox_exchange).await;
     world.cleanup(queue).await;
     delete_stream(&stream).await;
 }
@@ -167,4 +181,42 @@ async fn stream_settings_that_cannot_work_are_refused_before_anything_starts() {
     let extra = [("PGEVENTS_PUBLISH_TO", "stream"), ("PGEVENTS_STREAM", "s"), ("PGEVENTS_STREAM_URL", url.as_str())];
     let out = run_to_end(&["check"], &world.producer_env(&extra)).await;
     assert!(out.contains("the stream protocol (plugin rabbitmq_stream) answers"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_full_minimal_and_none_carry_what_they_say_and_the_stream_keeps_what_resuming_reads() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE numbers (n int PRIMARY KEY)").await;
+    let stream = unique_name("events");
+    let url = stream_url();
+    let mut queue = world.queue(&["#"]).await;
+    for (n, mode) in [(1, "full"), (2, "minimal"), (3, "none")] {
+        let mut env = stream_env(&stream, &url);
+        env[0] = ("PGEVENTS_PUBLISH_TO", "both");
+        env.push(("PGEVENTS_HEADERS", mode));
+        let producer = world.producer(&env).await;
+        world.pg.execute(&format!("INSERT INTO numbers VALUES ({n})")).await;
+        let event = queue.next(WAIT).await.expect("the event");
+        stop(producer).await;
+        assert_eq!(event.json["new"]["n"], n, "{mode}: the body is the same whatever the headers");
+        let properties = &event.delivery.properties;
+        assert_eq!(properties.delivery_mode(), Some(2), "{mode}: persistent");
+        let full = mode == "full";
+        assert_eq!(event.delivery.header("table").is_some(), full, "{mode}");
+        assert_eq!(event.delivery.header("action").is_some(), full, "{mode}");
+        assert_eq!(properties.timestamp().is_some(), full, "{mode}");
+        assert_eq!(properties.app_id().is_some(), full, "{mode}");
+        assert_eq!(event.delivery.message_id().is_some(), mode != "none", "{mode}");
+        assert_eq!(properties.content_type().is_some(), mode != "none", "{mode}");
+    }
+    let records = read_until(&stream, 3).await;
+    assert_eq!(numbers(&records[..1]), vec![1]);
+    for record in &records {
+        for name in ["lsn", "seq", "publishing_id", "action"] {
+            assert!(record.properties.contains_key(name), "{name} in {:?}", record.properties);
+        }
+    }
+    assert!(!records[1].properties.contains_key("table"), "minimal: no table property");
+    world.cleanup(queue).await;
+    delete_stream(&stream).await;
 }

@@ -18,7 +18,7 @@ use crate::error::Cause;
 use crate::{check_short_string, connect_with_flow, declare_topic_exchange, AmqpError, Brokers, Channel, Flow};
 use crate::{AckWindow, UnknownTag};
 
-/// One message to publish.
+/// One message to publish. An empty string property (or a zero timestamp) is left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutgoingMessage {
     /// `None` for the publisher's exchange.
@@ -195,14 +195,24 @@ fn properties(message: &OutgoingMessage) -> BasicProperties {
             headers.insert(key, FieldValue::from(value.as_str()));
         }
     }
+    // An empty value (or a zero timestamp) is a property left out.
     let mut props = BasicProperties::default();
-    props
-        .with_content_type(&message.content_type)
-        .with_persistence(true)
-        .with_message_id(&message.message_id)
-        .with_timestamp(message.timestamp)
-        .with_app_id(&message.app_id)
-        .with_headers(headers);
+    props.with_persistence(true);
+    if !message.headers.is_empty() {
+        props.with_headers(headers);
+    }
+    if !message.content_type.is_empty() {
+        props.with_content_type(&message.content_type);
+    }
+    if !message.message_id.is_empty() {
+        props.with_message_id(&message.message_id);
+    }
+    if message.timestamp != 0 {
+        props.with_timestamp(message.timestamp);
+    }
+    if !message.app_id.is_empty() {
+        props.with_app_id(&message.app_id);
+    }
     if let Some(encoding) = &message.content_encoding {
         props.with_content_encoding(encoding);
     }

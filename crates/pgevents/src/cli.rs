@@ -377,6 +377,13 @@ pub enum SnapshotArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HeadersArg {
+    Full,
+    Minimal,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PublishToArg {
     Exchange,
     Stream,
@@ -418,6 +425,9 @@ pub struct ProducerArgs {
     /// Have RabbitMQ return events no queue is bound for; the producer then waits and retries instead of letting them be dropped
     #[arg(long, env = "RABBITMQ_MANDATORY", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub mandatory: bool,
+    /// Which headers and properties each event carries: full (the action, table and lsn headers; message id, content type, timestamp, app id), minimal (message id and content type; the routing key names the table) or none (persistence, and content_encoding when compressed); --pk-hash-header is carried whatever the choice
+    #[arg(long, env = "PGEVENTS_HEADERS", value_enum, default_value_t = HeadersArg::Full)]
+    pub headers: HeadersArg,
     /// Compress event bodies (announced in content_encoding)
     #[arg(long, env = "PGEVENTS_COMPRESSION", value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,

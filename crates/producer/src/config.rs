@@ -71,6 +71,19 @@ pub struct StreamOutputConfig {
     pub retention: pgevents_stream::StreamRetention,
 }
 
+/// Which headers and properties each event carries (`--headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderMode {
+    /// The `action`, `table` and `lsn` headers; message id, content type, timestamp and app id.
+    #[default]
+    Full,
+    /// The message id and content type only (the routing key names the table; the body holds the
+    /// rest).
+    Minimal,
+    /// No header and no property but persistence (and `content_encoding` when compressed).
+    None,
+}
+
 /// Body compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
@@ -136,6 +149,8 @@ pub struct ProducerConfig {
     pub history_stream: Option<(String, pgevents_amqp::Retention)>,
     /// Where row events go.
     pub publish_to: PublishTo,
+    /// Which headers and properties events carry.
+    pub headers: HeaderMode,
     /// The stream output, when `publish_to` names it.
     pub stream: Option<StreamOutputConfig>,
     /// Rows per snapshot batch (one query, confirmed before its progress is recorded).
@@ -196,6 +211,7 @@ impl ProducerConfig {
             snapshot: SnapshotMode::Never,
             history_stream: None,
             publish_to: PublishTo::Exchange,
+            headers: HeaderMode::Full,
             stream: None,
             snapshot_batch_rows: 1000,
             allow_unsigned_messages: false,

@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Compression, ProducerConfig, PublishTo, SnapshotMode, StreamOutputConfig, TableName};
+pub use config::{Compression, HeaderMode, ProducerConfig, PublishTo, SnapshotMode, StreamOutputConfig, TableName};
 pub use error::ProducerError;
 pub use message::WRITTEN_HEADERS;
 pub use oversize::{stub, Oversize, StubError, Stubbed};

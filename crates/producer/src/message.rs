@@ -12,7 +12,7 @@ use pgevents_event::{
     Action, APP_ID, CONTENT_TYPE, HEADER_ACTION, HEADER_LSN, HEADER_OMITTED, HEADER_OUTBOX, HEADER_TABLE,
 };
 
-use crate::config::{Compression, ProducerConfig};
+use crate::config::{Compression, HeaderMode, ProducerConfig};
 use crate::error::ProducerError;
 use crate::metrics::EVENTS_STUBBED;
 use crate::oversize::{self, Oversize};
@@ -45,27 +45,34 @@ pub fn build(
     body: Vec<u8>,
     compression: Compression,
     extra: &ExtraHeader,
+    mode: HeaderMode,
 ) -> std::io::Result<Message> {
     let (body, content_encoding) = match compression {
         Compression::None => (body, None),
         Compression::Gzip => (gzip(&body)?, Some("gzip")),
     };
-    let mut headers = vec![
-        (HEADER_ACTION.into(), envelope.action.code().to_owned()),
-        (HEADER_TABLE.into(), envelope.table.qualified.clone()),
-        (HEADER_LSN.into(), envelope.lsn_text.to_owned()),
-    ];
+    let mut headers = match mode {
+        HeaderMode::Full => vec![
+            (HEADER_ACTION.into(), envelope.action.code().to_owned()),
+            (HEADER_TABLE.into(), envelope.table.qualified.clone()),
+            (HEADER_LSN.into(), envelope.lsn_text.to_owned()),
+        ],
+        HeaderMode::Minimal | HeaderMode::None => Vec::new(),
+    };
+    // Asked for by name (--pk-hash-header): carried whatever the mode.
     headers.extend(extra.iter().map(|(name, value)| (name.clone().into(), value.clone())));
+    let full = mode == HeaderMode::Full;
+    let identified = mode != HeaderMode::None;
     Ok(Message {
-        kind: Kind::Event(envelope.position),
+        kind: Kind::Event { position: envelope.position, action: envelope.action },
         exchange: route.exchange.clone(),
         routing_key: route.routing_key.clone(),
-        message_id: envelope.message_id,
+        message_id: if identified { envelope.message_id } else { String::new() },
         headers,
-        timestamp: u64::try_from(envelope.commit_time_micros / 1_000_000).unwrap_or(0),
-        content_type: CONTENT_TYPE.into(),
+        timestamp: if full { u64::try_from(envelope.commit_time_micros / 1_000_000).unwrap_or(0) } else { 0 },
+        content_type: if identified { CONTENT_TYPE.into() } else { "".into() },
         content_encoding: content_encoding.map(Into::into),
-        app_id: APP_ID.into(),
+        app_id: if full { APP_ID.into() } else { "".into() },
         message_type: None,
         mandatory: None,
         body,
@@ -156,14 +163,14 @@ pub fn build_within_limit(
     config: &ProducerConfig,
 ) -> Result<Message, ProducerError> {
     let extra = config.pk_hash_header.as_ref().map(|name| (name.clone(), row_key(&envelope.table.qualified, &body)));
-    let message = build(envelope.clone(), route, body, config.compression, &extra)?;
+    let message = build(envelope.clone(), route, body, config.compression, &extra, config.headers)?;
     let limit = config.max_message_bytes;
     if message.body.len() <= limit {
         return Ok(message);
     }
     let oversize = |why: Option<String>| ProducerError::Oversize {
         table: envelope.table.qualified.clone(),
-        message_id: message.message_id.clone(),
+        message_id: envelope.message_id.clone(),
         bytes: message.body.len(),
         limit,
         why,
@@ -172,12 +179,12 @@ pub fn build_within_limit(
         return Err(oversize(None));
     }
     let stubbed = oversize::stub(&plain_body(&message)?, limit).map_err(|e| oversize(Some(e.to_string())))?;
-    let mut smaller = build(envelope.clone(), route, stubbed.body, config.compression, &extra)?;
+    let mut smaller = build(envelope.clone(), route, stubbed.body, config.compression, &extra, config.headers)?;
     if smaller.body.len() > limit {
         return Err(oversize(Some(format!("still {} bytes with its values left out", smaller.body.len()))));
     }
     let table = &envelope.table.qualified;
-    tracing::warn!(%table, message_id = %message.message_id, bytes = message.body.len(), limit, omitted = ?stubbed.omitted, "an event above --max-message-bytes is published with its largest values left out (--oversize stub)");
+    tracing::warn!(%table, message_id = %envelope.message_id, bytes = message.body.len(), limit, omitted = ?stubbed.omitted, "an event above --max-message-bytes is published with its largest values left out (--oversize stub)");
     metrics::counter!(EVENTS_STUBBED, "table" => table.clone()).increment(1);
     smaller.headers.push((HEADER_OMITTED.into(), stubbed.omitted.join(",")));
     Ok(smaller)

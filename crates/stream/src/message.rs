@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use rabbitmq_stream_client::types::{Message, SimpleValue};
 
-/// One message to publish to a stream.
+/// One message to publish to a stream (an empty message id is left out).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutgoingStreamMessage {
     pub body: Vec<u8>,
@@ -19,8 +19,11 @@ pub struct OutgoingStreamMessage {
 impl OutgoingStreamMessage {
     /// The client library's message, with `publishing_id` when the caller numbers messages.
     pub(crate) fn into_message(self, publishing_id: Option<u64>) -> Message {
-        let mut properties = Message::builder().body(self.body).properties().message_id(self.message_id);
-        if let Some(content_type) = &self.content_type {
+        let mut properties = Message::builder().body(self.body).properties();
+        if !self.message_id.is_empty() {
+            properties = properties.message_id(self.message_id);
+        }
+        if let Some(content_type) = self.content_type.as_ref().filter(|c| !c.is_empty()) {
             properties = properties.content_type(content_type.as_ref());
         }
         if let Some(encoding) = &self.content_encoding {

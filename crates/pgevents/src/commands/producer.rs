@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use pgevents_decode::{Plugin, ValueOptions};
 use pgevents_producer::{
-    metrics, Compression, Oversize, Phase, ProducerConfig, PublishTo, RoutingConfig, SnapshotMode, Stats,
+    metrics, Compression, HeaderMode, Oversize, Phase, ProducerConfig, PublishTo, RoutingConfig, SnapshotMode, Stats,
     StreamOutputConfig, TableName,
 };
 use pgevents_telemetry::Readiness;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    CompressionArg, OversizeArg, PluginArg, ProducerArgs, PublishToArg, RoutingArgs, SnapshotArg, StreamArgs,
+    CompressionArg, HeadersArg, OversizeArg, PluginArg, ProducerArgs, PublishToArg, RoutingArgs, SnapshotArg,
+    StreamArgs,
 };
 
 pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
@@ -79,6 +80,11 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
         SnapshotArg::Always => SnapshotMode::Always,
     };
     config.snapshot_batch_rows = args.snapshot_batch_rows.max(1);
+    config.headers = match args.headers {
+        HeadersArg::Full => HeaderMode::Full,
+        HeadersArg::Minimal => HeaderMode::Minimal,
+        HeadersArg::None => HeaderMode::None,
+    };
     match args.allow_skip {
         Some(true) => anyhow::bail!(
             "--allow-skip (PGEVENTS_ALLOW_SKIP) was removed: skip requests are now signed. Grant the roles that may skip \

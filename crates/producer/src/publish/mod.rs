@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 
-use pgevents_event::Lsn;
+use pgevents_event::{Action, Lsn};
 use tokio::sync::watch;
 
 pub use error::PublishError;
@@ -41,8 +41,9 @@ pub struct Position {
 /// What a message is, which decides where it may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A row event; `None` for snapshot rows (read, not streamed: no place in the WAL).
-    Event(Option<Position>),
+    /// A row event; `position` is `None` for snapshot rows (read, not streamed: no place in the
+    /// WAL).
+    Event { position: Option<Position>, action: Action },
     /// An outbox message (or a dead-lettered one): to its exchange only, never to the events'
     /// stream, where it could pass for a row event.
     Outbox,

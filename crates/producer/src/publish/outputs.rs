@@ -125,8 +125,8 @@ impl Split {
         let seq = self.first + self.waiting.len() as u64;
         let targets = match message.kind {
             Kind::Outbox => TO_EXCHANGE,
-            Kind::Event(_) if self.events_to_exchange => TO_EXCHANGE | TO_STREAM,
-            Kind::Event(_) => TO_STREAM,
+            Kind::Event { .. } if self.events_to_exchange => TO_EXCHANGE | TO_STREAM,
+            Kind::Event { .. } => TO_STREAM,
         };
         if targets == TO_EXCHANGE {
             let tag = self.exchange.publish(message).await?;

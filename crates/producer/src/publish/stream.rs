@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use pgevents_event::Lsn;
+use pgevents_event::{Action, Lsn, HEADER_ACTION, HEADER_LSN};
 use pgevents_retry::ErrorKind;
 use pgevents_stream::{property, Dedup, OutgoingStreamMessage, StreamError, StreamPublisher};
 use tokio::sync::watch;
@@ -96,7 +96,9 @@ impl StreamOutput {
 
     /// Whether the stream holds `message` already.
     fn stored(&mut self, message: &Message) -> Result<bool, PublishError> {
-        let (Resume::After { last, backfill_row }, Kind::Event(Some(position))) = (&self.resume, message.kind) else {
+        let (Resume::After { last, backfill_row }, Kind::Event { position: Some(position), .. }) =
+            (&self.resume, message.kind)
+        else {
             return Ok(false);
         };
         match position.cmp(last) {
@@ -158,20 +160,30 @@ async fn read_last(config: &StreamOutputConfig, last_id: u64, name: &str) -> Res
     let Some((_, message)) = found else {
         return Err(unreadable("the stream's last chunk does not hold that message"));
     };
-    let commit = property(&message, pgevents_event::HEADER_LSN).and_then(|lsn| lsn.parse::<Lsn>().ok());
+    let commit = property(&message, HEADER_LSN).and_then(|lsn| lsn.parse::<Lsn>().ok());
     let seq = property(&message, PROPERTY_SEQ).and_then(|seq| seq.parse::<u64>().ok());
     let (Some(commit), Some(seq)) = (commit, seq) else {
         return Err(unreadable("that message has no readable lsn and seq properties"));
     };
-    let backfill_row = property(&message, pgevents_event::HEADER_ACTION).as_deref() == Some("R");
+    let backfill_row = property(&message, HEADER_ACTION).as_deref() == Some(Action::Read.code());
     Ok(Resume::After { last: Position { commit, seq }, backfill_row })
 }
 
-/// The stream message of an event: its headers as application properties, with the position
-/// and publishing id when deduplicated.
+/// The stream message of an event: its headers as application properties; when deduplicated,
+/// with what resuming reads back whatever `--headers` says (`lsn`, `seq`, `publishing_id`, and
+/// `action`, which tells a backfill row).
 fn outgoing(message: Message, publishing_id: Option<u64>) -> OutgoingStreamMessage {
     let mut application_properties = message.headers;
-    if let (Kind::Event(Some(position)), Some(id)) = (message.kind, publishing_id) {
+    if let (Kind::Event { position: Some(position), action }, Some(id)) = (message.kind, publishing_id) {
+        let has = |properties: &[(std::borrow::Cow<'static, str>, String)], name: &str| {
+            properties.iter().any(|(n, _)| n == name)
+        };
+        if !has(&application_properties, HEADER_LSN) {
+            application_properties.push((HEADER_LSN.into(), position.commit.to_string()));
+        }
+        if !has(&application_properties, HEADER_ACTION) {
+            application_properties.push((HEADER_ACTION.into(), action.code().to_owned()));
+        }
         application_properties.push((PROPERTY_SEQ.into(), position.seq.to_string()));
         application_properties.push((PROPERTY_PUBLISHING_ID.into(), id.to_string()));
     }
