@@ -220,3 +220,75 @@ async fn headers_full_minimal_and_none_carry_what_they_say_and_the_stream_keeps_
     world.cleanup(queue).await;
     delete_stream(&stream).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_databases_with_the_same_slot_name_share_a_stream_and_neither_loses_a_change() {
+    let first = World::new().await;
+    let second = World::new().await;
+    let stream = unique_name("events");
+    let url = stream_url();
+    let mut producers = Vec::new();
+    for world in [&first, &second] {
+        world.pg.execute("CREATE TABLE numbers (n int PRIMARY KEY)").await;
+        producers.push(world.producer(&stream_env(&stream, &url)).await);
+    }
+    first.pg.execute("INSERT INTO numbers SELECT generate_series(1, 300)").await;
+    second.pg.execute("INSERT INTO numbers SELECT generate_series(1001, 1300)").await;
+    let records = read_until(&stream, 600).await;
+    // Each producer again, after a kill: each finds its own last message among the other's.
+    for producer in &producers {
+        producer.kill();
+    }
+    let mut restarted = Vec::new();
+    for (world, mut producer) in [&first, &second].into_iter().zip(producers) {
+        let _ = producer.wait(WAIT).await;
+        restarted.push(world.producer(&stream_env(&stream, &url)).await);
+    }
+    first.pg.execute("INSERT INTO numbers SELECT generate_series(301, 400)").await;
+    second.pg.execute("INSERT INTO numbers SELECT generate_series(1301, 1400)").await;
+    let after = read_until(&stream, 800).await;
+    for producer in restarted {
+        stop(producer).await;
+    }
+    assert_eq!(records.len(), 600);
+    let mut ns: Vec<i64> = after.iter().map(|r| r.json()["new"]["n"].as_i64().expect("n")).collect();
+    ns.sort_unstable();
+    let expected: Vec<i64> = (1..=400).chain(1001..=1400).collect();
+    assert_eq!(ns, expected, "every change of both databases, once");
+    let names: HashSet<&str> = after.iter().map(|r| r.properties["producer"].as_str()).collect();
+    assert_eq!(names.len(), 2, "a publisher name per database: {names:?}");
+    delete_stream(&stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_rows_written_after_the_last_change_do_not_hide_it_at_restart() {
+    let world = World::new().await;
+    world
+        .pg
+        .execute("CREATE TABLE numbers (n int PRIMARY KEY); INSERT INTO numbers SELECT generate_series(1, 2000)")
+        .await;
+    let stream = unique_name("events");
+    let url = stream_url();
+    let mut env = stream_env(&stream, &url);
+    env.push(("PGEVENTS_SNAPSHOT", "always"));
+    let producer = world.producer(&env).await;
+    world.pg.execute("INSERT INTO numbers SELECT generate_series(10001, 10100)").await;
+    read_until(&stream, 2100).await;
+    producer.kill();
+    let mut producer = producer;
+    let _ = producer.wait(WAIT).await;
+    // At the next start the snapshot writes its 2,100 rows again before the changes resume: the
+    // last change is found behind them.
+    let producer = world.producer(&env).await;
+    world.pg.execute("INSERT INTO numbers SELECT generate_series(10101, 10200)").await;
+    let records = read_until(&stream, 4300).await;
+    let log = stop(producer).await;
+    let changes: Vec<i64> = records
+        .iter()
+        .filter(|r| r.properties["action"] == "I")
+        .map(|r| r.json()["new"]["n"].as_i64().expect("n"))
+        .collect();
+    assert_eq!(changes, (10001..=10200).collect::<Vec<_>>(), "each change once, in order; {log}");
+    assert_eq!(records.iter().filter(|r| r.properties["action"] == "R").count(), 4100, "two snapshots");
+    delete_stream(&stream).await;
+}

@@ -21,6 +21,11 @@ pub enum Scenario {
     Actions,
     /// Rows/s of a backfill (`pgevents.snapshot()`), alone and while live changes stream.
     Backfill,
+    /// The batched workload into a RabbitMQ stream over the stream protocol (`--publish-to
+    /// stream`), beside the decode limit and the stream protocol's own limit.
+    Stream,
+    /// Commit-to-delivery latency through a stream (`--publish-to stream`), read from it.
+    StreamLatency,
 }
 
 #[derive(Debug, Clone, Parser)]

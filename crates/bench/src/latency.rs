@@ -111,18 +111,38 @@ pub async fn write_at_rate(pg: &PgCluster, rate: u64, total: u64, first_id: u64)
 /// Writes `rate * seconds` single-row transactions at `rate` per second while a producer streams
 /// them into `queue`; returns the latency of their arrival.
 pub async fn measure(pg: &PgCluster, queue: &BenchQueue, rate: u64, seconds: u64) -> anyhow::Result<Latency> {
-    let total = rate * seconds;
     let (tag, mut deliveries) = queue.consume().await?;
+    let (tx, bodies) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = deliveries.recv().await {
+            if tx.send(message.content.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let measured = measure_bodies(pg, bodies, rate, seconds).await;
+    queue.cancel(&tag).await;
+    measured
+}
+
+/// [`measure`], the events' bodies arriving on `bodies` (from a queue or a stream).
+pub async fn measure_bodies(
+    pg: &PgCluster,
+    mut bodies: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Latency> {
+    let total = rate * seconds;
     let collector = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(total as usize);
         let mut worst: Vec<(i64, i64)> = Vec::new();
         while (latencies.len() as u64) < total {
-            let message = tokio::time::timeout(Duration::from_secs(60), deliveries.recv())
+            let body = tokio::time::timeout(Duration::from_secs(60), bodies.recv())
                 .await
                 .map_err(|_| anyhow!("events stopped arriving after {}", latencies.len()))?
                 .ok_or_else(|| anyhow!("the consumer closed"))?;
             let arrived = now_micros();
-            if let Some(stamp) = message.content.as_deref().and_then(stamp_micros) {
+            if let Some(stamp) = stamp_micros(&body) {
                 let latency = (arrived - stamp).max(0);
                 latencies.push(latency);
                 worst.push((latency, stamp));
@@ -140,7 +160,6 @@ pub async fn measure(pg: &PgCluster, queue: &BenchQueue, rate: u64, seconds: u64
     write_at_rate(pg, rate, total, 1).await?;
     let (mut latencies, worst) = collector.await.context("collector task")??;
     let worst_at_ms = worst.iter().map(|(_, stamp)| (stamp - started) as f64 / 1000.0).collect();
-    queue.cancel(&tag).await;
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1000.0;
     Ok(Latency {

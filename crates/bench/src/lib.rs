@@ -7,7 +7,9 @@
 //! - the **producer**: `pgevents producer` (release build) draining the slot until every message
 //!   sits confirmed in a queue bound to the exchange; with its peak RSS and CPU time per event;
 //! - the commit-to-delivery **latency** at a steady rate of single-row transactions;
-//! - the SSE **fan-out** of `pgevents serve` to many concurrent subscribers.
+//! - the SSE **fan-out** of `pgevents serve` to many concurrent subscribers;
+//! - the **stream** output (`--publish-to stream`): catch-up beside the stream protocol's own
+//!   limit, and latency.
 //!
 //! Run it with `cargo bench -p pgevents-bench` (see `--help` after `--`). The same crate holds
 //! the soak test of the fault suite: `cargo run -p pgevents-bench --bin pgevents-soak -- --rounds 100`.
@@ -27,6 +29,7 @@ pub mod report;
 pub mod scenario;
 pub mod soak;
 pub mod sse_load;
+pub mod stream_run;
 pub mod workload;
 
 pub use args::{BenchArgs, Scenario};

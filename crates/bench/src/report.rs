@@ -32,6 +32,8 @@ pub struct ScenarioResult {
     pub broker_limit_amqprs: Option<Rate>,
     /// lapin doing the same.
     pub broker_limit_lapin: Option<Rate>,
+    /// A publisher over the stream protocol doing the same into a stream.
+    pub broker_limit_stream: Option<Rate>,
     /// `pgevents producer` draining the slot until every message is confirmed in a queue.
     pub producer: Option<Rate>,
     /// producer / min(decode limit, fastest broker limit).
@@ -50,7 +52,7 @@ pub struct ScenarioResult {
 impl ScenarioResult {
     /// Fills `producer_ratio` from the measured rates.
     pub fn compute_ratio(&mut self) {
-        let broker = [self.broker_limit_amqprs, self.broker_limit_lapin]
+        let broker = [self.broker_limit_amqprs, self.broker_limit_lapin, self.broker_limit_stream]
             .into_iter()
             .flatten()
             .map(|r| r.per_second)
@@ -81,6 +83,9 @@ pub fn print(results: &[ScenarioResult]) {
             println!("  decode limit (pg_recvlogical)   {}", rate(r.decode_limit));
             println!("  broker limit (amqprs)           {}", rate(r.broker_limit_amqprs));
             println!("  broker limit (lapin)            {}", rate(r.broker_limit_lapin));
+            if r.broker_limit_stream.is_some() {
+                println!("  broker limit (stream protocol)  {}", rate(r.broker_limit_stream));
+            }
             println!("  pgevents producer               {}", rate(r.producer));
         }
         if let Some(ratio) = r.producer_ratio {

@@ -10,7 +10,7 @@ use pgevents_testkit::{amqp_url, free_local_addr, http_get, unique_name, PgEvent
 use crate::args::{BenchArgs, Scenario};
 use crate::broker::BenchQueue;
 use crate::report::{Rate, ScenarioResult};
-use crate::{broker_limit, decode_limit, fanout, latency, producer_run, workload};
+use crate::{broker_limit, decode_limit, fanout, latency, producer_run, stream_run, workload};
 
 const DECODE_SLOT: &str = "bench_decode_limit";
 const PRODUCER_SLOT: &str = "bench_producer";
@@ -26,6 +26,8 @@ pub async fn run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow:
         Scenario::Fanout => fanout_run(args, binary).await,
         Scenario::Actions => actions_run(args, binary).await,
         Scenario::Backfill => backfill_run(args, binary).await,
+        Scenario::Stream => stream_run(args, binary).await,
+        Scenario::StreamLatency => stream_latency_run(args, binary).await,
         _ => throughput_run(args, binary, scenario).await,
     }
 }
@@ -72,6 +74,77 @@ async fn throughput_run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> 
     queue.delete().await;
     result.compute_ratio();
     Ok(result)
+}
+
+/// The batched workload into a stream over the stream protocol, beside the decode limit and the
+/// stream protocol's own limit (the same number of messages of the producer's typical event).
+async fn stream_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
+    let pg = workload::cluster().await;
+    workload::prepare(&pg, &[DECODE_SLOT, PRODUCER_SLOT]).await?;
+    eprintln!("[Stream] writing the workload");
+    let (changes, transactions) = workload::batched(&pg, args.changes).await?;
+    let end = workload::end_lsn(&pg).await?;
+    let mut result = ScenarioResult { name: "stream".into(), changes, transactions, ..Default::default() };
+    eprintln!("[Stream] decode limit: pg_recvlogical to {end}");
+    result.decode_limit = Some(Rate::new(changes, decode_limit::drain(&pg, DECODE_SLOT, &end).await?));
+
+    let stream = unique_name("bench_stream");
+    eprintln!("[Stream] producer into stream {stream}");
+    let env = stream_run::producer_env(&pg, &amqp_url(), PRODUCER_SLOT, &stream);
+    let run = stream_run::drain(binary, env, changes, drain_timeout(changes)).await?;
+    result.producer = Some(Rate::new(changes, run.elapsed));
+    result.peak_rss_mib = Some(run.peak_rss_kib as f64 / 1024.0);
+    result.cpu_us_per_event = Some(run.cpu.as_secs_f64() * 1e6 / changes as f64);
+    let stored = pgevents_testkit::read_stream(&stream, Duration::from_secs(3), usize::MAX).await;
+    ensure!(stored.len() as u64 == changes, "the stream holds {} messages, expected {changes}", stored.len());
+    result.mean_event_bytes = Some(stored.iter().map(|r| r.body.len() as u64).sum::<u64>() / changes.max(1));
+    let typical = stored[stored.len() / 2].clone();
+    drop(stored);
+    pgevents_testkit::delete_stream(&stream).await;
+
+    let limit_stream = unique_name("bench_stream_limit");
+    eprintln!("[Stream] broker limit: the stream protocol into {limit_stream}");
+    let elapsed = stream_run::broker_limit(&limit_stream, changes, &typical, args.window).await?;
+    result.broker_limit_stream = Some(Rate::new(changes, elapsed));
+    pgevents_testkit::delete_stream(&limit_stream).await;
+    result.compute_ratio();
+    Ok(result)
+}
+
+/// Commit-to-delivery latency through a stream, read from it as events arrive.
+async fn stream_latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
+    let pg = workload::latency_cluster().await;
+    workload::prepare(&pg, &[PRODUCER_SLOT]).await?;
+    let stream = unique_name("bench_stream");
+    let mut env = stream_run::producer_env(&pg, &amqp_url(), PRODUCER_SLOT, &stream);
+    env.retain(|(k, _)| k != "RUST_LOG");
+    env.push(("RUST_LOG".into(), "info".into()));
+    let metrics_addr = free_local_addr();
+    env.push(("PGEVENTS_METRICS_ADDR".into(), metrics_addr.to_string()));
+    let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
+    producer.wait_for_log("streaming", Duration::from_secs(30)).await;
+    let bodies = stream_run::follow(&stream).await?;
+    eprintln!("[StreamLatency] {} transactions/s for {} s", args.rate, args.seconds);
+    let measured = latency::measure_bodies(&pg, bodies, args.rate, args.seconds).await;
+    let measured = match (measured, http_get(metrics_addr, "/metrics").await) {
+        (Ok(mut m), Some((_, text))) => {
+            m.confirm_p50_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.50);
+            m.confirm_p99_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.99);
+            Ok(m)
+        }
+        (other, _) => other,
+    };
+    producer.terminate();
+    let _ = producer.wait(Duration::from_secs(30)).await;
+    pgevents_testkit::delete_stream(&stream).await;
+    let measured = measured?;
+    Ok(ScenarioResult {
+        name: "stream-latency".into(),
+        changes: measured.transactions,
+        transactions: measured.transactions,
+        latency: Some(measured),
+        ..Default::default()
+    })
 }
 
 async fn latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {

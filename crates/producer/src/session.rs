@@ -16,6 +16,7 @@ use crate::database::{quote_ident, Database};
 use crate::error::ProducerError;
 use crate::pipeline::Pipeline;
 use crate::publish::outputs::Role;
+use crate::publish::stream::producer_name;
 use crate::publish::Outputs;
 use crate::setup::{prepare, SlotState};
 use crate::signals;
@@ -138,16 +139,22 @@ pub async fn run_session(
         Ok(client) => client,
         Err(e) => return Err(explain(e, config, &db).await),
     };
+    let system = match client.identify_system().await {
+        Ok(system) => system,
+        Err(e) => return Err(explain(e, config, &db).await),
+    };
     let start = match position(&mut client, &db, config, state, slot_state, stats, shutdown).await? {
         Begin::At(start) => start,
         Begin::Interrupted => return Ok(()),
     };
+    let database = system.dbname.unwrap_or_else(|| config.postgres.dbname.clone());
+    let name = producer_name(&system.system_id, &database, &config.slot);
+    let publisher = Outputs::connect(config, Role::Changes { start, name }).await?;
     let options = plugin_options(config, server_version);
     let (stream, sender) = match client.start_logical_replication(&config.slot, start, &options).await {
         Ok(started) => started,
         Err(e) => return Err(explain(e, config, &db).await),
     };
-    let publisher = Outputs::connect(config, Role::Changes, start).await?;
     state.streamed = true;
     state.confirmed = start;
     Stats::set(&stats.confirmed_lsn, start.0);

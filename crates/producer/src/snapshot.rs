@@ -182,7 +182,7 @@ pub async fn run(
     // Row-level security policies are the tables' owners' code: a table they would filter is an
     // error for the snapshot, never a silently partial read run through their functions.
     reader.execute("SET LOCAL row_security = off").await?;
-    let outputs = Outputs::connect(config, Role::Snapshot, lsn).await?;
+    let outputs = Outputs::connect(config, Role::Snapshot).await?;
     let mut publisher = StageHandle::start(outputs, config.clone(), stats.clone());
     let mut snapshot = Snapshot {
         db,

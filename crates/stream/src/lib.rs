@@ -20,3 +20,8 @@ pub use pgevents_retry::ErrorKind;
 pub use publisher::{Dedup, StreamConfirm, StreamPublisher};
 pub use rabbitmq_stream_client::types::Message;
 pub use url::StreamUrl;
+
+/// The largest message body published to a stream: RabbitMQ's stream frames are 1 MiB at most
+/// (the client asks for that, the broker's `stream.frame_max` default), and a message travels in
+/// one frame with its properties.
+pub const MAX_MESSAGE_BYTES: usize = 1_000_000;

@@ -73,11 +73,19 @@ pub struct ProducerInternal {
 }
 
 // pgevents patch: no blocking network round trip in `Drop` (it runs on the async runtime, where
-// `block_on` can hang a worker thread); a producer not closed with `close` is closed by the
-// broker when its connection ends.
+// `block_on` can hang a worker thread): a producer dropped without `close` has its connection
+// dropped in the background (the broker then removes the publisher).
 impl Drop for ProducerInternal {
     fn drop(&mut self) {
-        self.closed.store(true, Ordering::SeqCst);
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                let _ = client.force_drop_connection().await;
+            });
+        }
     }
 }
 
@@ -277,6 +285,10 @@ fn schedule_batch_send(
 ) {
     tokio::task::spawn(async move {
         let mut buffer = Vec::with_capacity(batch_size);
+        // pgevents patch: a publish frame never exceeds the negotiated frame size (the broker
+        // closes the connection over a larger one); a message alone above it goes alone, and
+        // the broker's refusal closes the connection.
+        let frame_max = client.max_frame_size().await.max(4096) as usize;
         loop {
             let count = receiver.recv_many(&mut buffer, batch_size).await;
 
@@ -285,26 +297,45 @@ fn schedule_batch_send(
                 break;
             }
 
-            let messages: Vec<_> = buffer.drain(..count).collect();
-            match client.publish(producer_id, messages, publish_version).await {
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("Error publishing batch {:?}", e);
-
-                    // If the underlying error is a broken pipe, we can assume the connection is closed
-                    // In fact, BorkenPipe is not recoverable, so we can exit the loop.
-                    // This will close the receiver, so, the next time a send is called, it will return an error.
-                    if matches!(e, ClientError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
-                    {
-                        // If the error is a broken pipe, we can assume the connection is closed
+            let mut failed = false;
+            let mut pending: Vec<_> = buffer.drain(..count).collect();
+            while !pending.is_empty() && !failed {
+                let (mut take, mut bytes) = (0, PUBLISH_FRAME_OVERHEAD);
+                for message in &pending {
+                    let size = message_frame_size(message);
+                    if take > 0 && bytes + size > frame_max {
                         break;
                     }
+                    take += 1;
+                    bytes += size;
                 }
-            };
+                let rest = pending.split_off(take);
+                let messages = std::mem::replace(&mut pending, rest);
+                if let Err(e) = client.publish(producer_id, messages, publish_version).await {
+                    warn!("Error publishing batch {:?}", e);
+                    failed = true;
+                }
+            }
+            // pgevents patch: a batch that could not be sent ends the connection (its messages
+            // are reported unconfirmed to `on_closed`), instead of leaving a gap that later
+            // publishing ids would hide.
+            if failed {
+                let _ = client.force_drop_connection().await;
+                break;
+            }
         }
 
         info!("Batch send task finished");
     });
+}
+
+/// pgevents patch: bytes of a publish frame besides its messages (size, key, version, publisher
+/// id, message count), and of each message besides its encoding (publishing id, size).
+const PUBLISH_FRAME_OVERHEAD: usize = 4 + 2 + 2 + 1 + 4;
+const PUBLISH_MESSAGE_OVERHEAD: usize = 8 + 4;
+
+fn message_frame_size(message: &ClientMessage) -> usize {
+    message.encoded_size() as usize + PUBLISH_MESSAGE_OVERHEAD
 }
 
 impl Producer<NoDedup> {

@@ -111,6 +111,13 @@ pub fn config(args: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
         args.history_stream.clone().filter(|s| !s.trim().is_empty()).map(|s| (s, args.retention.retention()));
     config.check_exchanges().map_err(anyhow::Error::msg)?;
     (config.publish_to, config.stream) = stream_output(&args.stream, config.history_stream.as_ref())?;
+    if config.stream.is_some() && config.max_message_bytes > pgevents_stream::MAX_MESSAGE_BYTES {
+        tracing::info!(
+            max_message_bytes = pgevents_stream::MAX_MESSAGE_BYTES,
+            "events above 1,000,000 bytes do not fit the stream protocol's 1 MiB frame: --max-message-bytes is lowered to it (--oversize says what happens to larger ones)"
+        );
+        config.max_message_bytes = pgevents_stream::MAX_MESSAGE_BYTES;
+    }
     Ok(config)
 }
 

@@ -17,7 +17,7 @@ pub mod lsn_tracker;
 mod numbers;
 pub mod outputs;
 pub mod stage;
-mod stream;
+pub mod stream;
 
 use std::borrow::Cow;
 use std::future::Future;

@@ -15,18 +15,20 @@ use super::stream::StreamOutput;
 use super::{Confirm, Flow, Kind, Message, PublishError, Transport};
 use crate::config::{ProducerConfig, PublishTo};
 
-/// What the outputs publish for: the session's streamed changes (deduplicated in the stream) or
-/// the snapshot's rows (which have no place in the WAL to deduplicate by).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the outputs publish for: the session's streamed changes, resuming from the slot's
+/// position `start`, deduplicated in the stream under the publisher's `name` (see
+/// [`super::stream::producer_name`]); or the snapshot's rows (which have no place in the WAL to
+/// deduplicate by).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    Changes,
+    Changes { start: Lsn, name: String },
     Snapshot,
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    fn connection(&self) -> &'static str {
         match self {
-            Role::Changes => "producer",
+            Role::Changes { .. } => "producer",
             Role::Snapshot => "producer snapshot",
         }
     }
@@ -41,13 +43,19 @@ pub enum Outputs {
 }
 
 impl Outputs {
-    /// Connects what `--publish-to` asks for; the changes' outputs resume from `start`.
-    pub async fn connect(config: &ProducerConfig, role: Role, start: Lsn) -> Result<Outputs, PublishError> {
-        let exchange = ExchangeOutput::connect(&config.amqp_url, &config.publisher_settings(role.name())).await?;
+    /// Connects what `--publish-to` asks for.
+    pub async fn connect(config: &ProducerConfig, role: Role) -> Result<Outputs, PublishError> {
+        let exchange = ExchangeOutput::connect(&config.amqp_url, &config.publisher_settings(role.connection())).await?;
         let Some(stream) = &config.stream else {
             return Ok(Outputs::Exchange(exchange));
         };
-        let stream = StreamOutput::connect(stream, &config.slot, role == Role::Changes, start).await?;
+        let stream = match StreamOutput::connect(stream, &config.slot, &role, config.confirm_timeout).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                exchange.close().await;
+                return Err(e);
+            }
+        };
         Ok(Outputs::Split(Box::new(Split::new(exchange, stream, config.publish_to == PublishTo::Both))))
     }
 }

@@ -1,11 +1,12 @@
 //! The stream transport: row events to a RabbitMQ stream over the stream protocol, written
 //! exactly once across restarts.
 //!
-//! The publisher is named after the slot, and each event carries a publishing id, strictly
-//! increasing from 1, with its place in the WAL ([`Position`]: commit LSN and number in the
-//! transaction) as the `lsn` and `seq` application properties, and the id as `publishing_id`.
-//! At connect the broker says the last id it stored for the name; that message, read back from
-//! the stream's last chunk, gives the last position stored. When the slot resumes before that
+//! The publisher is named after the database system, the database and the slot, and each event
+//! carries a publishing id, strictly increasing from 1, with its place in the WAL ([`Position`]:
+//! commit LSN and number in the transaction) as the `lsn` and `seq` application properties, the
+//! id as `publishing_id` and the name as `producer`. At connect the broker says the last id it
+//! stored for the name; that message, read back from the end of the stream, gives the last
+//! position stored. When the slot resumes before that
 //! position's transaction (a crash between the broker's confirm and PostgreSQL's), the events
 //! replayed up to it are already in the stream: they are confirmed without being sent, the others
 //! get the ids that follow. The replay must meet the stored position itself: if it passes it, the
@@ -25,14 +26,19 @@ use pgevents_stream::{property, Dedup, OutgoingStreamMessage, StreamError, Strea
 use tokio::sync::watch;
 
 use super::numbers::Numbers;
+use super::outputs::Role;
 use super::{Confirm, Flow, Kind, Message, Position, PublishError, Transport};
 use crate::config::StreamOutputConfig;
 
-/// Application properties of the position and the publishing id (besides the event's headers).
+/// Application properties of the position, the publishing id and the publisher's name (besides
+/// the event's headers).
 pub const PROPERTY_SEQ: &str = "seq";
 pub const PROPERTY_PUBLISHING_ID: &str = "publishing_id";
-/// How long the stream's last chunk may take to arrive when read back at connect.
-const TAIL_WAIT: Duration = Duration::from_secs(3);
+pub const PROPERTY_PRODUCER: &str = "producer";
+/// How long a read of the stream back may go without a message before its range counts as read.
+const TAIL_WAIT: Duration = Duration::from_secs(2);
+/// How long a stream operation at connect or close may take.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Messages per publish frame.
 const BATCH_SIZE: usize = 512;
 
@@ -47,6 +53,10 @@ enum Resume {
 
 pub struct StreamOutput {
     publisher: StreamPublisher,
+    /// The deduplication name (the slot's changes); `None` for snapshot rows.
+    name: Option<String>,
+    /// How long the client may take to take a message.
+    send_timeout: Duration,
     /// The next publishing id (named publisher); `None`: not deduplicated.
     next_id: Option<u64>,
     resume: Resume,
@@ -58,34 +68,46 @@ pub struct StreamOutput {
 }
 
 impl StreamOutput {
-    /// Connects to the configured stream (declared if missing); deduplicated by the slot's name
-    /// when `dedup`, for a slot that resumes from `start`.
+    /// Connects to the configured stream (declared if missing): for the slot's changes
+    /// deduplicated by their publisher's name, resuming after what the stream holds; for snapshot
+    /// rows without a name. `send_timeout`: how long publishing one message may wait.
     pub async fn connect(
         config: &StreamOutputConfig,
         slot: &str,
-        dedup: bool,
-        start: Lsn,
+        role: &Role,
+        send_timeout: Duration,
     ) -> Result<StreamOutput, PublishError> {
-        let name = format!("pgevents {} ({slot})", if dedup { "producer" } else { "producer snapshot" });
-        let probe = pgevents_stream::client(&config.url, &name).await?;
-        let declared = pgevents_stream::ensure_stream(&probe, &config.stream, &config.retention).await;
-        let _ = probe.close().await;
+        let connection = match role {
+            Role::Changes { .. } => format!("pgevents producer ({slot})"),
+            Role::Snapshot => format!("pgevents producer snapshot ({slot})"),
+        };
+        let probe = pgevents_stream::client(&config.url, &connection).await?;
+        let declared =
+            within("declare the stream", pgevents_stream::ensure_stream(&probe, &config.stream, &config.retention))
+                .await;
+        let _ = within("close", async { probe.close().await.map_err(|e| StreamError::Closed(e.to_string())) }).await;
         declared?;
-        let mode = if dedup { Dedup::Named(producer_name(slot)) } else { Dedup::Off };
-        let publisher = StreamPublisher::connect(&config.url, &config.stream, mode, &name, BATCH_SIZE).await?;
+        let (mode, name) = match role {
+            Role::Changes { name, .. } => (Dedup::Named(name.clone()), Some(name.clone())),
+            Role::Snapshot => (Dedup::Off, None),
+        };
+        let connecting = StreamPublisher::connect(&config.url, &config.stream, mode, &connection, BATCH_SIZE);
+        let publisher = within("declare the publisher", connecting).await?;
         let last_id = publisher.last_stored_id();
-        let resume = if dedup && last_id > 0 { read_last(config, last_id, &name).await? } else { Resume::Fresh };
-        // A slot confirmed past the last stored event's transaction replays none of it.
-        let resume = match resume {
-            Resume::After { last, .. } if start >= last.commit => Resume::Fresh,
-            resume => resume,
+        let resume = match role {
+            Role::Changes { name, start } if last_id > 0 => {
+                replayed(read_last(config, last_id, name, &connection).await?, *start)
+            }
+            _ => Resume::Fresh,
         };
         if let Resume::After { last, .. } = &resume {
             tracing::info!(stream = %config.stream, last_publishing_id = last_id, commit_lsn = %last.commit, seq = last.seq, "the stream holds this slot's events up to here; those replayed up to it are not sent again");
         }
         Ok(StreamOutput {
             publisher,
-            next_id: dedup.then_some(last_id + 1),
+            send_timeout,
+            next_id: name.is_some().then_some(last_id + 1),
+            name,
             resume,
             next_number: 1,
             numbers: Numbers::default(),
@@ -93,32 +115,60 @@ impl StreamOutput {
             flow: watch::channel(Flow::Running),
         })
     }
+}
 
-    /// Whether the stream holds `message` already.
-    fn stored(&mut self, message: &Message) -> Result<bool, PublishError> {
-        let (Resume::After { last, backfill_row }, Kind::Event { position: Some(position), .. }) =
-            (&self.resume, message.kind)
-        else {
-            return Ok(false);
-        };
-        match position.cmp(last) {
-            std::cmp::Ordering::Less => Ok(true),
-            std::cmp::Ordering::Equal => {
-                self.resume = Resume::Fresh;
-                Ok(true)
-            }
-            std::cmp::Ordering::Greater if *backfill_row => {
-                self.resume = Resume::Fresh;
-                Ok(false)
-            }
-            std::cmp::Ordering::Greater => Err(diverged(*last, position)),
+/// Whether the stream holds `message` already, given what it holds (`resume`, which becomes
+/// [`Resume::Fresh`] once the replay passed the last stored event).
+fn stored_in(resume: &mut Resume, message: &Message) -> Result<bool, PublishError> {
+    let (Resume::After { last, backfill_row }, Kind::Event { position: Some(position), .. }) = (&*resume, message.kind)
+    else {
+        return Ok(false);
+    };
+    match position.cmp(last) {
+        std::cmp::Ordering::Less => Ok(true),
+        std::cmp::Ordering::Equal => {
+            *resume = Resume::Fresh;
+            Ok(true)
         }
+        std::cmp::Ordering::Greater if *backfill_row => {
+            *resume = Resume::Fresh;
+            Ok(false)
+        }
+        std::cmp::Ordering::Greater => Err(diverged(*last, position)),
     }
 }
 
-/// The deduplication name of the slot's publisher.
-pub fn producer_name(slot: &str) -> String {
-    format!("pgevents:{slot}")
+/// What of the stream's events a slot resuming from `start` replays: PostgreSQL replays every
+/// transaction whose commit record starts at or after `start`, so the last stored event's
+/// transaction is replayed unless `start` is past its commit record.
+fn replayed(resume: Resume, start: Lsn) -> Resume {
+    match resume {
+        Resume::After { last, .. } if start > last.commit => Resume::Fresh,
+        resume => resume,
+    }
+}
+
+/// The deduplication name of a slot's publisher: the database system's identifier (the same on
+/// its replicas and restored copies), the database and the slot, so that producers of other
+/// databases writing to the same stream keep names of their own.
+pub fn producer_name(system_id: &str, database: &str, slot: &str) -> String {
+    format!("pgevents:{system_id}:{database}:{slot}")
+}
+
+/// `operation` within [`OPERATION_TIMEOUT`].
+async fn within<T>(
+    operation: &'static str,
+    future: impl std::future::Future<Output = Result<T, StreamError>>,
+) -> Result<T, PublishError> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, future).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(PublishError::Stream(StreamError::Operation {
+            stream: String::new(),
+            operation,
+            reason: format!("no answer within {}s", OPERATION_TIMEOUT.as_secs()),
+            kind: ErrorKind::Transient,
+        })),
+    }
 }
 
 fn diverged(last: Position, position: Position) -> PublishError {
@@ -135,35 +185,41 @@ fn diverged(last: Position, position: Position) -> PublishError {
     })
 }
 
-/// The position and body of the message the broker stored last under the slot's name.
-async fn read_last(config: &StreamOutputConfig, last_id: u64, name: &str) -> Result<Resume, PublishError> {
-    let found = pgevents_stream::tail::find_in_last_chunk(
-        &config.url,
-        &config.stream,
-        PROPERTY_PUBLISHING_ID,
-        &last_id.to_string(),
-        name,
-        TAIL_WAIT,
-    )
-    .await?;
-    let unreadable = |why: &str| {
+/// The position of the message the broker stored last under the publisher's `name`.
+async fn read_last(
+    config: &StreamOutputConfig,
+    last_id: u64,
+    name: &str,
+    connection: &str,
+) -> Result<Resume, PublishError> {
+    let id = last_id.to_string();
+    let wanted = |message: &pgevents_stream::Message| {
+        property(message, PROPERTY_PUBLISHING_ID).as_deref() == Some(id.as_str())
+            && property(message, PROPERTY_PRODUCER).as_deref() == Some(name)
+    };
+    let found = pgevents_stream::tail::find_last(&config.url, &config.stream, wanted, connection, TAIL_WAIT).await?;
+    let unreadable = |why: String, kind: ErrorKind| {
         PublishError::Stream(StreamError::Operation {
             stream: config.stream.clone(),
             operation: "resume exactly once",
-            reason: format!(
-                "RabbitMQ stored publishing id {last_id} for this slot, but {why}; the stream must be written by this producer only \
-                 (not bound to an exchange, not published to by another client)"
-            ),
-            kind: ErrorKind::Config,
+            reason: format!("RabbitMQ stored publishing id {last_id} for publisher {name:?}, but {why}"),
+            kind,
         })
     };
     let Some((_, message)) = found else {
-        return Err(unreadable("the stream's last chunk does not hold that message"));
+        // A replica behind its leader may not have it yet: reading again later can help.
+        return Err(unreadable(
+            format!(
+                "no message of it within {} messages of the stream's end; the stream may not have reached this node yet",
+                pgevents_stream::tail::MAX_SCAN
+            ),
+            ErrorKind::Transient,
+        ));
     };
     let commit = property(&message, HEADER_LSN).and_then(|lsn| lsn.parse::<Lsn>().ok());
     let seq = property(&message, PROPERTY_SEQ).and_then(|seq| seq.parse::<u64>().ok());
     let (Some(commit), Some(seq)) = (commit, seq) else {
-        return Err(unreadable("that message has no readable lsn and seq properties"));
+        return Err(unreadable("that message has no readable lsn and seq properties".into(), ErrorKind::Config));
     };
     let backfill_row = property(&message, HEADER_ACTION).as_deref() == Some(Action::Read.code());
     Ok(Resume::After { last: Position { commit, seq }, backfill_row })
@@ -172,9 +228,9 @@ async fn read_last(config: &StreamOutputConfig, last_id: u64, name: &str) -> Res
 /// The stream message of an event: its headers as application properties; when deduplicated,
 /// with what resuming reads back whatever `--headers` says (`lsn`, `seq`, `publishing_id`, and
 /// `action`, which tells a backfill row).
-fn outgoing(message: Message, publishing_id: Option<u64>) -> OutgoingStreamMessage {
+fn outgoing(message: Message, named: Option<(&str, u64)>) -> OutgoingStreamMessage {
     let mut application_properties = message.headers;
-    if let (Kind::Event { position: Some(position), action }, Some(id)) = (message.kind, publishing_id) {
+    if let (Kind::Event { position: Some(position), action }, Some((name, id))) = (message.kind, named) {
         let has = |properties: &[(std::borrow::Cow<'static, str>, String)], name: &str| {
             properties.iter().any(|(n, _)| n == name)
         };
@@ -186,6 +242,7 @@ fn outgoing(message: Message, publishing_id: Option<u64>) -> OutgoingStreamMessa
         }
         application_properties.push((PROPERTY_SEQ.into(), position.seq.to_string()));
         application_properties.push((PROPERTY_PUBLISHING_ID.into(), id.to_string()));
+        application_properties.push((PROPERTY_PRODUCER.into(), name.to_owned()));
     }
     OutgoingStreamMessage {
         body: message.body,
@@ -200,12 +257,22 @@ impl Transport for StreamOutput {
     async fn publish(&mut self, message: Message) -> Result<u64, PublishError> {
         let number = self.next_number;
         self.next_number += 1;
-        if self.stored(&message)? {
+        if stored_in(&mut self.resume, &message)? {
             self.ready.push_back(Confirm { seq: number, multiple: false });
             return Ok(number);
         }
         let publishing_id = self.next_id;
-        let sent = self.publisher.send(outgoing(message, publishing_id), publishing_id).await?;
+        let named = self.name.as_deref().zip(publishing_id);
+        let sending = self.publisher.send(outgoing(message, named), publishing_id);
+        let sent = match tokio::time::timeout(self.send_timeout, sending).await {
+            Ok(sent) => sent?,
+            Err(_) => {
+                return Err(PublishError::Stream(StreamError::Closed(format!(
+                    "the client has not taken a message for {}s (the connection is stalled)",
+                    self.send_timeout.as_secs()
+                ))))
+            }
+        };
         if let Some(id) = &mut self.next_id {
             *id += 1;
         }
@@ -230,6 +297,48 @@ impl Transport for StreamOutput {
     }
 
     async fn close(self) {
-        self.publisher.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.publisher.close()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_at_the_commit_record_replays_its_transaction() {
+        let last = Position { commit: Lsn(1000), seq: 3 };
+        let stored = || Resume::After { last, backfill_row: false };
+        assert!(matches!(replayed(stored(), Lsn(999)), Resume::After { .. }), "before the commit record");
+        assert!(matches!(replayed(stored(), Lsn(1000)), Resume::After { .. }), "at it: replayed");
+        assert!(matches!(replayed(stored(), Lsn(1001)), Resume::Fresh), "past it: not replayed");
+    }
+
+    #[test]
+    fn replayed_events_up_to_the_stored_one_are_skipped_and_passing_it_is_refused() {
+        let last = Position { commit: Lsn(1000), seq: 3 };
+        let event = |commit: u64, seq: u64, action: Action| Message {
+            kind: Kind::Event { position: Some(Position { commit: Lsn(commit), seq }), action },
+            exchange: None,
+            routing_key: String::new(),
+            message_id: String::new(),
+            headers: Vec::new(),
+            timestamp: 0,
+            content_type: "".into(),
+            content_encoding: None,
+            app_id: "".into(),
+            message_type: None,
+            mandatory: None,
+            body: Vec::new(),
+        };
+        let mut resume = Resume::After { last, backfill_row: false };
+        assert!(stored_in(&mut resume, &event(900, 7, Action::Insert)).unwrap());
+        assert!(stored_in(&mut resume, &event(1000, 2, Action::Insert)).unwrap());
+        assert!(stored_in(&mut resume, &event(1000, 3, Action::Insert)).unwrap(), "the stored one itself");
+        assert!(!stored_in(&mut resume, &event(1000, 4, Action::Insert)).unwrap(), "then everything is new");
+        let mut resume = Resume::After { last, backfill_row: false };
+        assert!(stored_in(&mut resume, &event(1200, 0, Action::Insert)).is_err(), "passed without meeting it");
+        let mut resume = Resume::After { last, backfill_row: true };
+        assert!(!stored_in(&mut resume, &event(1200, 0, Action::Insert)).unwrap(), "a backfill row may be missing");
     }
 }

@@ -40,6 +40,12 @@ impl ClientMessage {
         self.filter_value = Some(filter_value_extractor(&self.message));
     }
 
+    /// pgevents patch: the size of the message's encoding in a publish frame.
+    pub fn encoded_size(&self) -> u32 {
+        use rabbitmq_stream_protocol::codec::Encoder;
+        self.message.encoded_size()
+    }
+
     pub fn into_message(self) -> Message {
         self.message
     }

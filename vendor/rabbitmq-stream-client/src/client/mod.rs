@@ -270,8 +270,14 @@ impl Client {
         self.force_drop_connection().await
     }
 
-    async fn force_drop_connection(&self) -> RabbitMQStreamResult<()> {
+    // pgevents patch: reachable from the producer's batch task.
+    pub(crate) async fn force_drop_connection(&self) -> RabbitMQStreamResult<()> {
         self.channel.close().await
+    }
+
+    /// pgevents patch: the frame size negotiated with the broker (bytes).
+    pub async fn max_frame_size(&self) -> u32 {
+        self.state.read().await.max_frame_size
     }
 
     pub async fn subscribe(
