@@ -292,3 +292,28 @@ async fn snapshot_rows_written_after_the_last_change_do_not_hide_it_at_restart()
     assert_eq!(records.iter().filter(|r| r.properties["action"] == "R").count(), 4100, "two snapshots");
     delete_stream(&stream).await;
 }
+
+/// Frames larger than the negotiated size are refused by newer brokers (3.10 takes them): the
+/// vendored client's splitting has a unit test; this proves large events arrive whole, in order,
+/// and that one above the stream's limit is stubbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_reach_the_stream_whole_and_one_above_its_limit_is_stubbed() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE numbers (n int PRIMARY KEY, filler text)").await;
+    let stream = unique_name("events");
+    let url = stream_url();
+    let mut env = stream_env(&stream, &url);
+    env.push(("PGEVENTS_OVERSIZE", "stub"));
+    let producer = world.producer(&env).await;
+    // 400 events of 40 kB in one transaction: 16 MB, sixteen times a stream frame.
+    world.pg.execute("INSERT INTO numbers SELECT g, repeat(md5(g::text), 1250) FROM generate_series(1, 400) g").await;
+    // Above 1,000,000 bytes: larger than a stream frame takes.
+    world.pg.execute("INSERT INTO numbers SELECT 401, repeat(md5('x'), 40000)").await;
+    let records = read_until(&stream, 401).await;
+    let log = stop(producer).await;
+    assert_eq!(numbers(&records), (1..=401).collect::<Vec<_>>(), "{log}");
+    assert!(!log.contains("reconnect"), "no connection was lost on the way: {log}");
+    assert!(records[400].properties.get("omitted").is_some_and(|o| o.contains("new.filler")), "{log}");
+    assert!(records[400].body.len() < 1000, "stubbed");
+    delete_stream(&stream).await;
+}

@@ -300,15 +300,7 @@ fn schedule_batch_send(
             let mut failed = false;
             let mut pending: Vec<_> = buffer.drain(..count).collect();
             while !pending.is_empty() && !failed {
-                let (mut take, mut bytes) = (0, PUBLISH_FRAME_OVERHEAD);
-                for message in &pending {
-                    let size = message_frame_size(message);
-                    if take > 0 && bytes + size > frame_max {
-                        break;
-                    }
-                    take += 1;
-                    bytes += size;
-                }
+                let take = frame_fill(pending.iter().map(message_frame_size), frame_max);
                 let rest = pending.split_off(take);
                 let messages = std::mem::replace(&mut pending, rest);
                 if let Err(e) = client.publish(producer_id, messages, publish_version).await {
@@ -336,6 +328,36 @@ const PUBLISH_MESSAGE_OVERHEAD: usize = 8 + 4;
 
 fn message_frame_size(message: &ClientMessage) -> usize {
     message.encoded_size() as usize + PUBLISH_MESSAGE_OVERHEAD
+}
+
+/// pgevents patch: how many of the messages (of these frame sizes) the next publish frame takes:
+/// as many as fit in `frame_max`, and at least one.
+fn frame_fill(sizes: impl Iterator<Item = usize>, frame_max: usize) -> usize {
+    let (mut take, mut bytes) = (0, PUBLISH_FRAME_OVERHEAD);
+    for size in sizes {
+        if take > 0 && bytes + size > frame_max {
+            break;
+        }
+        take += 1;
+        bytes += size;
+    }
+    take
+}
+
+#[cfg(test)]
+mod pgevents_patch_tests {
+    use super::*;
+
+    #[test]
+    fn publish_frames_stay_within_the_frame_size() {
+        let max = 1000;
+        let room = max - PUBLISH_FRAME_OVERHEAD;
+        assert_eq!(frame_fill(vec![100; 20].into_iter(), max), room / 100);
+        assert_eq!(frame_fill(vec![room, 1].into_iter(), max), 1, "exactly full");
+        assert_eq!(frame_fill(vec![5000, 10].into_iter(), max), 1, "one too large goes alone");
+        assert_eq!(frame_fill(vec![10, 5000].into_iter(), max), 1, "and not with others");
+        assert_eq!(frame_fill(std::iter::empty(), max), 0);
+    }
 }
 
 impl Producer<NoDedup> {

@@ -204,7 +204,9 @@ where
         }
         if !stream.is_closed() {
             // TODO handle reconnection if the connection is broken
-            warn!("Stream closed");
+            // pgevents patch: every connection ends here, closed on purpose or not; the owner
+            // learns of a loss from its handler, and says it at the right level.
+            tracing::debug!("Stream closed");
         }
         state.close(stream_error).await;
     });
