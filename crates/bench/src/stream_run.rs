@@ -97,18 +97,18 @@ pub async fn broker_limit(stream: &str, count: u64, typical: &StreamRecord, wind
     pgevents_stream::ensure_stream(&probe, stream, &pgevents_stream::StreamRetention::default()).await?;
     let _ = probe.close().await;
     let name = Dedup::Named(format!("bench:{stream}"));
-    let mut publisher = StreamPublisher::connect(&url, stream, name, "pgevents bench (broker limit)", 512).await?;
+    let timeout = Duration::from_secs(60);
+    let mut publisher = StreamPublisher::connect(&url, stream, name, "pgevents bench (broker limit)", timeout).await?;
     let started = Instant::now();
     let (mut sent, mut confirmed) = (0u64, 0u64);
     while confirmed < count {
         while sent < count && sent - confirmed < window as u64 {
             sent += 1;
-            publisher.send(message(typical, sent), Some(sent)).await?;
+            publisher.send(message(typical, sent)).await?;
         }
-        tokio::time::timeout(Duration::from_secs(60), publisher.next_confirm())
-            .await
-            .context("no confirm for 60 s")??;
-        confirmed += 1;
+        publisher.flush().await?;
+        let ids = tokio::time::timeout(timeout, publisher.next_confirm()).await.context("no confirm for 60 s")??;
+        confirmed += ids.len() as u64;
     }
     let elapsed = started.elapsed();
     publisher.close().await;

@@ -27,11 +27,12 @@ fn tls(url: &StreamUrl) -> Result<TlsConfiguration, StreamError> {
     Ok(TlsConfiguration::Custom(config))
 }
 
-fn options(url: &StreamUrl, name: &str) -> Result<ClientOptions, StreamError> {
+fn options(url: &StreamUrl, node: Option<(&str, u16)>, name: &str) -> Result<ClientOptions, StreamError> {
     url.check()?;
+    let (host, port) = node.unwrap_or((url.host(), url.port()));
     Ok(ClientOptions::builder()
-        .host(url.host())
-        .port(url.port())
+        .host(host)
+        .port(port)
         .user(&url.0.user)
         .password(&url.0.password)
         .v_host(&url.0.vhost)
@@ -47,7 +48,12 @@ fn connect_failed(url: &StreamUrl, reason: String, kind: ErrorKind) -> StreamErr
 
 /// One connection to the node of `url` (named `name` in the management UI).
 pub async fn client(url: &StreamUrl, name: &str) -> Result<Client, StreamError> {
-    let options = options(url, name)?;
+    client_at(url, None, name).await
+}
+
+/// One connection with the settings of `url` to `node` (host and port) instead of its own.
+pub(crate) async fn client_at(url: &StreamUrl, node: Option<(&str, u16)>, name: &str) -> Result<Client, StreamError> {
+    let options = options(url, node, name)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(options)).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(connect_failed(url, e.to_string(), client_kind(&e))),

@@ -1,122 +1,123 @@
-//! Publishing to one stream with confirms. [`StreamPublisher::send`] numbers each message (1,
-//! 2, ... per connection) and [`StreamPublisher::next_confirm`] says which number the broker
-//! stored, or why not, in arrival order (callbacks of several confirm frames may be out of
-//! order; the caller tracks them by number).
+//! Publishing to one stream with confirms, on the client's connection itself (not its
+//! `Producer`, which keeps a map entry, a boxed callback and a task per message).
 //!
-//! A named publisher ([`Dedup::Named`]) is deduplicated by the broker: each message carries a
-//! publishing id chosen by the caller, strictly increasing, and the broker drops (and confirms)
-//! any whose id is not above the last it stored for the name ([`StreamPublisher::last_stored_id`],
-//! asked at connect). An anonymous one leaves the ids to the client library.
+//! [`StreamPublisher::send`] gives each message the next publishing id and buffers it;
+//! [`StreamPublisher::flush`] sends what is buffered in frames of at most the negotiated frame
+//! size; [`StreamPublisher::next_confirm`] says which publishing ids the broker stored (a frame
+//! of them at a time), or why not. Ids are consecutive from [`StreamPublisher::last_stored_id`]
+//! + 1.
+//!
+//! A named publisher ([`Dedup::Named`]) is deduplicated by the broker: it drops (and confirms)
+//! any message whose id is not above the last it stored for the name, which it says at
+//! connect. An unnamed one numbers from 1 on each connection, without deduplication.
 
-use rabbitmq_stream_client::error::ProducerPublishError;
-use rabbitmq_stream_client::types::{Message, ResponseCode};
-use rabbitmq_stream_client::{ConfirmationStatus, Dedup as NamedProducer, Environment, NoDedup, OnClosed, Producer};
+use std::collections::HashMap;
+
+use rabbitmq_stream_client::error::ClientError;
+use rabbitmq_stream_client::types::{Message, Response, ResponseCode, ResponseKind};
+use rabbitmq_stream_client::Client;
+use rabbitmq_stream_protocol::codec::Encoder as _;
 use tokio::sync::mpsc;
 
-use crate::connect::{client, environment};
+use crate::connect::client_at;
 use crate::{OutgoingStreamMessage, StreamError, StreamUrl};
 
 /// Whether the broker deduplicates the publisher's messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dedup {
     Off,
-    /// By this producer name (the caller numbers messages).
+    /// By this producer name.
     Named(String),
 }
 
-/// What the broker said about one message.
+/// What the broker said.
 #[derive(Debug)]
-pub struct StreamConfirm {
-    pub number: u64,
-    pub result: Result<(), StreamError>,
+pub enum StreamConfirm {
+    /// These publishing ids are stored.
+    Stored(Vec<u64>),
+    /// The broker refused a message, or the connection ended.
+    Failed(StreamError),
 }
 
-enum Inner {
-    Named(Producer<NamedProducer>),
-    Anonymous(Producer<NoDedup>),
-}
+/// The only publisher of its connection.
+const PUBLISHER_ID: u8 = 1;
+/// Bytes of a publish frame besides its messages (size, key, version, publisher id, count),
+/// and of each message besides its encoding (publishing id, size).
+const FRAME_OVERHEAD: usize = 4 + 2 + 2 + 1 + 4;
+const MESSAGE_OVERHEAD: usize = 8 + 4;
 
-/// A publisher on its own connection (to the stream's leader).
+/// A publisher on its own connection to the stream's leader.
 pub struct StreamPublisher {
-    _environment: Environment,
-    producer: Inner,
+    client: Client,
     stream: String,
     confirms: mpsc::UnboundedReceiver<StreamConfirm>,
-    sender: mpsc::UnboundedSender<StreamConfirm>,
-    next_number: u64,
+    buffer: Vec<Message>,
+    buffered_bytes: usize,
+    frame_max: usize,
+    next_id: u64,
     last_stored_id: u64,
-}
-
-/// Turns the end of the connection into a failed confirm.
-struct ReportClosed {
-    sender: mpsc::UnboundedSender<StreamConfirm>,
-}
-
-#[async_trait::async_trait]
-impl OnClosed for ReportClosed {
-    async fn on_closed(&self, unconfirmed: Vec<Message>) {
-        let reason = format!("the connection closed with {} messages unconfirmed", unconfirmed.len());
-        let _ = self.sender.send(StreamConfirm { number: 0, result: Err(StreamError::Closed(reason)) });
-    }
+    send_timeout: std::time::Duration,
 }
 
 impl StreamPublisher {
-    /// Connects to `stream` (which must exist), at most `batch_size` messages per publish frame.
+    /// Connects to the leader of `stream` (which must exist) and declares the publisher.
+    /// Sending a frame may take `send_timeout` at most (then the connection counts as stalled).
     pub async fn connect(
         url: &StreamUrl,
         stream: &str,
         dedup: Dedup,
         connection_name: &str,
-        batch_size: usize,
+        send_timeout: std::time::Duration,
     ) -> Result<StreamPublisher, StreamError> {
-        let last_stored_id = match &dedup {
-            Dedup::Named(name) => {
-                let probe = client(url, connection_name).await?;
-                let last = probe
-                    .query_publisher_sequence(name, stream)
-                    .await
-                    .map_err(|e| StreamError::operation(stream, "ask for the last stored publishing id", &e));
-                let _ = probe.close().await;
-                last?
-            }
-            Dedup::Off => 0,
-        };
-        let environment = environment(url, connection_name).await?;
-        let (sender, confirms) = mpsc::unbounded_channel();
-        let builder = environment
-            .producer()
-            .client_provided_name(connection_name)
-            .batch_size(batch_size.max(1))
-            .on_closed(Box::new(ReportClosed { sender: sender.clone() }));
-        let created = |e: rabbitmq_stream_client::error::ProducerCreateError| {
-            use rabbitmq_stream_client::error::ProducerCreateError as E;
-            match e {
-                E::Create { status, .. } => StreamError::refused(stream, "declare the publisher", &status),
-                E::StreamDoesNotExist { .. } => {
-                    StreamError::refused(stream, "declare the publisher", &ResponseCode::StreamDoesNotExist)
+        let client = leader(url, stream, connection_name).await?;
+        let (tx, confirms) = mpsc::unbounded_channel();
+        let handler_stream = stream.to_owned();
+        client
+            .set_handler(move |item: Option<Result<Response, ClientError>>| {
+                let (tx, stream) = (tx.clone(), handler_stream.clone());
+                async move {
+                    if let Some(confirm) = confirm_of(item, &stream) {
+                        let _ = tx.send(confirm);
+                    }
+                    Ok(())
                 }
-                E::Client(e) => StreamError::operation(stream, "declare the publisher", &e),
-                other => StreamError::Operation {
-                    stream: stream.to_owned(),
-                    operation: "declare the publisher",
-                    reason: other.to_string(),
-                    kind: pgevents_retry::ErrorKind::Permanent,
-                },
-            }
+            })
+            .await;
+        let name = match &dedup {
+            Dedup::Named(name) => Some(name.clone()),
+            Dedup::Off => None,
         };
-        let producer = match &dedup {
-            Dedup::Named(name) => Inner::Named(builder.name(name).build(stream).await.map_err(created)?),
-            Dedup::Off => Inner::Anonymous(builder.build(stream).await.map_err(created)?),
+        let declared = client
+            .declare_publisher(PUBLISHER_ID, name.clone(), stream)
+            .await
+            .map_err(|e| StreamError::operation(stream, "declare the publisher", &e))?;
+        if !declared.is_ok() {
+            return Err(StreamError::refused(stream, "declare the publisher", declared.code()));
+        }
+        let last_stored_id = match &name {
+            Some(name) => client
+                .query_publisher_sequence(name, stream)
+                .await
+                .map_err(|e| StreamError::operation(stream, "ask for the last stored publishing id", &e))?,
+            None => 0,
         };
+        let frame_max = client.max_frame_size().await.max(4096) as usize;
         Ok(StreamPublisher {
-            _environment: environment,
-            producer,
+            client,
             stream: stream.to_owned(),
             confirms,
-            sender,
-            next_number: 1,
+            buffer: Vec::new(),
+            buffered_bytes: FRAME_OVERHEAD,
+            frame_max,
+            next_id: last_stored_id + 1,
             last_stored_id,
+            send_timeout,
         })
+    }
+
+    /// The publishing id the next message gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
     }
 
     /// The last publishing id the broker stored for this publisher's name (0: none, or no name).
@@ -124,64 +125,102 @@ impl StreamPublisher {
         self.last_stored_id
     }
 
-    /// Sends one message (with `publishing_id` for a named publisher); returns its number.
-    pub async fn send(
-        &mut self,
-        message: OutgoingStreamMessage,
-        publishing_id: Option<u64>,
-    ) -> Result<u64, StreamError> {
-        let number = self.next_number;
-        let sender = self.sender.clone();
-        let stream = self.stream.clone();
-        let callback = move |status: Result<ConfirmationStatus, ProducerPublishError>| {
-            let result = match status {
-                Ok(status) if status.confirmed() => Ok(()),
-                Ok(status) => Err(StreamError::refused(&stream, "store a message", status.status())),
-                Err(e) => Err(StreamError::Operation {
-                    stream: stream.clone(),
-                    operation: "store a message",
-                    reason: e.to_string(),
-                    kind: pgevents_retry::ErrorKind::Transient,
-                }),
-            };
-            let _ = sender.send(StreamConfirm { number, result });
-            std::future::ready(())
-        };
-        let message = message.into_message(publishing_id);
-        let sent = match &mut self.producer {
-            Inner::Named(producer) => producer.send(message, callback).await,
-            Inner::Anonymous(producer) => producer.send(message, callback).await,
-        };
-        sent.map_err(|e| StreamError::Operation {
-            stream: self.stream.clone(),
-            operation: "publish",
-            reason: e.to_string(),
-            kind: pgevents_retry::ErrorKind::Transient,
-        })?;
-        self.next_number += 1;
-        Ok(number)
+    /// Buffers one message (sending the buffer first when it would not fit a frame); returns
+    /// its publishing id.
+    pub async fn send(&mut self, message: OutgoingStreamMessage) -> Result<u64, StreamError> {
+        let id = self.next_id;
+        let message = message.into_message(Some(id));
+        let size = message.encoded_size() as usize + MESSAGE_OVERHEAD;
+        if !self.buffer.is_empty() && self.buffered_bytes + size > self.frame_max {
+            self.flush().await?;
+        }
+        self.buffer.push(message);
+        self.buffered_bytes += size;
+        self.next_id += 1;
+        Ok(id)
     }
 
-    /// The number of the next message the broker stored. Cancel-safe. An error means the
-    /// connection is done (or the broker refused a message, with its code's kind).
-    pub async fn next_confirm(&mut self) -> Result<u64, StreamError> {
+    /// Sends what is buffered, in one frame.
+    pub async fn flush(&mut self) -> Result<(), StreamError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let messages = std::mem::take(&mut self.buffer);
+        self.buffered_bytes = FRAME_OVERHEAD;
+        match tokio::time::timeout(self.send_timeout, self.client.publish(PUBLISHER_ID, messages, 1)).await {
+            Ok(sent) => sent.map(drop).map_err(|e| StreamError::operation(&self.stream, "publish", &e)),
+            Err(_) => Err(StreamError::Closed(format!(
+                "a publish frame was not sent within {}s (the connection is stalled)",
+                self.send_timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// The next publishing ids the broker stored. Cancel-safe. An error means the connection is
+    /// done (or the broker refused a message, with its code's kind).
+    pub async fn next_confirm(&mut self) -> Result<Vec<u64>, StreamError> {
         match self.confirms.recv().await {
-            Some(StreamConfirm { number, result }) => result.map(|()| number),
+            Some(StreamConfirm::Stored(ids)) => Ok(ids),
+            Some(StreamConfirm::Failed(e)) => Err(e),
             None => Err(StreamError::Closed("the confirm channel ended".into())),
         }
     }
 
-    /// Closes the publisher and its connection.
+    /// Deletes the publisher and closes the connection.
     pub async fn close(self) {
-        let _ = match self.producer {
-            Inner::Named(producer) => producer.close().await,
-            Inner::Anonymous(producer) => producer.close().await,
-        };
+        let _ = self.client.delete_publisher(PUBLISHER_ID).await;
+        let _ = self.client.close().await;
     }
+}
+
+/// What a frame from the broker says about this publisher's messages.
+fn confirm_of(item: Option<Result<Response, ClientError>>, stream: &str) -> Option<StreamConfirm> {
+    match item {
+        None => Some(StreamConfirm::Failed(StreamError::Closed("the broker closed the connection".into()))),
+        Some(Err(e)) => Some(StreamConfirm::Failed(StreamError::operation(stream, "read from the broker", &e))),
+        Some(Ok(response)) => match response.kind() {
+            ResponseKind::PublishConfirm(confirm) => Some(StreamConfirm::Stored(confirm.publishing_ids)),
+            ResponseKind::PublishError(refusal) => {
+                let code = refusal.publishing_errors.first().map(|e| e.error_code.clone())?;
+                Some(StreamConfirm::Failed(StreamError::refused(stream, "store a message", &code)))
+            }
+            _ => None,
+        },
+    }
+}
+
+/// A connection to the leader of `stream`: the node of `url` when it leads, or the leader the
+/// broker names (its advertised host and port).
+async fn leader(url: &StreamUrl, stream: &str, connection_name: &str) -> Result<Client, StreamError> {
+    let client = client_at(url, None, connection_name).await?;
+    let mut metadata: HashMap<_, _> = client
+        .metadata(vec![stream.to_owned()])
+        .await
+        .map_err(|e| StreamError::operation(stream, "look up the stream's leader", &e))?;
+    let Some(found) = metadata.remove(stream) else {
+        return Err(StreamError::refused(stream, "look up the stream's leader", &ResponseCode::StreamDoesNotExist));
+    };
+    if found.response_code != ResponseCode::Ok {
+        return Err(StreamError::refused(stream, "look up the stream's leader", &found.response_code));
+    }
+    let port = u16::try_from(found.leader.port).unwrap_or(url.port());
+    let here = client.connection_properties().await.get("advertised_host").cloned();
+    if here.as_deref() == Some(found.leader.host.as_str()) || (found.leader.host == url.host() && port == url.port()) {
+        return Ok(client);
+    }
+    let _ = client.close().await;
+    client_at(url, Some((&found.leader.host, port)), connection_name).await.map_err(|e| match e {
+        StreamError::Connect { url, reason, kind } => StreamError::Connect {
+            url,
+            reason: format!("{reason} (the stream's leader as the broker advertises it: {}:{port})", found.leader.host),
+            kind,
+        },
+        other => other,
+    })
 }
 
 impl std::fmt::Debug for StreamPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamPublisher").field("stream", &self.stream).field("next_number", &self.next_number).finish()
+        f.debug_struct("StreamPublisher").field("stream", &self.stream).field("next_id", &self.next_id).finish()
     }
 }

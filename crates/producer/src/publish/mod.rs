@@ -90,8 +90,13 @@ pub enum Flow {
 
 /// Publishes messages and says when they are stored.
 pub trait Transport: Send {
-    /// Publishes one message; returns its number (1, 2, ... on this connection).
+    /// Publishes one message; returns its number (1, 2, ... on this connection). A transport may
+    /// hold messages back until [`Transport::flush`].
     fn publish(&mut self, message: Message) -> impl Future<Output = Result<u64, PublishError>> + Send;
+    /// Sends what `publish` held back.
+    fn flush(&mut self) -> impl Future<Output = Result<(), PublishError>> + Send {
+        async { Ok(()) }
+    }
     /// The next confirm. Cancel-safe. An error means the connection is done: what it did not
     /// confirm is published again on a new one.
     fn next_confirm(&mut self) -> impl Future<Output = Result<Confirm, PublishError>> + Send;

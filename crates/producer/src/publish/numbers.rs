@@ -17,31 +17,30 @@ impl Numbers {
         self.entries.push_back((number, seq, false));
     }
 
-    /// The caller's numbers a transport's confirm covers.
-    pub fn confirmed(&mut self, confirm: Confirm) -> Result<Vec<u64>, PublishError> {
+    /// Hands `settle` each of the caller's numbers a transport's confirm covers (once).
+    pub fn confirmed(&mut self, confirm: Confirm, mut settle: impl FnMut(u64)) -> Result<(), PublishError> {
         let last = self.entries.back().map(|e| e.0).unwrap_or(0);
         if confirm.seq > last {
             return Err(PublishError::UnknownTag(pgevents_amqp::UnknownTag { tag: confirm.seq, published: last }));
         }
-        let mut covered = Vec::new();
         if confirm.multiple {
             for entry in self.entries.iter_mut().take_while(|e| e.0 <= confirm.seq) {
                 if !entry.2 {
                     entry.2 = true;
-                    covered.push(entry.1);
+                    settle(entry.1);
                 }
             }
         } else if let Ok(index) = self.entries.binary_search_by_key(&confirm.seq, |e| e.0) {
             let entry = &mut self.entries[index];
             if !entry.2 {
                 entry.2 = true;
-                covered.push(entry.1);
+                settle(entry.1);
             }
         }
         while self.entries.front().is_some_and(|e| e.2) {
             self.entries.pop_front();
         }
-        Ok(covered)
+        Ok(())
     }
 }
 
@@ -49,17 +48,23 @@ impl Numbers {
 mod tests {
     use super::*;
 
+    fn covered(numbers: &mut Numbers, seq: u64, multiple: bool) -> Result<Vec<u64>, PublishError> {
+        let mut out = Vec::new();
+        numbers.confirmed(Confirm { seq, multiple }, |n| out.push(n))?;
+        Ok(out)
+    }
+
     #[test]
     fn numbers_map_single_and_multiple_confirms() {
         let mut numbers = Numbers::default();
         for (number, seq) in [(1, 1), (2, 3), (3, 4), (4, 7)] {
             numbers.push(number, seq);
         }
-        assert_eq!(numbers.confirmed(Confirm { seq: 3, multiple: false }).unwrap(), vec![4]);
-        assert_eq!(numbers.confirmed(Confirm { seq: 3, multiple: true }).unwrap(), vec![1, 3]);
-        assert_eq!(numbers.confirmed(Confirm { seq: 3, multiple: false }).unwrap(), Vec::<u64>::new());
-        assert!(numbers.confirmed(Confirm { seq: 9, multiple: false }).is_err());
-        assert_eq!(numbers.confirmed(Confirm { seq: 4, multiple: true }).unwrap(), vec![7]);
+        assert_eq!(covered(&mut numbers, 3, false).unwrap(), vec![4]);
+        assert_eq!(covered(&mut numbers, 3, true).unwrap(), vec![1, 3]);
+        assert_eq!(covered(&mut numbers, 3, false).unwrap(), Vec::<u64>::new());
+        assert!(covered(&mut numbers, 9, false).is_err());
+        assert_eq!(covered(&mut numbers, 4, true).unwrap(), vec![7]);
         assert!(numbers.entries.is_empty());
     }
 }

@@ -68,6 +68,13 @@ impl Transport for Outputs {
         }
     }
 
+    async fn flush(&mut self) -> Result<(), PublishError> {
+        match self {
+            Outputs::Exchange(_) => Ok(()),
+            Outputs::Split(split) => split.stream.flush().await,
+        }
+    }
+
     async fn next_confirm(&mut self) -> Result<Confirm, PublishError> {
         match self {
             Outputs::Exchange(exchange) => exchange.next_confirm().await,
@@ -98,6 +105,14 @@ impl Transport for Outputs {
 
 const TO_EXCHANGE: u8 = 1;
 const TO_STREAM: u8 = 2;
+
+/// `transport` confirmed message `seq` (`waiting[0]` is message `first`).
+fn settle(waiting: &mut VecDeque<u8>, first: u64, seq: u64, transport: u8) {
+    let Some(index) = seq.checked_sub(first).and_then(|i| usize::try_from(i).ok()) else { return };
+    if let Some(waiting) = waiting.get_mut(index) {
+        *waiting &= !transport;
+    }
+}
 
 /// The stream and the exchange, each message confirmed once every transport it went to has.
 pub struct Split {
@@ -161,27 +176,14 @@ impl Split {
                 confirm = self.stream.next_confirm() => (confirm?, TO_STREAM),
             };
             let numbers = if transport == TO_EXCHANGE { &mut self.exchange_numbers } else { &mut self.stream_numbers };
-            for seq in numbers.confirmed(confirm)? {
-                self.settle(seq, transport);
-            }
+            let (first, waiting) = (self.first, &mut self.waiting);
+            numbers.confirmed(confirm, |seq| settle(waiting, first, seq, transport))?;
             self.pop_settled();
         }
     }
 
-    /// `transport` confirmed message `seq`.
-    fn settle(&mut self, seq: u64, transport: u8) {
-        let Some(index) = seq.checked_sub(self.first).and_then(|i| usize::try_from(i).ok()) else { return };
-        if let Some(waiting) = self.waiting.get_mut(index) {
-            if *waiting & transport != 0 {
-                *waiting &= !transport;
-                if *waiting == 0 && index > 0 {
-                    self.ready.push_back(Confirm { seq, multiple: false });
-                }
-            }
-        }
-    }
-
-    /// Confirms, at once, the run of settled messages at the front.
+    /// Confirms, at once, the run of settled messages at the front (a message settled behind an
+    /// unsettled one waits for it: the LSN moves only past a settled prefix anyway).
     fn pop_settled(&mut self) {
         let mut last = None;
         while self.waiting.front() == Some(&0) {

@@ -186,6 +186,7 @@ async fn publish_pending<P: Transport>(
             None => break,
         }
     }
+    publisher.flush().await?;
     if out.marks == Marks::Wal {
         Stats::add(&out.stats.events_published, published);
     }

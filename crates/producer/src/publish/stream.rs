@@ -17,11 +17,11 @@
 //! Snapshot rows have no place in the WAL: an unnamed publisher writes them, without
 //! deduplication.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use pgevents_event::{Action, Lsn, HEADER_ACTION, HEADER_LSN};
 use pgevents_retry::ErrorKind;
+use pgevents_amqp::AckWindow;
 use pgevents_stream::{property, Dedup, OutgoingStreamMessage, StreamError, StreamPublisher};
 use tokio::sync::watch;
 
@@ -39,8 +39,6 @@ pub const PROPERTY_PRODUCER: &str = "producer";
 const TAIL_WAIT: Duration = Duration::from_secs(2);
 /// How long a stream operation at connect or close may take.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Messages per publish frame.
-const BATCH_SIZE: usize = 512;
 
 /// What the stream already holds of this publisher's events.
 enum Resume {
@@ -55,15 +53,14 @@ pub struct StreamOutput {
     publisher: StreamPublisher,
     /// The deduplication name (the slot's changes); `None` for snapshot rows.
     name: Option<String>,
-    /// How long the client may take to take a message.
-    send_timeout: Duration,
-    /// The next publishing id (named publisher); `None`: not deduplicated.
-    next_id: Option<u64>,
     resume: Resume,
     next_number: u64,
+    /// Publishing ids and the numbers of their messages.
     numbers: Numbers,
-    /// Confirms of events skipped because the stream holds them.
-    ready: VecDeque<Confirm>,
+    /// Which numbers are confirmed (skipped ones at once); the settled prefix is handed out as
+    /// one confirm.
+    window: AckWindow,
+    reported: u64,
     flow: (watch::Sender<Flow>, watch::Receiver<Flow>),
 }
 
@@ -91,7 +88,7 @@ impl StreamOutput {
             Role::Changes { name, .. } => (Dedup::Named(name.clone()), Some(name.clone())),
             Role::Snapshot => (Dedup::Off, None),
         };
-        let connecting = StreamPublisher::connect(&config.url, &config.stream, mode, &connection, BATCH_SIZE);
+        let connecting = StreamPublisher::connect(&config.url, &config.stream, mode, &connection, send_timeout);
         let publisher = within("declare the publisher", connecting).await?;
         let last_id = publisher.last_stored_id();
         let resume = match role {
@@ -105,13 +102,12 @@ impl StreamOutput {
         }
         Ok(StreamOutput {
             publisher,
-            send_timeout,
-            next_id: name.is_some().then_some(last_id + 1),
             name,
             resume,
             next_number: 1,
             numbers: Numbers::default(),
-            ready: VecDeque::new(),
+            window: AckWindow::default(),
+            reported: 0,
             flow: watch::channel(Flow::Running),
         })
     }
@@ -257,37 +253,34 @@ impl Transport for StreamOutput {
     async fn publish(&mut self, message: Message) -> Result<u64, PublishError> {
         let number = self.next_number;
         self.next_number += 1;
+        self.window.published(number);
         if stored_in(&mut self.resume, &message)? {
-            self.ready.push_back(Confirm { seq: number, multiple: false });
+            self.window.ack(number, false)?;
             return Ok(number);
         }
-        let publishing_id = self.next_id;
-        let named = self.name.as_deref().zip(publishing_id);
-        let sending = self.publisher.send(outgoing(message, named), publishing_id);
-        let sent = match tokio::time::timeout(self.send_timeout, sending).await {
-            Ok(sent) => sent?,
-            Err(_) => {
-                return Err(PublishError::Stream(StreamError::Closed(format!(
-                    "the client has not taken a message for {}s (the connection is stalled)",
-                    self.send_timeout.as_secs()
-                ))))
-            }
-        };
-        if let Some(id) = &mut self.next_id {
-            *id += 1;
-        }
-        self.numbers.push(sent, number);
+        let named = self.name.as_deref().map(|name| (name, self.publisher.next_id()));
+        let id = self.publisher.send(outgoing(message, named)).await?;
+        self.numbers.push(id, number);
         Ok(number)
+    }
+
+    async fn flush(&mut self) -> Result<(), PublishError> {
+        Ok(self.publisher.flush().await?)
     }
 
     async fn next_confirm(&mut self) -> Result<Confirm, PublishError> {
         loop {
-            if let Some(confirm) = self.ready.pop_front() {
-                return Ok(confirm);
+            if self.window.acked_through() > self.reported {
+                self.reported = self.window.acked_through();
+                return Ok(Confirm { seq: self.reported, multiple: true });
             }
-            let sent = self.publisher.next_confirm().await?;
-            for number in self.numbers.confirmed(Confirm { seq: sent, multiple: false })? {
-                self.ready.push_back(Confirm { seq: number, multiple: false });
+            let ids = self.publisher.next_confirm().await?;
+            let window = &mut self.window;
+            for id in ids {
+                self.numbers.confirmed(Confirm { seq: id, multiple: false }, |number| {
+                    // Numbers hands out only numbers published here.
+                    let _ = window.ack(number, false);
+                })?;
             }
         }
     }
