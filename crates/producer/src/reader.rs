@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backfill::window::{self, ChunkId, Edge, Watermark, Windows};
 use crate::backfill::{ChunkOutcome, Chunks, WINDOW_KEYS_PER_ROW};
+use crate::clock::Watchdog;
 use crate::config::ProducerConfig;
 use crate::database::Database;
 use crate::error::ProducerError;
@@ -145,13 +146,15 @@ impl Reader {
     /// Reads until shutdown (returning the stream, for a clean end of the session) or an error.
     /// The catalog is returned too, so the next session need not look everything up again.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(ReplicationReader, Catalog), ProducerError> {
+        let mut silence = Watchdog::new(self.silence_timeout);
         loop {
             let message = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok((self.stream, self.catalog)),
-                message = tokio::time::timeout(self.silence_timeout, self.stream.next()) => message
-                    .map_err(|_| ReplicationError::Silent(self.silence_timeout.as_secs()))??,
+                message = self.stream.next() => message?,
+                _ = silence.expired() => return Err(ReplicationError::Silent(self.silence_timeout.as_secs()).into()),
             };
+            silence.note();
             let flow = match message {
                 WalMessage::XLogData { wal_start, wal_end, data } => {
                     Stats::set(&self.stats.received_lsn, wal_end.0.max(wal_start.0));

@@ -10,16 +10,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use pgevents_event::Lsn;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 use super::in_flight::InFlightBytes;
 use super::lsn_tracker::LsnTracker;
 use super::{Batch, Confirm, Flow, Message, Transport};
-use crate::clock::unix_micros;
+use crate::clock::{unix_micros, Watchdog};
 use crate::config::ProducerConfig;
 use crate::error::ProducerError;
 use crate::metrics::{
@@ -64,10 +62,11 @@ pub async fn run_publisher<P: Transport>(
     let mut flow = publisher.flow();
     // Once the connection is gone its flow no longer changes (its end arrives as an event).
     let mut flow_open = true;
-    let mut last_progress = Instant::now();
-    let mut drain_deadline: Option<Instant> = None;
+    // No confirm for `confirm_timeout` while messages are in flight: the connection is presumed
+    // broken.
+    let mut progress = Watchdog::new(config.confirm_timeout);
+    let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut limited: Option<&'static str> = None;
-    let far = Duration::from_secs(3600 * 24);
     let events_confirmed = metrics::counter!(EVENTS_CONFIRMED);
     let confirms_pending = metrics::gauge!(CONFIRMS_PENDING);
     let in_flight_bytes = metrics::gauge!(IN_FLIGHT_BYTES);
@@ -91,7 +90,6 @@ pub async fn run_publisher<P: Transport>(
             metrics::counter!(IN_FLIGHT_LIMIT, "limit" => limit.unwrap_or_default()).increment(1);
         }
         limited = limit;
-        let confirm_deadline = last_progress + config.confirm_timeout;
         tokio::select! {
             biased;
             confirm = publisher.next_confirm() => {
@@ -104,7 +102,7 @@ pub async fn run_publisher<P: Transport>(
                     Stats::add(&stats.events_confirmed, newly);
                     events_confirmed.increment(newly);
                 }
-                last_progress = Instant::now();
+                progress.note();
                 if let Some(lsn) = advanced {
                     Confirmed { watch: &confirmed, stats: &stats, marks }.advanced(&mut tracker, lsn);
                 }
@@ -124,7 +122,7 @@ pub async fn run_publisher<P: Transport>(
                         metrics::gauge!(BLOCKED).set(0.0);
                         stats.set_phase(Phase::Streaming);
                         // Confirms were not expected while blocked.
-                        last_progress = Instant::now();
+                        progress.restart();
                     }
                 }
             }
@@ -132,7 +130,7 @@ pub async fn run_publisher<P: Transport>(
                 match batch {
                     Some(Batch { messages, commit, commit_time_micros }) => {
                         if tracker.in_flight() == 0 {
-                            last_progress = Instant::now();
+                            progress.restart();
                         }
                         pending.extend(messages.into_iter().map(Pending::Message));
                         if let Some(lsn) = commit {
@@ -140,17 +138,17 @@ pub async fn run_publisher<P: Transport>(
                         }
                     }
                     None => {
-                        drain_deadline = Some(Instant::now() + config.shutdown_timeout);
+                        drain_deadline = Some(Box::pin(tokio::time::sleep(config.shutdown_timeout)));
                     }
                 }
             }
-            _ = tokio::time::sleep_until(confirm_deadline), if tracker.in_flight() > 0 && drain_deadline.is_none() && running => {
+            _ = progress.expired(), if tracker.in_flight() > 0 && drain_deadline.is_none() && running => {
                 return Err(ProducerError::ConfirmTimeout {
                     in_flight: tracker.in_flight(),
                     seconds: config.confirm_timeout.as_secs(),
                 });
             }
-            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(|| Instant::now() + far)), if drain_deadline.is_some() => {
+            _ = async { if let Some(deadline) = drain_deadline.as_mut() { deadline.await } }, if drain_deadline.is_some() => {
                 tracing::warn!(in_flight = tracker.in_flight(), "stopping without confirms for some messages; they will be published again at the next start");
                 return Ok(publisher);
             }
