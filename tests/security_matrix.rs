@@ -34,7 +34,8 @@ const RULE_CELLS: &[&str] = &[
     "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15", "R16", "R17",
     "R18", "R19", "R20", "R21", "R22", "R23", "R24", "R25", "B1", "B2", "L1", "M1", "C1",
 ];
-const NETWORK_CELLS: &[&str] = &["N1", "N2"];
+const NETWORK_CELLS: &[&str] = &["N1", "N2", "N3"];
+const STREAM_CELLS: &[&str] = &["B3", "C2"];
 const PRODUCER_CELLS: &[&str] =
     &["P1", "P2", "P3", "P4", "P5", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"];
 
@@ -84,11 +85,12 @@ fn documented_ids() -> BTreeSet<String> {
 
 #[test]
 fn every_refusal_on_the_security_page_is_tried() {
-    let tried: BTreeSet<String> = [GATEWAY_CELLS, SESSION_CELLS, RULE_CELLS, NETWORK_CELLS, PRODUCER_CELLS]
-        .concat()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let tried: BTreeSet<String> =
+        [GATEWAY_CELLS, SESSION_CELLS, RULE_CELLS, NETWORK_CELLS, PRODUCER_CELLS, STREAM_CELLS]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let documented = documented_ids();
     assert!(!documented.is_empty());
     let untried: Vec<&String> = documented.difference(&tried).collect();
@@ -1611,6 +1613,35 @@ async fn network_cell(id: &str, world: &World, certificate: &pgevents_testkit::C
             ensure!(out.to_lowercase().contains("certificate"), "{out}");
             Ok(())
         }
+        "N3" => {
+            // The same impostor, for the stream protocol over TLS.
+            let acceptor = Arc::new(server_tls_acceptor(certificate));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            let server = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let _ = acceptor.accept(stream).await;
+                    });
+                }
+            });
+            world.pg.execute("CREATE TABLE IF NOT EXISTS n3 (id int PRIMARY KEY)").await;
+            let url = format!("rabbitmq-stream+tls://guest:guest@localhost:{port}/%2f");
+            let env = world.producer_env(&[
+                ("PGTABLES", "public.n3"),
+                ("PGEVENTS_PUBLISH_TO", "stream"),
+                ("PGEVENTS_STREAM", "n3"),
+                ("PGEVENTS_STREAM_URL", &url),
+            ]);
+            let mut check = PgEventsProcess::spawn(&["check"], &env);
+            let code = check.wait(WAIT).await;
+            server.abort();
+            let out = check.stdout();
+            ensure!(code == Some(1), "the check passed against an impostor stream broker: {out}");
+            ensure!(out.contains("RabbitMQ stream") && out.to_lowercase().contains("certificate"), "{out}");
+            Ok(())
+        }
         other => Err(format!("no such cell {other}")),
     }
 }
@@ -2092,4 +2123,96 @@ async fn producer_cell(id: &str, p: &ProducerWorld<'_>) -> Verdict {
         }
         other => Err(format!("no such cell {other}")),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stream output (`--publish-to stream`)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_output() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE s (id int PRIMARY KEY)").await;
+    run_cells(STREAM_CELLS, |id| stream_cell(id, &world)).await;
+    delete_exchange(&world.exchange).await;
+}
+
+async fn stream_cell(id: &str, world: &World) -> Verdict {
+    let stream = unique_name("matrix_stream");
+    let url = pgevents_testkit::stream_url();
+    let env = |extra: &[(&str, &str)]| {
+        let mut all = vec![
+            ("PGTABLES", "public.s"),
+            ("PGEVENTS_PUBLISH_TO", "stream"),
+            ("PGEVENTS_STREAM", stream.as_str()),
+            ("PGEVENTS_STREAM_URL", url.as_str()),
+        ];
+        all.extend_from_slice(extra);
+        world.producer_env(&all)
+    };
+    let verdict = match id {
+        "B3" => {
+            // The producer streams a change, then a broker user appends a message that claims to
+            // be its last, at a position far past the database's WAL.
+            let mut producer = PgEventsProcess::spawn(&["producer"], &env(&[]));
+            producer.wait_for_log("streaming", WAIT).await;
+            world.pg.execute("INSERT INTO s VALUES (1)").await;
+            let stored = wait_for("the change in the stream", WAIT, || async {
+                pgevents_testkit::read_stream(&stream, Duration::from_secs(1), 1).await.into_iter().next()
+            })
+            .await;
+            producer.terminate();
+            let _ = producer.wait(WAIT).await;
+            let name = stored.properties["producer"].clone();
+            let last: u64 = stored.properties["publishing_id"].parse().map_err(|e| format!("{e}"))?;
+            let stream_url: pgevents_stream::StreamUrl = url.parse().map_err(|e| format!("{e}"))?;
+            let mut forger = pgevents_stream::StreamPublisher::connect(
+                &stream_url,
+                &stream,
+                pgevents_stream::Dedup::Named(name.clone()),
+                "forger",
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let forged = pgevents_stream::OutgoingStreamMessage {
+                body: b"{}".to_vec(),
+                message_id: "forged".into(),
+                content_type: None,
+                content_encoding: None,
+                application_properties: vec![
+                    ("lsn".into(), "FFFF/FFFF0000".into()),
+                    ("seq".into(), "0".into()),
+                    ("action".into(), "I".into()),
+                    ("publishing_id".into(), (last + 1).to_string()),
+                    ("producer".into(), name),
+                ],
+            };
+            forger.send(forged).await.map_err(|e| e.to_string())?;
+            forger.flush().await.map_err(|e| e.to_string())?;
+            forger.next_confirm().await.map_err(|e| e.to_string())?;
+            forger.close().await;
+            let mut producer = PgEventsProcess::spawn(&["producer"], &env(&[]));
+            let code = producer.wait(WAIT).await;
+            let log = producer.stderr();
+            ensure!(code != Some(0), "the producer believed the forged position: {log}");
+            ensure!(log.contains("someone else wrote it"), "{log}");
+            Ok(())
+        }
+        "C2" => {
+            let wrong = url.replace("guest:guest@", "guest:stream-secret-pw@");
+            let mut producer = PgEventsProcess::spawn(&["producer"], &env(&[("PGEVENTS_STREAM_URL", &wrong)]));
+            let code = producer.wait(WAIT).await;
+            let log = producer.stderr();
+            ensure!(code != Some(0), "{log}");
+            ensure!(log.contains("guest:***@"), "the URL is shown without its password: {log}");
+            let mut check = PgEventsProcess::spawn(&["check"], &env(&[("PGEVENTS_STREAM_URL", &wrong)]));
+            let _ = check.wait(WAIT).await;
+            let out = format!("{}{}", check.stdout(), check.stderr());
+            ensure!(!log.contains("stream-secret-pw") && !out.contains("stream-secret-pw"), "{log}{out}");
+            Ok(())
+        }
+        other => Err(format!("no such cell {other}")),
+    };
+    pgevents_testkit::delete_stream(&stream).await;
+    verdict
 }

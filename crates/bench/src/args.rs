@@ -73,6 +73,9 @@ pub struct BenchArgs {
     /// `--backfill-max-rows-per-s` of a third backfill run, with live changes (0: no such run)
     #[arg(long, default_value_t = 5_000)]
     pub backfill_max_rows_per_s: u64,
+    /// `--headers` of the producer in the throughput runs (full, minimal or none)
+    #[arg(long, default_value = "full")]
+    pub headers: String,
     /// Messages in flight for the broker-limit publishers (the producer's default too)
     #[arg(long, default_value_t = 4096)]
     pub window: usize,

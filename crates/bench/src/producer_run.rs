@@ -40,8 +40,19 @@ pub async fn drain(
     expected: u64,
     timeout: Duration,
 ) -> anyhow::Result<ProducerRun> {
+    drain_with(binary, producer_env(pg, queue, slot), queue, expected, timeout).await
+}
+
+/// [`drain`] with the producer's environment given.
+pub async fn drain_with(
+    binary: &Path,
+    env: Vec<(String, String)>,
+    queue: &BenchQueue,
+    expected: u64,
+    timeout: Duration,
+) -> anyhow::Result<ProducerRun> {
     let started = Instant::now();
-    let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &producer_env(pg, queue, slot));
+    let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
     let pid = producer.pid();
     let arrived = queue.wait_for_depth(expected, timeout).await?;
     let elapsed = started.elapsed();

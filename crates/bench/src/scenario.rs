@@ -49,8 +49,10 @@ async fn throughput_run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> 
     result.decode_limit = Some(Rate::new(changes, decode_limit::drain(&pg, DECODE_SLOT, &end).await?));
 
     let queue = BenchQueue::declare(&amqp_url(), &unique_name("bench_x"), &unique_name("bench_q")).await?;
-    eprintln!("[{scenario:?}] producer");
-    let run = producer_run::drain(binary, &pg, &queue, PRODUCER_SLOT, changes, drain_timeout(changes)).await?;
+    eprintln!("[{scenario:?}] producer, --headers {}", args.headers);
+    let mut env = producer_run::producer_env(&pg, &queue, PRODUCER_SLOT);
+    env.push(("PGEVENTS_HEADERS".into(), args.headers.clone()));
+    let run = producer_run::drain_with(binary, env, &queue, changes, drain_timeout(changes)).await?;
     result.producer = Some(Rate::new(changes, run.elapsed));
     result.peak_rss_mib = Some(run.peak_rss_kib as f64 / 1024.0);
     result.cpu_us_per_event = Some(run.cpu.as_secs_f64() * 1e6 / changes as f64);
@@ -90,7 +92,9 @@ async fn stream_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioR
 
     let stream = unique_name("bench_stream");
     eprintln!("[Stream] producer into stream {stream}");
-    let env = stream_run::producer_env(&pg, &amqp_url(), PRODUCER_SLOT, &stream);
+    let mut env = stream_run::producer_env(&pg, &amqp_url(), PRODUCER_SLOT, &stream);
+    env.push(("PGEVENTS_HEADERS".into(), args.headers.clone()));
+    eprintln!("[Stream] --headers {}", args.headers);
     let run = stream_run::drain(binary, env, changes, drain_timeout(changes)).await?;
     result.producer = Some(Rate::new(changes, run.elapsed));
     result.peak_rss_mib = Some(run.peak_rss_kib as f64 / 1024.0);

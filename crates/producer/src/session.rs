@@ -149,7 +149,7 @@ pub async fn run_session(
     };
     let database = system.dbname.unwrap_or_else(|| config.postgres.dbname.clone());
     let name = producer_name(&system.system_id, &database, &config.slot);
-    let publisher = Outputs::connect(config, Role::Changes { start, name }).await?;
+    let publisher = Outputs::connect(config, Role::Changes { start, wal_end: system.xlogpos, name }).await?;
     let options = plugin_options(config, server_version);
     let (stream, sender) = match client.start_logical_replication(&config.slot, start, &options).await {
         Ok(started) => started,

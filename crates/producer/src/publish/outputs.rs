@@ -17,11 +17,11 @@ use crate::config::{ProducerConfig, PublishTo};
 
 /// What the outputs publish for: the session's streamed changes, resuming from the slot's
 /// position `start`, deduplicated in the stream under the publisher's `name` (see
-/// [`super::stream::producer_name`]); or the snapshot's rows (which have no place in the WAL to
-/// deduplicate by).
+/// [`super::stream::producer_name`]), the database's WAL ending at `wal_end`; or the snapshot's
+/// rows (which have no place in the WAL to deduplicate by).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    Changes { start: Lsn, name: String },
+    Changes { start: Lsn, wal_end: Lsn, name: String },
     Snapshot,
 }
 

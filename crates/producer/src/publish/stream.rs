@@ -19,9 +19,9 @@
 
 use std::time::Duration;
 
+use pgevents_amqp::AckWindow;
 use pgevents_event::{Action, Lsn, HEADER_ACTION, HEADER_LSN};
 use pgevents_retry::ErrorKind;
-use pgevents_amqp::AckWindow;
 use pgevents_stream::{property, Dedup, OutgoingStreamMessage, StreamError, StreamPublisher};
 use tokio::sync::watch;
 
@@ -92,8 +92,10 @@ impl StreamOutput {
         let publisher = within("declare the publisher", connecting).await?;
         let last_id = publisher.last_stored_id();
         let resume = match role {
-            Role::Changes { name, start } if last_id > 0 => {
-                replayed(read_last(config, last_id, name, &connection).await?, *start)
+            Role::Changes { name, start, wal_end } if last_id > 0 => {
+                let resume = read_last(config, last_id, name, &connection).await?;
+                believable(&resume, *wal_end, &config.stream)?;
+                replayed(resume, *start)
             }
             _ => Resume::Fresh,
         };
@@ -131,6 +133,26 @@ fn stored_in(resume: &mut Resume, message: &Message) -> Result<bool, PublishErro
             Ok(false)
         }
         std::cmp::Ordering::Greater => Err(diverged(*last, position)),
+    }
+}
+
+/// The stream's word for the last stored position is taken only within the database's WAL: a
+/// position after its end was written by someone else (RabbitMQ does not tell a stream's writers
+/// apart), and believing it would skip every change up to it.
+fn believable(resume: &Resume, wal_end: Lsn, stream: &str) -> Result<(), PublishError> {
+    match resume {
+        Resume::After { last, .. } if last.commit > wal_end => Err(PublishError::Stream(StreamError::Operation {
+            stream: stream.to_owned(),
+            operation: "resume exactly once",
+            reason: format!(
+                "the last message stored under this producer's name claims commit {}, after the end of the database's WAL ({wal_end}): \
+                 someone else wrote it (give write permission on the stream to the producer's RabbitMQ user only) or the database \
+                 is not the one this stream was written from; publish to a new --stream",
+                last.commit
+            ),
+            kind: ErrorKind::Config,
+        })),
+        _ => Ok(()),
     }
 }
 
@@ -305,6 +327,16 @@ mod tests {
         assert!(matches!(replayed(stored(), Lsn(999)), Resume::After { .. }), "before the commit record");
         assert!(matches!(replayed(stored(), Lsn(1000)), Resume::After { .. }), "at it: replayed");
         assert!(matches!(replayed(stored(), Lsn(1001)), Resume::Fresh), "past it: not replayed");
+    }
+
+    #[test]
+    fn a_stored_position_after_the_wal_is_not_believed() {
+        let resume = |commit| Resume::After { last: Position { commit: Lsn(commit), seq: 0 }, backfill_row: false };
+        assert!(believable(&resume(900), Lsn(1000), "s").is_ok());
+        assert!(believable(&resume(1000), Lsn(1000), "s").is_ok());
+        let err = believable(&resume(1001), Lsn(1000), "s").unwrap_err().to_string();
+        assert!(err.contains("someone else wrote it"), "{err}");
+        assert!(believable(&Resume::Fresh, Lsn(0), "s").is_ok());
     }
 
     #[test]
