@@ -1563,6 +1563,25 @@ async fn connections() {
     delete_exchange(&world.exchange).await;
 }
 
+/// A TLS server on a free local port presenting `certificate` (of a CA nobody trusts), and the
+/// task serving it.
+async fn impostor_tls_server(
+    certificate: &pgevents_testkit::CertPair,
+) -> Result<(u16, tokio::task::JoinHandle<()>), String> {
+    let acceptor = Arc::new(server_tls_acceptor(certificate));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(stream).await;
+            });
+        }
+    });
+    Ok((port, server))
+}
+
 async fn network_cell(id: &str, world: &World, certificate: &pgevents_testkit::CertPair) -> Verdict {
     match id {
         "N1" => {
@@ -1591,17 +1610,7 @@ async fn network_cell(id: &str, world: &World, certificate: &pgevents_testkit::C
         }
         "N2" => {
             // A "broker" with a certificate of a CA the producer does not trust.
-            let acceptor = Arc::new(server_tls_acceptor(certificate));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-            let server = tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let _ = acceptor.accept(stream).await;
-                    });
-                }
-            });
+            let (port, server) = impostor_tls_server(certificate).await?;
             world.pg.execute("CREATE TABLE IF NOT EXISTS n2 (id int PRIMARY KEY)").await;
             let url = format!("amqps://guest:guest@localhost:{port}/%2f");
             let env = world.producer_env(&[("RABBITMQ_URL", &url), ("PGTABLES", "public.n2")]);
@@ -1615,17 +1624,7 @@ async fn network_cell(id: &str, world: &World, certificate: &pgevents_testkit::C
         }
         "N3" => {
             // The same impostor, for the stream protocol over TLS.
-            let acceptor = Arc::new(server_tls_acceptor(certificate));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-            let server = tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let _ = acceptor.accept(stream).await;
-                    });
-                }
-            });
+            let (port, server) = impostor_tls_server(certificate).await?;
             world.pg.execute("CREATE TABLE IF NOT EXISTS n3 (id int PRIMARY KEY)").await;
             let url = format!("rabbitmq-stream+tls://guest:guest@localhost:{port}/%2f");
             let env = world.producer_env(&[

@@ -130,14 +130,7 @@ async fn stream_latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<S
     let bodies = stream_run::follow(&stream).await?;
     eprintln!("[StreamLatency] {} transactions/s for {} s", args.rate, args.seconds);
     let measured = latency::measure_bodies(&pg, bodies, args.rate, args.seconds).await;
-    let measured = match (measured, http_get(metrics_addr, "/metrics").await) {
-        (Ok(mut m), Some((_, text))) => {
-            m.confirm_p50_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.50);
-            m.confirm_p99_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.99);
-            Ok(m)
-        }
-        (other, _) => other,
-    };
+    let measured = with_confirm_histogram(measured, metrics_addr).await;
     producer.terminate();
     let _ = producer.wait(Duration::from_secs(30)).await;
     pgevents_testkit::delete_stream(&stream).await;
@@ -149,6 +142,22 @@ async fn stream_latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<S
         latency: Some(measured),
         ..Default::default()
     })
+}
+
+/// `measured`, with the producer's own view: its histogram of commit time to the broker's
+/// confirm, read from its `/metrics` at `metrics_addr`.
+async fn with_confirm_histogram(
+    measured: anyhow::Result<latency::Latency>,
+    metrics_addr: std::net::SocketAddr,
+) -> anyhow::Result<latency::Latency> {
+    match (measured, http_get(metrics_addr, "/metrics").await) {
+        (Ok(mut m), Some((_, text))) => {
+            m.confirm_p50_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.50);
+            m.confirm_p99_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.99);
+            Ok(m)
+        }
+        (other, _) => other,
+    }
 }
 
 async fn latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioResult> {
@@ -164,15 +173,7 @@ async fn latency_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<Scenario
     producer.wait_for_log("streaming", Duration::from_secs(30)).await;
     eprintln!("[Latency] {} transactions/s for {} s", args.rate, args.seconds);
     let measured = latency::measure(&pg, &queue, args.rate, args.seconds).await;
-    // The producer's own view: commit time to the broker's confirm.
-    let measured = match (measured, http_get(metrics_addr, "/metrics").await) {
-        (Ok(mut m), Some((_, text))) => {
-            m.confirm_p50_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.50);
-            m.confirm_p99_ms = latency::histogram_quantile(&text, "pgevents_commit_to_confirm_seconds", 0.99);
-            Ok(m)
-        }
-        (other, _) => other,
-    };
+    let measured = with_confirm_histogram(measured, metrics_addr).await;
     producer.terminate();
     let _ = producer.wait(Duration::from_secs(30)).await;
     let measured = match measured {

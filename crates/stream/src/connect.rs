@@ -54,8 +54,16 @@ pub async fn client(url: &StreamUrl, name: &str) -> Result<Client, StreamError> 
 /// One connection with the settings of `url` to `node` (host and port) instead of its own.
 pub(crate) async fn client_at(url: &StreamUrl, node: Option<(&str, u16)>, name: &str) -> Result<Client, StreamError> {
     let options = options(url, node, name)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(options)).await {
-        Ok(Ok(client)) => Ok(client),
+    connecting(url, Client::connect(options)).await
+}
+
+/// `connect` within [`CONNECT_TIMEOUT`], its failure classified.
+async fn connecting<T>(
+    url: &StreamUrl,
+    connect: impl std::future::Future<Output = Result<T, rabbitmq_stream_client::error::ClientError>>,
+) -> Result<T, StreamError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(connected)) => Ok(connected),
         Ok(Err(e)) => Err(connect_failed(url, e.to_string(), client_kind(&e))),
         Err(_) => Err(connect_failed(
             url,
@@ -78,15 +86,7 @@ pub async fn environment(url: &StreamUrl, name: &str) -> Result<Environment, Str
         .tls(tls(url)?)
         .client_provided_name(name);
     url.check()?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, built.build()).await {
-        Ok(Ok(environment)) => Ok(environment),
-        Ok(Err(e)) => Err(connect_failed(url, e.to_string(), client_kind(&e))),
-        Err(_) => Err(connect_failed(
-            url,
-            format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
-            ErrorKind::Transient,
-        )),
-    }
+    connecting(url, built.build()).await
 }
 
 /// Declares `stream` with `retention` if it is missing; an existing stream keeps its settings.
