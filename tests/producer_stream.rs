@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{pg_port, run_to_end, stop, World, WAIT};
 use pgevents_testkit::{
-    delete_stream, free_local_addr, read_stream, stream_url, unique_name, PgEventsProcess, StreamRecord,
+    delete_stream, free_local_addr, read_stream, stream_url, unique_name, wait_for, PgEventsProcess, StreamRecord,
 };
 
 const ROWS: i32 = 10_000;
@@ -315,5 +315,48 @@ async fn large_events_reach_the_stream_whole_and_one_above_its_limit_is_stubbed(
     assert!(!log.contains("reconnect"), "no connection was lost on the way: {log}");
     assert!(records[400].properties.get("omitted").is_some_and(|o| o.contains("new.filler")), "{log}");
     assert!(records[400].body.len() < 1000, "stubbed");
+    delete_stream(&stream).await;
+}
+
+/// The stream connections of the producer of `slot`, as RabbitMQ lists them.
+fn stream_connections(slot: &str) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_stream_connections", "client_properties"])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|line| line.contains(&format!("({slot})"))).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_session_leaves_no_stream_connection_behind() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE numbers (n int PRIMARY KEY)").await;
+    let stream = unique_name("events");
+    let slot = unique_name("leak");
+    let url = stream_url();
+    let mut env = stream_env(&stream, &url);
+    env.push(("PGSLOT", &slot));
+    let mut producer = world.producer(&env).await;
+    for round in 1..=3 {
+        world.pg.execute(&format!("INSERT INTO numbers VALUES ({round})")).await;
+        // The session fails: PostgreSQL ends its replication connection.
+        let streaming = producer.log_count("streaming");
+        world
+            .pg
+            .execute(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ))
+            .await;
+        producer.wait_for_logs("streaming", streaming + 1, WAIT).await;
+    }
+    let left = wait_for("one stream connection", WAIT, || async {
+        let count = stream_connections(&slot);
+        (count == 1).then_some(count)
+    })
+    .await;
+    assert_eq!(left, 1);
+    let records = read_until(&stream, 3).await;
+    stop(producer).await;
+    assert_eq!(numbers(&records), vec![1, 2, 3]);
     delete_stream(&stream).await;
 }

@@ -166,7 +166,7 @@ impl StreamPublisher {
         }
     }
 
-    /// Deletes the publisher and closes the connection.
+    /// Deletes the publisher and closes the connection (on drop, the connection is dropped).
     pub async fn close(self) {
         let _ = self.client.delete_publisher(PUBLISHER_ID).await;
         let _ = self.client.close().await;
@@ -184,6 +184,11 @@ fn confirm_of(item: Option<Result<Response, ClientError>>, stream: &str) -> Opti
                 let code = refusal.publishing_errors.first().map(|e| e.error_code.clone())?;
                 Some(StreamConfirm::Failed(StreamError::refused(stream, "store a message", &code)))
             }
+            // The stream's leader moved or the stream was deleted (the connection's only
+            // stream): the broker removed the publisher, and nothing sent since will be confirmed.
+            ResponseKind::MetadataUpdate(_) => Some(StreamConfirm::Failed(StreamError::Closed(format!(
+                "the metadata of stream {stream:?} changed: its leader moved or it was deleted"
+            )))),
             _ => None,
         },
     }
@@ -217,6 +222,20 @@ async fn leader(url: &StreamUrl, stream: &str, connection_name: &str) -> Result<
         },
         other => other,
     })
+}
+
+/// A publisher dropped without [`StreamPublisher::close`] (a failed session) ends its connection
+/// in the background: the client's heartbeat task would otherwise keep it, and the publisher
+/// declared on the broker, alive.
+impl Drop for StreamPublisher {
+    fn drop(&mut self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                let _ = client.force_drop_connection().await;
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for StreamPublisher {

@@ -10,18 +10,21 @@ use super::{Confirm, PublishError};
 pub struct Numbers {
     /// (transport's number, outputs' number, confirmed).
     entries: VecDeque<(u64, u64, bool)>,
+    /// The highest transport number pushed (a confirm above it names nothing sent).
+    highest: u64,
 }
 
 impl Numbers {
     pub fn push(&mut self, number: u64, seq: u64) {
         self.entries.push_back((number, seq, false));
+        self.highest = self.highest.max(number);
     }
 
     /// Hands `settle` each of the caller's numbers a transport's confirm covers (once).
     pub fn confirmed(&mut self, confirm: Confirm, mut settle: impl FnMut(u64)) -> Result<(), PublishError> {
-        let last = self.entries.back().map(|e| e.0).unwrap_or(0);
-        if confirm.seq > last {
-            return Err(PublishError::UnknownTag(pgevents_amqp::UnknownTag { tag: confirm.seq, published: last }));
+        if confirm.seq > self.highest {
+            let published = self.highest;
+            return Err(PublishError::UnknownTag(pgevents_amqp::UnknownTag { tag: confirm.seq, published }));
         }
         if confirm.multiple {
             for entry in self.entries.iter_mut().take_while(|e| e.0 <= confirm.seq) {
@@ -66,5 +69,6 @@ mod tests {
         assert!(covered(&mut numbers, 9, false).is_err());
         assert_eq!(covered(&mut numbers, 4, true).unwrap(), vec![7]);
         assert!(numbers.entries.is_empty());
+        assert_eq!(covered(&mut numbers, 4, false).unwrap(), Vec::<u64>::new(), "a stale confirm, all settled");
     }
 }

@@ -120,7 +120,7 @@ pub async fn run_publisher<P: Transport>(
                     }
                     Flow::Running => {
                         metrics::gauge!(BLOCKED).set(0.0);
-                        stats.set_phase(Phase::Streaming);
+                        stats.set_phase(if marks == Marks::Wal { Phase::Streaming } else { Phase::Snapshot });
                         // Confirms were not expected while blocked.
                         progress.restart();
                     }
@@ -230,10 +230,19 @@ impl Confirmed<'_> {
 /// snapshot's rows are published with the same limits, flow control and confirm timeout as the
 /// streamed changes.
 pub struct StageHandle<P> {
-    batches: mpsc::Sender<Batch>,
+    /// `None` once finishing: the stage then drains and ends.
+    batches: Option<mpsc::Sender<Batch>>,
     confirmed: watch::Receiver<Lsn>,
     task: tokio::task::JoinHandle<Result<P, ProducerError>>,
     last_mark: u64,
+}
+
+/// A handle dropped before [`StageHandle::finish`] (the snapshot failed) stops its stage: its
+/// transport is dropped with it.
+impl<P> Drop for StageHandle<P> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl<P: Transport + 'static> StageHandle<P> {
@@ -241,15 +250,19 @@ impl<P: Transport + 'static> StageHandle<P> {
         let (batches, rx) = mpsc::channel(1);
         let (confirmed_tx, confirmed) = watch::channel(Lsn::ZERO);
         let task = tokio::spawn(run_publisher(publisher, rx, confirmed_tx, config, stats, Marks::Batches));
-        StageHandle { batches, confirmed, task, last_mark: 0 }
+        StageHandle { batches: Some(batches), confirmed, task, last_mark: 0 }
     }
 
     /// Publishes `messages` and returns once every one is confirmed.
     pub async fn publish_confirmed(&mut self, messages: Vec<Message>) -> Result<(), ProducerError> {
         self.last_mark += 1;
         let mark = Lsn(self.last_mark);
-        let sent = self.batches.send(Batch { messages, commit: Some(mark), commit_time_micros: None }).await;
-        if sent.is_err() || self.confirmed.wait_for(|confirmed| *confirmed >= mark).await.is_err() {
+        let batch = Batch { messages, commit: Some(mark), commit_time_micros: None };
+        let sent = match &self.batches {
+            Some(batches) => batches.send(batch).await.is_ok(),
+            None => false,
+        };
+        if !sent || self.confirmed.wait_for(|confirmed| *confirmed >= mark).await.is_err() {
             return Err(self.failure().await);
         }
         Ok(())
@@ -266,10 +279,10 @@ impl<P: Transport + 'static> StageHandle<P> {
 
     /// Lets the stage drain (everything handed over was confirmed already) and closes the
     /// transport.
-    pub async fn finish(self) -> Result<(), ProducerError> {
-        drop(self.batches);
+    pub async fn finish(mut self) -> Result<(), ProducerError> {
+        self.batches = None;
         let publisher =
-            self.task.await.map_err(|e| ProducerError::Protocol(format!("internal task failed: {e}")))??;
+            (&mut self.task).await.map_err(|e| ProducerError::Protocol(format!("internal task failed: {e}")))??;
         publisher.close().await;
         Ok(())
     }

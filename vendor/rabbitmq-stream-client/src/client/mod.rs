@@ -270,8 +270,9 @@ impl Client {
         self.force_drop_connection().await
     }
 
-    // pgevents patch: reachable from the producer's batch task.
-    pub(crate) async fn force_drop_connection(&self) -> RabbitMQStreamResult<()> {
+    // pgevents patch: reachable from the producer's batch task and from applications that
+    // must end a connection whose owner is dropped (its heartbeat task keeps it alive).
+    pub async fn force_drop_connection(&self) -> RabbitMQStreamResult<()> {
         self.channel.close().await
     }
 
