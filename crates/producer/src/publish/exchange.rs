@@ -1,7 +1,9 @@
 //! The AMQP transport: messages to the events exchange (or the one they name) on a channel in
 //! confirm mode ([`pgevents_amqp::ConfirmingPublisher`]); the delivery tag is the number.
 
-use pgevents_amqp::{Brokers, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, PublisherSettings};
+use std::time::Duration;
+
+use pgevents_amqp::{AmqpError, Brokers, Cause, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, PublisherSettings};
 use tokio::sync::watch;
 
 use super::{Confirm, Flow, Message, PublishError, Transport};
@@ -55,9 +57,39 @@ fn outgoing(message: Message) -> OutgoingMessage {
     }
 }
 
+/// How long a publish that failed on a closed channel waits for the broker's reason.
+const REASON_WAIT: Duration = Duration::from_millis(500);
+
+impl ExchangeOutput {
+    /// Why publishing failed: when the channel is closed, the broker's reply closing it (a
+    /// refusal with a kind of its own, e.g. a message above `max_message_size`) may arrive just
+    /// after the failed publish; without it the failure is a lost channel (transient).
+    async fn why(&mut self, error: AmqpError) -> PublishError {
+        if !error.kind().is_transient() {
+            return error.into();
+        }
+        let waiting = async {
+            loop {
+                match self.publisher.next_event().await {
+                    ConfirmEvent::Closed(cause @ Cause::Refused(_)) => return Some(cause),
+                    ConfirmEvent::Closed(_) => return None,
+                    _ => continue,
+                }
+            }
+        };
+        match tokio::time::timeout(REASON_WAIT, waiting).await {
+            Ok(Some(cause)) => PublishError::Closed(cause),
+            _ => error.into(),
+        }
+    }
+}
+
 impl Transport for ExchangeOutput {
     async fn publish(&mut self, message: Message) -> Result<u64, PublishError> {
-        Ok(self.publisher.publish(outgoing(message)).await?)
+        match self.publisher.publish(outgoing(message)).await {
+            Ok(tag) => Ok(tag),
+            Err(e) => Err(self.why(e).await),
+        }
     }
 
     async fn next_confirm(&mut self) -> Result<Confirm, PublishError> {
