@@ -17,7 +17,7 @@ pub use connect::{client, ensure_stream, environment, StreamRetention};
 pub use error::StreamError;
 pub use message::{property, OutgoingStreamMessage};
 pub use pgevents_retry::ErrorKind;
-pub use publisher::{Dedup, StreamConfirm, StreamPublisher};
+pub use publisher::{Dedup, StreamPublisher};
 pub use rabbitmq_stream_client::types::Message;
 pub use url::StreamUrl;
 

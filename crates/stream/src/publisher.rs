@@ -32,7 +32,7 @@ pub enum Dedup {
 
 /// What the broker said.
 #[derive(Debug)]
-pub enum StreamConfirm {
+enum StreamConfirm {
     /// These publishing ids are stored.
     Stored(Vec<u64>),
     /// The broker refused a message, or the connection ended.

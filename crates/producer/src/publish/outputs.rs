@@ -26,7 +26,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn connection(&self) -> &'static str {
+    /// What the role's connections are called (in the management UI, with the slot).
+    pub(super) fn connection(&self) -> &'static str {
         match self {
             Role::Changes { .. } => "producer",
             Role::Snapshot => "producer snapshot",
@@ -126,8 +127,6 @@ pub struct Split {
     waiting: VecDeque<u8>,
     exchange_numbers: Numbers,
     stream_numbers: Numbers,
-    /// Confirms worked out and not yet handed out.
-    ready: VecDeque<Confirm>,
 }
 
 impl Split {
@@ -140,7 +139,6 @@ impl Split {
             waiting: VecDeque::new(),
             exchange_numbers: Numbers::default(),
             stream_numbers: Numbers::default(),
-            ready: VecDeque::new(),
         }
     }
 
@@ -168,9 +166,6 @@ impl Split {
 
     async fn next_confirm(&mut self) -> Result<Confirm, PublishError> {
         loop {
-            if let Some(confirm) = self.ready.pop_front() {
-                return Ok(confirm);
-            }
             let (confirm, transport) = tokio::select! {
                 confirm = self.exchange.next_confirm() => (confirm?, TO_EXCHANGE),
                 confirm = self.stream.next_confirm() => (confirm?, TO_STREAM),
@@ -178,21 +173,22 @@ impl Split {
             let numbers = if transport == TO_EXCHANGE { &mut self.exchange_numbers } else { &mut self.stream_numbers };
             let (first, waiting) = (self.first, &mut self.waiting);
             numbers.confirmed(confirm, |seq| settle(waiting, first, seq, transport))?;
-            self.pop_settled();
+            if let Some(settled) = self.pop_settled() {
+                return Ok(settled);
+            }
         }
     }
 
-    /// Confirms, at once, the run of settled messages at the front (a message settled behind an
-    /// unsettled one waits for it: the LSN moves only past a settled prefix anyway).
-    fn pop_settled(&mut self) {
+    /// The confirm, at once, of the run of settled messages at the front, if any (a message
+    /// settled behind an unsettled one waits for it: the LSN moves only past a settled prefix
+    /// anyway).
+    fn pop_settled(&mut self) -> Option<Confirm> {
         let mut last = None;
         while self.waiting.front() == Some(&0) {
             self.waiting.pop_front();
             last = Some(self.first);
             self.first += 1;
         }
-        if let Some(seq) = last {
-            self.ready.push_back(Confirm { seq, multiple: true });
-        }
+        last.map(|seq| Confirm { seq, multiple: true })
     }
 }

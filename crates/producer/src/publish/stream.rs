@@ -74,10 +74,7 @@ impl StreamOutput {
         role: &Role,
         send_timeout: Duration,
     ) -> Result<StreamOutput, PublishError> {
-        let connection = match role {
-            Role::Changes { .. } => format!("pgevents producer ({slot})"),
-            Role::Snapshot => format!("pgevents producer snapshot ({slot})"),
-        };
+        let connection = format!("pgevents {} ({slot})", role.connection());
         let probe = pgevents_stream::client(&config.url, &connection).await?;
         let declared =
             within("declare the stream", pgevents_stream::ensure_stream(&probe, &config.stream, &config.retention))
