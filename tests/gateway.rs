@@ -1,6 +1,7 @@
 //! `pgevents serve`: live events over SSE, resumed from the in-memory feed or replayed from the
-//! RabbitMQ stream, filters down to a row or a field, slow clients cut off, clients disconnected
-//! when the broker goes away, gzip bodies, gaps past the stream's retention.
+//! RabbitMQ stream (over AMQP, and over the stream protocol), filters down to a row or a field,
+//! slow clients cut off, clients disconnected when the broker goes away, gzip bodies, gaps past
+//! the stream's retention.
 
 mod common;
 
@@ -8,9 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::gateway::Gateway;
+use common::gateway::{Gateway, Over};
 use common::{stop, World, WAIT};
-use pgevents_testkit::{amqp_url, http_get, unique_name, FaultProxy, SseClient, SseMessage};
+use pgevents_testkit::{amqp_url, http_get, stream_url, unique_name, FaultProxy, SseClient, SseMessage};
 
 const SHORT: Duration = Duration::from_millis(700);
 
@@ -229,6 +230,49 @@ async fn a_slow_client_is_cut_off_while_a_fast_one_keeps_up() {
 type Received = Arc<Mutex<Vec<(i64, i64)>>>;
 
 /// Reads `seam` inserts into `into` until row `last` arrives (or the stream ends).
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_stream_protocol_a_lost_broker_cuts_subscribers_who_resume_where_they_were() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE users (id int PRIMARY KEY, name text)").await;
+    let stream = unique_name("history");
+    let proxy = FaultProxy::start("127.0.0.1:5552".parse().unwrap()).await;
+    let proxied = stream_url().replace("127.0.0.1:5552", &proxy.addr.to_string());
+    let env = [("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", proxied.as_str())];
+    let gw = Gateway::start(&world, &stream, None, &env).await;
+    let producer = Over::Stream.producer(&world, &stream, &[]).await;
+    let mut live = gw.subscribe("/events", &[("X-Consumer-Id", "dashboard")]).await;
+    world.pg.execute("INSERT INTO users VALUES (1, 'ann'); INSERT INTO users VALUES (2, 'bob')").await;
+    let first = live.next(WAIT).await.expect("a live event over the stream protocol");
+    let second = live.next(WAIT).await.expect("and the next");
+    assert_eq!((first.event.as_str(), first.json()["new"]["name"].as_str()), ("insert", Some("ann")));
+    let (first_id, second_id): (i64, i64) =
+        (first.id.as_deref().unwrap().parse().unwrap(), second.id.as_deref().unwrap().parse().unwrap());
+    assert_eq!(second_id, first_id + 1, "ids are the stream's offsets");
+
+    proxy.cut();
+    assert!(live.closed_within(Duration::from_secs(10)).await, "subscribers are cut when the broker is lost");
+    let (status, body) = http_get(gw.addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("RabbitMQ connection lost"), "{body}");
+    world.pg.execute("INSERT INTO users VALUES (3, 'cy')").await;
+    proxy.restore().await;
+    pgevents_testkit::wait_for("/readyz 200 after the broker is back", WAIT, || async {
+        http_get(gw.addr, "/readyz").await.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    let mut again =
+        gw.subscribe("/events", &[("X-Consumer-Id", "dashboard"), ("Last-Event-ID", &first_id.to_string())]).await;
+    let resumed = again.next(WAIT).await.expect("resumed after the broker came back");
+    assert_eq!(resumed.id, second.id, "from the event after the one it had");
+    let written_meanwhile = again.next(WAIT).await.expect("then what was written while the gateway was cut off");
+    assert_eq!(written_meanwhile.json()["new"]["name"], "cy");
+    assert!(again.next(SHORT).await.is_none(), "nothing twice");
+    assert!(gw.metric("pgevents_gateway_hub_reconnects_total").await >= 1.0);
+
+    stop(producer).await;
+    gw.stop().await;
+}
+
 fn collect(mut client: SseClient, last: i64, into: Received) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(message) = client.next(Duration::from_secs(60)).await {
@@ -244,13 +288,23 @@ fn collect(mut client: SseClient, last: i64, into: Received) -> tokio::task::Joi
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replays_join_the_live_feed_with_no_gap_and_no_duplicate_under_concurrent_writes() {
+    replays_join_the_live_feed(Over::Amqp).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_stream_protocol_replays_join_the_live_feed_with_no_gap_and_no_duplicate() {
+    replays_join_the_live_feed(Over::Stream).await;
+}
+
+async fn replays_join_the_live_feed(over: Over) {
     let world = World::new().await;
     world.pg.execute("CREATE TABLE seam (id int PRIMARY KEY)").await;
     let stream = unique_name("history");
     // A short in-memory feed, so that most resumes replay from the stream, and few replay slots.
-    let gw = Gateway::start(&world, &stream, None, &[("PGEVENTS_CLIENT_BUFFER", "300"), ("PGEVENTS_MAX_REPLAYS", "2")])
-        .await;
-    let producer = world.producer(&[("PGEVENTS_HISTORY_STREAM", &stream)]).await;
+    let gw =
+        Gateway::start_over(over, &world, &stream, &[("PGEVENTS_CLIENT_BUFFER", "300"), ("PGEVENTS_MAX_REPLAYS", "2")])
+            .await;
+    let producer = over.producer(&world, &stream, &[]).await;
     let rows: i64 = 2000;
     let reference: Received = Arc::default();
     let reference_reader =
@@ -297,17 +351,33 @@ async fn replays_join_the_live_feed_with_no_gap_and_no_duplicate_under_concurren
     let replays = gw.metric("pgevents_gateway_replays_total").await;
     assert!(replays >= 1.0, "some subscribers replayed from the stream");
     assert!(replays < 12.0, "the up-to-date ones resumed from memory ({replays} replays)");
+    if over == Over::Stream {
+        // Each replay read on a connection of its own, closed when it joined the live feed.
+        pgevents_testkit::wait_for("only the hub's stream connection left", WAIT, || async {
+            (gw.stream_connections() == 1).then_some(())
+        })
+        .await;
+    }
     stop(producer).await;
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gzipped_events_read_the_same_live_and_replayed() {
+    gzipped_events(Over::Amqp).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_stream_protocol_gzipped_events_read_the_same_live_and_replayed() {
+    gzipped_events(Over::Stream).await;
+}
+
+async fn gzipped_events(over: Over) {
     let world = World::new().await;
     world.pg.execute("CREATE TABLE users (id int PRIMARY KEY, name text)").await;
     let stream = unique_name("history");
-    let gw = Gateway::start(&world, &stream, None, &[("PGEVENTS_CLIENT_BUFFER", "300")]).await;
-    let producer = world.producer(&[("PGEVENTS_HISTORY_STREAM", &stream), ("PGEVENTS_COMPRESSION", "gzip")]).await;
+    let gw = Gateway::start_over(over, &world, &stream, &[("PGEVENTS_CLIENT_BUFFER", "300")]).await;
+    let producer = over.producer(&world, &stream, &[("PGEVENTS_COMPRESSION", "gzip")]).await;
     let mut live = gw.subscribe("/events", &[("X-Consumer-Id", "gzip")]).await;
     world.pg.execute("INSERT INTO users VALUES (1, 'ann'); INSERT INTO users VALUES (2, 'bob')").await;
     let first = live.next(WAIT).await.expect("a gzipped event arrives as JSON");
@@ -330,6 +400,15 @@ async fn gzipped_events_read_the_same_live_and_replayed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_past_the_retention_starts_with_a_gap_event() {
+    a_replay_past_the_retention(Over::Amqp).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_stream_protocol_a_replay_past_the_retention_starts_with_a_gap_event() {
+    a_replay_past_the_retention(Over::Stream).await;
+}
+
+async fn a_replay_past_the_retention(over: Over) {
     let world = World::new().await;
     world.pg.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)").await;
     let stream = unique_name("history");
@@ -339,10 +418,9 @@ async fn a_replay_past_the_retention_starts_with_a_gap_event() {
     let retention = [("PGEVENTS_HISTORY_MAX_BYTES", "150000"), ("PGEVENTS_HISTORY_SEGMENT_BYTES", "50000")];
     let mut gw_env = retention.to_vec();
     gw_env.push(("PGEVENTS_CLIENT_BUFFER", "200"));
-    let gw = Gateway::start(&world, &stream, None, &gw_env).await;
-    let mut producer_env = retention.to_vec();
-    producer_env.push(("PGEVENTS_HISTORY_STREAM", &stream));
-    let producer = world.producer(&producer_env).await;
+    // (Over the stream protocol, the gateway declares the stream first, with these settings.)
+    let gw = Gateway::start_over(over, &world, &stream, &gw_env).await;
+    let producer = over.producer(&world, &stream, &retention).await;
     let mut live = gw.subscribe("/events", &[("X-Consumer-Id", "gap")]).await;
     let reader = tokio::spawn(async move {
         let mut ids = Vec::new();

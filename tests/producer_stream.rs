@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::{pg_port, run_to_end, stop, World, WAIT};
 use pgevents_testkit::{
-    delete_stream, free_local_addr, read_stream, stream_url, unique_name, wait_for, PgEventsProcess, StreamRecord,
+    delete_stream, free_local_addr, read_stream, stream_connections_of, stream_url, unique_name, wait_for,
+    PgEventsProcess, StreamRecord,
 };
 
 const ROWS: i32 = 10_000;
@@ -318,17 +319,6 @@ async fn large_events_reach_the_stream_whole_and_one_above_its_limit_is_stubbed(
     delete_stream(&stream).await;
 }
 
-/// The producer process's open connections to the stream protocol's port (`ss`; asking RabbitMQ
-/// with `rabbitmqctl list_stream_connections` would crash 3.10's handler of a connection that is
-/// still in its handshake, another test's).
-fn stream_connections(pid: u32) -> usize {
-    let out = std::process::Command::new("ss")
-        .args(["-Htnp", "state", "established", "( dport = :5552 )"])
-        .output()
-        .expect("ss");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|line| line.contains(&format!("pid={pid},"))).count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_session_leaves_no_stream_connection_behind() {
     let world = World::new().await;
@@ -353,7 +343,7 @@ async fn a_failed_session_leaves_no_stream_connection_behind() {
     }
     let pid = producer.pid();
     let left = wait_for("one stream connection", WAIT, || async {
-        let count = stream_connections(pid);
+        let count = stream_connections_of(pid);
         (count == 1).then_some(count)
     })
     .await;

@@ -4,9 +4,53 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pgevents_testkit::{amqp_url, delete_queue, free_local_addr, http_get, metric_value, PgEventsProcess, SseClient};
+use pgevents_testkit::{
+    amqp_url, delete_queue, free_local_addr, http_get, metric_value, stream_connections_of, stream_url,
+    PgEventsProcess, SseClient,
+};
 
 use super::{World, WAIT};
+
+/// How the history stream is written and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// The producer's --history-stream (a stream queue bound to the exchange), read over AMQP.
+    Amqp,
+    /// The producer's --publish-to stream output, read over the stream protocol.
+    Stream,
+}
+
+impl Over {
+    /// The gateway's settings for it.
+    pub fn gateway_env(self) -> Vec<(&'static str, String)> {
+        match self {
+            Over::Amqp => vec![],
+            Over::Stream => {
+                vec![("PGEVENTS_HISTORY_PROTOCOL", "stream".to_owned()), ("PGEVENTS_STREAM_URL", stream_url())]
+            }
+        }
+    }
+
+    /// The producer's settings to write `stream`.
+    pub fn producer_env(self, stream: &str) -> Vec<(&'static str, String)> {
+        match self {
+            Over::Amqp => vec![("PGEVENTS_HISTORY_STREAM", stream.to_owned())],
+            Over::Stream => vec![
+                ("PGEVENTS_PUBLISH_TO", "stream".to_owned()),
+                ("PGEVENTS_STREAM", stream.to_owned()),
+                ("PGEVENTS_STREAM_URL", stream_url()),
+            ],
+        }
+    }
+
+    /// A producer writing `stream`, with `extra` settings.
+    pub async fn producer(self, world: &World, stream: &str, extra: &[(&str, &str)]) -> PgEventsProcess {
+        let env = self.producer_env(stream);
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(extra);
+        world.producer(&all).await
+    }
+}
 
 pub struct Gateway {
     pub process: PgEventsProcess,
@@ -35,6 +79,23 @@ impl Gateway {
         }
         let process = Self::spawn(&env).await;
         Gateway { process, addr, metrics, stream: stream.to_owned(), env }
+    }
+
+    /// [`Gateway::start`] reading the history `over` a protocol.
+    pub async fn start_over(over: Over, world: &World, stream: &str, extra: &[(&str, &str)]) -> Gateway {
+        let env = over.gateway_env();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(extra);
+        let gateway = Self::start(world, stream, None, &all).await;
+        if over == Over::Stream {
+            assert!(gateway.stream_connections() >= 1, "the gateway reads over the stream protocol");
+        }
+        gateway
+    }
+
+    /// The gateway's connections to the stream protocol's port.
+    pub fn stream_connections(&self) -> usize {
+        stream_connections_of(self.process.pid())
     }
 
     async fn spawn(env: &[(String, String)]) -> PgEventsProcess {

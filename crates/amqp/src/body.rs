@@ -21,11 +21,17 @@ impl Delivery {
     /// The body, decompressed according to `content_encoding`, at most `max_bytes` long once
     /// decompressed.
     pub fn decoded_body(&self, max_bytes: usize) -> Result<Cow<'_, [u8]>, BodyError> {
-        match self.properties.content_encoding().map(String::as_str) {
-            None | Some("") | Some("identity") => Ok(Cow::Borrowed(&self.body)),
-            Some("gzip") => gunzip(&self.body, max_bytes).map(Cow::Owned),
-            Some(other) => Err(BodyError::UnknownEncoding(other.to_owned())),
-        }
+        decode_body(&self.body, self.properties.content_encoding().map(String::as_str), max_bytes)
+    }
+}
+
+/// A body as its publisher meant it, whatever carried it (an AMQP 0-9-1 delivery, a stream
+/// message): gunzipped when `encoding` is `gzip`, at most `max_bytes` long once decompressed.
+pub fn decode_body<'a>(body: &'a [u8], encoding: Option<&str>, max_bytes: usize) -> Result<Cow<'a, [u8]>, BodyError> {
+    match encoding {
+        None | Some("") | Some("identity") => Ok(Cow::Borrowed(body)),
+        Some("gzip") => gunzip(body, max_bytes).map(Cow::Owned),
+        Some(other) => Err(BodyError::UnknownEncoding(other.to_owned())),
     }
 }
 

@@ -26,7 +26,7 @@ pub use ack_window::{AckWindow, UnknownTag};
 pub use amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
 pub use amqprs::connection::Connection;
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
-pub use body::BodyError;
+pub use body::{decode_body, BodyError};
 pub use brokers::{describe_metrics, Brokers, FAILOVERS};
 pub use channel::{open_channel, Channel};
 pub use confirmed_sender::ConfirmedSender;

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use pgevents_amqp::Connection;
 use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +23,7 @@ use crate::hub::Link;
 use crate::metrics;
 use crate::replay::{Replay, ReplayError, ReplayItem};
 use crate::ring::{Read, Ring};
+use crate::source::Access;
 use crate::sse;
 use crate::subscription::Subscription;
 
@@ -231,9 +231,9 @@ impl Feed {
     }
 
     /// The hub's connection if it is still the one this feed started on.
-    fn link_if(&self, generation: u64) -> Option<Connection> {
+    fn link_if(&self, generation: u64) -> Option<Access> {
         match &*self.link.borrow() {
-            Link::Up { generation: g, connection } if *g == generation => Some(connection.clone()),
+            Link::Up { generation: g, access } if *g == generation => Some(access.clone()),
             _ => None,
         }
     }
@@ -299,9 +299,9 @@ impl Feed {
         if let Some(cursor) = self.context.ring.cursor_after(after) {
             return Step::Go(Phase::Live { cursor, generation, after });
         }
-        let Some(connection) = self.link_if(generation) else { return Step::End(End::BrokerLost) };
+        let Some(access) = self.link_if(generation) else { return Step::End(End::BrokerLost) };
         let context = &self.context;
-        match Replay::open(&connection, &context.stream, after.saturating_add(1), context.max_body_bytes).await {
+        match Replay::open(&access, &context.stream, after.saturating_add(1), context.max_body_bytes).await {
             Ok(replay) => {
                 ::metrics::counter!(metrics::REPLAYS).increment(1);
                 ::metrics::gauge!(metrics::REPLAYS_ACTIVE).increment(1.0);

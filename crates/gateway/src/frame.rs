@@ -1,10 +1,10 @@
 //! One message of the history stream, decoded once for every subscriber: the event, its primary
 //! key as `pk=` compares it (values in key order), and its SSE frame, formatted once and shared.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
-use pgevents_amqp::Delivery;
 use pgevents_event::{Action, Event};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -13,7 +13,8 @@ use serde_json::Value;
 use crate::metrics;
 use crate::sse;
 
-/// The header in which RabbitMQ gives a stream message's offset (the SSE event id).
+/// The header in which RabbitMQ gives an AMQP stream consumer a message's offset (the SSE event
+/// id).
 pub const STREAM_OFFSET: &str = "x-stream-offset";
 
 /// One stream message.
@@ -44,19 +45,18 @@ pub struct EventFrame {
 }
 
 impl Frame {
-    /// Decodes a delivery of the history stream; `None` when it carries no offset (not from a
-    /// stream queue). `max_body_bytes` bounds a gzipped body once decompressed.
-    pub fn decode(delivery: &Delivery, max_body_bytes: usize) -> Option<Frame> {
-        let offset = delivery.header_i64(STREAM_OFFSET)?;
-        let content = match decode_event(delivery, offset, max_body_bytes) {
+    /// The frame of the message at `offset` with `body` (decompressed, or why it cannot be);
+    /// `table` names it in the log when it is not a readable event.
+    pub fn new(offset: i64, body: Result<Cow<'_, [u8]>, String>, table: &str) -> Frame {
+        let content = match body.and_then(|body| EventFrame::from_body(&body, offset)) {
             Ok(frame) => Content::Event(Box::new(frame)),
             Err(why) => {
-                tracing::warn!(offset, routing_key = ?delivery.routing_key, error = ?why, "skipping a history message that is not a readable pgevents event");
+                tracing::warn!(offset, table = ?table, error = ?why, "skipping a history message that is not a readable pgevents event");
                 ::metrics::counter!(metrics::UNREADABLE).increment(1);
                 Content::Unreadable
             }
         };
-        Some(Frame { offset, content })
+        Frame { offset, content }
     }
 
     /// Bytes a subscriber is sent for this frame at row granularity (what buffers count).
@@ -73,11 +73,6 @@ impl Frame {
             Content::Unreadable => None,
         }
     }
-}
-
-fn decode_event(delivery: &Delivery, offset: i64, max_body_bytes: usize) -> Result<EventFrame, String> {
-    let body = delivery.decoded_body(max_body_bytes).map_err(|e| e.to_string())?;
-    EventFrame::from_body(&body, offset)
 }
 
 impl EventFrame {

@@ -11,16 +11,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_amqp::{self as amqp, ensure_stream, AmqpError, Brokers, Connection, FieldValue, Retention};
+use pgevents_amqp::{Brokers, Retention};
 use pgevents_retry::{Policy, SessionEnd, Step, Supervisor};
 use pgevents_telemetry::Readiness;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Frame, STREAM_OFFSET};
 use crate::metrics;
 use crate::probe;
 use crate::ring::Ring;
+use crate::source::{Access, From, Protocol, Reader, Session, SourceError};
 
 /// Deliveries drained into one append, at most (and at most a quarter of the ring, so that one
 /// append never pushes a subscriber that keeps up out of it).
@@ -29,13 +29,14 @@ const BATCH: usize = 256;
 /// Where the stream is read from.
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
+    /// The AMQP brokers (also for `Protocol::Stream`: the gateway's other connections use them).
     pub url: Brokers,
-    pub exchange: String,
+    pub protocol: Protocol,
     pub stream: String,
     pub retention: Retention,
     /// Largest event body accepted once decompressed.
     pub max_body_bytes: usize,
-    /// Unacknowledged deliveries RabbitMQ sends ahead to the hub.
+    /// Unacknowledged deliveries RabbitMQ sends ahead to the hub over AMQP.
     pub prefetch: u16,
     pub backoff_max: Duration,
 }
@@ -46,7 +47,7 @@ pub enum Link {
     /// Not connected yet, or reconnecting after a loss.
     Down,
     /// Reading the stream; `generation` changes with every new connection.
-    Up { generation: u64, connection: Connection },
+    Up { generation: u64, access: Access },
 }
 
 impl Link {
@@ -56,14 +57,6 @@ impl Link {
             Link::Down => None,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum HubError {
-    #[error(transparent)]
-    Amqp(#[from] AmqpError),
-    #[error("the RabbitMQ connection was lost")]
-    Lost,
 }
 
 /// Where the next session starts reading.
@@ -96,10 +89,10 @@ async fn run(
 ) {
     let policy = Policy { max: config.backoff_max, ..Policy::default() };
     let batch = (ring.max_events() / 4).clamp(1, BATCH);
-    let mut reader = Reader { config: &config, ring, link: &link, position: Position::Next, generation: 0, batch };
+    let mut hub = Hub { config: &config, ring, link: &link, position: Position::Next, generation: 0, batch };
     let mut supervisor = Supervisor::new("history stream", policy);
     loop {
-        let end = match reader.session(&readiness, &shutdown).await {
+        let end = match hub.session(&readiness, &shutdown).await {
             Ok(()) => SessionEnd::Stop(()),
             Err(error) => {
                 ::metrics::counter!(metrics::HUB_RECONNECTS).increment(1);
@@ -115,7 +108,7 @@ async fn run(
     link.send_replace(Link::Down);
 }
 
-struct Reader<'a> {
+struct Hub<'a> {
     config: &'a StreamConfig,
     ring: Arc<Ring>,
     link: &'a watch::Sender<Link>,
@@ -127,8 +120,8 @@ struct Reader<'a> {
 /// Everything published from the hub's first session on reaches it, and what was published
 /// before ends at the newest offset now: subscribers up to date with it need no replay. (Until
 /// this is known, or when the hub has read a message first, they replay from the stream.)
-async fn find_floor(connection: Connection, stream: String, ring: Arc<Ring>) {
-    match probe::newest_offset(&connection, &stream).await {
+async fn find_floor(access: Access, stream: String, ring: Arc<Ring>) {
+    match probe::newest_offset(&access, &stream).await {
         Ok(Some(newest)) => ring.set_floor(newest),
         Ok(None) => {}
         Err(e) => tracing::debug!(error = %e, "cannot look up the newest offset of the history stream"),
@@ -146,58 +139,59 @@ enum Start {
     Resumed { after: i64, checked: bool },
 }
 
-impl Reader<'_> {
+impl Hub<'_> {
     /// One connection: consume from the position, append to the ring, until lost or shutdown.
-    async fn session(&mut self, readiness: &Readiness, shutdown: &CancellationToken) -> Result<(), HubError> {
+    async fn session(&mut self, readiness: &Readiness, shutdown: &CancellationToken) -> Result<(), SourceError> {
         let config = self.config;
         if let (Position::Next, Some(floor)) = (self.position, self.ring.floor()) {
             // A probe of an earlier session found where the stream ended: continue from there.
             self.position = Position::After(floor);
         }
         let name = format!("pgevents serve ({})", config.stream);
-        let connection = amqp::connect(&config.url, &name).await?;
-        let channel = amqp::open_channel(&connection).await?;
-        ensure_stream(&channel, &config.stream, &config.exchange, &config.retention).await?;
-        let (mut start, offset) = match self.position {
-            Position::Next => (Start::Fresh, FieldValue::from("next")),
-            Position::After(after) => {
-                (Start::Resumed { after, checked: false }, FieldValue::l(after.saturating_add(1)))
-            }
+        let session = Session::connect(&config.url, &config.protocol, &config.stream, &config.retention, &name).await?;
+        let (mut start, from) = match self.position {
+            Position::Next => (Start::Fresh, From::Next),
+            Position::After(after) => (Start::Resumed { after, checked: false }, From::Offset(after.saturating_add(1))),
         };
-        let arguments = amqp::field_table(&[(STREAM_OFFSET, offset)]);
-        let mut deliveries = amqp::consume(&channel, &config.stream, config.prefetch, arguments).await?;
+        let mut reader = Reader::open(&session.access, &config.stream, from, config.prefetch).await?;
         self.generation += 1;
-        self.link.send_replace(Link::Up { generation: self.generation, connection: connection.clone() });
+        self.link.send_replace(Link::Up { generation: self.generation, access: session.access.clone() });
         readiness.set_ready();
         tracing::info!(stream = %config.stream, position = ?self.position, "reading the history stream");
         if let Start::Fresh = start {
-            tokio::spawn(find_floor(connection.clone(), config.stream.clone(), self.ring.clone()));
+            tokio::spawn(find_floor(session.access.clone(), config.stream.clone(), self.ring.clone()));
         }
-        loop {
+        let outcome = loop {
             let first = tokio::select! {
-                delivery = deliveries.next() => delivery.ok_or(HubError::Lost)?,
-                _ = shutdown.cancelled() => break,
+                message = reader.next() => message,
+                _ = shutdown.cancelled() => break Ok(()),
             };
-            let mut batch = vec![first];
+            let mut batch = match first {
+                Ok(message) => vec![message],
+                Err(e) => break Err(e),
+            };
             while batch.len() < self.batch {
-                match deliveries.try_next() {
-                    Some(delivery) => batch.push(delivery),
+                match reader.try_next() {
+                    Some(message) => batch.push(message),
                     None => break,
                 }
             }
             let frames = batch
                 .iter()
-                .filter_map(|d| Frame::decode(d, config.max_body_bytes))
+                .filter_map(|m| m.frame(config.max_body_bytes))
                 .filter(|frame| self.continues(&mut start, frame.offset))
                 .collect();
             self.ring.push(frames);
-            if let Some(last) = batch.last() {
-                amqp::ack_up_to(&channel, last.delivery_tag).await?;
+            if let Err(e) = reader.acknowledge().await {
+                break Err(e);
             }
+        };
+        if outcome.is_ok() {
+            // Stopping: close politely (a lost connection is only dropped).
+            reader.close().await;
+            session.close().await;
         }
-        let _ = channel.close().await;
-        let _ = connection.close().await;
-        Ok(())
+        outcome
     }
 
     /// Whether a frame at `offset` belongs in the ring (it advances the position).

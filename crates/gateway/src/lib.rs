@@ -1,7 +1,8 @@
 //! `pgevents serve`: pushes events to browsers and apps over Server-Sent Events.
 //!
-//! History lives in a RabbitMQ **stream** queue bound to the events exchange; its offsets are
-//! the SSE event ids. One live consumer per gateway process (the [`hub`]) reads the stream and
+//! History lives in a RabbitMQ **stream**: a stream queue bound to the events exchange, read
+//! over AMQP, or a stream read over RabbitMQ's stream protocol ([`source`]); its offsets are the
+//! SSE event ids. One live reader per gateway process (the [`hub`]) reads the stream and
 //! decodes each event once into a shared in-memory [`ring`] that every subscriber's feed reads
 //! from its own cursor, so subscribers cost no AMQP channel and RabbitMQ sends each event once.
 //! A subscriber with `Last-Event-ID` resumes from the ring when it still holds that id, or
@@ -34,6 +35,7 @@ mod routes;
 mod server;
 mod session_events;
 mod sessions;
+mod source;
 mod sse;
 mod subscriber;
 mod subscription;
@@ -41,7 +43,6 @@ mod subscription;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pgevents_amqp::{self as amqp, ensure_stream, AmqpError};
 use pgevents_telemetry::Readiness;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +53,7 @@ pub use config::{ConfigError, Cors, GatewayConfig};
 pub use hub::StreamConfig;
 pub use pgevents_amqp::Retention;
 pub use sessions::SessionsConfig;
+pub use source::{Protocol, SourceError};
 
 use crate::addressing::Addressing;
 use crate::admission::{Gateway, RequestLimits};
@@ -59,6 +61,7 @@ use crate::auth::Verifier;
 use crate::clients::Clients;
 use crate::feed::FeedContext;
 use crate::ring::{Ring, RingLimits};
+use crate::source::Session;
 
 /// Entry points for the fuzz targets (`fuzz/`): what the gateway does with bytes from a client
 /// and from the history stream, without sockets.
@@ -140,7 +143,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
     #[error(transparent)]
-    Amqp(#[from] AmqpError),
+    Source(#[from] SourceError),
     #[error("cannot listen on {addr}: {source}; choose another --listen address")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("--sessions: {0} (run pgevents rules install to create the session tables)")]
@@ -201,7 +204,7 @@ pub async fn serve(
             .collect(),
     });
     let app = routes::router(gateway.clone());
-    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), stream = %config.stream.stream, exchange = %config.stream.exchange, "serving /events");
+    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), stream = %config.stream.stream, protocol = ?config.stream.protocol, "serving /events");
 
     server::run(listener, gateway, app, config.header_read_timeout, shutdown).await;
     let _ = hub.await;
@@ -209,13 +212,12 @@ pub async fn serve(
     Ok(())
 }
 
-/// Declares and binds the history stream, so bad broker settings fail at start.
-async fn prepare_stream(stream: &StreamConfig) -> Result<(), AmqpError> {
-    let connection = amqp::connect(&stream.url, "pgevents serve (setup)").await?;
-    let channel = amqp::open_channel(&connection).await?;
-    ensure_stream(&channel, &stream.stream, &stream.exchange, &stream.retention).await?;
-    let _ = channel.close().await;
-    let _ = connection.close().await;
+/// Declares the history stream (and binds it, over AMQP), so bad broker settings fail at start.
+async fn prepare_stream(stream: &StreamConfig) -> Result<(), SourceError> {
+    let session =
+        Session::connect(&stream.url, &stream.protocol, &stream.stream, &stream.retention, "pgevents serve (setup)")
+            .await?;
+    session.close().await;
     Ok(())
 }
 

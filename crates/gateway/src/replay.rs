@@ -1,19 +1,18 @@
-//! One subscriber's replay: a consumer of its own on the history stream, starting right after
+//! One subscriber's replay: a reader of its own on the history stream, starting right after
 //! the subscriber's `Last-Event-ID`, read until the subscriber reaches what the ring holds
 //! (see the feed). A subscriber asking for events older than the stream's retention is told so
 //! with a gap (the first offset still available), never silently skipped.
 
-use pgevents_amqp::{self as amqp, AmqpError, Channel, Connection, DeliveryStream, FieldValue};
-
-use crate::frame::{Frame, STREAM_OFFSET};
+use crate::frame::Frame;
 use crate::probe;
+use crate::source::{Access, From, Message, Reader, SourceError};
 
 /// Deliveries RabbitMQ sends ahead to one replay.
 const PREFETCH: u16 = 256;
 
-/// A delivery taken by [`Replay::recv`].
+/// A message taken by [`Replay::recv`].
 pub enum Delivery {
-    Received(Box<pgevents_amqp::Delivery>),
+    Received(Message),
     /// A frame held back while its gap was reported.
     Held(Frame),
 }
@@ -31,58 +30,46 @@ pub enum ReplayItem {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(transparent)]
-    Amqp(#[from] AmqpError),
+    Source(#[from] SourceError),
     #[error("the RabbitMQ connection was lost during the replay")]
     Lost,
 }
 
 pub struct Replay {
-    connection: Connection,
-    channel: Channel,
+    access: Access,
     stream: String,
-    deliveries: DeliveryStream,
+    reader: Reader,
     /// The first offset wanted.
     from: i64,
     /// Whether the first delivery has been seen (and checked against retention).
     started: bool,
     /// A frame held back while its gap is reported.
     pending: Option<Frame>,
-    /// The newest delivery tag not yet acknowledged.
-    unacked: Option<u64>,
     max_body_bytes: usize,
 }
 
 impl Replay {
-    /// Starts consuming the stream at `from`.
-    pub async fn open(
-        connection: &Connection,
-        stream: &str,
-        from: i64,
-        max_body_bytes: usize,
-    ) -> Result<Replay, AmqpError> {
-        let channel = amqp::open_channel(connection).await?;
-        let arguments = amqp::field_table(&[(STREAM_OFFSET, FieldValue::l(from))]);
-        let deliveries = amqp::consume(&channel, stream, PREFETCH, arguments).await?;
+    /// Starts reading the stream at `from`.
+    pub async fn open(access: &Access, stream: &str, from: i64, max_body_bytes: usize) -> Result<Replay, SourceError> {
+        let reader = Reader::open(access, stream, From::Offset(from), PREFETCH).await?;
         Ok(Replay {
-            connection: connection.clone(),
-            channel,
+            access: access.clone(),
             stream: stream.to_owned(),
-            deliveries,
+            reader,
             from,
             started: false,
             pending: None,
-            unacked: None,
             max_body_bytes,
         })
     }
 
-    /// The next delivery, as it arrives. Cancel-safe: nothing is lost if the caller stops
+    /// The next message, as it arrives. Cancel-safe: nothing is lost if the caller stops
     /// waiting; hand what it returns to [`Replay::accept`].
     pub async fn recv(&mut self) -> Option<Delivery> {
         if let Some(frame) = self.pending.take() {
             return Some(Delivery::Held(frame));
         }
-        self.deliveries.next().await.map(|d| Delivery::Received(Box::new(d)))
+        self.reader.next().await.ok().map(Delivery::Received)
     }
 
     /// What a delivery means for the subscriber: a frame, a gap before it (the frame follows
@@ -91,10 +78,7 @@ impl Replay {
     pub async fn accept(&mut self, delivery: Option<Delivery>) -> Result<Option<ReplayItem>, ReplayError> {
         let frame = match delivery.ok_or(ReplayError::Lost)? {
             Delivery::Held(frame) => return Ok(Some(ReplayItem::Frame(frame))),
-            Delivery::Received(delivery) => {
-                self.unacked = Some(delivery.delivery_tag);
-                Frame::decode(&delivery, self.max_body_bytes)
-            }
+            Delivery::Received(message) => message.frame(self.max_body_bytes),
         };
         let Some(frame) = frame else { return Ok(None) };
         if frame.offset < self.from {
@@ -107,7 +91,7 @@ impl Replay {
         if frame.offset > self.from {
             // Either retention removed what was asked for, or the stream has no message at those
             // offsets; only the first is a gap.
-            if let Some(first_available) = probe::first_offset(&self.connection, &self.stream).await? {
+            if let Some(first_available) = probe::first_offset(&self.access, &self.stream).await? {
                 if first_available > self.from {
                     self.pending = Some(frame);
                     return Ok(Some(ReplayItem::Gap { first_available }));
@@ -124,27 +108,23 @@ impl Replay {
             return None;
         }
         loop {
-            let delivery = self.deliveries.try_next()?;
-            self.unacked = Some(delivery.delivery_tag);
-            match Frame::decode(&delivery, self.max_body_bytes) {
+            let message = self.reader.try_next()?;
+            match message.frame(self.max_body_bytes) {
                 Some(frame) if frame.offset >= self.from => return Some(frame),
                 _ => continue,
             }
         }
     }
 
-    /// Acknowledges everything taken so far (RabbitMQ sends a stream consumer more only as it
-    /// acknowledges). Call it after each chunk, never raced against anything else: a lost
+    /// Acknowledges everything taken so far (RabbitMQ sends an AMQP stream consumer more only
+    /// as it acknowledges). Call it after each chunk, never raced against anything else: a lost
     /// acknowledgement would leave the consumer waiting for deliveries that never come.
     pub async fn acknowledge(&mut self) -> Result<(), ReplayError> {
-        if let Some(tag) = self.unacked.take() {
-            amqp::ack_up_to(&self.channel, tag).await?;
-        }
-        Ok(())
+        Ok(self.reader.acknowledge().await?)
     }
 
-    /// Closes the replay's channel.
+    /// Ends the replay's subscription.
     pub async fn close(self) {
-        let _ = self.channel.close().await;
+        self.reader.close().await;
     }
 }

@@ -293,6 +293,13 @@ pub fn read_password_file(file: &std::path::Path, option: &str) -> anyhow::Resul
     Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
 }
 
+/// How `pgevents serve` reads its history stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HistoryProtocolArg {
+    Amqp,
+    Stream,
+}
+
 /// The stream output of the producer (RabbitMQ's stream protocol, plugin `rabbitmq_stream`).
 #[derive(Debug, Clone, Args)]
 pub struct StreamArgs {
@@ -302,6 +309,20 @@ pub struct StreamArgs {
     /// The stream row events are written to with --publish-to stream or both (declared if missing); it must be written by this producer only [default: none]
     #[arg(long = "stream", env = "PGEVENTS_STREAM")]
     pub stream: Option<String>,
+    #[command(flatten)]
+    pub connection: StreamConnectionArgs,
+    /// How long the stream keeps events, set when it is declared (RabbitMQ units: Y, M, D, h, m, s)
+    #[arg(long, env = "PGEVENTS_STREAM_MAX_AGE", default_value = "7D")]
+    pub stream_max_age: String,
+    /// How many bytes the stream keeps at most, set when it is declared
+    #[arg(long, env = "PGEVENTS_STREAM_MAX_BYTES", default_value_t = 20 << 30)]
+    pub stream_max_bytes: u64,
+}
+
+/// Where RabbitMQ's stream protocol is reached (the producer's `--publish-to stream`, the
+/// gateway's `--history-protocol stream`, the same variables).
+#[derive(Debug, Clone, Args)]
+pub struct StreamConnectionArgs {
     /// RabbitMQ's stream protocol URL: rabbitmq-stream://user:password@host:5552/vhost, or rabbitmq-stream+tls://... (port 5551)
     #[arg(
         long = "stream-url",
@@ -322,15 +343,9 @@ pub struct StreamArgs {
     /// The client certificate's private key (PEM)
     #[arg(long = "stream-key-file", env = "PGEVENTS_STREAM_KEY_FILE")]
     pub stream_key_file: Option<std::path::PathBuf>,
-    /// How long the stream keeps events, set when it is declared (RabbitMQ units: Y, M, D, h, m, s)
-    #[arg(long, env = "PGEVENTS_STREAM_MAX_AGE", default_value = "7D")]
-    pub stream_max_age: String,
-    /// How many bytes the stream keeps at most, set when it is declared
-    #[arg(long, env = "PGEVENTS_STREAM_MAX_BYTES", default_value_t = 20 << 30)]
-    pub stream_max_bytes: u64,
 }
 
-impl StreamArgs {
+impl StreamConnectionArgs {
     /// The stream protocol URL with the password file and the TLS files applied.
     pub fn url(&self) -> anyhow::Result<pgevents_stream::StreamUrl> {
         use anyhow::Context;
@@ -558,9 +573,14 @@ pub struct ServeArgs {
     /// Address to serve /events, the live tail page (/), /healthz and /readyz on
     #[arg(long, env = "PGEVENTS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// The RabbitMQ stream queue with the event history (declared and bound to the exchange if missing)
+    /// The RabbitMQ stream with the event history (declared if missing; over AMQP, also bound to the exchange)
     #[arg(long, env = "PGEVENTS_HISTORY_STREAM", default_value = "pgevents_history")]
     pub history_stream: String,
+    /// How the history stream is read: amqp (a stream queue bound to the exchange, filled by the producer's --history-stream) or stream (RabbitMQ's stream protocol, at --stream-url: the stream the producer writes with --publish-to stream --stream NAME, or its --history-stream)
+    #[arg(long, env = "PGEVENTS_HISTORY_PROTOCOL", value_enum, default_value_t = HistoryProtocolArg::Amqp)]
+    pub history_protocol: HistoryProtocolArg,
+    #[command(flatten)]
+    pub stream_connection: StreamConnectionArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Seconds between heartbeat comments on idle event streams

@@ -89,8 +89,13 @@ pub async fn environment(url: &StreamUrl, name: &str) -> Result<Environment, Str
     connecting(url, built.build()).await
 }
 
-/// Declares `stream` with `retention` if it is missing; an existing stream keeps its settings.
+/// Declares `stream` with `retention` if it is missing; an existing stream keeps its settings
+/// (the broker refuses a declaration whose settings differ, so an existing stream is left alone:
+/// the gateway and the producer may both declare it, with their own options).
 pub async fn ensure_stream(client: &Client, stream: &str, retention: &StreamRetention) -> Result<(), StreamError> {
+    if exists(client, stream).await? {
+        return Ok(());
+    }
     let mut arguments = HashMap::from([
         ("max-age".to_owned(), retention.max_age.clone()),
         ("max-length-bytes".to_owned(), retention.max_bytes.to_string()),
@@ -107,6 +112,62 @@ pub async fn ensure_stream(client: &Client, stream: &str, retention: &StreamRete
         .map_err(|e| StreamError::operation(stream, "declare the stream", &e))?;
     match response.code() {
         ResponseCode::Ok | ResponseCode::StreamAlreadyExists => Ok(()),
+        // Declared meanwhile by someone else, with other settings.
+        ResponseCode::PreconditionFailed if exists(client, stream).await? => Ok(()),
         code => Err(StreamError::refused(stream, "declare the stream", code)),
+    }
+}
+
+/// Whether `stream` exists.
+async fn exists(client: &Client, stream: &str) -> Result<bool, StreamError> {
+    let mut metadata = client
+        .metadata(vec![stream.to_owned()])
+        .await
+        .map_err(|e| StreamError::operation(stream, "look the stream up", &e))?;
+    match metadata.remove(stream).map(|found| found.response_code) {
+        Some(ResponseCode::Ok) => Ok(true),
+        Some(ResponseCode::StreamDoesNotExist) | None => Ok(false),
+        Some(code) => Err(StreamError::refused(stream, "look the stream up", &code)),
+    }
+}
+
+/// A connection to the leader of `stream`: the node of `url` when it leads, or the leader the
+/// broker names (its advertised host and port).
+pub(crate) async fn leader(url: &StreamUrl, stream: &str, connection_name: &str) -> Result<Client, StreamError> {
+    let client = client_at(url, None, connection_name).await?;
+    let mut metadata: HashMap<_, _> = client
+        .metadata(vec![stream.to_owned()])
+        .await
+        .map_err(|e| StreamError::operation(stream, "look up the stream's leader", &e))?;
+    let Some(found) = metadata.remove(stream) else {
+        return Err(StreamError::refused(stream, "look up the stream's leader", &ResponseCode::StreamDoesNotExist));
+    };
+    if found.response_code != ResponseCode::Ok {
+        return Err(StreamError::refused(stream, "look up the stream's leader", &found.response_code));
+    }
+    let port = u16::try_from(found.leader.port).unwrap_or(url.port());
+    let here = client.connection_properties().await.get("advertised_host").cloned();
+    if here.as_deref() == Some(found.leader.host.as_str()) || (found.leader.host == url.host() && port == url.port()) {
+        return Ok(client);
+    }
+    let _ = client.close().await;
+    client_at(url, Some((&found.leader.host, port)), connection_name).await.map_err(|e| match e {
+        StreamError::Connect { url, reason, kind } => StreamError::Connect {
+            url,
+            reason: format!("{reason} (the stream's leader as the broker advertises it: {}:{port})", found.leader.host),
+            kind,
+        },
+        other => other,
+    })
+}
+
+/// Closes a connection in the background (from a `Drop`): the client's heartbeat task would
+/// otherwise keep it, and what it declared on the broker, alive.
+pub(crate) fn drop_in_background(client: &Client) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let client = client.clone();
+        runtime.spawn(async move {
+            let _ = client.force_drop_connection().await;
+        });
     }
 }

@@ -11,15 +11,13 @@
 //! any message whose id is not above the last it stored for the name, which it says at
 //! connect. An unnamed one numbers from 1 on each connection, without deduplication.
 
-use std::collections::HashMap;
-
 use rabbitmq_stream_client::error::ClientError;
-use rabbitmq_stream_client::types::{Message, Response, ResponseCode, ResponseKind};
+use rabbitmq_stream_client::types::{Message, Response, ResponseKind};
 use rabbitmq_stream_client::Client;
 use rabbitmq_stream_protocol::codec::Encoder as _;
 use tokio::sync::mpsc;
 
-use crate::connect::client_at;
+use crate::connect::{drop_in_background, leader};
 use crate::{OutgoingStreamMessage, StreamError, StreamUrl};
 
 /// Whether the broker deduplicates the publisher's messages.
@@ -194,47 +192,12 @@ fn confirm_of(item: Option<Result<Response, ClientError>>, stream: &str) -> Opti
     }
 }
 
-/// A connection to the leader of `stream`: the node of `url` when it leads, or the leader the
-/// broker names (its advertised host and port).
-async fn leader(url: &StreamUrl, stream: &str, connection_name: &str) -> Result<Client, StreamError> {
-    let client = client_at(url, None, connection_name).await?;
-    let mut metadata: HashMap<_, _> = client
-        .metadata(vec![stream.to_owned()])
-        .await
-        .map_err(|e| StreamError::operation(stream, "look up the stream's leader", &e))?;
-    let Some(found) = metadata.remove(stream) else {
-        return Err(StreamError::refused(stream, "look up the stream's leader", &ResponseCode::StreamDoesNotExist));
-    };
-    if found.response_code != ResponseCode::Ok {
-        return Err(StreamError::refused(stream, "look up the stream's leader", &found.response_code));
-    }
-    let port = u16::try_from(found.leader.port).unwrap_or(url.port());
-    let here = client.connection_properties().await.get("advertised_host").cloned();
-    if here.as_deref() == Some(found.leader.host.as_str()) || (found.leader.host == url.host() && port == url.port()) {
-        return Ok(client);
-    }
-    let _ = client.close().await;
-    client_at(url, Some((&found.leader.host, port)), connection_name).await.map_err(|e| match e {
-        StreamError::Connect { url, reason, kind } => StreamError::Connect {
-            url,
-            reason: format!("{reason} (the stream's leader as the broker advertises it: {}:{port})", found.leader.host),
-            kind,
-        },
-        other => other,
-    })
-}
-
 /// A publisher dropped without [`StreamPublisher::close`] (a failed session) ends its connection
 /// in the background: the client's heartbeat task would otherwise keep it, and the publisher
 /// declared on the broker, alive.
 impl Drop for StreamPublisher {
     fn drop(&mut self) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let client = self.client.clone();
-            runtime.spawn(async move {
-                let _ = client.force_drop_connection().await;
-            });
-        }
+        drop_in_background(&self.client);
     }
 }
 

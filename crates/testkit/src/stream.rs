@@ -66,3 +66,14 @@ pub async fn read_stream(stream: &str, quiet: Duration, limit: usize) -> Vec<Str
 pub async fn delete_stream(stream: &str) {
     let _ = environment().await.delete_stream(stream).await;
 }
+
+/// A process's open connections to the stream protocol's port (`ss`; asking RabbitMQ with
+/// `rabbitmqctl list_stream_connections` would crash 3.10's handler of a connection that is still
+/// in its handshake, another test's).
+pub fn stream_connections_of(pid: u32) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-Htnp", "state", "established", "( dport = :5552 )"])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|line| line.contains(&format!("pid={pid},"))).count()
+}

@@ -151,7 +151,10 @@ fn stream_output(
                 max_bytes: args.stream_max_bytes,
                 ..pgevents_amqp::Retention::default()
             };
-            Ok((publish_to, Some(StreamOutputConfig { url: args.url()?, stream: name.to_owned(), retention })))
+            Ok((
+                publish_to,
+                Some(StreamOutputConfig { url: args.connection.url()?, stream: name.to_owned(), retention }),
+            ))
         }
     }
 }

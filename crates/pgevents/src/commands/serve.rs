@@ -4,12 +4,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use pgevents_gateway::{serve, AuthConfig, Cors, GatewayConfig, SessionsConfig, StreamConfig};
+use pgevents_gateway::{serve, AuthConfig, Cors, GatewayConfig, Protocol, SessionsConfig, StreamConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{JwtArgs, ServeArgs};
+use crate::cli::{HistoryProtocolArg, JwtArgs, ServeArgs};
 
-/// Unacknowledged stream deliveries RabbitMQ sends ahead to the gateway's live reader.
+/// Unacknowledged stream deliveries RabbitMQ sends ahead to the gateway's live reader over AMQP.
 const HUB_PREFETCH: u16 = 2000;
 
 pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -17,7 +17,10 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         listen: args.listen,
         stream: StreamConfig {
             url: args.rabbit.server.parse()?,
-            exchange: args.rabbit.exchange.clone(),
+            protocol: match args.history_protocol {
+                HistoryProtocolArg::Amqp => Protocol::Amqp { exchange: args.rabbit.exchange.clone() },
+                HistoryProtocolArg::Stream => Protocol::Stream { url: Box::new(args.stream_connection.url()?) },
+            },
             stream: args.history_stream.clone(),
             retention: args.retention.retention(),
             max_body_bytes: args.max_event_bytes.max(1),
