@@ -106,7 +106,7 @@ impl ConnectionWatch {
         ConnectionWatch(Some(std::sync::Arc::new(callback)))
     }
 
-    fn tell(&self, connected: bool) {
+    pub(crate) fn tell(&self, connected: bool) {
         if let Some(callback) = &self.0 {
             callback(connected);
         }

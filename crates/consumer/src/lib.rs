@@ -20,6 +20,11 @@
 //! a jittered exponential delay, and after `max_deliveries` runs the message goes to the
 //! dead-letter exchange with the reason, as do `Fail`ed messages and bodies that are not
 //! events (or that decompress beyond `max_body_bytes`).
+//!
+//! [`StreamConsumer`] reads a RabbitMQ stream over the stream protocol instead (the producer's
+//! `--publish-to stream`) with the same registry: in stream order, one event at a time, the
+//! offset stored on the broker after the handler succeeded, so that a restart goes on where the
+//! consumer stopped.
 
 mod attempts;
 mod consumer;
@@ -27,6 +32,7 @@ mod dead_letter;
 mod handler;
 mod lanes;
 pub mod outbox;
+mod stream;
 
 pub use consumer::{
     ConnectionWatch, Consumer, ConsumerConfig, ConsumerError, QueueMode, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DELIVERIES,
@@ -35,3 +41,5 @@ pub use handler::{
     BatchFuture, BatchHandler, Handler, HandlerFuture, IncomingEvent, MessageHandler, Outcome, Registry, Together,
 };
 pub use pgevents_event::Glob;
+pub use pgevents_stream::{Start, StreamUrl};
+pub use stream::{OnFailure, StreamConsumer, StreamConsumerConfig, StreamConsumerError, STREAM_OFFSET};

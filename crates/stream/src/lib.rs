@@ -16,7 +16,7 @@ mod url;
 
 pub use connect::{client, ensure_stream, environment, StreamRetention};
 pub use error::StreamError;
-pub use message::{property, OutgoingStreamMessage};
+pub use message::{properties, property, OutgoingStreamMessage};
 pub use pgevents_retry::ErrorKind;
 pub use publisher::{Dedup, StreamPublisher};
 pub use rabbitmq_stream_client::types::Message;

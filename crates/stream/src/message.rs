@@ -43,7 +43,19 @@ impl OutgoingStreamMessage {
 
 /// An application property of a read message, as text (strings, symbols and numbers).
 pub fn property(message: &Message, name: &str) -> Option<String> {
-    let value = message.application_properties()?.get(name)?;
+    text(message.application_properties()?.get(name)?)
+}
+
+/// Every application property of a read message that reads as text, by name.
+pub fn properties(message: &Message) -> Vec<(String, String)> {
+    let Some(all) = message.application_properties() else { return Vec::new() };
+    let mut pairs: Vec<(String, String)> =
+        all.iter().filter_map(|(name, value)| Some((name.clone(), text(value)?))).collect();
+    pairs.sort();
+    pairs
+}
+
+fn text(value: &SimpleValue) -> Option<String> {
     match value {
         SimpleValue::String(s) => Some(s.clone()),
         SimpleValue::Symbol(s) => Some(s.to_string()),
@@ -74,5 +86,7 @@ mod tests {
         assert_eq!(property(&message, "table").as_deref(), Some("public.t"));
         assert_eq!(property(&message, "lsn").as_deref(), Some("0/16B3748"));
         assert_eq!(property(&message, "nope"), None);
+        let names: Vec<String> = properties(&message).into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["lsn", "table"]);
     }
 }
