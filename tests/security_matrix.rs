@@ -2208,6 +2208,24 @@ async fn stream_cell(id: &str, world: &World) -> Verdict {
             let _ = check.wait(WAIT).await;
             let out = format!("{}{}", check.stdout(), check.stderr());
             ensure!(!log.contains("stream-secret-pw") && !out.contains("stream-secret-pw"), "{log}{out}");
+            // The gateway reading the history over the stream protocol, refused the same way.
+            let listen = pgevents_testkit::free_local_addr().to_string();
+            let serve_env: Vec<(String, String)> = [
+                ("RABBITMQ_URL", pgevents_testkit::amqp_url()),
+                ("PGEVENTS_LISTEN", listen),
+                ("PGEVENTS_HISTORY_PROTOCOL", "stream".to_owned()),
+                ("PGEVENTS_HISTORY_STREAM", stream.clone()),
+                ("PGEVENTS_STREAM_URL", wrong.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            let mut serve = PgEventsProcess::spawn(&["serve"], &serve_env);
+            let code = serve.wait(WAIT).await;
+            let log = serve.stderr();
+            ensure!(code.is_some_and(|c| c != 0), "serve refuses the wrong password at start: {log}");
+            ensure!(log.contains("guest:***@"), "serve shows the URL without its password: {log}");
+            ensure!(!log.contains("stream-secret-pw"), "{log}");
             Ok(())
         }
         other => Err(format!("no such cell {other}")),
