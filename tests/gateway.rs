@@ -254,12 +254,21 @@ async fn over_the_stream_protocol_a_lost_broker_cuts_subscribers_who_resume_wher
     let (status, body) = http_get(gw.addr, "/readyz").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("RabbitMQ connection lost"), "{body}");
+    // A consumer stores its offset meanwhile: the record takes an offset of the stream, so the
+    // next event is not right after the last one the hub read, yet nothing is missing.
+    let direct = pgevents_stream::client(&stream_url().parse().unwrap(), "test").await.unwrap();
+    direct.store_offset("someone", &stream, 0).await.unwrap();
+    drop(direct);
     world.pg.execute("INSERT INTO users VALUES (3, 'cy')").await;
     proxy.restore().await;
     pgevents_testkit::wait_for("/readyz 200 after the broker is back", WAIT, || async {
         http_get(gw.addr, "/readyz").await.filter(|(status, _)| *status == 200)
     })
     .await;
+    // Once a live subscriber has what was written meanwhile, the hub has read it too.
+    let mut watcher =
+        gw.subscribe("/events", &[("X-Consumer-Id", "dashboard"), ("Last-Event-ID", &second_id.to_string())]).await;
+    assert_eq!(watcher.next(WAIT).await.expect("the event written meanwhile").json()["new"]["name"], "cy");
     let mut again =
         gw.subscribe("/events", &[("X-Consumer-Id", "dashboard"), ("Last-Event-ID", &first_id.to_string())]).await;
     let resumed = again.next(WAIT).await.expect("resumed after the broker came back");
@@ -267,8 +276,50 @@ async fn over_the_stream_protocol_a_lost_broker_cuts_subscribers_who_resume_wher
     let written_meanwhile = again.next(WAIT).await.expect("then what was written while the gateway was cut off");
     assert_eq!(written_meanwhile.json()["new"]["name"], "cy");
     assert!(again.next(SHORT).await.is_none(), "nothing twice");
+    assert_eq!(written_meanwhile.id.as_deref(), Some((second_id + 2).to_string().as_str()), "after the offset record");
     assert!(gw.metric("pgevents_gateway_hub_reconnects_total").await >= 1.0);
+    assert_eq!(
+        gw.metric("pgevents_gateway_replays_total").await,
+        0.0,
+        "the hub kept what it had read (an offset record is no gap): the subscriber resumed from memory"
+    );
 
+    stop(producer).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_stream_protocol_a_broker_gone_silent_is_noticed_by_the_heartbeat() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE users (id int PRIMARY KEY, name text)").await;
+    let stream = unique_name("history");
+    let proxy = FaultProxy::start("127.0.0.1:5552".parse().unwrap()).await;
+    // Heartbeats every second: a broker silent for four is taken for gone.
+    let proxied = format!("{}?heartbeat=1", stream_url().replace("127.0.0.1:5552", &proxy.addr.to_string()));
+    let env = [("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", proxied.as_str())];
+    let gw = Gateway::start(&world, &stream, None, &env).await;
+    let producer = Over::Stream.producer(&world, &stream, &[]).await;
+    let mut live = gw.subscribe("/events", &[("X-Consumer-Id", "dashboard")]).await;
+    world.pg.execute("INSERT INTO users VALUES (1, 'ann')").await;
+    let first = live.next(WAIT).await.expect("a live event");
+
+    // The connection stays open, but nothing comes through any more (a broker or a network
+    // that went silent): no close, no reset, only the heartbeat tells.
+    proxy.freeze();
+    assert!(live.closed_within(Duration::from_secs(15)).await, "subscribers are cut once the heartbeat times out");
+    let (status, body) = http_get(gw.addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    world.pg.execute("INSERT INTO users VALUES (2, 'bob')").await;
+    proxy.thaw();
+    pgevents_testkit::wait_for("/readyz 200 once the broker answers again", Duration::from_secs(60), || async {
+        http_get(gw.addr, "/readyz").await.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    let mut again = gw
+        .subscribe("/events", &[("X-Consumer-Id", "dashboard"), ("Last-Event-ID", first.id.as_deref().unwrap())])
+        .await;
+    let resumed = again.next(WAIT).await.expect("resumed");
+    assert_eq!(resumed.json()["new"]["name"], "bob");
     stop(producer).await;
     gw.stop().await;
 }

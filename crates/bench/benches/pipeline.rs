@@ -1,4 +1,4 @@
-//! `cargo bench -p pgevents-bench [-- --scenarios batched,single --changes 200000 --json out.json]`
+//! `cargo bench -p pgevents-bench [-- --scenarios batched,single --queue-types classic,quorum,stream --changes 200000 --json out.json]`
 //!
 //! Builds the release `pgevents` binary, then runs each scenario on a throwaway PostgreSQL
 //! cluster and the local RabbitMQ, and prints the table (see `pgevents_bench`).
@@ -13,10 +13,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let binary = binary_or_release(args.binary.as_deref())?;
     let mut results = Vec::new();
     for scenario in &args.scenarios {
-        let result =
+        let measured =
             scenario::run(&args, &binary, *scenario).await.with_context(|| format!("scenario {scenario:?}"))?;
-        report::print(std::slice::from_ref(&result));
-        results.push(result);
+        report::print(&measured);
+        results.extend(measured);
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?)

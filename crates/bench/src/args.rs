@@ -28,6 +28,18 @@ pub enum Scenario {
     StreamLatency,
 }
 
+/// The type of the queue the throughput runs fill through the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// A durable classic queue.
+    Classic,
+    /// A quorum queue (`x-queue-type: quorum`).
+    Quorum,
+    /// A stream queue (`x-queue-type: stream`), filled over AMQP.
+    Stream,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pgevents-bench", about = "Measure the pgevents producer against the decode and broker limits")]
 pub struct BenchArgs {
@@ -73,6 +85,11 @@ pub struct BenchArgs {
     /// `--backfill-max-rows-per-s` of a third backfill run, with live changes (0: no such run)
     #[arg(long, default_value_t = 5_000)]
     pub backfill_max_rows_per_s: u64,
+    /// Queue types the throughput scenarios (batched, single, bigtx) fill, comma-separated: each is
+    /// measured in turn on the same workload, beside publishers at the broker's limit into the same
+    /// type
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "classic")]
+    pub queue_types: Vec<QueueKind>,
     /// `--headers` of the producer in the throughput runs (full, minimal or none)
     #[arg(long, default_value = "full")]
     pub headers: String,

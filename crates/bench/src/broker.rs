@@ -1,5 +1,5 @@
-//! The benchmark's queue on the local RabbitMQ: a durable queue bound to the exchange (as a
-//! real consumer's would be), its depth, and its contents' sizes.
+//! The benchmark's queue on the local RabbitMQ: a durable queue (classic, quorum or stream)
+//! bound to the exchange (as a real consumer's would be), its depth, and its contents' sizes.
 
 use std::time::Duration;
 
@@ -8,7 +8,9 @@ use amqprs::channel::{
     QueuePurgeArguments,
 };
 use anyhow::{anyhow, Context};
-use pgevents_amqp::{self as amqp, Brokers, Channel, Connection, QueueSpec};
+use pgevents_amqp::{self as amqp, Brokers, Channel, Connection, FieldValue, QueueSpec, QueueType};
+
+use crate::args::QueueKind;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A durable queue bound with `#` to a topic exchange.
@@ -16,18 +18,50 @@ pub struct BenchQueue {
     pub url: String,
     pub exchange: String,
     pub name: String,
+    pub kind: QueueKind,
     connection: Connection,
     channel: Channel,
 }
 
 impl BenchQueue {
     pub async fn declare(url: &str, exchange: &str, name: &str) -> anyhow::Result<BenchQueue> {
-        let queue = Self::existing(url, exchange, name).await?;
+        Self::declare_kind(url, exchange, name, QueueKind::Classic).await
+    }
+
+    /// A queue of this type.
+    pub async fn declare_kind(url: &str, exchange: &str, name: &str, kind: QueueKind) -> anyhow::Result<BenchQueue> {
+        let mut queue = Self::existing(url, exchange, name).await?;
+        queue.kind = kind;
         amqp::declare_topic_exchange(&queue.channel, exchange).await?;
-        let spec = QueueSpec { name: name.to_owned(), durable: true, ..Default::default() };
-        amqp::declare_queue(&queue.channel, &spec).await?;
-        amqp::bind_queue(&queue.channel, name, exchange, &["#".to_owned()]).await?;
+        queue.declare_queue().await?;
         Ok(queue)
+    }
+
+    async fn declare_queue(&self) -> anyhow::Result<()> {
+        let mut spec = QueueSpec { name: self.name.clone(), durable: true, ..Default::default() };
+        match self.kind {
+            QueueKind::Classic => {}
+            QueueKind::Quorum => spec.queue_type = QueueType::Quorum,
+            QueueKind::Stream => spec.arguments = amqp::field_table(&[("x-queue-type", FieldValue::from("stream"))]),
+        }
+        amqp::declare_queue(&self.channel, &spec).await?;
+        amqp::bind_queue(&self.channel, &self.name, &self.exchange, &["#".to_owned()]).await?;
+        Ok(())
+    }
+
+    /// Empties the queue: purged, or for a stream (which cannot be purged) deleted and declared
+    /// again.
+    pub async fn empty(&self) -> anyhow::Result<()> {
+        match self.kind {
+            QueueKind::Stream => {
+                self.channel
+                    .queue_delete(QueueDeleteArguments::new(&self.name))
+                    .await
+                    .map_err(|e| anyhow!("delete the stream: {e}"))?;
+                self.declare_queue().await
+            }
+            _ => self.purge().await,
+        }
     }
 
     /// A queue someone else declared (e.g. a worker's, with its own arguments), or about to be.
@@ -39,6 +73,7 @@ impl BenchQueue {
             url: url.to_owned(),
             exchange: exchange.to_owned(),
             name: name.to_owned(),
+            kind: QueueKind::Classic,
             connection,
             channel,
         })
@@ -89,6 +124,19 @@ impl BenchQueue {
     /// Consumes every message in the queue; returns (count, total body bytes, the body whose
     /// size is closest to the mean).
     pub async fn drain_sizes(&self, expected: u64) -> anyhow::Result<(u64, u64, Vec<u8>)> {
+        if self.kind == QueueKind::Stream {
+            // A stream is read, not drained: over the stream protocol, from its first message.
+            let records = pgevents_testkit::read_stream(&self.name, Duration::from_secs(3), expected as usize).await;
+            let bytes: u64 = records.iter().map(|r| r.body.len() as u64).sum();
+            let count = records.len() as u64;
+            let mean = bytes.checked_div(count).unwrap_or(0);
+            let typical = records
+                .into_iter()
+                .map(|r| r.body)
+                .min_by_key(|b| (b.len() as i64 - mean as i64).unsigned_abs())
+                .unwrap_or_default();
+            return Ok((count, bytes, typical));
+        }
         let (tag, mut rx) = self.consume().await?;
         let mut count = 0u64;
         let mut bytes = 0u64;

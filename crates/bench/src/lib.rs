@@ -32,5 +32,5 @@ pub mod sse_load;
 pub mod stream_run;
 pub mod workload;
 
-pub use args::{BenchArgs, Scenario};
+pub use args::{BenchArgs, QueueKind, Scenario};
 pub use binary::{binary_or_release, release_binary, run_main};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use pgevents_testkit::{amqp_url, free_local_addr, http_get, unique_name, PgEventsProcess};
 
-use crate::args::{BenchArgs, Scenario};
+use crate::args::{BenchArgs, QueueKind, Scenario};
 use crate::broker::BenchQueue;
 use crate::report::{Rate, ScenarioResult};
 use crate::{broker_limit, decode_limit, fanout, latency, producer_run, stream_run, workload};
@@ -20,21 +20,32 @@ fn drain_timeout(changes: u64) -> Duration {
     Duration::from_secs(60 + changes / 1000)
 }
 
-pub async fn run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow::Result<ScenarioResult> {
-    match scenario {
+pub async fn run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow::Result<Vec<ScenarioResult>> {
+    let one = match scenario {
         Scenario::Latency => latency_run(args, binary).await,
         Scenario::Fanout => fanout_run(args, binary).await,
         Scenario::Actions => actions_run(args, binary).await,
         Scenario::Backfill => backfill_run(args, binary).await,
         Scenario::Stream => stream_run(args, binary).await,
         Scenario::StreamLatency => stream_latency_run(args, binary).await,
-        _ => throughput_run(args, binary, scenario).await,
-    }
+        _ => return throughput_run(args, binary, scenario).await,
+    };
+    one.map(|result| vec![result])
 }
 
-async fn throughput_run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow::Result<ScenarioResult> {
+/// The slot the producer drains into a queue of this type.
+fn producer_slot(kind: QueueKind) -> String {
+    format!("{PRODUCER_SLOT}_{kind:?}").to_lowercase()
+}
+
+/// One workload, its decode limit, then for each queue type of `--queue-types`: the producer
+/// draining a slot of its own into a queue of that type, and the broker limit into the same.
+async fn throughput_run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> anyhow::Result<Vec<ScenarioResult>> {
     let pg = workload::cluster().await;
-    workload::prepare(&pg, &[DECODE_SLOT, PRODUCER_SLOT]).await?;
+    let slots: Vec<String> = args.queue_types.iter().map(|kind| producer_slot(*kind)).collect();
+    let mut all_slots = vec![DECODE_SLOT];
+    all_slots.extend(slots.iter().map(String::as_str));
+    workload::prepare(&pg, &all_slots).await?;
     eprintln!("[{scenario:?}] writing the workload");
     let (changes, transactions) = match scenario {
         Scenario::Batched => workload::batched(&pg, args.changes).await?,
@@ -42,15 +53,35 @@ async fn throughput_run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> 
         _ => workload::big_transaction(&pg, args.big_rows).await?,
     };
     let end = workload::end_lsn(&pg).await?;
-    let mut result =
-        ScenarioResult { name: format!("{scenario:?}").to_lowercase(), changes, transactions, ..Default::default() };
-
     eprintln!("[{scenario:?}] decode limit: pg_recvlogical to {end}");
-    result.decode_limit = Some(Rate::new(changes, decode_limit::drain(&pg, DECODE_SLOT, &end).await?));
+    let decode_limit = Some(Rate::new(changes, decode_limit::drain(&pg, DECODE_SLOT, &end).await?));
+    let mut results = Vec::new();
+    for kind in &args.queue_types {
+        let name = match kind {
+            QueueKind::Classic => format!("{scenario:?}").to_lowercase(),
+            other => format!("{scenario:?}-{other:?}").to_lowercase(),
+        };
+        let mut result = ScenarioResult { name, changes, transactions, decode_limit, ..Default::default() };
+        into_queue(args, binary, scenario, &pg, *kind, &mut result).await?;
+        result.compute_ratio();
+        results.push(result);
+    }
+    Ok(results)
+}
 
-    let queue = BenchQueue::declare(&amqp_url(), &unique_name("bench_x"), &unique_name("bench_q")).await?;
-    eprintln!("[{scenario:?}] producer, --headers {}", args.headers);
-    let mut env = producer_run::producer_env(&pg, &queue, PRODUCER_SLOT);
+/// The producer into a queue of type `kind`, then the broker limit into the same.
+async fn into_queue(
+    args: &BenchArgs,
+    binary: &Path,
+    scenario: Scenario,
+    pg: &pgevents_testkit::PgCluster,
+    kind: QueueKind,
+    result: &mut ScenarioResult,
+) -> anyhow::Result<()> {
+    let changes = result.changes;
+    let queue = BenchQueue::declare_kind(&amqp_url(), &unique_name("bench_x"), &unique_name("bench_q"), kind).await?;
+    eprintln!("[{scenario:?}] producer into a {kind:?} queue, --headers {}", args.headers);
+    let mut env = producer_run::producer_env(pg, &queue, &producer_slot(kind));
     env.push(("PGEVENTS_HEADERS".into(), args.headers.clone()));
     let run = producer_run::drain_with(binary, env, &queue, changes, drain_timeout(changes)).await?;
     result.producer = Some(Rate::new(changes, run.elapsed));
@@ -62,20 +93,19 @@ async fn throughput_run(args: &BenchArgs, binary: &Path, scenario: Scenario) -> 
     result.mean_event_bytes = Some(bytes / count.max(1));
 
     if scenario != Scenario::Bigtx {
-        eprintln!("[{scenario:?}] broker limit: amqprs");
+        queue.empty().await?;
+        eprintln!("[{scenario:?}] broker limit: amqprs into a {kind:?} queue");
         let elapsed = broker_limit::amqprs(&queue, changes, &typical, args.window).await?;
         ensure!(queue.wait_for_depth(changes, Duration::from_secs(30)).await?, "amqprs messages missing");
         result.broker_limit_amqprs = Some(Rate::new(changes, elapsed));
-        queue.purge().await?;
-        eprintln!("[{scenario:?}] broker limit: lapin");
+        queue.empty().await?;
+        eprintln!("[{scenario:?}] broker limit: lapin into a {kind:?} queue");
         let elapsed = broker_limit::lapin(&queue, changes, &typical, args.window).await?;
         ensure!(queue.wait_for_depth(changes, Duration::from_secs(30)).await?, "lapin messages missing");
         result.broker_limit_lapin = Some(Rate::new(changes, elapsed));
-        queue.purge().await?;
     }
     queue.delete().await;
-    result.compute_ratio();
-    Ok(result)
+    Ok(())
 }
 
 /// The batched workload into a stream over the stream protocol, beside the decode limit and the

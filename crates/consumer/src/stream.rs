@@ -194,7 +194,9 @@ impl StreamConsumer {
             }
             progress.handled = Some(offset);
             progress.unstored += 1;
-            if progress.unstored >= self.config.store_every.max(1) {
+            // (Checked here too: with a backlog the next event is always ready before the timer.)
+            let interval_passed = Instant::now() >= progress.since + self.config.store_interval;
+            if progress.unstored >= self.config.store_every.max(1) || interval_passed {
                 self.store(reader, progress).await?;
             }
         }
@@ -240,8 +242,8 @@ enum Handled {
 }
 
 /// A stream message as handlers see it: the event, and the delivery an AMQP consumer of the
-/// stream would get (routing key the table, the application properties as headers, the
-/// offset in `x-stream-offset`).
+/// stream would get (routing key the table, the application properties as headers but those
+/// named `x-...`, the offset in `x-stream-offset`).
 fn incoming(record: &Record, max_body_bytes: usize) -> Result<IncomingEvent, String> {
     let body = match record.body(max_body_bytes) {
         Some(body) => body.map_err(|e| e.to_string())?.into_owned(),
@@ -249,8 +251,11 @@ fn incoming(record: &Record, max_body_bytes: usize) -> Result<IncomingEvent, Str
     };
     let event = Event::from_slice(&body).map_err(|e| e.to_string())?;
     let message_id = event.message_id().map(|id| id.to_string()).unwrap_or_default();
+    // Names starting with `x-` are the broker's (`x-stream-offset`, `x-delivery-count`): a
+    // property of the message may not pass for one.
     let mut headers: Vec<(String, FieldValue)> = pgevents_stream::properties(&record.message)
         .into_iter()
+        .filter(|(name, _)| !name.to_ascii_lowercase().starts_with("x-"))
         .map(|(name, value)| (name, FieldValue::from(value)))
         .collect();
     headers.push((STREAM_OFFSET.to_owned(), FieldValue::l(i64::try_from(record.offset).unwrap_or(i64::MAX))));

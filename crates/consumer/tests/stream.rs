@@ -29,6 +29,11 @@ fn event(seq: u64) -> Vec<u8> {
 
 /// Declares `stream` and appends these bodies, confirmed.
 async fn append(stream: &str, bodies: Vec<Vec<u8>>) {
+    append_with(stream, bodies, &[]).await
+}
+
+/// [`append`], each message with these application properties besides `table`.
+async fn append_with(stream: &str, bodies: Vec<Vec<u8>>, extra: &[(&'static str, &str)]) {
     let client = pgevents_stream::client(&url(), "test setup").await.expect("connect");
     let retention = StreamRetention { max_age: "1h".into(), max_bytes: 1 << 30, segment_bytes: None, replicas: None };
     pgevents_stream::ensure_stream(&client, stream, &retention).await.expect("declare");
@@ -36,7 +41,8 @@ async fn append(stream: &str, bodies: Vec<Vec<u8>>) {
     let mut publisher = StreamPublisher::connect(&url(), stream, Dedup::Off, "test publisher", WAIT).await.unwrap();
     let count = bodies.len();
     for body in bodies {
-        let properties = vec![("table".into(), "public.t".to_owned())];
+        let mut properties = vec![("table".into(), "public.t".to_owned())];
+        properties.extend(extra.iter().map(|(name, value)| ((*name).into(), (*value).to_owned())));
         publisher
             .send(OutgoingStreamMessage { body, application_properties: properties, ..Default::default() })
             .await
@@ -161,5 +167,45 @@ async fn a_failed_event_is_not_stored_the_consumer_stops_at_it_or_skips_it() {
     skip.name = "skipper".into();
     run_until(skip, recording(&skipper, Some(3)), &skipper, 5).await;
     assert_eq!(rows(&skipper), vec![1, 2, 4, 5, 7]);
+    delete_stream(&stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offsets_are_stored_every_interval_through_a_backlog_and_properties_cannot_pass_for_the_brokers() {
+    let stream = unique_name("cstream");
+    // Properties named like the broker's headers, which handlers must not take for them.
+    let forged = [("x-stream-offset", "999"), ("x-delivery-count", "50")];
+    append_with(&stream, (1..=20).map(event).collect(), &forged).await;
+    let seen: Seen = Arc::default();
+    let slow = {
+        let seen = seen.clone();
+        Registry::new().on_all("public.t", move |e: IncomingEvent| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let offset = e.delivery.header_i64(STREAM_OFFSET).unwrap_or(-1);
+                assert_eq!(e.delivery.header("x-delivery-count"), None, "not a broker header");
+                seen.lock().unwrap().push((offset as u64, e.event.new["n"].as_i64().unwrap_or(-1)));
+                Outcome::Ok
+            }
+        })
+    };
+    let mut config = config(&stream, "slow");
+    config.store_every = 1000;
+    config.store_interval = Duration::from_millis(300);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(StreamConsumer::new(config, slow).run(shutdown.clone()));
+    wait_for("ten events handled", WAIT, || async { (seen.lock().unwrap().len() >= 10).then_some(()) }).await;
+    let client = pgevents_stream::client(&url(), "test check").await.unwrap();
+    let stored = client.query_offset("slow".to_owned(), &stream).await;
+    assert!(
+        matches!(stored, Ok(offset) if offset >= 1),
+        "stored within the interval while events kept coming: {stored:?}"
+    );
+    let _ = client.close().await;
+    shutdown.cancel();
+    task.await.unwrap().expect("a clean stop");
+    let offsets: Vec<u64> = seen.lock().unwrap().iter().map(|(offset, _)| *offset).collect();
+    assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>(), "the real offsets, not the forged one");
     delete_stream(&stream).await;
 }

@@ -89,7 +89,8 @@ async fn run(
 ) {
     let policy = Policy { max: config.backoff_max, ..Policy::default() };
     let batch = (ring.max_events() / 4).clamp(1, BATCH);
-    let mut hub = Hub { config: &config, ring, link: &link, position: Position::Next, generation: 0, batch };
+    let mut hub =
+        Hub { config: &config, ring, link: &link, position: Position::Next, generation: 0, batch, skipped: None };
     let mut supervisor = Supervisor::new("history stream", policy);
     loop {
         let end = match hub.session(&readiness, &shutdown).await {
@@ -115,6 +116,8 @@ struct Hub<'a> {
     position: Position,
     generation: u64,
     batch: usize,
+    /// The session resumed after this offset but read first this one, further on.
+    skipped: Option<(i64, i64)>,
 }
 
 /// Everything published from the hub's first session on reaches it, and what was published
@@ -125,6 +128,20 @@ async fn find_floor(access: Access, stream: String, ring: Arc<Ring>) {
         Ok(Some(newest)) => ring.set_floor(newest),
         Ok(None) => {}
         Err(e) => tracing::debug!(error = %e, "cannot look up the newest offset of the history stream"),
+    }
+}
+
+/// Whether messages right after `after` are gone from the stream (its first offset is beyond);
+/// when that cannot be read, they are taken as gone (the ring is then only cleared, which costs
+/// replays, never events).
+async fn removed_after(access: &Access, stream: &str, after: i64) -> bool {
+    match probe::first_offset(access, stream).await {
+        Ok(Some(first)) => first > after.saturating_add(1),
+        Ok(None) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot look up the first offset of the history stream");
+            true
+        }
     }
 }
 
@@ -181,6 +198,12 @@ impl Hub<'_> {
                 .filter_map(|m| m.frame(config.max_body_bytes))
                 .filter(|frame| self.continues(&mut start, frame.offset))
                 .collect();
+            if let Some((after, got)) = self.skipped.take() {
+                if removed_after(&session.access, &config.stream, after).await {
+                    tracing::warn!(expected = after + 1, got, "the stream does not continue where the hub left off (retention removed what followed); reconnecting subscribers will replay from the stream");
+                    self.ring.clear();
+                }
+            }
             self.ring.push(frames);
             if let Err(e) = reader.acknowledge().await {
                 break Err(e);
@@ -203,8 +226,9 @@ impl Hub<'_> {
             if !*checked {
                 *checked = true;
                 if offset != *after + 1 {
-                    tracing::warn!(expected = *after + 1, got = offset, "the stream does not continue where the hub left off; reconnecting subscribers will replay from the stream");
-                    self.ring.clear();
+                    // Either retention removed what followed, or the offsets between are records
+                    // of stored consumer offsets, not messages: the session looks.
+                    self.skipped = Some((*after, offset));
                 }
             }
         }

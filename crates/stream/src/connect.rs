@@ -46,15 +46,38 @@ fn connect_failed(url: &StreamUrl, reason: String, kind: ErrorKind) -> StreamErr
     StreamError::Connect { url: url.to_string(), reason, kind }
 }
 
+/// A connection over the stream protocol, closed when dropped (the client's heartbeat task would
+/// otherwise keep it, and what it declared on the broker, alive): whatever ends early, an error
+/// or a caller that stops waiting, leaves no connection behind.
+pub struct StreamConnection(Client);
+
+impl std::ops::Deref for StreamConnection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.0
+    }
+}
+
+impl Drop for StreamConnection {
+    fn drop(&mut self) {
+        drop_in_background(&self.0);
+    }
+}
+
 /// One connection to the node of `url` (named `name` in the management UI).
-pub async fn client(url: &StreamUrl, name: &str) -> Result<Client, StreamError> {
+pub async fn client(url: &StreamUrl, name: &str) -> Result<StreamConnection, StreamError> {
     client_at(url, None, name).await
 }
 
 /// One connection with the settings of `url` to `node` (host and port) instead of its own.
-pub(crate) async fn client_at(url: &StreamUrl, node: Option<(&str, u16)>, name: &str) -> Result<Client, StreamError> {
+pub(crate) async fn client_at(
+    url: &StreamUrl,
+    node: Option<(&str, u16)>,
+    name: &str,
+) -> Result<StreamConnection, StreamError> {
     let options = options(url, node, name)?;
-    connecting(url, Client::connect(options)).await
+    connecting(url, Client::connect(options)).await.map(StreamConnection)
 }
 
 /// `connect` within [`CONNECT_TIMEOUT`], its failure classified.
@@ -133,7 +156,11 @@ async fn exists(client: &Client, stream: &str) -> Result<bool, StreamError> {
 
 /// A connection to the leader of `stream`: the node of `url` when it leads, or the leader the
 /// broker names (its advertised host and port).
-pub(crate) async fn leader(url: &StreamUrl, stream: &str, connection_name: &str) -> Result<Client, StreamError> {
+pub(crate) async fn leader(
+    url: &StreamUrl,
+    stream: &str,
+    connection_name: &str,
+) -> Result<StreamConnection, StreamError> {
     let client = client_at(url, None, connection_name).await?;
     let mut metadata: HashMap<_, _> = client
         .metadata(vec![stream.to_owned()])
@@ -150,7 +177,7 @@ pub(crate) async fn leader(url: &StreamUrl, stream: &str, connection_name: &str)
     if here.as_deref() == Some(found.leader.host.as_str()) || (found.leader.host == url.host() && port == url.port()) {
         return Ok(client);
     }
-    let _ = client.close().await;
+    drop(client);
     client_at(url, Some((&found.leader.host, port)), connection_name).await.map_err(|e| match e {
         StreamError::Connect { url, reason, kind } => StreamError::Connect {
             url,
@@ -161,9 +188,8 @@ pub(crate) async fn leader(url: &StreamUrl, stream: &str, connection_name: &str)
     })
 }
 
-/// Closes a connection in the background (from a `Drop`): the client's heartbeat task would
-/// otherwise keep it, and what it declared on the broker, alive.
-pub(crate) fn drop_in_background(client: &Client) {
+/// Closes a connection in the background (from a `Drop`).
+fn drop_in_background(client: &Client) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         let client = client.clone();
         runtime.spawn(async move {

@@ -14,7 +14,7 @@ mod reader;
 pub mod tail;
 mod url;
 
-pub use connect::{client, ensure_stream, environment, StreamRetention};
+pub use connect::{client, ensure_stream, environment, StreamConnection, StreamRetention};
 pub use error::StreamError;
 pub use message::{properties, property, OutgoingStreamMessage};
 pub use pgevents_retry::ErrorKind;

@@ -13,11 +13,10 @@
 
 use rabbitmq_stream_client::error::ClientError;
 use rabbitmq_stream_client::types::{Message, Response, ResponseKind};
-use rabbitmq_stream_client::Client;
 use rabbitmq_stream_protocol::codec::Encoder as _;
 use tokio::sync::mpsc;
 
-use crate::connect::{drop_in_background, leader};
+use crate::connect::{leader, StreamConnection};
 use crate::{OutgoingStreamMessage, StreamError, StreamUrl};
 
 /// Whether the broker deduplicates the publisher's messages.
@@ -46,7 +45,7 @@ const MESSAGE_OVERHEAD: usize = 8 + 4;
 
 /// A publisher on its own connection to the stream's leader.
 pub struct StreamPublisher {
-    client: Client,
+    client: StreamConnection,
     stream: String,
     confirms: mpsc::UnboundedReceiver<StreamConfirm>,
     buffer: Vec<Message>,
@@ -189,15 +188,6 @@ fn confirm_of(item: Option<Result<Response, ClientError>>, stream: &str) -> Opti
             )))),
             _ => None,
         },
-    }
-}
-
-/// A publisher dropped without [`StreamPublisher::close`] (a failed session) ends its connection
-/// in the background: the client's heartbeat task would otherwise keep it, and the publisher
-/// declared on the broker, alive.
-impl Drop for StreamPublisher {
-    fn drop(&mut self) {
-        drop_in_background(&self.client);
     }
 }
 

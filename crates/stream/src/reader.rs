@@ -18,11 +18,13 @@ use rabbitmq_stream_client::types::{Message, OffsetSpecification, Response, Resp
 use rabbitmq_stream_client::Client;
 use tokio::sync::mpsc;
 
-use crate::connect::{drop_in_background, leader};
+use crate::connect::{leader, StreamConnection};
 use crate::{StreamError, StreamUrl};
 
 /// Chunks read ahead of the caller, at most (one more may wait to be handed over).
 pub const CHUNKS_AHEAD: usize = 2;
+/// How long connecting and subscribing may take.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The only subscription of the connection.
 const SUBSCRIPTION: u8 = 1;
 
@@ -71,7 +73,7 @@ type Chunk = Result<(u64, Vec<Message>), StreamError>;
 
 /// A subscription to one stream.
 pub struct StreamReader {
-    client: Client,
+    client: StreamConnection,
     stream: String,
     chunks: mpsc::Receiver<Chunk>,
     /// The chunk being handed out, and the offset of its next message.
@@ -81,6 +83,8 @@ pub struct StreamReader {
     from: u64,
     /// An error [`StreamReader::try_next`] met, for [`StreamReader::next`] to report.
     failed: Option<StreamError>,
+    /// An error was reported: the subscription is over.
+    ended: bool,
 }
 
 impl StreamReader {
@@ -91,8 +95,11 @@ impl StreamReader {
         start: Start,
         connection_name: &str,
     ) -> Result<StreamReader, StreamError> {
-        let client = leader(url, stream, connection_name).await?;
-        Self::subscribe(client, stream, start).await
+        within(stream, async {
+            let client = leader(url, stream, connection_name).await?;
+            Self::subscribe(client, stream, start).await
+        })
+        .await
     }
 
     /// Subscribes as the reader `name`: right after the offset it stored last, or from
@@ -104,21 +111,21 @@ impl StreamReader {
         otherwise: Start,
         connection_name: &str,
     ) -> Result<StreamReader, StreamError> {
-        let client = leader(url, stream, connection_name).await?;
-        let start = match client.query_offset(name.to_owned(), stream).await {
-            Ok(stored) => Start::Offset(stored.saturating_add(1)),
-            Err(ClientError::RequestError(ResponseCode::OffsetNotFound)) => otherwise,
-            Err(e) => {
-                drop_in_background(&client);
-                return Err(StreamError::operation(stream, "ask for the stored offset", &e));
-            }
-        };
-        Self::subscribe(client, stream, start).await
+        within(stream, async {
+            let client = leader(url, stream, connection_name).await?;
+            let start = match client.query_offset(name.to_owned(), stream).await {
+                Ok(stored) => Start::Offset(stored.saturating_add(1)),
+                Err(ClientError::RequestError(ResponseCode::OffsetNotFound)) => otherwise,
+                Err(e) => return Err(StreamError::operation(stream, "ask for the stored offset", &e)),
+            };
+            Self::subscribe(client, stream, start).await
+        })
+        .await
     }
 
-    async fn subscribe(client: Client, stream: &str, start: Start) -> Result<StreamReader, StreamError> {
+    async fn subscribe(client: StreamConnection, stream: &str, start: Start) -> Result<StreamReader, StreamError> {
         let (tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
-        let handler = Handler { tx, client: Arc::new(Mutex::new(Some(client.clone()))), stream: stream.to_owned() };
+        let handler = Handler { tx, client: Arc::new(Mutex::new(Some((*client).clone()))), stream: stream.to_owned() };
         client
             .set_handler(move |item: Option<Result<Response, ClientError>>| {
                 let handler = handler.clone();
@@ -139,6 +146,7 @@ impl StreamReader {
                 _ => 0,
             },
             failed: None,
+            ended: false,
         };
         let subscribed = reader
             .client
@@ -158,11 +166,22 @@ impl StreamReader {
             if let Some(record) = self.take_current() {
                 return Ok(record);
             }
+            if self.ended {
+                return Err(closed());
+            }
             if let Some(error) = self.failed.take() {
+                self.ended = true;
                 return Err(error);
             }
-            let chunk = self.chunks.recv().await.unwrap_or_else(|| Err(closed()));
-            self.start_chunk(chunk?);
+            match self.chunks.recv().await.unwrap_or_else(|| Err(closed())) {
+                Ok(chunk) => self.start_chunk(chunk),
+                Err(error) => {
+                    // The end of the connection may overtake its last chunks (the client hands
+                    // each frame over in a task of its own): none is taken after it.
+                    self.ended = true;
+                    return Err(error);
+                }
+            }
         }
     }
 
@@ -171,6 +190,9 @@ impl StreamReader {
         loop {
             if let Some(record) = self.take_current() {
                 return Some(record);
+            }
+            if self.ended || self.failed.is_some() {
+                return None;
             }
             match self.chunks.try_recv() {
                 Ok(Ok(chunk)) => self.start_chunk(chunk),
@@ -209,15 +231,23 @@ impl StreamReader {
     }
 }
 
-fn closed() -> StreamError {
-    StreamError::Closed("the broker closed the connection".into())
+/// `open` within [`OPEN_TIMEOUT`] (a broker that stopped answering would hold it forever).
+async fn within<T>(
+    stream: &str,
+    open: impl std::future::Future<Output = Result<T, StreamError>>,
+) -> Result<T, StreamError> {
+    tokio::time::timeout(OPEN_TIMEOUT, open).await.unwrap_or_else(|_| {
+        Err(StreamError::Operation {
+            stream: stream.to_owned(),
+            operation: "subscribe",
+            reason: format!("no answer within {}s", OPEN_TIMEOUT.as_secs()),
+            kind: pgevents_retry::ErrorKind::Transient,
+        })
+    })
 }
 
-/// The connection ends with the reader: the client's heartbeat task would keep it open.
-impl Drop for StreamReader {
-    fn drop(&mut self) {
-        drop_in_background(&self.client);
-    }
+fn closed() -> StreamError {
+    StreamError::Closed("the broker closed the connection".into())
 }
 
 impl std::fmt::Debug for StreamReader {

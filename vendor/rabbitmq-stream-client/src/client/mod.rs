@@ -737,11 +737,11 @@ impl Client {
                 let last_message = last_received_message.read().await;
                 if now.duration_since(*last_message) >= Duration::from_secs(timeout_threashold) {
                     warn!("Heartbeat timeout reached. Force closing connection.");
-                    if !client.is_closed() {
-                        if let Err(e) = client.close().await {
-                            warn!("Error closing client: {}", e);
-                        }
-                    }
+                    // pgevents patch: a peer that stopped answering would never answer a
+                    // Close either (`close` would wait until TCP gives up, minutes later):
+                    // drop the connection and tell the handler it ended.
+                    let _ = client.force_drop_connection().await;
+                    let _ = MessageHandler::handle_message(&client, None).await;
                     break;
                 }
             }
