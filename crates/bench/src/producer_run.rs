@@ -14,6 +14,9 @@ use crate::procstat::{cpu_time, peak_rss_kib};
 pub struct ProducerRun {
     /// From start to the last message in the queue.
     pub elapsed: Duration,
+    /// From start to the broker's confirm of the last message (what the broker-limit
+    /// publishers are timed by), as the producer's `pgevents_events_confirmed_total` says.
+    pub confirmed: Option<Duration>,
     pub peak_rss_kib: u64,
     pub cpu: Duration,
 }
@@ -51,9 +54,14 @@ pub async fn drain_with(
     expected: u64,
     timeout: Duration,
 ) -> anyhow::Result<ProducerRun> {
+    let metrics = pgevents_testkit::free_local_addr();
+    let mut env = env;
+    env.retain(|(k, _)| k != "PGEVENTS_METRICS_ADDR");
+    env.push(("PGEVENTS_METRICS_ADDR".to_owned(), metrics.to_string()));
     let started = Instant::now();
     let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
     let pid = producer.pid();
+    let confirmed = confirmed_all(metrics, expected, timeout).await.map(|()| started.elapsed());
     let arrived = queue.wait_for_depth(expected, timeout).await?;
     let elapsed = started.elapsed();
     let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
@@ -70,5 +78,21 @@ pub async fn drain_with(
     if code != Some(0) {
         bail!("the producer exited with {code:?}; log:\n{}", producer.stderr());
     }
-    Ok(ProducerRun { elapsed, peak_rss_kib, cpu })
+    Ok(ProducerRun { elapsed, confirmed, peak_rss_kib, cpu })
+}
+
+/// Waits until the producer's metrics say `expected` events are confirmed; `None` after
+/// `timeout` (polled every 20 ms: the figure is that much coarser).
+async fn confirmed_all(metrics: std::net::SocketAddr, expected: u64, timeout: Duration) -> Option<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some((_, text)) = pgevents_testkit::http_get(metrics, "/metrics").await {
+            let confirmed = pgevents_testkit::metric_value(&text, "pgevents_events_confirmed_total").unwrap_or(0.0);
+            if confirmed >= expected as f64 {
+                return Some(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }

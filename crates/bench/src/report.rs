@@ -36,7 +36,9 @@ pub struct ScenarioResult {
     pub broker_limit_stream: Option<Rate>,
     /// `pgevents producer` draining the slot until every message is confirmed in a queue.
     pub producer: Option<Rate>,
-    /// producer / min(decode limit, fastest broker limit).
+    /// The same, timed to the broker's confirm of the last message (as the broker limits are).
+    pub producer_to_confirm: Option<Rate>,
+    /// producer (to the last confirm where measured) / min(decode limit, fastest broker limit).
     pub producer_ratio: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     pub cpu_us_per_event: Option<f64>,
@@ -61,7 +63,8 @@ impl ScenarioResult {
             (Some(d), Some(b)) => Some(d.min(b)),
             (d, b) => d.or(b),
         };
-        self.producer_ratio = match (self.producer, limit) {
+        // Like for like: the broker limits are timed to their last confirm.
+        self.producer_ratio = match (self.producer_to_confirm.or(self.producer), limit) {
             (Some(p), Some(limit)) if limit > 0.0 => Some(p.per_second / limit),
             _ => None,
         };
@@ -87,6 +90,9 @@ pub fn print(results: &[ScenarioResult]) {
                 println!("  broker limit (stream protocol)  {}", rate(r.broker_limit_stream));
             }
             println!("  pgevents producer               {}", rate(r.producer));
+        }
+        if r.producer_to_confirm.is_some() {
+            println!("  ... to the last confirm         {}", rate(r.producer_to_confirm));
         }
         if let Some(ratio) = r.producer_ratio {
             println!("  producer / min(limits)          {:.0}%", ratio * 100.0);

@@ -85,6 +85,7 @@ async fn into_queue(
     env.push(("PGEVENTS_HEADERS".into(), args.headers.clone()));
     let run = producer_run::drain_with(binary, env, &queue, changes, drain_timeout(changes)).await?;
     result.producer = Some(Rate::new(changes, run.elapsed));
+    result.producer_to_confirm = run.confirmed.map(|elapsed| Rate::new(changes, elapsed));
     result.peak_rss_mib = Some(run.peak_rss_kib as f64 / 1024.0);
     result.cpu_us_per_event = Some(run.cpu.as_secs_f64() * 1e6 / changes as f64);
 

@@ -67,7 +67,7 @@ pub async fn drain(
     if code != Some(0) {
         bail!("the producer exited with {code:?}; log:\n{}", producer.stderr());
     }
-    Ok(ProducerRun { elapsed, peak_rss_kib, cpu })
+    Ok(ProducerRun { elapsed, confirmed: None, peak_rss_kib, cpu })
 }
 
 /// The message the broker limit sends: the producer's event as it sits in the stream.
@@ -117,20 +117,16 @@ pub async fn broker_limit(stream: &str, count: u64, typical: &StreamRecord, wind
 
 /// The bodies of the messages `stream` gets from now on, as they arrive.
 pub async fn follow(stream: &str) -> anyhow::Result<mpsc::UnboundedReceiver<Vec<u8>>> {
-    use futures_util::StreamExt;
     let url: StreamUrl = stream_url().parse()?;
-    let environment = pgevents_stream::environment(&url, "pgevents bench (latency)").await?;
-    let mut consumer = environment
-        .consumer()
-        .offset(rabbitmq_stream_client::types::OffsetSpecification::Next)
-        .build(stream)
-        .await
-        .context("consume the stream")?;
+    // The reader `pgevents serve` and the consumer library read with.
+    let mut reader =
+        pgevents_stream::StreamReader::open(&url, stream, pgevents_stream::Start::Next, "pgevents bench (latency)")
+            .await
+            .context("read the stream")?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let _environment = environment;
-        while let Some(Ok(delivery)) = consumer.next().await {
-            if tx.send(delivery.message().data().unwrap_or_default().to_vec()).is_err() {
+        while let Ok(record) = reader.next().await {
+            if tx.send(record.message.data().unwrap_or_default().to_vec()).is_err() {
                 break;
             }
         }
