@@ -14,8 +14,9 @@ use crate::procstat::{cpu_time, peak_rss_kib};
 pub struct ProducerRun {
     /// From start to the last message in the queue.
     pub elapsed: Duration,
-    /// From start to the broker's confirm of the last message (what the broker-limit
-    /// publishers are timed by), as the producer's `pgevents_events_confirmed_total` says.
+    /// From its first event published to the broker's confirm of the last one, as the
+    /// broker-limit publishers are timed (connecting and starting replication left out), read
+    /// from the producer's `/metrics` every 20 ms.
     pub confirmed: Option<Duration>,
     pub peak_rss_kib: u64,
     pub cpu: Duration,
@@ -61,7 +62,7 @@ pub async fn drain_with(
     let started = Instant::now();
     let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
     let pid = producer.pid();
-    let confirmed = confirmed_all(metrics, expected, timeout).await.map(|()| started.elapsed());
+    let confirmed = confirmed_all(metrics, expected, timeout).await;
     let arrived = queue.wait_for_depth(expected, timeout).await?;
     let elapsed = started.elapsed();
     let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
@@ -81,15 +82,19 @@ pub async fn drain_with(
     Ok(ProducerRun { elapsed, confirmed, peak_rss_kib, cpu })
 }
 
-/// Waits until the producer's metrics say `expected` events are confirmed; `None` after
-/// `timeout` (polled every 20 ms: the figure is that much coarser).
-async fn confirmed_all(metrics: std::net::SocketAddr, expected: u64, timeout: Duration) -> Option<()> {
+/// How long from the producer's first event published until its metrics say `expected` events
+/// are confirmed; `None` after `timeout` (polled every 20 ms: the figure is that much coarser).
+async fn confirmed_all(metrics: std::net::SocketAddr, expected: u64, timeout: Duration) -> Option<Duration> {
     let deadline = Instant::now() + timeout;
+    let mut first_published: Option<Instant> = None;
     while Instant::now() < deadline {
         if let Some((_, text)) = pgevents_testkit::http_get(metrics, "/metrics").await {
-            let confirmed = pgevents_testkit::metric_value(&text, "pgevents_events_confirmed_total").unwrap_or(0.0);
-            if confirmed >= expected as f64 {
-                return Some(());
+            let value = |series| pgevents_testkit::metric_value(&text, series).unwrap_or(0.0);
+            if first_published.is_none() && value("pgevents_events_published_total") > 0.0 {
+                first_published = Some(Instant::now());
+            }
+            if value("pgevents_events_confirmed_total") >= expected as f64 {
+                return first_published.map(|first| first.elapsed());
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -36,7 +36,8 @@ pub struct ScenarioResult {
     pub broker_limit_stream: Option<Rate>,
     /// `pgevents producer` draining the slot until every message is confirmed in a queue.
     pub producer: Option<Rate>,
-    /// The same, timed to the broker's confirm of the last message (as the broker limits are).
+    /// The same, timed from its first event published to the broker's confirm of the last one
+    /// (as the broker limits are).
     pub producer_to_confirm: Option<Rate>,
     /// producer (to the last confirm where measured) / min(decode limit, fastest broker limit).
     pub producer_ratio: Option<f64>,
@@ -92,7 +93,7 @@ pub fn print(results: &[ScenarioResult]) {
             println!("  pgevents producer               {}", rate(r.producer));
         }
         if r.producer_to_confirm.is_some() {
-            println!("  ... to the last confirm         {}", rate(r.producer_to_confirm));
+            println!("  ... first publish to last confirm {}", rate(r.producer_to_confirm));
         }
         if let Some(ratio) = r.producer_ratio {
             println!("  producer / min(limits)          {:.0}%", ratio * 100.0);
