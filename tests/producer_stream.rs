@@ -294,6 +294,36 @@ async fn snapshot_rows_written_after_the_last_change_do_not_hide_it_at_restart()
     delete_stream(&stream).await;
 }
 
+/// A reader of the stream (the consumer library's `StreamConsumer`, `pgevents serve`) stores its
+/// offset in the stream itself: a record after the producer's last message, which resuming must
+/// look past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_stored_after_the_last_change_does_not_hide_it_at_restart() {
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE numbers (n int PRIMARY KEY)").await;
+    let stream = unique_name("events");
+    let url = stream_url();
+    let env = stream_env(&stream, &url);
+    let mut producer = world.producer(&env).await;
+    world.pg.execute("INSERT INTO numbers SELECT generate_series(1, 50)").await;
+    let first = read_until(&stream, 50).await;
+    producer.kill();
+    let _ = producer.wait(WAIT).await;
+    let reader = pgevents_stream::client(&url.parse().unwrap(), "test reader").await.unwrap();
+    for name in ["search-indexer", "audit"] {
+        reader.store_offset(name, &stream, first[49].offset).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(reader);
+    let producer = world.producer(&env).await;
+    world.pg.execute("INSERT INTO numbers SELECT generate_series(51, 60)").await;
+    let records = read_until(&stream, 60).await;
+    let log = stop(producer).await;
+    assert_eq!(numbers(&records), (1..=60).collect::<Vec<_>>(), "each change once, in order; {log}");
+    assert!(!log.contains("reconnect"), "it found its last message at once: {log}");
+    delete_stream(&stream).await;
+}
+
 /// Frames larger than the negotiated size are refused by newer brokers (3.10 takes them): the
 /// vendored client's splitting has a unit test; this proves large events arrive whole, in order,
 /// and that one above the stream's limit is stubbed.

@@ -8,7 +8,7 @@ use anyhow::bail;
 use pgevents_testkit::{PgCluster, PgEventsProcess};
 
 use crate::broker::BenchQueue;
-use crate::procstat::{cpu_time, peak_rss_kib};
+use crate::procstat::{cpu_time, peak_rss_kib, MachineCpu};
 
 #[derive(Debug, Clone)]
 pub struct ProducerRun {
@@ -20,6 +20,9 @@ pub struct ProducerRun {
     pub confirmed: Option<Duration>,
     pub peak_rss_kib: u64,
     pub cpu: Duration,
+    /// How busy the machine's CPUs were during the run (0 to 1): PostgreSQL, RabbitMQ and the
+    /// producer share them.
+    pub machine_busy: Option<f64>,
 }
 
 /// Environment of a producer reading `slot` on `pg` into the queue's exchange.
@@ -60,9 +63,11 @@ pub async fn drain_with(
     env.retain(|(k, _)| k != "PGEVENTS_METRICS_ADDR");
     env.push(("PGEVENTS_METRICS_ADDR".to_owned(), metrics.to_string()));
     let started = Instant::now();
+    let machine = MachineCpu::now();
     let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
     let pid = producer.pid();
     let confirmed = confirmed_all(metrics, expected, timeout).await;
+    let machine_busy = machine.zip(MachineCpu::now()).map(|(before, after)| after.busy_since(&before));
     let arrived = queue.wait_for_depth(expected, timeout).await?;
     let elapsed = started.elapsed();
     let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
@@ -79,7 +84,7 @@ pub async fn drain_with(
     if code != Some(0) {
         bail!("the producer exited with {code:?}; log:\n{}", producer.stderr());
     }
-    Ok(ProducerRun { elapsed, confirmed, peak_rss_kib, cpu })
+    Ok(ProducerRun { elapsed, confirmed, peak_rss_kib, cpu, machine_busy })
 }
 
 /// How long from the producer's first event published until its metrics say `expected` events

@@ -43,6 +43,8 @@ pub struct ScenarioResult {
     pub producer_ratio: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     pub cpu_us_per_event: Option<f64>,
+    /// How busy the machine's CPUs were while the producer ran (0 to 1).
+    pub machine_busy: Option<f64>,
     pub latency: Option<Latency>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fanout: Vec<crate::fanout::Fanout>,
@@ -103,6 +105,9 @@ pub fn print(results: &[ScenarioResult]) {
         }
         if let Some(cpu) = r.cpu_us_per_event {
             println!("  producer CPU per event          {cpu:.2} µs");
+        }
+        if let Some(busy) = r.machine_busy {
+            println!("  machine CPUs busy meanwhile     {:.0}% (PostgreSQL, RabbitMQ, producer)", busy * 100.0);
         }
         if let Some(l) = &r.latency {
             println!(

@@ -88,6 +88,7 @@ async fn into_queue(
     result.producer_to_confirm = run.confirmed.map(|elapsed| Rate::new(changes, elapsed));
     result.peak_rss_mib = Some(run.peak_rss_kib as f64 / 1024.0);
     result.cpu_us_per_event = Some(run.cpu.as_secs_f64() * 1e6 / changes as f64);
+    result.machine_busy = run.machine_busy;
 
     let (count, bytes, typical) = queue.drain_sizes(changes).await?;
     ensure!(count == changes, "the queue held {count} messages, expected {changes}");
@@ -130,6 +131,7 @@ async fn stream_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioR
     result.producer = Some(Rate::new(changes, run.elapsed));
     result.peak_rss_mib = Some(run.peak_rss_kib as f64 / 1024.0);
     result.cpu_us_per_event = Some(run.cpu.as_secs_f64() * 1e6 / changes as f64);
+    result.machine_busy = run.machine_busy;
     let stored = pgevents_testkit::read_stream(&stream, Duration::from_secs(3), usize::MAX).await;
     ensure!(stored.len() as u64 == changes, "the stream holds {} messages, expected {changes}", stored.len());
     result.mean_event_bytes = Some(stored.iter().map(|r| r.body.len() as u64).sum::<u64>() / changes.max(1));

@@ -12,7 +12,7 @@ use pgevents_stream::{Dedup, OutgoingStreamMessage, StreamPublisher, StreamUrl};
 use pgevents_testkit::{free_local_addr, http_get, metric_value, stream_url, PgCluster, PgEventsProcess, StreamRecord};
 use tokio::sync::mpsc;
 
-use crate::procstat::{cpu_time, peak_rss_kib};
+use crate::procstat::{cpu_time, peak_rss_kib, MachineCpu};
 use crate::producer_run::ProducerRun;
 
 /// Environment of a producer reading `slot` into `stream` (and outbox messages, none here, to
@@ -44,6 +44,7 @@ pub async fn drain(
     let mut env = env;
     env.push(("PGEVENTS_METRICS_ADDR".to_owned(), metrics.to_string()));
     let started = Instant::now();
+    let machine = MachineCpu::now();
     let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
     let pid = producer.pid();
     let mut confirmed = 0.0;
@@ -57,6 +58,7 @@ pub async fn drain(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
+    let machine_busy = machine.zip(MachineCpu::now()).map(|(before, after)| after.busy_since(&before));
     let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
     let cpu = cpu_time(pid).unwrap_or_default();
     producer.terminate();
@@ -67,7 +69,7 @@ pub async fn drain(
     if code != Some(0) {
         bail!("the producer exited with {code:?}; log:\n{}", producer.stderr());
     }
-    Ok(ProducerRun { elapsed, confirmed: None, peak_rss_kib, cpu })
+    Ok(ProducerRun { elapsed, confirmed: None, peak_rss_kib, cpu, machine_busy })
 }
 
 /// The message the broker limit sends: the producer's event as it sits in the stream.

@@ -214,6 +214,13 @@ impl StreamReader {
             .map_err(|e| StreamError::operation(&self.stream, "store the offset", &e))
     }
 
+    /// Whether the message [`StreamReader::next`] returned last was the last of its chunk (a
+    /// batch the broker wrote at once: reading from [`Start::LastChunk`], the end of the stream
+    /// as it was when reading began).
+    pub fn chunk_done(&self) -> bool {
+        self.current.as_slice().is_empty()
+    }
+
     fn take_current(&mut self) -> Option<Record> {
         for message in self.current.by_ref() {
             let offset = self.next_offset;

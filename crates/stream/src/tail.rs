@@ -5,12 +5,9 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use pgevents_retry::ErrorKind;
-use rabbitmq_stream_client::types::{Message, OffsetSpecification};
-use rabbitmq_stream_client::Environment;
+use rabbitmq_stream_client::types::Message;
 
-use crate::connect::environment;
+use crate::reader::{Start, StreamReader};
 use crate::{StreamError, StreamUrl};
 
 /// How far back the search goes: at most this many messages before the last chunk.
@@ -20,7 +17,7 @@ const FIRST_STEP: u64 = 10_000;
 
 /// The last message of `stream` for which `wanted` holds, with its offset; `None` when the stream
 /// is empty or no message within [`MAX_SCAN`] of its end is wanted. `wait`: how long a read may
-/// go without a message before its range counts as read.
+/// go without a message before its range counts as read (an empty stream sends none).
 pub async fn find_last(
     url: &StreamUrl,
     stream: &str,
@@ -28,10 +25,8 @@ pub async fn find_last(
     connection_name: &str,
     wait: Duration,
 ) -> Result<Option<(u64, Message)>, StreamError> {
-    let environment = environment(url, connection_name).await?;
     // The last chunk: everything from its first offset on.
-    let (found, first) =
-        read_range(&environment, stream, OffsetSpecification::Last, None, &wanted, connection_name, wait).await?;
+    let (found, first) = read_range(url, stream, Start::LastChunk, None, &wanted, connection_name, wait).await?;
     if found.is_some() {
         return Ok(found);
     }
@@ -41,8 +36,8 @@ pub async fn find_last(
     let (mut end, mut step) = (last_chunk, FIRST_STEP);
     while end > 0 && last_chunk - end < MAX_SCAN {
         let from = end.saturating_sub(step);
-        let range = OffsetSpecification::Offset(from);
-        let (found, _) = read_range(&environment, stream, range, Some(end), &wanted, connection_name, wait).await?;
+        let (found, _) =
+            read_range(url, stream, Start::Offset(from), Some(end), &wanted, connection_name, wait).await?;
         if found.is_some() {
             return Ok(found);
         }
@@ -52,46 +47,36 @@ pub async fn find_last(
     Ok(None)
 }
 
-/// Reads from `start` up to (not including) offset `until` (or until nothing comes for `wait`);
+/// Reads from `start` up to (not including) offset `until`, or without `until` to the end of the
+/// first chunk (the last one, from [`Start::LastChunk`]), or until nothing comes for `wait`;
 /// returns the last wanted message and the first offset read.
 async fn read_range(
-    environment: &Environment,
+    url: &StreamUrl,
     stream: &str,
-    start: OffsetSpecification,
+    start: Start,
     until: Option<u64>,
     wanted: &impl Fn(&Message) -> bool,
     connection_name: &str,
     wait: Duration,
 ) -> Result<(Option<(u64, Message)>, Option<u64>), StreamError> {
-    let failed = |e: String| StreamError::Operation {
-        stream: stream.to_owned(),
-        operation: "read the stream back",
-        reason: e,
-        kind: ErrorKind::Transient,
-    };
-    let mut consumer = environment
-        .consumer()
-        .client_provided_name(connection_name)
-        .offset(start)
-        .build(stream)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let mut reader = StreamReader::open(url, stream, start, connection_name).await?;
     let (mut found, mut first) = (None, None);
-    let outcome = loop {
-        let delivery = match tokio::time::timeout(wait, consumer.next()).await {
-            Ok(Some(Ok(delivery))) => delivery,
-            Ok(Some(Err(e))) => break Err(failed(e.to_string())),
-            Ok(None) | Err(_) => break Ok(()),
+    loop {
+        let record = match tokio::time::timeout(wait, reader.next()).await {
+            Ok(record) => record?,
+            Err(_) => break,
         };
-        let offset = delivery.offset();
-        if until.is_some_and(|until| offset >= until) {
-            break Ok(());
+        if until.is_some_and(|until| record.offset >= until) {
+            break;
         }
-        first.get_or_insert(offset);
-        if wanted(delivery.message()) {
-            found = Some((offset, delivery.message().clone()));
+        first.get_or_insert(record.offset);
+        let last_of_chunk = reader.chunk_done();
+        if wanted(&record.message) {
+            found = Some((record.offset, record.message));
         }
-    };
-    let _ = consumer.handle().close().await;
-    outcome.map(|()| (found, first))
+        if until.is_none() && last_of_chunk {
+            break;
+        }
+    }
+    Ok((found, first))
 }
