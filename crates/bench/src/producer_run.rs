@@ -89,7 +89,7 @@ pub async fn drain_with(
 
 /// How long from the producer's first event published until its metrics say `expected` events
 /// are confirmed; `None` after `timeout` (polled every 20 ms: the figure is that much coarser).
-async fn confirmed_all(metrics: std::net::SocketAddr, expected: u64, timeout: Duration) -> Option<Duration> {
+pub(crate) async fn confirmed_all(metrics: std::net::SocketAddr, expected: u64, timeout: Duration) -> Option<Duration> {
     let deadline = Instant::now() + timeout;
     let mut first_published: Option<Instant> = None;
     while Instant::now() < deadline {

@@ -129,6 +129,7 @@ async fn stream_run(args: &BenchArgs, binary: &Path) -> anyhow::Result<ScenarioR
     eprintln!("[Stream] --headers {}", args.headers);
     let run = stream_run::drain(binary, env, changes, drain_timeout(changes)).await?;
     result.producer = Some(Rate::new(changes, run.elapsed));
+    result.producer_to_confirm = run.confirmed.map(|elapsed| Rate::new(changes, elapsed));
     result.peak_rss_mib = Some(run.peak_rss_kib as f64 / 1024.0);
     result.cpu_us_per_event = Some(run.cpu.as_secs_f64() * 1e6 / changes as f64);
     result.machine_busy = run.machine_busy;

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgevents_stream::{Dedup, OutgoingStreamMessage, StreamPublisher, StreamUrl};
-use pgevents_testkit::{free_local_addr, http_get, metric_value, stream_url, PgCluster, PgEventsProcess, StreamRecord};
+use pgevents_testkit::{free_local_addr, stream_url, PgCluster, PgEventsProcess, StreamRecord};
 use tokio::sync::mpsc;
 
 use crate::procstat::{cpu_time, peak_rss_kib, MachineCpu};
-use crate::producer_run::ProducerRun;
+use crate::producer_run::{confirmed_all, ProducerRun};
 
 /// Environment of a producer reading `slot` into `stream` (and outbox messages, none here, to
 /// the AMQP broker at `amqp_url`).
@@ -47,29 +47,20 @@ pub async fn drain(
     let machine = MachineCpu::now();
     let mut producer = PgEventsProcess::spawn_binary(binary, &["producer"], &env);
     let pid = producer.pid();
-    let mut confirmed = 0.0;
-    while started.elapsed() < timeout {
-        if let Some((_, text)) = http_get(metrics, "/metrics").await {
-            confirmed = metric_value(&text, "pgevents_events_confirmed_total").unwrap_or(0.0);
-            if confirmed >= expected as f64 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let confirmed = confirmed_all(metrics, expected, timeout).await;
     let elapsed = started.elapsed();
     let machine_busy = machine.zip(MachineCpu::now()).map(|(before, after)| after.busy_since(&before));
     let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
     let cpu = cpu_time(pid).unwrap_or_default();
     producer.terminate();
     let code = producer.wait(Duration::from_secs(30)).await;
-    if confirmed < expected as f64 {
-        bail!("only {confirmed} of {expected} events confirmed within {timeout:?}; log:\n{}", producer.stderr());
+    if confirmed.is_none() {
+        bail!("not all {expected} events were confirmed within {timeout:?}; log:\n{}", producer.stderr());
     }
     if code != Some(0) {
         bail!("the producer exited with {code:?}; log:\n{}", producer.stderr());
     }
-    Ok(ProducerRun { elapsed, confirmed: None, peak_rss_kib, cpu, machine_busy })
+    Ok(ProducerRun { elapsed, confirmed, peak_rss_kib, cpu, machine_busy })
 }
 
 /// The message the broker limit sends: the producer's event as it sits in the stream.
