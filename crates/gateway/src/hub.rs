@@ -3,10 +3,11 @@
 //! each event to a gateway once however many subscribers there are.
 //!
 //! The hub publishes its [`Link`] to RabbitMQ: subscribers end when the link they started on is
-//! lost (they come back with `Last-Event-ID`), and replays open their channels on its
-//! connection. After a loss it reconnects with backoff and resumes right after the last offset
-//! it read, so the ring stays complete; if the stream no longer continues there, the ring is
-//! cleared and reconnecting subscribers replay from the stream instead.
+//! lost (they come back with `Last-Event-ID`), and replays read through it (channels on its AMQP
+//! connection, or connections of their own over the stream protocol). After a loss it reconnects
+//! with backoff and resumes right after the last offset it read, so the ring stays complete; if
+//! retention removed what followed, the ring is cleared and reconnecting subscribers replay from
+//! the stream instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ const BATCH: usize = 256;
 /// Where the stream is read from.
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
-    /// The AMQP brokers (also for `Protocol::Stream`: the gateway's other connections use them).
+    /// The AMQP brokers (unused with `Protocol::Stream`).
     pub url: Brokers,
     pub protocol: Protocol,
     pub stream: String,
