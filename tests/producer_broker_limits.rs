@@ -111,10 +111,18 @@ async fn a_resource_alarm_pauses_publishing_until_it_clears() {
     assert_eq!(ids(&queue.take(1, WAIT).await), [1]);
 
     node.ctl(&["set_disk_free_limit", "100000GB"]).await;
+    wait_for("the disk alarm", WAIT, || async {
+        node.ctl_output(&["eval", "rabbit_alarm:get_alarms()."]).await.contains("disk").then_some(())
+    })
+    .await;
     world.pg.execute("INSERT INTO big VALUES (2, 'during')").await;
-    let reason = not_ready_with(addr, "RabbitMQ blocked").await;
-    assert!(reason.contains("low on disk"), "{reason}");
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let readyz = http_get(addr, "/readyz").await;
+    assert!(
+        readyz.as_ref().is_some_and(|(status, reason)| *status == 503 && reason.contains("RabbitMQ blocked: low on disk")),
+        "{readyz:?}\n{}",
+        producer.stderr()
+    );
     assert_eq!(metric(addr, "pgevents_rabbitmq_blocked").await, 1.0);
     assert_eq!(metric(addr, "pgevents_reconnects_total").await, 0.0, "no reconnect churn while blocked");
     assert!(http_get(addr, "/readyz").await.is_some_and(|(status, _)| status == 503));
@@ -128,6 +136,51 @@ async fn a_resource_alarm_pauses_publishing_until_it_clears() {
     assert_eq!(metric(addr, "pgevents_rabbitmq_blocks_total").await, 1.0);
     stop(producer).await;
     queue.close().await;
+}
+
+/// The same alarm with `--publish-to stream`: the stream protocol has no notice of alarms, and
+/// RabbitMQ 3.10 does not even block stream writers (the stream would fill the disk that is
+/// running low). The producer asks over its AMQP connection once a second, and pauses both
+/// outputs while the broker is blocked, as above.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_alarm_pauses_stream_publishing_until_it_clears() {
+    let node = RabbitNode::start_with_stream().await;
+    let world = World::new().await;
+    world.pg.execute(TABLE).await;
+    let stream = pgevents_testkit::unique_name("alarm");
+    let stream_url = node.stream_url().expect("a stream port");
+    let extra = [
+        ("PGEVENTS_CONFIRM_TIMEOUT", "2"),
+        ("PGEVENTS_PUBLISH_TO", "stream"),
+        ("PGEVENTS_STREAM", stream.as_str()),
+        ("PGEVENTS_STREAM_URL", stream_url.as_str()),
+    ];
+    let (producer, addr) = producer(&world, &node, &extra).await;
+    let confirmed = |n: f64| async move { (metric(addr, "pgevents_events_confirmed_total").await >= n).then_some(()) };
+    world.pg.execute("INSERT INTO big VALUES (1, 'before')").await;
+    wait_for("the first event confirmed", WAIT, || confirmed(1.0)).await;
+
+    node.ctl(&["set_disk_free_limit", "100000GB"]).await;
+    let reason = not_ready_with(addr, "RabbitMQ blocked").await;
+    assert!(reason.contains("low on disk"), "{reason}");
+    world.pg.execute("INSERT INTO big VALUES (2, 'during')").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(metric(addr, "pgevents_rabbitmq_blocked").await, 1.0);
+    assert_eq!(metric(addr, "pgevents_reconnects_total").await, 0.0, "no reconnect churn while blocked");
+    assert_eq!(
+        metric(addr, "pgevents_events_confirmed_total").await,
+        1.0,
+        "nothing written to the stream during the alarm:\n{}",
+        producer.stderr()
+    );
+
+    node.ctl(&["set_disk_free_limit", "1MB"]).await;
+    wait_for("the second event confirmed", WAIT, || confirmed(2.0)).await;
+    wait_for("/readyz to say ready", WAIT, || async { (http_get(addr, "/readyz").await?.0 == 200).then_some(()) })
+        .await;
+    assert_eq!(metric(addr, "pgevents_rabbitmq_blocked").await, 0.0);
+    let log = stop(producer).await;
+    assert!(!log.contains("reconnect"), "{log}");
 }
 
 /// `--max-in-flight-bytes` holds publishing back while that many body bytes wait for

@@ -104,6 +104,9 @@ pub struct PublisherSettings {
 pub struct ConfirmingPublisher {
     connection: Connection,
     channel: Channel,
+    /// A channel without confirms for [`ConfirmingPublisher::probe_flow`], opened on first use
+    /// (boxed: most publishers never open it).
+    probe: Option<Box<Channel>>,
     events: mpsc::UnboundedReceiver<ConfirmEvent>,
     flow: watch::Receiver<Flow>,
     next_tag: u64,
@@ -140,6 +143,7 @@ impl ConfirmingPublisher {
         Ok(ConfirmingPublisher {
             connection,
             channel,
+            probe: None,
             events,
             flow,
             next_tag: 1,
@@ -247,4 +251,28 @@ impl ConfirmingPublisher {
     pub fn flow(&self) -> watch::Receiver<Flow> {
         self.flow.clone()
     }
+
+    /// Asks the broker whether it would block this connection now: publishes one empty,
+    /// transient message that no queue takes (the default exchange, routing key
+    /// [`FLOW_PROBE_KEY`]) on a channel of its own without confirms. RabbitMQ tells only the
+    /// connections that publish of a resource alarm (`connection.blocked`, then [`Flow`]); a
+    /// caller whose messages travel another way (the stream protocol, which has no such notice)
+    /// probes when they stall.
+    pub async fn probe_flow(&mut self) -> Result<(), AmqpError> {
+        if self.probe.is_none() {
+            self.probe = Some(Box::new(crate::open_channel(&self.connection).await?));
+        }
+        let Some(channel) = &self.probe else { return Ok(()) };
+        let args = BasicPublishArguments::new("", FLOW_PROBE_KEY);
+        let Err(e) = channel.basic_publish(BasicProperties::default(), Vec::new(), args).await else {
+            return Ok(());
+        };
+        let error = channel.error("publish", &e);
+        self.probe = None; // opened again next time
+        Err(error)
+    }
 }
+
+/// The routing key of [`ConfirmingPublisher::probe_flow`]'s message: no queue has this name, so
+/// the default exchange drops it.
+pub const FLOW_PROBE_KEY: &str = "pgevents.flow-probe";

@@ -16,6 +16,8 @@ pub struct RabbitNode {
     pub port: u16,
     /// The AMQPS port of a node started with [`RabbitNode::start_tls`].
     pub tls_port: Option<u16>,
+    /// The stream protocol's port of a node started with [`RabbitNode::start_with_stream`].
+    pub stream_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Child,
 }
@@ -93,6 +95,26 @@ impl RabbitNode {
         Self::start_node(&config, "rabbitmq_auth_mechanism_ssl", Some(tls_port)).await
     }
 
+    /// Starts a node that also speaks the stream protocol (plugin `rabbitmq_stream`) on a port of
+    /// its own, advertised as `127.0.0.1` (see [`RabbitNode::stream_url`]).
+    pub async fn start_with_stream() -> RabbitNode {
+        let stream_port = free_port();
+        let config = format!(
+            "stream.listeners.tcp.1 = {stream_port}\n\
+             stream.advertised_host = 127.0.0.1\n\
+             stream.advertised_port = {stream_port}\n"
+        );
+        let mut node = Self::start_node(&config, "rabbitmq_stream", None).await;
+        node.stream_port = Some(stream_port);
+        node
+    }
+
+    /// `rabbitmq-stream://guest:guest@127.0.0.1:<port>/%2f` of a node started with
+    /// [`RabbitNode::start_with_stream`].
+    pub fn stream_url(&self) -> Option<String> {
+        self.stream_port.map(|port| format!("rabbitmq-stream://guest:guest@127.0.0.1:{port}/%2f"))
+    }
+
     /// Starts a node with these plugins enabled (comma-separated Erlang atoms).
     pub async fn start_with_plugins(plugins: &str) -> RabbitNode {
         Self::start_node("", plugins, None).await
@@ -117,7 +139,7 @@ impl RabbitNode {
             .kill_on_drop(true)
             .spawn()
             .expect("start rabbitmq-server");
-        let broker = RabbitNode { node, port, tls_port, dir, child };
+        let broker = RabbitNode { node, port, tls_port, stream_port: None, dir, child };
         broker.wait_up(Duration::from_secs(90)).await;
         broker
     }

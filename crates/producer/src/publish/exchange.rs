@@ -107,6 +107,12 @@ impl Transport for ExchangeOutput {
         self.flow.clone()
     }
 
+    async fn probe_flow(&mut self) {
+        if let Err(e) = self.publisher.probe_flow().await {
+            tracing::debug!(error = %e, "cannot ask RabbitMQ whether it blocks publishing");
+        }
+    }
+
     async fn close(self) {
         self.publisher.close().await;
     }

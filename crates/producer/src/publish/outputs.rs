@@ -92,6 +92,13 @@ impl Transport for Outputs {
         }
     }
 
+    async fn probe_flow(&mut self) {
+        // An exchange alone is told by its own publishing; the stream is not told at all.
+        if let Outputs::Split(split) = self {
+            split.exchange.probe_flow().await;
+        }
+    }
+
     async fn close(self) {
         match self {
             Outputs::Exchange(exchange) => exchange.close().await,
