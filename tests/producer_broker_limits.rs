@@ -175,6 +175,45 @@ async fn a_resource_alarm_pauses_stream_publishing_until_it_clears() {
     assert!(!log.contains("reconnect"), "{log}");
 }
 
+/// A RabbitMQ user without write permission on the default exchange cannot ask about alarms:
+/// the producer says so once, keeps its connections (a publish on the channel the broker closed
+/// would cost it the connection) and keeps streaming.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_who_may_not_probe_is_told_once_and_the_stream_goes_on() {
+    let node = RabbitNode::start_with_stream().await;
+    node.ctl(&["add_user", "narrow", "narrow-pw"]).await;
+    // Everything named pgevents... (the events exchange, the outbox exchange, the stream), not
+    // amq.default.
+    node.ctl(&["set_permissions", "-p", "/", "narrow", "^pgevents.*", "^pgevents.*", "^pgevents.*"]).await;
+    let world = World::new().await;
+    world.pg.execute(TABLE).await;
+    let stream = pgevents_testkit::unique_name("narrow");
+    let amqp_url = node.url().replace("guest:guest@", "narrow:narrow-pw@");
+    let stream_url = node.stream_url().expect("a stream port").replace("guest:guest@", "narrow:narrow-pw@");
+    let addr = free_local_addr();
+    let addr_text = addr.to_string();
+    let env = [
+        ("RABBITMQ_URL", amqp_url.as_str()),
+        ("PGEVENTS_METRICS_ADDR", addr_text.as_str()),
+        ("PGEVENTS_PUBLISH_TO", "stream"),
+        ("PGEVENTS_STREAM", stream.as_str()),
+        ("PGEVENTS_STREAM_URL", stream_url.as_str()),
+    ];
+    let producer = world.producer(&env).await;
+    for id in 1..=5 {
+        world.pg.execute(&format!("INSERT INTO big VALUES ({id}, 'x')")).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    wait_for("five events confirmed", WAIT, || async {
+        (metric(addr, "pgevents_events_confirmed_total").await >= 5.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(addr, "pgevents_reconnects_total").await, 0.0, "no connection lost to the probe");
+    let log = stop(producer).await;
+    assert_eq!(log.matches("write permission on amq.default").count(), 1, "said once: {log}");
+    assert!(!log.contains("reconnect"), "{log}");
+}
+
 /// `--max-in-flight-bytes` holds publishing back while that many body bytes wait for
 /// confirms (the metric counts each time), and every event still arrives, in order.
 #[tokio::test(flavor = "multi_thread")]

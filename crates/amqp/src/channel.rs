@@ -40,6 +40,11 @@ impl Channel {
         }
     }
 
+    /// The broker's reply, if it closed the channel.
+    pub fn closed_by_broker(&self) -> Option<ServerReply> {
+        self.closed_by_broker.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// The error of a failed `operation`.
     pub(crate) fn error(&self, operation: impl Into<String>, error: &amqprs::error::Error) -> AmqpError {
         AmqpError::op(operation, self.cause(error))

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::channel::open_publishing;
 use crate::error::Cause;
 use crate::{check_short_string, connect_with_flow, declare_topic_exchange, AmqpError, Brokers, Channel, Flow};
-use crate::{AckWindow, UnknownTag};
+use crate::{AckWindow, FlowProbe, UnknownTag};
 
 /// One message to publish. An empty string property (or a zero timestamp) is left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,9 +104,6 @@ pub struct PublisherSettings {
 pub struct ConfirmingPublisher {
     connection: Connection,
     channel: Channel,
-    /// A channel without confirms for [`ConfirmingPublisher::probe_flow`], opened on first use
-    /// (boxed: most publishers never open it).
-    probe: Option<Box<Channel>>,
     events: mpsc::UnboundedReceiver<ConfirmEvent>,
     flow: watch::Receiver<Flow>,
     next_tag: u64,
@@ -143,7 +140,6 @@ impl ConfirmingPublisher {
         Ok(ConfirmingPublisher {
             connection,
             channel,
-            probe: None,
             events,
             flow,
             next_tag: 1,
@@ -252,27 +248,10 @@ impl ConfirmingPublisher {
         self.flow.clone()
     }
 
-    /// Asks the broker whether it would block this connection now: publishes one empty,
-    /// transient message that no queue takes (the default exchange, routing key
-    /// [`FLOW_PROBE_KEY`]) on a channel of its own without confirms. RabbitMQ tells only the
-    /// connections that publish of a resource alarm (`connection.blocked`, then [`Flow`]); a
-    /// caller whose messages travel another way (the stream protocol, which has no such notice)
-    /// probes when they stall.
-    pub async fn probe_flow(&mut self) -> Result<(), AmqpError> {
-        if self.probe.is_none() {
-            self.probe = Some(Box::new(crate::open_channel(&self.connection).await?));
-        }
-        let Some(channel) = &self.probe else { return Ok(()) };
-        let args = BasicPublishArguments::new("", FLOW_PROBE_KEY);
-        let Err(e) = channel.basic_publish(BasicProperties::default(), Vec::new(), args).await else {
-            return Ok(());
-        };
-        let error = channel.error("publish", &e);
-        self.probe = None; // opened again next time
-        Err(error)
+    /// Keeps the connection publishing an empty message every `every`, so that RabbitMQ tells
+    /// [`ConfirmingPublisher::flow`] of resource alarms even when this publisher has nothing to
+    /// publish (see [`FlowProbe`]).
+    pub fn start_flow_probe(&self, every: Duration) -> FlowProbe {
+        FlowProbe::start(self.connection.clone(), self.flow.clone(), every)
     }
 }
-
-/// The routing key of [`ConfirmingPublisher::probe_flow`]'s message: no queue has this name, so
-/// the default exchange drops it.
-pub const FLOW_PROBE_KEY: &str = "pgevents.flow-probe";

@@ -18,6 +18,7 @@ mod confirming_publisher;
 mod connection;
 mod consume;
 mod error;
+mod flow_probe;
 mod stream;
 mod topology;
 mod url;
@@ -35,6 +36,7 @@ pub use connection::{connect, connect_with_flow, ended, Flow};
 pub use consume::{ack, ack_up_to, consume, nack, Delivery, DeliveryStream};
 pub(crate) use error::check_short_string;
 pub use error::{AmqpError, Cause, ServerReply};
+pub use flow_probe::{FlowProbe, FLOW_PROBE_KEY};
 pub use pgevents_retry::ErrorKind;
 pub use stream::{ensure_stream, Retention};
 pub use topology::{

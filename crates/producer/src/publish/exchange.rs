@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use pgevents_amqp::{AmqpError, Brokers, Cause, ConfirmEvent, ConfirmingPublisher, OutgoingMessage, PublisherSettings};
+use pgevents_amqp::{
+    AmqpError, Brokers, Cause, ConfirmEvent, ConfirmingPublisher, FlowProbe, OutgoingMessage, PublisherSettings,
+};
 use tokio::sync::watch;
 
 use super::{Confirm, Flow, Message, PublishError, Transport};
@@ -20,7 +22,16 @@ impl ExchangeOutput {
         let flow = forward_flow(publisher.flow());
         Ok(ExchangeOutput { publisher, flow })
     }
+
+    /// Has the connection ask the broker once a second whether it blocks it, for a producer
+    /// whose events go to the stream only (see [`FlowProbe`]).
+    pub fn start_flow_probe(&self) -> FlowProbe {
+        self.publisher.start_flow_probe(FLOW_PROBE_EVERY)
+    }
 }
+
+/// How often a producer whose events go to the stream only asks RabbitMQ whether it blocks it.
+const FLOW_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// The broker's flow control of the connection, as the producer's [`Flow`]; the forwarding ends
 /// with the connection.
@@ -105,12 +116,6 @@ impl Transport for ExchangeOutput {
 
     fn flow(&self) -> watch::Receiver<Flow> {
         self.flow.clone()
-    }
-
-    async fn probe_flow(&mut self) {
-        if let Err(e) = self.publisher.probe_flow().await {
-            tracing::debug!(error = %e, "cannot ask RabbitMQ whether it blocks publishing");
-        }
     }
 
     async fn close(self) {

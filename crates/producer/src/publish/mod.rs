@@ -102,11 +102,6 @@ pub trait Transport: Send {
     fn next_confirm(&mut self) -> impl Future<Output = Result<Confirm, PublishError>> + Send;
     /// Whether the broker lets this transport publish.
     fn flow(&self) -> watch::Receiver<Flow>;
-    /// Called once a second while publishing runs: a transport whose broker does not tell it of
-    /// resource alarms (the stream protocol) asks another way, for [`Transport::flow`] to say.
-    fn probe_flow(&mut self) -> impl Future<Output = ()> + Send {
-        async {}
-    }
     /// Closes the connection(s).
     fn close(self) -> impl Future<Output = ()> + Send;
 }

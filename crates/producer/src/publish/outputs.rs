@@ -5,6 +5,7 @@
 //! output, outbox messages to their exchange only. [`Split`] numbers messages itself and confirms
 //! one when every transport it went to has confirmed it, so the LSN moves only once both hold it.
 
+use pgevents_amqp::FlowProbe;
 use pgevents_event::Lsn;
 use std::collections::VecDeque;
 use tokio::sync::watch;
@@ -92,13 +93,6 @@ impl Transport for Outputs {
         }
     }
 
-    async fn probe_flow(&mut self) {
-        // An exchange alone is told by its own publishing; the stream is not told at all.
-        if let Outputs::Split(split) = self {
-            split.exchange.probe_flow().await;
-        }
-    }
-
     async fn close(self) {
         match self {
             Outputs::Exchange(exchange) => exchange.close().await,
@@ -134,11 +128,16 @@ pub struct Split {
     waiting: VecDeque<u8>,
     exchange_numbers: Numbers,
     stream_numbers: Numbers,
+    /// With the events on the stream only, the exchange's connection asks the broker whether it
+    /// blocks it (RabbitMQ tells nothing over the stream protocol); it stops with the outputs.
+    _flow_probe: Option<FlowProbe>,
 }
 
 impl Split {
     fn new(exchange: ExchangeOutput, stream: StreamOutput, events_to_exchange: bool) -> Split {
+        let _flow_probe = (!events_to_exchange).then(|| exchange.start_flow_probe());
         Split {
+            _flow_probe,
             exchange,
             stream,
             events_to_exchange,

@@ -65,10 +65,6 @@ pub async fn run_publisher<P: Transport>(
     // No confirm for `confirm_timeout` while messages are in flight: the connection is presumed
     // broken.
     let mut progress = Watchdog::new(config.confirm_timeout);
-    // A transport the broker does not tell of resource alarms asks it now and then (see
-    // `Transport::probe_flow`); for the others this does nothing.
-    let mut probe = tokio::time::interval(FLOW_PROBE_EVERY);
-    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut limited: Option<&'static str> = None;
     let events_confirmed = metrics::counter!(EVENTS_CONFIRMED);
@@ -146,10 +142,6 @@ pub async fn run_publisher<P: Transport>(
                     }
                 }
             }
-            // Not while blocked: the broker then reads nothing, and says itself when it unblocks.
-            _ = probe.tick(), if running && flow_open => {
-                publisher.probe_flow().await;
-            }
             _ = progress.expired(), if tracker.in_flight() > 0 && drain_deadline.is_none() && running => {
                 return Err(ProducerError::ConfirmTimeout {
                     in_flight: tracker.in_flight(),
@@ -163,9 +155,6 @@ pub async fn run_publisher<P: Transport>(
         }
     }
 }
-
-/// How often a transport that is not told of resource alarms asks the broker.
-const FLOW_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Publishes what is pending, in order, until it is all out or the broker blocks the
 /// connection (checked before each message: publishing into a blocked connection stalls).
