@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::gateway::{hs256, now, Gateway};
+use common::gateway::{hs256, now, Gateway, Over};
 use common::{stop, World, WAIT};
 use futures_util::FutureExt as _;
 use pgevents_testkit::{
@@ -35,7 +35,7 @@ const RULE_CELLS: &[&str] = &[
     "R18", "R19", "R20", "R21", "R22", "R23", "R24", "R25", "B1", "B2", "L1", "M1", "C1",
 ];
 const NETWORK_CELLS: &[&str] = &["N1", "N2", "N3"];
-const STREAM_CELLS: &[&str] = &["B3", "C2"];
+const STREAM_CELLS: &[&str] = &["B3", "C2", "G11"];
 const PRODUCER_CELLS: &[&str] =
     &["P1", "P2", "P3", "P4", "P5", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"];
 
@@ -2195,6 +2195,51 @@ async fn stream_cell(id: &str, world: &World) -> Verdict {
             let log = producer.stderr();
             ensure!(code != Some(0), "the producer believed the forged position: {log}");
             ensure!(log.contains("someone else wrote it"), "{log}");
+            Ok(())
+        }
+        "G11" => {
+            // Subscribers ask for events older than the gateway keeps in memory (each a replay on
+            // a stream connection of its own) and hang up at once, many times over: the gateway
+            // never holds more connections than its replay slots allow, and none once they left.
+            let max_replays = 2;
+            let slots = max_replays.to_string();
+            let gw = Gateway::start_over(
+                Over::Stream,
+                world,
+                &stream,
+                &[("PGEVENTS_MAX_REPLAYS", slots.as_str()), ("PGEVENTS_CLIENT_BUFFER", "10")],
+            )
+            .await;
+            let producer = Over::Stream.producer(world, &stream, &[("PGTABLES", "public.s")]).await;
+            let mut reader = gw.subscribe("/events?pk=1100", &[("X-Consumer-Id", "watch")]).await;
+            world.pg.execute("INSERT INTO s SELECT generate_series(1000, 1100)").await;
+            reader.next(WAIT).await.ok_or("the gateway read the rows")?;
+            let addr = gw.addr;
+            let attack = tokio::spawn(async move {
+                for round in 0..60u64 {
+                    if let Ok(mut socket) = tokio::net::TcpStream::connect(addr).await {
+                        let request = "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Consumer-Id: attacker\r\nLast-Event-ID: 0\r\n\r\n";
+                        let _ = socket.write_all(request.as_bytes()).await;
+                        tokio::time::sleep(Duration::from_millis(round % 7 * 5)).await;
+                    }
+                }
+            });
+            let mut most = 0;
+            while !attack.is_finished() {
+                most = most.max(gw.stream_connections());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The hub's, and per replay slot the replay's, its look at the stream's start, and one
+            // of a subscriber who just left, still closing (the attack makes 60).
+            let bound = 1 + 3 * max_replays;
+            ensure!(most <= bound, "{most} stream connections at once, above {bound}");
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while gw.stream_connections() > 1 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ensure!(gw.stream_connections() == 1, "{} stream connections left behind", gw.stream_connections());
+            stop(producer).await;
+            gw.stop().await;
             Ok(())
         }
         "C2" => {

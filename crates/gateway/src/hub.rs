@@ -209,6 +209,10 @@ impl Hub<'_> {
             if let Err(e) = reader.acknowledge().await {
                 break Err(e);
             }
+            // A stream-protocol reader hands a whole chunk over at once, without waiting on the
+            // network between batches: let the subscribers read each append before the next, or
+            // one that keeps up would fall a whole ring behind in a burst.
+            tokio::task::yield_now().await;
         };
         if outcome.is_ok() {
             // Stopping: close politely (a lost connection is only dropped).

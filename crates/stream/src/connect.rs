@@ -77,7 +77,21 @@ pub(crate) async fn client_at(
     name: &str,
 ) -> Result<StreamConnection, StreamError> {
     let options = options(url, node, name)?;
-    connecting(url, Client::connect(options)).await.map(StreamConnection)
+    // Connecting runs in a task of its own, to its end: a caller that stops waiting mid-handshake
+    // (a subscriber who hung up) would otherwise leave a connection the client's own tasks keep
+    // open. A connection nobody waits for any more is closed.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let url_for_task = url.clone();
+    tokio::spawn(async move {
+        let connected = connecting(&url_for_task, Client::connect(options)).await;
+        if let Err(Ok(orphan)) = tx.send(connected) {
+            let _ = orphan.force_drop_connection().await;
+        }
+    });
+    match rx.await {
+        Ok(connected) => connected.map(StreamConnection),
+        Err(_) => Err(connect_failed(url, "the connecting task ended".into(), ErrorKind::Transient)),
+    }
 }
 
 /// `connect` within [`CONNECT_TIMEOUT`], its failure classified.
