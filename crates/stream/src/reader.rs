@@ -95,11 +95,7 @@ impl StreamReader {
         start: Start,
         connection_name: &str,
     ) -> Result<StreamReader, StreamError> {
-        within(stream, async {
-            let client = leader(url, stream, connection_name).await?;
-            Self::subscribe(client, stream, start).await
-        })
-        .await
+        Self::open_as(url, stream, None, start, connection_name).await
     }
 
     /// Subscribes as the reader `name`: right after the offset it stored last, or from
@@ -111,12 +107,27 @@ impl StreamReader {
         otherwise: Start,
         connection_name: &str,
     ) -> Result<StreamReader, StreamError> {
+        Self::open_as(url, stream, Some(name), otherwise, connection_name).await
+    }
+
+    /// Connects to the stream's leader and subscribes: from where the reader `name` stopped
+    /// when it has stored an offset, from `start` otherwise.
+    async fn open_as(
+        url: &StreamUrl,
+        stream: &str,
+        name: Option<&str>,
+        start: Start,
+        connection_name: &str,
+    ) -> Result<StreamReader, StreamError> {
         within(stream, async {
             let client = leader(url, stream, connection_name).await?;
-            let start = match client.query_offset(name.to_owned(), stream).await {
-                Ok(stored) => Start::Offset(stored.saturating_add(1)),
-                Err(ClientError::RequestError(ResponseCode::OffsetNotFound)) => otherwise,
-                Err(e) => return Err(StreamError::operation(stream, "ask for the stored offset", &e)),
+            let start = match name {
+                Some(name) => match client.query_offset(name.to_owned(), stream).await {
+                    Ok(stored) => Start::Offset(stored.saturating_add(1)),
+                    Err(ClientError::RequestError(ResponseCode::OffsetNotFound)) => start,
+                    Err(e) => return Err(StreamError::operation(stream, "ask for the stored offset", &e)),
+                },
+                None => start,
             };
             Self::subscribe(client, stream, start).await
         })
