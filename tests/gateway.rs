@@ -226,21 +226,11 @@ async fn a_slow_client_is_cut_off_while_a_fast_one_keeps_up() {
     gw.stop().await;
 }
 
-/// Rows of table `seam` received by one subscriber: (event id, row id).
-type Received = Arc<Mutex<Vec<(i64, i64)>>>;
-
-/// Reads `seam` inserts into `into` until row `last` arrives (or the stream ends).
 #[tokio::test(flavor = "multi_thread")]
 async fn over_the_stream_protocol_a_lost_broker_cuts_subscribers_who_resume_where_they_were() {
     let world = World::new().await;
-    world.pg.execute("CREATE TABLE users (id int PRIMARY KEY, name text)").await;
     let stream = unique_name("history");
-    let proxy = FaultProxy::start("127.0.0.1:5552".parse().unwrap()).await;
-    let proxied = stream_url().replace("127.0.0.1:5552", &proxy.addr.to_string());
-    let env = [("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", proxied.as_str())];
-    let gw = Gateway::start(&world, &stream, None, &env).await;
-    let producer = Over::Stream.producer(&world, &stream, &[]).await;
-    let mut live = gw.subscribe("/events", &[("X-Consumer-Id", "dashboard")]).await;
+    let (proxy, gw, producer, mut live) = behind_a_proxy(&world, &stream, "").await;
     world.pg.execute("INSERT INTO users VALUES (1, 'ann'); INSERT INTO users VALUES (2, 'bob')").await;
     let first = live.next(WAIT).await.expect("a live event over the stream protocol");
     let second = live.next(WAIT).await.expect("and the next");
@@ -291,15 +281,9 @@ async fn over_the_stream_protocol_a_lost_broker_cuts_subscribers_who_resume_wher
 #[tokio::test(flavor = "multi_thread")]
 async fn over_the_stream_protocol_a_broker_gone_silent_is_noticed_by_the_heartbeat() {
     let world = World::new().await;
-    world.pg.execute("CREATE TABLE users (id int PRIMARY KEY, name text)").await;
     let stream = unique_name("history");
-    let proxy = FaultProxy::start("127.0.0.1:5552".parse().unwrap()).await;
     // Heartbeats every second: a broker silent for four is taken for gone.
-    let proxied = format!("{}?heartbeat=1", stream_url().replace("127.0.0.1:5552", &proxy.addr.to_string()));
-    let env = [("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", proxied.as_str())];
-    let gw = Gateway::start(&world, &stream, None, &env).await;
-    let producer = Over::Stream.producer(&world, &stream, &[]).await;
-    let mut live = gw.subscribe("/events", &[("X-Consumer-Id", "dashboard")]).await;
+    let (proxy, gw, producer, mut live) = behind_a_proxy(&world, &stream, "?heartbeat=1").await;
     world.pg.execute("INSERT INTO users VALUES (1, 'ann')").await;
     let first = live.next(WAIT).await.expect("a live event");
 
@@ -324,6 +308,28 @@ async fn over_the_stream_protocol_a_broker_gone_silent_is_noticed_by_the_heartbe
     gw.stop().await;
 }
 
+/// A gateway reading `stream` over the stream protocol through a proxy the test can cut or
+/// freeze (`options` appended to its URL), a producer writing the stream directly, a `users`
+/// table, and a live subscriber.
+async fn behind_a_proxy(
+    world: &World,
+    stream: &str,
+    options: &str,
+) -> (FaultProxy, Gateway, pgevents_testkit::PgEventsProcess, SseClient) {
+    world.pg.execute("CREATE TABLE users (id int PRIMARY KEY, name text)").await;
+    let proxy = FaultProxy::start("127.0.0.1:5552".parse().unwrap()).await;
+    let proxied = format!("{}{options}", stream_url().replace("127.0.0.1:5552", &proxy.addr.to_string()));
+    let env = [("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", proxied.as_str())];
+    let gw = Gateway::start(world, stream, None, &env).await;
+    let producer = Over::Stream.producer(world, stream, &[]).await;
+    let live = gw.subscribe("/events", &[("X-Consumer-Id", "dashboard")]).await;
+    (proxy, gw, producer, live)
+}
+
+/// Rows of table `seam` received by one subscriber: (event id, row id).
+type Received = Arc<Mutex<Vec<(i64, i64)>>>;
+
+/// Reads `seam` inserts into `into` until row `last` arrives (or the stream ends).
 fn collect(mut client: SseClient, last: i64, into: Received) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(message) = client.next(Duration::from_secs(60)).await {
