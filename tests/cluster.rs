@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::gateway::Gateway;
 use common::{check_at_least_once_in_order, collect_all, stop, World, WAIT};
 use pgevents_testkit::{
-    unique_name, wait_for, EventQueue, PgEventsProcess, RabbitCluster, ReceivedEvent, SseClient, SseMessage, AB_TABLES,
+    read_stream_at, unique_name, wait_for, EventQueue, PgEventsProcess, RabbitCluster, ReceivedEvent, SseClient,
+    SseMessage, AB_TABLES,
 };
 
 const ROWS: i32 = 2000;
@@ -187,4 +188,70 @@ async fn subscribers_miss_nothing_when_the_streams_leader_stops() {
     eprintln!("stream leader stopped: {ROWS} events, {duplicates} duplicates, {reconnects} reconnects");
     stop(producer).await;
     gw.stop().await;
+}
+
+/// Over the stream protocol: the producer writes `--publish-to stream`, and `serve` reads it with
+/// `--history-protocol stream`, both given a node that is not the stream's leader. The leader is
+/// stopped mid-stream (and started again). Both follow the new leader through the stream's
+/// metadata; the stream holds each change exactly once, in commit order (the deduplication state
+/// moved with the leader), and subscribers cut off resume with `Last-Event-ID` without a gap or a
+/// duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_stream_protocol_each_change_is_stored_once_when_the_streams_leader_stops() {
+    const ROWS: i32 = 600;
+    let cluster = RabbitCluster::start_with_stream(3).await;
+    let world = World::new().await;
+    world.pg.execute("CREATE TABLE seam (id int PRIMARY KEY)").await;
+    let stream = unique_name("history");
+    // Declared through the first node, which leads it (the leader is the declaring client's node).
+    let declaring: pgevents_stream::StreamUrl =
+        cluster.nodes[0].stream_url().expect("stream port").parse().expect("URL");
+    let client = pgevents_stream::client(&declaring, "pgevents test").await.expect("connect");
+    let retention = pgevents_stream::StreamRetention { max_age: "1D".into(), max_bytes: 1 << 30, ..Default::default() };
+    pgevents_stream::ensure_stream(&client, &stream, &retention).await.expect("declare the stream");
+    drop(client);
+    let leader = cluster.leader_of(&cluster.nodes[0], &stream).await.expect("the stream has a leader");
+    let entry = cluster.other_than(leader);
+    let entry_url = entry.stream_url().expect("stream port");
+    let urls = cluster.urls();
+    let producer = world
+        .producer(&[
+            ("RABBITMQ_URL", &urls),
+            ("PGEVENTS_PUBLISH_TO", "stream"),
+            ("PGEVENTS_STREAM", &stream),
+            ("PGEVENTS_STREAM_URL", &entry_url),
+        ])
+        .await;
+    let gw = Gateway::start(
+        &world,
+        &stream,
+        Some(&urls),
+        &[("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", &entry_url)],
+    )
+    .await;
+    let writer = common::insert_paced(&world.pg, "INSERT INTO seam VALUES ($1)", ROWS);
+    let faults = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        leader.stop_app().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        leader.start_app().await;
+    };
+    let ((), (seen, reconnects), ()) = tokio::join!(writer, follow(&gw, ROWS as usize), faults);
+    let ids: Vec<i64> = seen.iter().filter_map(|m| m.json()["new"]["id"].as_i64()).collect();
+    let first = ids.first().copied().unwrap_or(1);
+    let expected: Vec<i64> = (first..=i64::from(ROWS)).collect();
+    assert_eq!(
+        ids,
+        expected,
+        "subscribers saw each change once, in order ({reconnects} reconnects)\n{}",
+        gw.process.stderr()
+    );
+    let log = stop(producer).await;
+    gw.stop().await;
+    let records = read_stream_at(&entry_url, &stream, Duration::from_secs(3), 10 * ROWS as usize).await;
+    let stored: Vec<i64> = records.iter().filter_map(|r| r.json()["new"]["id"].as_i64()).collect();
+    let all: Vec<i64> = (1..=i64::from(ROWS)).collect();
+    assert_eq!(stored, all, "the stream holds each change exactly once, in commit order; producer log:\n{log}");
+    assert!(log.contains("connection failed; reconnecting"), "the producer's publisher lost the leader:\n{log}");
+    eprintln!("stream leader stopped, over the stream protocol: {ROWS} changes stored once, {reconnects} subscriber reconnects");
 }

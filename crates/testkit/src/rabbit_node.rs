@@ -98,13 +98,20 @@ impl RabbitNode {
     /// Starts a node that also speaks the stream protocol (plugin `rabbitmq_stream`) on a port of
     /// its own, advertised as `127.0.0.1` (see [`RabbitNode::stream_url`]).
     pub async fn start_with_stream() -> RabbitNode {
+        Self::start_streaming("").await
+    }
+
+    /// [`RabbitNode::start_with_stream`] with further plugins (comma-separated Erlang atoms).
+    async fn start_streaming(plugins: &str) -> RabbitNode {
         let stream_port = free_port();
         let config = format!(
             "stream.listeners.tcp.1 = {stream_port}\n\
              stream.advertised_host = 127.0.0.1\n\
              stream.advertised_port = {stream_port}\n"
         );
-        let mut node = Self::start_node(&config, "rabbitmq_stream", None).await;
+        let plugins =
+            if plugins.is_empty() { "rabbitmq_stream".to_owned() } else { format!("rabbitmq_stream,{plugins}") };
+        let mut node = Self::start_node(&config, &plugins, None).await;
         node.stream_port = Some(stream_port);
         node
     }
@@ -237,9 +244,24 @@ impl RabbitCluster {
     /// Starts `size` nodes (with the consistent-hash exchange plugin) and joins them to the
     /// first.
     pub async fn start(size: usize) -> RabbitCluster {
+        Self::start_nodes(size, false).await
+    }
+
+    /// [`RabbitCluster::start`] with nodes that also speak the stream protocol, each on a port of
+    /// its own ([`RabbitNode::stream_url`]), advertised as `127.0.0.1`.
+    pub async fn start_with_stream(size: usize) -> RabbitCluster {
+        Self::start_nodes(size, true).await
+    }
+
+    async fn start_nodes(size: usize, stream: bool) -> RabbitCluster {
+        const PLUGINS: &str = "rabbitmq_consistent_hash_exchange";
         let mut starting = tokio::task::JoinSet::new();
         for _ in 0..size {
-            starting.spawn(RabbitNode::start_with_plugins("rabbitmq_consistent_hash_exchange"));
+            if stream {
+                starting.spawn(RabbitNode::start_streaming(PLUGINS));
+            } else {
+                starting.spawn(RabbitNode::start_with_plugins(PLUGINS));
+            }
         }
         let mut nodes = Vec::new();
         while let Some(node) = starting.join_next().await {

@@ -42,13 +42,22 @@ impl StreamRecord {
 }
 
 async fn environment() -> rabbitmq_stream_client::Environment {
-    let url: pgevents_stream::StreamUrl = stream_url().parse().expect("stream URL");
+    environment_at(&stream_url()).await
+}
+
+async fn environment_at(url: &str) -> rabbitmq_stream_client::Environment {
+    let url: pgevents_stream::StreamUrl = url.parse().expect("stream URL");
     pgevents_stream::environment(&url, "pgevents test").await.expect("connect to the stream protocol")
 }
 
 /// Reads `stream` from its first message until `quiet` passes without one (or `limit` messages).
 pub async fn read_stream(stream: &str, quiet: Duration, limit: usize) -> Vec<StreamRecord> {
-    let environment = environment().await;
+    read_stream_at(&stream_url(), stream, quiet, limit).await
+}
+
+/// [`read_stream`] through the broker at `url` (a node of a cluster).
+pub async fn read_stream_at(url: &str, stream: &str, quiet: Duration, limit: usize) -> Vec<StreamRecord> {
+    let environment = environment_at(url).await;
     let mut consumer = environment.consumer().offset(OffsetSpecification::First).build(stream).await.expect("consume");
     let mut records = Vec::new();
     while records.len() < limit {
