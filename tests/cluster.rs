@@ -131,6 +131,14 @@ async fn follow(gw: &Gateway, rows: usize) -> (Vec<SseMessage>, usize) {
     (seen, reconnects)
 }
 
+/// 1.5 s into the writes, stops `node` for 2 s.
+async fn stop_for_a_while(node: &pgevents_testkit::RabbitNode) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.stop_app().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.start_app().await;
+}
+
 /// `serve` reads the history stream, replicated on every node, while inserts arrive; the node
 /// leading the stream is stopped (and started again), then the node the gateway reads through.
 /// Subscribers cut off come back with `Last-Event-ID` and miss nothing, in order; a duplicate
@@ -149,10 +157,7 @@ async fn subscribers_miss_nothing_when_the_streams_leader_stops() {
     let gateway_node = cluster.node_of_connection(&cluster.nodes[0], &format!("pgevents serve ({stream})")).await;
     let writer = common::insert_paced(&world.pg, "INSERT INTO seam VALUES ($1)", ROWS);
     let faults = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        leader.stop_app().await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        leader.start_app().await;
+        stop_for_a_while(leader).await;
         if let Some(node) = gateway_node.filter(|n| n.node != leader.node) {
             node.stop_app().await;
         }
@@ -230,13 +235,7 @@ async fn over_the_stream_protocol_each_change_is_stored_once_when_the_streams_le
     )
     .await;
     let writer = common::insert_paced(&world.pg, "INSERT INTO seam VALUES ($1)", ROWS);
-    let faults = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        leader.stop_app().await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        leader.start_app().await;
-    };
-    let ((), (seen, reconnects), ()) = tokio::join!(writer, follow(&gw, ROWS as usize), faults);
+    let ((), (seen, reconnects), ()) = tokio::join!(writer, follow(&gw, ROWS as usize), stop_for_a_while(leader));
     let ids: Vec<i64> = seen.iter().filter_map(|m| m.json()["new"]["id"].as_i64()).collect();
     let first = ids.first().copied().unwrap_or(1);
     let expected: Vec<i64> = (first..=i64::from(ROWS)).collect();
