@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use rabbitmq_stream_client::types::{Message, SimpleValue};
+use rabbitmq_stream_protocol::message::Properties;
 
 /// One message to publish to a stream (an empty message id is left out).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,25 +20,21 @@ pub struct OutgoingStreamMessage {
 impl OutgoingStreamMessage {
     /// The client library's message, with `publishing_id` when the caller numbers messages.
     pub(crate) fn into_message(self, publishing_id: Option<u64>) -> Message {
-        let mut properties = Message::builder().body(self.body).properties();
-        if !self.message_id.is_empty() {
-            properties = properties.message_id(self.message_id);
-        }
-        if let Some(content_type) = self.content_type.as_ref().filter(|c| !c.is_empty()) {
-            properties = properties.content_type(content_type.as_ref());
-        }
-        if let Some(encoding) = &self.content_encoding {
-            properties = properties.content_encoding(encoding.as_ref());
-        }
-        let mut application = properties.message_builder().application_properties();
-        for (name, value) in self.application_properties {
-            application = application.insert(name.into_owned(), value);
-        }
-        let builder = application.message_builder();
-        match publishing_id {
-            Some(id) => builder.publishing_id(id).build(),
-            None => builder.build(),
-        }
+        let content_type = self.content_type.filter(|c| !c.is_empty());
+        let properties = (!self.message_id.is_empty() || content_type.is_some() || self.content_encoding.is_some())
+            .then(|| Properties {
+                message_id: (!self.message_id.is_empty()).then(|| self.message_id.into()),
+                content_type: content_type.map(|c| c.as_ref().into()),
+                content_encoding: self.content_encoding.map(|e| e.as_ref().into()),
+                ..Properties::default()
+            });
+        let application = self
+            .application_properties
+            .into_iter()
+            .map(|(name, value)| (name.into_owned(), SimpleValue::String(value)));
+        // Built in place: the client library's builder moves the whole message at each step
+        // (vendor/README.md, rabbitmq-stream-protocol).
+        Message::with_data(publishing_id, self.body, properties, application)
     }
 }
 
@@ -88,5 +85,34 @@ mod tests {
         assert_eq!(property(&message, "nope"), None);
         let names: Vec<String> = properties(&message).into_iter().map(|(name, _)| name).collect();
         assert_eq!(names, ["lsn", "table"]);
+    }
+
+    /// The message built in place is the one the client library's builder makes, with every
+    /// property or without any.
+    #[test]
+    fn the_message_is_the_builders() {
+        let full = OutgoingStreamMessage {
+            body: b"{\"a\":1}".to_vec(),
+            message_id: "0/16B3748:3".into(),
+            content_type: Some("application/json".into()),
+            content_encoding: Some("gzip".into()),
+            application_properties: vec![("table".into(), "public.t".into()), ("action".into(), "I".into())],
+        };
+        let builders = Message::builder()
+            .body(full.body.clone())
+            .properties()
+            .message_id(full.message_id.clone())
+            .content_type("application/json")
+            .content_encoding("gzip")
+            .message_builder()
+            .application_properties()
+            .insert("table", "public.t")
+            .insert("action", "I")
+            .message_builder()
+            .publishing_id(9)
+            .build();
+        assert_eq!(full.into_message(Some(9)), builders);
+        let bare = OutgoingStreamMessage { body: b"x".to_vec(), ..Default::default() };
+        assert_eq!(bare.into_message(None), Message::builder().body(b"x".to_vec()).build());
     }
 }
