@@ -98,7 +98,7 @@ pub fn print(results: &[ScenarioResult]) {
             println!("  ... first publish to last confirm {}", rate(r.producer_to_confirm));
         }
         if let Some(ratio) = r.producer_ratio {
-            println!("  producer / min(limits)          {:.0}%", ratio * 100.0);
+            println!("  producer / min(decode, fastest broker) {:.0}%", ratio * 100.0);
         }
         if let Some(rss) = r.peak_rss_mib {
             println!("  producer peak RSS               {rss:.1} MiB");
