@@ -196,11 +196,11 @@ async fn subscribers_miss_nothing_when_the_streams_leader_stops() {
 }
 
 /// Over the stream protocol: the producer writes `--publish-to stream`, and `serve` reads it with
-/// `--history-protocol stream`, both given a node that is not the stream's leader. The leader is
-/// stopped mid-stream (and started again). Both follow the new leader through the stream's
-/// metadata; the stream holds each change exactly once, in commit order (the deduplication state
-/// moved with the leader), and subscribers cut off resume with `Last-Event-ID` without a gap or a
-/// duplicate.
+/// `--history-protocol stream`, both given two nodes' URLs, the stream's leader first. The leader
+/// is stopped mid-stream (and started again at the end). Both pass over it to the next node of the URL and
+/// follow the new leader through the stream's metadata; the stream holds each change exactly
+/// once, in commit order (the deduplication state moved with the leader), and subscribers cut
+/// off resume with `Last-Event-ID` without a gap or a duplicate.
 #[tokio::test(flavor = "multi_thread")]
 async fn over_the_stream_protocol_each_change_is_stored_once_when_the_streams_leader_stops() {
     const ROWS: i32 = 600;
@@ -216,26 +216,32 @@ async fn over_the_stream_protocol_each_change_is_stored_once_when_the_streams_le
     pgevents_stream::ensure_stream(&client, &stream, &retention).await.expect("declare the stream");
     drop(client);
     let leader = cluster.leader_of(&cluster.nodes[0], &stream).await.expect("the stream has a leader");
-    let entry = cluster.other_than(leader);
-    let entry_url = entry.stream_url().expect("stream port");
+    let entry_url = cluster.other_than(leader).stream_url().expect("stream port");
+    let nodes = format!("{},{entry_url}", leader.stream_url().expect("stream port"));
     let urls = cluster.urls();
     let producer = world
         .producer(&[
             ("RABBITMQ_URL", &urls),
             ("PGEVENTS_PUBLISH_TO", "stream"),
             ("PGEVENTS_STREAM", &stream),
-            ("PGEVENTS_STREAM_URL", &entry_url),
+            ("PGEVENTS_STREAM_URL", &nodes),
         ])
         .await;
     let gw = Gateway::start(
         &world,
         &stream,
         Some(&urls),
-        &[("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", &entry_url)],
+        &[("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", &nodes)],
     )
     .await;
     let writer = common::insert_paced(&world.pg, "INSERT INTO seam VALUES ($1)", ROWS);
-    let ((), (seen, reconnects), ()) = tokio::join!(writer, follow(&gw, ROWS as usize), stop_for_a_while(leader));
+    // Stopped until every change arrived: reconnecting needs the next node of the URL.
+    let stop_the_leader = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        leader.stop_app().await;
+    };
+    let ((), (seen, reconnects), ()) = tokio::join!(writer, follow(&gw, ROWS as usize), stop_the_leader);
+    leader.start_app().await;
     let ids: Vec<i64> = seen.iter().filter_map(|m| m.json()["new"]["id"].as_i64()).collect();
     let first = ids.first().copied().unwrap_or(1);
     let expected: Vec<i64> = (first..=i64::from(ROWS)).collect();
@@ -252,5 +258,9 @@ async fn over_the_stream_protocol_each_change_is_stored_once_when_the_streams_le
     let all: Vec<i64> = (1..=i64::from(ROWS)).collect();
     assert_eq!(stored, all, "the stream holds each change exactly once, in commit order; producer log:\n{log}");
     assert!(log.contains("connection failed; reconnecting"), "the producer's publisher lost the leader:\n{log}");
+    assert!(
+        log.contains("connected to the next node of the stream URL"),
+        "the producer passed over the stopped node:\n{log}"
+    );
     eprintln!("stream leader stopped, over the stream protocol: {ROWS} changes stored once, {reconnects} subscriber reconnects");
 }

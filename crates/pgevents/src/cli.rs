@@ -323,7 +323,7 @@ pub struct StreamArgs {
 /// gateway's `--history-protocol stream`, the same variables).
 #[derive(Debug, Clone, Args)]
 pub struct StreamConnectionArgs {
-    /// RabbitMQ's stream protocol URL: rabbitmq-stream://user:password@host:5552/vhost, or rabbitmq-stream+tls://... (port 5551)
+    /// RabbitMQ's stream protocol URL: rabbitmq-stream://user:password@host:5552/vhost, or rabbitmq-stream+tls://... (port 5551); a cluster's nodes comma-separated (same settings, other host and port), tried in order
     #[arg(
         long = "stream-url",
         env = "PGEVENTS_STREAM_URL",

@@ -27,9 +27,8 @@ fn tls(url: &StreamUrl) -> Result<TlsConfiguration, StreamError> {
     Ok(TlsConfiguration::Custom(config))
 }
 
-fn options(url: &StreamUrl, node: Option<(&str, u16)>, name: &str) -> Result<ClientOptions, StreamError> {
+fn options(url: &StreamUrl, (host, port): (&str, u16), name: &str) -> Result<ClientOptions, StreamError> {
     url.check()?;
-    let (host, port) = node.unwrap_or((url.host(), url.port()));
     Ok(ClientOptions::builder()
         .host(host)
         .port(port)
@@ -65,17 +64,36 @@ impl Drop for StreamConnection {
     }
 }
 
-/// One connection to the node of `url` (named `name` in the management UI).
+/// One connection to the first node of `url` that answers, in the order given (named `name` in
+/// the management UI).
 pub async fn client(url: &StreamUrl, name: &str) -> Result<StreamConnection, StreamError> {
-    client_at(url, None, name).await
+    locate(url, name).await.map(|(client, _)| client)
 }
 
-/// One connection with the settings of `url` to `node` (host and port) instead of its own.
-pub(crate) async fn client_at(
-    url: &StreamUrl,
-    node: Option<(&str, u16)>,
-    name: &str,
-) -> Result<StreamConnection, StreamError> {
+/// [`client`], and the node (host and port) it connected to. A node that cannot be reached is
+/// passed over for the next; any other failure (credentials, TLS) would be the same on every
+/// node and ends the search.
+async fn locate<'u>(url: &'u StreamUrl, name: &str) -> Result<(StreamConnection, (&'u str, u16)), StreamError> {
+    let mut unreachable = Vec::new();
+    for node in url.nodes() {
+        match client_at(url, node, name).await {
+            Ok(client) => {
+                if !unreachable.is_empty() {
+                    tracing::info!(node = %format!("{}:{}", node.0, node.1), passed_over = unreachable.len(), "connected to the next node of the stream URL");
+                }
+                return Ok((client, node));
+            }
+            Err(StreamError::Connect { reason, kind: ErrorKind::Transient, .. }) => {
+                unreachable.push(format!("{}:{}: {reason}", node.0, node.1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(connect_failed(url, format!("no node answered ({})", unreachable.join("; ")), ErrorKind::Transient))
+}
+
+/// One connection with the settings of `url` to `node` (host and port).
+async fn client_at(url: &StreamUrl, node: (&str, u16), name: &str) -> Result<StreamConnection, StreamError> {
     let options = options(url, node, name)?;
     // Connecting runs in a task of its own, to its end: a caller that stops waiting mid-handshake
     // (a subscriber who hung up) would otherwise leave a connection the client's own tasks keep
@@ -175,7 +193,8 @@ pub(crate) async fn leader(
     stream: &str,
     connection_name: &str,
 ) -> Result<StreamConnection, StreamError> {
-    let client = client_at(url, None, connection_name).await?;
+    let (client, (host, port)) = locate(url, connection_name).await?;
+    let here = (host.to_owned(), port);
     let mut metadata: HashMap<_, _> = client
         .metadata(vec![stream.to_owned()])
         .await
@@ -186,13 +205,13 @@ pub(crate) async fn leader(
     if found.response_code != ResponseCode::Ok {
         return Err(StreamError::refused(stream, "look up the stream's leader", &found.response_code));
     }
-    let port = u16::try_from(found.leader.port).unwrap_or(url.port());
-    let here = client.connection_properties().await.get("advertised_host").cloned();
-    if here.as_deref() == Some(found.leader.host.as_str()) || (found.leader.host == url.host() && port == url.port()) {
+    let port = u16::try_from(found.leader.port).unwrap_or(here.1);
+    let advertised = client.connection_properties().await.get("advertised_host").cloned();
+    if advertised.as_deref() == Some(found.leader.host.as_str()) || (found.leader.host == here.0 && port == here.1) {
         return Ok(client);
     }
     drop(client);
-    client_at(url, Some((&found.leader.host, port)), connection_name).await.map_err(|e| match e {
+    client_at(url, (&found.leader.host, port), connection_name).await.map_err(|e| match e {
         StreamError::Connect { url, reason, kind } => StreamError::Connect {
             url,
             reason: format!("{reason} (the stream's leader as the broker advertises it: {}:{port})", found.leader.host),
@@ -209,5 +228,29 @@ fn drop_in_background(client: &Client) {
         runtime.spawn(async move {
             let _ = client.force_drop_connection().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two nodes where nothing listens: both are tried, in order, and the error names each with
+    /// its reason, as a transient failure (the caller retries), never the password.
+    #[tokio::test]
+    async fn every_node_is_tried_before_giving_up() {
+        let closed = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+        let (a, b) = (closed().unwrap(), closed().unwrap());
+        let url: StreamUrl =
+            format!("rabbitmq-stream://app:hunter2@127.0.0.1:{a}/%2f,rabbitmq-stream://app:hunter2@127.0.0.1:{b}/%2f")
+                .parse()
+                .unwrap();
+        let err = client(&url, "pgevents test").await.err().expect("nothing listens");
+        assert_eq!(err.kind(), ErrorKind::Transient);
+        let text = err.to_string();
+        let (first, second) = (format!("127.0.0.1:{a}: "), format!("127.0.0.1:{b}: "));
+        assert!(text.contains("no node answered"), "{text}");
+        assert!(text.find(&first).is_some_and(|i| text.find(&second).is_some_and(|j| i < j)), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }

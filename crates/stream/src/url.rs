@@ -3,6 +3,10 @@
 //! (`cacertfile`, `certfile`, `keyfile`, `verify`) and `heartbeat`. Parsed by the AMQP URL
 //! parser with the stream protocol's schemes and ports. Errors and `Display` never show the
 //! password.
+//!
+//! A cluster's nodes may be listed, comma-separated, as for `--rabbitmq-url`: URLs that differ
+//! in their host and port only. A first connection goes to the first node that answers, in the
+//! order given; the stream's leader and replicas are then found through it.
 
 use std::fmt;
 
@@ -13,35 +17,64 @@ use crate::StreamError;
 const STREAM_SCHEMES: Schemes =
     Schemes { plain: "rabbitmq-stream", tls: "rabbitmq-stream+tls", plain_port: 5552, tls_port: 5551 };
 
-/// A parsed stream protocol URL.
+/// A parsed stream protocol URL: the settings and first node, and the cluster's other nodes
+/// (host and port), when listed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct StreamUrl(pub(crate) AmqpUrl);
+pub struct StreamUrl(pub(crate) AmqpUrl, Vec<(String, u16)>);
 
 impl std::str::FromStr for StreamUrl {
     type Err = StreamError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let url = AmqpUrl::parse_with(s, STREAM_SCHEMES).map_err(|e| StreamError::InvalidUrl(e.to_string()))?;
-        let unsupported = if url.auth != AuthMechanism::Plain {
-            Some("auth_mechanism")
-        } else if url.channel_max != 0 || url.frame_max != 0 {
-            Some("channel_max and frame_max")
-        } else if url.tls_options.server_name.is_some() {
-            Some("server_name_indication")
-        } else {
-            None
-        };
-        if let Some(parameter) = unsupported {
-            return Err(StreamError::InvalidUrl(format!(
-                "{parameter} is an AMQP parameter the stream protocol client does not take \
-                 (rabbitmq-stream:// URLs take heartbeat, cacertfile, certfile, keyfile and verify)"
-            )));
+        let mut urls = s.split(',').map(str::trim).filter(|u| !u.is_empty());
+        let first = parse_one(urls.next().unwrap_or_default())?;
+        let mut others = Vec::new();
+        for (n, text) in urls.enumerate() {
+            let mut other = parse_one(text)?;
+            let node = (std::mem::take(&mut other.host), other.port);
+            other.host.clone_from(&first.host);
+            other.port = first.port;
+            if other != first {
+                return Err(StreamError::InvalidUrl(format!(
+                    "URL {} of the list differs from the first in more than its host and port: the nodes of a \
+                     cluster take the same user, password, vhost, scheme and parameters",
+                    n + 2
+                )));
+            }
+            others.push(node);
         }
-        Ok(StreamUrl(url))
+        Ok(StreamUrl(first, others))
     }
 }
 
+/// One node's URL.
+fn parse_one(s: &str) -> Result<AmqpUrl, StreamError> {
+    let url = AmqpUrl::parse_with(s, STREAM_SCHEMES).map_err(|e| StreamError::InvalidUrl(e.to_string()))?;
+    let unsupported = if url.auth != AuthMechanism::Plain {
+        Some("auth_mechanism")
+    } else if url.channel_max != 0 || url.frame_max != 0 {
+        Some("channel_max and frame_max")
+    } else if url.tls_options.server_name.is_some() {
+        Some("server_name_indication")
+    } else {
+        None
+    };
+    if let Some(parameter) = unsupported {
+        return Err(StreamError::InvalidUrl(format!(
+            "{parameter} is an AMQP parameter the stream protocol client does not take \
+             (rabbitmq-stream:// URLs take heartbeat, cacertfile, certfile, keyfile and verify)"
+        )));
+    }
+    Ok(url)
+}
+
 impl StreamUrl {
+    /// The nodes (host and port) a first connection tries, in order.
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, u16)> {
+        std::iter::once((self.0.host.as_str(), self.0.port))
+            .chain(self.1.iter().map(|(host, port)| (host.as_str(), *port)))
+    }
+
     pub fn host(&self) -> &str {
         &self.0.host
     }
@@ -84,14 +117,18 @@ impl fmt::Debug for StreamUrl {
     }
 }
 
-/// The URL with the password hidden, for logs and errors.
+/// The URL (each node's) with the password hidden, for logs and errors.
 impl fmt::Display for StreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let url = &self.0;
         let scheme = if url.tls { STREAM_SCHEMES.tls } else { STREAM_SCHEMES.plain };
-        let host = if url.host.contains(':') { format!("[{}]", url.host) } else { url.host.clone() };
         let vhost = url::form_urlencoded::byte_serialize(url.vhost.as_bytes()).collect::<String>();
-        write!(f, "{scheme}://{}:***@{host}:{}/{vhost}", url.user, url.port)
+        for (n, (host, port)) in self.nodes().enumerate() {
+            let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+            let separator = if n == 0 { "" } else { "," };
+            write!(f, "{separator}{scheme}://{}:***@{host}:{port}/{vhost}", url.user)?;
+        }
+        Ok(())
     }
 }
 
@@ -124,5 +161,30 @@ mod tests {
         let mut url: StreamUrl = "rabbitmq-stream://h".parse().unwrap();
         url.set_tls_files(Some(std::path::Path::new("/ca.pem")), None, None);
         assert!(url.check().unwrap_err().to_string().contains("rabbitmq-stream+tls://"));
+    }
+
+    #[test]
+    fn a_cluster_lists_its_nodes_with_the_same_settings() {
+        let url: StreamUrl = "rabbitmq-stream://app:pw@a:5552/prod, rabbitmq-stream://app:pw@b:6000/prod,rabbitmq-stream://app:pw@[::1]/prod"
+            .parse()
+            .unwrap();
+        assert_eq!(url.nodes().collect::<Vec<_>>(), [("a", 5552), ("b", 6000), ("::1", 5552)]);
+        assert_eq!(
+            url.to_string(),
+            "rabbitmq-stream://app:***@a:5552/prod,rabbitmq-stream://app:***@b:6000/prod,rabbitmq-stream://app:***@[::1]:5552/prod"
+        );
+        assert_eq!("rabbitmq-stream://a".parse::<StreamUrl>().unwrap().nodes().count(), 1);
+        for differing in [
+            "rabbitmq-stream://app:pw@a/prod,rabbitmq-stream://app:other@b/prod",
+            "rabbitmq-stream://app:pw@a/prod,rabbitmq-stream://app:pw@b/test",
+            "rabbitmq-stream://app:pw@a/prod,rabbitmq-stream+tls://app:pw@b/prod",
+            "rabbitmq-stream://app:pw@a/prod,rabbitmq-stream://app:pw@b/prod?heartbeat=5",
+        ] {
+            let err = differing.parse::<StreamUrl>().unwrap_err().to_string();
+            assert!(err.contains("URL 2 of the list differs"), "{differing}: {err}");
+            assert!(!err.contains("pw") && !err.contains("other"), "{err}");
+        }
+        let err = "rabbitmq-stream://a,amqp://b".parse::<StreamUrl>().unwrap_err().to_string();
+        assert!(err.contains("rabbitmq-stream"), "{err}");
     }
 }
