@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::gateway::Gateway;
 use common::{check_at_least_once_in_order, collect_all, stop, World, WAIT};
 use pgevents_testkit::{
-    read_stream_at, unique_name, wait_for, EventQueue, PgEventsProcess, RabbitCluster, ReceivedEvent, SseClient,
-    SseMessage, AB_TABLES,
+    connections_to, read_stream_at, unique_name, wait_for, EventQueue, PgEventsProcess, RabbitCluster, ReceivedEvent,
+    SseClient, SseMessage, AB_TABLES,
 };
 
 const ROWS: i32 = 2000;
@@ -195,12 +195,13 @@ async fn subscribers_miss_nothing_when_the_streams_leader_stops() {
     gw.stop().await;
 }
 
-/// Over the stream protocol: the producer writes `--publish-to stream`, and `serve` reads it with
-/// `--history-protocol stream`, both given two nodes' URLs, the stream's leader first. The leader
-/// is stopped mid-stream (and started again at the end). Both pass over it to the next node of the URL and
-/// follow the new leader through the stream's metadata; the stream holds each change exactly
-/// once, in commit order (the deduplication state moved with the leader), and subscribers cut
-/// off resume with `Last-Event-ID` without a gap or a duplicate.
+/// Over the stream protocol: the producer writes `--publish-to stream`, given another node's URL
+/// first and the stream's leader second: it publishes on a connection to the leader, found
+/// through the stream's metadata. `serve` reads it with `--history-protocol stream`, given the
+/// leader's URL first. The leader is stopped mid-stream (and started again at the end): the
+/// gateway passes over it to the next node of its URL, both follow the new leader, the stream
+/// holds each change exactly once, in commit order (the deduplication state moved with the
+/// leader), and subscribers cut off resume with `Last-Event-ID` without a gap or a duplicate.
 #[tokio::test(flavor = "multi_thread")]
 async fn over_the_stream_protocol_each_change_is_stored_once_when_the_streams_leader_stops() {
     const ROWS: i32 = 600;
@@ -208,33 +209,42 @@ async fn over_the_stream_protocol_each_change_is_stored_once_when_the_streams_le
     let world = World::new().await;
     world.pg.execute("CREATE TABLE seam (id int PRIMARY KEY)").await;
     let stream = unique_name("history");
-    // Declared through the first node, which leads it (the leader is the declaring client's node).
+    // Declared through the first node; the test asks which node leads it.
     let declaring: pgevents_stream::StreamUrl =
         cluster.nodes[0].stream_url().expect("stream port").parse().expect("URL");
     let client = pgevents_stream::client(&declaring, "pgevents test").await.expect("connect");
     let retention = pgevents_stream::StreamRetention { max_age: "1D".into(), max_bytes: 1 << 30, ..Default::default() };
     pgevents_stream::ensure_stream(&client, &stream, &retention).await.expect("declare the stream");
     drop(client);
-    let leader = cluster.leader_of(&cluster.nodes[0], &stream).await.expect("the stream has a leader");
+    let leader = wait_for("the stream's leader", WAIT, || cluster.leader_of(&cluster.nodes[0], &stream)).await;
+    let (leader_url, leader_port) =
+        (leader.stream_url().expect("stream URL"), leader.stream_port.expect("stream port"));
     let entry_url = cluster.other_than(leader).stream_url().expect("stream port");
-    let nodes = format!("{},{entry_url}", leader.stream_url().expect("stream port"));
+    let (entry_first, leader_first) = (format!("{entry_url},{leader_url}"), format!("{leader_url},{entry_url}"));
     let urls = cluster.urls();
     let producer = world
         .producer(&[
             ("RABBITMQ_URL", &urls),
             ("PGEVENTS_PUBLISH_TO", "stream"),
             ("PGEVENTS_STREAM", &stream),
-            ("PGEVENTS_STREAM_URL", &nodes),
+            ("PGEVENTS_STREAM_URL", &entry_first),
         ])
         .await;
+    let publishing = || async { (connections_to(producer.pid(), leader_port) > 0).then_some(()) };
+    wait_for("the producer's connection to the stream's leader", WAIT, publishing).await;
     let gw = Gateway::start(
         &world,
         &stream,
         Some(&urls),
-        &[("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", &nodes)],
+        &[("PGEVENTS_HISTORY_PROTOCOL", "stream"), ("PGEVENTS_STREAM_URL", &leader_first)],
     )
     .await;
     let writer = common::insert_paced(&world.pg, "INSERT INTO seam VALUES ($1)", ROWS);
+    // The subscriber connects first: it must see every change (`follow` ends at the last row).
+    let writer = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        writer.await;
+    };
     // Stopped until every change arrived: reconnecting needs the next node of the URL.
     let stop_the_leader = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -243,13 +253,17 @@ async fn over_the_stream_protocol_each_change_is_stored_once_when_the_streams_le
     let ((), (seen, reconnects), ()) = tokio::join!(writer, follow(&gw, ROWS as usize), stop_the_leader);
     leader.start_app().await;
     let ids: Vec<i64> = seen.iter().filter_map(|m| m.json()["new"]["id"].as_i64()).collect();
-    let first = ids.first().copied().unwrap_or(1);
-    let expected: Vec<i64> = (first..=i64::from(ROWS)).collect();
+    let expected: Vec<i64> = (1..=i64::from(ROWS)).collect();
     assert_eq!(
         ids,
         expected,
         "subscribers saw each change once, in order ({reconnects} reconnects)\n{}",
         gw.process.stderr()
+    );
+    let gateway_log = gw.process.stderr();
+    assert!(
+        gateway_log.contains("connected to the next node of the stream URL"),
+        "the gateway passed over the stopped node:\n{gateway_log}"
     );
     let log = stop(producer).await;
     gw.stop().await;
@@ -258,9 +272,5 @@ async fn over_the_stream_protocol_each_change_is_stored_once_when_the_streams_le
     let all: Vec<i64> = (1..=i64::from(ROWS)).collect();
     assert_eq!(stored, all, "the stream holds each change exactly once, in commit order; producer log:\n{log}");
     assert!(log.contains("connection failed; reconnecting"), "the producer's publisher lost the leader:\n{log}");
-    assert!(
-        log.contains("connected to the next node of the stream URL"),
-        "the producer passed over the stopped node:\n{log}"
-    );
     eprintln!("stream leader stopped, over the stream protocol: {ROWS} changes stored once, {reconnects} subscriber reconnects");
 }

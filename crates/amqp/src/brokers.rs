@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 
-use crate::{AmqpError, AmqpUrl};
+use crate::{AmqpError, AmqpUrl, Schemes, AMQP_SCHEMES};
 
 /// Counts changes of the node in use.
 pub const FAILOVERS: &str = "pgevents_rabbitmq_failovers_total";
@@ -55,7 +55,7 @@ impl Brokers {
     /// Splits a list of URLs (`amqp://a,amqp://b`; a comma counts as a separator only before
     /// `amqp://` or `amqps://`, so passwords may hold commas) and parses each.
     pub fn parse_list(text: &str) -> Result<Vec<AmqpUrl>, AmqpError> {
-        split_urls(text).map(str::parse).collect()
+        split_urls(text, AMQP_SCHEMES).map(str::parse).collect()
     }
 
     /// The nodes, in the order they are tried from the node in use.
@@ -148,13 +148,14 @@ impl fmt::Debug for Brokers {
     }
 }
 
-/// The URLs of a comma-separated list: a comma separates only where the next URL's scheme
-/// starts.
-fn split_urls(text: &str) -> impl Iterator<Item = &str> {
+/// The URLs of a comma-separated list of `schemes`' URLs: a comma separates only where the next
+/// URL's scheme starts (a password or a file name may hold a comma).
+pub fn split_urls(text: &str, schemes: Schemes) -> impl Iterator<Item = &str> {
+    let (plain, tls) = (format!("{}://", schemes.plain), format!("{}://", schemes.tls));
     let mut starts = vec![0];
     for (at, _) in text.match_indices(',') {
         let rest = text[at + 1..].trim_start();
-        if rest.starts_with("amqp://") || rest.starts_with("amqps://") {
+        if rest.starts_with(&plain) || rest.starts_with(&tls) {
             starts.push(at + 1);
         }
     }

@@ -28,7 +28,7 @@ pub use amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
 pub use amqprs::connection::Connection;
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
 pub use body::{decode_body, BodyError};
-pub use brokers::{describe_metrics, Brokers, FAILOVERS};
+pub use brokers::{describe_metrics, split_urls, Brokers, FAILOVERS};
 pub use channel::{open_channel, Channel};
 pub use confirmed_sender::ConfirmedSender;
 pub use confirming_publisher::{ConfirmEvent, ConfirmingPublisher, OutgoingMessage, PublisherSettings, Unconfirmed};

@@ -16,13 +16,18 @@ pub use pgevents_amqp::Retention as StreamRetention;
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long opening a connection to one node of a list may take: a node that does not answer at
+/// all (a host that is gone, a firewall dropping packets) must leave the others time within the
+/// callers' own limits (30 s). A node that answers does within milliseconds.
+const NODE_OF_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn tls(url: &StreamUrl) -> Result<TlsConfiguration, StreamError> {
+/// The TLS settings of a connection to `host`.
+fn tls(url: &StreamUrl, host: &str) -> Result<TlsConfiguration, StreamError> {
     if !url.0.tls {
         return Ok(TlsConfiguration::Disabled);
     }
     let config_error = |reason: String| StreamError::Connect { url: url.to_string(), reason, kind: ErrorKind::Config };
-    pgevents_tls::server_name(url.host()).map_err(|e| config_error(e.to_string()))?;
+    pgevents_tls::server_name(host).map_err(|e| config_error(format!("{host}: {e}")))?;
     let config = url.0.client_tls().config().map_err(|e| config_error(e.to_string()))?;
     Ok(TlsConfiguration::Custom(config))
 }
@@ -36,7 +41,7 @@ fn options(url: &StreamUrl, (host, port): (&str, u16), name: &str) -> Result<Cli
         .password(&url.0.password)
         .v_host(&url.0.vhost)
         .heartbeat(u32::from(url.0.heartbeat))
-        .tls(tls(url)?)
+        .tls(tls(url, host)?)
         .client_provided_name(name.to_owned())
         .build())
 }
@@ -74,13 +79,16 @@ pub async fn client(url: &StreamUrl, name: &str) -> Result<StreamConnection, Str
 /// passed over for the next; any other failure (credentials, TLS) would be the same on every
 /// node and ends the search.
 async fn locate<'u>(url: &'u StreamUrl, name: &str) -> Result<(StreamConnection, (&'u str, u16)), StreamError> {
+    let nodes = url.nodes_to_try();
+    let timeout = if nodes.len() > 1 { NODE_OF_LIST_TIMEOUT } else { CONNECT_TIMEOUT };
     let mut unreachable = Vec::new();
-    for node in url.nodes() {
-        match client_at(url, node, name).await {
+    for (index, node) in nodes {
+        match client_at(url, node, name, timeout).await {
             Ok(client) => {
                 if !unreachable.is_empty() {
                     tracing::info!(node = %format!("{}:{}", node.0, node.1), passed_over = unreachable.len(), "connected to the next node of the stream URL");
                 }
+                url.answered(index);
                 return Ok((client, node));
             }
             Err(StreamError::Connect { reason, kind: ErrorKind::Transient, .. }) => {
@@ -93,7 +101,13 @@ async fn locate<'u>(url: &'u StreamUrl, name: &str) -> Result<(StreamConnection,
 }
 
 /// One connection with the settings of `url` to `node` (host and port).
-async fn client_at(url: &StreamUrl, node: (&str, u16), name: &str) -> Result<StreamConnection, StreamError> {
+/// Opening it may take `timeout`.
+async fn client_at(
+    url: &StreamUrl,
+    node: (&str, u16),
+    name: &str,
+    timeout: Duration,
+) -> Result<StreamConnection, StreamError> {
     let options = options(url, node, name)?;
     // Connecting runs in a task of its own, to its end: a caller that stops waiting mid-handshake
     // (a subscriber who hung up) would otherwise leave a connection the client's own tasks keep
@@ -101,7 +115,7 @@ async fn client_at(url: &StreamUrl, node: (&str, u16), name: &str) -> Result<Str
     let (tx, rx) = tokio::sync::oneshot::channel();
     let url_for_task = url.clone();
     tokio::spawn(async move {
-        let connected = connecting(&url_for_task, Client::connect(options)).await;
+        let connected = connecting(&url_for_task, timeout, Client::connect(options)).await;
         if let Err(Ok(orphan)) = tx.send(connected) {
             let _ = orphan.force_drop_connection().await;
         }
@@ -112,19 +126,18 @@ async fn client_at(url: &StreamUrl, node: (&str, u16), name: &str) -> Result<Str
     }
 }
 
-/// `connect` within [`CONNECT_TIMEOUT`], its failure classified.
+/// `connect` within `timeout`, its failure classified.
 async fn connecting<T>(
     url: &StreamUrl,
+    timeout: Duration,
     connect: impl std::future::Future<Output = Result<T, rabbitmq_stream_client::error::ClientError>>,
 ) -> Result<T, StreamError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(connected)) => Ok(connected),
         Ok(Err(e)) => Err(connect_failed(url, e.to_string(), client_kind(&e))),
-        Err(_) => Err(connect_failed(
-            url,
-            format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
-            ErrorKind::Transient,
-        )),
+        Err(_) => {
+            Err(connect_failed(url, format!("no connection within {}s", timeout.as_secs()), ErrorKind::Transient))
+        }
     }
 }
 
@@ -138,10 +151,10 @@ pub async fn environment(url: &StreamUrl, name: &str) -> Result<Environment, Str
         .password(&url.0.password)
         .virtual_host(&url.0.vhost)
         .heartbeat(u32::from(url.0.heartbeat))
-        .tls(tls(url)?)
+        .tls(tls(url, url.host())?)
         .client_provided_name(name);
     url.check()?;
-    connecting(url, built.build()).await
+    connecting(url, CONNECT_TIMEOUT, built.build()).await
 }
 
 /// Declares `stream` with `retention` if it is missing; an existing stream keeps its settings
@@ -206,12 +219,18 @@ pub(crate) async fn leader(
         return Err(StreamError::refused(stream, "look up the stream's leader", &found.response_code));
     }
     let port = u16::try_from(found.leader.port).unwrap_or(here.1);
-    let advertised = client.connection_properties().await.get("advertised_host").cloned();
-    if advertised.as_deref() == Some(found.leader.host.as_str()) || (found.leader.host == here.0 && port == here.1) {
+    // Where the node reached says it is (its advertised host and port), else where it was reached:
+    // nodes of one host differ in their port only.
+    let properties = client.connection_properties().await;
+    let advertised = properties
+        .get("advertised_host")
+        .zip(properties.get("advertised_port").and_then(|p| p.parse::<u16>().ok()))
+        .map(|(host, port)| (host.clone(), port));
+    if advertised.unwrap_or(here) == (found.leader.host.clone(), port) {
         return Ok(client);
     }
     drop(client);
-    client_at(url, (&found.leader.host, port), connection_name).await.map_err(|e| match e {
+    client_at(url, (&found.leader.host, port), connection_name, CONNECT_TIMEOUT).await.map_err(|e| match e {
         StreamError::Connect { url, reason, kind } => StreamError::Connect {
             url,
             reason: format!("{reason} (the stream's leader as the broker advertises it: {}:{port})", found.leader.host),

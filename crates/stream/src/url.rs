@@ -9,6 +9,8 @@
 //! order given; the stream's leader and replicas are then found through it.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use pgevents_amqp::{AmqpUrl, AuthMechanism, Schemes};
 
@@ -17,20 +19,32 @@ use crate::StreamError;
 const STREAM_SCHEMES: Schemes =
     Schemes { plain: "rabbitmq-stream", tls: "rabbitmq-stream+tls", plain_port: 5552, tls_port: 5551 };
 
-/// A parsed stream protocol URL: the settings and first node, and the cluster's other nodes
-/// (host and port), when listed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StreamUrl(pub(crate) AmqpUrl, Vec<(String, u16)>);
+/// A parsed stream protocol URL: the settings and first node, the cluster's other nodes (host
+/// and port) when listed, and the node that answered last (shared by the URL's clones), where the
+/// next first connection starts.
+#[derive(Clone)]
+pub struct StreamUrl(pub(crate) AmqpUrl, Vec<(String, u16)>, Arc<AtomicUsize>);
+
+impl PartialEq for StreamUrl {
+    fn eq(&self, other: &StreamUrl) -> bool {
+        self.0 == other.0 && self.1 == other.1
+    }
+}
+
+impl Eq for StreamUrl {}
 
 impl std::str::FromStr for StreamUrl {
     type Err = StreamError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut urls = s.split(',').map(str::trim).filter(|u| !u.is_empty());
+        let mut urls = pgevents_amqp::split_urls(s, STREAM_SCHEMES);
         let first = parse_one(urls.next().unwrap_or_default())?;
         let mut others = Vec::new();
         for (n, text) in urls.enumerate() {
-            let mut other = parse_one(text)?;
+            let mut other = parse_one(text).map_err(|e| match e {
+                StreamError::InvalidUrl(why) => StreamError::InvalidUrl(format!("URL {} of the list: {why}", n + 2)),
+                other => other,
+            })?;
             let node = (std::mem::take(&mut other.host), other.port);
             other.host.clone_from(&first.host);
             other.port = first.port;
@@ -43,7 +57,7 @@ impl std::str::FromStr for StreamUrl {
             }
             others.push(node);
         }
-        Ok(StreamUrl(first, others))
+        Ok(StreamUrl(first, others, Arc::default()))
     }
 }
 
@@ -69,10 +83,23 @@ fn parse_one(s: &str) -> Result<AmqpUrl, StreamError> {
 }
 
 impl StreamUrl {
-    /// The nodes (host and port) a first connection tries, in order.
+    /// The nodes (host and port), in the order given.
     pub fn nodes(&self) -> impl Iterator<Item = (&str, u16)> {
         std::iter::once((self.0.host.as_str(), self.0.port))
             .chain(self.1.iter().map(|(host, port)| (host.as_str(), *port)))
+    }
+
+    /// The nodes in the order a first connection tries them: from the one that answered last,
+    /// then on in the order given, round.
+    pub(crate) fn nodes_to_try(&self) -> Vec<(usize, (&str, u16))> {
+        let nodes: Vec<(&str, u16)> = self.nodes().collect();
+        let start = self.2.load(Ordering::Relaxed) % nodes.len();
+        (0..nodes.len()).map(|i| (start + i) % nodes.len()).map(|i| (i, nodes[i])).collect()
+    }
+
+    /// Node number `index` answered: the next first connection starts there.
+    pub(crate) fn answered(&self, index: usize) {
+        self.2.store(index, Ordering::Relaxed);
     }
 
     pub fn host(&self) -> &str {
@@ -184,7 +211,25 @@ mod tests {
             assert!(err.contains("URL 2 of the list differs"), "{differing}: {err}");
             assert!(!err.contains("pw") && !err.contains("other"), "{err}");
         }
-        let err = "rabbitmq-stream://a,amqp://b".parse::<StreamUrl>().unwrap_err().to_string();
-        assert!(err.contains("rabbitmq-stream"), "{err}");
+        let err =
+            "rabbitmq-stream://a,rabbitmq-stream://u:hunter2@b/?nope=1".parse::<StreamUrl>().unwrap_err().to_string();
+        assert!(err.contains("URL 2 of the list"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        // A comma separates URLs only where a stream URL's scheme follows it.
+        let url: StreamUrl = "rabbitmq-stream://app:p,w@a/%2f, rabbitmq-stream://app:p,w@b/%2f"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(url.0.password, "p,w");
+        assert_eq!(url.nodes().count(), 2);
+    }
+
+    #[test]
+    fn a_first_connection_starts_at_the_node_that_answered_last() {
+        let url: StreamUrl = "rabbitmq-stream://a,rabbitmq-stream://b,rabbitmq-stream://c".parse().unwrap();
+        let order =
+            |url: &StreamUrl| url.nodes_to_try().into_iter().map(|(_, (host, _))| host.to_owned()).collect::<Vec<_>>();
+        assert_eq!(order(&url), ["a", "b", "c"]);
+        url.clone().answered(1);
+        assert_eq!(order(&url), ["b", "c", "a"], "clones share it");
     }
 }

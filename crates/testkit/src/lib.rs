@@ -33,7 +33,9 @@ pub use process::{pgevents_binary, PgEventsProcess};
 pub use proxy::FaultProxy;
 pub use rabbit_node::{RabbitCluster, RabbitNode};
 pub use sse::{SseClient, SseMessage};
-pub use stream::{delete_stream, read_stream, read_stream_at, stream_connections_of, stream_url, StreamRecord};
+pub use stream::{
+    connections_to, delete_stream, read_stream, read_stream_at, stream_connections_of, stream_url, StreamRecord,
+};
 pub use tls::{server_tls_acceptor, CertPair, TestCa};
 pub use writer::{write_ab_rows, write_ab_sequence, AB_TABLES};
 

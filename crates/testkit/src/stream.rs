@@ -80,9 +80,12 @@ pub async fn delete_stream(stream: &str) {
 /// `rabbitmqctl list_stream_connections` would crash 3.10's handler of a connection that is still
 /// in its handshake, another test's).
 pub fn stream_connections_of(pid: u32) -> usize {
-    let out = std::process::Command::new("ss")
-        .args(["-Htnp", "state", "established", "( dport = :5552 )"])
-        .output()
-        .expect("ss");
+    connections_to(pid, 5552)
+}
+
+/// A process's open TCP connections to local `port` (`ss`).
+pub fn connections_to(pid: u32, port: u16) -> usize {
+    let filter = format!("( dport = :{port} )");
+    let out = std::process::Command::new("ss").args(["-Htnp", "state", "established", &filter]).output().expect("ss");
     String::from_utf8_lossy(&out.stdout).lines().filter(|line| line.contains(&format!("pid={pid},"))).count()
 }
