@@ -2243,7 +2243,10 @@ async fn stream_cell(id: &str, world: &World) -> Verdict {
             Ok(())
         }
         "C2" => {
-            let wrong = url.replace("guest:guest@", "guest:stream-secret-pw@");
+            // A list of two nodes: the first does not answer, the second refuses the password.
+            let nobody = pgevents_testkit::free_local_addr().port();
+            let wrong = format!("rabbitmq-stream://guest:stream-secret-pw@127.0.0.1:{nobody}/%2f,{url}")
+                .replace("guest:guest@", "guest:stream-secret-pw@");
             let mut producer = PgEventsProcess::spawn(&["producer"], &env(&[("PGEVENTS_STREAM_URL", &wrong)]));
             let code = producer.wait(WAIT).await;
             let log = producer.stderr();
